@@ -1,0 +1,225 @@
+"""An L2 order book with exact prices and sizes, no I/O.
+
+Each side maps a float sort key to the venue's own (price, size) strings. The float is
+only an ordering key (distinct decimal prices of ≤ 15 significant digits never collide);
+what is published, persisted and check-summed is always the venue's text.
+
+Every mutation returns the level changes it made, ``(side, price, size | None)`` with
+None meaning "deleted", so the caller can persist exactly what changed and nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Iterator
+from decimal import Decimal, localcontext
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from app.errors import FrameError
+from app.venues.base import Level
+
+BID, ASK = "b", "a"
+#: A persisted change: (side, price text, size text or None for a deleted level).
+Change = tuple[str, str, str | None]
+#: Best bid price, bid size, ask price, ask size (None for an empty side).
+Top = tuple[str | None, str | None, str | None, str | None]
+BANDS_BPS = (10, 25, 50, 100)
+
+
+def _key(price: str) -> float:
+    try:
+        value = float(price)
+    except ValueError:
+        raise FrameError("bad-price", price[:30]) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise FrameError("bad-price", price[:30])
+    return value
+
+
+def _is_zero(size: str) -> bool:
+    try:
+        value = float(size)
+    except ValueError:
+        raise FrameError("bad-size", size[:30]) from None
+    if value < 0 or not math.isfinite(value):
+        raise FrameError("bad-size", size[:30])
+    return value == 0
+
+
+class OrderBook:
+    """Two sorted sides. Best bid is the highest key, best ask the lowest."""
+
+    __slots__ = ("asks", "bids")
+
+    def __init__(self) -> None:
+        self.bids: SortedDict = SortedDict()
+        self.asks: SortedDict = SortedDict()
+
+    def side(self, side: str) -> SortedDict:
+        return self.bids if side == BID else self.asks
+
+    def __len__(self) -> int:
+        return len(self.bids) + len(self.asks)
+
+    # -- mutation -------------------------------------------------------------------
+    def set_level(self, side: str, price: str, size: str) -> Change | None:
+        """Apply one absolute level; returns the change, or None if nothing changed."""
+        book = self.bids if side == BID else self.asks
+        key = _key(price)
+        old = book.get(key)
+        if _is_zero(size):
+            if old is None:
+                return None  # delete of a level never seen: harmless (Coinbase does it)
+            del book[key]
+            return (side, old[0], None)
+        if old is not None and old[1] == size:
+            return None
+        # Keep the price text first seen for the level: it is the persisted key.
+        book[key] = (old[0] if old is not None else price, size)
+        return (side, old[0] if old is not None else price, size)
+
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
+        """Apply absolute level updates of both sides (validated all first, then applied)."""
+        changes: list[Change] = []
+        for side, levels in ((BID, bids), (ASK, asks)):
+            for price, size in levels:
+                change = self.set_level(side, price, size)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
+        """Replace the whole book by a snapshot; returns only the levels that differ."""
+        changes: list[Change] = []
+        for side, levels in ((BID, bids), (ASK, asks)):
+            new: dict[float, tuple[str, str]] = {}
+            for price, size in levels:
+                if not _is_zero(size):
+                    new[_key(price)] = (price, size)
+            old = self.side(side)
+            for key, (price, _) in old.items():
+                if key not in new:
+                    changes.append((side, price, None))
+            for key, (price, size) in new.items():
+                prev = old.get(key)
+                if prev is None or prev[1] != size:
+                    changes.append((side, prev[0] if prev is not None else price, size))
+            fresh = SortedDict(new)
+            for key, prev in old.items():  # keep the persisted price text of kept levels
+                if key in fresh:
+                    fresh[key] = (prev[0], fresh[key][1])
+            if side == BID:
+                self.bids = fresh
+            else:
+                self.asks = fresh
+        return changes
+
+    def load(self, side: str, price: str, size: str) -> None:
+        """Put a persisted level back (recovery); no validation, no change record."""
+        self.side(side)[float(price)] = (price, size)
+
+    # -- reading --------------------------------------------------------------------
+    def best_bid(self) -> tuple[str, str] | None:
+        return self.bids.peekitem(-1)[1] if self.bids else None
+
+    def best_ask(self) -> tuple[str, str] | None:
+        return self.asks.peekitem(0)[1] if self.asks else None
+
+    def crossed(self) -> bool:
+        return bool(self.bids and self.asks) and self.bids.peekitem(-1)[0] >= self.asks.peekitem(0)[0]
+
+    def top(self) -> Top:
+        bid, ask = self.best_bid(), self.best_ask()
+        return (
+            bid[0] if bid else None,
+            bid[1] if bid else None,
+            ask[0] if ask else None,
+            ask[1] if ask else None,
+        )
+
+    def iter_bids(self) -> Iterator[tuple[str, str]]:
+        """Bids best first."""
+        return (self.bids[k] for k in reversed(self.bids.keys()))
+
+    def iter_asks(self) -> Iterator[tuple[str, str]]:
+        """Asks best first."""
+        return (self.asks[k] for k in self.asks.keys())
+
+    def levels(self, n: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        bids = [self.bids[k] for k in self.bids.islice(max(0, len(self.bids) - n), reverse=True)]
+        asks = [self.asks[k] for k in self.asks.islice(0, n)]
+        return bids, asks
+
+    def okx_checksum(self) -> int:
+        """OKX CRC32 over the top 25 levels, interleaved bid/ask, as a signed 32-bit int."""
+        bids, asks = self.levels(25)
+        parts: list[str] = []
+        for i in range(max(len(bids), len(asks))):
+            if i < len(bids):
+                parts.append(f"{bids[i][0]}:{bids[i][1]}")
+            if i < len(asks):
+                parts.append(f"{asks[i][0]}:{asks[i][1]}")
+        crc = zlib.crc32(":".join(parts).encode())
+        return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+    def aggregates(self, n: int) -> dict[str, Any]:
+        """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
+        bids, asks = self.levels(n)
+        out: dict[str, Any] = {
+            "bids": [list(x) for x in bids],
+            "asks": [list(x) for x in asks],
+            "mid": None,
+            "spread": None,
+            "spread_bps": None,
+            "microprice": None,
+            "imbalance": None,
+            "bands_bps": {},
+        }
+        with localcontext() as ctx:
+            ctx.prec = 34
+            bid_sum = sum((Decimal(s) for _, s in bids), Decimal(0))
+            ask_sum = sum((Decimal(s) for _, s in asks), Decimal(0))
+            if bid_sum + ask_sum > 0:
+                out["imbalance"] = _fmt((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
+            if not bids or not asks:
+                return out
+            bpx, bsz = Decimal(bids[0][0]), Decimal(bids[0][1])
+            apx, asz = Decimal(asks[0][0]), Decimal(asks[0][1])
+            mid = (bpx + apx) / 2
+            spread = apx - bpx
+            out["mid"] = _fmt(mid)
+            out["spread"] = _fmt(spread)
+            out["spread_bps"] = _fmt(spread / mid * 10_000, 4)
+            out["microprice"] = _fmt((bpx * asz + apx * bsz) / (bsz + asz), 12)
+            bands: dict[str, dict[str, str]] = {}
+            for bps in BANDS_BPS:
+                lo = mid * (1 - Decimal(bps) / 10_000)
+                hi = mid * (1 + Decimal(bps) / 10_000)
+                bands[str(bps)] = {
+                    "bid": _fmt(_cum(self.iter_bids(), lambda p, lo=lo: p >= lo)),
+                    "ask": _fmt(_cum(self.iter_asks(), lambda p, hi=hi: p <= hi)),
+                }
+            out["bands_bps"] = bands
+        return out
+
+
+def _cum(levels: Iterator[tuple[str, str]], inside: Any) -> Decimal:
+    total = Decimal(0)
+    for price, size in levels:
+        if not inside(Decimal(price)):
+            break
+        total += Decimal(size)
+    return total
+
+
+def _fmt(value: Decimal, places: int | None = None) -> str:
+    """Plain decimal text (no exponent), optionally rounded, trailing zeros removed."""
+    if places is not None:
+        value = value.quantize(Decimal(1).scaleb(-places))
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text

@@ -1,0 +1,298 @@
+"""Capture readers: bookstream's native format and other tools' recordings.
+
+Each reader yields :class:`Record` in capture order. Readers only read; routing to
+instrument keys and topics is ``app.router``'s job, so live ingestion and replay share it.
+
+Formats
+-------
+``native``      JSON Lines, one object per received frame (see README, "Capture format")::
+
+                  {"ts": 1723161255030314667, "venue": "binance-usdm", "conn": "binance-usdm#1",
+                   "kind": "ws", "url": "wss://…", "frame": "<frame text, verbatim>"}
+
+``cryptofeed``  v1 text dumps (``NAME.ws.N.M`` with its ``NAME.http.N.M``) or v3 JSON Lines
+                envelopes (``{"t":"recv","conn":…,"ts":…,"data":…}``).
+``hftbacktest`` gzip text, ``<local_ts_ns> <frame json>`` per line; day files of one symbol
+                given in order form one capture; the REST snapshot line names no symbol.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from app.errors import CaptureError, ConfigError
+from app.venues import VENUES
+from app.venues.base import Kind
+
+FORMATS = ("native", "cryptofeed", "hftbacktest")
+
+
+@dataclass(slots=True)
+class Record:
+    """One captured frame (or connection event) with its original receive time."""
+
+    ts: int  # receive time, ns since epoch
+    venue: str
+    conn: str  # connection id, unique within the capture
+    kind: Kind
+    frame: bytes  # verbatim
+    url: str = ""  # connection or REST URL
+    symbol: str = ""  # venue symbol when the format knows it but the frame does not
+
+
+def venue_from_url(url: str, hint: str = "") -> str | None:
+    """Venue id from an endpoint URL (and a file-name hint for Binance's spot/futures)."""
+    parts = urlsplit(url)
+    host, path = parts.hostname or "", parts.path
+    if "deribit" in host:
+        return "deribit"
+    if "okx" in host or "okex" in host:
+        return "okx"
+    if "bybit" in host:
+        for category in ("spot", "linear", "inverse", "option"):
+            if path.rstrip("/").endswith(f"/{category}"):
+                return f"bybit-{category}"
+        return None
+    if "coinbase" in host:
+        return "coinbase"
+    if "binance" in host:
+        if host.startswith(("fstream", "fapi")):
+            return "binance-usdm"
+        if host.startswith(("dstream", "dapi")):
+            return "binance-coinm"
+        return "binance"
+    return None
+
+
+CRYPTOFEED_NAMES = {
+    "BINANCE": "binance",
+    "BINANCE_FUTURES": "binance-usdm",
+    "BINANCE_DELIVERY": "binance-coinm",
+    "DERIBIT": "deribit",
+    "OKX": "okx",
+    "COINBASE": "coinbase",
+}
+
+
+def _check_venue(venue: str | None, source: str) -> str:
+    if venue is None:
+        raise CaptureError(f"{source}: cannot tell the venue; pass --venue (one of {', '.join(VENUES)})")
+    if venue not in VENUES:
+        raise ConfigError(f"unknown venue {venue!r}; known venues: {', '.join(VENUES)}")
+    return venue
+
+
+def _open_text(path: Path) -> IO[bytes]:
+    try:
+        fh = path.open("rb")
+        magic = fh.read(2)
+        fh.seek(0)
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read ({exc.strerror})") from exc
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
+    return fh
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without newline); CaptureError for a truncated or unreadable file."""
+    fh = _open_text(path)
+    lineno = 0
+    try:
+        with fh:
+            for lineno, line in enumerate(fh, 1):  # noqa: B007 - lineno is used after the loop
+                if not line.endswith(b"\n"):
+                    yield lineno, line  # a last line without newline: the parser decides
+                else:
+                    yield lineno, line.rstrip(b"\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise CaptureError(f"{path}: truncated or corrupt compressed data after line {lineno} ({exc})") from exc
+    except OSError as exc:
+        raise CaptureError(f"{path}: read error after line {lineno} ({exc})") from exc
+
+
+# -- native -------------------------------------------------------------------------
+def read_native(path: Path, venue: str | None = None) -> Iterator[Record]:
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+            kind = Kind(obj["kind"])
+            rec = Record(
+                ts=int(obj["ts"]), venue=str(obj["venue"]), conn=str(obj["conn"]), kind=kind,
+                frame=obj["frame"].encode(), url=str(obj.get("url", "")), symbol=str(obj.get("symbol", "")),
+            )
+        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise CaptureError(f"{path}:{lineno}: not a native capture record ({type(exc).__name__}: {exc})") from exc
+        if venue and rec.venue != venue:
+            continue
+        _check_venue(rec.venue, f"{path}:{lineno}")
+        yield rec
+
+
+def write_native(rec: Record) -> bytes:
+    """One native capture line (with trailing newline) for ``rec``."""
+    obj: dict[str, Any] = {
+        "ts": rec.ts, "venue": rec.venue, "conn": rec.conn, "kind": rec.kind.value,
+        "frame": rec.frame.decode("utf-8", "surrogateescape"),
+    }
+    if rec.url:
+        obj["url"] = rec.url
+    if rec.symbol:
+        obj["symbol"] = rec.symbol
+    return orjson.dumps(obj) + b"\n"
+
+
+# -- cryptofeed ---------------------------------------------------------------------
+_V1_RECV = re.compile(rb"^(\d+(?:\.\d+)?): (.*)$", re.S)
+
+
+def _epoch_ns(text: bytes | str | float) -> int:
+    if isinstance(text, float | int):
+        return round(float(text) * 1e9)
+    raw = text.decode() if isinstance(text, bytes) else text
+    whole, _, frac = raw.partition(".")
+    return int(whole) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def _read_cryptofeed_v1(path: Path, venue_flag: str | None) -> Iterator[Record]:
+    stem = path.name.split(".")[0]
+    name_hint = CRYPTOFEED_NAMES.get(stem)
+    is_http = ".http." in path.name
+    conn_no = 0
+    conn = f"{path.name}#0"
+    venue = venue_flag or name_hint
+    url = ""
+    for lineno, line in _lines(path):
+        if not line:
+            continue
+        if is_http:
+            head, sep, rest = line.partition(b" -> ")
+            ts_text, sep2, body = rest.partition(b": ")
+            if not sep or not sep2:
+                raise CaptureError(f"{path}:{lineno}: not a cryptofeed http record")
+            url = head.decode()
+            v = venue_flag or venue_from_url(url) or name_hint
+            yield Record(_epoch_ns(ts_text), _check_venue(v, str(path)), f"{path.name}#rest", Kind.REST, body, url)
+            continue
+        if line.startswith((b"wss://", b"ws://")):
+            addr, _, rest = line.partition(b" ")
+            if rest.startswith(b"<->"):
+                conn_no += 1
+                conn = f"{path.name}#{conn_no}"
+                url = addr.decode()
+                venue = venue_flag or venue_from_url(url) or name_hint
+            continue  # "<-" lines are frames we sent
+        m = _V1_RECV.match(line)
+        if m is None:
+            raise CaptureError(f"{path}:{lineno}: not a cryptofeed v1 record (truncated file?)")
+        yield Record(_epoch_ns(m.group(1)), _check_venue(venue, str(path)), conn, Kind.WS, m.group(2), url)
+
+
+def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
+    exchange_hint = None
+    conns: dict[str, tuple[str, str | None]] = {}
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            env = orjson.loads(line)
+            t = env["t"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CaptureError(f"{path}:{lineno}: not a cryptofeed v3 envelope (truncated file?)") from exc
+        if t == "header":
+            exchange_hint = CRYPTOFEED_NAMES.get(str(env.get("exchange", "")))
+        elif t == "connect":
+            addr = str(env.get("addr", ""))
+            conns[env["conn"]] = (addr, venue_flag or venue_from_url(addr) or exchange_hint)
+        elif t == "recv":
+            addr, venue = conns.get(env["conn"], ("", venue_flag or exchange_hint))
+            data = env["data"]
+            frame = data.encode() if isinstance(data, str) else orjson.dumps(data)
+            yield Record(_epoch_ns(env["ts"]), _check_venue(venue, f"{path}:{lineno}"), env["conn"], Kind.WS, frame, addr)
+        elif t == "http" and env.get("url", "").find("depth") >= 0:
+            url = str(env["url"])
+            venue = venue_flag or venue_from_url(url) or exchange_hint
+            data = env["data"]
+            yield Record(_epoch_ns(env["ts"]), _check_venue(venue, str(path)), str(env.get("conn", "rest")), Kind.REST,
+                         data.encode() if isinstance(data, str) else orjson.dumps(data), url)
+
+
+def read_cryptofeed(path: Path, venue: str | None = None) -> Iterator[Record]:
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return _read_cryptofeed_v3(path, venue)
+    if ".ws." in path.name or ".http." in path.name:
+        return _read_cryptofeed_v1(path, venue)
+    raise CaptureError(f"{path}: not a cryptofeed dump name (NAME.ws.N.M, NAME.http.N.M or *.jsonl)")
+
+
+def cryptofeed_companions(paths: list[Path]) -> list[Path]:
+    """Add the ``.http`` file that belongs to each v1 ``.ws`` file (same NAME, same folder)."""
+    out = list(paths)
+    for path in paths:
+        if ".ws." in path.name:
+            stem = path.name.split(".ws.")[0]
+            for other in sorted(path.parent.glob(f"{stem}.http.*")):
+                if other not in out:
+                    out.append(other)
+    return out
+
+
+# -- hftbacktest --------------------------------------------------------------------
+_HFT_NAME = re.compile(r"^([a-z0-9_]+?)_\d{8}")
+_HFT_DIRS = {"spot": "binance", "usdm": "binance-usdm", "coinm": "binance-coinm", "futures": "binance-usdm"}
+
+
+def read_hftbacktest(path: Path, venue: str | None = None, symbol: str | None = None) -> Iterator[Record]:
+    m = _HFT_NAME.match(path.name)
+    sym = (symbol or (m.group(1) if m else "")).upper()
+    v = venue or _HFT_DIRS.get(path.parent.name)
+    conn = f"hftbacktest:{sym or path.name}"
+    for lineno, line in _lines(path):
+        if not line:
+            continue
+        ts_text, sep, frame = line.partition(b" ")
+        if not sep or not ts_text.isdigit() or not frame.startswith(b"{"):
+            raise CaptureError(f"{path}:{lineno}: not an hftbacktest line '<ns> <json>' (truncated file?)")
+        if v is None:  # infer from the first depth event: pu only on futures
+            if b"depthUpdate" in frame:
+                v = ("binance-coinm" if b"_" in frame.split(b'"s":"')[1][:20] else "binance-usdm") \
+                    if b'"pu"' in frame else "binance"
+            elif not frame.startswith(b'{"lastUpdateId"'):
+                continue
+        kind = Kind.REST if frame.startswith(b'{"lastUpdateId"') else Kind.WS
+        if kind is Kind.REST and not sym:
+            raise CaptureError(f"{path}:{lineno}: REST snapshot names no symbol and the file name has none; pass --symbol")
+        yield Record(int(ts_text), _check_venue(v, str(path)), conn, kind, frame, "", sym if kind is Kind.REST else "")
+
+
+# -- entry point --------------------------------------------------------------------
+def read(paths: Iterable[Path], fmt: str, venue: str | None = None, symbol: str | None = None) -> Iterator[Record]:
+    """All records of ``paths`` merged in receive-time order (stable for equal times)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown capture format {fmt!r}; use one of {', '.join(FORMATS)}")
+    plist = [Path(p) for p in paths]
+    for p in plist:
+        if not p.is_file():
+            raise CaptureError(f"{p}: no such file")
+    if fmt == "cryptofeed":
+        plist = cryptofeed_companions(plist)
+        streams = [read_cryptofeed(p, venue) for p in plist]
+    elif fmt == "hftbacktest":
+        streams = [read_hftbacktest(p, venue, symbol) for p in plist]
+    else:
+        streams = [read_native(p, venue) for p in plist]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda r: r.ts)

@@ -1,0 +1,37 @@
+"""The exceptions bookstream raises, in one tree.
+
+    BookstreamError
+    ├── ConfigError          bad setting or command-line value; fix and restart
+    ├── CaptureError         a capture file is unreadable, truncated or of another format
+    └── FrameError           one frame cannot be parsed; the frame goes to raw.deadletter
+        └── SequenceError    reserved for callers that want to raise on a gap
+
+Messages say what to do next; causes are chained with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+
+class BookstreamError(Exception):
+    """Base of every error bookstream raises on purpose."""
+
+
+class ConfigError(BookstreamError):
+    """A setting or option has a value bookstream cannot use."""
+
+
+class CaptureError(BookstreamError):
+    """A capture file cannot be replayed (unknown format, unreadable, truncated)."""
+
+
+class FrameError(BookstreamError):
+    """A frame is malformed or not what its venue sends. ``reason`` is short and stable."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SequenceError(FrameError):
+    """A frame does not continue the instrument's sequence."""

@@ -1,0 +1,124 @@
+"""Settings, read once from environment variables with documented defaults.
+
+Every setting is listed in README.md ("Configuration"). A malformed value is a
+:class:`~app.errors.ConfigError` at start-up naming the variable, never a crash later.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name}={value} must be at least {minimum}{upper}")
+    return value
+
+
+def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _bootstrap(raw: str) -> str:
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    if not servers:
+        raise ConfigError("KAFKA_BOOTSTRAP is empty; expected host:port[,host:port…]")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"KAFKA_BOOTSTRAP entry {server!r} is not host:port")
+    return ",".join(servers)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings. Construct with :func:`load`."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "bookstream"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication: int = 1
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = field(default_factory=lambda: ROOT / ".data" / "worker")
+    log_level: str = "info"
+    depth_interval_ms: int = 100
+    depth_levels: int = 20
+    buffer_max_frames: int = 20_000
+    standby_replicas: int = 0
+    stream_buffer_maxsize: int = 4096
+    producer_linger_ms: int = 5
+    commit_interval_s: float = 2.8
+
+    @property
+    def broker_url(self) -> str:
+        """Faust broker URL: ``kafka://h1:p1;h2:p2``."""
+        return ";".join(f"kafka://{s}" for s in self.kafka_bootstrap.split(","))
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix (tests use a unique prefix)."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load() -> Settings:
+    """Read the settings from the environment, raising ConfigError on bad values."""
+    level = _env_str("LOG_LEVEL", "info").lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={level!r} must be one of {', '.join(LOG_LEVELS)}")
+    # `faust --datadir X` exports F_DATADIR before the app is imported; it wins.
+    data_dir = os.environ.get("F_DATADIR") or _env_str("DATA_DIR", str(ROOT / ".data" / "worker"))
+    app_id = _env_str("APP_ID", "bookstream")
+    if not all(c.isalnum() or c in "-_." for c in app_id):
+        raise ConfigError(f"APP_ID={app_id!r} may only hold letters, digits, '-', '_' and '.'")
+    prefix = os.environ.get("TOPIC_PREFIX", "").strip()
+    if prefix and not all(c.isalnum() or c in "-_." for c in prefix):
+        raise ConfigError(f"TOPIC_PREFIX={prefix!r} may only hold letters, digits, '-', '_', '.'")
+    return Settings(
+        kafka_bootstrap=_bootstrap(_env_str("KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
+        app_id=app_id,
+        topic_prefix=prefix,
+        partitions=_env_int("TOPIC_PARTITIONS", 4, minimum=1, maximum=1024),
+        replication=_env_int("TOPIC_REPLICATION", 1, minimum=1),
+        web_host=_env_str("WEB_HOST", "127.0.0.1"),
+        web_port=_env_int("WEB_PORT", 6066, minimum=1, maximum=65535),
+        data_dir=Path(data_dir).expanduser().resolve(),
+        log_level=level,
+        depth_interval_ms=_env_int("DEPTH_INTERVAL_MS", 100, minimum=1),
+        depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
+        buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
+        standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
+        stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 4096, minimum=1),
+        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
+        commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
+    )

@@ -1,0 +1,90 @@
+"""Binance spot (``binance``), USD-M (``binance-usdm``) and COIN-M (``binance-coinm``) depth.
+
+Wire schemas (venue field names):
+
+* depth event ``{"e":"depthUpdate","E":event ms,"T":transaction ms (futures),"s":symbol,
+  "U":first update id,"u":final update id,"pu":previous final id (futures),
+  "b":[[price,qty]…],"a":[[price,qty]…]}``, quantities absolute, ``"0"`` removes the level;
+  combined streams wrap it as ``{"stream":"btcusdt@depth@100ms","data":{…}}``.
+* REST snapshot ``{"lastUpdateId":L,"bids":[…],"asks":[…]}`` (symbol only in the URL).
+* ``bookTicker`` and trades are routed to their instrument but carry no book update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from app.errors import FrameError
+from app.venues._json import loads, obj
+from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+
+
+class BinanceAdapter:
+    """One class for the three Binance markets; they differ only in sequencing rule."""
+
+    def __init__(self, venue: str, sequencing: Sequencing) -> None:
+        self.venue = venue
+        self.sequencing = sequencing
+
+    @staticmethod
+    def _event(msg: Any) -> dict[str, Any]:
+        msg = obj(msg, "frame")
+        data = msg.get("data")
+        return obj(data, "data") if data is not None and "stream" in msg else msg
+
+    def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
+        if kind is Kind.REST:
+            symbol = parse_qs(urlsplit(url).query).get("symbol", [""])[0]
+            return [symbol.upper()] if symbol else []
+        event = self._event(loads(frame))
+        symbol = event.get("s")
+        return [symbol] if isinstance(symbol, str) and symbol else []
+
+    def parse(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
+        msg = obj(loads(frame), "frame")
+        if kind is Kind.REST:
+            if "lastUpdateId" not in msg:
+                raise FrameError("bad-snapshot", "REST body without lastUpdateId")
+            return [
+                BookUpdate(
+                    snapshot=True,
+                    seq=as_int(msg["lastUpdateId"], "lastUpdateId"),
+                    bids=levels(msg.get("bids"), "bids"),
+                    asks=levels(msg.get("asks"), "asks"),
+                    ts_exchange=ms_to_ns(msg.get("T") or msg.get("E")),
+                )
+            ]
+        event = self._event(msg)
+        if event.get("e") != "depthUpdate":
+            return []
+        if event.get("s") != symbol:
+            raise FrameError("wrong-instrument", f"frame for {event.get('s')!r}, keyed {symbol!r}")
+        futures = self.sequencing is Sequencing.BINANCE_FUTURES
+        if futures and "pu" not in event:
+            raise FrameError("bad-shape", "futures depthUpdate without pu")
+        first, last = as_int(event.get("U"), "U"), as_int(event.get("u"), "u")
+        if first > last:
+            raise FrameError("bad-sequence", f"U={first} > u={last}")
+        return [
+            BookUpdate(
+                snapshot=False,
+                seq=last,
+                first=first,
+                prev=as_int(event["pu"], "pu") if futures else None,
+                bids=levels(event.get("b", []), "b"),
+                asks=levels(event.get("a", []), "a"),
+                ts_exchange=ms_to_ns(event.get("T") or event.get("E")),
+            )
+        ]
+
+    def conn_seq(self, frame: bytes) -> int | None:
+        return None
+
+
+def adapters() -> list[BinanceAdapter]:
+    return [
+        BinanceAdapter("binance", Sequencing.BINANCE_SPOT),
+        BinanceAdapter("binance-usdm", Sequencing.BINANCE_FUTURES),
+        BinanceAdapter("binance-coinm", Sequencing.BINANCE_FUTURES),
+    ]

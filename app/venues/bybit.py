@@ -1,0 +1,60 @@
+"""Bybit v5 ``orderbook.{depth}.{symbol}`` for spot, linear, inverse and option.
+
+Wire schema: ``{"topic":"orderbook.200.BTCUSDT","type":"snapshot"|"delta","ts":ms,
+"cts":ms,"data":{"s":symbol,"b":[[price,size]…],"a":[…],"u":update id,"seq":cross seq}}``.
+Size "0" deletes. ``u == 1`` means the venue restarted the book: treat it as a snapshot.
+The venue id comes from the connection's endpoint (``/v5/public/{category}``).
+"""
+
+from __future__ import annotations
+
+from app.errors import FrameError
+from app.venues._json import loads, obj
+from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+
+CATEGORIES = ("spot", "linear", "inverse", "option")
+
+
+class BybitAdapter:
+    sequencing = Sequencing.BYBIT
+
+    def __init__(self, venue: str) -> None:
+        self.venue = venue
+
+    def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
+        msg = loads(frame)
+        topic = msg.get("topic") if isinstance(msg, dict) else None
+        if not isinstance(topic, str) or "." not in topic:
+            return []  # op acks, pongs
+        symbol = topic.rsplit(".", 1)[1]
+        return [symbol] if symbol else []
+
+    def parse(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
+        msg = obj(loads(frame), "frame")
+        topic = msg.get("topic")
+        if not isinstance(topic, str) or not topic.startswith("orderbook."):
+            return []
+        data = obj(msg.get("data"), "data")
+        if data.get("s") != symbol or topic.rsplit(".", 1)[1] != symbol:
+            raise FrameError("wrong-instrument", f"frame for {data.get('s')!r}")
+        type_ = msg.get("type")
+        if type_ not in ("snapshot", "delta"):
+            raise FrameError("bad-shape", f"type {str(type_)[:20]!r}")
+        u = as_int(data.get("u"), "u")
+        return [
+            BookUpdate(
+                snapshot=type_ == "snapshot" or u == 1,
+                restart=u == 1 and type_ == "delta",
+                seq=u,
+                bids=levels(data.get("b", []), "b"),
+                asks=levels(data.get("a", []), "a"),
+                ts_exchange=ms_to_ns(msg.get("cts") or msg.get("ts")),
+            )
+        ]
+
+    def conn_seq(self, frame: bytes) -> int | None:
+        return None
+
+
+def adapters() -> list[BybitAdapter]:
+    return [BybitAdapter(f"bybit-{c}") for c in CATEGORIES]
