@@ -1,0 +1,50 @@
+"""The faust.App and its configuration (settings from ``app.settings``)."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from app.settings import Settings, load
+
+settings: Settings = load()
+
+
+class BookstreamApp(faust.App):
+    """faust.App that creates its topics itself, before any client subscribes.
+
+    Otherwise a broker with auto-creation on would create the raw topics with its default
+    partition count on the consumer's first metadata request, breaking co-partitioning.
+    """
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        from app.kafka import ensure_topics
+        from app.topics import ALL_NAMES
+
+        await ensure_topics(settings, ALL_NAMES)
+
+
+app = BookstreamApp(
+    settings.app_id,
+    broker=settings.broker_url,
+    store="rocksdb://",
+    datadir=str(settings.data_dir),
+    autodiscover=False,
+    key_serializer="raw",
+    value_serializer="raw",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication,
+    table_standby_replicas=settings.standby_replicas,
+    consumer_auto_offset_reset="earliest",
+    stream_buffer_maxsize=settings.stream_buffer_maxsize,
+    producer_linger=settings.producer_linger_ms / 1000.0,
+    broker_commit_interval=settings.commit_interval_s,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,  # faust binds 0.0.0.0 by default; we bind what WEB_HOST says
+)
+
+for _name in ("app", "agents", "tables"):
+    logging.getLogger(_name).setLevel(settings.log_level.upper())

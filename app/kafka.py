@@ -1,0 +1,80 @@
+"""Kafka clients for commands that run outside the worker (replay, ingest, record)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from app.errors import ConfigError
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(ConfigError):
+    """The configured broker cannot be reached."""
+
+
+def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"cannot reach Kafka at {settings.kafka_bootstrap} (KAFKA_BOOTSTRAP): {exc}. "
+        "Start the local broker with `make kafka-up`, or point KAFKA_BOOTSTRAP at a running one."
+    )
+
+
+async def ensure_topics(settings: Settings, names: list[str]) -> None:
+    """Create missing topics with TOPIC_PARTITIONS partitions; refuse mismatched ones."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+    except (KafkaConnectionError, KafkaError, OSError) as exc:
+        raise unreachable(settings, exc) from exc
+    try:
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
+                    if t.get("error_code", 0) == 0}
+        for name, count in existing.items():
+            if count != settings.partitions:
+                raise ConfigError(
+                    f"topic {name} has {count} partitions but TOPIC_PARTITIONS={settings.partitions}; "
+                    "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
+                    "worker, or a fresh TOPIC_PREFIX."
+                )
+        missing = [NewTopic(n, settings.partitions, settings.replication) for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer tuned for market data: idempotent, acks=all, short linger, batching."""
+    conf: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": settings.producer_linger_ms,
+        "max_batch_size": 256 * 1024,
+        "max_request_size": 16 * 1024 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    conf.update(overrides)
+    return AIOKafkaProducer(**conf)
+
+
+async def start_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    prod = producer(settings, **overrides)
+    try:
+        await asyncio.wait_for(prod.start(), timeout=30)
+    except (KafkaConnectionError, KafkaError, OSError, TimeoutError) as exc:
+        await prod.stop()
+        raise unreachable(settings, exc) from exc
+    return prod

@@ -1,0 +1,1 @@
+"""Table declarations only (see tables/books.py for the layout)."""
