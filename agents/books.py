@@ -19,7 +19,9 @@ import time
 from typing import Any
 
 import orjson
+from faust import current_event
 from faust.types import EventT, StreamT
+from mode.types.signals import BaseSignalT
 
 from app import metrics
 from app.core import app, settings
@@ -34,13 +36,15 @@ log = logging.getLogger(__name__)
 
 
 def _load(key: str) -> Instrument | None:
-    """Rebuild one instrument from its table rows (prefix scan of its partition's RocksDB)."""
-    from faust import current_event
-
+    """The processor's loader: the instrument's rows in the current event's partition."""
     event = current_event()
-    if event is None:
-        return None
-    db = books.data._db_for_partition(event.message.partition)
+    return None if event is None else load_instrument(key, event.message.partition)
+
+
+def load_instrument(key: str, partition: int) -> Instrument | None:
+    """Rebuild one instrument from its table rows (prefix scan of its partition's RocksDB)."""
+    store: Any = books.data  # faust's RocksDB store: one rocksdict per partition
+    db = store._db_for_partition(partition)
     prefix = key.encode() + SEP
     venue, symbol = split_key(key)
     adapter = ADAPTERS[venue]
@@ -67,12 +71,12 @@ processor = Processor(_load, settings.buffer_max_frames)
 
 
 @app.on_partitions_revoked.connect
-async def _on_revoked(app_: Any, revoked: Any, **_: Any) -> None:
+def _on_revoked(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     processor.clear()  # another worker may own them now; reload from the table when back
 
 
 @app.on_partitions_assigned.connect
-async def _on_assigned(app_: Any, assigned: Any, **_: Any) -> None:
+def _on_assigned(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     processor.clear()
 
 

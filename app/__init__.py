@@ -1,6 +1,6 @@
 """bookstream: ``faust -A app worker`` finds the faust.App as ``app.app``.
 
-Importing this package configures the app from the environment (``app.settings``),
+Importing this package configures the app from the environment (``app.config``),
 declares topics and tables, and registers the agents and the ``faust -A app <command>``
 commands. A bad setting stops here with one clear line, not a traceback.
 """
@@ -20,5 +20,6 @@ except ConfigError as exc:
 # `from app import x`, never `import app.x`: the latter would rebind `app` to this package.
 from agents import books as _books  # noqa: E402,F401  (registers the book agent)
 from app import commands as _commands  # noqa: E402,F401  (faust -A app replay, …)
+from app import web as _web  # noqa: E402,F401  (HTTP endpoints)
 
 __all__ = ["app", "settings"]

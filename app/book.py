@@ -146,7 +146,7 @@ class OrderBook:
 
     def iter_asks(self) -> Iterator[tuple[str, str]]:
         """Asks best first."""
-        return (self.asks[k] for k in self.asks.keys())
+        return (self.asks[k] for k in self.asks)
 
     def levels(self, n: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         bids = [self.bids[k] for k in self.bids.islice(max(0, len(self.bids) - n), reverse=True)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from faust.cli import AppCommand, argument, option
 
@@ -50,3 +49,36 @@ async def replay(self: AppCommand, paths: tuple[Path, ...], fmt: str, venue: str
         print(line, file=sys.stderr)
 
 
+
+
+@app.command(
+    argument("topic", type=str),
+    option("--from-beginning", is_flag=True, default=False, help="Start at the oldest record."),
+    option("--count", type=int, default=0, help="Stop after this many records (0: never)."),
+)
+async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -> None:
+    """Print a topic's records as JSON lines (TOPIC without TOPIC_PREFIX, e.g. book.top)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    from app.kafka import unreachable
+
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        _fail(unreachable(settings, exc))
+    seen = 0
+    try:
+        async for msg in consumer:
+            key = msg.key.decode("utf-8", "replace") if msg.key else ""
+            value = msg.value.decode("utf-8", "replace") if msg.value else "null"
+            print(f'{{"key":"{key}","partition":{msg.partition},"offset":{msg.offset},"value":{value}}}', flush=True)
+            seen += 1
+            if count and seen >= count:
+                break
+    finally:
+        await consumer.stop()

@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from app.settings import Settings, load
+from app.config import Settings, load
 
 settings: Settings = load()
 
@@ -41,6 +41,9 @@ app = BookstreamApp(
     stream_buffer_maxsize=settings.stream_buffer_maxsize,
     producer_linger=settings.producer_linger_ms / 1000.0,
     broker_commit_interval=settings.commit_interval_s,
+    # A SIGKILLed member holds its partitions until its session expires (faust: 60 s).
+    broker_session_timeout=settings.session_timeout_s,
+    broker_heartbeat_interval=settings.session_timeout_s / 3,
     web_host=settings.web_host,
     web_port=settings.web_port,
     web_bind=settings.web_host,  # faust binds 0.0.0.0 by default; we bind what WEB_HOST says

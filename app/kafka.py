@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -10,8 +11,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from app.config import Settings
 from app.errors import ConfigError
-from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,8 @@ async def ensure_topics(settings: Settings, names: list[str]) -> None:
                 )
         missing = [NewTopic(n, settings.partitions, settings.replication) for n in names if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another client
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()

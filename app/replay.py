@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TextIO
 
 from app.capture.formats import Record, read
+from app.config import Settings
 from app.errors import BookstreamError, CaptureError
 from app.kafka import ensure_topics, start_producer
 from app.progress import Progress
 from app.router import RawRecord, Router
-from app.settings import Settings
 from app.venues import VENUES
 from app.venues.base import Kind
 
@@ -33,7 +33,8 @@ class Summary:
     def lines(self) -> list[str]:
         out = ["replay summary:"]
         for venue in sorted(self.frames):
-            out.append(f"  {venue:<14} {self.frames[venue]:>10,} frames read, {self.produced[venue]:>10,} records produced")
+            read_, produced = self.frames[venue], self.produced[venue]
+            out.append(f"  {venue:<14} {read_:>10,} frames read, {produced:>10,} records produced")
         for reason, n in sorted(self.skipped.items()):
             out.append(f"  skipped: {n:,} ({reason})")
         if self.unroutable:

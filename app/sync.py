@@ -260,7 +260,8 @@ class Instrument:
             self._binance_delta(buffered, spot, ts_recv, fx)
 
     def _binance_delta(self, upd: BookUpdate, spot: bool, ts_recv: int, fx: Effects) -> None:
-        assert self.seq is not None and upd.first is not None
+        assert self.seq is not None
+        assert upd.first is not None
         last = self.seq
         if self.fresh:
             if upd.seq < last or (spot and upd.seq == last):

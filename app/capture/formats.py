@@ -220,7 +220,8 @@ def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
             addr, venue = conns.get(env["conn"], ("", venue_flag or exchange_hint))
             data = env["data"]
             frame = data.encode() if isinstance(data, str) else orjson.dumps(data)
-            yield Record(_epoch_ns(env["ts"]), _check_venue(venue, f"{path}:{lineno}"), env["conn"], Kind.WS, frame, addr)
+            venue = _check_venue(venue, f"{path}:{lineno}")
+            yield Record(_epoch_ns(env["ts"]), venue, env["conn"], Kind.WS, frame, addr)
         elif t == "http" and env.get("url", "").find("depth") >= 0:
             url = str(env["url"])
             venue = venue_flag or venue_from_url(url) or exchange_hint
@@ -273,7 +274,9 @@ def read_hftbacktest(path: Path, venue: str | None = None, symbol: str | None = 
                 continue
         kind = Kind.REST if frame.startswith(b'{"lastUpdateId"') else Kind.WS
         if kind is Kind.REST and not sym:
-            raise CaptureError(f"{path}:{lineno}: REST snapshot names no symbol and the file name has none; pass --symbol")
+            raise CaptureError(
+                f"{path}:{lineno}: REST snapshot names no symbol and the file name has none; pass --symbol"
+            )
         yield Record(int(ts_text), _check_venue(v, str(path)), conn, kind, frame, "", sym if kind is Kind.REST else "")
 
 

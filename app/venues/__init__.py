@@ -9,16 +9,8 @@ from app.venues.coinbase import CoinbaseAdapter
 from app.venues.deribit import DeribitAdapter
 from app.venues.okx import OkxAdapter
 
-ADAPTERS: dict[str, Adapter] = {
-    a.venue: a
-    for a in (
-        DeribitAdapter(),
-        *binance.adapters(),
-        OkxAdapter(),
-        *bybit.adapters(),
-        CoinbaseAdapter(),
-    )
-}
+_ALL: list[Adapter] = [DeribitAdapter(), *binance.adapters(), OkxAdapter(), *bybit.adapters(), CoinbaseAdapter()]
+ADAPTERS: dict[str, Adapter] = {a.venue: a for a in _ALL}
 
 VENUES: tuple[str, ...] = tuple(ADAPTERS)
 

@@ -35,8 +35,8 @@ class BinanceAdapter:
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         if kind is Kind.REST:
-            symbol = parse_qs(urlsplit(url).query).get("symbol", [""])[0]
-            return [symbol.upper()] if symbol else []
+            query = parse_qs(urlsplit(url).query).get("symbol", [""])[0]
+            return [query.upper()] if query else []
         event = self._event(loads(frame))
         symbol = event.get("s")
         return [symbol] if isinstance(symbol, str) and symbol else []

@@ -16,6 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+#: Every environment variable bookstream reads (README "Configuration" documents each).
+ENV_VARS = (
+    "KAFKA_BOOTSTRAP", "APP_ID", "TOPIC_PREFIX", "TOPIC_PARTITIONS", "TOPIC_REPLICATION",
+    "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
+    "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
+    "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT",
+)
+
 
 def _env_str(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
@@ -80,6 +88,7 @@ class Settings:
     stream_buffer_maxsize: int = 4096
     producer_linger_ms: int = 5
     commit_interval_s: float = 2.8
+    session_timeout_s: float = 10.0
 
     @property
     def broker_url(self) -> str:
@@ -121,4 +130,5 @@ def load() -> Settings:
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 4096, minimum=1),
         producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
+        session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
     )

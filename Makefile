@@ -1,0 +1,56 @@
+# bookstream — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: help install kafka-libs kafka-up kafka-down kafka-status kafka-logs run test lint format clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bookstream needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install bookstream with its dev tools
+	@scripts/kafka.sh libs
+
+kafka-libs: ## Resolve the Apache Kafka jars from Maven Central (once)
+	@scripts/kafka.sh libs
+
+kafka-up: ## Start the local Kafka broker (KRaft, 127.0.0.1:$KAFKA_PORT) unless it runs
+	@scripts/kafka.sh up
+
+kafka-down: ## Stop the local Kafka broker
+	@scripts/kafka.sh down
+
+kafka-status: ## Say whether the local broker runs and answers
+	@scripts/kafka.sh status
+
+kafka-logs: ## Show the local broker's log
+	@scripts/kafka.sh logs
+
+run: install ## Broker (unless KAFKA_BOOTSTRAP is set) + worker with web on 127.0.0.1:6066; Ctrl-C stops all
+	@scripts/run.sh
+
+test: install ## Run the whole test suite (starts and stops its own broker)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+
+clean: ## Remove caches, data dirs and the virtualenv (stop the broker first)
+	@scripts/kafka.sh down || true
+	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

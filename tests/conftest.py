@@ -1,0 +1,71 @@
+"""Session fixtures: a real Kafka broker and isolated namespaces per test.
+
+When ``KAFKA_BOOTSTRAP`` is unset the project's own broker is started through
+``scripts/kafka.sh`` on its own port and data dir (``TEST_KAFKA_PORT``, default 19092,
+``.data/kafka-test``), so a broker a developer already runs on 9092 is left alone; it is
+stopped at the end of the session if this session started it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CAPTURES, ROOT, Namespace
+
+TEST_PORT = os.environ.get("TEST_KAFKA_PORT", "19092")
+
+
+def _kafka(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts" / "kafka.sh"), cmd], env=env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """Bootstrap address of a reachable broker (ours, started on demand, or KAFKA_BOOTSTRAP's)."""
+    given = os.environ.get("KAFKA_BOOTSTRAP")
+    if given:
+        from scripts.kafka_ready import metadata_brokers
+
+        host, _, port = given.split(",")[0].rpartition(":")
+        try:
+            metadata_brokers(host, int(port), timeout=5)
+        except OSError as exc:
+            pytest.fail(f"KAFKA_BOOTSTRAP={given} does not answer a metadata request ({exc}); "
+                        "unset it to let the tests start their own broker")
+        yield given
+        return
+    env = dict(os.environ, KAFKA_PORT=TEST_PORT, KAFKA_DATA_DIR=str(ROOT / ".data" / "kafka-test"))
+    was_running = _kafka("status", env).returncode == 0
+    up = _kafka("up", env)
+    if up.returncode != 0:
+        pytest.fail(f"could not start the test broker (scripts/kafka.sh up):\n{up.stderr}")
+    try:
+        yield f"127.0.0.1:{TEST_PORT}"
+    finally:
+        if not was_running:
+            _kafka("down", env)
+
+
+@pytest.fixture
+def ns(kafka: str, tmp_path: Path) -> Namespace:
+    """A unique app id + topic prefix on the test broker."""
+    return Namespace(f"t{uuid.uuid4().hex[:10]}", kafka, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_ns(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Namespace:
+    return Namespace(f"m{uuid.uuid4().hex[:10]}", kafka, tmp_path_factory.mktemp("ns"))
+
+
+@pytest.fixture(scope="session")
+def captures() -> Path:
+    if not (CAPTURES / "cryptofeed").is_dir():
+        pytest.skip(f"real captures not found at {CAPTURES} (../shared/captures); skipping capture tests")
+    return CAPTURES

@@ -1,0 +1,235 @@
+"""Test helpers: real worker processes, the real replay command, Kafka reads, references."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = (ROOT.parent / "shared" / "captures").resolve()
+FAUST = [sys.executable, "-m", "faust", "-A", "app"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``cond`` until it returns a truthy value; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+        except Exception as exc:  # the condition may fail until the thing is up
+            last_exc = exc
+        else:
+            if value:
+                return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - local test URL
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"null")
+        except ValueError:
+            return exc.code, body.decode("utf-8", "replace")
+
+
+class Namespace:
+    """A unique app id, topic prefix, data dir and web port: one isolated bookstream."""
+
+    def __init__(self, name: str, bootstrap: str, tmp: Path, partitions: int = 4) -> None:
+        self.name = name
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.partitions = partitions
+
+    def topic(self, name: str) -> str:
+        return f"{self.name}.{name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": str(ROOT),
+            "KAFKA_BOOTSTRAP": self.bootstrap,
+            "APP_ID": self.name,
+            "TOPIC_PREFIX": f"{self.name}.",
+            "TOPIC_PARTITIONS": str(self.partitions),
+            "LOG_LEVEL": "info",
+            "BROKER_SESSION_TIMEOUT": "6",
+        })
+        env.update(extra)
+        return env
+
+    def replay(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*FAUST, "replay", *args], env=self.env(), cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"replay failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+
+class Worker:
+    """A real ``faust -A app worker`` process with its own data dir and web port."""
+
+    def __init__(self, ns: Namespace, data_dir: Path, web_port: int | None = None, **env: str) -> None:
+        self.ns = ns
+        self.data_dir = data_dir
+        self.web_port = web_port or free_port()
+        self.extra_env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = ns.tmp / f"worker-{self.web_port}.log"
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self, wait: bool = True, timeout: float = 90) -> Worker:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        env = self.ns.env(DATA_DIR=str(self.data_dir), WEB_PORT=str(self.web_port), **self.extra_env)
+        self.proc = subprocess.Popen(
+            [*FAUST, "worker", "-l", "info", "--web-port", str(self.web_port)],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            return http_json(self.url + "/ready", timeout=2)[0] == 200
+
+        try:
+            wait_for(ready, timeout, "worker /ready")
+        except (AssertionError, RuntimeError) as exc:
+            raise AssertionError(f"{exc}\n--- worker log ---\n{self.tail()}") from None
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_json(self.url + path)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[list[Any]], bool] | None,
+                   limit_s: float) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for a new topic
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + limit_s
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            if batch:
+                for msgs in batch.values():
+                    out.extend(msgs)
+                last_new = time.monotonic()
+                if stop is not None and stop(out):
+                    break
+            elif stop is None and time.monotonic() - last_new >= idle_s:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+def consume(bootstrap: str, topic: str, idle_s: float = 2.0, stop: Callable[[list[Any]], bool] | None = None,
+            timeout: float = 60) -> list[Any]:
+    """Every record of ``topic`` from the beginning: until ``stop(records)`` or ``idle_s`` of silence."""
+    return asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
+
+
+def values(records: Iterable[Any]) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in records]
+
+
+def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None) -> Any:
+    """In-process reference: the same router + processor, no Kafka. Returns the Processor."""
+    from app.capture.formats import read
+    from app.processor import Processor
+    from app.router import Router
+
+    router, proc = Router(), Processor(lambda _k: None)
+    offsets: collections.Counter[str] = collections.Counter()
+    for i, rec in enumerate(read(paths, fmt)):
+        if drop is not None and drop(i, rec):
+            continue
+        for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
+            offsets[raw.key] += 1
+            proc.handle(raw.key, raw.value, dict(raw.headers), offsets[raw.key])
+    return proc
+
+
+def book_levels(proc: Any, key: str) -> tuple[list[list[str]], list[list[str]]]:
+    book = proc.instruments[key].book
+    return [list(x) for x in book.iter_bids()], [list(x) for x in book.iter_asks()]
+
+
+@contextlib.contextmanager
+def workers(*ws: Worker) -> Any:
+    try:
+        yield ws
+    finally:
+        for w in ws:
+            w.kill()

@@ -1,0 +1,72 @@
+"""Project files a user relies on: docker-compose.yml, README, settings."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+import app.config as settings_mod
+from app.errors import ConfigError
+from tests.helpers import ROOT
+
+
+def test_docker_compose_parses_and_names_the_settings_the_app_reads() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"kafka", "worker"}
+    assert re.fullmatch(r"apache/kafka:3\.9\.\d+", services["kafka"]["image"])
+    kafka_env = services["kafka"]["environment"]
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka_env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "0"
+    worker = services["worker"]
+    assert worker["build"] == "."
+    assert set(worker["environment"]) <= set(settings_mod.ENV_VARS)
+    assert worker["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert worker["environment"]["WEB_PORT"] == "6066"
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert '"faust", "-A", "app", "worker"' in dockerfile
+
+
+def test_readme_documents_every_setting_and_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in settings_mod.ENV_VARS:
+        assert f"`{name}`" in readme, f"README does not document {name}"
+    commands = re.findall(r"^(make \w[\w-]*)", readme, flags=re.M)
+    assert commands[:2] == ["make run", "make test"]
+
+
+def test_makefile_help_lists_every_phony_target() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY: (.+)$", makefile, flags=re.M)
+    assert phony is not None
+    documented = set(re.findall(r"^([a-z][\w-]*):.*## ", makefile, flags=re.M))
+    assert set(phony.group(1).split()) == documented
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in settings_mod.ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("F_DATADIR", raising=False)
+    s = settings_mod.load()
+    assert (s.kafka_bootstrap, s.web_host, s.web_port, s.partitions) == ("127.0.0.1:9092", "127.0.0.1", 6066, 4)
+    assert (s.depth_interval_ms, s.depth_levels) == (100, 20)
+    assert s.broker_url == "kafka://127.0.0.1:9092"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("KAFKA_BOOTSTRAP", "localhost", "is not host:port"),
+    ("WEB_PORT", "http", "is not a whole number"),
+    ("WEB_PORT", "70000", "at most 65535"),
+    ("TOPIC_PARTITIONS", "0", "at least 1"),
+    ("LOG_LEVEL", "loud", "must be one of"),
+    ("APP_ID", "a b", "may only hold"),
+    ("COMMIT_INTERVAL_S", "soon", "is not a number"),
+])
+def test_bad_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message) as info:
+        settings_mod.load()
+    assert name in str(info.value)
