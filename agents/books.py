@@ -212,8 +212,9 @@ def handle(event: EventT) -> None:
             if out.redelivered:
                 metrics.count("redelivered")
             return
-        _persist(key, inst, out.fx)
-        _publish(out, inst, int(headers.get("ts", b"0") or 0))
+        if out.fx.changed():
+            _persist(key, inst, out.fx)
+            _publish(out, inst, int(headers.get("ts", b"0") or 0))
     except Exception as exc:  # one bad record must not stop every book on this worker
         log.exception("internal error on %s %s:%s@%s", key, msg.topic, msg.partition, msg.offset)
         metrics.count("internal_errors")

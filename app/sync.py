@@ -44,6 +44,12 @@ class Effects:
     applied: bool = False  # the book moved (top/depth may have changed)
     tops: list[tuple[int, int, Top]] = field(default_factory=list)  # (seq, ts_exchange, top)
 
+    def changed(self) -> bool:
+        """Did the step change persisted state? (Else the state row need not be rewritten:
+        reprocessing such a record after a crash changes nothing either.)"""
+        return bool(self.applied or self.changes or self.buffer_put or self.buffer_del
+                    or self.transitions or self.resync)
+
 
 class Instrument:
     """One instrument's book and sync state. ``to_state``/``from_state`` persist it."""

@@ -1,0 +1,68 @@
+"""The order book: exact strings, minimal change records, checksum, aggregates."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.book import OrderBook
+from app.errors import FrameError
+from app.venues.base import num_str
+
+
+def test_okx_checksum_worked_example_from_the_venue_docs() -> None:
+    book = OrderBook()
+    book.apply([("3366.1", "7")], [("3366.8", "9"), ("3368", "8"), ("3372", "8")])
+    assert book.okx_checksum() == 831078360
+
+
+def test_changes_record_only_what_moved_and_keep_the_venue_text() -> None:
+    book = OrderBook()
+    assert book.apply([("7.6110", "2")], [("7.6150", "10")]) == [("b", "7.6110", "2"), ("a", "7.6150", "10")]
+    assert book.apply([("7.6110", "2")], []) == []  # same size: no change
+    assert book.apply([("7.611", "3")], []) == [("b", "7.6110", "3")]  # same price, other text
+    assert book.apply([("7.6110", "0.000")], []) == [("b", "7.6110", None)]
+    assert book.apply([("9.99", "0")], []) == []  # delete of an unknown level is harmless
+    assert book.top() == (None, None, "7.6150", "10")
+
+
+def test_snapshot_replace_diffs_against_the_current_book() -> None:
+    book = OrderBook()
+    book.apply([("100", "1"), ("99", "2")], [("101", "1")])
+    changes = book.replace([("100", "1"), ("98", "5")], [("101", "3")])
+    assert sorted(changes) == sorted([("b", "99", None), ("b", "98", "5"), ("a", "101", "3")])
+    assert book.levels(10) == ([("100", "1"), ("98", "5")], [("101", "3")])
+
+
+def test_crossed_book_is_detected() -> None:
+    book = OrderBook()
+    book.apply([("101", "1")], [("100", "1")])
+    assert book.crossed()
+
+
+@pytest.mark.parametrize(("price", "size"),
+                         [("abc", "1"), ("-1", "1"), ("0", "1"), ("1", "-2"), ("1", "nan"), ("inf", "1")])
+def test_bad_prices_and_sizes_are_frame_errors(price: str, size: str) -> None:
+    with pytest.raises(FrameError):
+        OrderBook().apply([(price, size)], [])
+
+
+def test_aggregates_are_exact_decimal_strings() -> None:
+    book = OrderBook()
+    book.apply([("99.5", "2"), ("99", "3"), ("90", "100")], [("100.5", "1"), ("101", "4")])
+    agg = book.aggregates(2)
+    assert agg["bids"] == [["99.5", "2"], ["99", "3"]]
+    assert agg["mid"] == "100"
+    assert agg["spread"] == "1"
+    assert agg["spread_bps"] == "100"
+    assert agg["microprice"] == "100.166666666667"  # (bid_px*ask_sz + ask_px*bid_sz) / (bid_sz+ask_sz)
+    assert agg["imbalance"] == "0"  # (2+3) vs (1+4) in the top 2
+    assert agg["bands_bps"]["100"] == {"bid": "5", "ask": "5"}  # 99..101 inclusive
+    assert agg["bands_bps"]["10"] == {"bid": "0", "ask": "0"}
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (0.0015, "0.0015"), (4714.0, "4714"), (1e-05, "0.00001"), (65086.18, "65086.18"), (3, "3"),
+    ("0.00000011", "0.00000011"), ("1E-8", "0.00000001"),
+])
+def test_numbers_render_as_plain_decimal_text(value: object, text: str) -> None:
+    assert num_str(value) == text
