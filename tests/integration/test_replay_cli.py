@@ -1,0 +1,82 @@
+"""`faust -A app replay` as a user runs it: errors, summaries, and a gap through Kafka."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from app.capture.formats import read, write_native
+from tests.helpers import Namespace, Worker, consume, values, wait_for, workers
+
+
+def test_unknown_format_is_a_clear_error(ns: Namespace, tmp_path: Path) -> None:
+    f = tmp_path / "x.jsonl"
+    f.write_text("{}\n")
+    proc = ns.replay(str(f), "--format", "pcap", check=False)
+    assert proc.returncode != 0
+    assert "unknown capture format 'pcap'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_is_a_clear_error(ns: Namespace, tmp_path: Path) -> None:
+    proc = ns.replay(str(tmp_path / "nope.gz"), "--format", "hftbacktest", check=False)
+    assert proc.returncode != 0
+    assert "no such file" in proc.stderr
+
+
+def test_truncated_capture_fails_before_producing_anything(ns: Namespace, tmp_path: Path) -> None:
+    lines = b"".join(
+        b'%d {"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSDT","U":%d,"u":%d,'
+        b'"pu":%d,"b":[["1.0","1"]],"a":[]}}\n' % (1_700_000_000_000_000_000 + i, i, i, i - 1)
+        for i in range(1, 3000)
+    )
+    path = tmp_path / "usdm" / "btcusdt_20240808.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress(lines)[:-200])  # cut the end off
+    proc = ns.replay(str(path), "--format", "hftbacktest", check=False)
+    assert proc.returncode != 0
+    assert "truncated" in proc.stderr
+    assert consume(ns.bootstrap, ns.topic("raw.binance-usdm"), idle_s=1) == []
+
+
+def test_native_capture_replays_with_a_summary(ns: Namespace, tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"ts": 1, "venue": "okx", "conn": "a", "kind": "ws", "frame": "{\\"event\\":\\"subscribe\\"}"}\n')
+    proc = ns.replay(str(path), "--format", "native")
+    assert "okx" in proc.stderr
+    assert "1 records produced" in proc.stderr
+    (rec,) = consume(ns.bootstrap, ns.topic("raw.okx"), stop=lambda rs: len(rs) >= 1, timeout=30)
+    assert rec.key == b"okx:"
+    assert rec.value == b'{"event":"subscribe"}'
+    assert dict(rec.headers) == {"ts": b"1", "kind": b"ws", "conn": b"a"}
+
+
+@pytest.mark.captures
+def test_a_deleted_frame_makes_that_instrument_stale_and_requests_a_resync(ns: Namespace, captures: Path,
+                                                                         tmp_path: Path) -> None:
+    records = list(read([captures / "cryptofeed" / "DERIBIT.ws.1.0"], "cryptofeed"))
+    changes = [i for i, r in enumerate(records) if b'"type":"change"' in r.frame]
+    victim = records[changes[5]]
+    capture = tmp_path / "cut.jsonl"
+    capture.write_bytes(b"".join(write_native(r) for i, r in enumerate(records) if i != changes[5]))
+    name = victim.frame.split(b'"instrument_name":"')[1].split(b'"')[0].decode()
+
+    worker = Worker(ns, tmp_path / "data")
+    with workers(worker):
+        worker.start()
+        ns.replay(str(capture), "--format", "native")
+        resync = consume(ns.bootstrap, ns.topic("control.resync"), stop=lambda rs: len(rs) >= 1, timeout=60)
+        wait_for(lambda: worker.get(f"/api/books/deribit/{name}")[1].get("state") == "stale", 30, "stale book")
+        books = worker.get("/api/books")[1]["books"]
+    assert [(r.key, values([r])[0]["reason"][:3]) for r in resync] == [(f"deribit:{name}".encode(), "gap")]
+    states = {b["instrument"]: b["state"] for b in books}
+    assert states.pop(name) == "stale"
+    assert set(states.values()) == {"synced"}
+    assert len(states) == 9
+    stale_at = next(s["seq"] for s in values(consume(ns.bootstrap, ns.topic("book.status"), idle_s=2))
+                    if s["instrument"] == name and s["state"] == "stale")
+    after = [t for t in values(consume(ns.bootstrap, ns.topic("book.top"), idle_s=2))
+             if t["instrument"] == name and t["seq"] > stale_at]
+    assert after == []  # nothing published for the stale book
