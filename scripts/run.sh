@@ -8,6 +8,9 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WEB_HOST=${WEB_HOST:-127.0.0.1}
 WEB_PORT=${WEB_PORT:-6066}
 LOG_LEVEL=${LOG_LEVEL:-info}
+case "$LOG_LEVEL" in  # faust -l spells two levels its own way
+  warning) FAUST_LEVEL=warn ;; critical) FAUST_LEVEL=crit ;; *) FAUST_LEVEL=$LOG_LEVEL ;;
+esac
 
 started_kafka=0
 worker_pid=""
@@ -36,6 +39,6 @@ run: replay a capture into it:  .venv/bin/faust -A app replay --format cryptofee
 run: tail book.top:             .venv/bin/faust -A app tail book.top
 run: Ctrl-C stops everything this command started
 MSG
-.venv/bin/faust -A app worker -l "$LOG_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
+.venv/bin/faust -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
 worker_pid=$!
 wait "$worker_pid" || true

@@ -67,3 +67,43 @@ def test_stale_pid_file_is_reported_and_removed(tmp_path) -> None:  # type: igno
     assert proc.returncode == 3
     assert "stale pid file" in proc.stderr
     assert not (data / "kafka.pid").exists()
+
+
+def _script(cmd: str, tmp_path, **env: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    full = dict(os.environ, KAFKA_PORT="19997", KAFKA_DATA_DIR=str(tmp_path / "k"), **env)
+    return subprocess.run([str(ROOT / "scripts/kafka.sh"), cmd], env=full, capture_output=True, text=True, timeout=120)
+
+
+def test_missing_java_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "python3", "ss", "sed", "cat", "dirname", "mkdir", "tr", "grep"):
+        src = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if src:
+            (bin_dir / tool).symlink_to(src)
+    proc = _script("up", tmp_path, PATH=str(bin_dir))
+    assert proc.returncode != 0
+    assert "java not found" in proc.stderr
+
+
+def test_missing_maven_is_a_clear_error_when_jars_are_not_resolved(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "python3", "java", "ss", "sed", "cat", "dirname", "mkdir", "tr", "grep", "rm", "ls"):
+        src = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if src:
+            (bin_dir / tool).symlink_to(src)
+    proc = _script("up", tmp_path, PATH=str(bin_dir), KAFKA_LIBS_DIR=str(tmp_path / "libs"))
+    assert proc.returncode != 0
+    assert "mvn not found" in proc.stderr
+
+
+def test_broker_not_ready_in_time_prints_its_log_and_is_stoppable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = _script("up", tmp_path, KAFKA_READY_TIMEOUT="0")
+    try:
+        assert proc.returncode != 0
+        assert "not ready within 0s" in proc.stderr
+        assert "last lines of" in proc.stderr
+    finally:
+        down = _script("down", tmp_path)
+        assert down.returncode == 0

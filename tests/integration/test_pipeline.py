@@ -113,6 +113,12 @@ def test_final_books_equal_the_in_process_reference(pipeline: Pipeline) -> None:
 def test_book_depth_records_are_consistent(pipeline: Pipeline) -> None:
     depth = pipeline.topic("book.depth")
     assert len(depth) > 100
+    last: dict[str, int] = {}
+    for rec in depth:  # at most one record per instrument per DEPTH_INTERVAL_MS (100 ms)
+        key = f"{rec['venue']}:{rec['instrument']}"
+        if key in last:
+            assert rec["ts_published"] - last[key] >= 95_000_000, key  # wall vs monotonic clock slack
+        last[key] = rec["ts_published"]
     for rec in depth:
         assert len(rec["bids"]) <= 20
         assert len(rec["asks"]) <= 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,36 @@ def test_a_deleted_frame_makes_that_instrument_stale_and_requests_a_resync(ns: N
     after = [t for t in values(consume(ns.bootstrap, ns.topic("book.top"), idle_s=2))
              if t["instrument"] == name and t["seq"] > stale_at]
     assert after == []  # nothing published for the stale book
+
+
+def test_bad_frames_land_in_the_dead_letter_topic_with_their_source(ns: Namespace, tmp_path: Path) -> None:
+    good = ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.BTC-PERPETUAL.100ms","data":{"type":'
+            '"snapshot","timestamp":1,"instrument_name":"BTC-PERPETUAL","change_id":1,"bids":[["new",100,1]],'
+            '"asks":[["new",101,1]]}}}')
+    bad_levels = good.replace('"snapshot"', '"change"').replace('"change_id":1', '"change_id":2,"prev_change_id":1')
+    bad_levels = bad_levels.replace('["new",100,1]', '["new","abc",1]')
+    lines = [
+        {"ts": 1, "venue": "deribit", "conn": "c", "kind": "ws", "frame": good},
+        {"ts": 2, "venue": "deribit", "conn": "c", "kind": "ws", "symbol": "BTC-PERPETUAL",
+         "frame": '{"jsonrpc": "2.0", "meth'},
+        {"ts": 3, "venue": "deribit", "conn": "c", "kind": "ws", "frame": bad_levels},
+    ]
+    capture = tmp_path / "bad.jsonl"
+    capture.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    worker = Worker(ns, tmp_path / "data")
+    with workers(worker):
+        worker.start()
+        ns.replay(str(capture), "--format", "native")
+        dead = values(consume(ns.bootstrap, ns.topic("raw.deadletter"), stop=lambda rs: len(rs) >= 2, timeout=60))
+        counters = wait_for(lambda: worker.get("/metrics/counters")[1].get("deadletters") == 2 and
+                            worker.get("/metrics/counters")[1], 30, "dead letter counter")
+        state = worker.get("/api/books/deribit/BTC-PERPETUAL")[1]
+    assert [d["reason"] for d in dead] == ["bad-json", "bad-number"]
+    for d in dead:
+        assert (d["venue"], d["instrument"], d["topic"]) == ("deribit", "BTC-PERPETUAL", ns.topic("raw.deribit"))
+        assert isinstance(d["partition"], int)
+        assert isinstance(d["offset"], int)
+        assert d["frame"]
+    assert counters["deadletters.bad-json"] == 1
+    assert state["state"] == "stale"  # a lost frame may have been a delta: never trust the book
+    assert "Traceback" not in worker.log_text()

@@ -184,3 +184,54 @@ def test_binance_snapshot_older_than_the_buffer_asks_for_another() -> None:
     assert inst.status != SYNCED
     assert fx.resync is not None
     assert "older than buffered" in fx.resync
+
+
+def _synced(rule: Sequencing, seq: int = 10, prev: int | None = -1) -> Instrument:
+    inst = Instrument("v:X", rule)
+    snapshot = BookUpdate(snapshot=True, seq=seq, prev=prev, bids=[("1", "1")], asks=[("2", "1")])
+    inst.step(snapshot, b"", "c", 0, Effects())
+    assert inst.status == SYNCED
+    return inst
+
+
+def test_okx_heartbeat_and_one_off_reset_keep_the_book_synced() -> None:
+    inst = _synced(Sequencing.OKX)
+    inst.step(BookUpdate(snapshot=False, seq=10, prev=10), b"", "c", 0, Effects())  # heartbeat: empty, seq == prev
+    assert (inst.status, inst.seq) == (SYNCED, 10)
+    inst.step(BookUpdate(snapshot=False, seq=3, prev=10, bids=[("1", "2")]), b"", "c", 0, Effects())  # reset
+    assert (inst.status, inst.seq) == (SYNCED, 3)
+    inst.step(BookUpdate(snapshot=False, seq=4, prev=3, bids=[("1", "5")]), b"", "c", 0, Effects())
+    assert (inst.status, inst.book.top()[1]) == (SYNCED, "5")
+    fx = Effects()
+    inst.step(BookUpdate(snapshot=False, seq=9, prev=7), b"", "c", 0, fx)
+    assert inst.status == STALE
+    assert fx.resync is not None
+
+
+def test_bybit_u_equal_one_is_a_restart_that_replaces_the_book() -> None:
+    inst = _synced(Sequencing.BYBIT, seq=500, prev=None)
+    fx = Effects()
+    inst.step(BookUpdate(snapshot=True, restart=True, seq=1, bids=[("1.5", "9")], asks=[("3", "1")]), b"", "c", 0, fx)
+    assert (inst.status, inst.seq, inst.book.top()) == (SYNCED, 1, ("1.5", "9", "3", "1"))
+    inst.step(BookUpdate(snapshot=False, seq=2, bids=[("1.5", "8")]), b"", "c", 0, Effects())
+    assert inst.book.top()[1] == "8"
+
+
+def test_changelog_writes_per_update_do_not_grow_with_depth() -> None:
+    for depth in (10, 1000, 5000):
+        inst = Instrument("deribit:X", Sequencing.DERIBIT)
+        levels = [(str(10_000 - i), "1") for i in range(depth)], [(str(20_000 + i), "1") for i in range(depth)]
+        inst.step(BookUpdate(snapshot=True, seq=1, bids=levels[0], asks=levels[1]), b"", "c", 0, Effects())
+        fx = Effects()
+        inst.step(BookUpdate(snapshot=False, seq=2, prev=1, bids=[("9999", "3"), ("10000", "0")]), b"", "c", 0, fx)
+        assert fx.changes == [("b", "9999", "3"), ("b", "10000", None)]
+        assert len(str(inst.to_state())) < 400
+
+
+def test_a_redelivered_update_is_ignored_by_sequence() -> None:
+    inst = _synced(Sequencing.DERIBIT)
+    upd = BookUpdate(snapshot=False, seq=11, prev=10, bids=[("1", "7")])
+    inst.step(upd, b"", "c", 0, Effects())
+    fx = Effects()
+    inst.step(upd, b"", "c", 0, fx)
+    assert (inst.status, fx.changed(), inst.counters["duplicates"]) == (SYNCED, False, 1)

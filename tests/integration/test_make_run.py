@@ -1,0 +1,46 @@
+"""`make run` as a user runs it: broker + worker + web, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.helpers import ROOT, free_port, http_json, wait_for
+
+
+def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    kafka_port, web_port = free_port(), free_port()
+    env = dict(os.environ, KAFKA_PORT=str(kafka_port), KAFKA_CONTROLLER_PORT=str(free_port()),
+               KAFKA_DATA_DIR=str(tmp_path / "kafka"), WEB_PORT=str(web_port), DATA_DIR=str(tmp_path / "data"),
+               APP_ID="makerun", BROKER_SESSION_TIMEOUT="6")
+    env.pop("KAFKA_BOOTSTRAP", None)
+    log = (tmp_path / "run.log").open("wb")
+    proc = subprocess.Popen(["scripts/run.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: http_json(f"http://127.0.0.1:{web_port}/health")[0] == 200, 120, "web /health")
+        status, body = http_json(f"http://127.0.0.1:{web_port}/ready")
+        assert status in (200, 503)
+        assert "books_synced" in body
+        broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "run.log").read_text()
+    assert f"http://127.0.0.1:{web_port}/" in output
+    assert "stopped" in output
+    wait_for(lambda: not Path(f"/proc/{broker_pid}").exists(), 30, "broker process gone")
+    leftovers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+    assert not _port_open(web_port)  # the worker's web server is gone
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
