@@ -183,6 +183,8 @@ def _read_cryptofeed_v1(path: Path, venue_flag: str | None) -> Iterator[Record]:
             if not sep or not sep2:
                 raise CaptureError(f"{path}:{lineno}: not a cryptofeed http record")
             url = head.decode()
+            if "depth" not in url and "book" not in url.lower():
+                continue  # instrument lists and other REST calls: not part of a book
             v = venue_flag or venue_from_url(url) or name_hint
             yield Record(_epoch_ns(ts_text), _check_venue(v, str(path)), f"{path.name}#rest", Kind.REST, body, url)
             continue
@@ -251,14 +253,25 @@ def cryptofeed_companions(paths: list[Path]) -> list[Path]:
 
 
 # -- hftbacktest --------------------------------------------------------------------
-_HFT_NAME = re.compile(r"^([a-z0-9_]+?)_\d{8}")
+_HFT_NAME = re.compile(r"^([a-z0-9_-]+?)_\d{8}", re.I)
 _HFT_DIRS = {"spot": "binance", "usdm": "binance-usdm", "coinm": "binance-coinm", "futures": "binance-usdm"}
+
+
+def _hft_infer_venue(path: Path) -> str | None:
+    """The Binance market of an hftbacktest file from its first depth event (pu: futures)."""
+    for _, line in _lines(path):
+        if b"depthUpdate" in line:
+            m = re.search(rb'"s":"([^"]*)"', line)
+            if b'"pu"' not in line:
+                return "binance"
+            return "binance-coinm" if m and b"_" in m.group(1) else "binance-usdm"
+    return None
 
 
 def read_hftbacktest(path: Path, venue: str | None = None, symbol: str | None = None) -> Iterator[Record]:
     m = _HFT_NAME.match(path.name)
     sym = (symbol or (m.group(1) if m else "")).upper()
-    v = venue or _HFT_DIRS.get(path.parent.name)
+    v = venue or _HFT_DIRS.get(path.parent.name.lower()) or _hft_infer_venue(path)
     conn = f"hftbacktest:{sym or path.name}"
     for lineno, line in _lines(path):
         if not line:
@@ -266,12 +279,6 @@ def read_hftbacktest(path: Path, venue: str | None = None, symbol: str | None = 
         ts_text, sep, frame = line.partition(b" ")
         if not sep or not ts_text.isdigit() or not frame.startswith(b"{"):
             raise CaptureError(f"{path}:{lineno}: not an hftbacktest line '<ns> <json>' (truncated file?)")
-        if v is None:  # infer from the first depth event: pu only on futures
-            if b"depthUpdate" in frame:
-                v = ("binance-coinm" if b"_" in frame.split(b'"s":"')[1][:20] else "binance-usdm") \
-                    if b'"pu"' in frame else "binance"
-            elif not frame.startswith(b'{"lastUpdateId"'):
-                continue
         kind = Kind.REST if frame.startswith(b'{"lastUpdateId"') else Kind.WS
         if kind is Kind.REST and not sym:
             raise CaptureError(
@@ -285,6 +292,8 @@ def read(paths: Iterable[Path], fmt: str, venue: str | None = None, symbol: str 
     """All records of ``paths`` merged in receive-time order (stable for equal times)."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown capture format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if venue is not None and venue not in VENUES:
+        raise ConfigError(f"unknown venue {venue!r}; known venues: {', '.join(VENUES)}")
     plist = [Path(p) for p in paths]
     for p in plist:
         if not p.is_file():
