@@ -12,14 +12,14 @@ import sys
 from app.errors import ConfigError
 
 try:
+    # `from app import x`, never `import app.x`: the latter would rebind `app` to this package.
+    from agents import books as _books  # noqa: F401  (registers the book agent)
+    from agents import ingest as _ingest  # noqa: F401  (ingestion inside the worker when FEEDS is set)
+    from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
+    from app import web as _web  # noqa: F401  (HTTP endpoints)
     from app.core import app, settings
 except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
-
-# `from app import x`, never `import app.x`: the latter would rebind `app` to this package.
-from agents import books as _books  # noqa: E402,F401  (registers the book agent)
-from app import commands as _commands  # noqa: E402,F401  (faust -A app replay, …)
-from app import web as _web  # noqa: E402,F401  (HTTP endpoints)
 
 __all__ = ["app", "settings"]

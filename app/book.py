@@ -154,16 +154,7 @@ class OrderBook:
         return bids, asks
 
     def okx_checksum(self) -> int:
-        """OKX CRC32 over the top 25 levels, interleaved bid/ask, as a signed 32-bit int."""
-        bids, asks = self.levels(25)
-        parts: list[str] = []
-        for i in range(max(len(bids), len(asks))):
-            if i < len(bids):
-                parts.append(f"{bids[i][0]}:{bids[i][1]}")
-            if i < len(asks):
-                parts.append(f"{asks[i][0]}:{asks[i][1]}")
-        crc = zlib.crc32(":".join(parts).encode())
-        return crc - (1 << 32) if crc >= 1 << 31 else crc
+        return okx_checksum(*self.levels(25))
 
     def aggregates(self, n: int) -> dict[str, Any]:
         """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
@@ -204,6 +195,18 @@ class OrderBook:
                 }
             out["bands_bps"] = bands
         return out
+
+
+def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
+    """OKX CRC32 over the top 25 levels (best first), interleaved bid/ask, signed 32-bit."""
+    parts: list[str] = []
+    for i in range(min(25, max(len(bids), len(asks)))):
+        if i < len(bids):
+            parts.append(f"{bids[i][0]}:{bids[i][1]}")
+        if i < len(asks):
+            parts.append(f"{asks[i][0]}:{asks[i][1]}")
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def _cum(levels: Iterator[tuple[str, str]], inside: Any) -> Decimal:

@@ -82,3 +82,61 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
                 break
     finally:
         await consumer.stop()
+
+
+@app.command(
+    option("--host", type=str, default="127.0.0.1", help="Address to listen on."),
+    option("--port", type=int, default=8765, help="Port for every venue's WebSocket and REST endpoint."),
+    option("--rate", type=float, default=10.0, help="Book updates per second per instrument (bursts on top)."),
+    option("--seed", type=int, default=0, help="Random seed of the order-flow model."),
+)
+async def simulate(self: AppCommand, host: str, port: int, rate: float, seed: int) -> None:
+    """Run the local venue simulator (every venue's protocol over real WebSockets)."""
+    from app.simulator.server import serve
+
+    if rate <= 0:
+        _fail(BookstreamError("--rate must be greater than 0"))
+    print(f"simulator: http://{host}:{port}/  (FEED=sim SIM_URL=http://{host}:{port})", file=sys.stderr, flush=True)
+    try:
+        await serve(host, port, rate, seed)
+    except OSError as exc:
+        _fail(BookstreamError(f"cannot listen on {host}:{port}: {exc.strerror}"))
+
+
+async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rotate_mb: float) -> None:
+    from app import feeds as feeds_mod
+    from app.ingest.service import Ingest
+
+    try:
+        config = feeds_mod.load(feeds_override=feeds)
+        service = Ingest(settings, config, produce=produce, record_dir=record_dir, rotate_mb=rotate_mb,
+                         buffer_mb=settings.ingest_buffer_mb)
+        if produce:
+            from app.kafka import ensure_topics
+            from app.topics import ALL_NAMES
+
+            await ensure_topics(settings, ALL_NAMES)
+        await service.run()
+    except BookstreamError as exc:
+        _fail(exc)
+
+
+@app.command(
+    option("--feeds", type=str, default=None, help="Feeds to ingest (default: FEEDS / FEEDS_FILE)."),
+    option("--record", "record_dir", type=Path, default=None, help="Also write a native capture into this folder."),
+    option("--rotate-mb", type=float, default=256.0, help="Start a new capture file past this size."),
+)
+async def ingest(self: AppCommand, feeds: str | None, record_dir: Path | None, rotate_mb: float) -> None:
+    """Ingest live venue feeds into the raw topics (FEED=live, or FEED=sim for the simulator)."""
+    await _ingest(feeds, True, record_dir, rotate_mb)
+
+
+@app.command(
+    option("--out", "out", type=Path, required=True, help="Folder for the native capture files."),
+    option("--rotate-mb", type=float, default=256.0, help="Start a new capture file past this size."),
+    option("--feeds", type=str, default=None, help="Feeds to record (default: FEEDS / FEEDS_FILE)."),
+    option("--produce", is_flag=True, default=False, help="Also produce to the raw topics, like ingest."),
+)
+async def record(self: AppCommand, out: Path, rotate_mb: float, feeds: str | None, produce: bool) -> None:
+    """Record venue feeds to native capture files (replay them later with `replay`)."""
+    await _ingest(feeds, produce, out, rotate_mb)

@@ -21,7 +21,9 @@ ENV_VARS = (
     "KAFKA_BOOTSTRAP", "APP_ID", "TOPIC_PREFIX", "TOPIC_PARTITIONS", "TOPIC_REPLICATION",
     "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
-    "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT",
+    "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
+    "PRODUCER_BUFFER_MESSAGES",
+    "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
 )
 
 
@@ -89,6 +91,9 @@ class Settings:
     producer_linger_ms: int = 5
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
+    ingest_buffer_mb: float = 64.0
+    producer_buffer_messages: int = 10_000
+    ingest_in_worker: bool = True
 
     @property
     def broker_url(self) -> str:
@@ -131,4 +136,7 @@ def load() -> Settings:
         producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
+        ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),
+        producer_buffer_messages=_env_int("PRODUCER_BUFFER_MESSAGES", 10_000, minimum=1),
+        ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
     )

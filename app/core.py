@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import faust
+from faust.transport.producer import ProducerBuffer
 
 from app.config import Settings, load
 
@@ -48,6 +49,11 @@ app = BookstreamApp(
     web_port=settings.web_port,
     web_bind=settings.web_host,  # faust binds 0.0.0.0 by default; we bind what WEB_HOST says
 )
+
+# Faust pauses every stream while more than `max_messages` (100) table/changelog and
+# send_soon records wait to be produced, then drains them one by one: a snapshot of a few
+# hundred levels stalls all books. A larger bound keeps back-pressure but stops the stalls.
+ProducerBuffer.max_messages = settings.producer_buffer_messages
 
 for _name in ("app", "agents", "tables"):
     logging.getLogger(_name).setLevel(settings.log_level.upper())

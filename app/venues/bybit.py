@@ -44,7 +44,7 @@ class BybitAdapter:
         return [
             BookUpdate(
                 snapshot=type_ == "snapshot" or u == 1,
-                restart=u == 1 and type_ == "delta",
+                restart=u == 1,  # whatever the type: never a duplicate of the old book
                 seq=u,
                 bids=levels(data.get("b", []), "b"),
                 asks=levels(data.get("a", []), "a"),

@@ -1,0 +1,188 @@
+"""Feed configuration: which instruments to ingest, from which endpoints, with which keys.
+
+* ``FEEDS``: ``deribit:BTC-PERPETUAL,ETH-PERPETUAL;binance-usdm:BTCUSDT;okx:BTC-USDT-SWAP``
+* ``FEEDS_FILE``: JSON ``{"feeds": {"okx": ["BTC-USDT"]}, "endpoints": {"okx": {"ws_url": …}}}``;
+  its feeds are added to ``FEEDS``, its endpoint fields override the defaults.
+* ``FEED``: ``live`` (the venues' real endpoints) or ``sim`` (the local simulator at ``SIM_URL``).
+* Credentials: ``DERIBIT_CLIENT_ID``/``DERIBIT_CLIENT_SECRET``, ``OKX_API_KEY``/
+  ``OKX_API_SECRET``/``OKX_API_PASSPHRASE``, or ``CREDENTIALS_FILE`` (JSON, same names in
+  lower case per venue). They are :class:`Secret`: never printed, logged or published.
+
+Endpoints, channels, depths and per-connection limits are data, not code: venues move
+them (Binance moved its futures depth streams under ``/public`` in 2026).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import ConfigError
+from app.venues import VENUES
+
+
+class Secret:
+    """A credential value; every textual form of it is masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ws_url: str
+    channel: str  # template: {symbol} {symbol_lower} {depth}
+    rest_url: str = ""  # Binance depth snapshots
+    depth: int = 0
+    max_per_conn: int = 50  # instruments per WebSocket connection
+    silence_s: float = 30.0  # watchdog: reconnect when nothing arrives for this long
+    ping_s: float = 20.0  # application-level keepalive interval
+
+
+LIVE: dict[str, Endpoint] = {
+    "deribit": Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10),
+    "binance": Endpoint("wss://stream.binance.com:9443/stream", "{symbol_lower}@depth@100ms",
+                        "https://api.binance.com/api/v3/depth", depth=5000, max_per_conn=200, silence_s=15),
+    "binance-usdm": Endpoint("wss://fstream.binance.com/public/stream", "{symbol_lower}@depth@100ms",
+                             "https://fapi.binance.com/fapi/v1/depth", depth=1000, max_per_conn=200, silence_s=15),
+    "binance-coinm": Endpoint("wss://dstream.binance.com/stream", "{symbol_lower}@depth@100ms",
+                              "https://dapi.binance.com/dapi/v1/depth", depth=1000, max_per_conn=200, silence_s=15),
+    "okx": Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
+    "bybit-spot": Endpoint("wss://stream.bybit.com/v5/public/spot", "orderbook.{depth}.{symbol}", depth=200,
+                           max_per_conn=10),
+    "bybit-linear": Endpoint("wss://stream.bybit.com/v5/public/linear", "orderbook.{depth}.{symbol}", depth=200),
+    "bybit-inverse": Endpoint("wss://stream.bybit.com/v5/public/inverse", "orderbook.{depth}.{symbol}", depth=200),
+    "bybit-option": Endpoint("wss://stream.bybit.com/v5/public/option", "orderbook.{depth}.{symbol}", depth=100),
+    # one product per connection: sequence_num is per connection, so a gap then names one book
+    "coinbase": Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
+}
+
+SIM_PATHS = {
+    "deribit": ("/ws/deribit", ""),
+    "binance": ("/ws/binance/stream", "/rest/binance/api/v3/depth"),
+    "binance-usdm": ("/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
+    "binance-coinm": ("/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
+    "okx": ("/ws/okx/ws/v5/public", ""),
+    "bybit-spot": ("/ws/bybit/v5/public/spot", ""),
+    "bybit-linear": ("/ws/bybit/v5/public/linear", ""),
+    "bybit-inverse": ("/ws/bybit/v5/public/inverse", ""),
+    "bybit-option": ("/ws/bybit/v5/public/option", ""),
+    "coinbase": ("/ws/coinbase", ""),
+}
+
+#: What `make run` ingests from the simulator: every venue, Deribit options across strikes.
+DEFAULT_SIM_FEEDS = (
+    "deribit:BTC-PERPETUAL,ETH-PERPETUAL,BTC-27MAR26-60000-C,BTC-27MAR26-70000-C,BTC-27MAR26-60000-P,"
+    "BTC-26JUN26-80000-C,ETH-27MAR26-2000-C,ETH-27MAR26-2500-P;"
+    "binance:BTCUSDT,ETHUSDT;binance-usdm:BTCUSDT,ETHUSDT;binance-coinm:BTCUSD_PERP;"
+    "okx:BTC-USDT,BTC-USDT-SWAP,ETH-USDT-SWAP;bybit-spot:BTCUSDT;bybit-linear:BTCUSDT,ETHUSDT;"
+    "bybit-inverse:BTCUSD;bybit-option:BTC-27MAR26-60000-C;coinbase:BTC-USD,ETH-USD"
+)
+
+
+def sim_endpoints(base_url: str) -> dict[str, Endpoint]:
+    """The simulator's addresses for every venue (same channels and limits as live)."""
+    base = base_url.rstrip("/")
+    ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    out = {}
+    for venue, (ws_path, rest_path) in SIM_PATHS.items():
+        live = LIVE[venue]
+        out[venue] = dataclasses.replace(live, ws_url=ws_base + ws_path, rest_url=base + rest_path if rest_path else "",
+                                         silence_s=min(live.silence_s, 10.0))
+    return out
+
+
+def parse_feeds(spec: str) -> dict[str, list[str]]:
+    """``venue:SYM1,SYM2;venue2:SYM`` → {venue: [symbols]}; ConfigError on anything malformed."""
+    feeds: dict[str, list[str]] = {}
+    for part in (p.strip() for p in spec.split(";")):
+        if not part:
+            continue
+        venue, sep, symbols = part.partition(":")
+        venue = venue.strip()
+        if not sep:
+            raise ConfigError(f"FEEDS entry {part!r} is not <venue>:<symbol>[,<symbol>…]")
+        if venue not in VENUES:
+            raise ConfigError(f"FEEDS names unknown venue {venue!r}; known venues: {', '.join(VENUES)}")
+        names = [s.strip() for s in symbols.split(",") if s.strip()]
+        if not names:
+            raise ConfigError(f"FEEDS entry for {venue} names no symbol")
+        for name in names:
+            if any(c.isspace() or c in ":;/" for c in name):
+                raise ConfigError(f"FEEDS symbol {name!r} for {venue} is malformed")
+        feeds.setdefault(venue, [])
+        feeds[venue].extend(n for n in names if n not in feeds[venue])
+    return feeds
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    feeds: dict[str, list[str]]
+    endpoints: dict[str, Endpoint]
+    credentials: dict[str, dict[str, Secret]] = field(default_factory=dict)
+    mode: str = "live"
+
+
+def _load_json(path: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except OSError as exc:
+        raise ConfigError(f"{what}={path}: cannot read ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{what}={path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}={path}: expected a JSON object")
+    return data
+
+
+def credentials(env: dict[str, str]) -> dict[str, dict[str, Secret]]:
+    found: dict[str, dict[str, str]] = {}
+    if env.get("CREDENTIALS_FILE"):
+        for venue, values in _load_json(env["CREDENTIALS_FILE"], "CREDENTIALS_FILE").items():
+            if isinstance(values, dict):
+                found[venue] = {str(k).lower(): str(v) for k, v in values.items()}
+    for name, value in env.items():
+        for venue, prefix in (("deribit", "DERIBIT_"), ("okx", "OKX_API_")):
+            if name.startswith(prefix) and value:
+                found.setdefault(venue, {})[name[len(prefix):].lower()] = value
+    return {venue: {k: Secret(v) for k, v in values.items()} for venue, values in found.items()}
+
+
+def load(env: dict[str, str] | None = None, feeds_override: str | None = None) -> FeedConfig:
+    env = dict(os.environ) if env is None else env
+    mode = env.get("FEED", "live").strip() or "live"
+    if mode not in ("live", "sim"):
+        raise ConfigError(f"FEED={mode!r} must be 'live' or 'sim'")
+    endpoints = dict(LIVE) if mode == "live" else sim_endpoints(env.get("SIM_URL", "http://127.0.0.1:8765"))
+    feeds = parse_feeds(feeds_override if feeds_override is not None else env.get("FEEDS", ""))
+    if env.get("FEEDS_FILE"):
+        data = _load_json(env["FEEDS_FILE"], "FEEDS_FILE")
+        for venue, symbols in (data.get("feeds") or {}).items():
+            extra = parse_feeds(f"{venue}:{','.join(symbols)}")
+            for v, names in extra.items():
+                feeds.setdefault(v, []).extend(n for n in names if n not in feeds.get(v, []))
+        for venue, fields in (data.get("endpoints") or {}).items():
+            if venue not in endpoints:
+                raise ConfigError(f"FEEDS_FILE endpoints name unknown venue {venue!r}")
+            try:
+                endpoints[venue] = dataclasses.replace(endpoints[venue], **fields)
+            except TypeError as exc:
+                raise ConfigError(f"FEEDS_FILE endpoints for {venue}: {exc}") from exc
+    return FeedConfig(feeds=feeds, endpoints=endpoints, credentials=credentials(env), mode=mode)

@@ -1,0 +1,188 @@
+"""Ingestion: venue connections → router → raw topics (and optionally a native capture).
+
+Runs as ``faust -A app ingest``, as ``faust -A app record`` (capture files, optionally
+produced too), and inside ``faust -A app worker`` when ``FEEDS`` is set. Reads
+``control.resync`` and resyncs exactly the instrument named, on its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from app.capture.formats import Record
+from app.capture.recorder import Recorder
+from app.config import Settings
+from app.errors import BookstreamError, CaptureError
+from app.feeds import FeedConfig
+from app.ingest.connection import Emit, FeedConnection, Reset
+from app.ingest.protocols import protocol
+from app.ingest.sink import RawSink
+from app.router import Router
+from app.venues import split_key
+from app.venues.base import Kind
+
+log = logging.getLogger(__name__)
+
+RESYNC_MIN_INTERVAL_S = 1.0
+
+
+class Ingest:
+    def __init__(self, settings: Settings, feeds: FeedConfig, *, produce: bool = True,
+                 record_dir: Path | None = None, rotate_mb: float = 256.0, buffer_mb: float = 64.0) -> None:
+        if not feeds.feeds:
+            raise BookstreamError("no feeds configured: set FEEDS (e.g. deribit:BTC-PERPETUAL;okx:BTC-USDT) "
+                                  "or FEEDS_FILE")
+        self.settings, self.feeds, self.produce = settings, feeds, produce
+        self.router = Router()
+        self.recorder = Recorder(record_dir, rotate_mb) if record_dir is not None else None
+        self.sink = RawSink(settings, int(buffer_mb * 1024 * 1024), on_lost=self._resync_later) if produce else None
+        self.connections: list[FeedConnection] = []
+        self.by_key: dict[str, FeedConnection] = {}
+        self._last_resync: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.failure: BaseException | None = None
+
+    # -- frames ---------------------------------------------------------------------
+    def emit(self, venue: str, kind: Kind, frame: bytes, ts: int, url: str, symbol: str, conn: str) -> None:
+        if self.recorder is not None:
+            try:
+                self.recorder.write(Record(ts, venue, conn, kind, frame, url, symbol))
+            except CaptureError as exc:
+                self._fail(exc)
+        if self.sink is not None:
+            for rec in self.router.route(venue, conn, kind, frame, ts, url, symbol):
+                self.sink.put(rec)
+
+    def _emitter(self, venue: str) -> Emit:
+        def emit(kind: Kind, frame: bytes, ts: int, url: str, symbol: str, conn: str) -> None:
+            self.emit(venue, kind, frame, ts, url, symbol, conn)
+        return emit
+
+    def _resetter(self, venue: str) -> Reset:
+        def reset(conn: str, reason: str) -> None:
+            self.reset(venue, conn, reason)
+        return reset
+
+    def reset(self, venue: str, conn: str, reason: str) -> None:
+        for rec in self.router.reset(venue, conn, time.time_ns(), reason):
+            if self.recorder is not None:
+                with contextlib.suppress(CaptureError):
+                    self.recorder.write(Record(time.time_ns(), venue, conn, Kind.CONN, rec.value,
+                                               symbol=rec.key.partition(":")[2]))
+            if self.sink is not None:
+                self.sink.put(rec)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+            log.error("%s", exc)
+            for task in self._tasks:
+                task.cancel()
+
+    # -- resync ---------------------------------------------------------------------
+    def _resync_later(self, key: str) -> None:
+        asyncio.get_running_loop().create_task(self.resync(key))
+
+    async def resync(self, key: str) -> bool:
+        conn = self.by_key.get(key)
+        if conn is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_resync.get(key, 0.0) < RESYNC_MIN_INTERVAL_S:
+            return False
+        self._last_resync[key] = now
+        return await conn.resync(split_key(key)[1])
+
+    async def _resync_consumer(self) -> None:
+        topic = self.settings.topic("control.resync")
+        while True:
+            consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.kafka_bootstrap,
+                                        group_id=f"{self.settings.app_id}-ingest", auto_offset_reset="latest",
+                                        enable_auto_commit=True)
+            try:
+                await consumer.start()
+                async for msg in consumer:
+                    key = msg.key.decode("utf-8", "replace") if msg.key else ""
+                    if key in self.by_key:
+                        await self.resync(key)
+            except (KafkaError, OSError) as exc:
+                log.warning("control.resync consumer: %s; retrying", exc)
+                await asyncio.sleep(2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    # -- run ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Until cancelled (or a recording error): connections, sink, resync consumer."""
+        async with aiohttp.ClientSession() as http:
+            for venue, symbols in self.feeds.feeds.items():
+                endpoint = self.feeds.endpoints[venue]
+                proto = protocol(venue, endpoint, self.feeds.credentials.get(venue.split("-")[0]))
+                size = max(1, endpoint.max_per_conn)
+                for i in range(0, len(symbols), size):
+                    group = symbols[i : i + size]
+                    conn = FeedConnection(venue, group, proto, emit=self._emitter(venue),
+                                          reset=self._resetter(venue), http=http)
+                    self.connections.append(conn)
+                    for symbol in group:
+                        self.by_key[f"{venue}:{symbol}"] = conn
+            log.info("ingesting %d instruments over %d connections (%s endpoints)", len(self.by_key),
+                     len(self.connections), self.feeds.mode)
+            if self.sink is not None:
+                self.sink.start()
+                self._tasks.append(asyncio.create_task(self._resync_consumer(), name="resync-consumer"))
+            if self.recorder is not None:
+                self._tasks.append(asyncio.create_task(self._flush_recorder(), name="recorder-flush"))
+            self._tasks += [asyncio.create_task(c.run(), name=c.venue) for c in self.connections]
+            try:
+                await asyncio.gather(*self._tasks)
+            except asyncio.CancelledError:
+                if self.failure is None:
+                    raise
+            finally:
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                if self.sink is not None:
+                    await self.sink.stop()
+                if self.recorder is not None:
+                    self.recorder.close()
+            if self.failure is not None:
+                raise self.failure
+
+    async def _flush_recorder(self) -> None:
+        assert self.recorder is not None
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.recorder.flush()
+            except CaptureError as exc:
+                self._fail(exc)
+                return
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        venues: dict[str, dict[str, Any]] = {}
+        for conn in self.connections:
+            v = venues.setdefault(conn.venue, {"connections": 0, "connected": 0, "frames": 0, "reconnects": 0,
+                                               "watchdog": 0, "last_frame_age_s": None})
+            v["connections"] += 1
+            v["connected"] += int(conn.stats.connected)
+            v["frames"] += conn.stats.frames
+            v["reconnects"] += conn.stats.reconnects
+            v["watchdog"] += conn.stats.watchdog
+            if conn.stats.last_frame:
+                age = round(now - conn.stats.last_frame, 3)
+                v["last_frame_age_s"] = age if v["last_frame_age_s"] is None else min(age, v["last_frame_age_s"])
+        return {"venues": venues, "sink": self.sink.stats() if self.sink else None,
+                "recorded": self.recorder.records if self.recorder else None}

@@ -1,0 +1,159 @@
+"""Raw records to Kafka within a bounded memory budget.
+
+``put`` never blocks the WebSocket readers. Records wait in a queue, sent by one task
+through an idempotent aiokafka producer. Queued plus in-flight bytes never exceed
+``INGEST_BUFFER_MB``: past that, new records are dropped and counted. An instrument that
+lost a record (dropped here, or failed delivery) cannot be trusted any more: it is
+remembered, and once Kafka accepts records again it gets a ``conn`` gap record and a
+resync, so its book goes stale and recovers instead of being silently wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from app.config import Settings
+from app.kafka import producer as make_producer
+from app.router import RawRecord, conn_event, headers
+from app.venues.base import Kind
+
+log = logging.getLogger(__name__)
+
+
+class RawSink:
+    def __init__(self, settings: Settings, budget_bytes: int, on_lost: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.budget = budget_bytes
+        self.on_lost = on_lost  # called with an instrument key once Kafka is back, to resync it
+        self.queue: collections.deque[RawRecord] = collections.deque()
+        self.pending_bytes = 0  # queued + in flight
+        self.peak_bytes = 0
+        self.sent = 0
+        self.dropped: collections.Counter[str] = collections.Counter()  # per venue
+        self.failed: collections.Counter[str] = collections.Counter()
+        self.lost_keys: set[str] = set()
+        self.kafka_ok = False
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._last_warning = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._producer: Any = None
+
+    @staticmethod
+    def _size(rec: RawRecord) -> int:
+        return len(rec.value) + len(rec.key) + 64
+
+    def put(self, rec: RawRecord) -> None:
+        size = self._size(rec)
+        if self.pending_bytes + size > self.budget:
+            self.dropped[rec.venue] += 1
+            if rec.key.partition(":")[2]:
+                self.lost_keys.add(rec.key)
+            self._warn(f"ingest buffer full ({self.pending_bytes / 1e6:.1f} MB of {self.budget / 1e6:.0f} MB): "
+                       f"dropping frames, {sum(self.dropped.values())} so far; Kafka at "
+                       f"{self.settings.kafka_bootstrap} is {'slow' if self.kafka_ok else 'unreachable'}")
+            return
+        self.pending_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.pending_bytes)
+        self.queue.append(rec)
+        self._wake.set()
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 5.0:
+            self._last_warning = now
+            log.error(message)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="raw-sink")
+
+    async def stop(self, flush_timeout: float = 10.0) -> None:
+        if self.queue and self.kafka_ok:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout=flush_timeout)
+        if self._task is not None:
+            self._task.cancel()
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.stop(), timeout=flush_timeout)
+            except (TimeoutError, KafkaError):
+                log.warning("raw sink: producer did not flush within %.0fs", flush_timeout)
+
+    async def _connect(self) -> Any:
+        delay = 0.5
+        while True:
+            prod = make_producer(self.settings, request_timeout_ms=15_000)
+            try:
+                await asyncio.wait_for(prod.start(), timeout=15)
+                log.info("raw sink connected to Kafka at %s", self.settings.kafka_bootstrap)
+                return prod
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await prod.stop()
+                self.kafka_ok = False
+                self._warn(f"Kafka at {self.settings.kafka_bootstrap} unreachable ({exc}); buffering up to "
+                           f"{self.budget / 1e6:.0f} MB, retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _run(self) -> None:
+        self._producer = await self._connect()
+        self.kafka_ok = True
+        while True:
+            if not self.queue:
+                self._drained.set()
+                self._wake.clear()
+                await self._wake.wait()
+            if self.kafka_ok and self.lost_keys:
+                self._announce_losses()
+            rec = self.queue.popleft()
+            size = self._size(rec)
+            try:
+                fut = await self._producer.send(self.settings.topic(f"raw.{rec.venue}"), rec.value,
+                                                key=rec.key.encode(), headers=rec.headers)
+            except KafkaError as exc:
+                self._lost(rec, size, exc)
+                continue
+            fut.add_done_callback(lambda f, rec=rec, size=size: self._done(f, rec, size))
+
+    def _done(self, fut: asyncio.Future[Any], rec: RawRecord, size: int) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._lost(rec, size, fut.exception() if not fut.cancelled() else None)
+            return
+        self.pending_bytes -= size
+        self.sent += 1
+        if not self.kafka_ok:
+            log.warning("Kafka accepts records again; %d instruments lost frames and will resync", len(self.lost_keys))
+        self.kafka_ok = True
+
+    def _lost(self, rec: RawRecord, size: int, exc: BaseException | None) -> None:
+        self.pending_bytes -= size
+        self.failed[rec.venue] += 1
+        self.kafka_ok = False
+        if rec.key.partition(":")[2]:
+            self.lost_keys.add(rec.key)
+        self._warn(f"delivery to Kafka failed ({exc}); {sum(self.failed.values())} records lost so far")
+
+    def _announce_losses(self) -> None:
+        keys, self.lost_keys = self.lost_keys, set()
+        now = time.time_ns()
+        for key in sorted(keys):
+            venue = key.partition(":")[0]
+            value = conn_event("gap", "frames lost by ingestion while Kafka was unavailable")
+            self.queue.appendleft(RawRecord(venue, key, value, headers(now, Kind.CONN, "ingest")))
+            self.pending_bytes += len(value) + len(key) + 64
+            if self.on_lost is not None:
+                self.on_lost(key)
+
+    def stats(self) -> dict[str, Any]:
+        return {"sent": self.sent, "dropped": dict(self.dropped), "failed": dict(self.failed),
+                "pending_bytes": self.pending_bytes, "peak_bytes": self.peak_bytes, "budget_bytes": self.budget,
+                "kafka_ok": self.kafka_ok}

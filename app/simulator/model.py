@@ -1,0 +1,140 @@
+"""A stochastic order-flow model: the simulator's true book for one instrument.
+
+Prices and sizes are integers (ticks, lots) rendered as exact decimal strings. Each
+:meth:`TrueBook.step` applies a small burst of realistic events — cancels and new orders
+near the top, size changes, trades eating the best level, the occasional price move — and
+returns the absolute level changes, never crossing the book.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from decimal import Decimal
+
+Change = tuple[str, str, str]  # (side "b"|"a", price text, size text; "0" deletes)
+
+
+@dataclass(frozen=True)
+class Spec:
+    tick: Decimal
+    lot: Decimal
+    mid_ticks: int
+    depth: int
+
+
+def spec_for(symbol: str) -> Spec:
+    """Deterministic, plausible contract specs from the symbol's name."""
+    s = symbol.upper()
+    if s.startswith(("BTC", "XBT")) and s.count("-") == 3:  # Deribit option BTC-27MAR26-60000-C
+        return Spec(Decimal("0.0005"), Decimal("0.1"), 40 + zlib.crc32(s.encode()) % 200, 30)
+    if s.startswith("ETH") and s.count("-") == 3:
+        return Spec(Decimal("0.0005"), Decimal("1"), 30 + zlib.crc32(s.encode()) % 200, 30)
+    if s.startswith(("BTC", "XBT")):
+        return Spec(Decimal("0.1"), Decimal("0.001"), 650_000, 200)
+    if s.startswith("ETH"):
+        return Spec(Decimal("0.01"), Decimal("0.01"), 192_000, 200)
+    return Spec(Decimal("0.001"), Decimal("1"), 5_000 + zlib.crc32(s.encode()) % 50_000, 100)
+
+
+def _text(units: int, step: Decimal) -> str:
+    value = Decimal(units) * step
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+class TrueBook:
+    """The ground-truth book of one simulated instrument."""
+
+    def __init__(self, symbol: str, seed: int | None = None) -> None:
+        self.symbol = symbol
+        self.spec = spec_for(symbol)
+        self.rng = random.Random(zlib.crc32(symbol.encode()) if seed is None else seed)
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        mid = self.spec.mid_ticks
+        for i in range(1, self.spec.depth + 1):
+            self.bids[mid - i] = self._size()
+            self.asks[mid + i] = self._size()
+
+    def _size(self) -> int:
+        return max(1, int(self.rng.expovariate(1 / 40)))
+
+    def price(self, ticks: int) -> str:
+        return _text(ticks, self.spec.tick)
+
+    def size(self, lots: int) -> str:
+        return _text(lots, self.spec.lot)
+
+    def best(self) -> tuple[int, int]:
+        return max(self.bids), min(self.asks)
+
+    def top(self) -> tuple[str, str, str, str]:
+        b, a = self.best()
+        return self.price(b), self.size(self.bids[b]), self.price(a), self.size(self.asks[a])
+
+    def levels(self, n: int | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        bids = sorted(self.bids, reverse=True)[:n]
+        asks = sorted(self.asks)[:n]
+        return ([(self.price(p), self.size(self.bids[p])) for p in bids],
+                [(self.price(p), self.size(self.asks[p])) for p in asks])
+
+    def _set(self, side: str, ticks: int, lots: int, out: dict[tuple[str, int], int]) -> None:
+        book = self.bids if side == "b" else self.asks
+        if lots <= 0:
+            book.pop(ticks, None)
+        else:
+            book[ticks] = lots
+        out[(side, ticks)] = max(lots, 0)
+
+    def step(self, events: int | None = None) -> list[Change]:
+        """Apply 1..5 events (or ``events``); return absolute changes, each level once."""
+        rng = self.rng
+        out: dict[tuple[str, int], int] = {}
+        for _ in range(events or rng.randint(1, 5)):
+            side = rng.choice("ba")
+            book = self.bids if side == "b" else self.asks
+            best_bid, best_ask = self.best()
+            r = rng.random()
+            if r < 0.30 and len(book) > 5:  # cancel near the top
+                near = sorted(book, reverse=side == "b")[: rng.randint(1, 8)]
+                self._set(side, near[-1], 0, out)
+            elif r < 0.60:  # new order near the top; a wide spread attracts orders inside it
+                spread = best_ask - best_bid
+                inside = spread > 1 and rng.random() < min(0.9, 0.2 * spread)
+                if side == "b":
+                    lo, hi = (best_bid + 1, best_ask - 1) if inside else (best_bid - 10, best_bid)
+                else:
+                    lo, hi = (best_bid + 1, best_ask - 1) if inside else (best_ask, best_ask + 10)
+                ticks = max(1, rng.randint(lo, hi))
+                if side == "b" and ticks >= best_ask or side == "a" and ticks <= best_bid:
+                    continue
+                self._set(side, ticks, book.get(ticks, 0) + self._size(), out)
+            elif r < 0.85 and book:  # size change somewhere in the book
+                ticks = rng.choice(list(book))
+                self._set(side, ticks, max(0, book[ticks] + rng.randint(-book[ticks], 30)), out)
+            else:  # a trade eats into the best level on one side
+                best = best_bid if side == "b" else best_ask
+                self._set(side, best, book[best] - rng.randint(1, book[best]), out)
+            self._refill(out)
+        return [(side, self.price(t), self.size(lots)) for (side, t), lots in out.items()]
+
+    def _refill(self, out: dict[tuple[str, int], int]) -> None:
+        """Keep both sides populated to roughly their configured depth, the spread tight."""
+        best_bid, best_ask = self.best()
+        while best_ask - best_bid > 5:  # liquidity providers step into a wide spread
+            if self.rng.random() < 0.5:
+                best_bid += self.rng.randint(1, 2)
+                self._set("b", best_bid, self._size(), out)
+            else:
+                best_ask -= self.rng.randint(1, 2)
+                self._set("a", best_ask, self._size(), out)
+        for side, book, sign in (("b", self.bids, -1), ("a", self.asks, 1)):
+            while len(book) < max(3, self.spec.depth // 2):
+                ticks = (min(book) if side == "b" else max(book)) + sign * self.rng.randint(1, 3)
+                if ticks < 1:
+                    break  # no prices at or below zero
+                self._set(side, ticks, self._size(), out)

@@ -1,0 +1,516 @@
+"""Local venue simulator: each venue's real protocol over real WebSockets, plus Binance REST.
+
+One aiohttp server on ``SIM_HOST:SIM_PORT`` (127.0.0.1:8765 by default):
+
+    ws   /ws/deribit                              JSON-RPC 2.0, book.{instrument}.{100ms|raw}
+    ws   /ws/binance/stream                       SUBSCRIBE, combined-stream frames, depth@100ms
+    ws   /ws/binance-usdm/public/stream           (the 2026 futures path)   + pu
+    ws   /ws/binance-coinm/stream
+    ws   /ws/okx/ws/v5/public                     books, seqId/prevSeqId, CRC32 checksum, ping/pong
+    ws   /ws/bybit/v5/public/{category}           orderbook.{depth}.{symbol}, {"op":"ping"}
+    ws   /ws/coinbase                             level2 + heartbeats, sequence_num per connection
+    get  /rest/binance/api/v3/depth               REST depth snapshots (lastUpdateId)
+    get  /rest/binance-usdm/fapi/v1/depth
+    get  /rest/binance-coinm/dapi/v1/depth
+    get  /control/truth/{venue}/{symbol}          ground truth: [seq, bid_px, bid_sz, ask_px, ask_sz, conn]
+    post /control/fault                           {"venue","symbol","fault","seconds"}: see FAULTS
+    get  /control/status                          instruments, connections, counters
+
+Every instrument is created on first subscription (or REST request) with a stochastic
+order-flow model seeded by its name; it steps at ``rate`` updates/s with bursts. The
+simulator serves full depth (it does not truncate books to the subscribed depth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from app.book import okx_checksum
+from app.simulator.model import Change, TrueBook
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
+          "okx-reset", "bybit-restart")
+TRUTH_KEEP = 200_000
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _iso() -> str:
+    now = time.time_ns()
+    return datetime.fromtimestamp(now // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{now % 10**9:09d}Z"
+
+
+@dataclass
+class Instrument:
+    venue: str
+    symbol: str
+    book: TrueBook
+    seq: int = 1000
+    subscribers: set[Conn] = field(default_factory=set)
+    truth: deque[list[Any]] = field(default_factory=lambda: deque(maxlen=TRUTH_KEEP))
+    faults: dict[str, int] = field(default_factory=dict)
+    until: dict[str, float] = field(default_factory=dict)  # silence / slow / burst deadlines
+    held: Any = None  # a message held back by "reorder"
+    driver: asyncio.Task[None] | None = None
+
+    def active(self, fault: str) -> bool:
+        return time.monotonic() < self.until.get(fault, 0)
+
+    def take(self, fault: str) -> bool:
+        if self.faults.get(fault, 0) > 0:
+            self.faults[fault] -= 1
+            return True
+        return False
+
+
+class Conn:
+    """One client connection: an ordered send queue drained by its own task."""
+
+    def __init__(self, sim: Simulator, ws: web.WebSocketResponse, venue: str, number: int) -> None:
+        self.sim, self.ws, self.venue, self.number = sim, ws, venue, number
+        self.queue: asyncio.Queue[tuple[str, Instrument | None]] = asyncio.Queue()
+        self.subs: set[str] = set()
+        self.seq = 0  # Coinbase sequence_num
+        self.authed = False
+        self.heartbeats = False
+
+    def next_seq(self) -> int:
+        seq, self.seq = self.seq, self.seq + 1
+        return seq
+
+    def send(self, text: str, inst: Instrument | None = None) -> None:
+        self.queue.put_nowait((text, inst))
+
+    def silenced(self) -> bool:
+        return any(i.active("silence") for i in self.sim.instruments.values() if self in i.subscribers)
+
+    async def drain(self) -> None:
+        while True:
+            text, inst = await self.queue.get()
+            if self.silenced():
+                continue  # the venue went quiet on this connection: nothing at all arrives
+            if inst is not None and inst.active("slow"):
+                await asyncio.sleep(0.2)
+            if self.ws.closed:
+                return
+            await self.ws.send_str(text)
+            self.sim.counters["frames_sent"] += 1
+
+
+class Simulator:
+    def __init__(self, rate: float = 10.0, seed: int = 0) -> None:
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.instruments: dict[tuple[str, str], Instrument] = {}
+        self.conns: set[Conn] = set()
+        self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0}
+        self._conn_numbers = 0
+
+    # -- instruments ----------------------------------------------------------------
+    def instrument(self, venue: str, symbol: str) -> Instrument:
+        key = (venue, symbol)
+        inst = self.instruments.get(key)
+        if inst is None:
+            seed = zlib.crc32(f"{venue}:{symbol}".encode())  # same symbol, different venue: its own market
+            inst = self.instruments[key] = Instrument(venue, symbol, TrueBook(symbol, seed=seed))
+            inst.driver = asyncio.get_running_loop().create_task(self._drive(inst))
+            self._record_truth(inst, inst.seq, 0)
+        return inst
+
+    def _record_truth(self, inst: Instrument, seq: int, conn: int) -> None:
+        inst.truth.append([seq, *inst.book.top(), conn])
+
+    async def _drive(self, inst: Instrument) -> None:
+        rng = self.rng
+        while True:
+            rate = self.rate * (20 if inst.active("burst") else 1) * (5 if rng.random() < 0.05 else 1)
+            await asyncio.sleep(rng.expovariate(rate))
+            self.step(inst)
+
+    def step(self, inst: Instrument) -> None:
+        changes = inst.book.step()
+        family = _family(inst.venue)
+        fmt = FORMATTERS[family]
+        prev = inst.seq
+        if family == "binance":
+            inst.seq += len(changes)  # one update id per level change: U..u
+        elif family == "bybit":
+            inst.seq += 1
+        elif family == "okx" and inst.take("okx-reset"):
+            inst.seq = 3  # after maintenance the venue restarts low (seqId < prevSeqId), then continues
+        else:
+            inst.seq += self.rng.randint(1, 3)
+        if family != "coinbase":
+            self._record_truth(inst, inst.seq, 0)
+        first = prev + 1
+        drop, dup, corrupt = inst.take("drop"), inst.take("duplicate"), inst.take("corrupt")
+        reorder = inst.take("reorder")
+        for conn in list(inst.subscribers):
+            if family == "coinbase":
+                seq = conn.next_seq()  # consumed even when the message is dropped: a visible gap
+                self._record_truth(inst, seq, conn.number)
+                text = fmt(inst, changes, seq)
+            else:
+                text = fmt(inst, changes, first, prev)
+            if drop:
+                continue
+            if corrupt:
+                text = text[: len(text) // 2]
+            if reorder:
+                inst.held = (conn, text)
+                continue
+            conn.send(text, inst)
+            if dup:
+                conn.send(text, inst)
+            if inst.held is not None and inst.held[0] is conn:
+                conn.send(inst.held[1], inst)
+                inst.held = None
+        if family == "bybit" and inst.take("bybit-restart"):
+            inst.seq = 1  # the venue restarted: a fresh book with u = 1
+            self._record_truth(inst, inst.seq, 0)
+            for conn in inst.subscribers:
+                conn.send(_bybit_message(inst, *inst.book.levels(), "snapshot"), inst)
+
+    def fault(self, venue: str, symbol: str, fault: str, seconds: float = 5.0) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+        inst = self.instrument(venue, symbol)
+        self.counters["faults"] += 1
+        log.info("fault %s on %s:%s", fault, venue, symbol)
+        if fault in ("silence", "slow", "burst"):
+            inst.until[fault] = time.monotonic() + seconds
+        elif fault == "disconnect":
+            for conn in list(inst.subscribers):
+                asyncio.get_running_loop().create_task(conn.ws.close())
+        else:
+            inst.faults[fault] = inst.faults.get(fault, 0) + 1
+
+    # -- connections ----------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        venue = request.match_info.get("venue") or request.path.split("/")[2]
+        if venue == "bybit":
+            venue = f"bybit-{request.match_info['category']}"
+        ws = web.WebSocketResponse(heartbeat=20.0 if venue.startswith("binance") else None)
+        await ws.prepare(request)
+        self._conn_numbers += 1
+        conn = Conn(self, ws, venue, self._conn_numbers)
+        self.conns.add(conn)
+        self.counters["connections"] += 1
+        drain = asyncio.get_running_loop().create_task(conn.drain())
+        beat = asyncio.get_running_loop().create_task(self._heartbeats(conn))
+        handler = HANDLERS[_family(venue)]
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                handler(self, conn, msg.data)
+        finally:
+            drain.cancel()
+            beat.cancel()
+            self.conns.discard(conn)
+            for inst in self.instruments.values():
+                inst.subscribers.discard(conn)
+        return ws
+
+    async def _heartbeats(self, conn: Conn) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if conn.venue == "coinbase" and conn.heartbeats:
+                conn.send(orjson.dumps({"channel": "heartbeats", "timestamp": _iso(), "sequence_num": conn.next_seq(),
+                                        "events": [{"current_time": _iso(), "heartbeat_counter": conn.seq}]}).decode())
+            elif conn.venue == "deribit" and conn.heartbeats:
+                conn.send('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}')
+
+    def subscribe(self, conn: Conn, symbol: str, snapshot: Callable[[Instrument], str] | None) -> Instrument:
+        inst = self.instrument(conn.venue, symbol)
+        conn.subs.add(symbol)
+        if snapshot is not None:
+            conn.send(snapshot(inst), inst)
+        inst.subscribers.add(conn)
+        return inst
+
+    def unsubscribe(self, conn: Conn, symbol: str) -> None:
+        conn.subs.discard(symbol)
+        inst = self.instruments.get((conn.venue, symbol))
+        if inst is not None:
+            inst.subscribers.discard(conn)
+
+    # -- HTTP -----------------------------------------------------------------------
+    async def depth(self, request: web.Request) -> web.Response:
+        venue = request.path.split("/")[2]
+        symbol = request.query.get("symbol", "").upper()
+        if not symbol:
+            return web.json_response({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent"}, status=400)
+        inst = self.instrument(venue, symbol)
+        limit = int(request.query.get("limit", "1000"))
+        bids, asks = inst.book.levels(limit)
+        body: dict[str, Any] = {"lastUpdateId": inst.seq, "bids": bids, "asks": asks}
+        if venue != "binance":
+            body = {"lastUpdateId": inst.seq, "E": _ms(), "T": _ms(), "bids": bids, "asks": asks}
+        await asyncio.sleep(self.rng.uniform(0.01, 0.05))  # REST latency: deltas keep flowing meanwhile
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def truth(self, request: web.Request) -> web.Response:
+        inst = self.instruments.get((request.match_info["venue"], request.match_info["symbol"]))
+        if inst is None:
+            return web.json_response({"error": "unknown instrument"}, status=404)
+        return web.Response(body=orjson.dumps({"entries": list(inst.truth)}), content_type="application/json")
+
+    async def post_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            self.fault(body["venue"], body["symbol"], body["fault"], float(body.get("seconds", 5)))
+        except (KeyError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"ok": True})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "instruments": [{"venue": i.venue, "symbol": i.symbol, "seq": i.seq, "subscribers": len(i.subscribers)}
+                            for i in self.instruments.values()],
+            "connections": len(self.conns), **self.counters,
+        })
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for path in ("/ws/deribit", "/ws/binance/stream", "/ws/binance-usdm/public/stream", "/ws/binance-usdm/stream",
+                     "/ws/binance-coinm/stream", "/ws/okx/ws/v5/public", "/ws/coinbase"):
+            app.router.add_get(path, self.websocket)
+        app.router.add_get("/ws/bybit/v5/public/{category}", self.websocket)
+        app.router.add_get("/rest/binance/api/v3/depth", self.depth)
+        app.router.add_get("/rest/binance-usdm/fapi/v1/depth", self.depth)
+        app.router.add_get("/rest/binance-coinm/dapi/v1/depth", self.depth)
+        app.router.add_get("/control/truth/{venue}/{symbol}", self.truth)
+        app.router.add_post("/control/fault", self.post_fault)
+        app.router.add_get("/control/status", self.status)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        for inst in self.instruments.values():
+            if inst.driver is not None:
+                inst.driver.cancel()
+        for conn in list(self.conns):
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+
+
+def _family(venue: str) -> str:
+    return venue.split("-")[0] if venue.startswith(("binance", "bybit")) else venue
+
+
+# -- per-venue message formats ------------------------------------------------------
+def _deribit_book(inst: Instrument, kind: str, bids: list[Any], asks: list[Any], change_id: int,
+                  prev: int | None) -> str:
+    data: dict[str, Any] = {"type": kind, "timestamp": _ms(), "instrument_name": inst.symbol, "change_id": change_id,
+                            "bids": bids, "asks": asks}
+    if prev is not None:
+        data["prev_change_id"] = prev
+    params = {"channel": f"book.{inst.symbol}.100ms", "data": data}
+    return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params}).decode()
+
+
+def _deribit_update(inst: Instrument, changes: list[Change], first: int, prev: int) -> str:
+    def side(s: str) -> list[list[Any]]:
+        return [["delete" if z == "0" else "change", float(p), float(z)] for c, p, z in changes if c == s]
+    return _deribit_book(inst, "change", side("b"), side("a"), inst.seq, prev)
+
+
+def _deribit_snapshot(inst: Instrument) -> str:
+    bids, asks = inst.book.levels()
+    return _deribit_book(inst, "snapshot", [["new", float(p), float(s)] for p, s in bids],
+                         [["new", float(p), float(s)] for p, s in asks], inst.seq, None)
+
+
+def _binance_update(inst: Instrument, changes: list[Change], first: int, prev: int) -> str:
+    data: dict[str, Any] = {"e": "depthUpdate", "E": _ms(), "s": inst.symbol, "U": first, "u": inst.seq,
+                            "b": [[p, z] for c, p, z in changes if c == "b"],
+                            "a": [[p, z] for c, p, z in changes if c == "a"]}
+    if inst.venue != "binance":
+        data["T"] = data["E"]
+        data["pu"] = prev
+    return orjson.dumps({"stream": f"{inst.symbol.lower()}@depth@100ms", "data": data}).decode()
+
+
+def _okx_message(inst: Instrument, action: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
+                 seq: int, prev: int) -> str:
+    item = {"asks": [[p, s, "0", "1"] for p, s in asks], "bids": [[p, s, "0", "1"] for p, s in bids],
+            "ts": str(_ms()), "checksum": okx_checksum(*inst.book.levels(25)), "seqId": seq, "prevSeqId": prev}
+    return orjson.dumps({"arg": {"channel": "books", "instId": inst.symbol}, "action": action, "data": [item]}).decode()
+
+
+def _okx_update(inst: Instrument, changes: list[Change], first: int, prev: int) -> str:
+    return _okx_message(inst, "update", [(p, z) for c, p, z in changes if c == "b"],
+                        [(p, z) for c, p, z in changes if c == "a"], inst.seq, prev)
+
+
+def _okx_snapshot(inst: Instrument) -> str:
+    return _okx_message(inst, "snapshot", *inst.book.levels(), inst.seq, -1)
+
+
+def _bybit_message(inst: Instrument, bids: list[tuple[str, str]], asks: list[tuple[str, str]], kind: str) -> str:
+    now = _ms()
+    return orjson.dumps({"topic": f"orderbook.200.{inst.symbol}", "type": kind, "ts": now,
+                         "data": {"s": inst.symbol, "b": [list(x) for x in bids], "a": [list(x) for x in asks],
+                                  "u": inst.seq, "seq": inst.seq * 7}, "cts": now}).decode()
+
+
+def _bybit_update(inst: Instrument, changes: list[Change], first: int, prev: int) -> str:
+    return _bybit_message(inst, [(p, z) for c, p, z in changes if c == "b"],
+                          [(p, z) for c, p, z in changes if c == "a"], "delta")
+
+
+def _coinbase_event(inst: Instrument, kind: str, seq: int, bids: list[tuple[str, str]],
+                    asks: list[tuple[str, str]]) -> str:
+    now = _iso()
+    updates = [{"side": "bid", "event_time": now, "price_level": p, "new_quantity": q} for p, q in bids]
+    updates += [{"side": "offer", "event_time": now, "price_level": p, "new_quantity": q} for p, q in asks]
+    return orjson.dumps({"channel": "l2_data", "client_id": "", "timestamp": now, "sequence_num": seq,
+                         "events": [{"type": kind, "product_id": inst.symbol, "updates": updates}]}).decode()
+
+
+def _coinbase_update(inst: Instrument, changes: list[Change], seq: int) -> str:
+    return _coinbase_event(inst, "update", seq, [(p, z) for c, p, z in changes if c == "b"],
+                           [(p, z) for c, p, z in changes if c == "a"])
+
+
+FORMATTERS: dict[str, Callable[..., str]] = {
+    "deribit": _deribit_update, "binance": _binance_update, "okx": _okx_update, "bybit": _bybit_update,
+    "coinbase": _coinbase_update,
+}
+
+
+# -- per-venue request handlers -----------------------------------------------------
+def _deribit(sim: Simulator, conn: Conn, text: str) -> None:
+    msg = orjson.loads(text)
+    method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+    if method == "public/auth":
+        conn.authed = True
+        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"access_token": "sim-token",
+                                                                       "expires_in": 900}}).decode())
+    elif method == "public/set_heartbeat":
+        conn.heartbeats = True
+        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": "ok"}).decode())
+    elif method == "public/test":
+        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"version": "sim"}}).decode())
+    elif method in ("public/subscribe", "private/subscribe", "public/unsubscribe", "private/unsubscribe"):
+        channels = params.get("channels", [])
+        if any(c.endswith(".raw") for c in channels) and not conn.authed:
+            error = {"code": 13778, "message": "raw_subscriptions_not_available_for_unauthorized"}
+            conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).decode())
+            return
+        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": channels}).decode())
+        for channel in channels:
+            parts = channel.split(".")
+            if parts[0] == "book" and len(parts) == 3:
+                if method.endswith("unsubscribe"):
+                    sim.unsubscribe(conn, parts[1])
+                else:
+                    sim.subscribe(conn, parts[1], _deribit_snapshot)
+
+
+def _binance(sim: Simulator, conn: Conn, text: str) -> None:
+    msg = orjson.loads(text)
+    method, params = msg.get("method"), msg.get("params") or []
+    conn.send(orjson.dumps({"result": None, "id": msg.get("id")}).decode())
+    for stream in params:
+        symbol = stream.split("@")[0].upper()
+        if method == "SUBSCRIBE" and "@depth" in stream:
+            sim.subscribe(conn, symbol, None)  # Binance sends no snapshot: the client GETs it
+        elif method == "UNSUBSCRIBE":
+            sim.unsubscribe(conn, symbol)
+
+
+def _okx(sim: Simulator, conn: Conn, text: str) -> None:
+    if text == "ping":
+        conn.send("pong")
+        return
+    msg = orjson.loads(text)
+    op = msg.get("op")
+    if op == "login":
+        conn.authed = True
+        conn.send(orjson.dumps({"event": "login", "code": "0", "msg": "", "connId": f"sim{conn.number}"}).decode())
+        return
+    for arg in msg.get("args", []):
+        conn.send(orjson.dumps({"event": op, "arg": arg, "connId": f"sim{conn.number}"}).decode())
+        if arg.get("channel") in ("books", "books-l2-tbt", "books50-l2-tbt"):
+            if op == "subscribe":
+                sim.subscribe(conn, arg["instId"], _okx_snapshot)
+            elif op == "unsubscribe":
+                sim.unsubscribe(conn, arg["instId"])
+
+
+def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
+    msg = orjson.loads(text)
+    op = msg.get("op")
+    ack = {"success": True, "ret_msg": "pong" if op == "ping" else "", "conn_id": f"sim{conn.number}", "op": op}
+    if op != "ping":
+        ack["req_id"] = msg.get("req_id", "")
+    conn.send(orjson.dumps(ack).decode())
+    if op == "ping":
+        return
+    for topic in msg.get("args", []):
+        if not topic.startswith("orderbook."):
+            continue
+        symbol = topic.rsplit(".", 1)[1]
+        if op == "subscribe":
+            sim.subscribe(conn, symbol, lambda inst: _bybit_message(inst, *inst.book.levels(), "snapshot"))
+        elif op == "unsubscribe":
+            sim.unsubscribe(conn, symbol)
+
+
+def _coinbase(sim: Simulator, conn: Conn, text: str) -> None:
+    msg = orjson.loads(text)
+    kind, channel, products = msg.get("type"), msg.get("channel"), msg.get("product_ids", [])
+    if channel == "heartbeats":
+        conn.heartbeats = kind == "subscribe"
+    conn.send(orjson.dumps({"channel": "subscriptions", "timestamp": _iso(), "sequence_num": conn.next_seq(),
+                            "events": [{"subscriptions": {channel: products}}]}).decode())
+    if channel != "level2":
+        return
+    def snapshot(inst: Instrument) -> str:
+        seq = conn.next_seq()
+        sim._record_truth(inst, seq, conn.number)
+        return _coinbase_event(inst, "snapshot", seq, *inst.book.levels())
+
+    for product in products:
+        if kind == "subscribe":
+            sim.subscribe(conn, product, snapshot)
+        else:
+            sim.unsubscribe(conn, product)
+
+
+HANDLERS: dict[str, Callable[[Simulator, Conn, str], None]] = {
+    "deribit": _deribit, "binance": _binance, "okx": _okx, "bybit": _bybit, "coinbase": _coinbase,
+}
+
+
+async def serve(host: str, port: int, rate: float, seed: int = 0) -> None:
+    """Run the simulator until cancelled."""
+    sim = Simulator(rate=rate, seed=seed)
+    runner = web.AppRunner(sim.app(), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("venue simulator on http://%s:%d (rate %.1f updates/s per instrument)", host, port, rate)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
