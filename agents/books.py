@@ -117,15 +117,55 @@ def _publish(out: Outcome, inst: Instrument, ts_recv: int) -> None:
         })
         log.log(logging.WARNING if state == STALE else logging.INFO, "%s %s: %s", key, state, reason)
     if fx.resync is not None:
-        _send(control_resync, key, {"venue": venue, "instrument": symbol, "reason": fx.resync,
-                                    "seq": inst.seq, "ts": now})
-        _send(book_status, key, {
-            "venue": venue, "instrument": symbol, "state": "resync-requested", "reason": fx.resync,
-            "seq": inst.seq, "ts": now, "counters": inst.counters,
-        })
-        metrics.count("resyncs")
+        request_resync(key, inst, fx.resync)
+    elif inst.status == SYNCED:
+        retry.done(key)
     if fx.applied and inst.status == SYNCED:
         depth.touch(key)
+
+
+def request_resync(key: str, inst: Instrument, reason: str) -> None:
+    """Ask ingestion (control.resync) for a fresh snapshot of one instrument, and say so."""
+    venue, symbol = split_key(key)
+    now = time.time_ns()
+    _send(control_resync, key, {"venue": venue, "instrument": symbol, "reason": reason, "seq": inst.seq, "ts": now})
+    _send(book_status, key, {"venue": venue, "instrument": symbol, "state": "resync-requested", "reason": reason,
+                             "seq": inst.seq, "ts": now, "counters": inst.counters})
+    metrics.count("resyncs")
+    retry.requested(key)
+
+
+class ResyncRetry:
+    """Repeat the resync request of a book that stays unsynced (a lost snapshot or request),
+    with backoff from RESYNC_RETRY_S up to a minute."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+        self.pending: dict[str, tuple[float, float]] = {}  # key → (next attempt, current interval)
+
+    def requested(self, key: str) -> None:
+        interval = self.pending.get(key, (0.0, self.first_s / 2))[1] * 2
+        self.pending[key] = (time.monotonic() + interval, min(interval, 60.0))
+
+    def done(self, key: str) -> None:
+        self.pending.pop(key, None)
+
+    def due(self) -> list[str]:
+        now = time.monotonic()
+        return [k for k, (at, _) in self.pending.items() if at <= now]
+
+
+retry = ResyncRetry(settings.resync_retry_s)
+
+
+@app.timer(interval=1.0)
+async def _retry_resyncs() -> None:
+    for key in retry.due():
+        inst = processor.instruments.get(key)
+        if inst is None or inst.status == SYNCED:
+            retry.done(key)
+        else:
+            request_resync(key, inst, f"retry: still {inst.status} ({inst.reason})")
 
 
 def _dead(event: EventT, key: str, reason: str, detail: str) -> None:

@@ -72,9 +72,13 @@ class Router:
             symbols = [symbol] if symbol else ad.route(kind, frame, url)
             seq = ad.conn_seq(frame) if kind is Kind.WS else None
         except FrameError:
-            # Not even routable (corrupt JSON): keep it, venue-keyed; the agent dead-letters it.
+            # Not even routable (corrupt JSON). If exactly one instrument of this connection is
+            # named in its bytes, it is that instrument's (its book must resync); otherwise keep
+            # it venue-keyed. Either way the agent dead-letters it.
             self.unparseable += 1
-            symbols, seq = [], None
+            text = frame.lower()  # Binance names streams in lower case
+            named = [k for k in state.instruments if k.partition(":")[2].lower().encode() in text]
+            symbols, seq = ([named[0].partition(":")[2]] if len(named) == 1 else []), None
         if seq is not None:
             if state.last_seq is not None and seq != state.last_seq + 1 and seq > state.last_seq:
                 detail = f"{conn}: sequence_num {state.last_seq} → {seq}"

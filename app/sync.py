@@ -273,7 +273,9 @@ class Instrument:
             if upd.seq < last or (spot and upd.seq == last):
                 self.counters["dropped"] += 1  # contained in the snapshot
                 return
-            ok = upd.first <= last + 1 <= upd.seq if spot else upd.first <= last <= upd.seq
+            # futures: U <= L <= u, or the event chains to the snapshot exactly (pu == L, when
+            # lastUpdateId is an event's final id, the next event starts at L+1)
+            ok = upd.first <= last + 1 <= upd.seq if spot else (upd.first <= last <= upd.seq or upd.prev == last)
         else:
             if upd.seq <= last:
                 self.counters["duplicates"] += 1

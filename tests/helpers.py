@@ -176,18 +176,27 @@ async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[li
             return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        # Without a stop condition: catch up with the end offsets seen now, then read on for at
+        # most idle_s more (less if the topic falls silent) for records still in flight.
+        ends = await consumer.end_offsets(tps)
         out: list[Any] = []
         deadline = time.monotonic() + limit_s
+        caught_up_at: float | None = None
         last_new = time.monotonic()
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
             if batch:
                 for msgs in batch.values():
                     out.extend(msgs)
-                last_new = time.monotonic()
+                last_new = now
                 if stop is not None and stop(out):
                     break
-            elif stop is None and time.monotonic() - last_new >= idle_s:
+            if stop is not None:
+                continue
+            if caught_up_at is None and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                caught_up_at = now
+            if caught_up_at is not None and (now - caught_up_at >= idle_s or now - last_new >= idle_s):
                 break
         return out
     finally:
@@ -233,3 +242,69 @@ def workers(*ws: Worker) -> Any:
     finally:
         for w in ws:
             w.kill()
+
+
+class Simulator:
+    """A real `faust -A app simulate` process on its own port."""
+
+    def __init__(self, tmp: Path, port: int | None = None, rate: float = 20.0) -> None:
+        self.port = port or free_port()
+        self.rate = rate
+        self.log_path = tmp / f"simulator-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Simulator:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen([*FAUST, "simulate", "--port", str(self.port), "--rate", str(self.rate)],
+                                     env=env, cwd=ROOT, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        wait_for(lambda: http_json(self.url + "/control/status")[0] == 200, 30, "simulator up")
+        return self
+
+    def truth(self, venue: str, symbol: str) -> list[list[Any]]:
+        status, body = http_json(f"{self.url}/control/truth/{venue}/{symbol}", timeout=10)
+        assert status == 200, body
+        return body["entries"]
+
+    def fault(self, venue: str, symbol: str, fault: str, seconds: float = 5.0) -> None:
+        req = urllib.request.Request(f"{self.url}/control/fault", method="POST",  # noqa: S310 - local URL
+                                     data=json.dumps({"venue": venue, "symbol": symbol, "fault": fault,
+                                                      "seconds": seconds}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local test URL
+            assert resp.status == 200
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
+    """Every book.top equals the simulator's true top at its seq; returns how many were checked.
+
+    Truth entries are ``[seq, bid_px, bid_sz, ask_px, ask_sz, conn]`` in time order. ``conn``
+    is 0 where the venue's sequence belongs to the instrument, the simulator's connection
+    number where it belongs to a connection (Coinbase). Sequences may repeat (venue resets,
+    new connections), so each connection's truth is walked forward only.
+    """
+    by_conn: dict[int, list[list[Any]]] = {}
+    for entry in truth:
+        by_conn.setdefault(entry[5], []).append(entry)
+    pos = dict.fromkeys(by_conn, 0)
+    for top in tops:
+        got = (top["bid_px"], top["bid_sz"], top["ask_px"], top["ask_sz"])
+        for conn, entries in by_conn.items():
+            i = pos[conn]
+            while i < len(entries) and entries[i][0] != top["seq"]:
+                i += 1
+            if i < len(entries) and tuple(entries[i][1:5]) == got:
+                pos[conn] = i
+                break
+        else:
+            raise AssertionError(f"book.top {got} at seq {top['seq']} matches no true book at that seq")
+    return len(tops)

@@ -48,6 +48,7 @@ class Ingest:
         self.connections: list[FeedConnection] = []
         self.by_key: dict[str, FeedConnection] = {}
         self._last_resync: dict[str, float] = {}
+        self._deferred: set[str] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self.failure: BaseException | None = None
 
@@ -93,13 +94,18 @@ class Ingest:
         asyncio.get_running_loop().create_task(self.resync(key))
 
     async def resync(self, key: str) -> bool:
+        """Resync one instrument; requests closer than RESYNC_MIN_INTERVAL_S are coalesced, not lost."""
         conn = self.by_key.get(key)
         if conn is None:
             return False
-        now = time.monotonic()
-        if now - self._last_resync.get(key, 0.0) < RESYNC_MIN_INTERVAL_S:
-            return False
-        self._last_resync[key] = now
+        wait = self._last_resync.get(key, -RESYNC_MIN_INTERVAL_S) + RESYNC_MIN_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            if key in self._deferred:
+                return False
+            self._deferred.add(key)
+            await asyncio.sleep(wait)
+            self._deferred.discard(key)
+        self._last_resync[key] = time.monotonic()
         return await conn.resync(split_key(key)[1])
 
     async def _resync_consumer(self) -> None:
@@ -113,7 +119,7 @@ class Ingest:
                 async for msg in consumer:
                     key = msg.key.decode("utf-8", "replace") if msg.key else ""
                     if key in self.by_key:
-                        await self.resync(key)
+                        asyncio.get_running_loop().create_task(self.resync(key))
             except (KafkaError, OSError) as exc:
                 log.warning("control.resync consumer: %s; retrying", exc)
                 await asyncio.sleep(2)

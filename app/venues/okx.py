@@ -21,6 +21,8 @@ class OkxAdapter:
     sequencing = Sequencing.OKX
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
+        if frame == b"pong":  # the answer to our plain-text keepalive, not JSON
+            return []
         msg = loads(frame)
         if not isinstance(msg, dict) or "event" in msg:  # subscribe acks, errors, pong
             return []
@@ -29,6 +31,8 @@ class OkxAdapter:
         return [inst] if isinstance(inst, str) and inst else []
 
     def parse(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
+        if frame == b"pong":
+            return []
         msg = loads(frame)
         if not isinstance(msg, dict) or "event" in msg:
             return []

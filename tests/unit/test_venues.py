@@ -100,3 +100,17 @@ def test_parsers_never_raise_anything_but_frame_error(venue: str, frame: bytes, 
                  lambda: ad.parse(kind, frame, "BTCUSDT"), lambda: ad.conn_seq(frame)):
         with contextlib.suppress(FrameError):
             call()
+
+
+def test_a_corrupt_frame_is_keyed_to_the_one_instrument_of_its_connection_it_names() -> None:
+    from app.router import Router
+
+    router = Router()
+    frame = FRAMES["binance-usdm"][0].encode()
+    other = frame.replace(b"btcusdt", b"ethusdt").replace(b"BTCUSDT", b"ETHUSDT")
+    assert [r.key for r in router.route("binance-usdm", "c", Kind.WS, frame, 1)] == ["binance-usdm:BTCUSDT"]
+    assert [r.key for r in router.route("binance-usdm", "c", Kind.WS, other, 2)] == ["binance-usdm:ETHUSDT"]
+    cut = frame[:40]  # only the lower-case stream name survives
+    assert [r.key for r in router.route("binance-usdm", "c", Kind.WS, cut, 3)] == ["binance-usdm:BTCUSDT"]
+    assert [r.key for r in router.route("binance-usdm", "c", Kind.WS, b"{garbage", 4)] == ["binance-usdm:"]
+    assert router.unparseable == 2
