@@ -38,7 +38,7 @@ kafka-status: ## Say whether the local broker runs and answers
 kafka-logs: ## Show the local broker's log
 	@scripts/kafka.sh logs
 
-run: install ## Broker (unless KAFKA_BOOTSTRAP is set) + worker with web on 127.0.0.1:6066; Ctrl-C stops all
+run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 (FEED=live: real venues); Ctrl-C stops all
 	@scripts/run.sh
 
 test: install ## Run the whole test suite (starts and stops its own broker)

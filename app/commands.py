@@ -16,6 +16,17 @@ from app.venues import VENUES
 log = logging.getLogger(__name__)
 
 
+def _show_our_logs() -> None:
+    """faust sets up command logging at WARN; let bookstream's own loggers speak at LOG_LEVEL.
+
+    Only the handlers are lowered: faust's and aiokafka's loggers keep their level.
+    """
+    level = logging.getLevelName(settings.log_level.upper())
+    for handler in logging.getLogger().handlers:
+        if handler.level > level:
+            handler.setLevel(level)
+
+
 def _fail(exc: BookstreamError) -> None:
     print(f"bookstream: error: {exc}", file=sys.stderr)
     raise SystemExit(1)
@@ -94,6 +105,7 @@ async def simulate(self: AppCommand, host: str, port: int, rate: float, seed: in
     """Run the local venue simulator (every venue's protocol over real WebSockets)."""
     from app.simulator.server import serve
 
+    _show_our_logs()
     if rate <= 0:
         _fail(BookstreamError("--rate must be greater than 0"))
     print(f"simulator: http://{host}:{port}/  (FEED=sim SIM_URL=http://{host}:{port})", file=sys.stderr, flush=True)
@@ -107,6 +119,7 @@ async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rot
     from app import feeds as feeds_mod
     from app.ingest.service import Ingest
 
+    _show_our_logs()
     try:
         config = feeds_mod.load(feeds_override=feeds)
         service = Ingest(settings, config, produce=produce, record_dir=record_dir, rotate_mb=rotate_mb,

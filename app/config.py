@@ -22,7 +22,7 @@ ENV_VARS = (
     "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
-    "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S",
+    "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
 )
 
@@ -94,6 +94,7 @@ class Settings:
     ingest_buffer_mb: float = 64.0
     producer_buffer_messages: int = 10_000
     resync_retry_s: float = 5.0
+    ingest_status_s: float = 10.0
     ingest_in_worker: bool = True
 
     @property
@@ -140,5 +141,6 @@ def load() -> Settings:
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),
         producer_buffer_messages=_env_int("PRODUCER_BUFFER_MESSAGES", 10_000, minimum=1),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
+        ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
     )

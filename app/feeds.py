@@ -97,6 +97,13 @@ DEFAULT_SIM_FEEDS = (
 )
 
 
+#: What `make run FEED=live` ingests unless FEEDS says otherwise.
+DEFAULT_LIVE_FEEDS = (
+    "deribit:BTC-PERPETUAL,ETH-PERPETUAL;binance:BTCUSDT;binance-usdm:BTCUSDT;binance-coinm:BTCUSD_PERP;"
+    "okx:BTC-USDT-SWAP;bybit-linear:BTCUSDT;bybit-spot:BTCUSDT;coinbase:BTC-USD"
+)
+
+
 def sim_endpoints(base_url: str) -> dict[str, Endpoint]:
     """The simulator's addresses for every venue (same channels and limits as live)."""
     base = base_url.rstrip("/")

@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# `make run`: the local broker (unless KAFKA_BOOTSTRAP names one) and `faust -A app worker`.
-# Ctrl-C (or SIGTERM) stops the worker, then the broker if this script started it.
+# `make run`: the local broker (unless KAFKA_BOOTSTRAP names one), the venue simulator
+# (FEED=sim, the default) and `faust -A app worker` ingesting FEEDS with its web server.
+# `make run FEED=live` ingests the venues' real endpoints instead of the simulator.
+# Ctrl-C (or SIGTERM) stops the worker, the simulator, and the broker if this script started it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-WEB_HOST=${WEB_HOST:-127.0.0.1}
-WEB_PORT=${WEB_PORT:-6066}
+export WEB_HOST=${WEB_HOST:-127.0.0.1}
+export WEB_PORT=${WEB_PORT:-6066}
+export FEED=${FEED:-sim}
 LOG_LEVEL=${LOG_LEVEL:-info}
 case "$LOG_LEVEL" in  # faust -l spells two levels its own way
   warning) FAUST_LEVEL=warn ;; critical) FAUST_LEVEL=crit ;; *) FAUST_LEVEL=$LOG_LEVEL ;;
 esac
+FAUST=.venv/bin/faust
 
 started_kafka=0
 worker_pid=""
+sim_pid=""
+
+stop_pid() {
+  local pid=$1 name=$2
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    echo "run: stopping $name (pid $pid)" >&2
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+}
 
 cleanup() {
   trap - INT TERM EXIT
-  if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then
-    echo "run: stopping worker (pid $worker_pid)" >&2
-    kill -TERM "$worker_pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$worker_pid" 2>/dev/null || true
-  fi
+  stop_pid "$worker_pid" worker
+  stop_pid "$sim_pid" simulator
   if [ "$started_kafka" = 1 ]; then scripts/kafka.sh down; fi
 }
 trap cleanup INT TERM EXIT
@@ -33,12 +44,27 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
 fi
 
+case "$FEED" in
+  sim)
+    SIM_PORT=${SIM_PORT:-8765}
+    export SIM_URL=${SIM_URL:-http://127.0.0.1:$SIM_PORT}
+    export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_SIM_FEEDS as f; print(f)')}
+    "$FAUST" -A app simulate --port "$SIM_PORT" --rate "${SIM_RATE:-10}" &
+    sim_pid=$!
+    ;;
+  live)
+    export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_LIVE_FEEDS as f; print(f)')}
+    ;;
+  *) echo "run: FEED must be 'sim' or 'live', not '$FEED'" >&2; exit 2 ;;
+esac
+
 cat >&2 <<MSG
-run: worker starting; web on http://$WEB_HOST:$WEB_PORT/ (health: /health, books: /api/books)
-run: replay a capture into it:  .venv/bin/faust -A app replay --format cryptofeed ../shared/captures/cryptofeed/OKX.ws.1.0
-run: tail book.top:             .venv/bin/faust -A app tail book.top
+run: worker starting, ingesting from the ${FEED} feeds: ${FEEDS}
+run: web           http://$WEB_HOST:$WEB_PORT/   (books: /api/books, health: /health, ready: /ready)
+run: topics        ${TOPIC_PREFIX:-}raw.<venue> → ${TOPIC_PREFIX:-}book.top, book.depth, book.status, control.resync, raw.deadletter
+run: tail book.top $FAUST -A app tail book.top
 run: Ctrl-C stops everything this command started
 MSG
-.venv/bin/faust -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
+"$FAUST" -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
 worker_pid=$!
 wait "$worker_pid" || true

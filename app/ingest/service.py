@@ -149,6 +149,7 @@ class Ingest:
                 self._tasks.append(asyncio.create_task(self._resync_consumer(), name="resync-consumer"))
             if self.recorder is not None:
                 self._tasks.append(asyncio.create_task(self._flush_recorder(), name="recorder-flush"))
+            self._tasks.append(asyncio.create_task(self._report(), name="ingest-report"))
             self._tasks += [asyncio.create_task(c.run(), name=c.venue) for c in self.connections]
             try:
                 await asyncio.gather(*self._tasks)
@@ -165,6 +166,27 @@ class Ingest:
                     self.recorder.close()
             if self.failure is not None:
                 raise self.failure
+
+    async def _report(self) -> None:
+        """One status line every INGEST_STATUS_S: frames, rates, produced, dropped, buffer."""
+        last, last_t = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.ingest_status_s)
+            frames = sum(c.stats.frames for c in self.connections)
+            now = time.monotonic()
+            rate = (frames - last) / max(now - last_t, 1e-9)
+            last, last_t = frames, now
+            connected = sum(c.stats.connected for c in self.connections)
+            line = f"ingest: {frames:,} frames ({rate:,.0f}/s), {connected}/{len(self.connections)} connections up"
+            if self.sink is not None:
+                s = self.sink
+                dropped, failed = sum(s.dropped.values()), sum(s.failed.values())
+                line += (f", produced {s.sent:,}, dropped {dropped:,}, failed {failed:,}, buffer "
+                         f"{s.pending_bytes / 2**20:.1f}/{s.budget / 2**20:.1f} MiB, kafka "
+                         f"{'ok' if s.kafka_ok else 'UNAVAILABLE'}")
+            if self.recorder is not None:
+                line += f", recorded {self.recorder.records:,} to {self.recorder.out}"
+            log.info(line)
 
     async def _flush_recorder(self) -> None:
         assert self.recorder is not None

@@ -28,6 +28,11 @@ from app.venues.base import Kind
 log = logging.getLogger(__name__)
 
 
+async def _close_quietly(producer: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), timeout=5)
+
+
 class RawSink:
     def __init__(self, settings: Settings, budget_bytes: int, on_lost: Callable[[str], None] | None = None) -> None:
         self.settings = settings
@@ -46,6 +51,10 @@ class RawSink:
         self._last_warning = 0.0
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
+        self._replace_producer = False
+        self._inflight: dict[asyncio.Future[Any], tuple[RawRecord, int]] = {}
+        self._last_delivery = time.monotonic()
+        self.stall_s = 20.0  # nothing delivered for this long with records in flight: new producer
 
     @staticmethod
     def _size(rec: RawRecord) -> int:
@@ -54,10 +63,11 @@ class RawSink:
     def put(self, rec: RawRecord) -> None:
         size = self._size(rec)
         if self.pending_bytes + size > self.budget:
+            self.kafka_ok = False  # not keeping up: unreachable, or too slow for the feed
             self.dropped[rec.venue] += 1
             if rec.key.partition(":")[2]:
                 self.lost_keys.add(rec.key)
-            self._warn(f"ingest buffer full ({self.pending_bytes / 1e6:.1f} MB of {self.budget / 1e6:.0f} MB): "
+            self._warn(f"ingest buffer full ({self.pending_bytes / 2**20:.1f} of {self.budget / 2**20:.1f} MiB): "
                        f"dropping frames, {sum(self.dropped.values())} so far; Kafka at "
                        f"{self.settings.kafka_bootstrap} is {'slow' if self.kafka_ok else 'unreachable'}")
             return
@@ -91,7 +101,10 @@ class RawSink:
     async def _connect(self) -> Any:
         delay = 0.5
         while True:
-            prod = make_producer(self.settings, request_timeout_ms=15_000)
+            # Not idempotent: an idempotent producer whose batches expired during an outage is
+            # wedged for good (OutOfOrderSequenceNumber). A retried duplicate in a raw topic is
+            # harmless: the book agent recognises it by the venue's sequence.
+            prod = make_producer(self.settings, request_timeout_ms=15_000, enable_idempotence=False)
             try:
                 await asyncio.wait_for(prod.start(), timeout=15)
                 log.info("raw sink connected to Kafka at %s", self.settings.kafka_bootstrap)
@@ -100,14 +113,17 @@ class RawSink:
                 await prod.stop()
                 self.kafka_ok = False
                 self._warn(f"Kafka at {self.settings.kafka_bootstrap} unreachable ({exc}); buffering up to "
-                           f"{self.budget / 1e6:.0f} MB, retrying")
+                           f"{self.budget / 2**20:.1f} MiB, retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def _run(self) -> None:
         self._producer = await self._connect()
         self.kafka_ok = True
+        asyncio.get_running_loop().create_task(self._stall_watch(), name="raw-sink-stall")
         while True:
+            if self._replace_producer:
+                await self._new_producer()
             if not self.queue:
                 self._drained.set()
                 self._wake.clear()
@@ -122,22 +138,50 @@ class RawSink:
             except KafkaError as exc:
                 self._lost(rec, size, exc)
                 continue
+            self._inflight[fut] = (rec, size)
             fut.add_done_callback(lambda f, rec=rec, size=size: self._done(f, rec, size))
 
+    async def _stall_watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._inflight and time.monotonic() - self._last_delivery > self.stall_s:
+                log.error("raw sink: nothing delivered for %.0fs with %d records in flight; abandoning them "
+                          "(their books will resync) and starting a new producer", self.stall_s, len(self._inflight))
+                for fut in list(self._inflight):
+                    fut.cancel()  # _done counts each as lost
+                self._last_delivery = time.monotonic()
+                self._replace_producer = True
+                self._wake.set()
+
     def _done(self, fut: asyncio.Future[Any], rec: RawRecord, size: int) -> None:
+        if self._inflight.pop(fut, None) is None:
+            return  # already accounted for
         if fut.cancelled() or fut.exception() is not None:
             self._lost(rec, size, fut.exception() if not fut.cancelled() else None)
             return
+        self._last_delivery = time.monotonic()
         self.pending_bytes -= size
         self.sent += 1
         if not self.kafka_ok:
             log.warning("Kafka accepts records again; %d instruments lost frames and will resync", len(self.lost_keys))
         self.kafka_ok = True
 
+    async def _new_producer(self) -> None:
+        """After a non-retriable error (an idempotent producer whose expired batches left a
+        hole in its sequence gets OutOfOrderSequenceNumber for ever) start a fresh producer."""
+        self._replace_producer = False
+        old, self._producer = self._producer, None
+        log.warning("raw sink: replacing the Kafka producer after a non-retriable error")
+        asyncio.get_running_loop().create_task(_close_quietly(old))
+        self._producer = await self._connect()
+
     def _lost(self, rec: RawRecord, size: int, exc: BaseException | None) -> None:
         self.pending_bytes -= size
         self.failed[rec.venue] += 1
         self.kafka_ok = False
+        if isinstance(exc, KafkaError) and not exc.retriable:
+            self._replace_producer = True
+            self._wake.set()
         if rec.key.partition(":")[2]:
             self.lost_keys.add(rec.key)
         self._warn(f"delivery to Kafka failed ({exc}); {sum(self.failed.values())} records lost so far")
