@@ -193,21 +193,20 @@ class DepthPublisher:
         self.dirty: set[str] = set()
 
     def touch(self, key: str) -> None:
-        now = time.monotonic_ns()
-        if now - self.last.get(key, 0) >= self.interval_ns:
-            self.publish(key, now)
+        if time.monotonic_ns() - self.last.get(key, 0) >= self.interval_ns:
+            self.publish(key)
         else:
             self.dirty.add(key)
 
     def flush(self) -> None:
-        now = time.monotonic_ns()
         for key in list(self.dirty):
-            if now - self.last.get(key, 0) >= self.interval_ns:
-                self.publish(key, now)
+            if time.monotonic_ns() - self.last.get(key, 0) >= self.interval_ns:
+                self.publish(key)
 
-    def publish(self, key: str, now: int) -> None:
+    def publish(self, key: str) -> None:
         self.dirty.discard(key)
-        self.last[key] = now
+        self.last[key] = time.monotonic_ns()  # the moment of publishing: spacing is measured from it
+        published = time.time_ns()
         inst = processor.instruments.get(key)
         if inst is None or inst.status != SYNCED:
             return
@@ -215,7 +214,7 @@ class DepthPublisher:
         value = inst.book.aggregates(self.levels)
         value.update({
             "venue": venue, "instrument": symbol, "seq": inst.seq, "ts_exchange": inst.ts_exchange,
-            "ts_recv": inst.ts_recv, "ts_published": time.time_ns(),
+            "ts_recv": inst.ts_recv, "ts_published": published,
         })
         _send(book_depth, key, value)
 
