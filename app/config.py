@@ -22,7 +22,7 @@ ENV_VARS = (
     "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
-    "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S",
+    "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
 )
 
@@ -70,6 +70,12 @@ def _bootstrap(raw: str) -> str:
     return ",".join(servers)
 
 
+def _compression(name: str) -> str | None:
+    if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
+        raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
+    return None if name == "none" else name
+
+
 @dataclass(frozen=True)
 class Settings:
     """All runtime settings. Construct with :func:`load`."""
@@ -95,6 +101,7 @@ class Settings:
     producer_buffer_messages: int = 10_000
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
+    compression: str | None = "zstd"
     ingest_in_worker: bool = True
 
     @property
@@ -142,5 +149,6 @@ def load() -> Settings:
         producer_buffer_messages=_env_int("PRODUCER_BUFFER_MESSAGES", 10_000, minimum=1),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
+        compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
         ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
     )

@@ -41,6 +41,7 @@ app = BookstreamApp(
     consumer_auto_offset_reset="earliest",
     stream_buffer_maxsize=settings.stream_buffer_maxsize,
     producer_linger=settings.producer_linger_ms / 1000.0,
+    producer_compression_type=settings.compression,
     broker_commit_interval=settings.commit_interval_s,
     # A SIGKILLed member holds its partitions until its session expires (faust: 60 s).
     broker_session_timeout=settings.session_timeout_s,

@@ -62,6 +62,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "linger_ms": settings.producer_linger_ms,
         "max_batch_size": 256 * 1024,
+        "compression_type": settings.compression,
         "max_request_size": 16 * 1024 * 1024,
         "request_timeout_ms": 30_000,
     }

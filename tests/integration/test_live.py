@@ -45,6 +45,7 @@ FAULTS = [
     ("corrupt", "binance-usdm", "BTCUSDT", True),
     ("burst", "binance-usdm", "ETHUSDT", False),  # heavy flow, then a drop: snapshot during heavy flow
     ("duplicate", "binance", "BTCUSDT", False),
+    ("slow", "binance", "BTCUSDT", False),  # slow delivery: late, never wrong
     ("okx-reset", "okx", "BTC-USDT", False),
     ("drop", "okx", "BTC-USDT-SWAP", True),
     ("bybit-restart", "bybit-linear", "BTCUSDT", False),
