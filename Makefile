@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install kafka-libs kafka-up kafka-down kafka-status kafka-logs run test lint format clean
+.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install bookstream with its dev tools
 	@scripts/kafka.sh libs
+
+browser: ## Install Debian's Chromium for the web view tests (needs root or sudo, once)
+	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium.sh
 
 kafka-libs: ## Resolve the Apache Kafka jars from Maven Central (once)
 	@scripts/kafka.sh libs
@@ -41,7 +44,7 @@ kafka-logs: ## Show the local broker's log
 run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 (FEED=live: real venues); Ctrl-C stops all
 	@scripts/run.sh
 
-test: install ## Run the whole test suite (starts and stops its own broker)
+test: install browser ## Run the whole test suite (starts and stops its own broker)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy

@@ -23,6 +23,7 @@ ENV_VARS = (
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
     "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION",
+    "WEB_FAUST_VIEWS",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
 )
 
@@ -102,6 +103,7 @@ class Settings:
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
     compression: str | None = "zstd"
+    faust_views: bool = False
     ingest_in_worker: bool = True
 
     @property
@@ -150,5 +152,6 @@ def load() -> Settings:
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
+        faust_views=_env_str("WEB_FAUST_VIEWS", "false").lower() in ("1", "true", "yes"),
         ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
     )

@@ -28,8 +28,11 @@ def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     )
 
 
-async def ensure_topics(settings: Settings, names: list[str]) -> None:
-    """Create missing topics with TOPIC_PARTITIONS partitions; refuse mismatched ones."""
+async def ensure_topics(settings: Settings, names: list[str], compacted: tuple[str, ...] = ()) -> None:
+    """Create missing topics with TOPIC_PARTITIONS partitions (``compacted`` ones with
+    cleanup.policy=compact); refuse mismatched ones; return once every topic has a leader
+    for every partition, so a consumer subscribing next sees them all."""
+    names = [*names, *compacted]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     try:
         await admin.start()
@@ -45,13 +48,29 @@ async def ensure_topics(settings: Settings, names: list[str]) -> None:
                     "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
                     "worker, or a fresh TOPIC_PREFIX."
                 )
-        missing = [NewTopic(n, settings.partitions, settings.replication) for n in names if n not in existing]
+        missing = [NewTopic(n, settings.partitions, settings.replication,
+                            topic_configs={"cleanup.policy": "compact"} if n in compacted else None)
+                   for n in names if n not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another client
                 await admin.create_topics(missing)
             log.info("created topics %s", ", ".join(t.name for t in missing))
+            await _wait_visible(admin, names)
     finally:
         await admin.close()
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        ready = {t["topic"] for t in described if t.get("error_code", 0) == 0 and t["partitions"]
+                 and all(p["leader"] >= 0 for p in t["partitions"])}
+        if ready >= set(names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise ConfigError(f"topics not ready after {timeout_s:.0f}s: {', '.join(sorted(set(names) - ready))}")
+        await asyncio.sleep(0.1)
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

@@ -1,16 +1,30 @@
 """HTTP endpoints served by the worker's faust web server (WEB_HOST:WEB_PORT).
 
+``/``                                     live dashboard (Server-Sent Events from ``/events``)
+``/book/{venue}/{instrument}``            ladder, depth chart, spread/imbalance series
 ``/health``                               liveness: the process and its event loop answer
-``/ready``                                readiness: table recovery finished, books synced count
+``/ready``                                readiness: broker reachable, recovery finished, N of M synced
 ``/api/books``                            every instrument this worker owns: top of book, state
-``/api/books/{venue}/{instrument}?depth=N`` levels, aggregates, state, seq, timestamps
+``/api/books/{venue}/{instrument}?depth=N`` levels, aggregates, state, seq, timestamps (routed
+                                          to the worker that owns the instrument)
+``/api/venues``                           per-feed state and rates (when this worker ingests)
+``/metrics``                              Prometheus text exposition
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
+from aiohttp import web
 from aiokafka.partitioner import murmur2
+from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from app import metrics
@@ -18,6 +32,7 @@ from app.core import app, settings
 from app.sync import SYNCED, Instrument
 from app.venues import ADAPTERS, split_key
 
+log = logging.getLogger(__name__)
 MAX_DEPTH = 5000
 
 
@@ -31,15 +46,18 @@ def _recovered() -> bool:
     return bool(tables.recovery.completed.is_set())
 
 
+def _active_partitions() -> set[int]:
+    changelog = app.tables["books"].changelog_topic.get_topic_name()
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+
+
 def _instrument(key: str) -> Instrument | None:
     from agents.books import load_instrument, processor
 
     inst = processor.instruments.get(key)
     if inst is None and _recovered():
         partition = partition_for(key)
-        changelog = app.tables["books"].changelog_topic.get_topic_name()
-        active = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
-        if partition in active:
+        if partition in _active_partitions():
             inst = load_instrument(key, partition)
             if inst is not None:
                 processor.instruments[key] = inst
@@ -63,18 +81,38 @@ async def health(self: View, request: Request) -> Response:
     return self.json({"status": "ok"})
 
 
+_broker_probe: dict[str, Any] = {"at": 0.0, "ok": False}
+
+
+async def _broker_reachable() -> bool:
+    """A metadata request to the first bootstrap server, cached for 2 s."""
+    if time.monotonic() - _broker_probe["at"] > 2.0:
+        from scripts.kafka_ready import metadata_brokers
+
+        host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        try:
+            n = await asyncio.get_running_loop().run_in_executor(None, metadata_brokers, host, int(port), 1.0)
+            _broker_probe["ok"] = n > 0
+        except OSError:
+            _broker_probe["ok"] = False
+        _broker_probe["at"] = time.monotonic()
+    return bool(_broker_probe["ok"])
+
+
 @app.page("/ready")
 async def ready(self: View, request: Request) -> Response:
     from agents.books import processor
 
     recovered = _recovered()
+    broker = await _broker_reachable()
     body = {
-        "ready": recovered,
+        "ready": recovered and broker,
+        "broker_reachable": broker,
         "recovery_completed": recovered,
         "books_synced": processor.synced(),
         "books_loaded": len(processor.instruments),
     }
-    return self.json(body, status=200 if recovered else 503)
+    return self.json(body, status=200 if body["ready"] else 503)
 
 
 @app.page("/api/books")
@@ -95,7 +133,16 @@ async def book_detail(self: View, request: Request, venue: str, instrument: str)
         return self.json({"error": f"depth must be a whole number from 1 to {MAX_DEPTH}"}, status=400)
     if not _recovered():
         return self.json({"error": "table recovery in progress"}, status=503)
-    inst = _instrument(f"{venue}:{instrument}")
+    key = f"{venue}:{instrument}"
+    if partition_for(key) not in _active_partitions():
+        try:  # the worker that owns the instrument's partition answers (Faust table routing)
+            return await app.router.route_req("books", key.encode(), self.web, request)
+        except SameNode:
+            pass
+        except Exception as exc:  # noqa: BLE001 - no owner known yet (rebalance): say so, never a 500
+            log.info("cannot route %s yet: %r", key, exc)
+            return self.json({"error": f"the worker owning {key} is not known yet (rebalancing)"}, status=503)
+    inst = _instrument(key)
     if inst is None:
         return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)
     body = summary(inst)
@@ -107,3 +154,173 @@ async def book_detail(self: View, request: Request, venue: str, instrument: str)
 @app.page("/metrics/counters")
 async def counters(self: View, request: Request) -> Response:
     return self.json(dict(metrics.counters))
+
+
+# -- dashboard, pages and push ------------------------------------------------------
+STATIC = Path(__file__).resolve().parent / "static"
+CONTENT_TYPES = {".html": "text/html", ".css": "text/css", ".js": "application/javascript"}
+PUSH_INTERVAL_S = 0.5
+
+
+def _file(view: View, name: str) -> Response:
+    path = STATIC / name
+    return view.bytes(path.read_bytes(), content_type=CONTENT_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+
+@app.page("/")
+async def dashboard(self: View, request: Request) -> Response:
+    return _file(self, "index.html")
+
+
+@app.page("/book/{venue}/{instrument}")
+async def book_page(self: View, request: Request, venue: str, instrument: str) -> Response:
+    return _file(self, "book.html")
+
+
+@app.page("/static/{name}")
+async def static(self: View, request: Request, name: str) -> Response:
+    if name not in {p.name for p in STATIC.iterdir()}:
+        return self.json({"error": "not found"}, status=404)
+    return _file(self, name)
+
+
+def _with_derived(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        bid, ask = Decimal(row["bid_px"]), Decimal(row["ask_px"])
+        mid = (bid + ask) / 2
+        row["mid"] = format(mid.normalize(), "f")
+        row["spread_bps"] = format(((ask - bid) / mid * 10_000).quantize(Decimal("0.01")), "f")
+    except (TypeError, ArithmeticError):
+        row["mid"] = row["spread_bps"] = None
+    return row
+
+
+def venues_status() -> dict[str, Any]:
+    from agents import ingest
+
+    if ingest.service is None:
+        return {}
+    out: dict[str, Any] = ingest.service.status()["venues"]
+    for name, v in out.items():
+        prev = _rates.get(name)
+        now = time.monotonic()
+        v["frames_per_s"] = (v["frames"] - prev[1]) / max(now - prev[0], 1e-9) if prev else 0.0
+        _rates[name] = (now, v["frames"])
+    return out
+
+
+_rates: dict[str, tuple[float, int]] = {}
+
+
+async def _sse(request: Request, event: str, produce: Any) -> web.StreamResponse:
+    """Server-Sent Events: ``produce()`` pushed every PUSH_INTERVAL_S until the client leaves."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    aio_request: Any = request  # faust's Request is aiohttp's with a narrower type
+    await resp.prepare(aio_request)
+    try:
+        while True:
+            payload = orjson.dumps(produce())
+            await resp.write(b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n")
+            await asyncio.sleep(PUSH_INTERVAL_S)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return resp
+
+
+@app.page("/events")
+class Events(View):
+    async def get(self, request: Request, **kwargs: Any) -> Any:
+        from agents.books import processor
+
+        def snapshot() -> dict[str, Any]:
+            rows = [_with_derived(summary(i)) for i in processor.instruments.values()]
+            rows.sort(key=lambda r: r["key"])
+            return {"books": rows, "venues": venues_status()}
+
+        return await _sse(request, "books", snapshot)
+
+
+@app.page("/events/book/{venue}/{instrument}")
+class BookEvents(View):
+    async def get(self, request: Request, **kwargs: Any) -> Any:
+        key = f"{kwargs['venue']}:{kwargs['instrument']}"
+
+        def snapshot() -> dict[str, Any]:
+            inst = _instrument(key)
+            if inst is None:
+                return {"state": "unknown", "reason": "not on this worker", "seq": None, "bids": [], "asks": []}
+            body = summary(inst)
+            body.update(inst.book.aggregates(25))
+            return body
+
+        return await _sse(request, "book", snapshot)
+
+
+@app.page("/api/venues")
+async def api_venues(self: View, request: Request) -> Response:
+    from agents import ingest
+
+    sink = ingest.service.sink.stats() if ingest.service is not None and ingest.service.sink else None
+    return self.json({"ingesting": ingest.service is not None, "venues": venues_status(), "sink": sink})
+
+
+# -- metrics --------------------------------------------------------------------------
+def _consumer_lag() -> dict[tuple[str, int], int]:
+    consumer: Any = app.consumer
+    out: dict[tuple[str, int], int] = {}
+    try:
+        read = consumer._read_offset  # last offset handed to a stream, per partition
+        for tp in consumer.assignment():
+            if tp.topic.startswith(settings.topic("raw.")):
+                high = consumer.highwater(tp)
+                position = read.get(tp)
+                if high is not None:
+                    out[(tp.topic, tp.partition)] = max(0, high - (position + 1 if position is not None else 0))
+    except Exception:  # noqa: BLE001 - metrics must never break the endpoint
+        log.debug("consumer lag unavailable", exc_info=True)
+    return out
+
+
+@app.page("/metrics")
+async def prometheus(self: View, request: Request) -> Response:
+    from agents.books import processor
+
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
+        lines.append(f"# HELP bookstream_{name} {help_}")
+        lines.append(f"# TYPE bookstream_{name} {kind}")
+        lines.extend(f"bookstream_{name}{labels} {value}" for labels, value in samples)
+
+    counters = metrics.counters
+    frames = [(f'{{venue="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items()) if k.startswith("frames.")]
+    metric("frames_total", "counter", "Raw records consumed, per venue.", frames)
+    totals: dict[str, int] = {}
+    for inst in processor.instruments.values():
+        for k, v in inst.counters.items():
+            totals[k] = totals.get(k, 0) + v
+    metric("applied_deltas_total", "counter", "Book updates applied (books loaded on this worker).",
+           [("", totals.get("applied", 0))])
+    metric("applied_levels_total", "counter", "Level updates applied.", [("", totals.get("levels", 0))])
+    metric("gaps_total", "counter", "Books that went stale (gap, checksum, crossed, reset).",
+           [("", totals.get("gaps", 0))])
+    metric("resync_requests_total", "counter", "control.resync requests sent.", [("", counters.get("resyncs", 0))])
+    metric("dead_letters_total", "counter", "Records sent to raw.deadletter.", [("", counters.get("deadletters", 0))])
+    metric("book_top_total", "counter", "book.top records published.", [("", counters.get("book_top", 0))])
+    states: dict[str, int] = {}
+    for inst in processor.instruments.values():
+        states[inst.status] = states.get(inst.status, 0) + 1
+    metric("books", "gauge", "Books loaded on this worker, by state.",
+           [(f'{{state="{s}"}}', n) for s, n in sorted(states.items())])
+    lag = _consumer_lag()
+    metric("consumer_lag", "gauge", "Records behind the end of each assigned partition.",
+           [(f'{{topic="{t}",partition="{p}"}}', n) for (t, p), n in sorted(lag.items())])
+    cum = 0
+    samples: list[tuple[str, float]] = []
+    for bound, n in zip([*metrics.LATENCY_BUCKETS, "+Inf"], metrics.latency_counts, strict=True):
+        cum += n
+        samples.append((f'_bucket{{le="{bound}"}}', cum))
+    samples += [("_sum", round(metrics.latency_sum[0], 6)), ("_count", cum)]
+    metric("top_latency_seconds", "histogram", "Receive time to book.top published.", samples)
+    return self.text("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -83,16 +83,17 @@ def live(module_ns: Namespace) -> Iterator[Live]:
                     FEEDS_FILE=str(feeds_file), DERIBIT_CLIENT_ID="planted-client-id-7Q",
                     DERIBIT_CLIENT_SECRET="planted-secret-9Z", OKX_API_KEY="planted-okx-key-3K",
                     OKX_API_SECRET="planted-okx-secret-5M", OKX_API_PASSPHRASE="planted-okx-pass-1P")
+    live = Live(module_ns, sim, worker)
     try:
         with workers(worker):
             worker.start()
             keys = {f"{v}:{s}" for v, syms in FEEDS.items() for s in syms}
-            live = Live(module_ns, sim, worker)
             wait_for(lambda: {k for k, b in live.books().items() if b["state"] == "synced"} >= keys, 30,
                      "every instrument synced within 30 s of start")
             yield live
     finally:
         sim.kill()
+        live.sim.kill()  # a test may have replaced it
 
 
 def test_every_book_top_equals_the_simulator_truth(live: Live) -> None:

@@ -65,3 +65,4 @@ def test_books_survive_sigkill_and_restart(ns: Namespace, tmp_path: Path) -> Non
                 assert after[name][field] == before[name][field], (name, field)
             assert len(before[name]["bids"]) == 29
         assert "Traceback" not in worker.log_text()
+        assert "recovery: tables ready after" in worker.log_text()

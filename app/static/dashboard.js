@@ -1,0 +1,66 @@
+// Live dashboard: books pushed by the worker over Server-Sent Events (/events), no polling.
+"use strict";
+const tbody = document.querySelector("#books tbody");
+const venueSel = document.getElementById("venue");
+const filterIn = document.getElementById("filter");
+let books = [], sortKey = "instrument", asc = true, knownVenues = new Set();
+
+function num(v) { const n = parseFloat(v); return isNaN(n) ? -Infinity : n; }
+function cell(text, cls) { const td = document.createElement("td"); td.textContent = text ?? ""; if (cls) td.className = cls; return td; }
+
+function render() {
+  const v = venueSel.value, f = filterIn.value.trim().toUpperCase();
+  const now = Date.now() / 1000;
+  let rows = books.filter(b => (!v || b.venue === v) && (!f || b.key.toUpperCase().includes(f)));
+  rows.forEach(b => { b.age = b.ts_recv ? now - b.ts_recv / 1e9 : null; });
+  rows.sort((a, b) => {
+    const x = a[sortKey], y = b[sortKey];
+    const c = (typeof x === "string" && isNaN(parseFloat(x))) ? String(x).localeCompare(String(y)) : num(x) - num(y);
+    return asc ? c : -c;
+  });
+  tbody.replaceChildren(...rows.map(b => {
+    const tr = document.createElement("tr");
+    tr.className = b.state; tr.dataset.key = b.key;
+    const a = document.createElement("a");
+    a.href = `/book/${encodeURIComponent(b.venue)}/${encodeURIComponent(b.instrument)}`; a.textContent = b.instrument;
+    const first = cell(""); first.className = "l"; first.appendChild(a);
+    const st = cell(""); st.className = "l"; const s = document.createElement("span");
+    s.className = "state"; s.textContent = b.state + (b.state === "stale" ? `: ${b.reason}` : ""); st.appendChild(s);
+    tr.append(first, cell(b.venue, "l"), st, cell(b.bid_sz, "bid"), cell(b.bid_px, "bid bidpx"), cell(b.ask_px, "ask askpx"),
+      cell(b.ask_sz, "ask"), cell(b.spread_bps), cell(b.mid), cell(b.age == null ? "" : b.age.toFixed(1)));
+    return tr;
+  }));
+  document.getElementById("count").textContent = `${rows.length} of ${books.length} books`;
+}
+
+function renderVenues(venues) {
+  const box = document.getElementById("venues");
+  box.replaceChildren(...Object.entries(venues || {}).map(([name, s]) => {
+    const d = document.createElement("span");
+    d.className = "venue" + (s.connected < s.connections ? " down" : "");
+    const age = s.last_frame_age_s == null ? "–" : s.last_frame_age_s.toFixed(1) + "s";
+    d.textContent = `${name} ${s.connected}/${s.connections} up · ${Math.round(s.frames_per_s)}/s · last ${age} · ${s.reconnects} reconnects`;
+    return d;
+  }));
+}
+
+document.querySelectorAll("th").forEach(th => th.addEventListener("click", () => {
+  const k = th.dataset.k; asc = sortKey === k ? !asc : true; sortKey = k;
+  document.querySelectorAll("th").forEach(x => x.classList.remove("sorted", "asc"));
+  th.classList.add("sorted"); if (asc) th.classList.add("asc"); render();
+}));
+venueSel.addEventListener("change", render);
+filterIn.addEventListener("input", render);
+
+const es = new EventSource("/events");
+es.onopen = () => { document.getElementById("conn").textContent = "live"; };
+es.onerror = () => { document.getElementById("conn").textContent = "reconnecting…"; };
+es.addEventListener("books", ev => {
+  const msg = JSON.parse(ev.data);
+  books = msg.books;
+  for (const b of books) if (!knownVenues.has(b.venue)) {
+    knownVenues.add(b.venue); const o = document.createElement("option"); o.value = o.textContent = b.venue; venueSel.append(o);
+  }
+  renderVenues(msg.venues);
+  render();
+});
