@@ -3,8 +3,7 @@
     BookstreamError
     ├── ConfigError          bad setting or command-line value; fix and restart
     ├── CaptureError         a capture file is unreadable, truncated or of another format
-    └── FrameError           one frame cannot be parsed; the frame goes to raw.deadletter
-        └── SequenceError    reserved for callers that want to raise on a gap
+    └── FrameError           one frame cannot be used; it goes to raw.deadletter with `reason`
 
 Messages say what to do next; causes are chained with ``raise … from exc``.
 """
@@ -32,6 +31,3 @@ class FrameError(BookstreamError):
         self.reason = reason
         self.detail = detail
 
-
-class SequenceError(FrameError):
-    """A frame does not continue the instrument's sequence."""
