@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, NoReturn
 
 import faust
 import faust.web.base
@@ -17,6 +21,40 @@ settings: Settings = load()
 log = logging.getLogger(__name__)
 
 
+_data_dir_lock: list[IO[str]] = []  # held for the life of the worker process
+
+
+def claim_data_dir(path: Path) -> None:
+    """Refuse to start, with one clear line, when DATA_DIR is unusable or already in use.
+
+    Two workers on one data dir would fight over RocksDB's lock (faust retries for 30 s,
+    then dies with a traceback) or, worse, share state. An exclusive lock file says who.
+    """
+    lock = path / ".bookstream.lock"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fh = lock.open("a+")
+    except OSError as exc:
+        _refuse(f"DATA_DIR {path} is not usable ({exc.strerror}); point DATA_DIR (or --datadir) at a writable folder")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        _refuse(f"DATA_DIR {path} is in use by another worker (pid {owner}); give each worker its own "
+                "DATA_DIR (or --datadir), or stop the other one")
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _data_dir_lock.append(fh)
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"bookstream: cannot start: {message}", file=sys.stderr, flush=True)
+    os._exit(2)  # a clean, immediate exit: faust would otherwise log a crash and hang in shutdown
+
+
 class BookstreamApp(faust.App):
     """faust.App that creates its topics itself, before any client subscribes.
 
@@ -25,6 +63,7 @@ class BookstreamApp(faust.App):
     """
 
     async def on_first_start(self) -> None:
+        claim_data_dir(settings.data_dir)  # before faust touches the folder
         await super().on_first_start()
         from app.kafka import ensure_topics
         from app.topics import ALL_NAMES
