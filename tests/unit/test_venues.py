@@ -6,7 +6,7 @@ import contextlib
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import FrameError
@@ -92,7 +92,7 @@ def _mutations() -> st.SearchStrategy[bytes]:
     return st.binary(max_size=64) | truncated | mutated | json_values.map(orjson.dumps)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(venue=st.sampled_from(sorted(ADAPTERS)), frame=_mutations(), kind=st.sampled_from([Kind.WS, Kind.REST]))
 def test_parsers_never_raise_anything_but_frame_error(venue: str, frame: bytes, kind: Kind) -> None:
     ad = adapter(venue)
