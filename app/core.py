@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ class BookstreamApp(faust.App):
 
     async def on_first_start(self) -> None:
         claim_data_dir(settings.data_dir)  # before faust touches the folder
+        self._discard_local_tables()
         await super().on_first_start()
         from app.kafka import ensure_topics
         from app.topics import ALL_NAMES
@@ -72,6 +74,22 @@ class BookstreamApp(faust.App):
         await ensure_topics(settings, ALL_NAMES, compacted=(changelog,))
         # faust starts app tasks only after table recovery: this one must run during it
         self._progress_task = asyncio.get_running_loop().create_task(self._recovery_progress())
+
+    def _discard_local_tables(self) -> None:
+        """Rebuild tables from their changelogs, the one consistent source, at every start.
+
+        After a SIGKILL the local RocksDB holds every write up to the kill, while faust
+        replays the changelog from an offset persisted only when sends were acknowledged:
+        older acknowledged level rows would overwrite newer local ones, next to a newer state
+        row whose own changelog record died in the producer buffer — a book mixed from two
+        moments (seen as a crossed book). The changelog is ordered per partition and the
+        state row is written after its levels, so any prefix of it is consistent; re-applying
+        a partly written frame is idempotent.
+        """
+        tabledir = Path(self.conf.tabledir)
+        if tabledir.exists():
+            log.info("discarding local table state in %s: tables are rebuilt from their changelogs", tabledir)
+            shutil.rmtree(tabledir)
 
     async def _recovery_progress(self, every_s: float = 1.0) -> None:
         """Log table recovery per table: records restored of total, and the rate."""
