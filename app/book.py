@@ -180,10 +180,7 @@ class OrderBook:
             bpx, bsz = Decimal(bids[0][0]), Decimal(bids[0][1])
             apx, asz = Decimal(asks[0][0]), Decimal(asks[0][1])
             mid = (bpx + apx) / 2
-            spread = apx - bpx
-            out["mid"] = _fmt(mid)
-            out["spread"] = _fmt(spread)
-            out["spread_bps"] = _fmt(spread / mid * 10_000, 4)
+            out["mid"], out["spread"], out["spread_bps"] = mid_spread(bids[0][0], asks[0][0])
             out["microprice"] = _fmt((bpx * asz + apx * bsz) / (bsz + asz), 12)
             bands: dict[str, dict[str, str]] = {}
             for bps in BANDS_BPS:
@@ -195,6 +192,15 @@ class OrderBook:
                 }
             out["bands_bps"] = bands
         return out
+
+
+def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
+    """(mid, spread, spread in bps to 4 places) as plain decimal text, from the best prices."""
+    with localcontext() as ctx:
+        ctx.prec = 34
+        bid, ask = Decimal(bid_px), Decimal(ask_px)
+        mid = (bid + ask) / 2
+        return _fmt(mid), _fmt(ask - bid), _fmt((ask - bid) / mid * 10_000, 4)
 
 
 def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:

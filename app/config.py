@@ -7,12 +7,16 @@ Every setting is listed in README.md ("Configuration"). A malformed value is a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from app.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+N = TypeVar("N", int, float)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -33,31 +37,27 @@ def _env_str(name: str, default: str) -> str:
     return value or default
 
 
-def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+def _env_number(name: str, default: N, parse: Callable[[str], N], what: str, minimum: N,
+                maximum: N | None) -> N:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""
         raise ConfigError(f"{name}={value} must be at least {minimum}{upper}")
     return value
 
 
+def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    return _env_number(name, default, int, "a whole number", minimum, maximum)
+
+
 def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be at least {minimum}")
-    return value
+    return _env_number(name, default, float, "a number", minimum, None)
 
 
 def _bootstrap(raw: str) -> str:

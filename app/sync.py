@@ -99,8 +99,7 @@ class Instrument:
     def _go(self, fx: Effects, status: str, reason: str) -> None:
         if status == STALE and self.status != STALE:
             self.counters["gaps"] += 1
-            fx.resync = reason
-            self.counters["resyncs"] += 1
+            self.request_resync(reason, fx)
         if status != self.status or reason != self.reason:
             fx.transitions.append((status, reason))
         if status != self.status:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from app import metrics
+from app.book import mid_spread
 from app.core import app, settings
 from app.sync import SYNCED, Instrument
 from app.venues import ADAPTERS, split_key
@@ -185,12 +185,9 @@ async def static(self: View, request: Request, name: str) -> Response:
 
 
 def _with_derived(row: dict[str, Any]) -> dict[str, Any]:
-    try:
-        bid, ask = Decimal(row["bid_px"]), Decimal(row["ask_px"])
-        mid = (bid + ask) / 2
-        row["mid"] = format(mid.normalize(), "f")
-        row["spread_bps"] = format(((ask - bid) / mid * 10_000).quantize(Decimal("0.01")), "f")
-    except (TypeError, ArithmeticError):
+    if row["bid_px"] is not None and row["ask_px"] is not None:
+        row["mid"], _, row["spread_bps"] = mid_spread(row["bid_px"], row["ask_px"])
+    else:
         row["mid"] = row["spread_bps"] = None
     return row
 
