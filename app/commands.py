@@ -72,11 +72,11 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    from app.kafka import unreachable
+    from app.kafka import client_auth, unreachable
 
     consumer = AIOKafkaConsumer(
         settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
+        auto_offset_reset="earliest" if from_beginning else "latest", **client_auth(settings),
     )
     try:
         await consumer.start()

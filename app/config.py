@@ -29,7 +29,80 @@ ENV_VARS = (
     "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION",
     "WEB_FAUST_VIEWS",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
+    "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
 )
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class Secret:
+    """A credential value; every textual form of it is masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How clients authenticate to the broker (KAFKA_SECURITY_PROTOCOL and friends)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+
+def _security() -> KafkaSecurity:
+    protocol = _env_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol!r} must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = _env_str("KAFKA_SASL_MECHANISM", "PLAIN").upper()
+    if mechanism not in SASL_MECHANISMS:
+        raise ConfigError(f"KAFKA_SASL_MECHANISM={mechanism!r} must be one of {', '.join(SASL_MECHANISMS)}")
+    sec = KafkaSecurity(
+        protocol=protocol, sasl_mechanism=mechanism, sasl_username=_env_str("KAFKA_SASL_USERNAME", ""),
+        sasl_password=Secret(os.environ.get("KAFKA_SASL_PASSWORD", "")),
+        ssl_cafile=_env_str("KAFKA_SSL_CAFILE", ""), ssl_certfile=_env_str("KAFKA_SSL_CERTFILE", ""),
+        ssl_keyfile=_env_str("KAFKA_SSL_KEYFILE", ""),
+    )
+    if sec.sasl and not (sec.sasl_username and sec.sasl_password):
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+    for name, path in (("KAFKA_SSL_CAFILE", sec.ssl_cafile), ("KAFKA_SSL_CERTFILE", sec.ssl_certfile),
+                       ("KAFKA_SSL_KEYFILE", sec.ssl_keyfile)):
+        if path and not sec.tls:
+            raise ConfigError(f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                              "(use SSL or SASL_SSL)")
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}={path}: no such file")
+    if bool(sec.ssl_certfile) != bool(sec.ssl_keyfile):
+        raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (client certificate and its key)")
+    return sec
 
 
 def _env_str(name: str, default: str) -> str:
@@ -105,6 +178,7 @@ class Settings:
     compression: str | None = "zstd"
     faust_views: bool = False
     ingest_in_worker: bool = True
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @property
     def broker_url(self) -> str:
@@ -154,4 +228,5 @@ def load() -> Settings:
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
         faust_views=_env_str("WEB_FAUST_VIEWS", "false").lower() in ("1", "true", "yes"),
         ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
+        security=_security(),
     )

@@ -17,6 +17,7 @@ import faust.web.base
 from faust.transport.producer import ProducerBuffer
 
 from app.config import Settings, load
+from app.kafka import faust_credentials
 
 settings: Settings = load()
 log = logging.getLogger(__name__)
@@ -89,7 +90,11 @@ class BookstreamApp(faust.App):
         tabledir = Path(self.conf.tabledir)
         if tabledir.exists():
             log.info("discarding local table state in %s: tables are rebuilt from their changelogs", tabledir)
-            shutil.rmtree(tabledir)
+            try:
+                shutil.rmtree(tabledir)
+            except OSError as exc:  # never run on table files we could not reset
+                _refuse(f"cannot discard the local table state in {tabledir} ({exc.strerror}: {exc.filename}); "
+                        "remove that folder by hand (it is rebuilt from the changelog) or fix its permissions")
 
     async def _recovery_progress(self, every_s: float = 1.0) -> None:
         """Log table recovery per table: records restored of total, and the rate."""
@@ -125,6 +130,7 @@ class BookstreamApp(faust.App):
 app = BookstreamApp(
     settings.app_id,
     broker=settings.broker_url,
+    broker_credentials=faust_credentials(settings),  # KAFKA_SECURITY_PROTOCOL, SASL, TLS
     store="rocksdb://",
     datadir=str(settings.data_dir),
     autodiscover=False,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from app.config import Settings
+from app.config import KafkaSecurity, Settings
 from app.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,48 @@ def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:
     )
 
 
+def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext | None:
+    """TLS context for SSL / SASL_SSL: the system CAs or KAFKA_SSL_CAFILE, plus a client cert."""
+    if not sec.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=sec.ssl_cafile or None)
+    if sec.ssl_certfile:
+        ctx.load_cert_chain(sec.ssl_certfile, sec.ssl_keyfile)
+    return ctx
+
+
+def client_auth(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for KAFKA_SECURITY_PROTOCOL (every client we create uses them)."""
+    sec = settings.security
+    auth: dict[str, Any] = {"security_protocol": sec.protocol}
+    if sec.tls:
+        auth["ssl_context"] = ssl_context(sec)
+    if sec.sasl:
+        auth.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
+                    sasl_plain_password=sec.sasl_password.reveal())
+    return auth
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same, as faust's ``broker_credentials`` (None for PLAINTEXT)."""
+    import faust
+
+    sec = settings.security
+    if sec.sasl:
+        return faust.SASLCredentials(username=sec.sasl_username, password=sec.sasl_password.reveal(),
+                                     mechanism=sec.sasl_mechanism, ssl_context=ssl_context(sec))
+    if sec.tls:
+        return faust.SSLCredentials(ssl_context(sec))
+    return None
+
+
 async def ensure_topics(settings: Settings, names: list[str], compacted: tuple[str, ...] = ()) -> None:
     """Create missing topics with TOPIC_PARTITIONS partitions (``compacted`` ones with
     cleanup.policy=compact); refuse mismatched ones; return once every topic has a leader
     for every partition, so a consumer subscribing next sees them all."""
     names = [*names, *compacted]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
+                                **client_auth(settings))
     try:
         await admin.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:
@@ -86,6 +123,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "compression_type": settings.compression,
         "max_request_size": 16 * 1024 * 1024,
         "request_timeout_ms": 30_000,
+        **client_auth(settings),
     }
     conf.update(overrides)
     return AIOKafkaProducer(**conf)

@@ -85,16 +85,21 @@ _broker_probe: dict[str, Any] = {"at": 0.0, "ok": False}
 
 
 async def _broker_reachable() -> bool:
-    """A metadata request to the first bootstrap server, cached for 2 s."""
+    """A metadata request to the bootstrap servers (with the configured auth), cached for 2 s."""
     if time.monotonic() - _broker_probe["at"] > 2.0:
-        from scripts.kafka_ready import metadata_brokers
+        from aiokafka import AIOKafkaClient
 
-        host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        from app.kafka import client_auth
+
+        client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=2000,
+                                **client_auth(settings))
         try:
-            n = await asyncio.get_running_loop().run_in_executor(None, metadata_brokers, host, int(port), 1.0)
-            _broker_probe["ok"] = n > 0
-        except OSError:
+            await asyncio.wait_for(client.bootstrap(), timeout=3.0)
+            _broker_probe["ok"] = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
             _broker_probe["ok"] = False
+        finally:
+            await client.close()
         _broker_probe["at"] = time.monotonic()
     return bool(_broker_probe["ok"])
 

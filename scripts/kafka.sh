@@ -14,6 +14,8 @@
 #   KAFKA_LIBS_DIR         resolved jars                         (<repo>/.cache/kafka/libs)
 #   KAFKA_READY_TIMEOUT    seconds to wait for readiness         (90)
 #   KAFKA_HEAP_OPTS        JVM heap flags                        (-Xmx1G -Xms1G)
+#   KAFKA_SASL_PORT        also listen with SASL_PLAINTEXT (PLAIN) on this port   (off)
+#   KAFKA_SASL_USERS       its users, "user:password[,user:password…]"           (bookstream:bookstream)
 # A second broker beside the first needs only another KAFKA_PORT and KAFKA_DATA_DIR.
 set -euo pipefail
 
@@ -24,6 +26,8 @@ KAFKA_DATA_DIR=${KAFKA_DATA_DIR:-$ROOT/.data/kafka}
 KAFKA_LIBS_DIR=${KAFKA_LIBS_DIR:-$ROOT/.cache/kafka/libs}
 KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx1G -Xms1G}
+KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-}
+KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-bookstream:bookstream}
 POM=$ROOT/kafka/pom.xml
 PYTHON=${PYTHON:-python3}
 
@@ -81,16 +85,31 @@ port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\(.*\))
 ready() { "$PYTHON" "$ROOT/scripts/kafka_ready.py" "127.0.0.1:$KAFKA_PORT"; }
 
 write_props() {
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" sasl=""
+  if [ -n "$KAFKA_SASL_PORT" ]; then
+    # A second client listener that authenticates (SASL/PLAIN) for users whose brokers need it.
+    listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    local users="" pair
+    IFS=',' read -ra pairs <<<"$KAFKA_SASL_USERS"
+    for pair in "${pairs[@]}"; do
+      [[ $pair == *:* ]] || die "KAFKA_SASL_USERS entry '${pair%%:*}' is not user:password"
+      users="$users user_${pair%%:*}=\"${pair#*:}\""
+    done
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
+  fi
   cat >"$PROPS" <<EOF
 # Written by scripts/kafka.sh; edits are overwritten on the next start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$sasl
 log.dirs=$KAFKA_DATA_DIR/kraft-logs
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -104,6 +123,7 @@ log.segment.bytes=268435456
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 EOF
+  chmod 600 "$PROPS"  # may hold SASL passwords
 }
 
 cmd_up() {
@@ -117,7 +137,7 @@ cmd_up() {
     say "running (pid $pid) but not ready yet; waiting"
     wait_ready "$pid"; return 0
   fi
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $KAFKA_SASL_PORT; do
     if port_in_use "$p"; then
       die "port $p is already in use by $(port_owner "$p" || echo 'another process'), not by a broker of $KAFKA_DATA_DIR. Stop it, or pick other ports with KAFKA_PORT=... (and KAFKA_DATA_DIR=... for a second broker)."
     fi

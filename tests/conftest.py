@@ -19,6 +19,8 @@ import pytest
 from tests.helpers import CAPTURES, ROOT, Namespace
 
 TEST_PORT = os.environ.get("TEST_KAFKA_PORT", "19092")
+TEST_SASL_PORT = str(int(TEST_PORT) + 2)  # controller is TEST_PORT + 1
+SASL_USER, SASL_PASSWORD = "bookstream-test", "planted-sasl-password-4R"
 
 
 def _kafka(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -41,7 +43,8 @@ def kafka() -> Iterator[str]:
                         "unset it to let the tests start their own broker")
         yield given
         return
-    env = dict(os.environ, KAFKA_PORT=TEST_PORT, KAFKA_DATA_DIR=str(ROOT / ".data" / "kafka-test"))
+    env = dict(os.environ, KAFKA_PORT=TEST_PORT, KAFKA_DATA_DIR=str(ROOT / ".data" / "kafka-test"),
+               KAFKA_SASL_PORT=TEST_SASL_PORT, KAFKA_SASL_USERS=f"{SASL_USER}:{SASL_PASSWORD}")
     was_running = _kafka("status", env).returncode == 0
     up = _kafka("up", env)
     if up.returncode != 0:
@@ -51,6 +54,14 @@ def kafka() -> Iterator[str]:
     finally:
         if not was_running:
             _kafka("down", env)
+
+
+@pytest.fixture(scope="session")
+def sasl_kafka(kafka: str) -> str:
+    """The test broker's SASL_PLAINTEXT (PLAIN) listener, user SASL_USER / SASL_PASSWORD."""
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        pytest.skip("KAFKA_BOOTSTRAP points at an outside broker: no SASL listener of ours to test")
+    return f"127.0.0.1:{TEST_SASL_PORT}"
 
 
 @pytest.fixture

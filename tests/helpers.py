@@ -25,6 +25,11 @@ CAPTURES = (ROOT.parent / "shared" / "captures").resolve()
 FAUST = [sys.executable, "-m", "faust", "-A", "app"]
 
 
+def examples(default: int) -> int:
+    """Hypothesis examples per property: ``default`` in `make test`, FUZZ_EXAMPLES in `make fuzz`."""
+    return int(os.environ.get("FUZZ_EXAMPLES") or default)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,9 +90,10 @@ class Namespace:
         env.update(extra)
         return env
 
-    def replay(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def replay(self, *args: str, check: bool = True, timeout: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [*FAUST, "replay", *args], env=self.env(), cwd=ROOT, capture_output=True, text=True,
+            [*FAUST, "replay", *args], env=self.env(**(env or {})), cwd=ROOT, capture_output=True, text=True,
             timeout=timeout, stdin=subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:

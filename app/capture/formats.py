@@ -177,29 +177,34 @@ def _read_cryptofeed_v1(path: Path, venue_flag: str | None) -> Iterator[Record]:
     for lineno, line in _lines(path):
         if not line:
             continue
-        if is_http:
-            head, sep, rest = line.partition(b" -> ")
-            ts_text, sep2, body = rest.partition(b": ")
-            if not sep or not sep2:
-                raise CaptureError(f"{path}:{lineno}: not a cryptofeed http record")
-            url = head.decode()
-            if "depth" not in url and "book" not in url.lower():
-                continue  # instrument lists and other REST calls: not part of a book
-            v = venue_flag or venue_from_url(url) or name_hint
-            yield Record(_epoch_ns(ts_text), _check_venue(v, str(path)), f"{path.name}#rest", Kind.REST, body, url)
-            continue
-        if line.startswith((b"wss://", b"ws://")):
-            addr, _, rest = line.partition(b" ")
-            if rest.startswith(b"<->"):
-                conn_no += 1
-                conn = f"{path.name}#{conn_no}"
-                url = addr.decode()
-                venue = venue_flag or venue_from_url(url) or name_hint
-            continue  # "<-" lines are frames we sent
-        m = _V1_RECV.match(line)
-        if m is None:
-            raise CaptureError(f"{path}:{lineno}: not a cryptofeed v1 record (truncated file?)")
-        yield Record(_epoch_ns(m.group(1)), _check_venue(venue, str(path)), conn, Kind.WS, m.group(2), url)
+        try:
+            if is_http:
+                head, sep, rest = line.partition(b" -> ")
+                ts_text, sep2, body = rest.partition(b": ")
+                if not sep or not sep2:
+                    raise CaptureError(f"{path}:{lineno}: not a cryptofeed http record")
+                url = head.decode("utf-8", "replace")
+                if "depth" not in url and "book" not in url.lower():
+                    continue  # instrument lists and other REST calls: not part of a book
+                v = venue_flag or venue_from_url(url) or name_hint
+                yield Record(_epoch_ns(ts_text), _check_venue(v, str(path)), f"{path.name}#rest", Kind.REST, body,
+                             url)
+                continue
+            if line.startswith((b"wss://", b"ws://")):
+                addr, _, rest = line.partition(b" ")
+                if rest.startswith(b"<->"):
+                    conn_no += 1
+                    conn = f"{path.name}#{conn_no}"
+                    url = addr.decode("utf-8", "replace")
+                    venue = venue_flag or venue_from_url(url) or name_hint
+                continue  # "<-" lines are frames we sent
+            m = _V1_RECV.match(line)
+            if m is None:
+                raise CaptureError(f"{path}:{lineno}: not a cryptofeed v1 record (truncated file?)")
+            ts = _epoch_ns(m.group(1))
+        except ValueError as exc:  # a timestamp that is not a number
+            raise CaptureError(f"{path}:{lineno}: not a cryptofeed v1 record ({exc})") from exc
+        yield Record(ts, _check_venue(venue, str(path)), conn, Kind.WS, m.group(2), url)
 
 
 def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
@@ -213,23 +218,33 @@ def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
             t = env["t"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise CaptureError(f"{path}:{lineno}: not a cryptofeed v3 envelope (truncated file?)") from exc
+        try:
+            rec = _v3_record(env, t, conns, venue_flag, exchange_hint, f"{path}:{lineno}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CaptureError(f"{path}:{lineno}: not a cryptofeed v3 record ({type(exc).__name__}: {exc})") from exc
         if t == "header":
             exchange_hint = CRYPTOFEED_NAMES.get(str(env.get("exchange", "")))
-        elif t == "connect":
-            addr = str(env.get("addr", ""))
-            conns[env["conn"]] = (addr, venue_flag or venue_from_url(addr) or exchange_hint)
-        elif t == "recv":
-            addr, venue = conns.get(env["conn"], ("", venue_flag or exchange_hint))
-            data = env["data"]
-            frame = data.encode() if isinstance(data, str) else orjson.dumps(data)
-            venue = _check_venue(venue, f"{path}:{lineno}")
-            yield Record(_epoch_ns(env["ts"]), venue, env["conn"], Kind.WS, frame, addr)
-        elif t == "http" and env.get("url", "").find("depth") >= 0:
-            url = str(env["url"])
-            venue = venue_flag or venue_from_url(url) or exchange_hint
-            data = env["data"]
-            yield Record(_epoch_ns(env["ts"]), _check_venue(venue, str(path)), str(env.get("conn", "rest")), Kind.REST,
-                         data.encode() if isinstance(data, str) else orjson.dumps(data), url)
+        if rec is not None:
+            yield rec
+
+
+def _v3_record(env: dict[str, Any], t: object, conns: dict[str, tuple[str, str | None]], venue_flag: str | None,
+               exchange_hint: str | None, where: str) -> Record | None:
+    if t == "connect":
+        addr = str(env.get("addr", ""))
+        conns[env["conn"]] = (addr, venue_flag or venue_from_url(addr) or exchange_hint)
+    elif t == "recv":
+        addr, venue = conns.get(env["conn"], ("", venue_flag or exchange_hint))
+        data = env["data"]
+        frame = data.encode() if isinstance(data, str) else orjson.dumps(data)
+        return Record(_epoch_ns(env["ts"]), _check_venue(venue, where), str(env["conn"]), Kind.WS, frame, addr)
+    elif t == "http" and str(env.get("url", "")).find("depth") >= 0:
+        url = str(env["url"])
+        venue = venue_flag or venue_from_url(url) or exchange_hint
+        data = env["data"]
+        return Record(_epoch_ns(env["ts"]), _check_venue(venue, where), str(env.get("conn", "rest")), Kind.REST,
+                      data.encode() if isinstance(data, str) else orjson.dumps(data), url)
+    return None
 
 
 def read_cryptofeed(path: Path, venue: str | None = None) -> Iterator[Record]:

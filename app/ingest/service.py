@@ -26,6 +26,7 @@ from app.feeds import FeedConfig
 from app.ingest.connection import Emit, FeedConnection, Reset
 from app.ingest.protocols import protocol
 from app.ingest.sink import RawSink
+from app.kafka import client_auth
 from app.router import Router
 from app.venues import split_key
 from app.venues.base import Kind
@@ -113,7 +114,7 @@ class Ingest:
         while True:
             consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.kafka_bootstrap,
                                         group_id=f"{self.settings.app_id}-ingest", auto_offset_reset="latest",
-                                        enable_auto_commit=True)
+                                        enable_auto_commit=True, **client_auth(self.settings))
             try:
                 await consumer.start()
                 async for msg in consumer:

@@ -6,10 +6,13 @@ import gzip
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.capture.formats import Record, read, write_native
 from app.errors import CaptureError, ConfigError
 from app.venues.base import Kind
+from tests.helpers import examples
 
 DEPTH = (b'{"stream":"btcusd_perp@depth@100ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"BTCUSD_PERP",'
          b'"U":5,"u":6,"pu":4,"b":[],"a":[]}}')
@@ -83,3 +86,56 @@ def test_unknown_format_and_venue(tmp_path: Path) -> None:
         list(read([tmp_path / "a"], "pcap"))
     with pytest.raises(ConfigError, match="unknown venue"):
         list(read([tmp_path / "a"], "hftbacktest", venue="kraken"))
+
+
+#: A valid small file per format; fuzzing mutates these bytes.
+SAMPLES: dict[str, tuple[str, bytes]] = {
+    "native": ("c.jsonl", write_native(Record(ts=1, venue="okx", conn="okx#1", kind=Kind.WS, frame=b'{"a":1}',
+                                              url="wss://x")) * 3),
+    "cryptofeed": ("BINANCE_FUTURES.ws.1.0", b"wss://fstream.binance.com/stream?streams=btcusdt@depth <-> 1.0\n"
+                   b"2.5: " + DEPTH + b"\n3.5: " + TICKER + b"\n"),
+    "cryptofeed-v3": ("BYBIT.jsonl", b'{"t":"header","format":2,"exchange":"BYBIT"}\n'
+                      b'{"t":"recv","conn":"BYBIT.ws.1","ts":1.5,"data":"{\\"topic\\":\\"x\\"}"}\n'),
+    "hftbacktest": ("BTCUSD_PERP_20240808.gz", b"10 " + TICKER + b"\n11 " + SNAPSHOT + b"\n12 " + DEPTH + b"\n"),
+}
+
+
+@st.composite
+def _mutated_file(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    kind = draw(st.sampled_from(sorted(SAMPLES)))
+    name, data = SAMPLES[kind]
+    how = draw(st.sampled_from(["truncate", "flip", "insert", "random"]))
+    if how == "truncate":
+        data = data[:draw(st.integers(0, len(data)))]
+    elif how == "flip" and data:
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([data[i] ^ draw(st.integers(1, 255))]) + data[i + 1:]
+    elif how == "insert":
+        i = draw(st.integers(0, len(data)))
+        data = data[:i] + draw(st.binary(max_size=40)) + data[i:]
+    else:
+        data = draw(st.binary(max_size=200))
+    if name.endswith(".gz"):
+        packed = gzip.compress(data)
+        data = packed[:draw(st.integers(0, len(packed)))] if draw(st.booleans()) else packed
+    return kind.split("-")[0], name, data
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                             HealthCheck.function_scoped_fixture])
+@given(case=_mutated_file())
+def test_importers_never_raise_anything_but_a_capture_error(tmp_path: Path, case: tuple[str, str, bytes]) -> None:
+    fmt, name, data = case
+    path = tmp_path / name
+    path.write_bytes(data)
+    error = None
+    try:
+        records = list(read([path], fmt))
+    except (CaptureError, ConfigError) as exc:  # anything else fails the test
+        error = str(exc)
+    if error is None:
+        assert all(isinstance(r.frame, bytes) for r in records)
+        assert all(r.venue for r in records)
+    else:
+        assert error.strip()

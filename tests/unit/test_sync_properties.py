@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from app.sync import STALE, SYNCED, Effects, Instrument
 from app.venues.base import BookUpdate, Sequencing
+from tests.helpers import examples
 
 Level = tuple[str, str]
 Delta = tuple[list[Level], list[Level]]
@@ -78,7 +79,7 @@ def normalise(top: tuple[str | None, ...]) -> tuple[object, ...]:
     return tuple(float(x) if x is not None and i % 2 == 0 else x for i, x in enumerate(top))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rule=st.sampled_from([Sequencing.DERIBIT, Sequencing.BYBIT, Sequencing.OKX, Sequencing.COINBASE]),
     snap=snapshots, ds=deltas, dup_at=st.lists(st.integers(0, 39), max_size=5),
@@ -102,7 +103,7 @@ def test_incremental_book_equals_rebuild_for_sequenced_venues(rule: Sequencing, 
         assert normalise(top) == normalise(top_of(*truths[seq]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spot=st.booleans(), snap_after=st.integers(0, 39), late_by=st.integers(0, 5), ds=deltas,
        spans=st.lists(st.integers(1, 4), min_size=40, max_size=40))
 def test_binance_buffered_deltas_join_the_snapshot_exactly(spot: bool, snap_after: int, late_by: int,
@@ -132,7 +133,7 @@ def test_binance_buffered_deltas_join_the_snapshot_exactly(spot: bool, snap_afte
         assert normalise(top) == normalise(top_of(*truths[seq]))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(snap=snapshots, ds=st.lists(st.tuples(
     st.lists(st.tuples(st.integers(0, 60).map(price), sizes), max_size=4),
     st.lists(st.tuples(st.integers(10, 70).map(price), sizes), max_size=4)), min_size=1, max_size=30))

@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import FrameError
+from app.processor import Processor
 from app.venues import ADAPTERS, adapter
 from app.venues.base import Kind
 from app.venues.coinbase import rfc3339_ns
+from tests.helpers import examples
 
 FRAMES = {
     "deribit": ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.BTC-PERPETUAL.100ms","data":'
@@ -92,7 +94,8 @@ def _mutations() -> st.SearchStrategy[bytes]:
     return st.binary(max_size=64) | truncated | mutated | json_values.map(orjson.dumps)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.fuzz
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(venue=st.sampled_from(sorted(ADAPTERS)), frame=_mutations(), kind=st.sampled_from([Kind.WS, Kind.REST]))
 def test_parsers_never_raise_anything_but_frame_error(venue: str, frame: bytes, kind: Kind) -> None:
     ad = adapter(venue)
@@ -100,6 +103,28 @@ def test_parsers_never_raise_anything_but_frame_error(venue: str, frame: bytes, 
                  lambda: ad.parse(kind, frame, "BTCUSDT"), lambda: ad.conn_seq(frame)):
         with contextlib.suppress(FrameError):
             call()
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(venue=st.sampled_from(sorted(FRAMES)), frame=_mutations(), offset=st.integers(1, 5))
+def test_every_rejected_frame_becomes_a_dead_letter_with_a_reason(venue: str, frame: bytes, offset: int) -> None:
+    """Through the book processor (what the agent runs): a synced book, then a bad frame."""
+    good, symbol = FRAMES[venue]
+    key = f"{venue}:{symbol}"
+    proc = Processor(lambda _k: None)
+    try:
+        adapter(venue).parse(Kind.WS, frame, symbol)
+    except FrameError:
+        rejected = True
+    else:
+        rejected = False
+    out = proc.handle(key, frame, {"kind": b"ws", "ts": b"1", "conn": b"c"}, offset)
+    if rejected:
+        assert out.dead is not None, "a rejected frame must become a dead letter"
+        assert out.dead[0], "a dead letter must carry a reason"
+    # the processor is still usable afterwards: a good frame is handled without an exception
+    proc.handle(key, good.encode(), {"kind": b"ws", "ts": b"2", "conn": b"c"}, offset + 1)
 
 
 def test_a_corrupt_frame_is_keyed_to_the_one_instrument_of_its_connection_it_names() -> None:
