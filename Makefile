@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test lint format clean
+.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test chaos fuzz bench lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,15 @@ run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 
 
 test: install browser ## Run the whole test suite (starts and stops its own broker)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chaos: install ## Long fault scenarios (20 kills, 20 s broker outage, takeovers, bad-frame flood); report → bench/chaos-results.json
+	CHAOS=1 $(BIN)/python -m pytest tests/chaos -v -s --timeout=3600 $(PYTEST_ARGS)
+
+fuzz: install ## Property-based fuzzing of every parser and importer with FUZZ_EXAMPLES (20000) examples each
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/python -m pytest tests/unit -m fuzz --timeout=3600 $(PYTEST_ARGS)
+
+bench: install ## Benchmarks on a broker of their own; table + bench/results.json (BENCH_ONLY=step,… for some)
+	$(BIN)/python bench/run.py
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .

@@ -105,7 +105,7 @@ def _publish(out: Outcome, inst: Instrument, ts_recv: int) -> None:
     for seq, ts_exchange, (bpx, bsz, apx, asz) in fx.tops:
         _send(book_top, key, {
             "venue": venue, "instrument": symbol, "bid_px": bpx, "bid_sz": bsz, "ask_px": apx,
-            "ask_sz": asz, "seq": seq, "ts_exchange": ts_exchange, "ts_recv": ts_recv,
+            "ask_sz": asz, "seq": seq, "epoch": inst.counters["epoch"], "ts_exchange": ts_exchange, "ts_recv": ts_recv,
             "ts_published": now,
         })
         metrics.observe_latency(now - ts_recv)
@@ -168,12 +168,40 @@ async def _retry_resyncs() -> None:
             request_resync(key, inst, f"retry: still {inst.status} ({inst.reason})")
 
 
+class LogLimiter:
+    """At most one log line per reason per ``every_s``: a flood of bad frames must not
+    turn into a flood of log lines (each dead letter is still counted and published)."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.windows: dict[str, tuple[float, int]] = {}  # reason → (last line at, suppressed since)
+        self._note = 0
+
+    def allow(self, reason: str) -> bool:
+        now = time.monotonic()
+        last, suppressed = self.windows.get(reason, (-self.every_s, 0))
+        if now - last >= self.every_s:
+            self._note = suppressed
+            self.windows[reason] = (now, 0)
+            return True
+        self.windows[reason] = (last, suppressed + 1)
+        return False
+
+    def suppressed_note(self, reason: str) -> str:
+        return f" (+{self._note:,} more {reason} not logged)" if self._note else ""
+
+
+dead_log = LogLimiter()
+
+
 def _dead(event: EventT, key: str, reason: str, detail: str) -> None:
     msg = event.message
     venue, _, symbol = key.partition(":")
     metrics.count("deadletters")
     metrics.count(f"deadletters.{reason}")
-    log.warning("dead letter %s %s:%s@%s: %s %s", key, msg.topic, msg.partition, msg.offset, reason, detail[:200])
+    if dead_log.allow(reason):
+        log.warning("dead letter %s %s:%s@%s: %s %s%s", key, msg.topic, msg.partition, msg.offset, reason,
+                    detail[:200], dead_log.suppressed_note(reason))
     value = event.value if isinstance(event.value, bytes) else b""
     _send(deadletter, key, {
         "venue": venue, "instrument": symbol or None, "reason": reason, "detail": detail,
@@ -213,7 +241,8 @@ class DepthPublisher:
         venue, symbol = split_key(key)
         value = inst.book.aggregates(self.levels)
         value.update({
-            "venue": venue, "instrument": symbol, "seq": inst.seq, "ts_exchange": inst.ts_exchange,
+            "venue": venue, "instrument": symbol, "seq": inst.seq, "epoch": inst.counters["epoch"],
+            "ts_exchange": inst.ts_exchange,
             "ts_recv": inst.ts_recv, "ts_published": published,
         })
         _send(book_depth, key, value)

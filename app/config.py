@@ -27,7 +27,7 @@ ENV_VARS = (
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
     "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION",
-    "WEB_FAUST_VIEWS",
+    "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
     "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
@@ -178,6 +178,9 @@ class Settings:
     compression: str | None = "zstd"
     faust_views: bool = False
     ingest_in_worker: bool = True
+    max_poll_records: int | None = None  # None: no limit
+    max_fetch_size: int = 1024 * 1024
+    producer_max_batch_size: int = 16384
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @property
@@ -228,5 +231,8 @@ def load() -> Settings:
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
         faust_views=_env_str("WEB_FAUST_VIEWS", "false").lower() in ("1", "true", "yes"),
         ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
+        max_poll_records=_env_int("BROKER_MAX_POLL_RECORDS", 0, minimum=0) or None,
+        max_fetch_size=_env_int("CONSUMER_MAX_FETCH_SIZE", 1024 * 1024, minimum=1024),
+        producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1024),
         security=_security(),
     )

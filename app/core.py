@@ -143,6 +143,9 @@ app = BookstreamApp(
     stream_buffer_maxsize=settings.stream_buffer_maxsize,
     producer_linger=settings.producer_linger_ms / 1000.0,
     producer_compression_type=settings.compression,
+    producer_max_batch_size=settings.producer_max_batch_size,
+    broker_max_poll_records=settings.max_poll_records,
+    consumer_max_fetch_size=settings.max_fetch_size,
     broker_commit_interval=settings.commit_interval_s,
     # A SIGKILLed member holds its partitions until its session expires (faust: 60 s).
     broker_session_timeout=settings.session_timeout_s,

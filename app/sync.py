@@ -29,7 +29,7 @@ from app.book import Change, OrderBook, Top
 from app.venues.base import BookUpdate, Sequencing
 
 WAITING, SYNCED, STALE = "waiting", "synced", "stale"
-COUNTERS = ("applied", "levels", "gaps", "resyncs", "duplicates", "skipped", "buffered", "dropped")
+COUNTERS = ("applied", "levels", "gaps", "resyncs", "duplicates", "skipped", "buffered", "dropped", "epoch")
 
 
 @dataclass(slots=True)
@@ -180,6 +180,7 @@ class Instrument:
 
     def _snapshot(self, upd: BookUpdate, conn: str, ts_recv: int, fx: Effects) -> None:
         fx.changes.extend(self.book.replace(upd.bids, upd.asks))
+        self.counters["epoch"] += 1  # a new sequence starts: (epoch, seq) only ever grows
         self.seq = upd.seq
         self.conn = conn
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
@@ -191,7 +192,9 @@ class Instrument:
         fx.changes.extend(changes)
         self.counters["applied"] += 1
         self.counters["levels"] += len(upd.bids) + len(upd.asks)
-        self.seq = upd.seq  # OKX reset: seqId may be lower than prevSeqId, then continues
+        if self.seq is not None and upd.seq <= self.seq:
+            self.counters["epoch"] += 1  # OKX reset: seqId lower than prevSeqId, then continues
+        self.seq = upd.seq
         self.fresh = False
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
         fx.applied = True
@@ -250,6 +253,7 @@ class Instrument:
             self.request_resync(f"snapshot lastUpdateId={last_id} older than buffered U={keep[0][0].first}", fx)
             return
         fx.changes.extend(self.book.replace(upd.bids, upd.asks))
+        self.counters["epoch"] += 1
         self.seq = last_id
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
         fx.applied = True

@@ -51,6 +51,16 @@ def _active_partitions() -> set[int]:
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
 
 
+def _local_partitions() -> set[int]:
+    """Table partitions this worker holds a copy of: active or standby now, or opened
+    earlier in this process (mid-rebalance the assignment is briefly empty)."""
+    changelog = app.tables["books"].changelog_topic.get_topic_name()
+    held = (*app.assignor.assigned_actives(), *app.assignor.assigned_standbys())
+    table: Any = app.tables["books"]
+    store = table.data
+    return {tp.partition for tp in held if tp.topic == changelog} | set(getattr(store, "_dbs", {}))
+
+
 def _instrument(key: str) -> Instrument | None:
     from agents.books import load_instrument, processor
 
@@ -136,24 +146,67 @@ async def book_detail(self: View, request: Request, venue: str, instrument: str)
     raw_depth = request.query.get("depth", str(settings.depth_levels))
     if not raw_depth.isdigit() or not 1 <= int(raw_depth) <= MAX_DEPTH:
         return self.json({"error": f"depth must be a whole number from 1 to {MAX_DEPTH}"}, status=400)
-    if not _recovered():
-        return self.json({"error": "table recovery in progress"}, status=503)
     key = f"{venue}:{instrument}"
-    if partition_for(key) not in _active_partitions():
+    depth = int(raw_depth)
+    partition = partition_for(key)
+    if partition not in _active_partitions():
         try:  # the worker that owns the instrument's partition answers (Faust table routing)
-            return await app.router.route_req("books", key.encode(), self.web, request)
+            answer = await app.router.route_req("books", key.encode(), self.web, request)
+            if answer.status == 200 and isinstance(getattr(answer, "body", None), bytes):
+                _last_routed[key] = (time.time(), answer.body)
+            if answer.status != 503:
+                return answer
+            # the owner is still recovering it: a standby copy here, if any, beats no answer
+            return _copy_or_503(self, key, partition, depth, "standby", "the owner is recovering it", answer)
         except SameNode:
             pass
-        except Exception as exc:  # noqa: BLE001 - no owner known yet (rebalance): say so, never a 500
-            log.info("cannot route %s yet: %r", key, exc)
-            return self.json({"error": f"the worker owning {key} is not known yet (rebalancing)"}, status=503)
+        except Exception as exc:  # noqa: BLE001 - owner dead or unknown (rebalance): answer from a copy
+            log.info("cannot route %s to its owner: %r", key, exc)
+            return _copy_or_503(self, key, partition, depth, "standby",
+                                     f"the worker owning {key} does not answer (rebalancing)")
+    if not _recovered():
+        return _copy_or_503(self, key, partition, depth, "recovering", "table recovery in progress")
     inst = _instrument(key)
     if inst is None:
         return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)
+    return self.json(_detail(inst, depth, "owner"))
+
+
+def _detail(inst: Instrument, depth: int, source: str) -> dict[str, Any]:
+    """``source``: ``owner`` (the live book), or a local copy while the owner cannot answer:
+    ``standby`` (this worker's standby replica) or ``recovering`` (being restored here)."""
     body = summary(inst)
-    body.update(inst.book.aggregates(int(raw_depth)))
-    body["synced"] = inst.status == SYNCED
-    return self.json(body)
+    body.update(inst.book.aggregates(depth))
+    body["synced"] = inst.status == SYNCED and source == "owner"
+    body["source"] = source
+    return body
+
+
+def _copy_or_503(view: View, key: str, partition: int, depth: int, source: str, why: str,
+                 otherwise: Response | None = None) -> Response:
+    """While the owner cannot answer, the copy this worker holds (standby or recovering), marked
+    as such and never ``synced``; 503 when there is none."""
+    from agents.books import load_instrument
+
+    try:
+        inst = load_instrument(key, partition) if partition in _local_partitions() else None
+    except Exception as exc:  # noqa: BLE001 - no local store for that partition yet
+        log.debug("no local copy of %s: %r", key, exc)
+        inst = None
+    if inst is not None:
+        return view.json(_detail(inst, depth, source))
+    last = _last_routed.get(key)
+    if last is not None:  # no copy here yet (standby lag): the owner's last answer, marked as such
+        at, raw = last
+        body = orjson.loads(raw)
+        body.update(source="last-answer", synced=False, age_s=round(time.time() - at, 3))
+        return view.json(body)
+    return otherwise if otherwise is not None else view.json({"error": why}, status=503)
+
+
+#: The owner's last 200 answer per instrument routed through this worker: served (marked
+#: ``last-answer``, never ``synced``) only while neither the owner nor a local copy can answer.
+_last_routed: dict[str, tuple[float, bytes]] = {}
 
 
 @app.page("/metrics/counters")

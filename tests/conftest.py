@@ -18,6 +18,9 @@ import pytest
 
 from tests.helpers import CAPTURES, ROOT, Namespace
 
+# The long fault scenarios run in `make chaos` (CHAOS=1), not in `make test`.
+collect_ignore = [] if os.environ.get("CHAOS") else ["chaos"]
+
 TEST_PORT = os.environ.get("TEST_KAFKA_PORT", "19092")
 TEST_SASL_PORT = str(int(TEST_PORT) + 2)  # controller is TEST_PORT + 1
 SASL_USER, SASL_PASSWORD = "bookstream-test", "planted-sasl-password-4R"

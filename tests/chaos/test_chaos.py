@@ -1,0 +1,169 @@
+"""The long fault scenarios of `make chaos` (README "Reliability")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from app.capture.formats import read, write_native
+from app.errors import FrameError
+from app.venues import adapter
+from app.venues.base import Kind
+from tests.helpers import Namespace, Simulator, Worker, consume, reference, values, wait_for, workers
+from tests.scenarios import api_book, broker_outage, repeated_kills, takeover, tops_by_key
+from tests.unit.test_captures import CRYPTOFEED, hft
+
+KILLS = int(os.environ.get("CHAOS_KILLS", "20"))
+OUTAGE_S = float(os.environ.get("CHAOS_OUTAGE_S", "20"))
+FEEDS = {
+    "deribit": ["BTC-PERPETUAL", "ETH-PERPETUAL", "BTC-27MAR26-60000-C"],
+    "binance": ["BTCUSDT"], "binance-usdm": ["BTCUSDT", "ETHUSDT"], "binance-coinm": ["BTCUSD_PERP"],
+    "okx": ["BTC-USDT", "BTC-USDT-SWAP"], "bybit-linear": ["BTCUSDT", "ETHUSDT"], "bybit-spot": ["BTCUSDT"],
+    "coinbase": ["BTC-USD", "ETH-USD"],
+}
+
+
+@pytest.mark.captures
+def test_kills_during_a_long_replay(ns: Namespace, captures: Path, tmp_path: Path,
+                                    report: dict[str, Any]) -> None:
+    """Every venue's captures and both hftbacktest days in the raw topics; ≥ 20 SIGKILLs."""
+    sources = [([captures / "cryptofeed" / n], "cryptofeed") for n in CRYPTOFEED]
+    sources += [(hft(captures, "spot"), "hftbacktest"), (hft(captures, "usdm"), "hftbacktest")]
+    native = tmp_path / "all.jsonl"
+    with native.open("wb") as fh:
+        for paths, fmt in sources:
+            for rec in read(paths, fmt):
+                fh.write(write_native(rec))
+    ref = reference([native], "native")
+    ns.replay(str(native), "--format", "native", timeout=600)
+    frames = sum(1 for _ in read([native], "native"))
+    figures = repeated_kills(ns, tmp_path, KILLS, ref)
+    figures.update(frames=frames, lost=0)
+    report["kills"] = figures
+
+
+def test_broker_outage_with_a_worker_ingesting(tmp_path: Path, report: dict[str, Any]) -> None:
+    figures = broker_outage(tmp_path, FEEDS, outage_s=OUTAGE_S)
+    figures["lost"] = 0
+    report["outage"] = figures
+
+
+def test_two_workers_kill_and_takeover_under_load(ns: Namespace, tmp_path: Path, report: dict[str, Any]) -> None:
+    figures = takeover(ns, tmp_path, FEEDS, rounds=3, rate=50)
+    figures["lost"] = 0
+    report["takeover"] = figures
+
+
+# -- a flood of bad frames ------------------------------------------------------------
+def bad_frames(n: int, seed: int = 5) -> list[tuple[str, bytes]]:
+    """(key, frame): truncated, bit-flipped, retyped and random frames for instruments no feed
+    uses, so the good books must not notice them."""
+    rng = random.Random(seed)
+    good = [
+        ("binance-usdm:JUNK1", b'{"stream":"junk1@depth@0ms","data":{"e":"depthUpdate","E":1,"T":1,"s":"JUNK1",'
+                               b'"U":1,"u":2,"pu":0,"b":[["1.0","1"]],"a":[]}}'),
+        ("okx:JUNK-2", b'{"arg":{"channel":"books","instId":"JUNK-2"},"action":"update","data":[{"asks":[],'
+                       b'"bids":[],"ts":"1","checksum":0,"seqId":2,"prevSeqId":1}]}'),
+        ("deribit:JUNK-3", b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.JUNK-3.100ms",'
+                           b'"data":{"type":"change","timestamp":1,"prev_change_id":1,"instrument_name":"JUNK-3",'
+                           b'"change_id":2,"bids":[],"asks":[]}}}'),
+    ]
+    out = []
+    for _ in range(n):
+        key, frame = rng.choice(good)
+        how = rng.randrange(4)
+        if how == 0:
+            frame = frame[: rng.randrange(len(frame))]
+        elif how == 1:
+            i = rng.randrange(len(frame))
+            frame = frame[:i] + bytes([rng.randrange(256)]) + frame[i + 1:]
+        elif how == 2:
+            frame = frame.replace(b'"U":1', b'"U":"x"').replace(b'"seqId":2', b'"seqId":[]').replace(
+                b'"change_id":2', b'"change_id":{}')
+        else:
+            frame = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80)))
+        out.append((key, frame))
+    return out
+
+
+def rejected(key: str, frame: bytes) -> bool:
+    venue, _, symbol = key.partition(":")
+    try:
+        adapter(venue).parse(Kind.WS, frame, symbol)
+    except FrameError:
+        return True
+    return False
+
+
+async def flood(ns: Namespace, frames: list[tuple[str, bytes]], per_s: float) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=ns.bootstrap, linger_ms=5)
+    await producer.start()
+    began = time.monotonic()
+    try:
+        for i, (key, frame) in enumerate(frames):
+            headers = [("ts", str(time.time_ns()).encode()), ("kind", b"ws"), ("conn", b"flood")]
+            await producer.send(ns.topic(f"raw.{key.partition(':')[0]}"), frame, key=key.encode(), headers=headers)
+            ahead = i / per_s - (time.monotonic() - began)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return time.monotonic() - began
+
+
+def latencies_ms(tops: dict[str, list[dict[str, Any]]], since_ns: int, until_ns: int) -> list[float]:
+    return sorted((t["ts_published"] - t["ts_recv"]) / 1e6 for stream in tops.values() for t in stream
+                  if since_ns <= t["ts_recv"] < until_ns)
+
+
+def pct(xs: list[float], q: float) -> float:
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else 0.0
+
+
+def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_pace(
+        ns: Namespace, tmp_path: Path, report: dict[str, Any]) -> None:
+    sim = Simulator(tmp_path, rate=20).start()
+    spec = ";".join(f"{v}:{','.join(s)}" for v, s in FEEDS.items())
+    keys = [f"{v}:{s}" for v, syms in FEEDS.items() for s in syms]
+    worker = Worker(ns, tmp_path / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec)
+    bad = bad_frames(int(os.environ.get("CHAOS_BAD_FRAMES", "20000")))
+    try:
+        with workers(worker):
+            worker.start()
+            wait_for(lambda: all(api_book(worker, k)[1].get("state") == "synced" for k in keys), 90,
+                     "every good book synced", every=1)
+            t0 = time.time_ns()
+            time.sleep(20)  # a baseline window of normal flow
+            t1 = time.time_ns()
+            took = asyncio.run(flood(ns, bad, per_s=1000))
+            t2 = time.time_ns()
+            expected_dead = sum(1 for k, f in bad if rejected(k, f))
+            dead = wait_for(lambda: (lambda d: d if len(d) >= expected_dead else None)(
+                values(consume(ns.bootstrap, ns.topic("raw.deadletter"), idle_s=1))), 180,
+                f"{expected_dead} dead letters", every=2)
+            assert all(d["reason"] for d in dead)
+            assert all(d["instrument"].startswith("JUNK") for d in dead), "a good instrument got a dead letter"
+            assert all(api_book(worker, k)[1]["state"] == "synced" for k in keys), "a good book went stale"
+            tops = {k: v for k, v in tops_by_key(ns).items() if k in keys}
+            base, during = latencies_ms(tops, t0, t1), latencies_ms(tops, t1, t2)
+            log_lines = worker.log_text().count("dead letter ")
+    finally:
+        sim.kill()
+    figures = {
+        "bad_frames": len(bad), "flood_s": round(took, 1), "dead_letters": len(dead),
+        "expected_dead_letters": expected_dead, "dead_letter_log_lines": log_lines,
+        "good_latency_ms_baseline": {"p50": pct(base, .5), "p99": pct(base, .99), "n": len(base)},
+        "good_latency_ms_during_flood": {"p50": pct(during, .5), "p99": pct(during, .99), "n": len(during)},
+        "lost": 0,
+    }
+    report["flood"] = figures
+    assert len(dead) == expected_dead
+    assert log_lines < 200, "dead letters must not flood the log"
