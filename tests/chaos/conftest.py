@@ -36,8 +36,9 @@ ROWS = [
     ("book.top records checked against truth", lambda r: sum(v.get("book_tops_checked", 0) for v in r.values())),
     ("bad inputs tried", lambda r: r.get("flood", {}).get("bad_frames", 0)),
     ("frames in dead letters", lambda r: r.get("flood", {}).get("dead_letters", 0)),
-    ("frames dropped in outage (counted, books resynced)",
-     lambda r: r.get("outage", {}).get("frames_dropped_counted", 0)),
+    ("frames lost to the outage (counted, books resynced)",
+     lambda r: r.get("outage", {}).get("frames_dropped_counted", 0)
+     + r.get("outage", {}).get("deliveries_failed_counted", 0)),
     ("book.top at-least-once duplicates", lambda r: sum(v.get("book_top_duplicates", 0) for v in r.values())),
     ("data lost", lambda r: sum(v.get("lost", 0) for v in r.values())),
 ]
