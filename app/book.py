@@ -182,15 +182,11 @@ class OrderBook:
             mid = (bpx + apx) / 2
             out["mid"], out["spread"], out["spread_bps"] = mid_spread(bids[0][0], asks[0][0])
             out["microprice"] = _fmt((bpx * asz + apx * bsz) / (bsz + asz), 12)
-            bands: dict[str, dict[str, str]] = {}
-            for bps in BANDS_BPS:
-                lo = mid * (1 - Decimal(bps) / 10_000)
-                hi = mid * (1 + Decimal(bps) / 10_000)
-                bands[str(bps)] = {
-                    "bid": _fmt(_cum(self.iter_bids(), lambda p, lo=lo: p >= lo)),
-                    "ask": _fmt(_cum(self.iter_asks(), lambda p, hi=hi: p <= hi)),
-                }
-            out["bands_bps"] = bands
+            widths = sorted(BANDS_BPS)
+            bid_cum = _cum(self.iter_bids(), [mid * (1 - Decimal(b) / 10_000) for b in widths], lambda p, lo: p >= lo)
+            ask_cum = _cum(self.iter_asks(), [mid * (1 + Decimal(b) / 10_000) for b in widths], lambda p, hi: p <= hi)
+            out["bands_bps"] = {str(b): {"bid": _fmt(bc), "ask": _fmt(ac)}
+                                for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
         return out
 
 
@@ -215,13 +211,18 @@ def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> in
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
-def _cum(levels: Iterator[tuple[str, str]], inside: Any) -> Decimal:
+def _cum(levels: Iterator[tuple[str, str]], bounds: list[Decimal], inside: Any) -> list[Decimal]:
+    """Cumulative size inside each bound (nearest first), in one walk from the top of book."""
+    totals: list[Decimal] = []
     total = Decimal(0)
     for price, size in levels:
-        if not inside(Decimal(price)):
+        p = Decimal(price)
+        while len(totals) < len(bounds) and not inside(p, bounds[len(totals)]):
+            totals.append(total)
+        if len(totals) == len(bounds):
             break
         total += Decimal(size)
-    return total
+    return totals + [total] * (len(bounds) - len(totals))
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

@@ -457,6 +457,14 @@ async def topic_bytes(topic: str) -> tuple[int, int]:
 
 async def passthrough(ns: Namespace, total: int) -> dict[str, Any]:
     """The practical limit: consume the raw topic, parse each frame with orjson, produce it on."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(ns.topic("bench.passthrough"), PARTITIONS, 1)])
+    finally:
+        await admin.close()
     consumer = AIOKafkaConsumer(ns.topic("raw.binance-usdm"), bootstrap_servers=BOOTSTRAP,
                                 group_id=f"{ns.name}-passthrough", auto_offset_reset="earliest",
                                 enable_auto_commit=True, max_poll_records=2000)
@@ -477,7 +485,7 @@ async def passthrough(ns: Namespace, total: int) -> dict[str, Any]:
                 for m in msgs:
                     orjson.loads(m.value)
                     pending.append(await producer.send(ns.topic("bench.passthrough"), m.value, key=m.key,
-                                                       headers=m.headers))
+                                                       headers=list(m.headers)))
                     n += 1
             if pending:
                 await asyncio.gather(*pending)
@@ -519,20 +527,59 @@ async def measure_latency(ns: Namespace, items: Iterator[Any], rate: float, seco
             "p999_ms": q(0.999), "max_ms": round(lat[-1], 2) if lat else None}
 
 
-def profile_top(path: Path, n: int = 15) -> list[dict[str, Any]]:
-    """Self time per function from py-spy's raw (collapsed) output."""
+PROFILE_GROUPS = (("bookstream", ("app", "agents", "tables")), ("faust", ("faust", "mode")),
+                  ("aiokafka", ("aiokafka", "kafka")), ("rocksdb", ("rocksdict",)),
+                  ("asyncio", ("asyncio", "selectors")))
+
+
+def _group(frame: str) -> str:
+    """The package a py-spy frame ``func (path/to/file.py:line)`` belongs to."""
+    path = frame.rpartition("(")[2].rpartition(":")[0]
+    parts = path.split("/")
+    for anchor in ("site-packages", str(ROOT.name)):
+        if anchor in parts[:-1]:
+            parts = parts[parts.index(anchor) + 1:]
+            break
+    else:
+        parts = [p for p in parts if p and not p.startswith("python3")] if path.startswith("/") else parts
+        if path.startswith("/") and len(parts) > 1:
+            parts = parts[-2:]  # /usr/lib/python3.11/asyncio/events.py → asyncio/events.py
+    top = parts[0].removesuffix(".py") if parts else ""
+    for name, packages in PROFILE_GROUPS:
+        if top in packages:
+            return name
+    return "other"
+
+
+def profile_top(path: Path, n: int = 15) -> dict[str, Any]:
+    """From py-spy's raw (collapsed) output: self time per function and per package, and the
+    share of samples with bookstream code anywhere on the stack (ours, callees included)."""
     if not path.exists():
-        return []
+        return {}
     own: collections.Counter[str] = collections.Counter()
-    total = 0
+    groups: collections.Counter[str] = collections.Counter()
+    total = inclusive_ours = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        if not count.isdigit() or not stack:
             continue
-        frame = stack.split(";")[-1]
-        own[re.sub(r"\s*\(/.*?/(site-packages|main)/", " (", frame)] += int(count)
-        total += int(count)
-    return [{"function": f, "self_pct": round(100 * c / total, 1)} for f, c in own.most_common(n)]
+        frames = stack.split(";")
+        leaf, weight = frames[-1], int(count)
+        fn = re.sub(r"\s*\((?:.*/(?:site-packages|python3\.\d+|main)/)?([^:)]*)(?::\d+)?\)", r" (\1)", leaf)
+        own[fn] += weight
+        groups[_group(leaf)] += weight
+        if any(_group(f) == "bookstream" for f in frames):
+            inclusive_ours += weight
+        total += weight
+    if not total:
+        return {}
+    return {
+        "samples": total,
+        "self_pct_by_package": {g: round(100 * c / total, 1) for g, c in groups.most_common()},
+        "pct_with_bookstream_on_stack": round(100 * inclusive_ours / total, 1),
+        "self_pct_top_functions": [{"function": f, "self_pct": round(100 * c / total, 1)}
+                                   for f, c in own.most_common(n)],
+    }
 
 
 TABLE: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [

@@ -1,10 +1,14 @@
 """Raw records to Kafka within a bounded memory budget.
 
 ``put`` never blocks the WebSocket readers. Records wait in a queue, sent by one task
-through an idempotent aiokafka producer. Queued plus in-flight bytes never exceed
-``INGEST_BUFFER_MB``: past that, new records are dropped and counted. An instrument that
-lost a record (dropped here, or failed delivery) cannot be trusted any more: it is
-remembered, and once Kafka accepts records again it gets a ``conn`` gap record and a
+through an aiokafka producer. Queued plus in-flight bytes never exceed ``INGEST_BUFFER_MB``:
+past that, new records are dropped and counted. A record whose delivery failed for a
+reason that passes (broker down, leader moving, request timed out) stays within the budget
+and is sent again, in its original order, once Kafka answers: an outage shorter than the
+budget loses nothing (a record that reached Kafka before its ack was lost may then appear
+twice; the book agent recognises the repeat by the venue's sequence). An instrument that
+lost a record (dropped here, or a delivery that cannot succeed) cannot be trusted any more:
+it is remembered, and once Kafka accepts records again it gets a ``conn`` gap record and a
 resync, so its book goes stale and recovers instead of being silently wrong.
 """
 
@@ -52,7 +56,10 @@ class RawSink:
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
         self._replace_producer = False
-        self._inflight: dict[asyncio.Future[Any], tuple[RawRecord, int]] = {}
+        self._inflight: dict[asyncio.Future[Any], tuple[RawRecord, int, int]] = {}  # → (record, size, order)
+        self._order = 0  # send order, so that records to send again keep it
+        self.retry: list[tuple[int, RawRecord, int]] = []  # (order, record, size): failed, to send again
+        self.retried = 0
         self._last_delivery = time.monotonic()
         self.stall_s = 20.0  # nothing delivered for this long with records in flight: new producer
 
@@ -124,22 +131,27 @@ class RawSink:
         while True:
             if self._replace_producer:
                 await self._new_producer()
-            if not self.queue:
-                self._drained.set()
+            if self.retry and not self._inflight:
+                self._requeue()
+            if not self.queue or self.retry:  # nothing to send, or failed records must go first
+                if not self.queue and not self.retry:
+                    self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             if self.kafka_ok and self.lost_keys:
                 self._announce_losses()
             rec = self.queue.popleft()
             size = self._size(rec)
+            self._order += 1
             try:
                 fut = await self._producer.send(self.settings.topic(f"raw.{rec.venue}"), rec.value,
                                                 key=rec.key.encode(), headers=rec.headers)
             except KafkaError as exc:
-                self._lost(rec, size, exc)
+                self._failed(rec, size, self._order, exc)
                 continue
-            self._inflight[fut] = (rec, size)
-            fut.add_done_callback(lambda f, rec=rec, size=size: self._done(f, rec, size))
+            self._inflight[fut] = (rec, size, self._order)
+            fut.add_done_callback(lambda f, rec=rec, size=size, order=self._order: self._done(f, rec, size, order))
 
     async def _stall_watch(self) -> None:
         while True:
@@ -153,15 +165,17 @@ class RawSink:
                 self._replace_producer = True
                 self._wake.set()
 
-    def _done(self, fut: asyncio.Future[Any], rec: RawRecord, size: int) -> None:
+    def _done(self, fut: asyncio.Future[Any], rec: RawRecord, size: int, order: int) -> None:
         if self._inflight.pop(fut, None) is None:
             return  # already accounted for
         if fut.cancelled() or fut.exception() is not None:
-            self._lost(rec, size, fut.exception() if not fut.cancelled() else None)
+            self._failed(rec, size, order, fut.exception() if not fut.cancelled() else None)
             return
         self._last_delivery = time.monotonic()
         self.pending_bytes -= size
         self.sent += 1
+        if self.retry and not self._inflight:
+            self._wake.set()  # the failed ones can go again now
         if not self.kafka_ok:
             log.warning("Kafka accepts records again; %d instruments lost frames and will resync", len(self.lost_keys))
         self.kafka_ok = True
@@ -174,6 +188,25 @@ class RawSink:
         log.warning("raw sink: replacing the Kafka producer after a non-retriable error")
         asyncio.get_running_loop().create_task(_close_quietly(old))
         self._producer = await self._connect()
+
+    def _failed(self, rec: RawRecord, size: int, order: int, exc: BaseException | None) -> None:
+        """A delivery failed: send it again later if the failure can pass (it stays in the
+        budget meanwhile), otherwise count it lost."""
+        passing = exc is None or (isinstance(exc, KafkaError) and exc.retriable)
+        if not passing:
+            self._lost(rec, size, exc)
+            return
+        self.kafka_ok = False
+        self.retry.append((order, rec, size))
+        self._warn(f"delivery to Kafka failed ({exc or 'no answer'}); {len(self.retry)} records kept to send again")
+        self._wake.set()
+
+    def _requeue(self) -> None:
+        """Every in-flight record has failed or landed: put the failed ones back first, in order."""
+        self.retry.sort(key=lambda item: item[0])
+        self.queue.extendleft(rec for _, rec, _ in reversed(self.retry))
+        self.retried += len(self.retry)
+        self.retry.clear()
 
     def _lost(self, rec: RawRecord, size: int, exc: BaseException | None) -> None:
         self.pending_bytes -= size
@@ -200,4 +233,4 @@ class RawSink:
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "dropped": dict(self.dropped), "failed": dict(self.failed),
                 "pending_bytes": self.pending_bytes, "peak_bytes": self.peak_bytes, "budget_bytes": self.budget,
-                "kafka_ok": self.kafka_ok}
+                "kafka_ok": self.kafka_ok, "retried": self.retried, "waiting_retry": len(self.retry)}

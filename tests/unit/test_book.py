@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.book import OrderBook
 from app.errors import FrameError
@@ -66,3 +68,20 @@ def test_aggregates_are_exact_decimal_strings() -> None:
 ])
 def test_numbers_render_as_plain_decimal_text(value: object, text: str) -> None:
     assert num_str(value) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(bids=st.dictionaries(st.integers(9000, 10000), st.integers(1, 50), min_size=1, max_size=60),
+       asks=st.dictionaries(st.integers(10001, 11000), st.integers(1, 50), min_size=1, max_size=60))
+def test_depth_bands_equal_a_level_by_level_sum(bids: dict[int, int], asks: dict[int, int]) -> None:
+    from decimal import Decimal
+
+    book = OrderBook()
+    book.replace([(f"{p / 100}", str(s)) for p, s in bids.items()], [(f"{p / 100}", str(s)) for p, s in asks.items()])
+    agg = book.aggregates(5)
+    mid = (Decimal(str(max(bids) / 100)) + Decimal(str(min(asks) / 100))) / 2
+    for bps, band in agg["bands_bps"].items():
+        lo, hi = mid * (1 - Decimal(bps) / 10_000), mid * (1 + Decimal(bps) / 10_000)
+        want_bid = sum(s for p, s in bids.items() if Decimal(str(p / 100)) >= lo)
+        want_ask = sum(s for p, s in asks.items() if Decimal(str(p / 100)) <= hi)
+        assert band == {"bid": str(want_bid), "ask": str(want_ask)}
