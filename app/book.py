@@ -183,8 +183,8 @@ class OrderBook:
             out["mid"], out["spread"], out["spread_bps"] = mid_spread(bids[0][0], asks[0][0])
             out["microprice"] = _fmt((bpx * asz + apx * bsz) / (bsz + asz), 12)
             widths = sorted(BANDS_BPS)
-            bid_cum = _cum(self.iter_bids(), [mid * (1 - Decimal(b) / 10_000) for b in widths], lambda p, lo: p >= lo)
-            ask_cum = _cum(self.iter_asks(), [mid * (1 + Decimal(b) / 10_000) for b in widths], lambda p, hi: p <= hi)
+            bid_cum = _band_sums(self.bids, [mid * (1 - Decimal(b) / 10_000) for b in widths], bids_side=True)
+            ask_cum = _band_sums(self.asks, [mid * (1 + Decimal(b) / 10_000) for b in widths], bids_side=False)
             out["bands_bps"] = {str(b): {"bid": _fmt(bc), "ask": _fmt(ac)}
                                 for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
         return out
@@ -211,18 +211,43 @@ def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> in
     return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
-def _cum(levels: Iterator[tuple[str, str]], bounds: list[Decimal], inside: Any) -> list[Decimal]:
-    """Cumulative size inside each bound (nearest first), in one walk from the top of book."""
+def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
+    """Cumulative size from the top of book out to each bound (nearest bound first).
+
+    Called for every ``book.depth`` record, on books of thousands of levels: the cut for each
+    bound is found by bisection on the float keys (then made exact with Decimal at the edge),
+    and sizes are summed per segment in C (``map(Decimal, …)``), not level by level.
+    """
+    n = len(side)
+    prices = side.values()
+
+    def inside(i: int, bound: Decimal) -> bool:
+        price = Decimal(prices[i][0])
+        return price >= bound if bids_side else price <= bound
+
+    cuts: list[int] = []  # bids: first index inside (walking down); asks: first index outside
+    for bound in bounds:
+        if bids_side:
+            i = side.bisect_left(float(bound))
+            while i < n and not inside(i, bound):
+                i += 1
+            while i > 0 and inside(i - 1, bound):
+                i -= 1
+        else:
+            i = side.bisect_right(float(bound))
+            while i > 0 and not inside(i - 1, bound):
+                i -= 1
+            while i < n and inside(i, bound):
+                i += 1
+        cuts.append(i)
     totals: list[Decimal] = []
-    total = Decimal(0)
-    for price, size in levels:
-        p = Decimal(price)
-        while len(totals) < len(bounds) and not inside(p, bounds[len(totals)]):
-            totals.append(total)
-        if len(totals) == len(bounds):
-            break
-        total += Decimal(size)
-    return totals + [total] * (len(bounds) - len(totals))
+    total, edge = Decimal(0), n if bids_side else 0
+    for cut in cuts:
+        segment = prices[cut:edge] if bids_side else prices[edge:cut]
+        total += sum(map(Decimal, [size for _, size in segment]), Decimal(0))
+        totals.append(total)
+        edge = cut
+    return totals
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

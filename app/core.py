@@ -97,34 +97,50 @@ class BookstreamApp(faust.App):
                         "remove that folder by hand (it is rebuilt from the changelog) or fix its permissions")
 
     async def _recovery_progress(self, every_s: float = 1.0) -> None:
-        """Log table recovery per table: records restored of total, and the rate."""
+        """Log every table recovery (at start and after each rebalance that brings work):
+        records restored of total per table, the rate, and the time it took."""
         tables: Any = self.tables
         recovery = tables.recovery
-        start: dict[Any, int] = {}
-        began = time.monotonic()
-        last_done: dict[str, int] = {}
-        while not recovery.completed.is_set():
-            await asyncio.sleep(every_s)
-            highs, offsets = dict(recovery.active_highwaters), dict(recovery.active_offsets)
-            per_table: dict[str, list[int]] = {}
-            for tp, high in highs.items():
-                if high is None:
-                    continue
-                offset = offsets.get(tp)
-                start.setdefault(tp, offset if offset is not None else -1)
-                pos = offset if offset is not None else start[tp]
-                acc = per_table.setdefault(tp.topic, [0, 0])
-                acc[0] += max(0, pos - start[tp])
-                acc[1] += max(0, high - start[tp])
-            for topic, (done, total) in per_table.items():
-                rate = (done - last_done.get(topic, 0)) / every_s
-                last_done[topic] = done
-                pct = 100.0 * done / total if total else 100.0
-                log.info("recovery: %s: %s of %s records (%.1f%%), %s/s", topic, f"{done:,}", f"{total:,}", pct,
-                         f"{rate:,.0f}")
-        restored = sum(last_done.values())
-        log.info("recovery: tables ready after %.1fs (%s changelog records restored)", time.monotonic() - began,
-                 f"{restored:,}")
+        logged: dict[Any, int] = {}
+        while True:
+            highs = dict(recovery.active_highwaters)
+            if recovery.completed.is_set() or not any(highs.values()):
+                if recovery.completed.is_set() and any(highs.values()) and highs != logged:
+                    logged = highs  # a recovery that finished between two looks
+                    log.info("recovery: tables ready after <0.1s")
+                await asyncio.sleep(0.05)
+                continue
+            began = time.monotonic()
+            start: dict[Any, int] = {}
+            last: dict[str, tuple[int, int]] = {}
+            while not recovery.completed.is_set():
+                per_table = self._recovery_totals(recovery, start)
+                for topic, (done, total) in per_table.items():
+                    rate = (done - last.get(topic, (0, 0))[0]) / every_s
+                    pct = 100.0 * done / total if total else 100.0
+                    log.info("recovery: %s: %s of %s records (%.1f%%), %s/s", topic, f"{done:,}", f"{total:,}", pct,
+                             f"{rate:,.0f}")
+                last.update(per_table)
+                await asyncio.sleep(every_s)
+            logged = dict(recovery.active_highwaters)
+            restored = sum(total for _, total in last.values())
+            log.info("recovery: tables ready after %.1fs (%s changelog records restored)", time.monotonic() - began,
+                     f"{restored:,}")
+
+    @staticmethod
+    def _recovery_totals(recovery: Any, start: dict[Any, int]) -> dict[str, tuple[int, int]]:
+        per_table: dict[str, list[int]] = {}
+        highs, offsets = dict(recovery.active_highwaters), dict(recovery.active_offsets)
+        for tp, high in highs.items():
+            if high is None:
+                continue
+            offset = offsets.get(tp)
+            start.setdefault(tp, offset if offset is not None else -1)
+            pos = offset if offset is not None else start[tp]
+            acc = per_table.setdefault(tp.topic, [0, 0])
+            acc[0] += max(0, pos - start[tp])
+            acc[1] += max(0, high - start[tp])
+        return {topic: (done, total) for topic, (done, total) in per_table.items()}
 
 
 app = BookstreamApp(

@@ -230,7 +230,9 @@ class Bench:
         say("throughput: one worker")
         r = self.worker_run(ns, 1, {}, profile=True)
         r["command"] = f"faust -A app worker over raw.binance-usdm holding {self.frames:,} frames"
-        r["profile_top"] = profile_top(WORK / "profile.txt")
+        r["profile"] = profile_top(WORK / "profile.txt")
+        if (WORK / "profile.txt").exists():  # py-spy's collapsed stacks, for flame graph tools
+            shutil.copy(WORK / "profile.txt", ROOT / "bench" / "profile-worker.txt")
         base = self.results.get("baseline", {}).get("records_per_s")
         if base:
             r["ratio_to_baseline"] = round(r["frames_per_s"] / base, 3)
@@ -445,7 +447,7 @@ async def topic_bytes(topic: str) -> tuple[int, int]:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         n = size = 0
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
             for msgs in (await consumer.getmany(timeout_ms=500)).values():
                 for m in msgs:
                     n += 1
@@ -551,6 +553,20 @@ def _group(frame: str) -> str:
     return "other"
 
 
+def _path_of(frames: list[str]) -> str:
+    """Which part of the worker a sample belongs to, by what is on its stack."""
+    if any(_group(f) == "bookstream" for f in frames):
+        return "bookstream (book code, table writes and sends it makes)"
+    text = ";".join(frames)
+    if "producer" in text.lower() or "publish_message" in text or "_on_published" in text:
+        return "faust/aiokafka producing (changelog and output records)"
+    if any(m in text for m in ("consumer", "Consumer", "fetcher", "Fetcher", "streams.py", "Stream.")):
+        return "faust/aiokafka consuming (fetch, per-record stream)"
+    if "rocksdb" in text.lower():
+        return "faust table store"
+    return "event loop and other"
+
+
 def profile_top(path: Path, n: int = 15) -> dict[str, Any]:
     """From py-spy's raw (collapsed) output: self time per function and per package, and the
     share of samples with bookstream code anywhere on the stack (ours, callees included)."""
@@ -558,6 +574,7 @@ def profile_top(path: Path, n: int = 15) -> dict[str, Any]:
         return {}
     own: collections.Counter[str] = collections.Counter()
     groups: collections.Counter[str] = collections.Counter()
+    paths: collections.Counter[str] = collections.Counter()
     total = inclusive_ours = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -570,6 +587,7 @@ def profile_top(path: Path, n: int = 15) -> dict[str, Any]:
         groups[_group(leaf)] += weight
         if any(_group(f) == "bookstream" for f in frames):
             inclusive_ours += weight
+        paths[_path_of(frames)] += weight
         total += weight
     if not total:
         return {}
@@ -577,6 +595,7 @@ def profile_top(path: Path, n: int = 15) -> dict[str, Any]:
         "samples": total,
         "self_pct_by_package": {g: round(100 * c / total, 1) for g, c in groups.most_common()},
         "pct_with_bookstream_on_stack": round(100 * inclusive_ours / total, 1),
+        "pct_by_path": {k: round(100 * c / total, 1) for k, c in paths.most_common()},
         "self_pct_top_functions": [{"function": f, "self_pct": round(100 * c / total, 1)}
                                    for f, c in own.most_common(n)],
     }

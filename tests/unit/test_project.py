@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -70,3 +71,31 @@ def test_bad_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, name: st
     with pytest.raises(ConfigError, match=message) as info:
         settings_mod.load()
     assert name in str(info.value)
+
+
+def test_bench_refuses_an_unknown_step_before_starting_anything() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py")], env={"BENCH_ONLY": "throughput,nope",
+                          "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "unknown BENCH_ONLY step(s) nope; steps: baseline, throughput" in proc.stderr
+
+
+def test_bench_profile_is_split_by_package_and_path(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    raw = tmp_path / "profile.txt"
+    raw.write_text("run (asyncio/events.py:80);handle (agents/books.py:250);_set (faust/stores/rocksdb.py:480) 3\n"
+                   "run (asyncio/events.py:80);send (aiokafka/producer/producer.py:510) 1\n")
+    prof = bench.profile_top(raw)
+    assert prof["samples"] == 4
+    assert prof["self_pct_by_package"] == {"faust": 75.0, "aiokafka": 25.0}
+    assert prof["pct_with_bookstream_on_stack"] == 75.0
+    assert prof["pct_by_path"]["faust/aiokafka producing (changelog and output records)"] == 25.0
