@@ -11,6 +11,7 @@ None meaning "deleted", so the caller can persist exactly what changed and nothi
 from __future__ import annotations
 
 import math
+import operator
 import zlib
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, localcontext
@@ -243,11 +244,21 @@ def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list
     totals: list[Decimal] = []
     total, edge = Decimal(0), n if bids_side else 0
     for cut in cuts:
-        segment = prices[cut:edge] if bids_side else prices[edge:cut]
-        total += sum(map(Decimal, [size for _, size in segment]), Decimal(0))
+        total += _size_sum(side, cut, edge) if bids_side else _size_sum(side, edge, cut)
         totals.append(total)
         edge = cut
     return totals
+
+
+def _size_sum(side: SortedDict, lo: int, hi: int) -> Decimal:
+    """Sum of the sizes of levels ``lo:hi`` (by rank), with no Python-level loop."""
+    keys = side.keys()[lo:hi]
+    if not keys:
+        return Decimal(0)
+    levels = operator.itemgetter(*keys)(side)
+    if len(keys) == 1:
+        levels = (levels,)
+    return sum(map(Decimal, map(operator.itemgetter(1), levels)), Decimal(0))
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

@@ -262,8 +262,7 @@ def broker_outage(tmp: Path, feeds: dict[str, list[str]], outage_s: float = 20.0
     broker = Broker(tmp).up()
     sim = Simulator(tmp, rate=rate).start()
     ns = Namespace("outage", broker.bootstrap, tmp)
-    worker = Worker(ns, tmp / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec, INGEST_BUFFER_MB="4",
-                    INGEST_STATUS_S="1")
+    worker = Worker(ns, tmp / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec, INGEST_STATUS_S="1")
     try:
         worker.start()
 
@@ -288,7 +287,8 @@ def broker_outage(tmp: Path, feeds: dict[str, list[str]], outage_s: float = 20.0
         assert "Traceback" not in log, log[-3000:]
         return {"outages": 1, "outage_s": outage_s, "books_compared": len(keys), "book_tops_checked": checked,
                 "frames_dropped_counted": sum(sink["dropped"].values()),
-                "deliveries_failed_counted": sum(sink["failed"].values()), "resyncs": counters.get("resyncs", 0)}
+                "deliveries_failed_counted": sum(sink["failed"].values()), "sent_again": sink["retried"],
+                "peak_buffer_mb": round(sink["peak_bytes"] / 2**20, 1), "resyncs": counters.get("resyncs", 0)}
     finally:
         worker.kill()
         sim.kill()

@@ -47,13 +47,19 @@ ROWS = [
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
     if not REPORT:
         return
-    rows = [(name, fn(REPORT)) for name, fn in ROWS]
+    # A run of some scenarios (-k) updates them in the results file and keeps the others.
+    merged: dict[str, dict[str, Any]] = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            merged = json.load(fh).get("scenarios", {})
+    merged.update(REPORT)
+    rows = [(name, fn(merged)) for name, fn in ROWS]
     width = max(len(n) for n, _ in rows)
     tr = terminalreporter
     tr.section("bookstream chaos report")
     for name, value in rows:
         tr.write_line(f"{name:<{width}}  {value:>12,}" if isinstance(value, int) else f"{name:<{width}}  {value}")
-    for scenario, figures in REPORT.items():
+    for scenario, figures in merged.items():
         tr.write_line(f"{scenario}: {json.dumps(figures, sort_keys=True)}")
     out = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(STARTED)),
@@ -62,7 +68,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
         "exit_status": int(exitstatus),
         "command": "make chaos",
         "summary": dict(rows),
-        "scenarios": REPORT,
+        "scenarios": merged,
+        "this_run": sorted(REPORT),
     }
     with open(RESULTS, "w") as fh:
         json.dump(out, fh, indent=2, sort_keys=True)
