@@ -60,6 +60,7 @@ class RawSink:
         self._order = 0  # send order, so that records to send again keep it
         self.retry: list[tuple[int, RawRecord, int]] = []  # (order, record, size): failed, to send again
         self.retried = 0
+        self._delivered: dict[str, int] = {}  # instrument key → order of its last delivered record
         self._last_delivery = time.monotonic()
         self.stall_s = 20.0  # nothing delivered for this long with records in flight: new producer
 
@@ -174,6 +175,8 @@ class RawSink:
         self._last_delivery = time.monotonic()
         self.pending_bytes -= size
         self.sent += 1
+        if order > self._delivered.get(rec.key, 0):
+            self._delivered[rec.key] = order
         if self.retry and not self._inflight:
             self._wake.set()  # the failed ones can go again now
         if not self.kafka_ok:
@@ -202,8 +205,14 @@ class RawSink:
         self._wake.set()
 
     def _requeue(self) -> None:
-        """Every in-flight record has failed or landed: put the failed ones back first, in order."""
+        """Every in-flight record has failed or landed: put the failed ones back first, in order.
+
+        A failed record of an instrument whose later record already landed would now arrive
+        out of order: that instrument is treated as having lost frames (gap record, resync)."""
         self.retry.sort(key=lambda item: item[0])
+        for order, rec, _ in self.retry:
+            if self._delivered.get(rec.key, 0) > order and rec.key.partition(":")[2]:
+                self.lost_keys.add(rec.key)
         self.queue.extendleft(rec for _, rec, _ in reversed(self.retry))
         self.retried += len(self.retry)
         self.retry.clear()
