@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -51,8 +52,7 @@ class Recorder:
         try:
             self._fh.write(line)
         except OSError as exc:
-            raise CaptureError(f"{self.files[-1]}: writing the capture failed ({exc.strerror}); free disk space or "
-                               "record to another folder (--out)") from exc
+            raise self._write_failed(exc) from exc
         self._size += len(line)
         self.records += 1
 
@@ -61,8 +61,35 @@ class Recorder:
             try:
                 self._fh.flush()
             except OSError as exc:
-                raise CaptureError(f"{self.files[-1]}: writing the capture failed ({exc.strerror}); free disk "
-                                   "space or record to another folder (--out)") from exc
+                raise self._write_failed(exc) from exc
+
+    def _write_failed(self, exc: OSError) -> CaptureError:
+        """A write failed (disk full, file too large): end the file at its last whole line, so
+        that everything recorded before stays a valid capture, and say what to do."""
+        path = self.files[-1]
+        if self._fh is not None:  # close first (its last flush fails too), then trim what landed
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+        try:
+            with path.open("r+b") as fh:
+                end = fh.seek(0, 2)
+                pos = end
+                while pos > 0:
+                    step = min(pos, 64 * 1024)
+                    fh.seek(pos - step)
+                    chunk = fh.read(step)
+                    cut = chunk.rfind(b"\n")
+                    if cut >= 0:
+                        fh.truncate(pos - step + cut + 1)
+                        break
+                    pos -= step
+                else:
+                    fh.truncate(0)
+        except OSError as trim_exc:
+            log.error("could not trim the partial last line of %s: %s", path, trim_exc)
+        return CaptureError(f"{path}: writing the capture failed ({exc.strerror}); free disk space or record to "
+                            "another folder (--out)")
 
     def close(self) -> None:
         if self._fh is not None:

@@ -89,7 +89,7 @@ def test_a_full_disk_stops_the_recorder_with_one_clear_line(tmp_path: Path) -> N
 
     try:
         proc = subprocess.run(
-            [*FAUST, "record", "--out", str(out), "--feeds", "binance-spot:BTCUSDT;okx:BTC-USDT"],
+            [*FAUST, "record", "--out", str(out), "--feeds", "binance:BTCUSDT;okx:BTC-USDT"],
             env={**os.environ, "PYTHONPATH": str(ROOT), "FEED": "sim", "SIM_URL": sim.url, "LOG_LEVEL": "info"},
             cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, preexec_fn=small_disk,
         )
