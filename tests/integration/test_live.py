@@ -106,13 +106,13 @@ def test_every_book_top_equals_the_simulator_truth(live: Live) -> None:
 
 
 def test_each_fault_stales_only_its_book_which_resyncs_and_is_correct_again(live: Live) -> None:
+    # counted before any fault: a fault can take effect within milliseconds of its injection
+    before = {k: b["counters"]["gaps"] for k, b in live.books().items()}
     for fault, venue, symbol, _ in FAULTS:
         live.sim.fault(venue, symbol, fault, seconds=4.0 if fault == "burst" else 6.0)
     live.sim.fault("binance-usdm", "ETHUSDT", "drop")  # a resync in the middle of the burst
 
     stale_expected = {f"{v}:{s}" for _, v, s, stale in FAULTS if stale} | {"binance-usdm:ETHUSDT"}
-
-    before = {k: b["counters"]["gaps"] for k, b in live.books().items()}
 
     def recovered() -> bool:
         books = live.books()
