@@ -46,19 +46,22 @@ def _recovered() -> bool:
     return bool(tables.recovery.completed.is_set())
 
 
-def _active_partitions() -> set[int]:
+def _table_partitions(assigned: Any) -> set[int]:
+    """The books table's partitions among assigned changelog topic-partitions."""
     changelog = app.tables["books"].changelog_topic.get_topic_name()
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog}
+    return {tp.partition for tp in assigned if tp.topic == changelog}
+
+
+def _active_partitions() -> set[int]:
+    return _table_partitions(app.assignor.assigned_actives())
 
 
 def _local_partitions() -> set[int]:
     """Table partitions this worker holds a copy of: active or standby now, or opened
     earlier in this process (mid-rebalance the assignment is briefly empty)."""
-    changelog = app.tables["books"].changelog_topic.get_topic_name()
-    held = (*app.assignor.assigned_actives(), *app.assignor.assigned_standbys())
     table: Any = app.tables["books"]
-    store = table.data
-    return {tp.partition for tp in held if tp.topic == changelog} | set(getattr(store, "_dbs", {}))
+    held = _table_partitions((*app.assignor.assigned_actives(), *app.assignor.assigned_standbys()))
+    return held | set(getattr(table.data, "_dbs", {}))
 
 
 def _instrument(key: str) -> Instrument | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import os
 import platform
@@ -37,7 +38,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from app.capture.formats import read  # noqa: E402
 from app.router import headers  # noqa: E402
 from app.venues.base import Kind  # noqa: E402
-from tests.helpers import CAPTURES, FAUST, Namespace, Simulator, Worker, free_port, http_json, wait_for  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CAPTURES,
+    FAUST,
+    Broker,
+    Namespace,
+    Simulator,
+    Worker,
+    consume,
+    free_port,
+    http_json,
+    percentile,
+    rss_mb,
+    wait_for,
+)
 
 PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
 BOOTSTRAP = f"127.0.0.1:{PORT}"
@@ -45,8 +59,7 @@ COPIES = int(os.environ.get("BENCH_COPIES", "12"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 RESULTS = Path(os.environ.get("BENCH_RESULTS", str(ROOT / "bench" / "results.json")))
 WORK = ROOT / ".data" / "bench"
-KAFKA_ENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA_DIR=str(ROOT / ".data" / "kafka-bench"),
-                 KAFKA_HEAP_OPTS=os.environ.get("KAFKA_HEAP_OPTS", "-Xmx1G -Xms1G"))
+BROKER = Broker(ROOT / ".data" / "kafka-bench", PORT)
 USDM = CAPTURES / "hftbacktest" / "usdm"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -56,21 +69,9 @@ def say(msg: str) -> None:
 
 
 # -- processes ----------------------------------------------------------------------------
-def kafka(cmd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / "scripts/kafka.sh"), cmd], env=KAFKA_ENV, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def du_mb(path: Path) -> float:
@@ -284,7 +285,7 @@ class Bench:
             worker.start()
             try:
                 n = int(rate * seconds)
-                items = iter(list(_take(copies(self.records, 4), n)))
+                items = iter(list(itertools.islice(copies(self.records, 4), n)))
                 say(f"latency: {n:,} frames at {rate:,.0f}/s")
                 lat = asyncio.run(measure_latency(ns, items, rate, seconds))
             finally:
@@ -347,11 +348,11 @@ class Bench:
                 wait_for(lambda w=worker: frames_done(w) >= 1, 120, "snapshot applied")
                 time.sleep(3)
                 changelog = f"{ns.name}-books-changelog"
-                before = asyncio.run(topic_bytes(changelog))
+                before = topic_bytes(changelog)
                 asyncio.run(produce(ns, deltas(depth, n), "raw.bybit-linear"))
                 wait_for(lambda w=worker: frames_done(w) >= 1 + n, 300, "deltas applied")
                 time.sleep(3)
-                after = asyncio.run(topic_bytes(changelog))
+                after = topic_bytes(changelog)
             finally:
                 worker.kill()
             out[str(depth)] = {"level_updates": n, "records_per_update": round((after[0] - before[0]) / n, 2),
@@ -409,13 +410,6 @@ def lag_total(worker: Worker) -> int | None:
         return None
 
 
-def _take(it: Iterator[Any], n: int) -> Iterator[Any]:
-    for i, x in enumerate(it):
-        if i >= n:
-            return
-        yield x
-
-
 def snapshots(books: int, levels: int) -> Iterator[tuple[str, bytes, list[tuple[str, bytes]]]]:
     half = levels // 2
     for i in range(books):
@@ -435,27 +429,10 @@ def deltas(levels: int, n: int) -> Iterator[tuple[str, bytes, list[tuple[str, by
         yield "bybit-linear:SYM0USDT", frame, headers(time.time_ns(), Kind.WS, "bench")
 
 
-async def topic_bytes(topic: str) -> tuple[int, int]:
+def topic_bytes(topic: str) -> tuple[int, int]:
     """(records, key + value bytes) in a topic now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        from aiokafka import TopicPartition
-
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for a new topic
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        n = size = 0
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    n += 1
-                    size += len(m.key or b"") + len(m.value or b"")
-        return n, size
-    finally:
-        await consumer.stop()
+    records = consume(BOOTSTRAP, topic, idle_s=1)
+    return len(records), sum(len(r.key or b"") + len(r.value or b"") for r in records)
 
 
 async def passthrough(ns: Namespace, total: int) -> dict[str, Any]:
@@ -529,7 +506,7 @@ async def measure_latency(ns: Namespace, items: Iterator[Any], rate: float, seco
     lat.sort()
 
     def q(p: float) -> float:
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else float("nan")
+        return percentile(lat, p, empty=float("nan"))
 
     return {"frames_sent": sent, "book_tops_seen": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
             "p999_ms": q(0.999), "max_ms": round(lat[-1], 2) if lat else None}
@@ -644,8 +621,8 @@ def main() -> int:
     if not USDM.is_dir():
         print(f"bench: the hftbacktest USD-M capture is missing ({USDM})", file=sys.stderr)
         return 2
-    started_broker = kafka("status").returncode != 0
-    up = kafka("up")
+    started_broker = BROKER.run("status").returncode != 0
+    up = BROKER.run("up")
     if up.returncode != 0:
         print(f"bench: cannot start the benchmark broker:\n{up.stderr}", file=sys.stderr)
         return 1
@@ -663,7 +640,7 @@ def main() -> int:
             results.setdefault("figures", {}).update(bench.results)
     finally:
         if started_broker:
-            kafka("down")
+            BROKER.run("down")
         shutil.rmtree(WORK, ignore_errors=True)
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "system": platform.platform(), "memory_gb": round(

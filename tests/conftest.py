@@ -9,14 +9,13 @@ stopped at the end of the session if this session started it.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import CAPTURES, ROOT, Namespace
+from tests.helpers import CAPTURES, ROOT, Broker, Namespace
 
 # The long fault scenarios run in `make chaos` (CHAOS=1), not in `make test`.
 collect_ignore = [] if os.environ.get("CHAOS") else ["chaos"]
@@ -24,11 +23,6 @@ collect_ignore = [] if os.environ.get("CHAOS") else ["chaos"]
 TEST_PORT = os.environ.get("TEST_KAFKA_PORT", "19092")
 TEST_SASL_PORT = str(int(TEST_PORT) + 2)  # controller is TEST_PORT + 1
 SASL_USER, SASL_PASSWORD = "bookstream-test", "planted-sasl-password-4R"
-
-
-def _kafka(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / "scripts" / "kafka.sh"), cmd], env=env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +40,17 @@ def kafka() -> Iterator[str]:
                         "unset it to let the tests start their own broker")
         yield given
         return
-    env = dict(os.environ, KAFKA_PORT=TEST_PORT, KAFKA_DATA_DIR=str(ROOT / ".data" / "kafka-test"),
-               KAFKA_SASL_PORT=TEST_SASL_PORT, KAFKA_SASL_USERS=f"{SASL_USER}:{SASL_PASSWORD}")
-    was_running = _kafka("status", env).returncode == 0
-    up = _kafka("up", env)
+    broker = Broker(ROOT / ".data" / "kafka-test", int(TEST_PORT), KAFKA_SASL_PORT=TEST_SASL_PORT,
+                    KAFKA_SASL_USERS=f"{SASL_USER}:{SASL_PASSWORD}")
+    was_running = broker.run("status").returncode == 0
+    up = broker.run("up")
     if up.returncode != 0:
         pytest.fail(f"could not start the test broker (scripts/kafka.sh up):\n{up.stderr}")
     try:
-        yield f"127.0.0.1:{TEST_PORT}"
+        yield broker.bootstrap
     finally:
         if not was_running:
-            _kafka("down", env)
+            broker.run("down")
 
 
 @pytest.fixture(scope="session")

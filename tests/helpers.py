@@ -30,6 +30,19 @@ def examples(default: int) -> int:
     return int(os.environ.get("FUZZ_EXAMPLES") or default)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def percentile(sorted_xs: list[float], q: float, empty: float = 0.0) -> float:
+    """The ``q`` quantile of an already sorted list, rounded to 2 places (``empty`` if none)."""
+    return round(sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))], 2) if sorted_xs else empty
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,6 +75,33 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
             return exc.code, json.loads(body or b"null")
         except ValueError:
             return exc.code, body.decode("utf-8", "replace")
+
+
+class Broker:
+    """A broker run by scripts/kafka.sh on its own port (free one if not given) and data dir."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=str(data_dir), **env)
+        if port is None:  # a free controller port too: the default (port + 1) may be taken
+            self.env["KAFKA_CONTROLLER_PORT"] = str(free_port())
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def run(self, cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ROOT / "scripts" / "kafka.sh"), cmd], env=self.env, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    def up(self) -> Broker:
+        proc = self.run("up")
+        assert proc.returncode == 0, proc.stderr
+        return self
+
+    def down(self) -> None:
+        proc = self.run("down")
+        assert proc.returncode == 0, proc.stderr
 
 
 class Namespace:

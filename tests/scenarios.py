@@ -6,7 +6,6 @@ Each returns the figures it measured; it raises AssertionError when anything is 
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
 import subprocess
@@ -20,12 +19,12 @@ from typing import Any
 from tests.helpers import (
     FAUST,
     ROOT,
+    Broker,
     Namespace,
     Simulator,
     Worker,
     book_levels,
     consume,
-    free_port,
     match_truth,
     values,
     wait_for,
@@ -43,31 +42,21 @@ def tops_by_key(ns: Namespace) -> dict[str, list[dict[str, Any]]]:
 def check_tops_never_go_back(tops: dict[str, list[dict[str, Any]]]) -> int:
     """Per instrument, (epoch, seq) never decreases except to repeat one already published (an
     at-least-once duplicate after a restart). Returns how many duplicates there were."""
-    duplicates = 0
-    for key, stream in tops.items():
-        seen: set[tuple[int, int]] = set()
-        last = (-1, -1)
-        for t in stream:
-            at = (t["epoch"], t["seq"])
-            if at <= last:
-                assert at in seen, f"{key}: (epoch, seq) went back to {at} (after {last}), not a duplicate"
-                duplicates += 1
-            seen.add(at)
-            last = max(last, at)
-    return duplicates
+    return sum(len(stream) - len(drop_duplicates(stream, key)) for key, stream in tops.items())
 
 
-def drop_duplicates(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def drop_duplicates(stream: list[dict[str, Any]], key: str = "") -> list[dict[str, Any]]:
     """What a consumer does with at-least-once delivery (README "Delivery guarantees"): drop a
     record whose (epoch, seq) is not past the last one seen for that instrument. A repeat must
-    equal what was published first."""
+    be of a record already published, with the same book."""
     first: dict[tuple[int, int], tuple[str, ...]] = {}
     out: list[dict[str, Any]] = []
     last = (-1, -1)
     for t in stream:
         top, at = (t["bid_px"], t["bid_sz"], t["ask_px"], t["ask_sz"]), (t["epoch"], t["seq"])
         if at <= last:
-            assert first.get(at, top) == top, f"{at} republished with another book: {top}"
+            assert at in first, f"{key}: (epoch, seq) went back to {at} (after {last}), not a duplicate"
+            assert first[at] == top, f"{key}: {at} republished with another book: {top}"
             continue
         first[at], last = top, at
         out.append(t)
@@ -211,7 +200,7 @@ def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int 
         assert set(poller.codes) == {200}, f"answers other than 200: {dict(poller.codes)}: {poller.failures[:5]}"
         figures.update(api_answers=sum(poller.codes.values()), api_sources=dict(poller.sources))
         tops = tops_by_key(ns)
-        checked = sum(match_truth(drop_duplicates(tops[k]), sim.truth(*k.split(":", 1))) for k in keys)
+        checked = sum(match_truth(drop_duplicates(tops[k], k), sim.truth(*k.split(":", 1))) for k in keys)
         figures.update(book_tops_checked=checked, book_top_duplicates=check_tops_never_go_back(tops))
         for w in (a, b):
             assert "Traceback" not in w.log_text(), w.tail()
@@ -229,37 +218,12 @@ def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int 
 
 
 # -- broker outage ------------------------------------------------------------------------
-class Broker:
-    """A broker of our own (its own ports and data dir) that a scenario may stop and start."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(free_port()),
-                        KAFKA_DATA_DIR=str(tmp / "kafka"))
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self, cmd: str) -> None:
-        proc = subprocess.run([str(ROOT / "scripts/kafka.sh"), cmd], env=self.env, capture_output=True, text=True,
-                              timeout=180, stdin=subprocess.DEVNULL)
-        assert proc.returncode == 0, proc.stderr
-
-    def up(self) -> Broker:
-        self._run("up")
-        return self
-
-    def down(self) -> None:
-        self._run("down")
-
-
 def broker_outage(tmp: Path, feeds: dict[str, list[str]], outage_s: float = 20.0, rate: float = 50.0
                   ) -> dict[str, Any]:
     """Worker ingesting from the simulator; the broker stops for ``outage_s`` and comes back."""
     keys = sorted(f"{v}:{s}" for v, syms in feeds.items() for s in syms)
     spec = ";".join(f"{v}:{','.join(s)}" for v, s in feeds.items())
-    broker = Broker(tmp).up()
+    broker = Broker(tmp / "kafka").up()
     sim = Simulator(tmp, rate=rate).start()
     ns = Namespace("outage", broker.bootstrap, tmp)
     worker = Worker(ns, tmp / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec, INGEST_STATUS_S="1")

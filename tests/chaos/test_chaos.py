@@ -16,7 +16,7 @@ from app.capture.formats import read, write_native
 from app.errors import FrameError
 from app.venues import adapter
 from app.venues.base import Kind
-from tests.helpers import Namespace, Simulator, Worker, consume, reference, values, wait_for, workers
+from tests.helpers import Namespace, Simulator, Worker, consume, percentile, reference, values, wait_for, workers
 from tests.scenarios import api_book, broker_outage, repeated_kills, takeover, tops_by_key
 from tests.unit.test_captures import CRYPTOFEED, hft
 
@@ -124,10 +124,6 @@ def latencies_ms(tops: dict[str, list[dict[str, Any]]], since_ns: int, until_ns:
                   if since_ns <= t["ts_recv"] < until_ns)
 
 
-def pct(xs: list[float], q: float) -> float:
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2) if xs else 0.0
-
-
 def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_pace(
         ns: Namespace, tmp_path: Path, report: dict[str, Any]) -> None:
     sim = Simulator(tmp_path, rate=20).start()
@@ -160,8 +156,9 @@ def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_p
     figures = {
         "bad_frames": len(bad), "flood_s": round(took, 1), "dead_letters": len(dead),
         "expected_dead_letters": expected_dead, "dead_letter_log_lines": log_lines,
-        "good_latency_ms_baseline": {"p50": pct(base, .5), "p99": pct(base, .99), "n": len(base)},
-        "good_latency_ms_during_flood": {"p50": pct(during, .5), "p99": pct(during, .99), "n": len(during)},
+        "good_latency_ms_baseline": {"p50": percentile(base, .5), "p99": percentile(base, .99), "n": len(base)},
+        "good_latency_ms_during_flood": {"p50": percentile(during, .5), "p99": percentile(during, .99),
+                                         "n": len(during)},
         "lost": 0,
     }
     report["flood"] = figures
@@ -169,4 +166,4 @@ def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_p
     assert log_lines < 200, "dead letters must not flood the log"
     # bad frames cost the worker what good ones cost (one Kafka record each): a flood at 1,000/s
     # may add queueing delay, but bounded — never a backlog that grows
-    assert pct(during, .99) <= max(2.5 * pct(base, .99), pct(base, .99) + 50), figures
+    assert percentile(during, .99) <= max(2.5 * percentile(base, .99), percentile(base, .99) + 50), figures

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import FAUST, ROOT, Namespace, Simulator, consume, free_port, wait_for
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+from tests.helpers import FAUST, ROOT, Broker, Namespace, Simulator, consume, rss_mb, wait_for
 
 
 def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path: Path) -> None:
-    port = free_port()
-    kenv = dict(os.environ, KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(free_port()),
-                KAFKA_DATA_DIR=str(tmp_path / "kafka"))
-    kafka = [str(ROOT / "scripts/kafka.sh")]
-    assert subprocess.run([*kafka, "up"], env=kenv, capture_output=True, timeout=120).returncode == 0
+    broker = Broker(tmp_path / "kafka").up()
     sim = Simulator(tmp_path, rate=200).start()
-    ns = Namespace("outage", f"127.0.0.1:{port}", tmp_path)
+    ns = Namespace("outage", broker.bootstrap, tmp_path)
     log_path = tmp_path / "ingest.log"
     env = ns.env(FEED="sim", SIM_URL=sim.url, FEEDS="bybit-linear:BTCUSDT,ETHUSDT;okx:BTC-USDT",
                  INGEST_BUFFER_MB="0.5", INGEST_STATUS_S="1")
@@ -33,19 +21,19 @@ def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path:
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_for(lambda: len(consume(ns.bootstrap, ns.topic("raw.okx"), idle_s=0.5)) > 100, 60, "raw frames")
-        baseline = _rss_mb(ingest.pid)
-        assert subprocess.run([*kafka, "down"], env=kenv, capture_output=True, timeout=60).returncode == 0
+        baseline = rss_mb(ingest.pid)
+        broker.down()
         wait_for(lambda: "dropping frames" in log_path.read_text(), 60, "the buffer to fill and drop")
         peak = baseline
         for _ in range(20):  # sample memory through ten seconds of outage at full flow
-            peak = max(peak, _rss_mb(ingest.pid))
+            peak = max(peak, rss_mb(ingest.pid))
             time.sleep(0.5)
         assert peak - baseline < 40, f"RSS grew {peak - baseline:.1f} MB with a 0.5 MB buffer budget"
         log = log_path.read_text()
         assert "UNAVAILABLE" in log
         dropped = max(int(m.replace(",", "")) for m in re.findall(r"dropped ([\d,]+)", log))
         assert dropped > 0
-        assert subprocess.run([*kafka, "up"], env=kenv, capture_output=True, timeout=120).returncode == 0
+        broker.up()
         wait_for(lambda: "accepts records again" in log_path.read_text(), 90, "ingestion to see Kafka back")
         gaps = wait_for(lambda: [r for r in consume(ns.bootstrap, ns.topic("raw.bybit-linear"), idle_s=1)
                                  if dict(r.headers).get("kind") == b"conn"], 60, "gap records for lost books")
@@ -59,4 +47,4 @@ def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path:
         except subprocess.TimeoutExpired:
             ingest.kill()
         sim.kill()
-        subprocess.run([*kafka, "down"], env=kenv, capture_output=True, timeout=60)
+        broker.run("down")
