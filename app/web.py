@@ -71,9 +71,9 @@ def _instrument(key: str) -> Instrument | None:
     if inst is None and _recovered():
         partition = partition_for(key)
         if partition in _active_partitions():
+            # A read-only copy, never put into the agent's cache: mid-rebalance the table may
+            # still be recovering, and a cached copy would become the book the agent updates.
             inst = load_instrument(key, partition)
-            if inst is not None:
-                processor.instruments[key] = inst
     return inst
 
 
