@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import faust
+import faust.transport.producer
 import faust.web.base
 from faust.transport.producer import ProducerBuffer
+from faust.types import FutureMessage
 
 from app.config import Settings, load
 from app.kafka import faust_credentials
@@ -179,10 +181,59 @@ app = BookstreamApp(
 # Our dashboard is "/": faust's production index (also "/") is not mounted.
 faust.web.base.Web.production_blueprints = []
 
-# Faust pauses every stream while more than `max_messages` (100) table/changelog and
-# send_soon records wait to be produced, then drains them one by one: a snapshot of a few
-# hundred levels stalls all books. A larger bound keeps back-pressure but stops the stalls.
-ProducerBuffer.max_messages = settings.producer_buffer_messages
+
+class DrainingProducerBuffer(ProducerBuffer):
+    """faust's send_soon buffer (table changelog rows, book.top …), drained fully on flush.
+
+    faust flushes the producer before it commits source offsets, but its buffer's flush
+    gives up as soon as one message takes over 0.1 s to hand to aiokafka (a busy loop, a
+    full accumulator): the offsets were then committed while changelog rows of the frames
+    they cover were still queued here. A worker killed at that moment lost those rows, and
+    the worker taking its partitions over resumed after frames its table never applied (a
+    wrong book after a takeover). Here flush waits until every message queued before the
+    call has been handed to aiokafka, whose own flush then waits for their delivery.
+
+    ``max_messages``: faust pauses every stream while more than this many records wait,
+    then drains them one by one; its default (100) makes a snapshot of a few hundred
+    levels stall all books. A larger bound keeps back-pressure but stops the stalls.
+    """
+
+    max_messages = settings.producer_buffer_messages
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.queued = 0  # messages put, ever
+        self.handed = 0  # messages handed to the producer (sent or failed), ever
+
+    def put(self, fut: FutureMessage) -> None:
+        self.queued += 1
+        super().put(fut)
+
+    async def _send_pending(self, fut: FutureMessage) -> None:
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.handed += 1
+
+    async def flush(self) -> None:
+        if getattr(self, "threaded_producer", None) is not None or self.should_stop:
+            await super().flush()  # faust's own path (stopping: best effort, as before)
+            return
+        target = self.queued
+        while self.handed < target:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self.message_sent.clear()
+            if self.handed >= target:
+                break
+            try:  # the timeout only re-checks the state: waiting is the point
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+            except TimeoutError:
+                continue
+
+
+# faust.transport.producer.Producer builds its buffer from this module attribute.
+faust.transport.producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
 
 for _name in ("app", "agents", "tables"):
     logging.getLogger(_name).setLevel(settings.log_level.upper())
