@@ -150,6 +150,35 @@ def create_topics(ns: Namespace) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=120)
 
 
+async def create_bench_topics(ns: Namespace, *names: str) -> None:
+    """Topics of the bench's own pipelines (the broker does not create topics on first use)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(ns.topic(name), PARTITIONS, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+def batched(items: Iterator[tuple[str, bytes, list[tuple[str, bytes]]]], size: int
+            ) -> Iterator[tuple[str, bytes, list[tuple[str, bytes]]]]:
+    """Records of ``size`` consecutive frames of one instrument, each frame verbatim with its
+    headers (the record format of bench/batched.py); an instrument's rest at the end."""
+    pending: dict[str, list[list[str]]] = {}
+    for key, frame, hdrs in items:
+        h = dict(hdrs)
+        batch = pending.setdefault(key, [])
+        batch.append([h["kind"].decode(), h["ts"].decode(), h["conn"].decode(), frame.decode()])
+        if len(batch) == size:
+            yield key, orjson.dumps(batch), []
+            pending[key] = []
+    for key, batch in pending.items():
+        if batch:
+            yield key, orjson.dumps(batch), []
+
+
 # -- measurements ---------------------------------------------------------------------------------
 class Bench:
     def __init__(self) -> None:
@@ -248,6 +277,57 @@ class Bench:
             r["speedup_vs_one"] = round(r["frames_per_s"] / one, 2)
         r["command"] = "two faust -A app worker processes, one consumer group"
         self.results["scaling"] = r
+
+    def batching(self) -> None:
+        """How far batching frames per Kafka record moves throughput: the same frames, ``size``
+        per record, through bench/batched.py (one Faust event, one changelog record and one
+        book.top record per batch; the same processor)."""
+        self.records = self.records or usdm_records()
+        n_copies = int(os.environ.get("BENCH_BATCH_COPIES", "2"))
+        runs = []
+        for size in (int(x) for x in os.environ.get("BENCH_BATCH_SIZES", "1,10,100").split(",")):
+            ns = namespace(f"bat{size}")
+            asyncio.run(create_bench_topics(ns, "raw.batched", "book.top.batched"))
+            total = sum(len(orjson.loads(v)) for _, v, _ in batched(copies(self.records, n_copies), size))
+            records = asyncio.run(produce(ns, batched(copies(self.records, n_copies), size), "raw.batched"))
+            say(f"batching: {total:,} frames in {records:,} records of up to {size}")
+            runs.append({"frames_per_record": size, "frames": total, "records": records}
+                        | self._batched_run(ns, total))
+            say(f"  {runs[-1]['frames_per_s']:,} frames/s, {runs[-1]['cpu_ms_per_frame']} ms CPU per frame")
+        base = self.results.get("baseline", {}).get("records_per_s")
+        for r in runs:
+            if base:
+                r["ratio_to_baseline"] = round(r["frames_per_s"] / base, 3)
+        self.results["batching"] = {"runs": runs, "command": "faust -A bench.batched worker over the USD-M capture "
+                                    f"×{n_copies} (BENCH_BATCH_COPIES), BENCH_BATCH_SIZES frames per record"}
+
+    @staticmethod
+    def _batched_run(ns: Namespace, total: int) -> dict[str, Any]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/frames"
+        env = ns.env(DATA_DIR=str(ns.tmp / "data"), WEB_PORT=str(port), LOG_LEVEL="warning")
+        proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "bench.batched", "worker", "-l", "warning",
+                                 "--web-port", str(port)], env=env, cwd=ROOT,
+                                stdout=(ns.tmp / "batched.log").open("wb"), stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+        def done() -> int:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bench.batched exited with {proc.returncode}: see {ns.tmp / 'batched.log'}")
+            status, body = http_json(url, timeout=2)
+            return int(body["frames"]) if status == 200 else 0
+
+        try:
+            wait_for(lambda: done() > 0, 180, "bench.batched consuming", every=0.1)
+            f0, cpu0, t0 = done(), cpu_seconds(proc.pid), time.monotonic()
+            wait_for(lambda: done() >= total, 3600, "bench.batched done", every=0.2)
+            seconds, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+        finally:
+            proc.kill()
+            proc.wait()
+        n = total - f0
+        return {"seconds": round(seconds, 1), "frames_per_s": round(n / seconds),
+                "cpu_ms_per_frame": round(cpu * 1000 / n, 3)}
 
     def sweep(self) -> None:
         """Faust settings one at a time on one copy of the capture."""
@@ -437,14 +517,7 @@ def topic_bytes(topic: str) -> tuple[int, int]:
 
 async def passthrough(ns: Namespace, total: int) -> dict[str, Any]:
     """The practical limit: consume the raw topic, parse each frame with orjson, produce it on."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(ns.topic("bench.passthrough"), PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    await create_bench_topics(ns, "bench.passthrough")
     consumer = AIOKafkaConsumer(ns.topic("raw.binance-usdm"), bootstrap_servers=BOOTSTRAP,
                                 group_id=f"{ns.name}-passthrough", auto_offset_reset="earliest",
                                 enable_auto_commit=True, max_poll_records=2000)
@@ -606,9 +679,11 @@ TABLE: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("changelog bytes/update @5000", lambda r: r.get("changelog", {}).get("by_depth", {}).get("5000", {}).get(
         "bytes_per_update")),
     ("500 simulator instruments (frames/s)", lambda r: r.get("simulator_500", {}).get("frames_per_s")),
+    ("batched prototype frames/s by frames per record", lambda r: ", ".join(
+        f"{x['frames_per_record']}: {x['frames_per_s']:,}" for x in r["batching"]["runs"])),
 ]
 
-STEPS = ["baseline", "throughput", "scaling", "latency", "recovery", "changelog", "simulator", "sweep"]
+STEPS = ["baseline", "throughput", "scaling", "latency", "recovery", "changelog", "simulator", "batching", "sweep"]
 
 
 def main() -> int:
