@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 def _load(key: str) -> Instrument | None:
     """The processor's loader: the instrument's rows in the current event's partition."""
     event = current_event()
-    return None if event is None else load_instrument(key, event.message.partition)
+    inst = None if event is None else load_instrument(key, event.message.partition)
+    if inst is not None:
+        log.info("loaded %s from table: %s, %d levels, seq=%s", key, inst.status, len(inst.book), inst.seq)
+    return inst
 
 
 def load_instrument(key: str, partition: int) -> Instrument | None:
@@ -62,9 +65,7 @@ def load_instrument(key: str, partition: int) -> Instrument | None:
                 inst.buffer.append((upd, v))
         else:
             inst.book.load(tag.decode(), rest.decode(), v.decode())
-    if found:
-        log.info("loaded %s from table: %s, %d levels, seq=%s", key, inst.status, len(inst.book), inst.seq)
-    return inst if found else None
+    return inst if found else None  # the agent logs what it loads; web view copies are not logged
 
 
 processor = Processor(_load, settings.buffer_max_frames)

@@ -45,7 +45,7 @@ tops_topic = app.topic(settings.topic("book.top.batched"))
 rows = app.Table("batched", key_type=bytes, value_type=bytes, partitions=settings.partitions,
                  options={"block_cache_size": 32 * 1024 * 1024, "write_buffer_size": 16 * 1024 * 1024})
 processor = Processor(lambda key: None, settings.buffer_max_frames)
-counts = {"frames": 0, "records": 0}
+counts = {"frames": 0, "records": 0, "dead": 0}
 
 #: frame offsets for the processor's redelivery guard: record offset × this + index in batch
 PER_RECORD = 1 << 16
@@ -64,6 +64,7 @@ async def apply_batches(stream: StreamT) -> None:
             out = processor.handle(key, frame.encode(), {"kind": kind.encode(), "ts": ts.encode(),
                                                          "conn": conn.encode()}, base + i)
             inst = out.inst
+            counts["dead"] += out.dead is not None
             for side, price, size in out.fx.changes:
                 changed[side + price] = size
             tops.extend(out.fx.tops)
@@ -77,4 +78,9 @@ async def apply_batches(stream: StreamT) -> None:
 
 @app.page("/frames")
 async def frames_done(web: Any, request: Any) -> Any:
-    return web.json(counts)
+    """Progress, and proof the books were really built: books synced, updates and levels applied."""
+    books = processor.instruments.values()
+    return web.json(counts | {"books": len(books), "synced": processor.synced(),
+                              "applied": sum(i.counters["applied"] for i in books),
+                              "levels": sum(i.counters["levels"] for i in books),
+                              "gaps": sum(i.counters["gaps"] for i in books)})

@@ -1,6 +1,6 @@
 """`make bench`: throughput, latency, scaling, recovery, memory and changelog cost.
 
-    make bench                       # everything, ~25 min on 2 cores
+    make bench                       # everything, ~45 min on 2 cores
     BENCH_ONLY=baseline,throughput make bench
     BENCH_COPIES=2 make bench        # a smaller throughput capture for a quick look
 
@@ -291,8 +291,13 @@ class Bench:
             total = sum(len(orjson.loads(v)) for _, v, _ in batched(copies(self.records, n_copies), size))
             records = asyncio.run(produce(ns, batched(copies(self.records, n_copies), size), "raw.batched"))
             say(f"batching: {total:,} frames in {records:,} records of up to {size}")
-            runs.append({"frames_per_record": size, "frames": total, "records": records}
-                        | self._batched_run(ns, total))
+            run = {"frames_per_record": size, "frames": total, "records": records} | self._batched_run(ns, total)
+            books, levels = run["books"], level_updates(self.records) * n_copies
+            # the same books as the real worker builds, or the figure means nothing
+            if books["synced"] != n_copies or books["gaps"] or books["dead"] or books["levels"] < 0.95 * levels:
+                raise RuntimeError(f"bench.batched did not build the books: {books}, {levels:,} level updates "
+                                   "in the capture")
+            runs.append(run)
             say(f"  {runs[-1]['frames_per_s']:,} frames/s, {runs[-1]['cpu_ms_per_frame']} ms CPU per frame")
         base = self.results.get("baseline", {}).get("records_per_s")
         for r in runs:
@@ -306,7 +311,7 @@ class Bench:
         port = free_port()
         url = f"http://127.0.0.1:{port}/frames"
         env = ns.env(DATA_DIR=str(ns.tmp / "data"), WEB_PORT=str(port), LOG_LEVEL="warning")
-        proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "bench.batched", "worker", "-l", "warning",
+        proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "bench.batched", "worker", "-l", "warn",
                                  "--web-port", str(port)], env=env, cwd=ROOT,
                                 stdout=(ns.tmp / "batched.log").open("wb"), stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -322,12 +327,14 @@ class Bench:
             f0, cpu0, t0 = done(), cpu_seconds(proc.pid), time.monotonic()
             wait_for(lambda: done() >= total, 3600, "bench.batched done", every=0.2)
             seconds, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+            _, end = http_json(url)
         finally:
             proc.kill()
             proc.wait()
         n = total - f0
         return {"seconds": round(seconds, 1), "frames_per_s": round(n / seconds),
-                "cpu_ms_per_frame": round(cpu * 1000 / n, 3)}
+                "cpu_ms_per_frame": round(cpu * 1000 / n, 3),
+                "books": {k: end[k] for k in ("books", "synced", "applied", "levels", "gaps", "dead")}}
 
     def sweep(self) -> None:
         """Faust settings one at a time on one copy of the capture."""
