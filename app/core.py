@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -224,12 +225,8 @@ class DrainingProducerBuffer(ProducerBuffer):
             if self.state != "running":
                 raise RuntimeError("Cannot flush: Producer not Running")
             self.message_sent.clear()
-            if self.handed >= target:
-                break
-            try:  # the timeout only re-checks the state: waiting is the point
+            with contextlib.suppress(TimeoutError):  # the timeout only re-checks the state
                 await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
-            except TimeoutError:
-                continue
 
 
 # faust.transport.producer.Producer builds its buffer from this module attribute.
