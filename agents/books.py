@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+import faust.transport.consumer
 import orjson
 from faust import current_event
 from faust.types import EventT, StreamT
@@ -25,9 +26,10 @@ from mode.types.signals import BaseSignalT
 
 from app import metrics
 from app.core import app, settings
+from app.offsets import HandledOffsets
 from app.processor import Outcome, Processor, header_map
 from app.sync import STALE, SYNCED, Effects, Instrument
-from app.topics import OUTPUTS, book_depth, book_status, book_top, control_resync, deadletter, raw
+from app.topics import OUTPUTS, RAW_NAMES, book_depth, book_status, book_top, control_resync, deadletter, raw
 from app.venues import ADAPTERS, split_key
 from app.venues.base import Kind
 from tables.books import BUFFER, SEP, STATE, books, buffer_key, level_key, state_key
@@ -38,9 +40,13 @@ log = logging.getLogger(__name__)
 def _load(key: str) -> Instrument | None:
     """The processor's loader: the instrument's rows in the current event's partition."""
     event = current_event()
-    inst = None if event is None else load_instrument(key, event.message.partition)
+    if event is None:
+        return None
+    msg = event.message
+    inst = load_instrument(key, msg.partition)
     if inst is not None:
-        log.info("loaded %s from table: %s, %d levels, seq=%s", key, inst.status, len(inst.book), inst.seq)
+        log.info("loaded %s from table: %s, %d levels, seq=%s, source offset %s (now at %s:%s@%s)", key, inst.status,
+                 len(inst.book), inst.seq, inst.offset, msg.topic, msg.partition, msg.offset)
     return inst
 
 
@@ -79,6 +85,29 @@ def _on_revoked(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: 
 @app.on_partitions_assigned.connect
 def _on_assigned(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     processor.clear()
+    handled.reset()
+
+
+#: What this agent handled and made durable, per source partition: faust's offset commits
+#: are capped at it (see app.offsets).
+handled = HandledOffsets(lambda tp: _consumer()._committed_offset.get(tp), lambda: set(RAW_NAMES),
+                         queued=lambda: _buffer().queued, handed=lambda: _buffer().handed)
+_faust_commit_offsets = faust.transport.consumer.Consumer._commit_offsets
+
+
+def _consumer() -> Any:
+    return app.consumer  # faust's Consumer: its committed offsets are not part of ConsumerT
+
+
+def _buffer() -> Any:
+    return app.producer.buffer  # app.core.CountingProducerBuffer
+
+
+async def _commit_handled_offsets(consumer: Any, offsets: Any, start_new_transaction: bool = True) -> bool:
+    return await _faust_commit_offsets(consumer, handled.cap(offsets), start_new_transaction=start_new_transaction)
+
+
+faust.transport.consumer.Consumer._commit_offsets = _commit_handled_offsets  # type: ignore[method-assign,assignment]
 
 
 def _persist(key: str, inst: Instrument, fx: Effects) -> None:
@@ -266,7 +295,15 @@ async def books_agent(stream: StreamT) -> None:
 
 
 def handle(event: EventT) -> None:
-    """One raw record, guarded: nothing escapes to faust (which would ack and stop)."""
+    """One raw record: applied, then counted as handled (what offset commits may cover)."""
+    try:
+        _apply(event)
+    finally:
+        handled.handled(event.message.tp, event.message.offset)
+
+
+def _apply(event: EventT) -> None:
+    """Guarded: nothing escapes to faust (which would ack and stop)."""
     msg = event.message
     key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else str(msg.key)
     venue = key.partition(":")[0]

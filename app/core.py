@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -183,16 +182,17 @@ app = BookstreamApp(
 faust.web.base.Web.production_blueprints = []
 
 
-class DrainingProducerBuffer(ProducerBuffer):
-    """faust's send_soon buffer (table changelog rows, book.top …), drained fully on flush.
+class CountingProducerBuffer(ProducerBuffer):
+    """faust's send_soon buffer (table changelog rows, book.top …), counting what it hands on.
 
-    faust flushes the producer before it commits source offsets, but its buffer's flush
-    gives up as soon as one message takes over 0.1 s to hand to aiokafka (a busy loop, a
-    full accumulator): the offsets were then committed while changelog rows of the frames
-    they cover were still queued here. A worker killed at that moment lost those rows, and
-    the worker taking its partitions over resumed after frames its table never applied (a
-    wrong book after a takeover). Here flush waits until every message queued before the
-    call has been handed to aiokafka, whose own flush then waits for their delivery.
+    faust flushes the producer before it commits source offsets, but this buffer's flush
+    gives up as soon as one record takes over 0.1 s to reach aiokafka (a busy loop, a full
+    accumulator), so offsets could be committed while changelog rows of the frames they
+    cover were still queued here, and die with a killed worker. Waiting for the whole
+    buffer instead stalls consumption at every commit. The counters let the book agent
+    cap each commit at the records whose rows were already handed on (``queued`` when a
+    record was handled ≤ ``handed`` now), which aiokafka's flush then delivers before the
+    commit is sent (see app.offsets).
 
     ``max_messages``: faust pauses every stream while more than this many records wait,
     then drains them one by one; its default (100) makes a snapshot of a few hundred
@@ -203,8 +203,8 @@ class DrainingProducerBuffer(ProducerBuffer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.queued = 0  # messages put, ever
-        self.handed = 0  # messages handed to the producer (sent or failed), ever
+        self.queued = 0  # records put, ever
+        self.handed = 0  # records handed to the producer (sent or failed), ever
 
     def put(self, fut: FutureMessage) -> None:
         self.queued += 1
@@ -216,21 +216,9 @@ class DrainingProducerBuffer(ProducerBuffer):
         finally:
             self.handed += 1
 
-    async def flush(self) -> None:
-        if getattr(self, "threaded_producer", None) is not None or self.should_stop:
-            await super().flush()  # faust's own path (stopping: best effort, as before)
-            return
-        target = self.queued
-        while self.handed < target:
-            if self.state != "running":
-                raise RuntimeError("Cannot flush: Producer not Running")
-            self.message_sent.clear()
-            with contextlib.suppress(TimeoutError):  # the timeout only re-checks the state
-                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
-
 
 # faust.transport.producer.Producer builds its buffer from this module attribute.
-faust.transport.producer.ProducerBuffer = DrainingProducerBuffer  # type: ignore[misc]
+faust.transport.producer.ProducerBuffer = CountingProducerBuffer  # type: ignore[misc]
 
 for _name in ("app", "agents", "tables"):
     logging.getLogger(_name).setLevel(settings.log_level.upper())
