@@ -11,8 +11,8 @@ import logging
 import os
 
 from app import feeds
-from app.core import app, settings
 from app.ingest.service import Ingest
+from app.worker import app, settings
 
 log = logging.getLogger(__name__)
 

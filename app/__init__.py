@@ -1,25 +1,20 @@
-"""bookstream: ``faust -A app worker`` finds the faust.App as ``app.app``.
+"""bookstream: correct, replayable per-instrument crypto order books on Kafka.
 
-Importing this package configures the app from the environment (``app.config``),
-declares topics and tables, and registers the agents and the ``faust -A app <command>``
-commands. A bad setting stops here with one clear line, not a traceback.
+``faust -A app worker`` (and every ``faust -A app <command>``) finds the faust.App as
+``app.app``: it is built on first access by ``app.main``, which reads the settings and wires
+the agents, the commands and the web view. Importing any other module of this package
+(``app.book``, ``app.sync``, ``app.wire``, ``app.state`` …) starts nothing and reads no
+environment.
 """
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
-from app.errors import ConfigError
 
-try:
-    # `from app import x`, never `import app.x`: the latter would rebind `app` to this package.
-    from agents import books as _books  # noqa: F401  (registers the book agent)
-    from agents import ingest as _ingest  # noqa: F401  (ingestion inside the worker when FEEDS is set)
-    from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
-    from app import web as _web  # noqa: F401  (HTTP endpoints)
-    from app.core import app, settings
-except ConfigError as exc:
-    print(f"bookstream: configuration error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+def __getattr__(name: str) -> Any:
+    if name in ("app", "settings"):
+        from app import main
 
-__all__ = ["app", "settings"]
+        return getattr(main, name)
+    raise AttributeError(f"module 'app' has no attribute {name!r}")

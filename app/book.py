@@ -118,9 +118,10 @@ class OrderBook:
                 self.asks = fresh
         return changes
 
-    def load(self, side: str, price: str, size: str) -> None:
-        """Put a persisted level back (recovery); no validation, no change record."""
-        self.side(side)[float(price)] = (price, size)
+    def restore(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Put persisted levels back (loading from the table): no validation, no change records."""
+        self.bids = SortedDict({float(p): (p, s) for p, s in bids})
+        self.asks = SortedDict({float(p): (p, s) for p, s in asks})
 
     # -- reading --------------------------------------------------------------------
     def best_bid(self) -> tuple[str, str] | None:

@@ -6,12 +6,14 @@ import logging
 import sys
 from pathlib import Path
 
+import orjson
 from faust.cli import AppCommand, argument, option
 
 from app.capture.formats import FORMATS
-from app.core import app, settings
 from app.errors import BookstreamError
 from app.venues import VENUES
+from app.wire import BadFrame, RawFrame, decode_record
+from app.worker import app, settings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ async def replay(self: AppCommand, paths: tuple[Path, ...], fmt: str, venue: str
     option("--count", type=int, default=0, help="Stop after this many records (0: never)."),
 )
 async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -> None:
-    """Print a topic's records as JSON lines (TOPIC without TOPIC_PREFIX, e.g. book.top)."""
+    """Print a topic's records as JSON lines (TOPIC without TOPIC_PREFIX, e.g. book.top); for raw.<venue>,
+    one line per frame."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
@@ -83,16 +86,30 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
     except (KafkaError, OSError) as exc:
         _fail(unreachable(settings, exc))
     seen = 0
+    frames = topic.startswith("raw.") and topic != "raw.deadletter"
     try:
         async for msg in consumer:
             key = msg.key.decode("utf-8", "replace") if msg.key else ""
-            value = msg.value.decode("utf-8", "replace") if msg.value else "null"
-            print(f'{{"key":"{key}","partition":{msg.partition},"offset":{msg.offset},"value":{value}}}', flush=True)
+            if frames:  # raw records carry batches of frames: one line per frame
+                for index, item in enumerate(decode_record(msg.key, msg.value, msg.headers)):
+                    print(_frame_line(msg.partition, msg.offset, index, item), flush=True)
+            else:
+                value = msg.value.decode("utf-8", "replace") if msg.value else "null"
+                print(f'{{"key":"{key}","partition":{msg.partition},"offset":{msg.offset},"value":{value}}}',
+                      flush=True)
             seen += 1
             if count and seen >= count:
                 break
     finally:
         await consumer.stop()
+
+
+def _frame_line(partition: int, offset: int, index: int, item: RawFrame | BadFrame) -> str:
+    where = {"partition": partition, "offset": offset, "index": index}
+    if isinstance(item, BadFrame):
+        return orjson.dumps({"key": item.key, **where, "error": f"{item.reason}: {item.detail}"}).decode()
+    return orjson.dumps({"key": item.key, **where, "ts": item.ts, "kind": item.kind.value, "conn": item.conn,
+                         "frame": item.data.decode("utf-8", "replace")}).decode()
 
 
 @app.command(
@@ -126,9 +143,8 @@ async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rot
                          buffer_mb=settings.ingest_buffer_mb)
         if produce:
             from app.kafka import ensure_topics
-            from app.topics import ALL_NAMES
 
-            await ensure_topics(settings, ALL_NAMES)
+            await ensure_topics(settings, app.runtime.topics.all)
         await service.run()
     except BookstreamError as exc:
         _fail(exc)

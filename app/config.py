@@ -26,7 +26,10 @@ ENV_VARS = (
     "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
-    "PRODUCER_BUFFER_MESSAGES", "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION",
+    "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
+    "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
+    "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
+    "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
@@ -133,6 +136,24 @@ def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return _env_number(name, default, float, "a number", minimum, None)
 
 
+def _env_ratio(name: str, default: float) -> float:
+    value = _env_float(name, default, minimum=0.0)
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"{name}={value} must be between 0 and 1")
+    return value
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not true or false")
+
+
 def _bootstrap(raw: str) -> str:
     servers = [s.strip() for s in raw.split(",") if s.strip()]
     if not servers:
@@ -148,6 +169,26 @@ def _compression(name: str) -> str | None:
     if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
     return None if name == "none" else name
+
+
+@dataclass(frozen=True)
+class ChangelogSettings:
+    """Topic configuration of the books table's changelog (compaction that actually runs)."""
+
+    segment_bytes: int = 8 * 1024 * 1024  # CHANGELOG_SEGMENT_BYTES: the active segment is never compacted
+    segment_ms: int = 10 * 60 * 1000  # CHANGELOG_SEGMENT_MS: roll (and so compact) at least this often
+    min_cleanable_dirty_ratio: float = 0.1  # CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO
+    delete_retention_ms: int = 24 * 3600 * 1000  # CHANGELOG_DELETE_RETENTION_MS: how long deletes stay
+
+    def topic_configs(self) -> dict[str, str]:
+        return {"cleanup.policy": "compact", "segment.bytes": str(self.segment_bytes),
+                "segment.ms": str(self.segment_ms), "min.cleanable.dirty.ratio": str(self.min_cleanable_dirty_ratio),
+                "delete.retention.ms": str(self.delete_retention_ms), "max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)}
+
+
+#: max.message.bytes of the topics bookstream creates: a full-depth snapshot (Coinbase BTC-USD,
+#: ~46,000 levels) is one frame of a few MB before compression.
+RAW_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -168,11 +209,18 @@ class Settings:
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 4096
-    producer_linger_ms: int = 5
+    producer_linger_ms: int = 0
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
-    producer_buffer_messages: int = 10_000
+    state_commit_interval_ms: int = 100
+    changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
+    raw_batch_max_frames: int = 1000
+    raw_batch_max_bytes: int = 1024 * 1024
+    raw_batch_linger_ms: float = 5.0
+    top_conflate_ms: int = 0
+    static_membership: bool = True
+    output_buffer_mb: float = 64.0
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
     compression: str | None = "zstd"
@@ -221,16 +269,29 @@ def load() -> Settings:
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 4096, minimum=1),
-        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
+        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 0, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),
-        producer_buffer_messages=_env_int("PRODUCER_BUFFER_MESSAGES", 10_000, minimum=1),
+        state_commit_interval_ms=_env_int("STATE_COMMIT_INTERVAL_MS", 100, minimum=1, maximum=60_000),
+        changelog=ChangelogSettings(
+            segment_bytes=_env_int("CHANGELOG_SEGMENT_BYTES", 8 * 1024 * 1024, minimum=1024 * 1024),
+            segment_ms=_env_int("CHANGELOG_SEGMENT_MS", 10 * 60 * 1000, minimum=1000),
+            min_cleanable_dirty_ratio=_env_ratio("CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO", 0.1),
+            delete_retention_ms=_env_int("CHANGELOG_DELETE_RETENTION_MS", 24 * 3600 * 1000, minimum=60_000),
+        ),
+        raw_batch_max_frames=_env_int("RAW_BATCH_MAX_FRAMES", 1000, minimum=1, maximum=100_000),
+        raw_batch_max_bytes=_env_int("RAW_BATCH_MAX_BYTES", 1024 * 1024, minimum=1024,
+                                     maximum=RAW_MAX_MESSAGE_BYTES // 2),
+        raw_batch_linger_ms=_env_float("RAW_BATCH_LINGER_MS", 5.0, minimum=0.0),
+        top_conflate_ms=_env_int("TOP_CONFLATE_MS", 0, minimum=0, maximum=60_000),
+        static_membership=_env_bool("STATIC_MEMBERSHIP", True),
+        output_buffer_mb=_env_float("OUTPUT_BUFFER_MB", 64.0, minimum=1.0),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
-        faust_views=_env_str("WEB_FAUST_VIEWS", "false").lower() in ("1", "true", "yes"),
-        ingest_in_worker=_env_str("INGEST_IN_WORKER", "true").lower() not in ("0", "false", "no"),
+        faust_views=_env_bool("WEB_FAUST_VIEWS", False),
+        ingest_in_worker=_env_bool("INGEST_IN_WORKER", True),
         max_poll_records=_env_int("BROKER_MAX_POLL_RECORDS", 0, minimum=0) or None,
         max_fetch_size=_env_int("CONSUMER_MAX_FETCH_SIZE", 1024 * 1024, minimum=1024),
         producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1024),

@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from app.config import KafkaSecurity, Settings
+from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings
 from app.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,13 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
-async def ensure_topics(settings: Settings, names: list[str], compacted: tuple[str, ...] = ()) -> None:
-    """Create missing topics with TOPIC_PARTITIONS partitions (``compacted`` ones with
-    cleanup.policy=compact); refuse mismatched ones; return once every topic has a leader
-    for every partition, so a consumer subscribing next sees them all."""
-    names = [*names, *compacted]
+async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping[str, dict[str, str]] | None = None
+                        ) -> None:
+    """Create missing topics with TOPIC_PARTITIONS partitions (``compacted`` ones with their
+    configs, which are also applied to them when they exist); refuse mismatched ones; return
+    once every topic has a leader for every partition, so a consumer subscribing next sees them."""
+    compacted = dict(compacted or {})
+    names = [*names, *(n for n in compacted if n not in names)]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
                                 **client_auth(settings))
     try:
@@ -85,14 +89,18 @@ async def ensure_topics(settings: Settings, names: list[str], compacted: tuple[s
                     "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
                     "worker, or a fresh TOPIC_PREFIX."
                 )
-        missing = [NewTopic(n, settings.partitions, settings.replication,
-                            topic_configs={"cleanup.policy": "compact"} if n in compacted else None)
+        default = {"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)}
+        missing = [NewTopic(n, settings.partitions, settings.replication, topic_configs=compacted.get(n, default))
                    for n in names if n not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another client
                 await admin.create_topics(missing)
             log.info("created topics %s", ", ".join(t.name for t in missing))
             await _wait_visible(admin, names)
+        kept = [ConfigResource(ConfigResourceType.TOPIC, n, configs) for n, configs in compacted.items()
+                if n in existing]
+        if kept:  # settings such as CHANGELOG_SEGMENT_MS apply to a topic created earlier too
+            await admin.alter_configs(kept)
     finally:
         await admin.close()
 

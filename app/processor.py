@@ -1,13 +1,13 @@
-"""One raw record in, effects out: the book agent's logic without Faust or Kafka.
+"""One raw frame in, effects out: the book agent's logic without Faust or Kafka.
 
-The Faust agent (``agents.books``) feeds every record of the raw topics through
-:meth:`Processor.handle` and turns the returned :class:`Outcome` into table writes and
-downstream records. Tests use the same class to build reference books in-process.
+The book agent (``agents.books``) feeds every frame of the raw records of one table partition
+through that partition's :class:`Processor` and turns each :class:`Outcome` into table rows
+(``app.state``) and downstream records (``app.outputs``). Tests and the benchmarks use the same
+class to build reference books in-process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -15,10 +15,8 @@ import orjson
 from app.errors import FrameError
 from app.sync import SYNCED, Effects, Instrument
 from app.venues import ADAPTERS, split_key
-from app.venues.base import Kind
-
-#: Load a persisted instrument (None if it has never been seen on this partition).
-Loader = Callable[[str], Instrument | None]
+from app.venues.base import BookUpdate, Kind
+from app.wire import RawFrame
 
 
 @dataclass(slots=True)
@@ -26,42 +24,36 @@ class Outcome:
     key: str
     inst: Instrument | None = None
     fx: Effects = field(default_factory=Effects)
-    redelivered: bool = False  # offset already processed (at-least-once redelivery)
     dead: tuple[str, str] | None = None  # (reason, detail) for raw.deadletter
 
 
-def header_map(headers: object) -> dict[str, bytes]:
-    """Kafka headers as a dict, whatever shape the client gives (list of pairs or mapping)."""
-    if not headers:
-        return {}
-    if isinstance(headers, Mapping):
-        return {str(k): bytes(v or b"") for k, v in headers.items()}
-    return {str(k): bytes(v or b"") for k, v in headers}  # type: ignore[attr-defined]
+def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
+    """An empty instrument following its venue's sync rule."""
+    venue, _ = split_key(key)
+    return Instrument(key, ADAPTERS[venue].sequencing, buffer_limit)
+
+
+def parse_buffered(key: str, frame: bytes) -> list[BookUpdate]:
+    """A buffered (Binance) delta read back from the table."""
+    venue, symbol = split_key(key)
+    return ADAPTERS[venue].parse(Kind.WS, frame, symbol)
 
 
 class Processor:
-    """Keeps the instruments of the partitions this worker owns, loaded on first use."""
+    """The instruments of one table partition (or of everything, in the in-process reference)."""
 
-    def __init__(self, loader: Loader, buffer_limit: int = 20_000) -> None:
-        self._loader = loader
+    def __init__(self, instruments: dict[str, Instrument] | None = None, buffer_limit: int = 20_000) -> None:
         self.buffer_limit = buffer_limit
-        self.instruments: dict[str, Instrument] = {}
-
-    def clear(self) -> None:
-        """Forget everything (partitions were revoked or reassigned); reloaded lazily."""
-        self.instruments.clear()
+        self.instruments: dict[str, Instrument] = {} if instruments is None else instruments
 
     def instrument(self, key: str) -> Instrument:
         inst = self.instruments.get(key)
         if inst is None:
-            inst = self._loader(key)
-            if inst is None:
-                venue, _ = split_key(key)
-                inst = Instrument(key, ADAPTERS[venue].sequencing, self.buffer_limit)
-            self.instruments[key] = inst
+            inst = self.instruments[key] = new_instrument(key, self.buffer_limit)
         return inst
 
-    def handle(self, key: str, value: bytes, headers: dict[str, bytes], offset: int) -> Outcome:
+    def handle(self, frame: RawFrame) -> Outcome:
+        key = frame.key
         out = Outcome(key)
         try:
             venue, symbol = split_key(key)
@@ -72,13 +64,7 @@ class Processor:
         if ad is None:
             out.dead = ("unknown-venue", venue)
             return out
-        try:
-            kind = Kind(headers.get("kind", b"ws").decode())
-            ts_recv = int(headers.get("ts", b"0") or 0)
-        except ValueError:
-            out.dead = ("bad-headers", repr(headers)[:200])
-            return out
-        conn = headers.get("conn", b"").decode("utf-8", "replace")
+        kind, value = frame.kind, frame.data
         if not symbol:  # venue-level frame (acks, heartbeats): audit only
             if kind is Kind.WS:
                 try:
@@ -87,9 +73,6 @@ class Processor:
                     out.dead = (exc.reason, exc.detail)
             return out
         inst = out.inst = self.instrument(key)
-        if offset <= inst.offset:
-            out.redelivered = True
-            return out
         fx = out.fx
         if kind is Kind.CONN:
             try:
@@ -97,22 +80,21 @@ class Processor:
                 inst.connection_event(str(event["event"]), str(event.get("detail", "")), fx)
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 out.dead = ("bad-conn-event", value[:200].decode("utf-8", "replace"))
-        else:
+            return out
+        try:
+            updates = ad.parse(kind, value, symbol)
+        except FrameError as exc:
+            out.dead = (exc.reason, exc.detail)
+            # A lost frame may have been a delta: the book can no longer be trusted.
+            inst.connection_event("bad frame", exc.reason, fx)
+            return out
+        for upd in updates:
             try:
-                updates = ad.parse(kind, value, symbol)
-            except FrameError as exc:
+                inst.step(upd, value, frame.conn, frame.ts, fx)
+            except FrameError as exc:  # bad level values inside a well-formed frame
                 out.dead = (exc.reason, exc.detail)
-                # A lost frame may have been a delta: the book can no longer be trusted.
                 inst.connection_event("bad frame", exc.reason, fx)
-            else:
-                for upd in updates:
-                    try:
-                        inst.step(upd, value, conn, ts_recv, fx)
-                    except FrameError as exc:  # bad level values inside a well-formed frame
-                        out.dead = (exc.reason, exc.detail)
-                        inst.connection_event("bad frame", exc.reason, fx)
-                        break
-        inst.offset = offset
+                break
         return out
 
     def synced(self) -> int:

@@ -14,17 +14,25 @@ from typing import TextIO
 from app.capture.formats import Record, read
 from app.config import Settings
 from app.errors import BookstreamError, CaptureError
-from app.kafka import ensure_topics, start_producer
+from app.ingest.sink import RawSink
+from app.kafka import ensure_topics
 from app.progress import Progress
-from app.router import RawRecord, Router
+from app.router import Router
 from app.venues import VENUES
 from app.venues.base import Kind
+from app.wire import RawFrame
+
+#: Frames replay may have waiting for Kafka (it waits for room rather than dropping).
+REPLAY_BUFFER_BYTES = 64 * 1024 * 1024
+#: Kafka unreachable this long during a replay ends it with an error.
+REPLAY_STALL_S = 30.0
 
 
 @dataclass
 class Summary:
     frames: Counter[str] = field(default_factory=Counter)  # records read, per venue
-    produced: Counter[str] = field(default_factory=Counter)  # raw records produced, per venue
+    produced: Counter[str] = field(default_factory=Counter)  # frames produced, per venue
+    records: int = 0  # raw records (batches of frames) produced
     skipped: Counter[str] = field(default_factory=Counter)  # reason → count
     conn_events: int = 0
     unroutable: int = 0  # frames that could not be parsed for routing (produced venue-keyed)
@@ -34,7 +42,7 @@ class Summary:
         out = ["replay summary:"]
         for venue in sorted(self.frames):
             read_, produced = self.frames[venue], self.produced[venue]
-            out.append(f"  {venue:<14} {read_:>10,} frames read, {produced:>10,} records produced")
+            out.append(f"  {venue:<14} {read_:>10,} frames read, {produced:>10,} frames produced")
         for reason, n in sorted(self.skipped.items()):
             out.append(f"  skipped: {n:,} ({reason})")
         if self.unroutable:
@@ -42,7 +50,8 @@ class Summary:
         if self.conn_events:
             out.append(f"  connection events (gaps/resets) produced: {self.conn_events:,}")
         total = sum(self.produced.values())
-        out.append(f"  {total:,} records in {self.seconds:.1f}s ({total / max(self.seconds, 1e-9):,.0f}/s)")
+        out.append(f"  {total:,} frames in {self.records:,} records in {self.seconds:.1f}s "
+                   f"({total / max(self.seconds, 1e-9):,.0f} frames/s)")
         return out
 
 
@@ -69,14 +78,14 @@ async def replay(
     if total == 0:
         raise CaptureError(f"no frames found in {', '.join(map(str, plist))} (format {fmt})")
     await ensure_topics(settings, [settings.topic(f"raw.{v}") for v in VENUES])
-    producer = await start_producer(settings)
+    sink = RawSink(settings, REPLAY_BUFFER_BYTES)
+    sink.start()
     summary = Summary()
     router = Router()
     progress = Progress(total, "frames", out)
     want = symbol.upper() if symbol else None
     first_ts: int | None = None
     t0 = time.monotonic()
-    pending: list[asyncio.Future[object]] = []
     try:
         for rec in read(plist, fmt, venue, symbol):
             summary.frames[rec.venue] += 1
@@ -90,34 +99,42 @@ async def replay(
                 if want is not None and sym.upper() != want:
                     summary.skipped["other symbol" if sym else "no instrument (acks, heartbeats)"] += 1
                     continue
-                if raw.headers[1][1] == Kind.CONN.value.encode():
+                if raw.kind is Kind.CONN:
                     summary.conn_events += 1
-                fut = await producer.send(
-                    settings.topic(f"raw.{raw.venue}"), raw.value, key=raw.key.encode(), headers=raw.headers
-                )
-                pending.append(fut)
+                await sink.put_wait(raw)
                 summary.produced[raw.venue] += 1
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
+            _check(sink, settings)
             progress.update()
-        await producer.flush()
-        await asyncio.gather(*pending)
+        while not await sink.flush(within_s=1.0):
+            _check(sink, settings)
+        _check(sink, settings)
     except BookstreamError:
         raise
     except Exception as exc:
-        done = sum(summary.produced.values())
         raise CaptureError(
-            f"replay stopped after producing {done:,} records ({exc}); the raw topics hold a partial "
+            f"replay stopped after producing {sink.sent:,} frames ({exc}); the raw topics hold a partial "
             "replay: books will resync or stay incomplete. Fix the cause and replay again (duplicates "
             "are recognised by sequence)."
         ) from exc
     finally:
-        await producer.stop()
+        await sink.stop()
     summary.seconds = progress.finish()
+    summary.records = sink.records
     summary.unroutable = router.unparseable
     return summary
 
 
-def _route(router: Router, rec: Record) -> list[RawRecord]:
+def _check(sink: RawSink, settings: Settings) -> None:
+    """Replay loses nothing: a frame that cannot be delivered, or Kafka gone for too long, ends it."""
+    lost = sum(sink.failed.values()) + sum(sink.dropped.values())
+    if lost:
+        raise CaptureError(f"{lost:,} frames could not be delivered to Kafka at {settings.kafka_bootstrap}; "
+                           "the raw topics hold a partial replay")
+    if not sink.kafka_ok and time.monotonic() - sink.last_delivery > REPLAY_STALL_S:
+        raise CaptureError(f"nothing delivered to Kafka at {settings.kafka_bootstrap} for {REPLAY_STALL_S:.0f}s; "
+                           "the raw topics hold a partial replay. Check the broker (make kafka-status) and "
+                           "replay again (duplicates are recognised by sequence).")
+
+
+def _route(router: Router, rec: Record) -> list[RawFrame]:
     return router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol)

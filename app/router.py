@@ -1,8 +1,5 @@
-"""From a received frame to raw-topic records: the one keying rule for ingestion and replay.
-
-Raw record (README "Raw record format"): topic ``raw.<venue>``, key = instrument key
-``<venue>:<symbol>``, value = the frame exactly as received, headers ``ts`` (receive time,
-ns, ASCII digits), ``kind`` (``ws`` | ``rest`` | ``conn``) and ``conn`` (connection id).
+"""From a received frame to raw frames keyed by instrument: the one keying rule for ingestion
+and replay (which then batch them into raw records, ``app.wire`` and ``app.batching``).
 
 Keying:
 
@@ -24,35 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import orjson
-
 from app.errors import FrameError
 from app.venues import adapter
 from app.venues.base import Kind
-
-Header = tuple[str, bytes]
-
-
-@dataclass(slots=True)
-class RawRecord:
-    venue: str
-    key: str
-    value: bytes
-    headers: list[Header]
+from app.wire import RawFrame, conn_event
 
 
 @dataclass
 class _Conn:
     last_seq: int | None = None
     instruments: list[str] = field(default_factory=list)
-
-
-def headers(ts: int, kind: Kind, conn: str) -> list[Header]:
-    return [("ts", str(ts).encode()), ("kind", kind.value.encode()), ("conn", conn.encode())]
-
-
-def conn_event(event: str, detail: str) -> bytes:
-    return orjson.dumps({"event": event, "detail": detail})
 
 
 class Router:
@@ -64,10 +42,10 @@ class Router:
 
     def route(
         self, venue: str, conn: str, kind: Kind, frame: bytes, ts: int, url: str = "", symbol: str = ""
-    ) -> list[RawRecord]:
+    ) -> list[RawFrame]:
         ad = adapter(venue)
         state = self._conns.setdefault(conn, _Conn())
-        out: list[RawRecord] = []
+        out: list[RawFrame] = []
         try:
             symbols = [symbol] if symbol else ad.route(kind, frame, url)
             seq = ad.conn_seq(frame) if kind is Kind.WS else None
@@ -83,22 +61,19 @@ class Router:
             if state.last_seq is not None and seq != state.last_seq + 1 and seq > state.last_seq:
                 detail = f"{conn}: sequence_num {state.last_seq} → {seq}"
                 for key in state.instruments:
-                    out.append(RawRecord(venue, key, conn_event("gap", detail), headers(ts, Kind.CONN, conn)))
+                    out.append(RawFrame(key, ts, Kind.CONN, conn, conn_event("gap", detail)))
             if state.last_seq is None or seq > state.last_seq:
                 state.last_seq = seq
         keys = [f"{venue}:{s}" for s in symbols] or [f"{venue}:"]
         for key in keys:
             if symbols and key not in state.instruments:
                 state.instruments.append(key)
-            out.append(RawRecord(venue, key, frame, headers(ts, kind, conn)))
+            out.append(RawFrame(key, ts, kind, conn, frame))
         return out
 
-    def reset(self, venue: str, conn: str, ts: int, reason: str) -> list[RawRecord]:
+    def reset(self, venue: str, conn: str, ts: int, reason: str) -> list[RawFrame]:
         """A connection closed or was replaced: every instrument on it must resync."""
         state = self._conns.pop(conn, None)
         if state is None:
             return []
-        return [
-            RawRecord(venue, key, conn_event("reset", reason), headers(ts, Kind.CONN, conn))
-            for key in state.instruments
-        ]
+        return [RawFrame(key, ts, Kind.CONN, conn, conn_event("reset", reason)) for key in state.instruments]

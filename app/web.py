@@ -22,59 +22,37 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
 from app import metrics
 from app.book import mid_spread
-from app.core import app, settings
 from app.sync import SYNCED, Instrument
 from app.venues import ADAPTERS, split_key
+from app.worker import app, settings
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 5000
 
 
+runtime = app.runtime
+
+
 def partition_for(key: str) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (so: its table partition)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
+    return runtime.partition_of(key)
 
 
 def _recovered() -> bool:
     tables: Any = app.tables  # TableManager; its interface type omits `recovery`
-    return bool(tables.recovery.completed.is_set())
-
-
-def _table_partitions(assigned: Any) -> set[int]:
-    """The books table's partitions among assigned changelog topic-partitions."""
-    changelog = app.tables["books"].changelog_topic.get_topic_name()
-    return {tp.partition for tp in assigned if tp.topic == changelog}
+    return bool(tables.recovery.completed.is_set()) and runtime.state.is_activated()
 
 
 def _active_partitions() -> set[int]:
-    return _table_partitions(app.assignor.assigned_actives())
-
-
-def _local_partitions() -> set[int]:
-    """Table partitions this worker holds a copy of: active or standby now, or opened
-    earlier in this process (mid-rebalance the assignment is briefly empty)."""
-    table: Any = app.tables["books"]
-    held = _table_partitions((*app.assignor.assigned_actives(), *app.assignor.assigned_standbys()))
-    return held | set(getattr(table.data, "_dbs", {}))
+    return set(runtime.state.active)
 
 
 def _instrument(key: str) -> Instrument | None:
-    from agents.books import load_instrument, processor
-
-    inst = processor.instruments.get(key)
-    if inst is None and _recovered():
-        partition = partition_for(key)
-        if partition in _active_partitions():
-            # A read-only copy, never put into the agent's cache: mid-rebalance the table may
-            # still be recovering, and a cached copy would become the book the agent updates.
-            inst = load_instrument(key, partition)
-    return inst
+    return runtime.find(key)
 
 
 def summary(inst: Instrument) -> dict[str, Any]:
@@ -119,25 +97,21 @@ async def _broker_reachable() -> bool:
 
 @app.page("/ready")
 async def ready(self: View, request: Request) -> Response:
-    from agents.books import processor
-
     recovered = _recovered()
     broker = await _broker_reachable()
     body = {
         "ready": recovered and broker,
         "broker_reachable": broker,
         "recovery_completed": recovered,
-        "books_synced": processor.synced(),
-        "books_loaded": len(processor.instruments),
+        "books_synced": sum(1 for i in runtime.books() if i.status == SYNCED),
+        "books_loaded": sum(1 for _ in runtime.books()),
     }
     return self.json(body, status=200 if body["ready"] else 503)
 
 
 @app.page("/api/books")
 async def books_index(self: View, request: Request) -> Response:
-    from agents.books import processor
-
-    rows = [summary(i) for i in processor.instruments.values()]
+    rows = [summary(i) for i in runtime.books()]
     rows.sort(key=lambda r: r["key"])
     return self.json({"books": rows, "count": len(rows)})
 
@@ -154,7 +128,7 @@ async def book_detail(self: View, request: Request, venue: str, instrument: str)
     partition = partition_for(key)
     if partition not in _active_partitions():
         try:  # the worker that owns the instrument's partition answers (Faust table routing)
-            answer = await app.router.route_req("books", key.encode(), self.web, request)
+            answer = await app.router.route_topic_req(_raw_topics[venue], key.encode(), self.web, request)
             if answer.status == 200 and isinstance(getattr(answer, "body", None), bytes):
                 _last_routed[key] = (time.time(), answer.body)
             if answer.status != 503:
@@ -189,15 +163,13 @@ def _copy_or_503(view: View, key: str, partition: int, depth: int, source: str, 
                  otherwise: Response | None = None) -> Response:
     """While the owner cannot answer, the copy this worker holds (standby or recovering), marked
     as such and never ``synced``; 503 when there is none."""
-    from agents.books import load_instrument
-
     try:
-        inst = load_instrument(key, partition) if partition in _local_partitions() else None
-    except Exception as exc:  # noqa: BLE001 - no local store for that partition yet
+        inst, where = runtime.state.local_copy(key, partition)
+    except Exception as exc:  # noqa: BLE001 - the copy is being replaced: as if there were none
         log.debug("no local copy of %s: %r", key, exc)
         inst = None
     if inst is not None:
-        return view.json(_detail(inst, depth, source))
+        return view.json(_detail(inst, depth, where or source))
     last = _last_routed.get(key)
     if last is not None:  # no copy here yet (standby lag): the owner's last answer, marked as such
         at, raw = last
@@ -206,6 +178,9 @@ def _copy_or_503(view: View, key: str, partition: int, depth: int, source: str, 
         return view.json(body)
     return otherwise if otherwise is not None else view.json({"error": why}, status=503)
 
+
+_raw_topics = {v: app.topic(name, key_type=bytes, key_serializer="raw")
+               for v, name in runtime.topics.raw_by_venue.items()}
 
 #: The owner's last 200 answer per instrument routed through this worker: served (marked
 #: ``last-answer``, never ``synced``) only while neither the owner nor a local copy can answer.
@@ -289,10 +264,8 @@ async def _sse(request: Request, event: str, produce: Any) -> web.StreamResponse
 @app.page("/events")
 class Events(View):
     async def get(self, request: Request, **kwargs: Any) -> Any:
-        from agents.books import processor
-
         def snapshot() -> dict[str, Any]:
-            rows = [_with_derived(summary(i)) for i in processor.instruments.values()]
+            rows = [_with_derived(summary(i)) for i in runtime.books()]
             rows.sort(key=lambda r: r["key"])
             return {"books": rows, "venues": venues_status()}
 
@@ -342,8 +315,6 @@ def _consumer_lag() -> dict[tuple[str, int], int]:
 
 @app.page("/metrics")
 async def prometheus(self: View, request: Request) -> Response:
-    from agents.books import processor
-
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
@@ -355,7 +326,7 @@ async def prometheus(self: View, request: Request) -> Response:
     frames = [(f'{{venue="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items()) if k.startswith("frames.")]
     metric("frames_total", "counter", "Raw records consumed, per venue.", frames)
     totals: dict[str, int] = {}
-    for inst in processor.instruments.values():
+    for inst in runtime.books():
         for k, v in inst.counters.items():
             totals[k] = totals.get(k, 0) + v
     metric("applied_deltas_total", "counter", "Book updates applied (books loaded on this worker).",
@@ -367,7 +338,7 @@ async def prometheus(self: View, request: Request) -> Response:
     metric("dead_letters_total", "counter", "Records sent to raw.deadletter.", [("", counters.get("deadletters", 0))])
     metric("book_top_total", "counter", "book.top records published.", [("", counters.get("book_top", 0))])
     states: dict[str, int] = {}
-    for inst in processor.instruments.values():
+    for inst in runtime.books():
         states[inst.status] = states.get(inst.status, 0) + 1
     metric("books", "gauge", "Books loaded on this worker, by state.",
            [(f'{{state="{s}"}}', n) for s, n in sorted(states.items())])

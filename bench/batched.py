@@ -19,9 +19,9 @@ from typing import Any
 
 import faust
 import orjson
+from app.core import settings  # also installs the worker's draining producer buffer
 from faust.types import StreamT
 
-from app.core import settings  # also installs the worker's draining producer buffer
 from app.processor import Processor
 
 app = faust.App(

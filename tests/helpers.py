@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -259,20 +258,25 @@ def values(records: Iterable[Any]) -> list[dict[str, Any]]:
     return [json.loads(r.value) for r in records]
 
 
+def frames(records: Iterable[Any]) -> list[Any]:
+    """The frames of raw records (README "Raw record format"), in order."""
+    from app.wire import RawFrame, decode_record
+
+    return [f for r in records for f in decode_record(r.key, r.value, r.headers) if isinstance(f, RawFrame)]
+
+
 def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None) -> Any:
     """In-process reference: the same router + processor, no Kafka. Returns the Processor."""
     from app.capture.formats import read
     from app.processor import Processor
     from app.router import Router
 
-    router, proc = Router(), Processor(lambda _k: None)
-    offsets: collections.Counter[str] = collections.Counter()
+    router, proc = Router(), Processor()
     for i, rec in enumerate(read(paths, fmt)):
         if drop is not None and drop(i, rec):
             continue
         for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            offsets[raw.key] += 1
-            proc.handle(raw.key, raw.value, dict(raw.headers), offsets[raw.key])
+            proc.handle(raw)
     return proc
 
 

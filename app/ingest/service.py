@@ -61,8 +61,8 @@ class Ingest:
             except CaptureError as exc:
                 self._fail(exc)
         if self.sink is not None:
-            for rec in self.router.route(venue, conn, kind, frame, ts, url, symbol):
-                self.sink.put(rec)
+            for raw in self.router.route(venue, conn, kind, frame, ts, url, symbol):
+                self.sink.put(raw)
 
     def _emitter(self, venue: str) -> Emit:
         def emit(kind: Kind, frame: bytes, ts: int, url: str, symbol: str, conn: str) -> None:
@@ -75,13 +75,13 @@ class Ingest:
         return reset
 
     def reset(self, venue: str, conn: str, reason: str) -> None:
-        for rec in self.router.reset(venue, conn, time.time_ns(), reason):
+        for raw in self.router.reset(venue, conn, time.time_ns(), reason):
             if self.recorder is not None:
                 with contextlib.suppress(CaptureError):
-                    self.recorder.write(Record(time.time_ns(), venue, conn, Kind.CONN, rec.value,
-                                               symbol=rec.key.partition(":")[2]))
+                    self.recorder.write(Record(raw.ts, venue, conn, Kind.CONN, raw.data,
+                                               symbol=raw.key.partition(":")[2]))
             if self.sink is not None:
-                self.sink.put(rec)
+                self.sink.put(raw)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -182,7 +182,8 @@ class Ingest:
             if self.sink is not None:
                 s = self.sink
                 dropped, failed = sum(s.dropped.values()), sum(s.failed.values())
-                line += (f", produced {s.sent:,}, dropped {dropped:,}, failed {failed:,}, buffer "
+                line += (f", produced {s.sent:,} in {s.records:,} records, dropped {dropped:,}, failed {failed:,}, "
+                         "buffer "
                          f"{s.pending_bytes / 2**20:.1f}/{s.budget / 2**20:.1f} MiB, kafka "
                          f"{'ok' if s.kafka_ok else 'UNAVAILABLE'}")
             if self.recorder is not None:

@@ -7,7 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers import FAUST, ROOT, Broker, Namespace, Simulator, consume, rss_mb, wait_for
+from app.venues.base import Kind
+from tests.helpers import FAUST, ROOT, Broker, Namespace, Simulator, consume, frames, rss_mb, wait_for
 
 
 def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path: Path) -> None:
@@ -35,9 +36,9 @@ def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path:
         assert dropped > 0
         broker.up()
         wait_for(lambda: "accepts records again" in log_path.read_text(), 90, "ingestion to see Kafka back")
-        gaps = wait_for(lambda: [r for r in consume(ns.bootstrap, ns.topic("raw.bybit-linear"), idle_s=1)
-                                 if dict(r.headers).get("kind") == b"conn"], 60, "gap records for lost books")
-        assert {r.key for r in gaps} <= {b"bybit-linear:BTCUSDT", b"bybit-linear:ETHUSDT"}
+        gaps = wait_for(lambda: [f for f in frames(consume(ns.bootstrap, ns.topic("raw.bybit-linear"), idle_s=1))
+                                 if f.kind is Kind.CONN], 60, "gap frames for lost books")
+        assert {f.key for f in gaps} <= {"bybit-linear:BTCUSDT", "bybit-linear:ETHUSDT"}
         assert ingest.poll() is None, "ingestion must survive the outage"
         assert "Traceback" not in log_path.read_text()
     finally:

@@ -22,7 +22,7 @@ from tests.unit.test_captures import CRYPTOFEED, hft, note_ticker
 
 pytestmark = pytest.mark.captures
 
-SUMMARY = re.compile(r"^\s+(\S+)\s+[\d,]+ frames read,\s+([\d,]+) records produced", re.M)
+SUMMARY = re.compile(r"^\s+(\S+)\s+[\d,]+ frames read,\s+([\d,]+) frames produced", re.M)
 
 
 class Pipeline:

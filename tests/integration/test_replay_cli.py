@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.capture.formats import read, write_native
+from app.venues.base import Kind
+from app.wire import decode_record
 from tests.helpers import Namespace, Worker, consume, values, wait_for, workers
 
 
@@ -47,11 +49,16 @@ def test_native_capture_replays_with_a_summary(ns: Namespace, tmp_path: Path) ->
     path.write_text('{"ts": 1, "venue": "okx", "conn": "a", "kind": "ws", "frame": "{\\"event\\":\\"subscribe\\"}"}\n')
     proc = ns.replay(str(path), "--format", "native")
     assert "okx" in proc.stderr
-    assert "1 records produced" in proc.stderr
+    assert "1 frames produced" in proc.stderr
+    assert "1 frames in 1 records" in proc.stderr
     (rec,) = consume(ns.bootstrap, ns.topic("raw.okx"), stop=lambda rs: len(rs) >= 1, timeout=30)
     assert rec.key == b"okx:"
-    assert rec.value == b'{"event":"subscribe"}'
-    assert dict(rec.headers) == {"ts": b"1", "kind": b"ws", "conn": b"a"}
+    assert dict(rec.headers) == {"v": b"2"}  # raw record format version 2: JSON Lines of frames
+    assert json.loads(rec.value) == {"key": "okx:", "ts": 1, "kind": "ws", "conn": "a",
+                                     "frame": '{"event":"subscribe"}'}
+    (frame,) = decode_record(rec.key, rec.value, rec.headers)
+    assert (frame.key, frame.ts, frame.kind, frame.conn, frame.data) == ("okx:", 1, Kind.WS, "a",
+                                                                          b'{"event":"subscribe"}')
 
 
 @pytest.mark.captures
@@ -106,6 +113,10 @@ def test_bad_frames_land_in_the_dead_letter_topic_with_their_source(ns: Namespac
                             worker.get("/metrics/counters")[1], 30, "dead letter counter")
         state = worker.get("/api/books/deribit/BTC-PERPETUAL")[1]
     assert [d["reason"] for d in dead] == ["bad-json", "bad-number"]
+    # the three frames travel in one raw record; each bad one is a dead letter of its own, with its
+    # index in the record, and the good one before them applied
+    assert len({(d["partition"], d["offset"]) for d in dead}) == 1
+    assert [d["index"] for d in dead] == [1, 2]
     for d in dead:
         assert (d["venue"], d["instrument"], d["topic"]) == ("deribit", "BTC-PERPETUAL", ns.topic("raw.deribit"))
         assert isinstance(d["partition"], int)

@@ -143,15 +143,15 @@ def emitted_tops_and_tickers(paths: list[Path], fmt: str):  # type: ignore[no-un
     from app.processor import Processor
     from app.router import Router
 
-    router, proc = Router(), Processor(lambda _k: None)
+    router, proc = Router(), Processor()
     tops: dict[str, list] = defaultdict(list)
     tickers: dict[str, list] = defaultdict(list)
     depth_ids: dict[str, set] = defaultdict(set)
-    for n, rec in enumerate(read(paths, fmt)):
+    for rec in read(paths, fmt):
         for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            out = proc.handle(raw.key, raw.value, dict(raw.headers), n)
+            out = proc.handle(raw)
             tops[raw.key].extend((seq, top) for seq, _, top in out.fx.tops)
-            note_ticker(raw.key, raw.value, tickers, depth_ids)
+            note_ticker(raw.key, raw.data, tickers, depth_ids)
     return tops, tickers, depth_ids
 
 

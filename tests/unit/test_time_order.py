@@ -15,13 +15,15 @@ import pytest
 
 from app.capture.formats import read
 from app.processor import Processor
-from app.router import RawRecord, Router
+from app.router import Router
+from app.state.manager import Position, SourceProgress
 from app.sync import SYNCED
+from app.wire import RawFrame
 from tests.unit.test_captures import CRYPTOFEED, hft
 
 pytestmark = pytest.mark.captures
 
-Stream = list[tuple[int, RawRecord]]  # (offset in its partition, record), one instrument key
+Stream = list[tuple[int, RawFrame]]  # (offset in its partition, frame), one instrument key
 
 
 def routed(captures: Path) -> dict[str, Stream]:
@@ -42,10 +44,14 @@ def books(proc: Processor) -> dict[str, tuple[object, ...]]:
             for k, i in proc.instruments.items()}
 
 
-def run(deliveries: list[tuple[str, int, RawRecord]]) -> Processor:
-    proc = Processor(lambda _k: None)
+def run(deliveries: list[tuple[str, int, RawFrame]]) -> Processor:
+    """What the worker does with each delivered record: applied only if its offset is exactly
+    the next one of its partition (each instrument its own partition here)."""
+    proc, progress = Processor(), SourceProgress()
     for key, offset, raw in deliveries:
-        proc.handle(key, raw.value, dict(raw.headers), offset)
+        if progress.position(key, offset) is Position.NEXT:
+            proc.handle(raw)
+            progress.applied(key, offset)
     return proc
 
 
@@ -59,7 +65,7 @@ def expected(streams: dict[str, Stream]) -> dict[str, tuple[object, ...]]:
     return books(run([(k, off, raw) for k, s in streams.items() for off, raw in s]))
 
 
-def interleave(streams: dict[str, Stream], rng: random.Random) -> list[tuple[str, int, RawRecord]]:
+def interleave(streams: dict[str, Stream], rng: random.Random) -> list[tuple[str, int, RawFrame]]:
     """A random merge of the instruments' streams: each keeps its own order (as a partition does)."""
     pos = dict.fromkeys(streams, 0)
     live = [k for k in streams if streams[k]]
@@ -88,9 +94,8 @@ def test_receive_clock_skew_changes_no_book(streams: dict[str, Stream], expected
     rng = random.Random(7)
     skewed = []
     for key, off, raw in interleave(streams, rng):
-        headers = [(n, str(int(v) + rng.randint(-3_600_000_000_000, 3_600_000_000_000)).encode())
-                   if n == "ts" else (n, v) for n, v in raw.headers]
-        skewed.append((key, off, RawRecord(raw.venue, raw.key, raw.value, headers)))
+        ts = raw.ts + rng.randint(-3_600_000_000_000, 3_600_000_000_000)
+        skewed.append((key, off, RawFrame(raw.key, ts, raw.kind, raw.conn, raw.data)))
     assert books(run(skewed)) == expected
 
 
@@ -99,10 +104,10 @@ def test_redelivered_and_duplicated_records_change_no_book(streams: dict[str, St
     """Kafka at-least-once: a run of records delivered again with the same offsets (after a
     restart); a producer retry: the same frame written twice, the copy under a new offset."""
     rng = random.Random(11)
-    deliveries: list[tuple[str, int, RawRecord]] = []
+    deliveries: list[tuple[str, int, RawFrame]] = []
     for key, stream in streams.items():
         offset = 0
-        seen: list[tuple[int, RawRecord]] = []
+        seen: list[tuple[int, RawFrame]] = []
         for _, raw in stream:
             offset += 1
             deliveries.append((key, offset, raw))

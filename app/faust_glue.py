@@ -1,0 +1,161 @@
+"""Every place bookstream reaches into Faust, and why. Nothing else touches Faust internals.
+
+bookstream keeps its table itself (``app.state``): progress lives with the state, as in Kafka
+Streams and Flink, so correctness never rests on Faust's consumer offset commits. Faust still
+runs the consumer group, the agent, the timers, the web server and the commands. These are the
+touches, each a subclass or a public hook:
+
+1. **Seek to what the table covers** — :class:`StateSeekingConsumer` overrides
+   ``faust.transport.drivers.aiokafka.Consumer.seek_to_committed``. Faust calls it (through
+   ``Consumer.perform_seek``) once a rebalance's recovery is done, and again whenever its fetch
+   loop runs while flow is stopped. It seeks each raw partition (with Faust's own
+   ``Consumer.seek_wait``) to the next offset its table partition's progress row names, or to
+   the start of the log when nothing was applied yet, instead of the committed offset. Why not
+   the commits: Faust acks — and so commits — records its streams *skip* during a rebalance
+   (flow stopped, or fetched in the previous generation), so a committed offset can be past
+   records no worker applied. Faust keeps committing; its commits only report lag now.
+2. **Recovery waits for the table** — :class:`StateRecovery` overrides
+   ``faust.tables.recovery.Recovery._resume_streams`` (Faust runs it after each rebalance when
+   no Faust table exists): it waits, through ``Recovery._wait`` so that a new rebalance
+   interrupts it (``RebalanceAgain``), until ``app.state`` has fenced, restored and loaded the
+   assigned partitions; then Faust resumes the partitions and seeks (1). The restore reads the
+   changelog with its own consumer in write batches, not one Faust event per record, and
+   ``read_committed`` (Faust's recovery reads uncommitted records).
+3. **Installing them** — :class:`StateTableManager` (passed as ``App(TableManager=…)``) builds
+   (2); :meth:`StateTransport` (``App._new_transport``) makes Faust's aiokafka transport build (1).
+4. **Rebalance signals** — ``app.on_partitions_revoked`` / ``on_partitions_assigned`` (public)
+   drive ``app.state``; ``app.assignor.assigned_standbys()`` names standby partitions: Faust's
+   assignor computes standbys for every co-partitioned topic, so the raw topics' standby
+   partitions (``TABLE_STANDBY_REPLICAS``) are the table partitions this worker keeps standby
+   copies of, and it promotes a standby when an owner dies.
+5. **Reading a partition again after a hole** — :func:`seek_after_hole` uses Faust's
+   ``Consumer.seek`` (which also resets the read-offset filter of Faust's fetch loop). Holes only
+   come from records Faust dropped around a rebalance; after every rebalance (1) reads from the
+   table's position anyway, so this is the safety net.
+6. ``faust.web.base.Web.production_blueprints`` is emptied: the dashboard is ``/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import faust.web.base
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+
+if TYPE_CHECKING:
+    from app.runtime import BookRuntime
+
+log = logging.getLogger(__name__)
+
+# (6) Our dashboard is "/": faust's production index (also "/") is not mounted.
+faust.web.base.Web.production_blueprints = []
+
+
+def _runtime(app: Any) -> BookRuntime:
+    runtime: BookRuntime = app.runtime
+    return runtime
+
+
+class StateSeekingConsumer(aiokafka_driver.Consumer):
+    """(1) Seeks raw partitions to the offsets the table covers, not to committed offsets."""
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        runtime = _runtime(self.app)
+        raw = set(runtime.topics.raw)
+        assigned = self.assignment()
+        others = {tp for tp in assigned if tp.topic not in raw}  # Faust's own (leader assignor topic)
+        committed = {tp: o for tp, o in (await super().seek_to_committed()).items() if tp in others} if others \
+            else {}
+        wanted = runtime.positions((tp.topic, tp.partition) for tp in assigned if tp.topic in raw)
+        positions: dict[TP, int] = {}
+        fresh: list[TP] = []
+        for (topic, partition), offset in wanted.items():
+            if offset is None:
+                fresh.append(TP(topic, partition))
+            else:
+                positions[TP(topic, partition)] = offset
+        if fresh:
+            earliest = await self.earliest_offsets(*fresh)
+            for tp in fresh:
+                start = earliest.get(tp) or 0
+                runtime.start_at(tp.topic, tp.partition, start)
+                positions[tp] = start
+        if positions:
+            await self.seek_wait(positions)
+            log.info("raw partitions sought to the table's positions: %s",
+                     ", ".join(f"{tp.topic}:{tp.partition}@{o}" for tp, o in sorted(positions.items()) if o))
+        return {**committed, **positions}
+
+
+class StateTransport(aiokafka_driver.Transport):
+    """(3) Faust's aiokafka transport, building :class:`StateSeekingConsumer`."""
+
+    Consumer = StateSeekingConsumer
+
+
+class StateRecovery(Recovery):
+    """(2) Streams resume only once the table partitions are restored and loaded."""
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        await self._wait(_runtime(self.app).state.activated())
+        await super()._resume_streams(generation_id)
+
+
+class StateTableManager(TableManager):
+    """(3) Faust's table manager with :class:`StateRecovery` as its recovery service."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = StateRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+def install(app: Any) -> None:
+    """(4) Rebalance signals → ``app.runtime``; (5) hole seeks."""
+    runtime = _runtime(app)
+    raw = set(runtime.topics.raw)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        await runtime.on_revoked()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, /, *args: Any, **kwargs: Any) -> None:
+        actives = {tp.partition for tp in assigned if tp.topic in raw}
+        standbys = {tp.partition for tp in app.assignor.assigned_standbys() if tp.topic in raw}
+        runtime.on_assigned(actives, standbys - actives)
+
+    def seek(topic: str, partition: int, offset: int) -> None:
+        task = asyncio.get_running_loop().create_task(seek_after_hole(app, topic, partition, offset))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+
+    runtime.seek = seek
+
+
+_pending: set[asyncio.Task[None]] = set()  # hole seeks in flight (a reference keeps them alive)
+
+
+async def seek_after_hole(app: Any, topic: str, partition: int, offset: int) -> None:
+    """(5) Read a raw partition again from ``offset``; if retention deleted records since, go on
+    from the start of the log (their books resync on the sequence gap)."""
+    consumer = app.consumer
+    tp = TP(topic, partition)
+    try:
+        earliest = (await consumer.earliest_offsets(tp)).get(tp)
+        if earliest is not None and earliest > offset:
+            log.warning("%s:%d: records %d..%d were deleted by the topic's retention before this worker applied "
+                        "them; going on from %d", topic, partition, offset, earliest - 1, earliest)
+            _runtime(app).start_at(topic, partition, earliest, force=True)
+            offset = earliest
+        await consumer.seek(tp, offset)
+    except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile: (1) repositions anyway
+        log.info("%s:%d: seek to %d not done (%r); the next rebalance or hole repositions it", topic, partition,
+                 offset, exc)

@@ -1,0 +1,24 @@
+"""The worker's wiring: ``faust -A app worker`` (or ``faust -A app.main worker``).
+
+Builds the faust.App from the environment (``app.worker``) and registers the book agent,
+ingestion inside the worker, the ``faust -A app <command>`` commands and the web view. A bad
+setting stops here with one clear line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from app.errors import ConfigError
+
+try:
+    from agents import books as _books  # noqa: F401  (the book agent)
+    from agents import ingest as _ingest  # noqa: F401  (ingestion inside the worker when FEEDS is set)
+    from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
+    from app import web as _web  # noqa: F401  (HTTP endpoints)
+    from app.worker import app, settings  # first: the agents and views register on it
+except ConfigError as exc:
+    print(f"bookstream: configuration error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+__all__ = ["app", "settings"]

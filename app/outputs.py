@@ -1,0 +1,248 @@
+"""Downstream records to Kafka: built from each frame's effects, sent in producer batches.
+
+:class:`Publisher` turns what the processor did to a book into ``book.top``, ``book.status``,
+``book.depth``, ``control.resync`` and ``raw.deadletter`` records (builders in ``app.wire``).
+:class:`OutputSink` sends them: one record per top-of-book change, as downstream consumers
+expect, but appended to an aiokafka ``BatchBuilder`` per topic partition rather than sent one
+by one (a Faust ``send_soon`` costs tens of microseconds per record). Batching is natural:
+a lane with nothing in flight sends at once; while a batch is in flight records gather.
+
+Output delivery is at-least-once across restarts (records after the last state commit are
+published again, with the same contents). A record whose delivery fails (broker unreachable
+beyond the request timeout) is counted (``outputs_failed``) and dropped: the books stay right
+and the next change publishes the current top again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from app import metrics
+from app.config import Settings
+from app.kafka import producer as make_producer
+from app.processor import Outcome
+from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
+from app.sync import STALE, SYNCED, Instrument
+from app.venues import split_key
+from app.wire import BookDepth, BookStatus, BookTop, DeadLetter, RawFrame, ResyncRequest, Topics, partition_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Lane:
+    topic: str
+    partition: int
+    open: Any = None  # the BatchBuilder gathering records
+    ready: deque[Any] = field(default_factory=deque)  # full builders waiting
+    inflight: bool = False
+
+
+class OutputSink:
+    """Records to Kafka in batches per topic partition, within OUTPUT_BUFFER_MB."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.budget = int(settings.output_buffer_mb * 2**20)
+        self.lanes: dict[tuple[str, int], _Lane] = {}
+        self.pending_bytes = 0
+        self.sent = 0
+        self.dropped = 0
+        self.failed = 0
+        self._producer: Any = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._warned = 0.0
+
+    async def start(self) -> None:
+        delay = 0.5
+        while True:
+            producer = make_producer(self.settings, enable_idempotence=False, acks=1,
+                                     linger_ms=self.settings.producer_linger_ms,
+                                     max_batch_size=self.settings.producer_max_batch_size)
+            try:
+                await asyncio.wait_for(producer.start(), timeout=15)
+                break
+            except (KafkaError, OSError, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("outputs: Kafka at %s unreachable (%s); retrying", self.settings.kafka_bootstrap, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._producer = producer
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="output-sink")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._producer is None:
+            return
+        deadline = time.monotonic() + grace_s
+        while self.pending_bytes and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._producer.stop(), timeout=grace_s)
+        self._producer = None
+
+    def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        if self._producer is None:
+            self.dropped += 1
+            return
+        size = len(key) + len(value) + 24
+        if self.pending_bytes + size > self.budget:
+            self.dropped += 1
+            self._warn(f"outputs: {self.pending_bytes / 2**20:.1f} MiB waiting for Kafka; dropping records "
+                       f"({self.dropped:,} so far)")
+            return
+        lane = self.lanes.get((topic, partition))
+        if lane is None:
+            lane = self.lanes[(topic, partition)] = _Lane(topic, partition)
+        if lane.open is None:
+            lane.open = self._producer.create_batch()
+        if lane.open.append(key=key, value=value, timestamp=None) is None:
+            lane.ready.append(lane.open)
+            lane.open = self._producer.create_batch()
+            lane.open.append(key=key, value=value, timestamp=None)
+        self.pending_bytes += size
+        if not lane.inflight:
+            self._wake.set()
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._warned >= 5.0:
+            self._warned = now
+            log.error(message)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            for lane in list(self.lanes.values()):
+                if lane.inflight:
+                    continue
+                if not lane.ready and lane.open is not None:
+                    lane.ready.append(lane.open)
+                    lane.open = None
+                if lane.ready:
+                    await self._send(lane, lane.ready.popleft())
+            await self._wake.wait()
+
+    async def _send(self, lane: _Lane, batch: Any) -> None:
+        count, size = batch.record_count(), batch.size()
+        lane.inflight = True
+        try:
+            fut = await self._producer.send_batch(batch, lane.topic, partition=lane.partition)
+        except (KafkaError, OSError) as exc:
+            self._delivered(lane, count, size, exc)
+            return
+        fut.add_done_callback(lambda f: self._delivered(lane, count, size, f.exception() if not f.cancelled()
+                                                        else asyncio.CancelledError()))
+
+    def _delivered(self, lane: _Lane, count: int, size: int, exc: BaseException | None) -> None:
+        lane.inflight = False
+        self.pending_bytes = max(0, self.pending_bytes - size - 24 * count)
+        if exc is None:
+            self.sent += count
+        else:
+            self.failed += count
+            metrics.count("outputs_failed", count)
+            self._warn(f"outputs: delivery to {lane.topic}:{lane.partition} failed ({exc}); {self.failed:,} records "
+                       "lost so far (books are unaffected)")
+        self._wake.set()
+
+
+class Publisher:
+    """From outcomes to downstream records (one per top change, status transition, resync
+    request, dead letter; book.depth rate-limited)."""
+
+    def __init__(self, settings: Settings, topics: Topics, sink: OutputSink,
+                 find: Callable[[str], Instrument | None]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.sink = sink
+        self.retry = ResyncRetry(settings.resync_retry_s)
+        self.dead_log = LogLimiter()
+        self.depth = DepthPublisher(settings.depth_interval_ms / 1000, self._publish_depth)
+        self.conflater: TopConflater[tuple[int, BookTop]] | None = (
+            TopConflater(settings.top_conflate_ms / 1000) if settings.top_conflate_ms else None)
+        self.find = find  # the live book of a key (book.depth reads it)
+
+    def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
+        self.sink.add(topic, partition, key.encode(), value)
+
+    def outcome(self, partition: int, out: Outcome, inst: Instrument, ts_recv: int) -> None:
+        key, fx = out.key, out.fx
+        venue, symbol = split_key(key)
+        now = time.time_ns()
+        if fx.tops:
+            epoch = inst.counters["epoch"]
+            for seq, ts_exchange, top in fx.tops:
+                record = BookTop(venue, symbol, top[0], top[1], top[2], top[3], seq, epoch, ts_exchange, ts_recv, now)
+                if self.conflater is not None:
+                    self.conflater.offer(key, (partition, record))
+                    continue
+                self._send(self.topics.top, partition, key, record.encode())
+                metrics.observe_latency(now - ts_recv)
+            metrics.count("book_top", len(fx.tops))
+        for state, reason in fx.transitions:
+            self._send(self.topics.status, partition, key,
+                       BookStatus(venue, symbol, state, reason, inst.seq, now, inst.counters).encode())
+            log.log(logging.WARNING if state == STALE else logging.INFO, "%s %s: %s", key, state, reason)
+        if fx.resync is not None:
+            self.request_resync(partition, key, inst, fx.resync)
+        elif inst.status == SYNCED:
+            self.retry.done(key)
+        if fx.applied and inst.status == SYNCED:
+            self.depth.touch(key)
+
+    def request_resync(self, partition: int, key: str, inst: Instrument, reason: str) -> None:
+        """Ask ingestion (control.resync) for a fresh snapshot of one instrument, and say so."""
+        venue, symbol = split_key(key)
+        now = time.time_ns()
+        self._send(self.topics.resync, partition, key, ResyncRequest(venue, symbol, reason, inst.seq, now).encode())
+        self._send(self.topics.status, partition, key,
+                   BookStatus(venue, symbol, "resync-requested", reason, inst.seq, now, inst.counters).encode())
+        metrics.count("resyncs")
+        self.retry.requested(key)
+
+    def dead(self, topic: str, partition: int, offset: int, frame: RawFrame | None, index: int, key: str,
+             reason: str, detail: str, data: bytes) -> None:
+        venue, _, symbol = key.partition(":")
+        metrics.count("deadletters")
+        metrics.count(f"deadletters.{reason}")
+        allowed, suppressed = self.dead_log.allow(reason)
+        if allowed:
+            more = f" (+{suppressed:,} more {reason} not logged)" if suppressed else ""
+            log.warning("dead letter %s %s:%s@%s#%d: %s %s%s", key, topic, partition, offset, index, reason,
+                        detail[:200], more)
+        headers = ({"ts": str(frame.ts), "kind": frame.kind.value, "conn": frame.conn} if frame is not None else {})
+        record = DeadLetter(venue, symbol or None, reason, detail, topic, partition, offset, index, headers, data)
+        self._send(self.topics.deadletter, partition, key, record.encode())
+
+    def _publish_depth(self, key: str) -> None:
+        inst = self.find(key)
+        if inst is None or inst.status != SYNCED:
+            return
+        venue, symbol = split_key(key)
+        record = BookDepth(venue, symbol, inst.book.aggregates(self.settings.depth_levels), inst.seq,
+                           inst.counters["epoch"], inst.ts_exchange, inst.ts_recv, time.time_ns())
+        self._send(self.topics.depth, partition_for(key, self.settings.partitions), key, record.encode())
+
+    def tick(self) -> None:
+        """Timers: pending book.depth, conflated tops."""
+        self.depth.flush()
+        if self.conflater is not None:
+            now = time.time_ns()
+            for partition, record in self.conflater.due():
+                self._send(self.topics.top, partition, f"{record.venue}:{record.instrument}",
+                           record._replace(ts_published=now).encode())
+                metrics.observe_latency(now - record.ts_recv)

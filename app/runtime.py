@@ -1,0 +1,168 @@
+"""The book agent's work, without Faust: raw record in → books, table rows, downstream records.
+
+``agents.books`` hands every raw record to :meth:`BookRuntime.handle` (one Faust event per
+record, however many frames it carries). ``app.faust_glue`` calls the rebalance and seek
+methods. Everything here runs on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from app import metrics
+from app.config import Settings
+from app.outputs import OutputSink, Publisher
+from app.processor import Outcome
+from app.state.manager import PartitionState, Position, StateManager
+from app.sync import SYNCED, Effects, Instrument
+from app.venues import VENUES
+from app.wire import BadFrame, Topics, decode_record, partition_for
+from tables.books import BOOKS
+
+log = logging.getLogger(__name__)
+
+#: seek(topic, partition, offset): reposition the consumer (Faust's consumer.seek, in the glue).
+Seek = Callable[[str, int, int], None]
+
+
+class BookRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix, VENUES, settings.app_id)
+        self.state = StateManager(settings, BOOKS, self.topics.changelog)
+        self.sink = OutputSink(settings)
+        self.publisher = Publisher(settings, self.topics, self.sink, self.find)
+        self.seek: Seek | None = None  # set by the glue once the consumer exists
+        self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.sink.start()
+        self.state.start()
+
+    async def stop(self) -> None:
+        await self.state.close()
+        await self.sink.stop()
+
+    # -- books -------------------------------------------------------------------------
+    def partition_of(self, key: str) -> int:
+        return partition_for(key, self.settings.partitions)
+
+    def find(self, key: str) -> Instrument | None:
+        """The live book of ``key`` if this worker owns it."""
+        return self.state.book(key, self.partition_of(key))
+
+    def books(self) -> Iterator[Instrument]:
+        return self.state.books()
+
+    # -- the hot path ------------------------------------------------------------------
+    def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               headers: object) -> None:
+        """One raw record: every frame applied exactly once, in order, or the record ignored."""
+        part = self.state.active.get(partition)
+        if part is None:
+            metrics.count("records_not_ready")  # not restored yet: sought back to after activation
+            return
+        progress = part.progress
+        position = progress.position(topic, offset)
+        if position is Position.SEEN:
+            metrics.count("redelivered")
+            return
+        if position is Position.AHEAD:
+            self._hole(topic, partition, progress.next[topic], offset)
+            return
+        self._holes.pop((topic, partition), None)
+        items = decode_record(key, value, headers)
+        metrics.count(f"frames.{topic.rpartition('raw.')[2]}", len(items))
+        metrics.count("raw_records")
+        publisher = self.publisher
+        processor = part.processor
+        for index, item in enumerate(items):
+            if isinstance(item, BadFrame):
+                publisher.dead(topic, partition, offset, None, index, item.key, item.reason, item.detail, item.data)
+                continue
+            try:
+                out = processor.handle(item)
+                if out.dead is not None:
+                    publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
+                inst = out.inst
+                if inst is not None and out.fx.changed():
+                    part.record(item.key, out.fx)
+                    publisher.outcome(partition, out, inst, item.ts)
+            except Exception as exc:  # one bad frame must not stop every book on this worker
+                log.exception("internal error on %s %s:%s@%s#%d", item.key, topic, partition, offset, index)
+                metrics.count("internal_errors")
+                publisher.dead(topic, partition, offset, item, index, item.key, "internal-error",
+                               f"{type(exc).__name__}: {exc}", item.data)
+                self._stale_after_error(part, item.key, exc)
+        progress.applied(topic, offset)
+
+    def _stale_after_error(self, part: PartitionState, key: str, exc: Exception) -> None:
+        inst = part.books.get(key)
+        if inst is None or inst.status != SYNCED:
+            return
+        fx = Effects()
+        inst.connection_event("internal error", type(exc).__name__, fx)
+        try:
+            part.record(key, fx)
+            self.publisher.outcome(part.number, Outcome(key, inst, fx), inst, 0)
+        except Exception:
+            log.exception("could not mark %s stale after an internal error", key)
+
+    def _hole(self, topic: str, partition: int, expected: int, offset: int) -> None:
+        """A record past the next one: records before it never reached the agent (Faust drops
+        records around rebalances). Never apply it; read the partition again from the next
+        record (at most once a second while the hole stays)."""
+        metrics.count("records_ahead")
+        now = time.monotonic()
+        asked = self._holes.get((topic, partition))
+        if asked is not None and asked[0] == expected and now - asked[1] < 1.0:
+            return
+        self._holes[(topic, partition)] = (expected, now)
+        log.warning("%s:%d: record %d arrived before %d..%d: reading the partition again from %d", topic, partition,
+                    offset, expected, offset - 1, expected)
+        if self.seek is not None:
+            self.seek(topic, partition, expected)
+
+    # -- timers ------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.publisher.tick()
+
+    def retry_resyncs(self) -> None:
+        for key in self.publisher.retry.due():
+            inst = self.find(key)
+            if inst is None or inst.status == SYNCED:
+                self.publisher.retry.done(key)
+            else:
+                self.publisher.request_resync(self.partition_of(key), key, inst,
+                                              f"retry: still {inst.status} ({inst.reason})")
+
+    # -- rebalance (called by the glue) ------------------------------------------------
+    async def on_revoked(self) -> None:
+        keys = {k for p in self.state.active.values() for k in p.books}
+        await self.state.on_revoked()
+        self.publisher.depth.forget(keys)
+        self._holes.clear()
+
+    def on_assigned(self, actives: Iterable[int], standbys: Iterable[int]) -> None:
+        self.state.on_assigned(set(actives), set(standbys))
+
+    def positions(self, topic_partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """Where to read each raw partition from: the offset its table partition covers up to
+        (None: nothing applied yet — from the beginning of the log). Partitions not active here
+        (not restored yet) are left out."""
+        out: dict[tuple[str, int], int | None] = {}
+        for topic, partition in topic_partitions:
+            part = self.state.active.get(partition)
+            if part is not None:
+                out[(topic, partition)] = part.progress.next.get(topic)
+        return out
+
+    def start_at(self, topic: str, partition: int, offset: int, force: bool = False) -> None:
+        """A raw partition with no progress yet is read from ``offset`` (its log start); with
+        ``force``, records before ``offset`` are gone (retention) and are given up."""
+        part = self.state.active.get(partition)
+        if part is not None and (force or topic not in part.progress.next):
+            part.progress.next[topic] = offset

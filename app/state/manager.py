@@ -1,0 +1,328 @@
+"""Table partitions on this worker: restore, activate, commit, revoke, standby.
+
+Lifecycle of one table partition ``p`` (the books of every instrument hashing to ``p`` and
+the progress of every raw topic's partition ``p``):
+
+1. **Assigned** (first start, restart, rebalance, takeover, standby promotion): the worker
+   takes ``p``'s transactional id (fencing the previous owner), reads the changelog from its
+   local copy's checkpoint to the end of the log (only the tail after a restart with the same
+   ``DATA_DIR``; everything after a wipe), loads the books into memory unless the copy it
+   already holds is current, and reads the progress rows. Only then does Faust resume the raw
+   partitions, each sought to the offset its progress row names (``app.faust_glue``).
+2. **Active**: the book agent applies each raw record whose offset is exactly the next one
+   (:meth:`PartitionState.position`); a redelivered one is recognised and ignored, one past a
+   hole is never applied. Effects accumulate in memory; every ``STATE_COMMIT_INTERVAL_MS`` they
+   are committed (:meth:`StateManager.commit`): one changelog transaction, then one local write
+   batch, both carrying the progress rows of the records they cover.
+3. **Revoked**: pending effects are committed, the transactional producer is closed and the
+   books are kept in memory in case the partition comes back to this worker.
+
+Standby partitions (Faust's assignor gives them with ``TABLE_STANDBY_REPLICAS`` ≥ 1) are
+kept current by :class:`~app.state.changelog.StandbyReplicator`; promoting one reads the tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+
+from app.config import Settings
+from app.processor import Processor, new_instrument, parse_buffered
+from app.state import changelog
+from app.state.changelog import ChangelogWriter, CommitFailed, Fenced, StandbyReplicator
+from app.state.layout import (
+    Checkpoint,
+    buffer_key,
+    encode_progress,
+    encode_state,
+    instrument_rows,
+    level_key,
+    load_instrument,
+    progress_key,
+    state_key,
+)
+from app.state.store import LocalStore, PartitionStore, TableSpec
+from app.sync import Effects, Instrument
+
+log = logging.getLogger(__name__)
+
+class Position(StrEnum):
+    """Where a raw record stands against what the table partition covers."""
+
+    NEXT = "next"  # exactly the next record: apply it
+    SEEN = "seen"  # already applied (a redelivery): ignore it
+    AHEAD = "ahead"  # records before it were never applied: do not apply, read them first
+
+
+class SourceProgress:
+    """Per raw topic of one table partition: the next source offset to apply. A record is
+    applied only when its offset is exactly that one, so none is applied twice or skipped."""
+
+    __slots__ = ("next",)
+
+    def __init__(self, committed: dict[str, int] | None = None) -> None:
+        self.next: dict[str, int] = dict(committed or {})  # raw topic → next offset to apply
+
+    def position(self, topic: str, offset: int) -> Position:
+        expected = self.next.get(topic)
+        if expected is None or offset == expected:
+            return Position.NEXT
+        return Position.SEEN if offset < expected else Position.AHEAD
+
+    def applied(self, topic: str, offset: int) -> None:
+        """The record at ``offset`` is applied (its effects recorded): the next one is due."""
+        self.next[topic] = offset + 1
+
+
+class PartitionState:
+    """One active table partition: its books in memory and the rows not committed yet."""
+
+    def __init__(self, number: int, store: PartitionStore, buffer_limit: int) -> None:
+        self.number = number
+        self.store = store
+        self.buffer_limit = buffer_limit
+        self.books: dict[str, Instrument] = {}
+        self.processor = Processor(self.books, buffer_limit)
+        self.pending: dict[bytes, bytes | None] = {}  # level and buffer rows since the last commit
+        self.dirty: set[str] = set()  # instruments whose state row must be committed
+        self.progress = SourceProgress()  # in memory
+        self.committed: dict[str, int] = {}  # raw topic → next offset, as committed
+        self.current = False  # memory equals the local copy plus pending (False: reload)
+        self.writer: ChangelogWriter | None = None
+        self.lock = asyncio.Lock()  # one commit at a time
+        self.commits = 0
+
+    # -- the agent's side --------------------------------------------------------------
+    def record(self, key: str, fx: Effects) -> None:
+        """Remember the rows an applied frame changed (the instrument's state row is written
+        at commit time, once per commit)."""
+        ik = key.encode()
+        pending = self.pending
+        for side, price, size in fx.changes:
+            pending[level_key(ik, side, price)] = None if size is None else size.encode()
+        for seq, frame in fx.buffer_put:
+            pending[buffer_key(ik, seq)] = frame
+        for seq in fx.buffer_del:
+            pending[buffer_key(ik, seq)] = None
+        self.dirty.add(key)
+
+    def has_pending(self) -> bool:
+        return bool(self.pending or self.dirty or self.progress.next != self.committed)
+
+    # -- commits -----------------------------------------------------------------------
+    def snapshot(self) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
+        """Take the rows to commit now (level rows, then state rows, then progress rows)."""
+        rows = list(self.pending.items())
+        self.pending = {}
+        rows.extend((state_key(k.encode()), encode_state(self.books[k])) for k in self.dirty if k in self.books)
+        self.dirty.clear()
+        progress = dict(self.progress.next)
+        rows.extend((progress_key(t), encode_progress(o)) for t, o in progress.items() if self.committed.get(t) != o)
+        return rows, progress
+
+    def unsnapshot(self, rows: list[tuple[bytes, bytes | None]]) -> None:
+        """A commit failed: its rows go back under whatever changed since (newer wins)."""
+        merged = dict(rows)
+        merged.update(self.pending)
+        self.pending = merged
+
+    def load(self) -> None:
+        """Books and progress from the local copy (after a restore)."""
+        self.books = self.processor.instruments = {}
+        for key, rows in instrument_rows(self.store.items()):
+            inst = new_instrument(key, self.buffer_limit)
+            load_instrument(inst, rows, lambda frame, k=key: parse_buffered(k, frame))
+            self.books[key] = inst
+        self.committed = self.store.progress()
+        self.progress = SourceProgress(self.committed)
+        self.pending, self.dirty = {}, set()
+        self.current = True
+
+
+class StateManager:
+    """Every table partition this worker holds, and the commit loop."""
+
+    def __init__(self, settings: Settings, table: TableSpec, changelog_topic: str) -> None:
+        self.settings = settings
+        self.topic = changelog_topic
+        self.local = LocalStore(settings.data_dir, table)
+        self.active: dict[int, PartitionState] = {}
+        self.suspended: dict[int, PartitionState] = {}  # revoked: kept in case they come back
+        self.standby_partitions: set[int] = set()
+        self.standby = StandbyReplicator(settings, changelog_topic, settings.changelog.delete_retention_ms)
+        self._activation: asyncio.Task[None] | None = None
+        self._activated = asyncio.Event()
+        self._commit_task: asyncio.Task[None] | None = None
+        self.restored_records = 0
+        self.last_activation_s = 0.0
+
+    # -- rebalance ---------------------------------------------------------------------
+    async def on_revoked(self) -> None:
+        """Every partition is revoked (eager rebalance): commit what is pending, let go of the
+        transactional ids, keep the books in memory in case they come back."""
+        self._activated.clear()
+        if self._activation is not None:
+            self._activation.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._activation
+            self._activation = None
+        parts, self.active = self.active, {}
+        await asyncio.gather(*(self._release(part) for part in parts.values()))
+        self.suspended.update(parts)
+
+    async def _release(self, part: PartitionState) -> None:
+        try:
+            await asyncio.wait_for(self.commit(part), timeout=self.settings.session_timeout_s / 2)
+        except (TimeoutError, CommitFailed, Fenced) as exc:
+            log.warning("partition %d: final commit before the rebalance failed (%s); the next owner resumes "
+                        "from the last commit", part.number, exc)
+        if part.has_pending():
+            part.current = False  # memory is ahead of what is committed: reload if it comes back
+        if part.writer is not None:
+            await part.writer.close()
+            part.writer = None
+
+    def on_assigned(self, actives: set[int], standbys: set[int]) -> None:
+        """A new assignment: activate ``actives`` in the background (Faust's recovery waits for
+        :meth:`activated` before it resumes the raw partitions); keep ``standbys`` current."""
+        if self._activation is not None:
+            self._activation.cancel()
+        self._activated.clear()
+        self._activation = asyncio.get_running_loop().create_task(self._activate(set(actives), set(standbys)),
+                                                                  name="state-activation")
+
+    async def activated(self) -> None:
+        """Until the current assignment's partitions are restored and loaded."""
+        while not self._activated.is_set():
+            task = self._activation
+            if task is None:
+                await self._activated.wait()
+                continue
+            await asyncio.wait({task, asyncio.ensure_future(self._activated.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _activate(self, actives: set[int], standbys: set[int]) -> None:
+        began = time.monotonic()
+        for p in list(self.suspended):
+            if p not in actives:
+                self.suspended.pop(p)
+                if p not in standbys:
+                    self.local.close(p)
+        self.standby_partitions = standbys - actives
+        self.standby.set_partitions(self.local.open(p) for p in sorted(self.standby_partitions))
+        parts: dict[int, PartitionState] = {}
+        limit = self.settings.buffer_max_frames
+        for p in sorted(actives):
+            kept = self.suspended.pop(p, None)
+            parts[p] = kept if kept is not None else PartitionState(p, self.local.open(p), limit)
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.gather(*(self._fence(part) for part in parts.values()))
+                applied = await changelog.restore(self.settings, self.topic, [pt.store for pt in parts.values()],
+                                                  self.settings.changelog.delete_retention_ms)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker unreachable, leader moving: try again
+                log.warning("restoring partitions %s failed (%s: %s); retrying", sorted(parts),
+                            type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for part in parts.values():
+            if applied.get(part.number) or not part.current:
+                part.load()
+            self.restored_records += applied.get(part.number, 0)
+        self.active = parts
+        self.last_activation_s = time.monotonic() - began
+        log.info("partitions %s active (%d books, %.1fs)%s", sorted(parts), sum(len(p.books) for p in parts.values()),
+                 self.last_activation_s, f"; standby copies of {sorted(self.standby_partitions)}"
+                 if self.standby_partitions else "")
+        self._activated.set()
+
+    async def _fence(self, part: PartitionState) -> None:
+        if part.writer is None:
+            part.writer = ChangelogWriter(self.settings, self.topic, part.number)
+        await part.writer.start()
+
+    # -- commits -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._commit_task is None:
+            self._commit_task = asyncio.get_running_loop().create_task(self._commit_loop(), name="state-commits")
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.state_commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            parts = [p for p in self.active.values() if p.has_pending() and not p.lock.locked()]
+            results = await asyncio.gather(*(self.commit(p) for p in parts), return_exceptions=True)
+            for part, result in zip(parts, results, strict=True):
+                if isinstance(result, Fenced):
+                    log.warning("partition %d was taken over by another worker (%s); dropping it until the "
+                                "rebalance", part.number, result)
+                    if self.active.get(part.number) is part:
+                        del self.active[part.number]
+                elif isinstance(result, CommitFailed):
+                    log.warning("commit of partition %d failed (%s); its rows stay pending and are committed "
+                                "next time", part.number, result)
+                elif isinstance(result, BaseException):
+                    log.error("commit of partition %d failed", part.number, exc_info=result)
+
+    async def commit(self, part: PartitionState) -> None:
+        """Commit what ``part`` has pending: a changelog transaction, then the local batch."""
+        async with part.lock:
+            if not part.has_pending():
+                return
+            rows, progress = part.snapshot()
+            if part.writer is None:
+                part.writer = ChangelogWriter(self.settings, self.topic, part.number)
+            try:
+                end = await part.writer.commit(rows)
+            except (CommitFailed, Fenced):
+                part.unsnapshot(rows)
+                raise
+            part.store.write(rows, Checkpoint(changelog_next=end))
+            part.committed = progress
+            part.commits += 1
+
+    async def close(self) -> None:
+        """Graceful stop: commit everything, release every transactional id."""
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._commit_task
+        await self.on_revoked()
+        await self.standby.stop()
+        self.local.close_all()
+
+    # -- reading (web view, seeks) -----------------------------------------------------
+    def books(self) -> Iterator[Instrument]:
+        for part in list(self.active.values()):
+            yield from list(part.books.values())
+
+    def book(self, key: str, partition: int) -> Instrument | None:
+        part = self.active.get(partition)
+        return part.books.get(key) if part is not None else None
+
+    def local_copy(self, key: str, partition: int) -> tuple[Instrument | None, str]:
+        """This worker's copy of an instrument it does not serve live: (book, source), source
+        ``standby`` (a standby copy) or ``recovering`` (being restored here)."""
+        store = self.local.open_stores.get(partition)
+        if store is None:
+            return None, ""
+        prefix = key.encode() + b"\x00"
+        inst = new_instrument(key, self.settings.buffer_max_frames)
+        rows = [(k[len(prefix):], v) for k, v in store.items(prefix)]
+        if not load_instrument(inst, rows, lambda frame: parse_buffered(key, frame)):
+            return None, ""
+        return inst, "standby" if partition in self.standby_partitions else "recovering"
+
+    def is_activated(self) -> bool:
+        return self._activated.is_set()
+

@@ -1,0 +1,153 @@
+"""The local copy of the books table: one RocksDB (rocksdict) per table partition.
+
+``DATA_DIR/state/books-<partition>/`` holds that partition's rows (see :mod:`app.state.layout`)
+and a checkpoint row saying where the copy stands in the changelog. Every write is one RocksDB
+write batch — rows, progress rows and checkpoint together — so a SIGKILL at any instant leaves
+the copy at a whole commit (RocksDB drops a torn write-ahead-log record on open).
+
+A copy that cannot be opened (corrupted files) is discarded and rebuilt from the changelog;
+one that cannot be removed stops the worker with the path and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import rocksdict
+
+from app.errors import ConfigError
+from app.state.layout import CHECKPOINT_KEY, PROGRESS_PREFIX, Checkpoint, decode_progress
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table declaration (``tables/``): its name and its RocksDB options per partition."""
+
+    name: str
+    block_cache_bytes: int
+    write_buffer_bytes: int
+    max_write_buffers: int
+
+    def options(self) -> rocksdict.Options:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_write_buffer_size(self.write_buffer_bytes)
+        opts.set_max_write_buffer_number(self.max_write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(rocksdict.Cache(self.block_cache_bytes))
+        opts.set_block_based_table_factory(table)
+        return opts
+
+
+class PartitionStore:
+    """One partition's local rows. Not thread-safe; used from the event loop only."""
+
+    def __init__(self, path: Path, partition: int, spec: TableSpec) -> None:
+        self.path = path
+        self.partition = partition
+        self.spec = spec
+        self.db = self._open()
+
+    def _open(self) -> rocksdict.Rdict:
+        try:
+            db = rocksdict.Rdict(str(self.path), options=self.spec.options())
+            Checkpoint.decode(db.get(CHECKPOINT_KEY))
+            return db
+        except Exception as exc:  # noqa: BLE001 - any failure to open or read it: the copy cannot be trusted
+            log.warning("discarding local table state in %s (%s): partition %d is rebuilt from the changelog",
+                        self.path, str(exc)[:200], self.partition)
+            self._remove()
+            return rocksdict.Rdict(str(self.path), options=self.spec.options())
+
+    def _remove(self) -> None:
+        try:
+            shutil.rmtree(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot discard the local table state in {self.path} ({exc.strerror}: "
+                              f"{exc.filename}); remove that folder by hand (it is rebuilt from the changelog) or "
+                              "fix its permissions") from exc
+
+    def wipe(self, why: str) -> None:
+        """Throw the copy away (it is rebuilt from the changelog)."""
+        log.info("discarding local table state in %s (%s)", self.path, why)
+        self.close()
+        self._remove()
+        self.db = rocksdict.Rdict(str(self.path), options=self.spec.options())
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001 - closing a broken handle: nothing to keep
+            log.debug("closing %s", self.path, exc_info=True)
+
+    # -- reading ----------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint.decode(self.db.get(CHECKPOINT_KEY))
+
+    def progress(self) -> dict[str, int]:
+        return decode_progress(self.items(PROGRESS_PREFIX))
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Rows in key order, from ``prefix`` while keys start with it."""
+        it = cast(Iterator[tuple[bytes, bytes]], self.db.items(from_key=prefix) if prefix else self.db.items())
+        for key, value in it:
+            if prefix and not key.startswith(prefix):
+                break
+            yield key, value
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.db.get(key)
+        return value if value is None else bytes(value)
+
+    # -- writing ----------------------------------------------------------------------
+    def write(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: Checkpoint) -> None:
+        """Rows in log order (later wins, None deletes) and the checkpoint, in one write batch.
+
+        A commit's rows carry their progress rows (:func:`app.state.layout.progress_key`), so
+        the rows and the source offsets they cover land together."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        checkpoint.written_at_ms = int(time.time() * 1000)
+        batch.put(CHECKPOINT_KEY, checkpoint.encode())
+        self.db.write(batch)
+
+
+class LocalStore:
+    """Every partition copy of one table under ``DATA_DIR/state``: opened on demand, kept on disk."""
+
+    def __init__(self, data_dir: Path, spec: TableSpec) -> None:
+        self.root = data_dir / "state"
+        self.spec = spec
+        self.open_stores: dict[int, PartitionStore] = {}
+
+    def path(self, partition: int) -> Path:
+        return self.root / f"{self.spec.name}-{partition}"
+
+    def open(self, partition: int) -> PartitionStore:
+        store = self.open_stores.get(partition)
+        if store is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            store = self.open_stores[partition] = PartitionStore(self.path(partition), partition, self.spec)
+        return store
+
+    def close(self, partition: int) -> None:
+        store = self.open_stores.pop(partition, None)
+        if store is not None:
+            store.close()
+
+    def close_all(self) -> None:
+        for partition in list(self.open_stores):
+            self.close(partition)

@@ -1,0 +1,294 @@
+"""Every record bookstream reads or writes on Kafka, and every topic name: one home, no Faust.
+
+Raw records (topics ``raw.<venue>``), README "Raw record format"
+-----------------------------------------------------------------
+
+**Version 2** (written by ``ingest``, ``record --produce`` and ``replay``): several frames in one
+Kafka record. Header ``v`` = ``2``. The value is JSON Lines, one object per frame::
+
+    {"key":"okx:BTC-USDT","ts":1723161255030314667,"kind":"ws","conn":"okx#1","frame":"<verbatim text>"}
+
+``key`` is the frame's instrument key (``<venue>:`` for a frame about no instrument: acks,
+heartbeats), ``ts`` the receive time in integer nanoseconds, ``kind`` ``ws`` | ``rest`` |
+``conn``, ``conn`` the connection id, and ``frame`` the frame exactly as received (a frame
+that is not UTF-8 text is carried as ``"frame_b64"`` instead). Every frame of one record
+belongs to the record's partition: the partition Kafka's default partitioner gives the
+frame's instrument key (murmur2), so each instrument's frames stay in one partition, in
+order. Frames of several instruments of a partition share a record: a thousand light
+instruments batch as well as one deep one. The record key is the instrument key when all
+its frames are about one instrument, else ``<venue>:*``; readers use the per-frame ``key``.
+Read one with ``kcat -C -t raw.okx -f '%s\\n' | jq -c .`` or, in Python,
+``[json.loads(line) for line in value.splitlines()]``.
+
+**Version 1** (still read; anything may keep producing it): one frame per record, the value
+is the frame verbatim, the key its instrument key, headers ``ts``, ``kind`` and ``conn``.
+
+Downstream records are JSON objects built by the typed builders below (``BookTop`` …);
+nothing else in bookstream builds them as dict literals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from app.venues.base import Kind
+
+#: Header and value of a version-2 raw record.
+FORMAT_HEADER = "v"
+FORMAT_V2 = b"2"
+V2_HEADERS: list[tuple[str, bytes]] = [(FORMAT_HEADER, FORMAT_V2)]
+
+#: Topic names without TOPIC_PREFIX.
+BOOK_TOP = "book.top"
+BOOK_DEPTH = "book.depth"
+BOOK_STATUS = "book.status"
+CONTROL_RESYNC = "control.resync"
+DEADLETTER = "raw.deadletter"
+OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER)
+
+
+def raw_topic(venue: str) -> str:
+    """``raw.<venue>`` (without TOPIC_PREFIX)."""
+    return f"raw.{venue}"
+
+
+def changelog_topic(app_id: str, table: str = "books") -> str:
+    """The table's changelog: ``<APP_ID>-<table>-changelog`` (no TOPIC_PREFIX, as Kafka Streams names them)."""
+    return f"{app_id}-{table}-changelog"
+
+
+class Topics:
+    """Topic names with TOPIC_PREFIX applied, for one deployment."""
+
+    def __init__(self, prefix: str, venues: Sequence[str], app_id: str) -> None:
+        self.prefix = prefix
+        self.venues = tuple(venues)
+        self.raw_by_venue = {v: prefix + raw_topic(v) for v in self.venues}
+        self.raw = tuple(self.raw_by_venue.values())
+        self.top, self.depth, self.status = prefix + BOOK_TOP, prefix + BOOK_DEPTH, prefix + BOOK_STATUS
+        self.resync, self.deadletter = prefix + CONTROL_RESYNC, prefix + DEADLETTER
+        self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter)
+        self.changelog = changelog_topic(app_id)
+
+    def name(self, topic: str) -> str:
+        return self.prefix + topic
+
+    @property
+    def all(self) -> list[str]:
+        """Every topic bookstream reads or writes except the changelog (created compacted)."""
+        return [*self.raw, *self.outputs]
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key``: an instrument's raw records,
+    table rows and outputs all share this partition number (co-partitioning)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+
+
+# -- raw frames ------------------------------------------------------------------------
+@dataclass(slots=True)
+class RawFrame:
+    """One received frame (or connection event) about one instrument, as carried on Kafka."""
+
+    key: str  # instrument key <venue>:<symbol>; "<venue>:" when about no instrument
+    ts: int  # receive time, ns since the epoch
+    kind: Kind
+    conn: str  # connection id, unique within an ingestion/replay run
+    data: bytes  # the frame, verbatim
+
+    @property
+    def venue(self) -> str:
+        return self.key.partition(":")[0]
+
+
+class BadFrame(NamedTuple):
+    """A line of a v2 record (or a v1 record) that is not a usable frame: a dead letter."""
+
+    frame_index: int  # position in the record (0 for v1)
+    key: str  # the instrument key if it could be read, else the record key
+    reason: str
+    detail: str
+    data: bytes  # the offending line or value
+
+
+def encode_frame(frame: RawFrame) -> bytes:
+    """One JSON line of a v2 record (no newline)."""
+    try:
+        return orjson.dumps({"key": frame.key, "ts": frame.ts, "kind": frame.kind.value, "conn": frame.conn,
+                             "frame": frame.data.decode()})
+    except UnicodeDecodeError:
+        return orjson.dumps({"key": frame.key, "ts": frame.ts, "kind": frame.kind.value, "conn": frame.conn,
+                             "frame_b64": base64.b64encode(frame.data).decode()})
+
+
+def record_key(keys: Iterable[str]) -> bytes:
+    """The Kafka key of a v2 record holding frames of ``keys`` (informational only)."""
+    first: str | None = None
+    for key in keys:
+        if first is None:
+            first = key
+        elif key != first:
+            return first.partition(":")[0].encode() + b":*"
+    return (first or "").encode()
+
+
+def encode_record(lines: Sequence[bytes]) -> bytes:
+    """A v2 record value from lines made by :func:`encode_frame`."""
+    return b"\n".join(lines)
+
+
+def header_map(headers: object) -> dict[str, bytes]:
+    """Kafka headers as a dict, whatever shape the client gives (list of pairs or mapping)."""
+    if not headers:
+        return {}
+    if isinstance(headers, Mapping):
+        return {str(k): bytes(v or b"") for k, v in headers.items()}
+    return {str(k): bytes(v or b"") for k, v in headers}  # type: ignore[attr-defined]
+
+
+def v1_headers(ts: int, kind: Kind, conn: str) -> list[tuple[str, bytes]]:
+    """Headers of a version-1 raw record (one frame, value verbatim)."""
+    return [("ts", str(ts).encode()), ("kind", kind.value.encode()), ("conn", conn.encode())]
+
+
+def decode_record(key: bytes | None, value: bytes | None, headers: object) -> list[RawFrame | BadFrame]:
+    """The frames of a raw record (v2, or v1 when the ``v`` header is absent), in order; a line
+    that cannot be read is a :class:`BadFrame` in its place, the other lines still count."""
+    hdrs = header_map(headers)
+    record_key_text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+    data = value if isinstance(value, bytes) else b""
+    version = hdrs.get(FORMAT_HEADER)
+    if version is None:
+        return [_decode_v1(record_key_text, data, hdrs)]
+    if version != FORMAT_V2:
+        return [BadFrame(0, record_key_text, "bad-record-version", f"v={version[:10]!r}", data)]
+    return [_decode_line(i, line, record_key_text) for i, line in enumerate(data.split(b"\n")) if line]
+
+
+def _decode_v1(key: str, data: bytes, hdrs: dict[str, bytes]) -> RawFrame | BadFrame:
+    try:
+        kind = Kind(hdrs.get("kind", b"ws").decode())
+        ts = int(hdrs.get("ts", b"0") or 0)
+    except ValueError:
+        return BadFrame(0, key, "bad-headers", repr(hdrs)[:200], data)
+    return RawFrame(key, ts, kind, hdrs.get("conn", b"").decode("utf-8", "replace"), data)
+
+
+def _decode_line(index: int, line: bytes, record_key_text: str) -> RawFrame | BadFrame:
+    try:
+        obj = orjson.loads(line)
+        key = obj["key"]
+        text = obj.get("frame")
+        data = text.encode() if isinstance(text, str) else base64.b64decode(obj["frame_b64"], validate=True)
+        frame = RawFrame(key, int(obj["ts"]), Kind(obj["kind"]), str(obj["conn"]), data)
+        if not isinstance(key, str):
+            raise TypeError("key is not a string")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+        return BadFrame(index, record_key_text, "bad-record-line", f"{type(exc).__name__}: {exc}"[:200], line)
+    return frame
+
+
+# -- downstream records ------------------------------------------------------------------
+class BookTop(NamedTuple):
+    """``book.top``: one record per change of the best bid or ask (price or size)."""
+
+    venue: str
+    instrument: str
+    bid_px: str | None
+    bid_sz: str | None
+    ask_px: str | None
+    ask_sz: str | None
+    seq: int  # venue sequence of the update that produced it
+    epoch: int  # (epoch, seq) only grows per instrument
+    ts_exchange: int  # ns
+    ts_recv: int  # ns
+    ts_published: int  # ns
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "venue": self.venue, "instrument": self.instrument, "bid_px": self.bid_px, "bid_sz": self.bid_sz,
+            "ask_px": self.ask_px, "ask_sz": self.ask_sz, "seq": self.seq, "epoch": self.epoch,
+            "ts_exchange": self.ts_exchange, "ts_recv": self.ts_recv, "ts_published": self.ts_published})
+
+
+class BookStatus(NamedTuple):
+    """``book.status``: every state transition (``synced``, ``stale``, ``resync-requested``)."""
+
+    venue: str
+    instrument: str
+    state: str
+    reason: str
+    seq: int | None
+    ts: int
+    counters: Mapping[str, int]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"venue": self.venue, "instrument": self.instrument, "state": self.state,
+                             "reason": self.reason, "seq": self.seq, "ts": self.ts, "counters": dict(self.counters)})
+
+
+class BookDepth(NamedTuple):
+    """``book.depth``: top DEPTH_LEVELS levels per side with aggregates (``OrderBook.aggregates``)."""
+
+    venue: str
+    instrument: str
+    aggregates: Mapping[str, Any]  # bids, asks, mid, spread, spread_bps, microprice, imbalance, bands_bps
+    seq: int | None
+    epoch: int
+    ts_exchange: int
+    ts_recv: int
+    ts_published: int
+
+    def encode(self) -> bytes:
+        body = dict(self.aggregates)
+        body.update(venue=self.venue, instrument=self.instrument, seq=self.seq, epoch=self.epoch,
+                    ts_exchange=self.ts_exchange, ts_recv=self.ts_recv, ts_published=self.ts_published)
+        return orjson.dumps(body)
+
+
+class ResyncRequest(NamedTuple):
+    """``control.resync``: ask ingestion for a fresh snapshot of one instrument."""
+
+    venue: str
+    instrument: str
+    reason: str
+    seq: int | None
+    ts: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"venue": self.venue, "instrument": self.instrument, "reason": self.reason,
+                             "seq": self.seq, "ts": self.ts})
+
+
+class DeadLetter(NamedTuple):
+    """``raw.deadletter``: input that could not be used, with where it came from."""
+
+    venue: str
+    instrument: str | None
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    frame_index: int  # position of the frame in its raw record (0 for a v1 record)
+    headers: Mapping[str, str]
+    frame: bytes
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "venue": self.venue, "instrument": self.instrument, "reason": self.reason, "detail": self.detail,
+            "topic": self.topic, "partition": self.partition, "offset": self.offset, "index": self.frame_index,
+            "headers": dict(self.headers), "frame": self.frame.decode("utf-8", "replace")})
+
+
+def conn_event(event: str, detail: str) -> bytes:
+    """The value of a ``conn`` frame written by ingestion/replay: ``gap`` or ``reset``."""
+    return orjson.dumps({"event": event, "detail": detail})
