@@ -29,7 +29,7 @@ ENV_VARS = (
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
-    "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB",
+    "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
@@ -165,6 +165,12 @@ def _bootstrap(raw: str) -> str:
     return ",".join(servers)
 
 
+def _event_loop(name: str) -> str:
+    if name not in ("uvloop", "asyncio"):
+        raise ConfigError(f"EVENT_LOOP={name!r} must be uvloop or asyncio")
+    return name
+
+
 def _compression(name: str) -> str | None:
     if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
@@ -221,6 +227,7 @@ class Settings:
     top_conflate_ms: int = 0
     static_membership: bool = True
     output_buffer_mb: float = 64.0
+    event_loop: str = "uvloop"
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
     compression: str | None = "zstd"
@@ -287,6 +294,7 @@ def load() -> Settings:
         top_conflate_ms=_env_int("TOP_CONFLATE_MS", 0, minimum=0, maximum=60_000),
         static_membership=_env_bool("STATIC_MEMBERSHIP", True),
         output_buffer_mb=_env_float("OUTPUT_BUFFER_MB", 64.0, minimum=1.0),
+        event_loop=_event_loop(_env_str("EVENT_LOOP", "uvloop").lower()),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),

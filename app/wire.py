@@ -182,18 +182,19 @@ def _decode_v1(key: str, data: bytes, hdrs: dict[str, bytes]) -> RawFrame | BadF
     return RawFrame(key, ts, kind, hdrs.get("conn", b"").decode("utf-8", "replace"), data)
 
 
+_KINDS = {k.value: k for k in Kind}
+
+
 def _decode_line(index: int, line: bytes, record_key_text: str) -> RawFrame | BadFrame:
     try:
         obj = orjson.loads(line)
-        key = obj["key"]
-        text = obj.get("frame")
-        data = text.encode() if isinstance(text, str) else base64.b64decode(obj["frame_b64"], validate=True)
-        frame = RawFrame(key, int(obj["ts"]), Kind(obj["kind"]), str(obj["conn"]), data)
-        if not isinstance(key, str):
-            raise TypeError("key is not a string")
+        key, ts, conn, text = obj["key"], obj["ts"], obj["conn"], obj.get("frame")
+        if type(key) is not str or type(ts) is not int or type(conn) is not str:
+            raise TypeError("key, ts or conn of the wrong type")
+        data = text.encode() if type(text) is str else base64.b64decode(obj["frame_b64"], validate=True)
+        return RawFrame(key, ts, _KINDS[obj["kind"]], conn, data)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         return BadFrame(index, record_key_text, "bad-record-line", f"{type(exc).__name__}: {exc}"[:200], line)
-    return frame
 
 
 # -- downstream records ------------------------------------------------------------------

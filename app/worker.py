@@ -27,6 +27,21 @@ settings: Settings = load()
 log = logging.getLogger(__name__)
 
 
+def use_event_loop(name: str) -> None:
+    """EVENT_LOOP for the worker and every command, unless ``faust --loop`` or F_LOOP chose one.
+
+    faust picks its loop when ``faust`` is imported (before this module); no loop exists yet
+    at that point, so the policy set here is the one the worker's loop is created with."""
+    chosen = os.environ.get("F_LOOP") or any(a in ("-L", "--loop") or a.startswith("--loop=") for a in sys.argv)
+    if name == "uvloop" and not chosen:
+        import mode.loop
+
+        mode.loop.use("uvloop")
+
+
+use_event_loop(settings.event_loop)
+
+
 _data_dir_lock: list[IO[str]] = []  # held for the life of the worker process
 
 

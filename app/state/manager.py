@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 
+from app.book import ASK, BID
 from app.config import Settings
 from app.processor import Processor, new_instrument, parse_buffered
 from app.state import changelog
@@ -89,6 +90,7 @@ class PartitionState:
         self.processor = Processor(self.books, buffer_limit)
         self.pending: dict[bytes, bytes | None] = {}  # level and buffer rows since the last commit
         self.dirty: set[str] = set()  # instruments whose state row must be committed
+        self._prefixes: dict[str, dict[str, bytes]] = {}  # instrument → side → level row key prefix
         self.progress = SourceProgress()  # in memory
         self.committed: dict[str, int] = {}  # raw topic → next offset, as committed
         self.current = False  # memory equals the local copy plus pending (False: reload)
@@ -100,14 +102,19 @@ class PartitionState:
     def record(self, key: str, fx: Effects) -> None:
         """Remember the rows an applied frame changed (the instrument's state row is written
         at commit time, once per commit)."""
-        ik = key.encode()
+        prefixes = self._prefixes.get(key)
+        if prefixes is None:
+            ik = key.encode()
+            prefixes = self._prefixes[key] = {BID: level_key(ik, BID, ""), ASK: level_key(ik, ASK, "")}
         pending = self.pending
         for side, price, size in fx.changes:
-            pending[level_key(ik, side, price)] = None if size is None else size.encode()
-        for seq, frame in fx.buffer_put:
-            pending[buffer_key(ik, seq)] = frame
-        for seq in fx.buffer_del:
-            pending[buffer_key(ik, seq)] = None
+            pending[prefixes[side] + price.encode()] = None if size is None else size.encode()
+        if fx.buffer_put or fx.buffer_del:
+            ik = key.encode()
+            for seq, frame in fx.buffer_put:
+                pending[buffer_key(ik, seq)] = frame
+            for seq in fx.buffer_del:
+                pending[buffer_key(ik, seq)] = None
         self.dirty.add(key)
 
     def has_pending(self) -> bool:
