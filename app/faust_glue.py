@@ -33,6 +33,8 @@ touches, each a subclass or a public hook:
    come from records Faust dropped around a rebalance; after every rebalance (1) reads from the
    table's position anyway, so this is the safety net.
 6. ``faust.web.base.Web.production_blueprints`` is emptied: the dashboard is ``/``.
+7. **Consumer lag** (``/metrics``) — :func:`consumer_lag` reads ``Consumer.highwater`` (public)
+   against the table's progress, not Faust's read offsets.
 """
 
 from __future__ import annotations
@@ -159,3 +161,23 @@ async def seek_after_hole(app: Any, topic: str, partition: int, offset: int) -> 
     except Exception as exc:  # noqa: BLE001 - a rebalance meanwhile: (1) repositions anyway
         log.info("%s:%d: seek to %d not done (%r); the next rebalance or hole repositions it", topic, partition,
                  offset, exc)
+
+
+def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+    """(7) Raw records behind the end of each assigned partition: its high watermark minus the
+    next offset its table partition will apply."""
+    runtime = _runtime(app)
+    consumer = app.consumer
+    raw = set(runtime.topics.raw)
+    try:
+        tps = [tp for tp in consumer.assignment() if tp.topic in raw]
+        nexts = runtime.positions((tp.topic, tp.partition) for tp in tps)
+        out: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            high = consumer.highwater(tp)
+            if high is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - (nexts.get((tp.topic, tp.partition)) or 0))
+        return out
+    except Exception:  # noqa: BLE001 - metrics must never break the endpoint
+        log.debug("consumer lag unavailable", exc_info=True)
+        return {}

@@ -13,12 +13,15 @@ from app.errors import ConfigError
 
 try:
     from agents import books as _books  # noqa: F401  (the book agent)
-    from agents import ingest as _ingest  # noqa: F401  (ingestion inside the worker when FEEDS is set)
+    from agents import ingest
     from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
-    from app import web as _web  # noqa: F401  (HTTP endpoints)
-    from app.worker import app, settings  # first: the agents and views register on it
+    from app import web
+    from app.faust_glue import consumer_lag
+    from app.worker import app, settings
 except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
+
+web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, lambda: consumer_lag(app))
 
 __all__ = ["app", "settings"]

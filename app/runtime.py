@@ -57,6 +57,15 @@ class BookRuntime:
     def books(self) -> Iterator[Instrument]:
         return self.state.books()
 
+    def owns(self, key: str) -> bool:
+        return self.partition_of(key) in self.state.active
+
+    def ready(self) -> bool:
+        return self.state.is_activated()
+
+    def local_copy(self, key: str) -> tuple[Instrument | None, str]:
+        return self.state.local_copy(key, self.partition_of(key))
+
     # -- the hot path ------------------------------------------------------------------
     def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                headers: object) -> None:

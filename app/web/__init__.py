@@ -1,0 +1,30 @@
+"""The web view every worker serves on WEB_HOST:WEB_PORT (faust's aiohttp server), by concern:
+
+* :mod:`app.web.api`     — ``/health``, ``/ready``, ``/api/books``, ``/api/books/{venue}/{instrument}``,
+  ``/api/venues``
+* :mod:`app.web.live`    — the dashboard and instrument pages, their static files, Server-Sent Events
+* :mod:`app.web.metrics` — ``/metrics`` (Prometheus) and ``/metrics/counters``
+* :mod:`app.web.view`    — the :class:`~app.web.view.BookView` the pages read through, and the JSON
+  shapes of a book
+
+The worker hands the pages what they read (:func:`register`); nothing here imports the agents
+or keeps module-level state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.config import Settings
+from app.web import api, live, metrics
+from app.web.view import BookView
+
+
+def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str, str], ingest: Any | None,
+             consumer_lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+    """Mount every page on ``app``: ``books`` is read, ``ingest`` (or None) reports the feeds."""
+    rates = api.VenueRates(ingest)
+    api.register(app, books, settings, raw_topics, rates)
+    live.register(app, books, rates)
+    metrics.register(app, books, consumer_lag)

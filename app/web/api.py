@@ -1,0 +1,171 @@
+"""The JSON API: liveness, readiness, books (routed to their owner), venues.
+
+``/health``                                liveness: the process and its event loop answer
+``/ready``                                 readiness: broker reachable, partitions restored, N of M synced
+``/api/books``                             every book this worker owns: top of book, state
+``/api/books/{venue}/{instrument}?depth=N`` levels, aggregates, state, seq, timestamps; answered by
+                                           the owner whichever worker is asked (Faust topic routing)
+``/api/venues``                            per-feed state and rates (when this worker ingests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaClient
+from faust.exceptions import SameNode
+from faust.web import Request, Response, View
+
+from app.config import Settings
+from app.kafka import client_auth
+from app.sync import SYNCED
+from app.venues import ADAPTERS
+from app.web.view import BookView, detail, summary
+
+log = logging.getLogger(__name__)
+MAX_DEPTH = 5000
+
+
+class BrokerProbe:
+    """A metadata request to the bootstrap servers (with the configured auth), at most every 2 s."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.at = 0.0
+        self.ok = False
+
+    async def reachable(self) -> bool:
+        if time.monotonic() - self.at > 2.0:
+            client = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000,
+                                    **client_auth(self.settings))
+            try:
+                await asyncio.wait_for(client.bootstrap(), timeout=3.0)
+                self.ok = True
+            except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+                self.ok = False
+            finally:
+                await client.close()
+            self.at = time.monotonic()
+        return self.ok
+
+
+class VenueRates:
+    """Per-venue ingestion state with frames/s since the previous look."""
+
+    def __init__(self, ingest: Any | None) -> None:
+        self.ingest = ingest
+        self.last: dict[str, tuple[float, int]] = {}
+
+    def status(self) -> dict[str, Any]:
+        if self.ingest is None:
+            return {}
+        out: dict[str, Any] = self.ingest.status()["venues"]
+        now = time.monotonic()
+        for name, v in out.items():
+            prev = self.last.get(name)
+            v["frames_per_s"] = (v["frames"] - prev[1]) / max(now - prev[0], 1e-9) if prev else 0.0
+            self.last[name] = (now, v["frames"])
+        return out
+
+
+class LastAnswers:
+    """The owner's last 200 answer per instrument routed through this worker: served (marked
+    ``last-answer``, never ``synced``) only while neither the owner nor a local copy can answer."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[float, bytes]] = {}
+
+    def keep(self, key: str, answer: Response) -> None:
+        body = getattr(answer, "body", None)
+        if answer.status == 200 and isinstance(body, bytes):
+            self.answers[key] = (time.time(), body)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        last = self.answers.get(key)
+        if last is None:
+            return None
+        at, raw = last
+        body: dict[str, Any] = orjson.loads(raw)
+        body.update(source="last-answer", synced=False, age_s=round(time.time() - at, 3))
+        return body
+
+
+def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str, str], rates: VenueRates) -> None:
+    probe = BrokerProbe(settings)
+    last_answers = LastAnswers()
+    routes = {venue: app.topic(name, key_type=bytes, key_serializer="raw") for venue, name in raw_topics.items()}
+
+    def recovered() -> bool:
+        return bool(app.tables.recovery.completed.is_set()) and books.ready()
+
+    @app.page("/health")
+    async def health(self: View, request: Request) -> Response:
+        return self.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(self: View, request: Request) -> Response:
+        done = recovered()
+        broker = await probe.reachable()
+        owned = list(books.books())
+        body = {"ready": done and broker, "broker_reachable": broker, "recovery_completed": done,
+                "books_synced": sum(1 for i in owned if i.status == SYNCED), "books_loaded": len(owned)}
+        return self.json(body, status=200 if body["ready"] else 503)
+
+    @app.page("/api/books")
+    async def books_index(self: View, request: Request) -> Response:
+        rows = sorted((summary(i) for i in books.books()), key=lambda r: r["key"])
+        return self.json({"books": rows, "count": len(rows)})
+
+    @app.page("/api/books/{venue}/{instrument}")
+    async def book_detail(self: View, request: Request, venue: str, instrument: str) -> Response:
+        if venue not in ADAPTERS:
+            return self.json({"error": f"unknown venue {venue!r}", "venues": list(ADAPTERS)}, status=404)
+        raw_depth = request.query.get("depth", str(settings.depth_levels))
+        if not raw_depth.isdigit() or not 1 <= int(raw_depth) <= MAX_DEPTH:
+            return self.json({"error": f"depth must be a whole number from 1 to {MAX_DEPTH}"}, status=400)
+        key = f"{venue}:{instrument}"
+        depth = int(raw_depth)
+        if not books.owns(key):
+            try:  # the worker that owns the instrument's partition answers (Faust topic routing)
+                answer = await app.router.route_topic_req(routes[venue], key.encode(), self.web, request)
+                last_answers.keep(key, answer)
+                if answer.status != 503:
+                    return answer
+                # the owner is still restoring it: a standby copy here, if any, beats no answer
+                return copy_or_503(self, key, depth, "the owner is recovering it", answer)
+            except SameNode:
+                pass
+            except Exception as exc:  # noqa: BLE001 - owner dead or unknown (rebalance): answer from a copy
+                log.info("cannot route %s to its owner: %r", key, exc)
+                return copy_or_503(self, key, depth, f"the worker owning {key} does not answer (rebalancing)")
+        if not recovered():
+            return copy_or_503(self, key, depth, "table recovery in progress")
+        inst = books.find(key)
+        if inst is None:
+            return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)
+        return self.json(detail(inst, depth, "owner"))
+
+    def copy_or_503(view: View, key: str, depth: int, why: str, otherwise: Response | None = None) -> Response:
+        """While the owner cannot answer: this worker's copy (standby or recovering), or the
+        owner's last answer, marked as such and never ``synced``; 503 when there is none."""
+        try:
+            inst, source = books.local_copy(key)
+        except Exception as exc:  # noqa: BLE001 - the copy is being replaced: as if there were none
+            log.debug("no local copy of %s: %r", key, exc)
+            inst, source = None, ""
+        if inst is not None:
+            return view.json(detail(inst, depth, source))
+        body = last_answers.get(key)
+        if body is not None:
+            return view.json(body)
+        return otherwise if otherwise is not None else view.json({"error": why}, status=503)
+
+    @app.page("/api/venues")
+    async def api_venues(self: View, request: Request) -> Response:
+        ingest = rates.ingest
+        sink = ingest.sink.stats() if ingest is not None and ingest.sink else None
+        return self.json({"ingesting": ingest is not None, "venues": rates.status(), "sink": sink})

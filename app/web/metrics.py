@@ -1,0 +1,66 @@
+"""``/metrics`` in Prometheus text exposition, and ``/metrics/counters`` as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from app import metrics
+from app.sync import Instrument
+from app.web.view import BookView
+
+
+def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[tuple[str, int], int]) -> str:
+    """The exposition text for the process counters, the books' counters and consumer lag."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
+        lines.append(f"# HELP bookstream_{name} {help_}")
+        lines.append(f"# TYPE bookstream_{name} {kind}")
+        lines.extend(f"bookstream_{name}{labels} {value}" for labels, value in samples)
+
+    frames = [(f'{{venue="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items()) if k.startswith("frames.")]
+    metric("frames_total", "counter", "Raw frames consumed, per venue.", frames)
+    totals: dict[str, int] = {}
+    states: dict[str, int] = {}
+    for inst in books:
+        for k, v in inst.counters.items():
+            totals[k] = totals.get(k, 0) + v
+        states[inst.status] = states.get(inst.status, 0) + 1
+    metric("raw_records_total", "counter", "Raw records consumed (each carries one or more frames).",
+           [("", counters.get("raw_records", 0))])
+    metric("applied_deltas_total", "counter", "Book updates applied (books loaded on this worker).",
+           [("", totals.get("applied", 0))])
+    metric("applied_levels_total", "counter", "Level updates applied.", [("", totals.get("levels", 0))])
+    metric("gaps_total", "counter", "Books that went stale (gap, checksum, crossed, reset).",
+           [("", totals.get("gaps", 0))])
+    metric("resync_requests_total", "counter", "control.resync requests sent.", [("", counters.get("resyncs", 0))])
+    metric("dead_letters_total", "counter", "Frames sent to raw.deadletter.", [("", counters.get("deadletters", 0))])
+    metric("book_top_total", "counter", "book.top records published.", [("", counters.get("book_top", 0))])
+    metric("state_commits_total", "counter", "Table commits (changelog transactions).",
+           [("", counters.get("state_commits", 0))])
+    metric("books", "gauge", "Books loaded on this worker, by state.",
+           [(f'{{state="{s}"}}', n) for s, n in sorted(states.items())])
+    metric("consumer_lag", "gauge", "Records behind the end of each assigned partition.",
+           [(f'{{topic="{t}",partition="{p}"}}', n) for (t, p), n in sorted(lag.items())])
+    cum = 0
+    samples: list[tuple[str, float]] = []
+    for bound, n in zip([*metrics.LATENCY_BUCKETS, "+Inf"], metrics.latency_counts, strict=True):
+        cum += n
+        samples.append((f'_bucket{{le="{bound}"}}', cum))
+    samples += [("_sum", round(metrics.latency_sum[0], 6)), ("_count", cum)]
+    metric("top_latency_seconds", "histogram", "Receive time to book.top published.", samples)
+    return "\n".join(lines) + "\n"
+
+
+def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+    @app.page("/metrics/counters")
+    async def counters(self: View, request: Request) -> Response:
+        return self.json(dict(metrics.counters))
+
+    @app.page("/metrics")
+    async def exposition(self: View, request: Request) -> Response:
+        text = prometheus(dict(metrics.counters), books.books(), consumer_lag())
+        return self.text(text, content_type="text/plain; version=0.0.4")
