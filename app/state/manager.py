@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 
+from app import metrics
 from app.book import ASK, BID
 from app.config import Settings
 from app.processor import Processor, new_instrument, parse_buffered
@@ -97,6 +98,8 @@ class PartitionState:
         self.writer: ChangelogWriter | None = None
         self.lock = asyncio.Lock()  # one commit at a time
         self.commits = 0
+        self.failures = 0  # commits failed in a row
+        self.retry_at = 0.0  # monotonic: no commit attempt before (backoff after failures)
 
     # -- the agent's side --------------------------------------------------------------
     def record(self, key: str, fx: Effects) -> None:
@@ -267,18 +270,28 @@ class StateManager:
         interval = self.settings.state_commit_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            parts = [p for p in self.active.values() if p.has_pending() and not p.lock.locked()]
+            now = time.monotonic()
+            parts = [p for p in self.active.values()
+                     if p.has_pending() and not p.lock.locked() and now >= p.retry_at]
             results = await asyncio.gather(*(self.commit(p) for p in parts), return_exceptions=True)
             for part, result in zip(parts, results, strict=True):
+                if result is None:
+                    if part.failures:
+                        log.info("partition %d commits again after %d failures", part.number, part.failures)
+                    part.failures = 0
+                    continue
+                part.failures += 1
+                part.retry_at = time.monotonic() + min(0.25 * 2 ** part.failures, 10.0)
                 if isinstance(result, Fenced):
                     log.warning("partition %d was taken over by another worker (%s); dropping it until the "
                                 "rebalance", part.number, result)
                     if self.active.get(part.number) is part:
                         del self.active[part.number]
                 elif isinstance(result, CommitFailed):
-                    log.warning("commit of partition %d failed (%s); its rows stay pending and are committed "
-                                "next time", part.number, result)
-                elif isinstance(result, BaseException):
+                    if part.failures in (1, 2, 4) or part.failures % 20 == 0:
+                        log.warning("commit of partition %d failed %d times in a row (%s); its rows stay pending "
+                                    "and the books keep going", part.number, part.failures, result)
+                else:
                     log.error("commit of partition %d failed", part.number, exc_info=result)
 
     async def commit(self, part: PartitionState) -> None:
@@ -297,6 +310,7 @@ class StateManager:
             part.store.write(rows, Checkpoint(changelog_next=end))
             part.committed = progress
             part.commits += 1
+            metrics.count("state_commits")
 
     async def close(self) -> None:
         """Graceful stop: commit everything, release every transactional id."""

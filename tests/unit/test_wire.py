@@ -1,0 +1,83 @@
+"""Raw record format (README "Raw record format") and the downstream builders."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.venues.base import Kind
+from app.wire import (
+    BadFrame,
+    BookTop,
+    DeadLetter,
+    RawFrame,
+    decode_record,
+    encode_frame,
+    encode_record,
+    partition_for,
+    record_key,
+    v1_headers,
+)
+from tests.helpers import examples
+
+frames = st.builds(RawFrame, key=st.sampled_from(["okx:BTC-USDT", "okx:ETH-USDT", "okx:"]),
+                   ts=st.integers(0, 2**63 - 1), kind=st.sampled_from(list(Kind)), conn=st.text(max_size=12),
+                   data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+
+
+@settings(max_examples=examples(300))
+@given(batch=st.lists(frames, min_size=1, max_size=20))
+def test_a_v2_record_gives_back_every_frame_verbatim_in_order(batch: list[RawFrame]) -> None:
+    value = encode_record([encode_frame(f) for f in batch])
+    assert decode_record(record_key(f.key for f in batch), value, [("v", b"2")]) == batch
+
+
+def test_a_v2_record_is_json_lines_readable_with_one_line_of_python() -> None:
+    batch = [RawFrame("okx:BTC-USDT", 1, Kind.WS, "okx#1", b'{"arg":{}}'),
+             RawFrame("okx:ETH-USDT", 2, Kind.CONN, "okx#1", b'{"event":"gap"}'),
+             RawFrame("okx:BTC-USDT", 3, Kind.WS, "okx#1", b"\xff\xfe not text")]
+    value = encode_record([encode_frame(f) for f in batch])
+    lines = [json.loads(line) for line in value.splitlines()]
+    assert lines[0] == {"key": "okx:BTC-USDT", "ts": 1, "kind": "ws", "conn": "okx#1", "frame": '{"arg":{}}'}
+    assert lines[1]["kind"] == "conn"
+    assert "frame_b64" in lines[2]  # not UTF-8: carried in base64, still verbatim
+    assert record_key(f.key for f in batch) == b"okx:*"
+    assert record_key(["okx:BTC-USDT", "okx:BTC-USDT"]) == b"okx:BTC-USDT"
+
+
+def test_a_v1_record_is_still_read() -> None:
+    (frame,) = decode_record(b"okx:BTC-USDT", b'{"x":1}', v1_headers(5, Kind.REST, "c"))
+    assert frame == RawFrame("okx:BTC-USDT", 5, Kind.REST, "c", b'{"x":1}')
+    (bad,) = decode_record(b"okx:BTC-USDT", b"{}", [("ts", b"soon")])
+    assert isinstance(bad, BadFrame)
+    assert bad.reason == "bad-headers"
+
+
+def test_a_bad_line_is_a_bad_frame_at_its_index_and_the_others_still_decode() -> None:
+    good = encode_frame(RawFrame("okx:BTC-USDT", 1, Kind.WS, "c", b"{}"))
+    value = b"\n".join([good, b'{"key": "okx:BTC-USDT", "ts": "late"', good, b'{"key": 1, "ts": 1, "kind": "ws", '
+                        b'"conn": "c", "frame": ""}'])
+    out = decode_record(b"okx:BTC-USDT", value, [("v", b"2")])
+    assert [type(x).__name__ for x in out] == ["RawFrame", "BadFrame", "RawFrame", "BadFrame"]
+    assert [x.frame_index for x in out if isinstance(x, BadFrame)] == [1, 3]
+    (unknown,) = decode_record(b"k", b"x", [("v", b"3")])
+    assert isinstance(unknown, BadFrame)
+    assert unknown.reason == "bad-record-version"
+
+
+def test_partition_for_is_kafkas_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in ("okx:BTC-USDT", "binance-usdm:BTCUSDT", "deribit:BTC-27MAR26-60000-C", "coinbase:"):
+        assert partition_for(key, 4) == DefaultPartitioner()(key.encode(), list(range(4)), list(range(4)))
+
+
+def test_downstream_records_keep_their_public_field_names() -> None:
+    top = orjson.loads(BookTop("okx", "BTC-USDT", "1", "2", "3", "4", 9, 1, 10, 11, 12).encode())
+    assert list(top) == ["venue", "instrument", "bid_px", "bid_sz", "ask_px", "ask_sz", "seq", "epoch",
+                         "ts_exchange", "ts_recv", "ts_published"]
+    dead = orjson.loads(DeadLetter("okx", "BTC-USDT", "bad-json", "x", "raw.okx", 1, 2, 3, {}, b"{").encode())
+    assert (dead["index"], dead["offset"], dead["frame"]) == (3, 2, "{")
