@@ -22,6 +22,7 @@ except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, lambda: consumer_lag(app))
+web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, lambda: consumer_lag(app),
+             app.runtime.state.uncommitted)
 
 __all__ = ["app", "settings"]

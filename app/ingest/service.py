@@ -163,6 +163,7 @@ class Ingest:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 if self.sink is not None:
                     await self.sink.stop()
+                    self.report()  # the final figures, after the last frames were flushed
                 if self.recorder is not None:
                     self.recorder.close()
             if self.failure is not None:
@@ -173,22 +174,25 @@ class Ingest:
         last, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(self.settings.ingest_status_s)
-            frames = sum(c.stats.frames for c in self.connections)
-            now = time.monotonic()
-            rate = (frames - last) / max(now - last_t, 1e-9)
-            last, last_t = frames, now
-            connected = sum(c.stats.connected for c in self.connections)
-            line = f"ingest: {frames:,} frames ({rate:,.0f}/s), {connected}/{len(self.connections)} connections up"
-            if self.sink is not None:
-                s = self.sink
-                dropped, failed = sum(s.dropped.values()), sum(s.failed.values())
-                line += (f", produced {s.sent:,} in {s.records:,} records, dropped {dropped:,}, failed {failed:,}, "
-                         "buffer "
-                         f"{s.pending_bytes / 2**20:.1f}/{s.budget / 2**20:.1f} MiB, kafka "
-                         f"{'ok' if s.kafka_ok else 'UNAVAILABLE'}")
-            if self.recorder is not None:
-                line += f", recorded {self.recorder.records:,} to {self.recorder.out}"
-            log.info(line)
+            last, last_t = self.report(last, last_t)
+
+    def report(self, last: int = 0, last_t: float = 0.0) -> tuple[int, float]:
+        """Log the status line (frames and rate since ``last``/``last_t``); returns the new marks."""
+        frames = sum(c.stats.frames for c in self.connections)
+        now = time.monotonic()
+        rate = (frames - last) / max(now - last_t, 1e-9)
+        connected = sum(c.stats.connected for c in self.connections)
+        line = f"ingest: {frames:,} frames ({rate:,.0f}/s), {connected}/{len(self.connections)} connections up"
+        if self.sink is not None:
+            s = self.sink
+            dropped, failed = sum(s.dropped.values()), sum(s.failed.values())
+            line += (f", produced {s.sent:,} in {s.records:,} records, dropped {dropped:,}, failed {failed:,}, buffer "
+                     f"{s.pending_bytes / 2**20:.1f}/{s.budget / 2**20:.1f} MiB, kafka "
+                     f"{'ok' if s.kafka_ok else 'UNAVAILABLE'}")
+        if self.recorder is not None:
+            line += f", recorded {self.recorder.records:,} to {self.recorder.out}"
+        log.info(line)
+        return frames, now
 
     async def _flush_recorder(self) -> None:
         assert self.recorder is not None

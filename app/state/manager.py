@@ -347,3 +347,7 @@ class StateManager:
     def is_activated(self) -> bool:
         return self._activated.is_set()
 
+    def uncommitted(self) -> int:
+        """Active partitions holding effects not committed yet."""
+        return sum(1 for part in self.active.values() if part.has_pending())
+

@@ -22,9 +22,9 @@ from app.web.view import BookView
 
 
 def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str, str], ingest: Any | None,
-             consumer_lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+             consumer_lag: Callable[[], dict[tuple[str, int], int]], uncommitted: Callable[[], int]) -> None:
     """Mount every page on ``app``: ``books`` is read, ``ingest`` (or None) reports the feeds."""
     rates = api.VenueRates(ingest)
     api.register(app, books, settings, raw_topics, rates)
     live.register(app, books, rates)
-    metrics.register(app, books, consumer_lag)
+    metrics.register(app, books, consumer_lag, uncommitted)

@@ -12,8 +12,10 @@ from app.sync import Instrument
 from app.web.view import BookView
 
 
-def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[tuple[str, int], int]) -> str:
-    """The exposition text for the process counters, the books' counters and consumer lag."""
+def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[tuple[str, int], int],
+               uncommitted: int) -> str:
+    """The exposition text for the process counters, the books' counters, consumer lag and the
+    table partitions with effects not committed yet."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
@@ -41,6 +43,8 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
     metric("book_top_total", "counter", "book.top records published.", [("", counters.get("book_top", 0))])
     metric("state_commits_total", "counter", "Table commits (changelog transactions).",
            [("", counters.get("state_commits", 0))])
+    metric("state_uncommitted_partitions", "gauge", "Table partitions holding effects not committed yet.",
+           [("", uncommitted)])
     metric("books", "gauge", "Books loaded on this worker, by state.",
            [(f'{{state="{s}"}}', n) for s, n in sorted(states.items())])
     metric("consumer_lag", "gauge", "Records behind the end of each assigned partition.",
@@ -55,12 +59,13 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
     return "\n".join(lines) + "\n"
 
 
-def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[str, int], int]],
+             uncommitted: Callable[[], int]) -> None:
     @app.page("/metrics/counters")
     async def counters(self: View, request: Request) -> Response:
         return self.json(dict(metrics.counters))
 
     @app.page("/metrics")
     async def exposition(self: View, request: Request) -> Response:
-        text = prometheus(dict(metrics.counters), books.books(), consumer_lag())
+        text = prometheus(dict(metrics.counters), books.books(), consumer_lag(), uncommitted())
         return self.text(text, content_type="text/plain; version=0.0.4")

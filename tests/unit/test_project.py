@@ -86,7 +86,7 @@ def test_bench_refuses_an_unknown_step_before_starting_anything() -> None:
 def test_bench_profile_is_split_by_package_and_path(tmp_path: Path) -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    spec = importlib.util.spec_from_file_location("bench_profile", ROOT / "bench" / "profile.py")
     assert spec is not None
     assert spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
