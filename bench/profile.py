@@ -35,9 +35,9 @@ def _group(frame: str) -> str:
 
 #: Which part of the worker a sample belongs to: the first rule matching its stack.
 PATHS = (
+    ("bookstream: outputs (book.top, book.depth and its aggregates, status)", ("outputs.py", "publishing.py")),
+    ("bookstream: table rows and commits (changelog transactions, RocksDB)", ("state/",)),
     ("bookstream: applying frames (parse, sync, book)", ("processor.py", "sync.py", "book.py", "venues/")),
-    ("bookstream: table commits (changelog transactions, RocksDB)", ("state/",)),
-    ("bookstream: outputs (book.top, book.depth, status)", ("outputs.py", "publishing.py")),
     ("bookstream: other (record decoding, the agent)", ("app/", "agents/", "tables/")),
 )
 
