@@ -22,14 +22,39 @@ ignored. :meth:`Instrument.step` returns :class:`Effects`: what to persist and p
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.book import Change, OrderBook, Top
 from app.venues.base import BookUpdate, Sequencing
 
-WAITING, SYNCED, STALE = "waiting", "synced", "stale"
+
+class BookState(enum.StrEnum):
+    """An instrument's sync state; the values are what ``book.status`` and the web view show."""
+
+    WAITING = "waiting"  # no snapshot yet
+    SYNCED = "synced"  # in sync with the venue: published
+    STALE = "stale"  # gap, checksum mismatch, crossed book, bad frame: waiting for a resync
+
+
+WAITING, SYNCED, STALE = BookState.WAITING, BookState.SYNCED, BookState.STALE
 COUNTERS = ("applied", "levels", "gaps", "resyncs", "duplicates", "skipped", "buffered", "dropped", "epoch")
+
+
+class Transition(NamedTuple):
+    """A state change (or a new reason in the same state), for ``book.status``."""
+
+    state: BookState
+    reason: str
+
+
+class TopChange(NamedTuple):
+    """A changed top of book, for ``book.top``."""
+
+    seq: int  # the venue sequence of the update that produced it
+    ts_exchange: int  # venue timestamp of that update, ns
+    top: Top
 
 
 @dataclass(slots=True)
@@ -39,10 +64,10 @@ class Effects:
     changes: list[Change] = field(default_factory=list)
     buffer_put: list[tuple[int, bytes]] = field(default_factory=list)
     buffer_del: list[int] = field(default_factory=list)
-    transitions: list[tuple[str, str]] = field(default_factory=list)  # (state, reason)
+    transitions: list[Transition] = field(default_factory=list)
     resync: str | None = None  # reason, when a resync must be requested
     applied: bool = False  # the book moved (top/depth may have changed)
-    tops: list[tuple[int, int, Top]] = field(default_factory=list)  # (seq, ts_exchange, top)
+    tops: list[TopChange] = field(default_factory=list)
 
     def changed(self) -> bool:
         """Did the step change persisted state? (Else the state row need not be rewritten:
@@ -64,7 +89,7 @@ class Instrument:
         self.rule = rule
         self.buffer_limit = buffer_limit  # BUFFER_MAX_FRAMES
         self.book = OrderBook()
-        self.status = WAITING
+        self.status = BookState.WAITING
         self.reason = "no snapshot yet"
         self.seq: int | None = None
         self.fresh = False  # Binance: last applied was the snapshot (first-event rule next)
@@ -85,7 +110,7 @@ class Instrument:
         }
 
     def from_state(self, state: dict[str, Any]) -> None:
-        self.status = state["st"]
+        self.status = BookState(state["st"])
         self.reason = state["why"]
         self.seq = state["seq"]
         self.fresh = state["fresh"]
@@ -96,22 +121,22 @@ class Instrument:
         self.counters.update(state["n"])
 
     # -- transitions ----------------------------------------------------------------
-    def _go(self, fx: Effects, status: str, reason: str) -> None:
-        if status == STALE and self.status != STALE:
+    def _go(self, fx: Effects, status: BookState, reason: str) -> None:
+        if status == BookState.STALE and self.status != BookState.STALE:
             self.counters["gaps"] += 1
             self.request_resync(reason, fx)
         if status != self.status or reason != self.reason:
-            fx.transitions.append((status, reason))
+            fx.transitions.append(Transition(status, reason))
         if status != self.status:
             self.last_top = None  # the first top after any transition is always emitted
         self.status, self.reason = status, reason
-        if status != SYNCED:
+        if status != BookState.SYNCED:
             self.fresh = False
 
     def connection_event(self, event: str, detail: str, fx: Effects) -> None:
         """A gap or reset on the connection that carries this instrument."""
-        if self.status == SYNCED:
-            self._go(fx, STALE, f"{event}: {detail}" if detail else event)
+        if self.status == BookState.SYNCED:
+            self._go(fx, BookState.STALE, f"{event}: {detail}" if detail else event)
 
     def request_resync(self, reason: str, fx: Effects) -> None:
         fx.resync = reason
@@ -125,7 +150,7 @@ class Instrument:
             return
         if upd.snapshot:
             duplicate = (
-                self.status == SYNCED and not upd.restart and conn == self.conn
+                self.status == BookState.SYNCED and not upd.restart and conn == self.conn
                 and self.seq is not None and upd.seq != -1 and upd.seq <= self.seq
             )
             if duplicate:
@@ -134,17 +159,17 @@ class Instrument:
             self._snapshot(upd, conn, ts_recv, fx)
             self._check(upd, fx)
             return
-        if self.status != SYNCED:
+        if self.status != BookState.SYNCED:
             self.counters["skipped"] += 1
             return
         if conn != self.conn:
-            self._go(fx, STALE, f"update from connection {conn} after snapshot on {self.conn}")
+            self._go(fx, BookState.STALE, f"update from connection {conn} after snapshot on {self.conn}")
             return
         verdict = self._continuity(upd)
         if verdict == "dup":
             self.counters["duplicates"] += 1
         elif verdict == "gap":
-            self._go(fx, STALE, f"gap: expected after {self.seq}, got {self._describe(upd)}")
+            self._go(fx, BookState.STALE, f"gap: expected after {self.seq}, got {self._describe(upd)}")
         else:
             self._apply(upd, ts_recv, fx)
             self._check(upd, fx)
@@ -185,7 +210,7 @@ class Instrument:
         self.conn = conn
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
         fx.applied = True
-        self._go(fx, SYNCED, "snapshot" if not upd.restart else "venue restart (u=1)")
+        self._go(fx, BookState.SYNCED, "snapshot" if not upd.restart else "venue restart (u=1)")
 
     def _apply(self, upd: BookUpdate, ts_recv: int, fx: Effects) -> None:
         changes = self.book.apply(upd.bids, upd.asks)
@@ -201,31 +226,31 @@ class Instrument:
 
     def _check(self, upd: BookUpdate, fx: Effects) -> None:
         """Post-apply invariants (OKX checksum, uncrossed book), then emit a changed top."""
-        if self.status != SYNCED:
+        if self.status != BookState.SYNCED:
             return
         if upd.checksum is not None and self.book.okx_checksum() != upd.checksum:
-            self._go(fx, STALE, f"checksum mismatch at ts={upd.ts_exchange}")
+            self._go(fx, BookState.STALE, f"checksum mismatch at ts={upd.ts_exchange}")
             return
         if self.book.crossed():
-            self._go(fx, STALE, "crossed book")
+            self._go(fx, BookState.STALE, "crossed book")
             return
         top = self.book.top()
         if top != self.last_top:
             self.last_top = top
             assert self.seq is not None
-            fx.tops.append((self.seq, self.ts_exchange, top))
+            fx.tops.append(TopChange(self.seq, self.ts_exchange, top))
 
     # -- Binance --------------------------------------------------------------------
     def _binance(self, upd: BookUpdate, frame: bytes, ts_recv: int, fx: Effects) -> None:
         spot = self.rule is Sequencing.BINANCE_SPOT
         if upd.snapshot:
-            if self.status == SYNCED:
+            if self.status == BookState.SYNCED:
                 self.counters["duplicates"] += 1  # already in sync: an older/extra snapshot
                 return
             self._binance_snapshot(upd, spot, ts_recv, fx)
             return
         assert upd.first is not None
-        if self.status != SYNCED:
+        if self.status != BookState.SYNCED:
             if self.buffer and upd.seq <= self.buffer[-1][0].seq:
                 self.counters["duplicates"] += 1
                 return
@@ -257,14 +282,14 @@ class Instrument:
         self.seq = last_id
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
         fx.applied = True
-        self._go(fx, SYNCED, "snapshot")
+        self._go(fx, BookState.SYNCED, "snapshot")
         self.fresh = True
         self._check(upd, fx)
         pending, self.buffer = self.buffer, []
         for buffered, _ in pending:
             fx.buffer_del.append(buffered.seq)
         for buffered, _ in pending:
-            if self.status != SYNCED:
+            if self.status != BookState.SYNCED:
                 break
             self._binance_delta(buffered, spot, ts_recv, fx)
 
@@ -285,7 +310,7 @@ class Instrument:
                 return
             ok = upd.first == last + 1 if spot else upd.prev == last
         if not ok:
-            self._go(fx, STALE, f"gap: expected after u={last}, got {self._describe(upd)}")
+            self._go(fx, BookState.STALE, f"gap: expected after u={last}, got {self._describe(upd)}")
             return
         self._apply(upd, ts_recv, fx)
         self._check(upd, fx)

@@ -67,7 +67,7 @@ async def apply_batches(stream: StreamT) -> None:
             counts["dead"] += out.dead is not None
             for side, price, size in out.fx.changes:
                 changed[side + price] = size
-            tops.extend(out.fx.tops)
+            tops.extend((seq, ts, tuple(top)) for seq, ts, top in out.fx.tops)  # orjson: no NamedTuples
         if inst is not None:
             rows[key.encode()] = orjson.dumps({"levels": changed, "state": inst.to_state()})
             if tops:

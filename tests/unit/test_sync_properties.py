@@ -236,3 +236,21 @@ def test_a_redelivered_update_is_ignored_by_sequence() -> None:
     fx = Effects()
     inst.step(upd, b"", "c", 0, fx)
     assert (inst.status, fx.changed(), inst.counters["duplicates"]) == (SYNCED, False, 1)
+
+
+def test_states_and_effects_are_typed_but_serialise_as_before() -> None:
+    import orjson
+
+    from app.sync import BookState, TopChange, Transition
+
+    inst = Instrument("deribit:X", Sequencing.DERIBIT)
+    fx = Effects()
+    inst.step(BookUpdate(snapshot=True, seq=7, ts_exchange=5, bids=[("1", "2")], asks=[("3", "4")]), b"", "c", 0, fx)
+    assert fx.transitions == [Transition(BookState.SYNCED, "snapshot")]
+    assert fx.tops == [TopChange(7, 5, ("1", "2", "3", "4"))]
+    assert fx.tops[0].top.ask_sz == "4"
+    row = orjson.loads(orjson.dumps(inst.to_state()))
+    assert row["st"] == "synced"
+    copy = Instrument("deribit:X", Sequencing.DERIBIT)
+    copy.from_state(row)
+    assert copy.status is BookState.SYNCED is SYNCED
