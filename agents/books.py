@@ -30,7 +30,7 @@ from app.offsets import HandledOffsets
 from app.processor import Outcome, Processor, header_map
 from app.sync import STALE, SYNCED, Effects, Instrument
 from app.topics import OUTPUTS, RAW_NAMES, book_depth, book_status, book_top, control_resync, deadletter, raw
-from app.venues import ADAPTERS, split_key
+from app.venues import ADAPTERS, rule, split_key
 from app.venues.base import Kind
 from tables.books import BUFFER, SEP, STATE, books, buffer_key, level_key, state_key
 
@@ -57,7 +57,7 @@ def load_instrument(key: str, partition: int) -> Instrument | None:
     prefix = key.encode() + SEP
     venue, symbol = split_key(key)
     adapter = ADAPTERS[venue]
-    inst = Instrument(key, adapter.sequencing, settings.buffer_max_frames)
+    inst = Instrument(key, rule(venue), settings.buffer_max_frames)
     found = False
     for k, v in db.items(from_key=prefix):
         if not k.startswith(prefix):

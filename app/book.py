@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import operator
-import zlib
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, localcontext
 from typing import Any, NamedTuple
@@ -167,9 +166,6 @@ class OrderBook:
         asks = [self.asks[k] for k in self.asks.islice(0, n)]
         return bids, asks
 
-    def okx_checksum(self) -> int:
-        return okx_checksum(*self.levels(25))
-
     def aggregates(self, n: int) -> dict[str, Any]:
         """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
         bids, asks = self.levels(n)
@@ -211,18 +207,6 @@ def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
         bid, ask = Decimal(bid_px), Decimal(ask_px)
         mid = (bid + ask) / 2
         return _fmt(mid), _fmt(ask - bid), _fmt((ask - bid) / mid * 10_000, 4)
-
-
-def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """OKX CRC32 over the top 25 levels (best first), interleaved bid/ask, signed 32-bit."""
-    parts: list[str] = []
-    for i in range(min(25, max(len(bids), len(asks)))):
-        if i < len(bids):
-            parts.append(f"{bids[i][0]}:{bids[i][1]}")
-        if i < len(asks):
-            parts.append(f"{asks[i][0]}:{asks[i][1]}")
-    crc = zlib.crc32(":".join(parts).encode())
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:

@@ -14,7 +14,7 @@ import orjson
 
 from app.errors import FrameError
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, split_key
+from app.venues import ADAPTERS, rule, split_key
 from app.venues.base import Kind
 
 #: Load a persisted instrument (None if it has never been seen on this partition).
@@ -57,7 +57,7 @@ class Processor:
             inst = self._loader(key)
             if inst is None:
                 venue, _ = split_key(key)
-                inst = Instrument(key, ADAPTERS[venue].sequencing, self.buffer_limit)
+                inst = Instrument(key, rule(venue), self.buffer_limit)
             self.instruments[key] = inst
         return inst
 

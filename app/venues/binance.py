@@ -17,15 +17,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
 
 
 class BinanceAdapter:
-    """One class for the three Binance markets; they differ only in sequencing rule."""
+    """One class for the three Binance markets; futures events also carry ``pu``."""
 
-    def __init__(self, venue: str, sequencing: Sequencing) -> None:
+    def __init__(self, venue: str, futures: bool) -> None:
         self.venue = venue
-        self.sequencing = sequencing
+        self.futures = futures
 
     @staticmethod
     def _event(msg: Any) -> dict[str, Any]:
@@ -60,7 +60,7 @@ class BinanceAdapter:
             return []
         if event.get("s") != symbol:
             raise FrameError("wrong-instrument", f"frame for {event.get('s')!r}, keyed {symbol!r}")
-        futures = self.sequencing is Sequencing.BINANCE_FUTURES
+        futures = self.futures
         if futures and "pu" not in event:
             raise FrameError("bad-shape", "futures depthUpdate without pu")
         first, last = as_int(event.get("U"), "U"), as_int(event.get("u"), "u")
@@ -82,9 +82,52 @@ class BinanceAdapter:
         return None
 
 
-def adapters() -> list[BinanceAdapter]:
-    return [
-        BinanceAdapter("binance", Sequencing.BINANCE_SPOT),
-        BinanceAdapter("binance-usdm", Sequencing.BINANCE_FUTURES),
-        BinanceAdapter("binance-coinm", Sequencing.BINANCE_FUTURES),
-    ]
+class BinanceSpotRule(SequenceRule):
+    """Buffer until the REST snapshot (L); drop ``u <= L``; the first applied event has
+    ``U <= L+1 <= u``; afterwards ``U == previous u + 1``."""
+
+    snapshot_from_rest = True
+
+    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.seq <= snapshot_id
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.first is not None and upd.first <= snapshot_id + 1 <= upd.seq
+
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.first is not None and upd.first > snapshot_id + 1  # "if L < first buffered U, fetch again"
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if last is not None and upd.first == last + 1 else Continuity.GAP
+
+
+class BinanceFuturesRule(SequenceRule):
+    """USD-M and COIN-M: drop ``u < L``; the first applied event has ``U <= L <= u``, or chains
+    to the snapshot exactly (``pu == L``: L was an event's final id, the next starts at L+1);
+    afterwards ``pu == previous u``."""
+
+    snapshot_from_rest = True
+
+    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.seq < snapshot_id
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        straddles = upd.first is not None and upd.first <= snapshot_id <= upd.seq
+        return straddles or upd.prev == snapshot_id
+
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.first is not None and upd.first > snapshot_id
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if upd.prev == last else Continuity.GAP
+
+
+VENUES = (
+    Venue("binance", BinanceAdapter("binance", futures=False), BinanceSpotRule()),
+    Venue("binance-usdm", BinanceAdapter("binance-usdm", futures=True), BinanceFuturesRule()),
+    Venue("binance-coinm", BinanceAdapter("binance-coinm", futures=True), BinanceFuturesRule()),
+)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
 
 CATEGORIES = ("spot", "linear", "inverse", "option")
 
 
 class BybitAdapter:
-    sequencing = Sequencing.BYBIT
-
     def __init__(self, venue: str) -> None:
         self.venue = venue
 
@@ -56,5 +54,14 @@ class BybitAdapter:
         return None
 
 
-def adapters() -> list[BybitAdapter]:
-    return [BybitAdapter(f"bybit-{c}") for c in CATEGORIES]
+class BybitRule(SequenceRule):
+    """After a snapshot (or ``u == 1``, a restart: the adapter makes it a snapshot) ``u`` grows by 1."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if last is not None and upd.seq == last + 1 else Continuity.GAP
+
+
+RULE = BybitRule()
+VENUES = tuple(Venue(f"bybit-{c}", BybitAdapter(f"bybit-{c}"), RULE) for c in CATEGORIES)

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Level, Sequencing, as_int
+from app.venues.base import BookUpdate, Continuity, Kind, Level, SequenceRule, Venue, as_int
 
 
 def rfc3339_ns(text: Any) -> int:
@@ -46,7 +46,6 @@ def _products(msg: dict[str, Any]) -> list[str]:
 
 class CoinbaseAdapter:
     venue = "coinbase"
-    sequencing = Sequencing.COINBASE
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         msg = loads(frame)
@@ -93,3 +92,15 @@ class CoinbaseAdapter:
         if isinstance(msg, dict) and "sequence_num" in msg:
             return as_int(msg["sequence_num"], "sequence_num")
         return None
+
+
+class CoinbaseRule(SequenceRule):
+    """``sequence_num`` counts per connection across every channel, so its contiguity is the
+    router's (``app.router``: a gap stales every book of the connection); per instrument
+    only its order is checked."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.OK
+
+
+VENUE = Venue("coinbase", CoinbaseAdapter(), CoinbaseRule())

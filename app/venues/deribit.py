@@ -12,7 +12,17 @@ from typing import Any
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Level, Sequencing, as_int, ms_to_ns, num_str
+from app.venues.base import (
+    BookUpdate,
+    Continuity,
+    Kind,
+    Level,
+    SequenceRule,
+    Venue,
+    as_int,
+    ms_to_ns,
+    num_str,
+)
 
 
 def _actions(raw: Any, what: str) -> list[Level]:
@@ -41,7 +51,6 @@ def _book_channel(msg: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 class DeribitAdapter:
     venue = "deribit"
-    sequencing = Sequencing.DERIBIT
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         msg = obj(loads(frame), "frame")
@@ -75,3 +84,15 @@ class DeribitAdapter:
 
     def conn_seq(self, frame: bytes) -> int | None:
         return None
+
+
+class DeribitRule(SequenceRule):
+    """A change follows when its ``prev_change_id`` is the ``change_id`` last applied."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if upd.prev == last else Continuity.GAP
+
+
+VENUE = Venue("deribit", DeribitAdapter(), DeribitRule())

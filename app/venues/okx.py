@@ -8,9 +8,11 @@ full snapshot of 5 / 1 levels. seqId/prevSeqId are absent on older feeds.
 
 from __future__ import annotations
 
+import zlib
+
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import BookUpdate, BookView, Continuity, Kind, Level, SequenceRule, Venue, as_int, levels, ms_to_ns
 
 BOOK_CHANNELS = frozenset({"books", "books5", "bbo-tbt", "books-l2-tbt", "books50-l2-tbt"})
 SNAPSHOT_ONLY = frozenset({"books5", "bbo-tbt"})
@@ -18,7 +20,6 @@ SNAPSHOT_ONLY = frozenset({"books5", "bbo-tbt"})
 
 class OkxAdapter:
     venue = "okx"
-    sequencing = Sequencing.OKX
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         if frame == b"pong":  # the answer to our plain-text keepalive, not JSON
@@ -72,3 +73,37 @@ class OkxAdapter:
 
     def conn_seq(self, frame: bytes) -> int | None:
         return None
+
+
+def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
+    """OKX CRC32 over the top 25 levels (best first), interleaved bid/ask, signed 32-bit.
+
+    ``bidPx:bidSz:askPx:askSz:…`` with the venue's own strings; a side that runs out is
+    skipped. The simulator signs its frames with it too.
+    """
+    parts: list[str] = []
+    for i in range(min(25, max(len(bids), len(asks)))):
+        if i < len(bids):
+            parts.append(f"{bids[i][0]}:{bids[i][1]}")
+        if i < len(asks):
+            parts.append(f"{asks[i][0]}:{asks[i][1]}")
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+class OkxRule(SequenceRule):
+    """``prevSeqId`` == the ``seqId`` last applied, where the feed has seqIds: a heartbeat
+    (no levels, ``seqId == prevSeqId``) and the one-off reset after maintenance (``seqId`` below
+    ``prevSeqId``) follow too. Feeds without seqIds rely on the checksum, verified after every
+    update that carries a non-zero one."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if upd.prev is None or upd.prev == last:
+            return Continuity.OK
+        return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.GAP
+
+    def checksum(self, book: BookView) -> int:
+        return okx_checksum(*book.levels(25))
+
+
+VENUE = Venue("okx", OkxAdapter(), OkxRule())

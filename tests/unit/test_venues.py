@@ -9,11 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.book import OrderBook
 from app.errors import FrameError
 from app.processor import Processor
-from app.venues import ADAPTERS, adapter
+from app.venues import ADAPTERS, adapter, rule
 from app.venues.base import Kind
 from app.venues.coinbase import rfc3339_ns
+from app.venues.okx import okx_checksum
 from tests.helpers import examples
 
 FRAMES = {
@@ -63,6 +65,14 @@ def test_a_frame_keyed_to_another_instrument_is_rejected() -> None:
     frame, _ = FRAMES["bybit-linear"]
     with pytest.raises(FrameError, match="wrong-instrument"):
         adapter("bybit-linear").parse(Kind.WS, frame.encode(), "ETHUSDT")
+
+
+def test_okx_checksum_worked_example_from_the_venue_docs() -> None:
+    book = OrderBook()
+    book.apply([("3366.1", "7")], [("3366.8", "9"), ("3368", "8"), ("3372", "8")])
+    assert okx_checksum(*book.levels(25)) == 831078360
+    assert rule("okx").checksum(book) == 831078360
+    assert rule("deribit").checksum(book) is None  # a venue that sends no checksum
 
 
 def test_coinbase_timestamps_keep_nanoseconds() -> None:
