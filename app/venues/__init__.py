@@ -2,17 +2,20 @@
 
 A venue is one module under ``app/venues/`` (its adapter, sync rule, session protocol and
 endpoints) and its :class:`~app.venues.base.Venue` entries in :data:`REGISTRY`. Callers
-reach an adapter through :func:`adapter` (guarded: bad frames fail only with FrameError)
-and a sync rule through :func:`rule`.
+reach an adapter through :func:`adapter` (guarded: bad frames fail only with FrameError),
+a sync rule through :func:`rule` and a session protocol through :func:`protocol`;
+``app.feeds`` builds its endpoint tables from the registry.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.config import Secret
 from app.errors import ConfigError, FrameError
 from app.venues import binance, bybit, coinbase, deribit, okx
 from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, SyncRule, Venue
+from app.venues.session import Endpoint, Protocol
 
 #: venue id → everything about that venue. Adding a venue adds its module's entries here.
 REGISTRY: dict[str, Venue] = {
@@ -74,6 +77,11 @@ def rule(venue: str) -> SyncRule:
     return _entry(venue).rule
 
 
+def protocol(venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> Protocol:
+    """A session protocol for ``venue`` at ``endpoint`` (the live one, the simulator's, or an override)."""
+    return _entry(venue).protocol(venue, endpoint, creds)
+
+
 def split_key(key: str) -> tuple[str, str]:
     """``"deribit:BTC-PERPETUAL"`` → ("deribit", "BTC-PERPETUAL")."""
     venue, sep, symbol = key.partition(":")
@@ -83,6 +91,6 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "ADAPTERS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Guarded", "Kind", "Level", "SyncRule",
-    "Venue", "adapter", "rule", "split_key",
+    "ADAPTERS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Endpoint", "Guarded", "Kind", "Level",
+    "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
 ]

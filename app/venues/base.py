@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from app.errors import FrameError
+from app.venues import session
 
 #: A price level as the venue sent it: (price, size), both decimal strings; size "0" deletes.
 Level = tuple[str, str]
@@ -161,7 +162,11 @@ class Venue:
 
     id: str  # the venue id: raw topic ``raw.<id>``, instrument keys ``<id>:<symbol>``
     adapter: Adapter  # the pure adapter (callers use ``app.venues.adapter(id)``: it is guarded)
-    rule: SyncRule
+    rule: SyncRule  # how its updates follow each other (``app.sync``)
+    protocol: type[session.Protocol]  # what a connection sends (``app.ingest``)
+    endpoint: session.Endpoint  # the live endpoint (``FEED=live``; ``FEEDS_FILE`` overrides it)
+    sim_ws_path: str  # the simulator's WebSocket path (``FEED=sim``)
+    sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
 
 
 def ms_to_ns(value: Any) -> int:

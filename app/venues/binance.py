@@ -8,16 +8,20 @@ Wire schemas (venue field names):
   combined streams wrap it as ``{"stream":"btcusdt@depth@100ms","data":{…}}``.
 * REST snapshot ``{"lastUpdateId":L,"bids":[…],"asks":[…]}`` (symbol only in the URL).
 * ``bookTicker`` and trades are routed to their instrument but carry no book update.
+
+The session subscribes to the depth streams and fetches REST snapshots; a resync is a
+fresh REST snapshot (the stream continues).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
 from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.session import Endpoint, Protocol, dumps, next_id
 
 
 class BinanceAdapter:
@@ -126,8 +130,41 @@ class BinanceFuturesRule(SequenceRule):
         return Continuity.OK if upd.prev == last else Continuity.GAP
 
 
+class BinanceProtocol(Protocol):
+    def _request(self, method: str, symbols: list[str]) -> list[str]:
+        return [dumps({"method": method, "params": [self.channel(s) for s in symbols], "id": next_id()})]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return self._request("SUBSCRIBE", symbols)
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return self._request("UNSUBSCRIBE", symbols)
+
+    def resubscribe(self, symbol: str) -> list[str]:
+        return []  # the stream continues; a resync is a fresh REST snapshot
+
+    def snapshot_url(self, symbol: str) -> str | None:
+        return f"{self.endpoint.rest_url}?{urlencode({'symbol': symbol.upper(), 'limit': self.endpoint.depth})}"
+
+
+def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_rest_path: str) -> Venue:
+    rule = BinanceFuturesRule() if futures else BinanceSpotRule()
+    return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path)
+
+
+_DEPTH = "{symbol_lower}@depth@100ms"
 VENUES = (
-    Venue("binance", BinanceAdapter("binance", futures=False), BinanceSpotRule()),
-    Venue("binance-usdm", BinanceAdapter("binance-usdm", futures=True), BinanceFuturesRule()),
-    Venue("binance-coinm", BinanceAdapter("binance-coinm", futures=True), BinanceFuturesRule()),
+    _venue("binance", False,
+           Endpoint("wss://stream.binance.com:9443/stream", _DEPTH, "https://api.binance.com/api/v3/depth",
+                    depth=5000, max_per_conn=200, silence_s=15),
+           "/ws/binance/stream", "/rest/binance/api/v3/depth"),
+    # since 2026 the futures depth streams are served under /public
+    _venue("binance-usdm", True,
+           Endpoint("wss://fstream.binance.com/public/stream", _DEPTH, "https://fapi.binance.com/fapi/v1/depth",
+                    depth=1000, max_per_conn=200, silence_s=15),
+           "/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
+    _venue("binance-coinm", True,
+           Endpoint("wss://dstream.binance.com/stream", _DEPTH, "https://dapi.binance.com/dapi/v1/depth",
+                    depth=1000, max_per_conn=200, silence_s=15),
+           "/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
 )

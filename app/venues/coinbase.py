@@ -5,6 +5,7 @@ Wire schema: ``{"channel":"l2_data","timestamp":RFC 3339,"sequence_num":n,"event
 "event_time":…,"price_level":…,"new_quantity":…}]}]}``. Quantities are absolute, "0"
 removes. ``sequence_num`` counts per connection across all channels: its continuity is
 checked where the whole connection is visible (``app.router``), not per instrument.
+The session also subscribes to ``heartbeats``, which keep ``sequence_num`` moving.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from app.errors import FrameError
 from app.venues._json import loads, obj
 from app.venues.base import BookUpdate, Continuity, Kind, Level, SequenceRule, Venue, as_int
+from app.venues.session import Endpoint, Protocol, dumps
 
 
 def rfc3339_ns(text: Any) -> int:
@@ -103,4 +105,21 @@ class CoinbaseRule(SequenceRule):
         return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.OK
 
 
-VENUE = Venue("coinbase", CoinbaseAdapter(), CoinbaseRule())
+class CoinbaseProtocol(Protocol):
+    def on_open(self, symbols: list[str]) -> list[str]:
+        heartbeats = dumps({"type": "subscribe", "product_ids": symbols, "channel": "heartbeats"})
+        return [heartbeats, *self.subscribe(symbols)]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"type": "subscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"type": "unsubscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+
+
+VENUE = Venue(
+    "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
+    # one product per connection: sequence_num is per connection, so a gap then names one book
+    endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
+    sim_ws_path="/ws/coinbase",
+)

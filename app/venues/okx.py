@@ -4,15 +4,28 @@ Wire schema: ``{"arg":{"channel":…,"instId":…},"action":"snapshot"|"update",
 "asks":[[price,size,"0",orderCount]…],"bids":[…],"ts":ms string,"checksum":signed CRC32,
 "seqId":…,"prevSeqId":…}]}``. ``books5``/``bbo-tbt`` have no action: every push is a
 full snapshot of 5 / 1 levels. seqId/prevSeqId are absent on older feeds.
+
+The session logs in when an API key is configured (``books-l2-tbt``/``books50-l2-tbt``
+need it) and sends a plain-text ``ping`` to keep the connection open.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import hmac
+import logging
+import time
 import zlib
 
+from app.config import Secret
 from app.errors import FrameError
 from app.venues._json import loads, obj
 from app.venues.base import BookUpdate, BookView, Continuity, Kind, Level, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.session import Endpoint, Protocol, dumps
+
+log = logging.getLogger(__name__)
 
 BOOK_CHANNELS = frozenset({"books", "books5", "bbo-tbt", "books-l2-tbt", "books50-l2-tbt"})
 SNAPSHOT_ONLY = frozenset({"books5", "bbo-tbt"})
@@ -106,4 +119,40 @@ class OkxRule(SequenceRule):
         return okx_checksum(*book.levels(25))
 
 
-VENUE = Venue("okx", OkxAdapter(), OkxRule())
+class OkxProtocol(Protocol):
+    def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
+        super().__init__(venue, endpoint, creds)
+        self.authed = all(self.creds.get(k) for k in ("key", "secret", "passphrase"))
+        if self.endpoint.channel.endswith("-tbt") and not self.authed:
+            log.info("okx: no OKX_API_KEY/SECRET/PASSPHRASE, using the public 'books' channel")
+            self.endpoint = dataclasses.replace(self.endpoint, channel="books")
+
+    def on_open(self, symbols: list[str]) -> list[str]:
+        out = []
+        if self.authed:
+            ts = str(int(time.time()))
+            sign = base64.b64encode(hmac.new(self.creds["secret"].reveal().encode(),
+                                             f"{ts}GET/users/self/verify".encode(), hashlib.sha256).digest()).decode()
+            out.append(dumps({"op": "login", "args": [{"apiKey": self.creds["key"].reveal(),
+                                                        "passphrase": self.creds["passphrase"].reveal(),
+                                                        "timestamp": ts, "sign": sign}]}))
+        return out + self.subscribe(symbols)
+
+    def _args(self, symbols: list[str]) -> list[dict[str, str]]:
+        return [{"channel": self.channel(s), "instId": s} for s in symbols]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"op": "subscribe", "args": self._args(symbols)})]
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"op": "unsubscribe", "args": self._args(symbols)})]
+
+    def ping(self) -> str | None:
+        return "ping"  # OKX closes a connection that sends nothing for 30 s
+
+
+VENUE = Venue(
+    "okx", OkxAdapter(), OkxRule(), OkxProtocol,
+    endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
+    sim_ws_path="/ws/okx/ws/v5/public",
+)
