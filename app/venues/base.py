@@ -236,5 +236,8 @@ def as_int(value: Any, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # "--1", "²", or more digits than int() reads
+            pass
     raise FrameError("bad-sequence", f"{what}={str(value)[:30]}")

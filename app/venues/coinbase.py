@@ -34,14 +34,23 @@ def rfc3339_ns(text: Any) -> int:
         raise FrameError("bad-timestamp", repr(text)[:40]) from None
 
 
+def _array(value: Any, what: str) -> list[Any]:
+    """A JSON array field; absent (or empty) is none; FrameError for anything else."""
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise FrameError("bad-shape", f"{what} is not a list")
+    return value
+
+
 def _products(msg: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for event in msg.get("events") or ():
+    for event in _array(msg.get("events"), "events"):
         if not isinstance(event, dict):
             continue
         ids = [event.get("product_id")]
         for key in ("tickers", "trades", "candles"):
-            ids.extend(x.get("product_id") for x in event.get(key) or () if isinstance(x, dict))
+            ids.extend(x.get("product_id") for x in _array(event.get(key), key) if isinstance(x, dict))
         out.extend(p for p in ids if isinstance(p, str) and p and p not in out)
     return out
 
@@ -72,7 +81,7 @@ class CoinbaseAdapter:
                 raise FrameError("bad-shape", f"event type {str(type_)[:20]!r}")
             bids: list[Level] = []
             asks: list[Level] = []
-            for upd in event.get("updates") or ():
+            for upd in _array(event.get("updates"), "updates"):
                 if not isinstance(upd, dict):
                     raise FrameError("bad-levels", "update is not an object")
                 px, qty, side = upd.get("price_level"), upd.get("new_quantity"), upd.get("side")

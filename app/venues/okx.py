@@ -52,6 +52,8 @@ class OkxAdapter:
             return []
         arg = obj(msg.get("arg"), "arg")
         channel = arg.get("channel")
+        if isinstance(channel, list | dict):  # not a channel name (nor hashable)
+            raise FrameError("bad-shape", "arg.channel is not a string")
         if channel not in BOOK_CHANNELS:
             return []
         if arg.get("instId") != symbol:
