@@ -156,6 +156,16 @@ class SequenceRule:
         return last is not None and upd.seq <= last
 
 
+class ChainedRule(SequenceRule):
+    """Each update names the sequence of the one before it (``BookUpdate.prev``): it follows
+    when that is the sequence last applied."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if upd.prev == last else Continuity.GAP
+
+
 @dataclass(frozen=True, slots=True)
 class Venue:
     """Everything about one venue id, as registered in ``app.venues.REGISTRY``."""

@@ -20,7 +20,17 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.base import (
+    BookUpdate,
+    ChainedRule,
+    Continuity,
+    Kind,
+    SequenceRule,
+    Venue,
+    as_int,
+    levels,
+    ms_to_ns,
+)
 from app.venues.session import Endpoint, Protocol, dumps, next_id
 
 
@@ -86,20 +96,30 @@ class BinanceAdapter:
         return None
 
 
-class BinanceSpotRule(SequenceRule):
-    """Buffer until the REST snapshot (L); drop ``u <= L``; the first applied event has
-    ``U <= L+1 <= u``; afterwards ``U == previous u + 1``."""
+class _BinanceRule(SequenceRule):
+    """The REST-snapshot join of every Binance market. With the snapshot's ``lastUpdateId`` L,
+    the first event applied must cover update id L + ``lead``: events ending before it are
+    contained in the snapshot, and a snapshot whose first buffered event starts after it is
+    too old ("if L < first buffered U, fetch again")."""
 
     snapshot_from_rest = True
+    lead = 0
 
     def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        return upd.seq <= snapshot_id
+        return upd.seq < snapshot_id + self.lead
 
     def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        return upd.first is not None and upd.first <= snapshot_id + 1 <= upd.seq
+        return upd.first is not None and upd.first <= snapshot_id + self.lead <= upd.seq
 
     def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        return upd.first is not None and upd.first > snapshot_id + 1  # "if L < first buffered U, fetch again"
+        return upd.first is not None and upd.first > snapshot_id + self.lead
+
+
+class BinanceSpotRule(_BinanceRule):
+    """Spot: drop ``u <= L``; the first applied event has ``U <= L+1 <= u``; afterwards
+    ``U == previous u + 1``."""
+
+    lead = 1
 
     def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
         if self.repeated(last, upd):
@@ -107,27 +127,13 @@ class BinanceSpotRule(SequenceRule):
         return Continuity.OK if last is not None and upd.first == last + 1 else Continuity.GAP
 
 
-class BinanceFuturesRule(SequenceRule):
+class BinanceFuturesRule(_BinanceRule, ChainedRule):
     """USD-M and COIN-M: drop ``u < L``; the first applied event has ``U <= L <= u``, or chains
     to the snapshot exactly (``pu == L``: L was an event's final id, the next starts at L+1);
     afterwards ``pu == previous u``."""
 
-    snapshot_from_rest = True
-
-    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        return upd.seq < snapshot_id
-
     def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        straddles = upd.first is not None and upd.first <= snapshot_id <= upd.seq
-        return straddles or upd.prev == snapshot_id
-
-    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
-        return upd.first is not None and upd.first > snapshot_id
-
-    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
-        if self.repeated(last, upd):
-            return Continuity.DUPLICATE
-        return Continuity.OK if upd.prev == last else Continuity.GAP
+        return super().joins(snapshot_id, upd) or upd.prev == snapshot_id
 
 
 class BinanceProtocol(Protocol):

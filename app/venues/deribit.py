@@ -16,10 +16,9 @@ from app.errors import FrameError
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
-    Continuity,
+    ChainedRule,
     Kind,
     Level,
-    SequenceRule,
     Venue,
     as_int,
     ms_to_ns,
@@ -91,13 +90,8 @@ class DeribitAdapter:
         return None
 
 
-class DeribitRule(SequenceRule):
+class DeribitRule(ChainedRule):
     """A change follows when its ``prev_change_id`` is the ``change_id`` last applied."""
-
-    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
-        if self.repeated(last, upd):
-            return Continuity.DUPLICATE
-        return Continuity.OK if upd.prev == last else Continuity.GAP
 
 
 class DeribitProtocol(Protocol):
