@@ -4,18 +4,17 @@ Each side maps a float sort key to the venue's own (price, size) strings. The fl
 only an ordering key (distinct decimal prices of ≤ 15 significant digits never collide);
 what is published, persisted and check-summed is always the venue's text.
 
-Every mutation returns the level changes it made, ``(side, price, size | None)`` with
-None meaning "deleted", so the caller can persist exactly what changed and nothing more.
+Every mutation returns the level changes it made (:class:`Change`: side, price, size, with
+size None meaning "deleted"), so the caller can persist exactly what changed and nothing more.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-import zlib
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
 
@@ -23,11 +22,24 @@ from app.errors import FrameError
 from app.venues.base import Level
 
 BID, ASK = "b", "a"
-#: A persisted change: (side, price text, size text or None for a deleted level).
-Change = tuple[str, str, str | None]
-#: Best bid price, bid size, ask price, ask size (None for an empty side).
-Top = tuple[str | None, str | None, str | None, str | None]
 BANDS_BPS = (10, 25, 50, 100)
+
+
+class Change(NamedTuple):
+    """A persisted level change."""
+
+    side: str  # BID or ASK
+    price: str  # the level's price text (the one first seen for it: the persisted key)
+    size: str | None  # the new size text; None: the level was deleted
+
+
+class Top(NamedTuple):
+    """Top of book as the venue's text; None for an empty side."""
+
+    bid_px: str | None
+    bid_sz: str | None
+    ask_px: str | None
+    ask_sz: str | None
 
 
 def _key(price: str) -> float:
@@ -75,12 +87,12 @@ class OrderBook:
             if old is None:
                 return None  # delete of a level never seen: harmless (Coinbase does it)
             del book[key]
-            return (side, old[0], None)
+            return Change(side, old[0], None)
         if old is not None and old[1] == size:
             return None
         # Keep the price text first seen for the level: it is the persisted key.
         book[key] = (old[0] if old is not None else price, size)
-        return (side, old[0] if old is not None else price, size)
+        return Change(side, old[0] if old is not None else price, size)
 
     def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
         """Apply absolute level updates of both sides (validated all first, then applied)."""
@@ -103,11 +115,11 @@ class OrderBook:
             old = self.side(side)
             for key, (price, _) in old.items():
                 if key not in new:
-                    changes.append((side, price, None))
+                    changes.append(Change(side, price, None))
             for key, (price, size) in new.items():
                 prev = old.get(key)
                 if prev is None or prev[1] != size:
-                    changes.append((side, prev[0] if prev is not None else price, size))
+                    changes.append(Change(side, prev[0] if prev is not None else price, size))
             fresh = SortedDict(new)
             for key, prev in old.items():  # keep the persisted price text of kept levels
                 if key in fresh:
@@ -135,7 +147,7 @@ class OrderBook:
 
     def top(self) -> Top:
         bid, ask = self.best_bid(), self.best_ask()
-        return (
+        return Top(
             bid[0] if bid else None,
             bid[1] if bid else None,
             ask[0] if ask else None,
@@ -154,9 +166,6 @@ class OrderBook:
         bids = [self.bids[k] for k in self.bids.islice(max(0, len(self.bids) - n), reverse=True)]
         asks = [self.asks[k] for k in self.asks.islice(0, n)]
         return bids, asks
-
-    def okx_checksum(self) -> int:
-        return okx_checksum(*self.levels(25))
 
     def aggregates(self, n: int) -> dict[str, Any]:
         """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
@@ -199,18 +208,6 @@ def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
         bid, ask = Decimal(bid_px), Decimal(ask_px)
         mid = (bid + ask) / 2
         return _fmt(mid), _fmt(ask - bid), _fmt((ask - bid) / mid * 10_000, 4)
-
-
-def okx_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """OKX CRC32 over the top 25 levels (best first), interleaved bid/ask, signed 32-bit."""
-    parts: list[str] = []
-    for i in range(min(25, max(len(bids), len(asks)))):
-        if i < len(bids):
-            parts.append(f"{bids[i][0]}:{bids[i][1]}")
-        if i < len(asks):
-            parts.append(f"{asks[i][0]}:{asks[i][1]}")
-    crc = zlib.crc32(":".join(parts).encode())
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:

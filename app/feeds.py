@@ -9,7 +9,9 @@
   lower case per venue). They are :class:`Secret`: never printed, logged or published.
 
 Endpoints, channels, depths and per-connection limits are data, not code: venues move
-them (Binance moved its futures depth streams under ``/public`` in 2026).
+them (Binance moved its futures depth streams under ``/public`` in 2026). Each venue's
+defaults live in its module under ``app/venues/`` (its registry entry); ``FEEDS_FILE``
+overrides them.
 """
 
 from __future__ import annotations
@@ -23,50 +25,12 @@ from typing import Any
 
 from app.config import Secret
 from app.errors import ConfigError
-from app.venues import VENUES
+from app.venues import REGISTRY, VENUES
+from app.venues.session import Endpoint
 
-
-@dataclass(frozen=True)
-class Endpoint:
-    ws_url: str
-    channel: str  # template: {symbol} {symbol_lower} {depth}
-    rest_url: str = ""  # Binance depth snapshots
-    depth: int = 0
-    max_per_conn: int = 50  # instruments per WebSocket connection
-    silence_s: float = 30.0  # watchdog: reconnect when nothing arrives for this long
-    ping_s: float = 20.0  # application-level keepalive interval
-
-
-LIVE: dict[str, Endpoint] = {
-    "deribit": Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10),
-    "binance": Endpoint("wss://stream.binance.com:9443/stream", "{symbol_lower}@depth@100ms",
-                        "https://api.binance.com/api/v3/depth", depth=5000, max_per_conn=200, silence_s=15),
-    "binance-usdm": Endpoint("wss://fstream.binance.com/public/stream", "{symbol_lower}@depth@100ms",
-                             "https://fapi.binance.com/fapi/v1/depth", depth=1000, max_per_conn=200, silence_s=15),
-    "binance-coinm": Endpoint("wss://dstream.binance.com/stream", "{symbol_lower}@depth@100ms",
-                              "https://dapi.binance.com/dapi/v1/depth", depth=1000, max_per_conn=200, silence_s=15),
-    "okx": Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
-    "bybit-spot": Endpoint("wss://stream.bybit.com/v5/public/spot", "orderbook.{depth}.{symbol}", depth=200,
-                           max_per_conn=10),
-    "bybit-linear": Endpoint("wss://stream.bybit.com/v5/public/linear", "orderbook.{depth}.{symbol}", depth=200),
-    "bybit-inverse": Endpoint("wss://stream.bybit.com/v5/public/inverse", "orderbook.{depth}.{symbol}", depth=200),
-    "bybit-option": Endpoint("wss://stream.bybit.com/v5/public/option", "orderbook.{depth}.{symbol}", depth=100),
-    # one product per connection: sequence_num is per connection, so a gap then names one book
-    "coinbase": Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
-}
-
-SIM_PATHS = {
-    "deribit": ("/ws/deribit", ""),
-    "binance": ("/ws/binance/stream", "/rest/binance/api/v3/depth"),
-    "binance-usdm": ("/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
-    "binance-coinm": ("/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
-    "okx": ("/ws/okx/ws/v5/public", ""),
-    "bybit-spot": ("/ws/bybit/v5/public/spot", ""),
-    "bybit-linear": ("/ws/bybit/v5/public/linear", ""),
-    "bybit-inverse": ("/ws/bybit/v5/public/inverse", ""),
-    "bybit-option": ("/ws/bybit/v5/public/option", ""),
-    "coinbase": ("/ws/coinbase", ""),
-}
+#: Each venue's live endpoint and simulator (WebSocket, REST) paths, from its module.
+LIVE: dict[str, Endpoint] = {venue: v.endpoint for venue, v in REGISTRY.items()}
+SIM_PATHS: dict[str, tuple[str, str]] = {venue: (v.sim_ws_path, v.sim_rest_path) for venue, v in REGISTRY.items()}
 
 #: What `make run` ingests from the simulator: every venue, Deribit options across strikes.
 DEFAULT_SIM_FEEDS = (

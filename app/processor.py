@@ -14,7 +14,7 @@ import orjson
 
 from app.errors import FrameError
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, split_key
+from app.venues import ADAPTERS, rule, split_key
 from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
@@ -30,7 +30,7 @@ class Outcome:
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
     """An empty instrument following its venue's sync rule."""
     venue, _ = split_key(key)
-    return Instrument(key, ADAPTERS[venue].sequencing, buffer_limit)
+    return Instrument(key, rule(venue), buffer_limit)
 
 
 def parse_buffered(key: str, frame: bytes) -> list[BookUpdate]:

@@ -97,9 +97,10 @@ class BookRuntime:
                 if out.dead is not None:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
                 inst = out.inst
-                if inst is not None and out.fx.changed():
-                    part.record(item.key, out.fx)
-                    publisher.outcome(partition, out, inst, item.ts)
+                if inst is not None:
+                    part.record(item.key, out.fx)  # counters move even when the book does not
+                    if out.fx.changed():
+                        publisher.outcome(partition, out, inst, item.ts)
             except Exception as exc:  # one bad frame must not stop every book on this worker
                 log.exception("internal error on %s %s:%s@%s#%d", item.key, topic, partition, offset, index)
                 metrics.count("internal_errors")

@@ -37,6 +37,13 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+
+from app.capture.formats import Record, read, write_native  # noqa: E402
+from app.config import load as load_settings  # noqa: E402
+from app.ingest.sink import RawSink  # noqa: E402
+from app.venues.base import Kind  # noqa: E402
+from app.wire import RawFrame, v1_headers  # noqa: E402
+from bench.profile import profile_top  # noqa: E402
 from scripts.harness import (  # noqa: E402
     CAPTURES,
     FAUST,
@@ -50,13 +57,6 @@ from scripts.harness import (  # noqa: E402
     rss_mb,
     wait_for,
 )
-
-from app.capture.formats import Record, read, write_native  # noqa: E402
-from app.config import load as load_settings  # noqa: E402
-from app.ingest.sink import RawSink  # noqa: E402
-from app.venues.base import Kind  # noqa: E402
-from app.wire import RawFrame, v1_headers  # noqa: E402
-from bench.profile import profile_top  # noqa: E402
 
 PORT = int(os.environ.get("BENCH_KAFKA_PORT", "29092"))
 BOOTSTRAP = f"127.0.0.1:{PORT}"

@@ -22,8 +22,8 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from app.ingest.protocols import Protocol
 from app.venues.base import Kind
+from app.venues.session import Protocol
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,10 @@ from app.config import Settings
 from app.errors import BookstreamError, CaptureError
 from app.feeds import FeedConfig
 from app.ingest.connection import Emit, FeedConnection, Reset
-from app.ingest.protocols import protocol
 from app.ingest.sink import RawSink
 from app.kafka import client_auth
 from app.router import Router
-from app.venues import split_key
+from app.venues import protocol, split_key
 from app.venues.base import Kind
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,8 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from app.book import okx_checksum
 from app.simulator.model import Change, TrueBook
+from app.venues.okx import okx_checksum
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from app.sync import Instrument
+from app.sync import BookState, Instrument
 
 SEP = b"\x00"
 STATE, BID, ASK, BUFFER = b"s", b"b", b"a", b"q"
@@ -90,7 +90,7 @@ def decode_state(value: bytes) -> dict[str, Any]:
 
 def apply_state(inst: Instrument, value: bytes) -> None:
     row = decode_state(value)
-    inst.status = type(inst.status)(row["state"])
+    inst.status = BookState(row["state"])
     inst.reason = row["reason"]
     inst.seq = row["seq"]
     inst.fresh = row["fresh"]

@@ -103,21 +103,22 @@ class PartitionState:
 
     # -- the agent's side --------------------------------------------------------------
     def record(self, key: str, fx: Effects) -> None:
-        """Remember the rows an applied frame changed (the instrument's state row is written
-        at commit time, once per commit)."""
-        prefixes = self._prefixes.get(key)
-        if prefixes is None:
-            ik = key.encode()
-            prefixes = self._prefixes[key] = {BID: level_key(ik, BID, ""), ASK: level_key(ik, ASK, "")}
-        pending = self.pending
-        for side, price, size in fx.changes:
-            pending[prefixes[side] + price.encode()] = None if size is None else size.encode()
+        """Remember the rows a frame changed; its instrument's state row (sync state, counters)
+        is written at commit time, once per commit."""
+        if fx.changes:
+            prefixes = self._prefixes.get(key)
+            if prefixes is None:
+                ik = key.encode()
+                prefixes = self._prefixes[key] = {BID: level_key(ik, BID, ""), ASK: level_key(ik, ASK, "")}
+            pending = self.pending
+            for side, price, size in fx.changes:
+                pending[prefixes[side] + price.encode()] = None if size is None else size.encode()
         if fx.buffer_put or fx.buffer_del:
             ik = key.encode()
             for seq, frame in fx.buffer_put:
-                pending[buffer_key(ik, seq)] = frame
+                self.pending[buffer_key(ik, seq)] = frame
             for seq in fx.buffer_del:
-                pending[buffer_key(ik, seq)] = None
+                self.pending[buffer_key(ik, seq)] = None
         self.dirty.add(key)
 
     def has_pending(self) -> bool:

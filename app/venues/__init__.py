@@ -1,32 +1,45 @@
-"""Venue adapters, registered by venue id (the public identifiers, see README)."""
+"""The venues, registered by venue id (the public identifiers, see README).
+
+A venue is one module under ``app/venues/`` (its adapter, sync rule, session protocol and
+endpoints) and its :class:`~app.venues.base.Venue` entries in :data:`REGISTRY`. Callers
+reach an adapter through :func:`adapter` (guarded: bad frames fail only with FrameError),
+a sync rule through :func:`rule` and a session protocol through :func:`protocol`;
+``app.feeds`` builds its endpoint tables from the registry.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.config import Secret
 from app.errors import ConfigError, FrameError
-from app.venues import binance, bybit
-from app.venues.base import Adapter, BookUpdate, Kind, Level, Sequencing
-from app.venues.coinbase import CoinbaseAdapter
-from app.venues.deribit import DeribitAdapter
-from app.venues.okx import OkxAdapter
+from app.venues import binance, bybit, coinbase, deribit, okx
+from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, SyncRule, Venue
+from app.venues.session import Endpoint, Protocol
+
+#: venue id → everything about that venue. Adding a venue adds its module's entries here.
+REGISTRY: dict[str, Venue] = {
+    v.id: v for v in (deribit.VENUE, *binance.VENUES, okx.VENUE, *bybit.VENUES, coinbase.VENUE)
+}
+
+VENUES: tuple[str, ...] = tuple(REGISTRY)
 
 
 class Guarded:
-    """An adapter whose every call fails only with FrameError.
+    """An adapter whose every call fails only with FrameError: the safety net.
 
-    The adapters check the shapes they rely on, but venues (and corrupt bytes) can send any
-    JSON: a field of a type nobody checked must still become a dead letter with a reason,
-    never an exception in the book agent. Each call converts the error kinds that bad shapes
-    raise into ``FrameError("malformed", …)``.
+    The adapters themselves raise FrameError for every bad shape (fuzzed in
+    tests/unit/test_venues.py). Should one still slip — a field of a type nobody checked —
+    the frame must become a dead letter with a reason, never an exception in the book
+    agent: each call converts the error kinds that bad shapes raise into
+    ``FrameError("malformed", …)``.
     """
 
-    __slots__ = ("_inner", "venue", "sequencing")
+    __slots__ = ("_inner", "venue")
 
     def __init__(self, inner: Adapter) -> None:
         self._inner = inner
         self.venue = inner.venue
-        self.sequencing = inner.sequencing
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -43,22 +56,30 @@ class Guarded:
     def conn_seq(self, frame: bytes) -> int | None:
         return self._call(self._inner.conn_seq, frame)
 
-    def __getattr__(self, name: str) -> Any:  # venue-specific helpers (e.g. checksums)
-        return getattr(self._inner, name)
+
+ADAPTERS: dict[str, Adapter] = {venue: Guarded(v.adapter) for venue, v in REGISTRY.items()}
 
 
-_ALL: list[Adapter] = [DeribitAdapter(), *binance.adapters(), OkxAdapter(), *bybit.adapters(), CoinbaseAdapter()]
-ADAPTERS: dict[str, Adapter] = {a.venue: Guarded(a) for a in _ALL}
-
-VENUES: tuple[str, ...] = tuple(ADAPTERS)
+def _entry(venue: str) -> Venue:
+    try:
+        return REGISTRY[venue]
+    except KeyError:
+        raise ConfigError(f"unknown venue {venue!r}; known venues: {', '.join(VENUES)}") from None
 
 
 def adapter(venue: str) -> Adapter:
-    """The adapter for ``venue``; ConfigError naming the known venues otherwise."""
-    try:
-        return ADAPTERS[venue]
-    except KeyError:
-        raise ConfigError(f"unknown venue {venue!r}; known venues: {', '.join(VENUES)}") from None
+    """The (guarded) adapter for ``venue``; ConfigError naming the known venues otherwise."""
+    return ADAPTERS[_entry(venue).id]
+
+
+def rule(venue: str) -> SyncRule:
+    """The sync rule for ``venue`` (what ``app.sync.Instrument`` asks); ConfigError if unknown."""
+    return _entry(venue).rule
+
+
+def protocol(venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> Protocol:
+    """A session protocol for ``venue`` at ``endpoint`` (the live one, the simulator's, or an override)."""
+    return _entry(venue).protocol(venue, endpoint, creds)
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -69,4 +90,7 @@ def split_key(key: str) -> tuple[str, str]:
     return venue, symbol
 
 
-__all__ = ["ADAPTERS", "VENUES", "Adapter", "BookUpdate", "Kind", "Level", "Sequencing", "adapter", "split_key"]
+__all__ = [
+    "ADAPTERS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Endpoint", "Guarded", "Kind", "Level",
+    "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
+]

@@ -1,13 +1,18 @@
-"""The shared venue interface: pure functions from verbatim frames to normalised updates.
+"""The shared venue interfaces: what every venue module provides, without I/O.
 
-Adapters do no I/O. Each one answers three questions about a frame:
+An :class:`Adapter` answers three questions about a verbatim frame:
 
 * ``route``: which instrument keys is this frame about (for keying the raw topic)?
 * ``parse``: what book updates does it carry for one instrument?
 * ``conn_seq``: does the venue number frames per connection (Coinbase ``sequence_num``)?
 
-and says which continuity rule (:class:`Sequencing`) its updates follow. The socket,
-reconnect and REST code lives in ``app.ingest``; the sync state machine in ``app.sync``.
+A :class:`SyncRule` says how the venue's updates follow each other (:class:`Continuity`),
+how a REST snapshot joins buffered updates, and how to checksum a book; ``app.sync`` asks
+it and names no venue. The socket, reconnect and REST code lives in ``app.ingest``.
+
+Shape helpers (``as_int``, ``levels``, ``num_str``, ``ms_to_ns``) raise only
+:class:`~app.errors.FrameError`: adapters build on them so that any bad frame is a
+``FrameError`` from the adapter itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from app.errors import FrameError
+from app.venues import session
 
 #: A price level as the venue sent it: (price, size), both decimal strings; size "0" deletes.
 Level = tuple[str, str]
@@ -31,15 +37,12 @@ class Kind(enum.StrEnum):
     CONN = "conn"  # a connection event written by ingestion/replay (gap, reconnect)
 
 
-class Sequencing(enum.Enum):
-    """Continuity rules, one per venue family (see VENUES.md and app.sync)."""
+class Continuity(enum.StrEnum):
+    """How an update follows the last one applied (:meth:`SyncRule.continuity`)."""
 
-    BINANCE_SPOT = "binance-spot"  # U == prev u + 1; first: U <= L+1 <= u
-    BINANCE_FUTURES = "binance-futures"  # pu == prev u; first: U <= L <= u
-    DERIBIT = "deribit"  # prev_change_id == prev change_id
-    OKX = "okx"  # prevSeqId == prev seqId when present, else CRC32 checksum
-    BYBIT = "bybit"  # u == prev u + 1; u == 1 is a restart (snapshot)
-    COINBASE = "coinbase"  # sequence_num contiguous per connection (checked by the router)
+    OK = "ok"  # it follows: apply it
+    DUPLICATE = "duplicate"  # already applied (a venue repeat or a Kafka redelivery): ignore it
+    GAP = "gap"  # something is missing: the book is stale until a fresh snapshot
 
 
 @dataclass(slots=True)
@@ -58,10 +61,9 @@ class BookUpdate:
 
 
 class Adapter(Protocol):
-    """What every venue module provides (registered in ``app.venues.ADAPTERS``)."""
+    """Frames to normalised updates, pure (registered in ``app.venues.REGISTRY``)."""
 
     venue: str
-    sequencing: Sequencing
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         """Venue symbols this frame concerns ([] for acks, heartbeats, other venues' data)."""
@@ -74,6 +76,107 @@ class Adapter(Protocol):
     def conn_seq(self, frame: bytes) -> int | None:
         """Connection-wide sequence number of this frame, for venues that have one."""
         ...
+
+
+class BookView(Protocol):
+    """What a rule may read of a book (``app.book.OrderBook``)."""
+
+    def levels(self, n: int) -> tuple[list[Level], list[Level]]:
+        """The best ``n`` levels of each side, best first, as the venue's text."""
+        ...
+
+
+class SyncRule(Protocol):
+    """A venue's sequencing rule: ``app.sync.Instrument`` asks it and names no venue.
+
+    Snapshots in the stream (``snapshot_from_rest`` False): a snapshot replaces the book and
+    every later update is judged by ``continuity(last seq, update)``.
+
+    Snapshots from REST (``snapshot_from_rest`` True, Binance): updates are buffered until
+    the snapshot (id L) arrives. Buffered updates it already ``contained`` are dropped; if
+    the first one left shows the snapshot is too old (``snapshot_older``), another is
+    fetched; else the snapshot is applied, the first update after it must ``join`` it, and
+    the ones after that are judged by ``continuity``.
+    """
+
+    snapshot_from_rest: bool
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        """Does ``upd`` follow the update (or snapshot) with sequence ``last``?"""
+        ...
+
+    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        """Is ``upd`` already part of the snapshot with id ``snapshot_id``?"""
+        ...
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        """May ``upd`` (not contained) be the first update applied after that snapshot?"""
+        ...
+
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        """Is the snapshot older than the buffered ``upd`` it does not contain (fetch again)?"""
+        ...
+
+    def checksum(self, book: BookView) -> int | None:
+        """The venue's checksum of ``book``, compared with ``BookUpdate.checksum``; None if it
+        sends none."""
+        ...
+
+
+class SequenceRule:
+    """Base of the rules: snapshots in the stream, no checksum. Subclasses define ``continuity``.
+
+    The REST-join questions default to what ``continuity`` answers against the snapshot's
+    sequence, which is what they mean for a venue whose snapshots arrive in the stream.
+    """
+
+    snapshot_from_rest = False
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        raise NotImplementedError
+
+    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return self.continuity(snapshot_id, upd) is Continuity.DUPLICATE
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return self.continuity(snapshot_id, upd) is Continuity.OK
+
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return self.continuity(snapshot_id, upd) is Continuity.GAP
+
+    def checksum(self, book: BookView) -> int | None:
+        return None
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+    @staticmethod
+    def repeated(last: int | None, upd: BookUpdate) -> bool:
+        """``upd`` is at or before ``last``: a repeat of what was applied."""
+        return last is not None and upd.seq <= last
+
+
+class ChainedRule(SequenceRule):
+    """Each update names the sequence of the one before it (``BookUpdate.prev``): it follows
+    when that is the sequence last applied."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if upd.prev == last else Continuity.GAP
+
+
+@dataclass(frozen=True, slots=True)
+class Venue:
+    """Everything about one venue id, as registered in ``app.venues.REGISTRY``."""
+
+    id: str  # the venue id: raw topic ``raw.<id>``, instrument keys ``<id>:<symbol>``
+    adapter: Adapter  # the pure adapter (callers use ``app.venues.adapter(id)``: it is guarded)
+    rule: SyncRule  # how its updates follow each other (``app.sync``)
+    protocol: type[session.Protocol]  # what a connection sends (``app.ingest``)
+    endpoint: session.Endpoint  # the live endpoint (``FEED=live``; ``FEEDS_FILE`` overrides it)
+    sim_ws_path: str  # the simulator's WebSocket path (``FEED=sim``)
+    sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
 
 
 def ms_to_ns(value: Any) -> int:
@@ -143,5 +246,8 @@ def as_int(value: Any, what: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # "--1", "²", or more digits than int() reads
+            pass
     raise FrameError("bad-sequence", f"{what}={str(value)[:30]}")

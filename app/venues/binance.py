@@ -8,24 +8,38 @@ Wire schemas (venue field names):
   combined streams wrap it as ``{"stream":"btcusdt@depth@100ms","data":{…}}``.
 * REST snapshot ``{"lastUpdateId":L,"bids":[…],"asks":[…]}`` (symbol only in the URL).
 * ``bookTicker`` and trades are routed to their instrument but carry no book update.
+
+The session subscribes to the depth streams and fetches REST snapshots; a resync is a
+fresh REST snapshot (the stream continues).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import (
+    BookUpdate,
+    ChainedRule,
+    Continuity,
+    Kind,
+    SequenceRule,
+    Venue,
+    as_int,
+    levels,
+    ms_to_ns,
+)
+from app.venues.session import Endpoint, Protocol, dumps, next_id
 
 
 class BinanceAdapter:
-    """One class for the three Binance markets; they differ only in sequencing rule."""
+    """One class for the three Binance markets; futures events also carry ``pu``."""
 
-    def __init__(self, venue: str, sequencing: Sequencing) -> None:
+    def __init__(self, venue: str, futures: bool) -> None:
         self.venue = venue
-        self.sequencing = sequencing
+        self.futures = futures
 
     @staticmethod
     def _event(msg: Any) -> dict[str, Any]:
@@ -60,7 +74,7 @@ class BinanceAdapter:
             return []
         if event.get("s") != symbol:
             raise FrameError("wrong-instrument", f"frame for {event.get('s')!r}, keyed {symbol!r}")
-        futures = self.sequencing is Sequencing.BINANCE_FUTURES
+        futures = self.futures
         if futures and "pu" not in event:
             raise FrameError("bad-shape", "futures depthUpdate without pu")
         first, last = as_int(event.get("U"), "U"), as_int(event.get("u"), "u")
@@ -82,9 +96,81 @@ class BinanceAdapter:
         return None
 
 
-def adapters() -> list[BinanceAdapter]:
-    return [
-        BinanceAdapter("binance", Sequencing.BINANCE_SPOT),
-        BinanceAdapter("binance-usdm", Sequencing.BINANCE_FUTURES),
-        BinanceAdapter("binance-coinm", Sequencing.BINANCE_FUTURES),
-    ]
+class _BinanceRule(SequenceRule):
+    """The REST-snapshot join of every Binance market. With the snapshot's ``lastUpdateId`` L,
+    the first event applied must cover update id L + ``lead``: events ending before it are
+    contained in the snapshot, and a snapshot whose first buffered event starts after it is
+    too old ("if L < first buffered U, fetch again")."""
+
+    snapshot_from_rest = True
+    lead = 0
+
+    def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.seq < snapshot_id + self.lead
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.first is not None and upd.first <= snapshot_id + self.lead <= upd.seq
+
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return upd.first is not None and upd.first > snapshot_id + self.lead
+
+
+class BinanceSpotRule(_BinanceRule):
+    """Spot: drop ``u <= L``; the first applied event has ``U <= L+1 <= u``; afterwards
+    ``U == previous u + 1``."""
+
+    lead = 1
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if last is not None and upd.first == last + 1 else Continuity.GAP
+
+
+class BinanceFuturesRule(_BinanceRule, ChainedRule):
+    """USD-M and COIN-M: drop ``u < L``; the first applied event has ``U <= L <= u``, or chains
+    to the snapshot exactly (``pu == L``: L was an event's final id, the next starts at L+1);
+    afterwards ``pu == previous u``."""
+
+    def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        return super().joins(snapshot_id, upd) or upd.prev == snapshot_id
+
+
+class BinanceProtocol(Protocol):
+    def _request(self, method: str, symbols: list[str]) -> list[str]:
+        return [dumps({"method": method, "params": [self.channel(s) for s in symbols], "id": next_id()})]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return self._request("SUBSCRIBE", symbols)
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return self._request("UNSUBSCRIBE", symbols)
+
+    def resubscribe(self, symbol: str) -> list[str]:
+        return []  # the stream continues; a resync is a fresh REST snapshot
+
+    def snapshot_url(self, symbol: str) -> str | None:
+        return f"{self.endpoint.rest_url}?{urlencode({'symbol': symbol.upper(), 'limit': self.endpoint.depth})}"
+
+
+def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_rest_path: str) -> Venue:
+    rule = BinanceFuturesRule() if futures else BinanceSpotRule()
+    return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path)
+
+
+_DEPTH = "{symbol_lower}@depth@100ms"
+VENUES = (
+    _venue("binance", False,
+           Endpoint("wss://stream.binance.com:9443/stream", _DEPTH, "https://api.binance.com/api/v3/depth",
+                    depth=5000, max_per_conn=200, silence_s=15),
+           "/ws/binance/stream", "/rest/binance/api/v3/depth"),
+    # since 2026 the futures depth streams are served under /public
+    _venue("binance-usdm", True,
+           Endpoint("wss://fstream.binance.com/public/stream", _DEPTH, "https://fapi.binance.com/fapi/v1/depth",
+                    depth=1000, max_per_conn=200, silence_s=15),
+           "/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
+    _venue("binance-coinm", True,
+           Endpoint("wss://dstream.binance.com/stream", _DEPTH, "https://dapi.binance.com/dapi/v1/depth",
+                    depth=1000, max_per_conn=200, silence_s=15),
+           "/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
+)

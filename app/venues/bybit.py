@@ -3,21 +3,21 @@
 Wire schema: ``{"topic":"orderbook.200.BTCUSDT","type":"snapshot"|"delta","ts":ms,
 "cts":ms,"data":{"s":symbol,"b":[[price,size]…],"a":[…],"u":update id,"seq":cross seq}}``.
 Size "0" deletes. ``u == 1`` means the venue restarted the book: treat it as a snapshot.
-The venue id comes from the connection's endpoint (``/v5/public/{category}``).
+The venue id comes from the connection's endpoint (``/v5/public/{category}``); one venue id
+per category, each with its own endpoint. The session pings with ``{"op":"ping"}``.
 """
 
 from __future__ import annotations
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.session import Endpoint, Protocol, dumps, next_id
 
 CATEGORIES = ("spot", "linear", "inverse", "option")
 
 
 class BybitAdapter:
-    sequencing = Sequencing.BYBIT
-
     def __init__(self, venue: str) -> None:
         self.venue = venue
 
@@ -56,5 +56,35 @@ class BybitAdapter:
         return None
 
 
-def adapters() -> list[BybitAdapter]:
-    return [BybitAdapter(f"bybit-{c}") for c in CATEGORIES]
+class BybitRule(SequenceRule):
+    """After a snapshot (or ``u == 1``, a restart: the adapter makes it a snapshot) ``u`` grows by 1."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if self.repeated(last, upd):
+            return Continuity.DUPLICATE
+        return Continuity.OK if last is not None and upd.seq == last + 1 else Continuity.GAP
+
+
+class BybitProtocol(Protocol):
+    def _op(self, op: str, symbols: list[str]) -> list[str]:
+        return [dumps({"op": op, "args": [self.channel(s) for s in symbols], "req_id": str(next_id())})]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return self._op("subscribe", symbols)
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return self._op("unsubscribe", symbols)
+
+    def ping(self) -> str | None:
+        return '{"op":"ping"}'
+
+
+def _venue(category: str) -> Venue:
+    live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
+                    depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50)
+    return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
+                 sim_ws_path=f"/ws/bybit/v5/public/{category}")
+
+
+RULE = BybitRule()
+VENUES = tuple(_venue(c) for c in CATEGORIES)

@@ -5,6 +5,7 @@ Wire schema: ``{"channel":"l2_data","timestamp":RFC 3339,"sequence_num":n,"event
 "event_time":…,"price_level":…,"new_quantity":…}]}]}``. Quantities are absolute, "0"
 removes. ``sequence_num`` counts per connection across all channels: its continuity is
 checked where the whole connection is visible (``app.router``), not per instrument.
+The session also subscribes to ``heartbeats``, which keep ``sequence_num`` moving.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Level, Sequencing, as_int
+from app.venues.base import BookUpdate, Continuity, Kind, Level, SequenceRule, Venue, as_int
+from app.venues.session import Endpoint, Protocol, dumps
 
 
 def rfc3339_ns(text: Any) -> int:
@@ -32,21 +34,29 @@ def rfc3339_ns(text: Any) -> int:
         raise FrameError("bad-timestamp", repr(text)[:40]) from None
 
 
+def _array(value: Any, what: str) -> list[Any]:
+    """A JSON array field; absent (or empty) is none; FrameError for anything else."""
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise FrameError("bad-shape", f"{what} is not a list")
+    return value
+
+
 def _products(msg: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    for event in msg.get("events") or ():
+    for event in _array(msg.get("events"), "events"):
         if not isinstance(event, dict):
             continue
         ids = [event.get("product_id")]
         for key in ("tickers", "trades", "candles"):
-            ids.extend(x.get("product_id") for x in event.get(key) or () if isinstance(x, dict))
+            ids.extend(x.get("product_id") for x in _array(event.get(key), key) if isinstance(x, dict))
         out.extend(p for p in ids if isinstance(p, str) and p and p not in out)
     return out
 
 
 class CoinbaseAdapter:
     venue = "coinbase"
-    sequencing = Sequencing.COINBASE
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         msg = loads(frame)
@@ -71,7 +81,7 @@ class CoinbaseAdapter:
                 raise FrameError("bad-shape", f"event type {str(type_)[:20]!r}")
             bids: list[Level] = []
             asks: list[Level] = []
-            for upd in event.get("updates") or ():
+            for upd in _array(event.get("updates"), "updates"):
                 if not isinstance(upd, dict):
                     raise FrameError("bad-levels", "update is not an object")
                 px, qty, side = upd.get("price_level"), upd.get("new_quantity"), upd.get("side")
@@ -93,3 +103,32 @@ class CoinbaseAdapter:
         if isinstance(msg, dict) and "sequence_num" in msg:
             return as_int(msg["sequence_num"], "sequence_num")
         return None
+
+
+class CoinbaseRule(SequenceRule):
+    """``sequence_num`` counts per connection across every channel, so its contiguity is the
+    router's (``app.router``: a gap stales every book of the connection); per instrument
+    only its order is checked."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.OK
+
+
+class CoinbaseProtocol(Protocol):
+    def on_open(self, symbols: list[str]) -> list[str]:
+        heartbeats = dumps({"type": "subscribe", "product_ids": symbols, "channel": "heartbeats"})
+        return [heartbeats, *self.subscribe(symbols)]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"type": "subscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"type": "unsubscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+
+
+VENUE = Venue(
+    "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
+    # one product per connection: sequence_num is per connection, so a gap then names one book
+    endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
+    sim_ws_path="/ws/coinbase",
+)

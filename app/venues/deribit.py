@@ -1,4 +1,4 @@
-"""Deribit ``book.{instrument}.{raw|100ms|agg2}`` over JSON-RPC 2.0.
+"""Deribit ``book.{instrument}.{raw|100ms|agg2}`` over JSON-RPC 2.0: adapter, rule, session.
 
 Wire schema: ``{"jsonrpc":"2.0","method":"subscription","params":{"channel":…,"data":{
 "type":"snapshot"|"change","timestamp":ms,"instrument_name":…,"change_id":…,
@@ -8,11 +8,25 @@ Wire schema: ``{"jsonrpc":"2.0","method":"subscription","params":{"channel":…,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from app.config import Secret
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Level, Sequencing, as_int, ms_to_ns, num_str
+from app.venues.base import (
+    BookUpdate,
+    ChainedRule,
+    Kind,
+    Level,
+    Venue,
+    as_int,
+    ms_to_ns,
+    num_str,
+)
+from app.venues.session import Endpoint, Protocol, dumps, next_id
+
+log = logging.getLogger(__name__)
 
 
 def _actions(raw: Any, what: str) -> list[Level]:
@@ -41,7 +55,6 @@ def _book_channel(msg: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 class DeribitAdapter:
     venue = "deribit"
-    sequencing = Sequencing.DERIBIT
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         msg = obj(loads(frame), "frame")
@@ -75,3 +88,54 @@ class DeribitAdapter:
 
     def conn_seq(self, frame: bytes) -> int | None:
         return None
+
+
+class DeribitRule(ChainedRule):
+    """A change follows when its ``prev_change_id`` is the ``change_id`` last applied."""
+
+
+class DeribitProtocol(Protocol):
+    """Public ``100ms`` channels, or ``raw`` ones after ``public/auth`` with an API key; answers
+    the venue's heartbeat ``test_request`` with ``public/test``."""
+
+    def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
+        super().__init__(venue, endpoint, creds)
+        self.authed = bool(self.creds.get("client_id") and self.creds.get("client_secret"))
+        if not self.authed:
+            log.info("deribit: no DERIBIT_CLIENT_ID/SECRET, using public %s channels", endpoint.channel)
+
+    def channel(self, symbol: str) -> str:
+        name = super().channel(symbol)
+        return name.rsplit(".", 1)[0] + ".raw" if self.authed else name
+
+    def _call(self, method: str, params: dict[str, object]) -> str:
+        return dumps({"jsonrpc": "2.0", "id": next_id(), "method": method, "params": params})
+
+    def on_open(self, symbols: list[str]) -> list[str]:
+        out = []
+        if self.authed:
+            out.append(self._call("public/auth", {
+                "grant_type": "client_credentials", "client_id": self.creds["client_id"].reveal(),
+                "client_secret": self.creds["client_secret"].reveal()}))
+        out.append(self._call("public/set_heartbeat", {"interval": max(10, int(self.endpoint.ping_s))}))
+        return out + self.subscribe(symbols)
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        method = "private/subscribe" if self.authed else "public/subscribe"
+        return [self._call(method, {"channels": [self.channel(s) for s in symbols]})]
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        method = "private/unsubscribe" if self.authed else "public/unsubscribe"
+        return [self._call(method, {"channels": [self.channel(s) for s in symbols]})]
+
+    def reply(self, frame: str) -> list[str]:
+        if '"test_request"' in frame:
+            return [self._call("public/test", {})]
+        return []
+
+
+VENUE = Venue(
+    "deribit", DeribitAdapter(), DeribitRule(), DeribitProtocol,
+    endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10),
+    sim_ws_path="/ws/deribit",
+)

@@ -4,13 +4,28 @@ Wire schema: ``{"arg":{"channel":…,"instId":…},"action":"snapshot"|"update",
 "asks":[[price,size,"0",orderCount]…],"bids":[…],"ts":ms string,"checksum":signed CRC32,
 "seqId":…,"prevSeqId":…}]}``. ``books5``/``bbo-tbt`` have no action: every push is a
 full snapshot of 5 / 1 levels. seqId/prevSeqId are absent on older feeds.
+
+The session logs in when an API key is configured (``books-l2-tbt``/``books50-l2-tbt``
+need it) and sends a plain-text ``ping`` to keep the connection open.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import hmac
+import logging
+import time
+import zlib
+
+from app.config import Secret
 from app.errors import FrameError
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Kind, Sequencing, as_int, levels, ms_to_ns
+from app.venues.base import BookUpdate, BookView, Continuity, Kind, Level, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.session import Endpoint, Protocol, dumps
+
+log = logging.getLogger(__name__)
 
 BOOK_CHANNELS = frozenset({"books", "books5", "bbo-tbt", "books-l2-tbt", "books50-l2-tbt"})
 SNAPSHOT_ONLY = frozenset({"books5", "bbo-tbt"})
@@ -18,7 +33,6 @@ SNAPSHOT_ONLY = frozenset({"books5", "bbo-tbt"})
 
 class OkxAdapter:
     venue = "okx"
-    sequencing = Sequencing.OKX
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
         if frame == b"pong":  # the answer to our plain-text keepalive, not JSON
@@ -38,6 +52,8 @@ class OkxAdapter:
             return []
         arg = obj(msg.get("arg"), "arg")
         channel = arg.get("channel")
+        if isinstance(channel, list | dict):  # not a channel name (nor hashable)
+            raise FrameError("bad-shape", "arg.channel is not a string")
         if channel not in BOOK_CHANNELS:
             return []
         if arg.get("instId") != symbol:
@@ -72,3 +88,73 @@ class OkxAdapter:
 
     def conn_seq(self, frame: bytes) -> int | None:
         return None
+
+
+def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
+    """OKX CRC32 over the top 25 levels (best first), interleaved bid/ask, signed 32-bit.
+
+    ``bidPx:bidSz:askPx:askSz:…`` with the venue's own strings; a side that runs out is
+    skipped. The simulator signs its frames with it too.
+    """
+    parts: list[str] = []
+    for i in range(min(25, max(len(bids), len(asks)))):
+        if i < len(bids):
+            parts.append(f"{bids[i][0]}:{bids[i][1]}")
+        if i < len(asks):
+            parts.append(f"{asks[i][0]}:{asks[i][1]}")
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc
+
+
+class OkxRule(SequenceRule):
+    """``prevSeqId`` == the ``seqId`` last applied, where the feed has seqIds: a heartbeat
+    (no levels, ``seqId == prevSeqId``) and the one-off reset after maintenance (``seqId`` below
+    ``prevSeqId``) follow too. Feeds without seqIds rely on the checksum, verified after every
+    update that carries a non-zero one."""
+
+    def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
+        if upd.prev is None or upd.prev == last:
+            return Continuity.OK
+        return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.GAP
+
+    def checksum(self, book: BookView) -> int:
+        return okx_checksum(*book.levels(25))
+
+
+class OkxProtocol(Protocol):
+    def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
+        super().__init__(venue, endpoint, creds)
+        self.authed = all(self.creds.get(k) for k in ("key", "secret", "passphrase"))
+        if self.endpoint.channel.endswith("-tbt") and not self.authed:
+            log.info("okx: no OKX_API_KEY/SECRET/PASSPHRASE, using the public 'books' channel")
+            self.endpoint = dataclasses.replace(self.endpoint, channel="books")
+
+    def on_open(self, symbols: list[str]) -> list[str]:
+        out = []
+        if self.authed:
+            ts = str(int(time.time()))
+            sign = base64.b64encode(hmac.new(self.creds["secret"].reveal().encode(),
+                                             f"{ts}GET/users/self/verify".encode(), hashlib.sha256).digest()).decode()
+            out.append(dumps({"op": "login", "args": [{"apiKey": self.creds["key"].reveal(),
+                                                        "passphrase": self.creds["passphrase"].reveal(),
+                                                        "timestamp": ts, "sign": sign}]}))
+        return out + self.subscribe(symbols)
+
+    def _args(self, symbols: list[str]) -> list[dict[str, str]]:
+        return [{"channel": self.channel(s), "instId": s} for s in symbols]
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"op": "subscribe", "args": self._args(symbols)})]
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        return [dumps({"op": "unsubscribe", "args": self._args(symbols)})]
+
+    def ping(self) -> str | None:
+        return "ping"  # OKX closes a connection that sends nothing for 30 s
+
+
+VENUE = Venue(
+    "okx", OkxAdapter(), OkxRule(), OkxProtocol,
+    endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
+    sim_ws_path="/ws/okx/ws/v5/public",
+)

@@ -11,12 +11,6 @@ from app.errors import FrameError
 from app.venues.base import num_str
 
 
-def test_okx_checksum_worked_example_from_the_venue_docs() -> None:
-    book = OrderBook()
-    book.apply([("3366.1", "7")], [("3366.8", "9"), ("3368", "8"), ("3372", "8")])
-    assert book.okx_checksum() == 831078360
-
-
 def test_changes_record_only_what_moved_and_keep_the_venue_text() -> None:
     book = OrderBook()
     assert book.apply([("7.6110", "2")], [("7.6150", "10")]) == [("b", "7.6110", "2"), ("a", "7.6150", "10")]

@@ -10,7 +10,7 @@ import pytest
 
 from app import feeds
 from app.errors import ConfigError
-from app.ingest.protocols import protocol
+from app.venues import protocol
 
 
 def test_feeds_spec_parses_venues_and_symbols() -> None:

@@ -57,7 +57,7 @@ def commit_locally(part: PartitionState) -> None:
 def apply(part: PartitionState, frame: RawFrame, topic: str, offset: int) -> None:
     out = part.processor.handle(frame)
     assert out.dead is None, out.dead
-    if out.inst is not None and out.fx.changed():
+    if out.inst is not None:
         part.record(frame.key, out.fx)
     part.progress.applied(topic, offset)
 

@@ -13,8 +13,10 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app import venues
+from app.state.layout import apply_state, encode_state
 from app.sync import STALE, SYNCED, Effects, Instrument
-from app.venues.base import BookUpdate, Sequencing
+from app.venues.base import BookUpdate, SyncRule
 from tests.helpers import examples
 
 Level = tuple[str, str]
@@ -81,10 +83,10 @@ def normalise(top: tuple[str | None, ...]) -> tuple[object, ...]:
 
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    rule=st.sampled_from([Sequencing.DERIBIT, Sequencing.BYBIT, Sequencing.OKX, Sequencing.COINBASE]),
+    rule=st.sampled_from(["deribit", "bybit-linear", "okx", "coinbase"]).map(venues.rule),
     snap=snapshots, ds=deltas, dup_at=st.lists(st.integers(0, 39), max_size=5),
 )
-def test_incremental_book_equals_rebuild_for_sequenced_venues(rule: Sequencing, snap: Delta, ds: list[Delta],
+def test_incremental_book_equals_rebuild_for_sequenced_venues(rule: SyncRule, snap: Delta, ds: list[Delta],
                                                              dup_at: list[int]) -> None:
     stream = [BookUpdate(snapshot=True, seq=100, bids=snap[0], asks=snap[1], prev=-1)]
     for i, (b, a) in enumerate(ds):
@@ -124,7 +126,7 @@ def test_binance_buffered_deltas_join_the_snapshot_exactly(spot: bool, snap_afte
                           asks=[(price_text(k), v) for k, v in truth_at_snapshot[1].items()])
     arrive = min(snap_after + 1 + late_by, len(events))  # the REST answer lands after some deltas
     stream = events[:arrive] + [snapshot] + events[arrive:]
-    inst = Instrument("binance:X", Sequencing.BINANCE_SPOT if spot else Sequencing.BINANCE_FUTURES)
+    inst = Instrument("binance:X", venues.rule("binance") if spot else venues.rule("binance-usdm"))
     tops = run(inst, stream)
     assert inst.status == SYNCED, inst.reason
     assert book_state(inst) == rebuild(([], []), ds)
@@ -140,7 +142,7 @@ def test_binance_buffered_deltas_join_the_snapshot_exactly(spot: bool, snap_afte
 def test_a_crossed_book_is_never_published_as_valid(snap: Delta, ds: list[Delta]) -> None:
     stream = [BookUpdate(snapshot=True, seq=1, bids=snap[0], asks=snap[1])]
     stream += [BookUpdate(snapshot=False, seq=2 + i, prev=1 + i, bids=b, asks=a) for i, (b, a) in enumerate(ds)]
-    inst = Instrument("deribit:X", Sequencing.DERIBIT)
+    inst = Instrument("deribit:X", venues.rule("deribit"))
     for upd in stream:
         fx = Effects()
         inst.step(upd, b"", "c1", 0, fx)
@@ -151,7 +153,7 @@ def test_a_crossed_book_is_never_published_as_valid(snap: Delta, ds: list[Delta]
 
 
 def test_gap_makes_only_that_instrument_stale_and_asks_for_a_resync() -> None:
-    a, b = Instrument("deribit:A", Sequencing.DERIBIT), Instrument("deribit:B", Sequencing.DERIBIT)
+    a, b = Instrument("deribit:A", venues.rule("deribit")), Instrument("deribit:B", venues.rule("deribit"))
     for inst in (a, b):
         inst.step(BookUpdate(snapshot=True, seq=10, bids=[("1", "1")], asks=[("2", "1")]), b"", "c", 0, Effects())
     fx = Effects()
@@ -166,7 +168,7 @@ def test_gap_makes_only_that_instrument_stale_and_asks_for_a_resync() -> None:
 
 
 def test_binance_first_event_must_straddle_the_snapshot() -> None:
-    for rule, first_ok in ((Sequencing.BINANCE_SPOT, 101), (Sequencing.BINANCE_FUTURES, 100)):
+    for rule, first_ok in ((venues.rule("binance"), 101), (venues.rule("binance-usdm"), 100)):
         inst = Instrument("binance:X", rule)
         inst.step(BookUpdate(snapshot=True, seq=100, bids=[("1", "1")], asks=[("2", "1")]), b"", "r", 0, Effects())
         fx = Effects()
@@ -178,7 +180,7 @@ def test_binance_first_event_must_straddle_the_snapshot() -> None:
 
 
 def test_binance_snapshot_older_than_the_buffer_asks_for_another() -> None:
-    inst = Instrument("binance:X", Sequencing.BINANCE_SPOT)
+    inst = Instrument("binance:X", venues.rule("binance"))
     inst.step(BookUpdate(snapshot=False, seq=205, first=200, bids=[("1", "2")]), b"", "w", 0, Effects())
     fx = Effects()
     inst.step(BookUpdate(snapshot=True, seq=150, bids=[("1", "1")], asks=[("2", "1")]), b"", "r", 0, fx)
@@ -187,7 +189,7 @@ def test_binance_snapshot_older_than_the_buffer_asks_for_another() -> None:
     assert "older than buffered" in fx.resync
 
 
-def _synced(rule: Sequencing, seq: int = 10, prev: int | None = -1) -> Instrument:
+def _synced(rule: SyncRule, seq: int = 10, prev: int | None = -1) -> Instrument:
     inst = Instrument("v:X", rule)
     snapshot = BookUpdate(snapshot=True, seq=seq, prev=prev, bids=[("1", "1")], asks=[("2", "1")])
     inst.step(snapshot, b"", "c", 0, Effects())
@@ -196,7 +198,7 @@ def _synced(rule: Sequencing, seq: int = 10, prev: int | None = -1) -> Instrumen
 
 
 def test_okx_heartbeat_and_one_off_reset_keep_the_book_synced() -> None:
-    inst = _synced(Sequencing.OKX)
+    inst = _synced(venues.rule("okx"))
     inst.step(BookUpdate(snapshot=False, seq=10, prev=10), b"", "c", 0, Effects())  # heartbeat: empty, seq == prev
     assert (inst.status, inst.seq) == (SYNCED, 10)
     inst.step(BookUpdate(snapshot=False, seq=3, prev=10, bids=[("1", "2")]), b"", "c", 0, Effects())  # reset
@@ -210,7 +212,7 @@ def test_okx_heartbeat_and_one_off_reset_keep_the_book_synced() -> None:
 
 
 def test_bybit_u_equal_one_is_a_restart_that_replaces_the_book() -> None:
-    inst = _synced(Sequencing.BYBIT, seq=500, prev=None)
+    inst = _synced(venues.rule("bybit-linear"), seq=500, prev=None)
     fx = Effects()
     inst.step(BookUpdate(snapshot=True, restart=True, seq=1, bids=[("1.5", "9")], asks=[("3", "1")]), b"", "c", 0, fx)
     assert (inst.status, inst.seq, inst.book.top()) == (SYNCED, 1, ("1.5", "9", "3", "1"))
@@ -220,19 +222,37 @@ def test_bybit_u_equal_one_is_a_restart_that_replaces_the_book() -> None:
 
 def test_changelog_writes_per_update_do_not_grow_with_depth() -> None:
     for depth in (10, 1000, 5000):
-        inst = Instrument("deribit:X", Sequencing.DERIBIT)
+        inst = Instrument("deribit:X", venues.rule("deribit"))
         levels = [(str(10_000 - i), "1") for i in range(depth)], [(str(20_000 + i), "1") for i in range(depth)]
         inst.step(BookUpdate(snapshot=True, seq=1, bids=levels[0], asks=levels[1]), b"", "c", 0, Effects())
         fx = Effects()
         inst.step(BookUpdate(snapshot=False, seq=2, prev=1, bids=[("9999", "3"), ("10000", "0")]), b"", "c", 0, fx)
         assert fx.changes == [("b", "9999", "3"), ("b", "10000", None)]
-        assert len(str(inst.to_state())) < 400
+        assert len(encode_state(inst)) < 400
 
 
 def test_a_redelivered_update_is_ignored_by_sequence() -> None:
-    inst = _synced(Sequencing.DERIBIT)
+    inst = _synced(venues.rule("deribit"))
     upd = BookUpdate(snapshot=False, seq=11, prev=10, bids=[("1", "7")])
     inst.step(upd, b"", "c", 0, Effects())
     fx = Effects()
     inst.step(upd, b"", "c", 0, fx)
     assert (inst.status, fx.changed(), inst.counters["duplicates"]) == (SYNCED, False, 1)
+
+
+def test_states_and_effects_are_typed_but_serialise_as_before() -> None:
+    import orjson
+
+    from app.sync import BookState, TopChange, Transition
+
+    inst = Instrument("deribit:X", venues.rule("deribit"))
+    fx = Effects()
+    inst.step(BookUpdate(snapshot=True, seq=7, ts_exchange=5, bids=[("1", "2")], asks=[("3", "4")]), b"", "c", 0, fx)
+    assert fx.transitions == [Transition(BookState.SYNCED, "snapshot")]
+    assert fx.tops == [TopChange(7, 5, ("1", "2", "3", "4"))]
+    assert fx.tops[0].top.ask_sz == "4"
+    row = orjson.loads(encode_state(inst))
+    assert row["state"] == "synced"
+    copy = Instrument("deribit:X", venues.rule("deribit"))
+    apply_state(copy, encode_state(inst))
+    assert copy.status is BookState.SYNCED is SYNCED

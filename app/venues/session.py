@@ -1,0 +1,79 @@
+"""Venue sessions, sans I/O: where a venue is and what a connection sends it.
+
+An :class:`Endpoint` is a venue's address and limits (data, not code: venues move them,
+and ``FEEDS_FILE`` overrides them). A :class:`Protocol` turns (symbols, credentials) into
+the text frames a connection sends after it opens, to resubscribe one instrument, to
+keep the connection alive, and in reply to venue requests (Deribit's ``test_request``);
+each venue module subclasses it. The socket code lives in ``app.ingest.connection``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import orjson
+
+from app.config import Secret
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ws_url: str
+    channel: str  # template: {symbol} {symbol_lower} {depth}
+    rest_url: str = ""  # REST depth snapshots (venues whose rule needs them)
+    depth: int = 0
+    max_per_conn: int = 50  # instruments per WebSocket connection
+    silence_s: float = 30.0  # watchdog: reconnect when nothing arrives for this long
+    ping_s: float = 20.0  # application-level keepalive interval
+
+
+def next_id() -> int:
+    """A request id, unique within this process."""
+    return next(_ids)
+
+
+def dumps(obj: object) -> str:
+    """A JSON text frame."""
+    return orjson.dumps(obj).decode()
+
+
+class Protocol:
+    """Defaults: no auth, no keepalive message, resync = unsubscribe + subscribe."""
+
+    venue = ""
+
+    def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
+        self.venue = venue
+        self.endpoint = endpoint
+        self.creds = creds or {}
+
+    def channel(self, symbol: str) -> str:
+        return self.endpoint.channel.format(symbol=symbol, symbol_lower=symbol.lower(), depth=self.endpoint.depth)
+
+    def url(self, symbols: list[str]) -> str:
+        return self.endpoint.ws_url
+
+    def on_open(self, symbols: list[str]) -> list[str]:
+        return self.subscribe(symbols)
+
+    def subscribe(self, symbols: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def unsubscribe(self, symbols: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def resubscribe(self, symbol: str) -> list[str]:
+        """Frames that make the venue send a fresh snapshot of one instrument."""
+        return self.unsubscribe([symbol]) + self.subscribe([symbol])
+
+    def ping(self) -> str | None:
+        return None
+
+    def reply(self, frame: str) -> list[str]:
+        return []
+
+    def snapshot_url(self, symbol: str) -> str | None:
+        return None
