@@ -42,12 +42,18 @@ class Top(NamedTuple):
     ask_sz: str | None
 
 
+#: Builds a NamedTuple without its Python-level ``__new__`` (a third of the cost, on the hot path).
+_new = tuple.__new__
+_INF = math.inf
+_dict_set = dict.__setitem__  # SortedDict is a dict: an existing key needs no re-sorting
+
+
 def _key(price: str) -> float:
     try:
         value = float(price)
     except ValueError:
         raise FrameError("bad-price", price[:30]) from None
-    if not (value > 0 and math.isfinite(value)):
+    if not 0 < value < _INF:  # NaN fails too
         raise FrameError("bad-price", price[:30])
     return value
 
@@ -57,7 +63,7 @@ def _is_zero(size: str) -> bool:
         value = float(size)
     except ValueError:
         raise FrameError("bad-size", size[:30]) from None
-    if value < 0 or not math.isfinite(value):
+    if not 0 <= value < _INF:
         raise FrameError("bad-size", size[:30])
     return value == 0
 
@@ -78,30 +84,28 @@ class OrderBook:
         return len(self.bids) + len(self.asks)
 
     # -- mutation -------------------------------------------------------------------
-    def set_level(self, side: str, price: str, size: str) -> Change | None:
-        """Apply one absolute level; returns the change, or None if nothing changed."""
-        book = self.bids if side == BID else self.asks
-        key = _key(price)
-        old = book.get(key)
-        if _is_zero(size):
-            if old is None:
-                return None  # delete of a level never seen: harmless (Coinbase does it)
-            del book[key]
-            return Change(side, old[0], None)
-        if old is not None and old[1] == size:
-            return None
-        # Keep the price text first seen for the level: it is the persisted key.
-        book[key] = (old[0] if old is not None else price, size)
-        return Change(side, old[0] if old is not None else price, size)
-
     def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
-        """Apply absolute level updates of both sides (validated all first, then applied)."""
+        """Apply absolute level updates of both sides: all validated first, then applied, so a
+        bad level leaves the book untouched (memory and table never part ways)."""
+        parsed = [(side, [(_key(price), _is_zero(size), price, size) for price, size in levels])
+                  for side, levels in ((BID, bids), (ASK, asks))]
         changes: list[Change] = []
-        for side, levels in ((BID, bids), (ASK, asks)):
-            for price, size in levels:
-                change = self.set_level(side, price, size)
-                if change is not None:
-                    changes.append(change)
+        append = changes.append
+        for side, updates in parsed:
+            book = self.bids if side == BID else self.asks
+            get = book.get
+            for key, zero, price, size in updates:
+                old = get(key)
+                if zero:
+                    if old is not None:  # a delete of a level never seen is harmless (Coinbase does it)
+                        del book[key]
+                        append(_new(Change, (side, old[0], None)))
+                elif old is None:
+                    book[key] = (price, size)
+                    append(_new(Change, (side, price, size)))
+                elif old[1] != size:  # the price text first seen stays: it is the persisted key
+                    _dict_set(book, key, (old[0], size))
+                    append(_new(Change, (side, old[0], size)))
         return changes
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
@@ -147,12 +151,12 @@ class OrderBook:
 
     def top(self) -> Top:
         bid, ask = self.best_bid(), self.best_ask()
-        return Top(
+        return _new(Top, (
             bid[0] if bid else None,
             bid[1] if bid else None,
             ask[0] if ask else None,
             ask[1] if ask else None,
-        )
+        ))
 
     def iter_bids(self) -> Iterator[tuple[str, str]]:
         """Bids best first."""
@@ -248,15 +252,26 @@ def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list
     return totals
 
 
+class _Decimals(dict[str, Decimal]):
+    """Decimal of a size text, memoised: a book's sizes repeat (lots), and parsing them is the
+    cost of a band sum. Bounded: cleared past ``LIMIT`` texts."""
+
+    LIMIT = 200_000
+
+    def __missing__(self, text: str) -> Decimal:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[text] = Decimal(text)
+        return value
+
+
+_DECIMALS = _Decimals()
+_SIZE = operator.itemgetter(1)
+
+
 def _size_sum(side: SortedDict, lo: int, hi: int) -> Decimal:
     """Sum of the sizes of levels ``lo:hi`` (by rank), with no Python-level loop."""
-    keys = side.keys()[lo:hi]
-    if not keys:
-        return Decimal(0)
-    levels = operator.itemgetter(*keys)(side)
-    if len(keys) == 1:
-        levels = (levels,)
-    return sum(map(Decimal, map(operator.itemgetter(1), levels)), Decimal(0))
+    return sum(map(_DECIMALS.__getitem__, map(_SIZE, side.values()[lo:hi])), Decimal(0))
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

@@ -41,6 +41,9 @@ WAITING, SYNCED, STALE = BookState.WAITING, BookState.SYNCED, BookState.STALE
 COUNTERS = ("applied", "levels", "gaps", "resyncs", "duplicates", "skipped", "buffered", "dropped", "epoch")
 
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
+
+
 class Transition(NamedTuple):
     """A state change (or a new reason in the same state), for ``book.status``."""
 
@@ -207,7 +210,7 @@ class Instrument:
         if top != self.last_top:
             self.last_top = top
             assert self.seq is not None
-            fx.tops.append(TopChange(self.seq, self.ts_exchange, top))
+            fx.tops.append(_new(TopChange, (self.seq, self.ts_exchange, top)))
 
     # -- snapshots from REST ------------------------------------------------------------
     def _rest_step(self, upd: BookUpdate, frame: bytes, ts_recv: int, fx: Effects) -> None:

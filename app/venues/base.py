@@ -229,6 +229,10 @@ def levels(raw: Any, what: str) -> list[Level]:
     """``[[price, size, ...], ...]`` with string or number fields → list of (price, size)."""
     if not isinstance(raw, list):
         raise FrameError("bad-levels", f"{what} is not a list")
+    # Fast path, in C: every entry a list of at least two strings, kept verbatim.
+    fast = [(x[0], x[1]) for x in raw if type(x) is list and len(x) >= 2 and type(x[0]) is str is type(x[1])]
+    if len(fast) == len(raw):
+        return fast
     out: list[Level] = []
     for item in raw:
         if not isinstance(item, list | tuple) or len(item) < 2:

@@ -21,6 +21,15 @@ def test_changes_record_only_what_moved_and_keep_the_venue_text() -> None:
     assert book.top() == (None, None, "7.6150", "10")
 
 
+def test_a_bad_level_leaves_the_whole_update_unapplied() -> None:
+    """Validated first, then applied: the table records exactly what memory holds."""
+    book = OrderBook()
+    book.apply([("100", "1")], [("101", "1")])
+    with pytest.raises(FrameError, match="bad-size"):
+        book.apply([("100", "5"), ("99", "2")], [("101", "x")])
+    assert (list(book.iter_bids()), list(book.iter_asks())) == ([("100", "1")], [("101", "1")])
+
+
 def test_snapshot_replace_diffs_against_the_current_book() -> None:
     book = OrderBook()
     book.apply([("100", "1"), ("99", "2")], [("101", "1")])
