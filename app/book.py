@@ -271,7 +271,13 @@ _SIZE = operator.itemgetter(1)
 
 def _size_sum(side: SortedDict, lo: int, hi: int) -> Decimal:
     """Sum of the sizes of levels ``lo:hi`` (by rank), with no Python-level loop."""
-    return sum(map(_DECIMALS.__getitem__, map(_SIZE, side.values()[lo:hi])), Decimal(0))
+    keys = side.keys()[lo:hi]
+    if not keys:
+        return Decimal(0)
+    levels = operator.itemgetter(*keys)(side)
+    if len(keys) == 1:
+        levels = (levels,)
+    return sum(map(_DECIMALS.__getitem__, map(_SIZE, levels)), Decimal(0))
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

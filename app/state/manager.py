@@ -105,6 +105,7 @@ class PartitionState:
     def record(self, key: str, fx: Effects) -> None:
         """Remember the rows a frame changed; its instrument's state row (sync state, counters)
         is written at commit time, once per commit."""
+        self.dirty.add(key)
         if fx.changes:
             prefixes = self._prefixes.get(key)
             if prefixes is None:
@@ -119,7 +120,6 @@ class PartitionState:
                 self.pending[buffer_key(ik, seq)] = frame
             for seq in fx.buffer_del:
                 self.pending[buffer_key(ik, seq)] = None
-        self.dirty.add(key)
 
     def has_pending(self) -> bool:
         return bool(self.pending or self.dirty or self.progress.next != self.committed)

@@ -9,8 +9,6 @@ a sync rule through :func:`rule` and a session protocol through :func:`protocol`
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.config import Secret
 from app.errors import ConfigError, FrameError
 from app.venues import binance, bybit, coinbase, deribit, okx
@@ -35,26 +33,38 @@ class Guarded:
     ``FrameError("malformed", …)``.
     """
 
-    __slots__ = ("_inner", "venue")
+    __slots__ = ("_conn_seq", "_inner", "_parse", "_route", "venue")
 
     def __init__(self, inner: Adapter) -> None:
         self._inner = inner
         self.venue = inner.venue
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except (TypeError, KeyError, AttributeError, IndexError, ValueError, ArithmeticError) as exc:
-            raise FrameError("malformed", f"{type(exc).__name__}: {exc}"[:200]) from exc
+        self._route, self._parse, self._conn_seq = inner.route, inner.parse, inner.conn_seq  # bound once
 
     def route(self, kind: Kind, frame: bytes, url: str = "") -> list[str]:
-        return self._call(self._inner.route, kind, frame, url)
+        try:
+            return self._route(kind, frame, url)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
 
     def parse(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
-        return self._call(self._inner.parse, kind, frame, symbol)
+        try:
+            return self._parse(kind, frame, symbol)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
 
     def conn_seq(self, frame: bytes) -> int | None:
-        return self._call(self._inner.conn_seq, frame)
+        try:
+            return self._conn_seq(frame)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
+
+
+#: What a bad shape raises when no check caught it.
+_SHAPE_ERRORS = (TypeError, KeyError, AttributeError, IndexError, ValueError, ArithmeticError)
+
+
+def _malformed(exc: Exception) -> FrameError:
+    return FrameError("malformed", f"{type(exc).__name__}: {exc}"[:200])
 
 
 ADAPTERS: dict[str, Adapter] = {venue: Guarded(v.adapter) for venue, v in REGISTRY.items()}
