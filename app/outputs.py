@@ -232,9 +232,10 @@ class Publisher:
         inst = self.find(key)
         if inst is None or inst.status != SYNCED:
             return
+        published = time.time_ns()  # the moment DepthPublisher spaces records from, before the aggregates
         venue, symbol = split_key(key)
         record = BookDepth(venue, symbol, inst.book.aggregates(self.settings.depth_levels), inst.seq,
-                           inst.counters["epoch"], inst.ts_exchange, inst.ts_recv, time.time_ns())
+                           inst.counters["epoch"], inst.ts_exchange, inst.ts_recv, published)
         self._send(self.topics.depth, partition_for(key, self.settings.partitions), key, record.encode())
 
     def tick(self) -> None:
