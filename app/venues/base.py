@@ -216,9 +216,13 @@ def num_str(value: Any) -> str:
     raise FrameError("bad-number", repr(value)[:40])
 
 
+#: Largest decimal exponent a price or size may have (1e999999999 would print a gigabyte).
+MAX_EXPONENT = 64
+
+
 def _plain(d: Decimal) -> str:
-    if not d.is_finite():
-        raise FrameError("bad-number", str(d))
+    if not d.is_finite() or abs(d.adjusted()) > MAX_EXPONENT:
+        raise FrameError("bad-number", str(d)[:40])
     text = format(d, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -21,6 +21,12 @@ def test_changes_record_only_what_moved_and_keep_the_venue_text() -> None:
     assert book.top() == (None, None, "7.6150", "10")
 
 
+def test_a_number_with_a_huge_exponent_is_a_frame_error_not_a_gigabyte_of_text() -> None:
+    with pytest.raises(FrameError, match="bad-number"):
+        num_str("1e999999999")
+    assert num_str("1.5e3") == "1500"
+
+
 def test_a_bad_level_leaves_the_whole_update_unapplied() -> None:
     """Validated first, then applied: the table records exactly what memory holds."""
     book = OrderBook()
