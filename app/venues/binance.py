@@ -135,6 +135,10 @@ class BinanceFuturesRule(_BinanceRule, ChainedRule):
     def joins(self, snapshot_id: int, upd: BookUpdate) -> bool:
         return super().joins(snapshot_id, upd) or upd.prev == snapshot_id
 
+    def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
+        """Older than the buffer only if the first buffered event does not chain to it."""
+        return super().snapshot_older(snapshot_id, upd) and upd.prev != snapshot_id
+
 
 class BinanceProtocol(Protocol):
     def _request(self, method: str, symbols: list[str]) -> list[str]:

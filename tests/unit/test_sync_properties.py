@@ -189,6 +189,16 @@ def test_binance_snapshot_older_than_the_buffer_asks_for_another() -> None:
     assert "older than buffered" in fx.resync
 
 
+def test_binance_futures_snapshot_joins_a_buffered_event_that_chains_to_it_exactly() -> None:
+    """L is an event's final id: the next buffered event starts at L+1 with pu == L — it chains."""
+    inst = Instrument("binance-usdm:X", venues.rule("binance-usdm"))
+    inst.step(BookUpdate(snapshot=False, seq=160, first=151, prev=150, bids=[("1", "2")]), b"", "w", 0, Effects())
+    fx = Effects()
+    inst.step(BookUpdate(snapshot=True, seq=150, bids=[("1", "1")], asks=[("2", "1")]), b"", "r", 0, fx)
+    assert (inst.status, inst.seq, fx.resync) == (SYNCED, 160, None)
+    assert inst.book.top() == ("1", "2", "2", "1")
+
+
 def _synced(rule: SyncRule, seq: int = 10, prev: int | None = -1) -> Instrument:
     inst = Instrument("v:X", rule)
     snapshot = BookUpdate(snapshot=True, seq=seq, prev=prev, bids=[("1", "1")], asks=[("2", "1")])
