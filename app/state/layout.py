@@ -175,4 +175,7 @@ def load_instrument(inst: Instrument, rows: Iterable[tuple[bytes, bytes]], parse
         else:
             raise LayoutError(f"{inst.key}: unknown row tag {tag!r}")
     inst.book.restore(bids, asks)
+    # A synced book published every change of its top, so its last published top is its top:
+    # a frame after the reload that leaves it unchanged publishes nothing, as without a reload.
+    inst.last_top = inst.book.top() if inst.status == BookState.SYNCED else None
     return found
