@@ -214,7 +214,7 @@ class Settings:
     depth_levels: int = 20
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
-    stream_buffer_maxsize: int = 4096
+    stream_buffer_maxsize: int = 128
     producer_linger_ms: int = 0
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
@@ -275,7 +275,7 @@ def load() -> Settings:
         depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
-        stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 4096, minimum=1),
+        stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
         producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 0, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),

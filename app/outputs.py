@@ -225,7 +225,8 @@ class Publisher:
             log.warning("dead letter %s %s:%s@%s#%d: %s %s%s", key, topic, partition, offset, index, reason,
                         detail[:200], more)
         headers = ({"ts": str(frame.ts), "kind": frame.kind.value, "conn": frame.conn} if frame is not None else {})
-        record = DeadLetter(venue, symbol or None, reason, detail, topic, partition, offset, index, headers, data)
+        instrument = symbol if symbol and symbol != "*" else None  # "<venue>:*": a record of several instruments
+        record = DeadLetter(venue, instrument, reason, detail, topic, partition, offset, index, headers, data)
         self._send(self.topics.deadletter, partition, key, record.encode())
 
     def _publish_depth(self, key: str) -> None:

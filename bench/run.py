@@ -273,7 +273,7 @@ class Bench:
         runs = []
         worker_settings: list[dict[str, str]] = [
             {}, {"EVENT_LOOP": "asyncio"}, {"STATE_COMMIT_INTERVAL_MS": "20"}, {"STATE_COMMIT_INTERVAL_MS": "500"},
-            {"STREAM_BUFFER_MAXSIZE": "16384"}, {"CONSUMER_MAX_FETCH_SIZE": str(8 * 2**20)},
+            {"STREAM_BUFFER_MAXSIZE": "1024"}, {"CONSUMER_MAX_FETCH_SIZE": str(8 * 2**20)},
             {"PRODUCER_COMPRESSION": "none"}, {"PRODUCER_COMPRESSION": "lz4"}]
         ns, frames, _ = self.loaded(n)
         for env in worker_settings:

@@ -66,6 +66,11 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     ("LOG_LEVEL", "loud", "must be one of"),
     ("APP_ID", "a b", "may only hold"),
     ("COMMIT_INTERVAL_S", "soon", "is not a number"),
+    ("EVENT_LOOP", "trio", "must be uvloop or asyncio"),
+    ("STATIC_MEMBERSHIP", "maybe", "is not true or false"),
+    ("CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO", "1.5", "must be between 0 and 1"),
+    ("RAW_BATCH_MAX_BYTES", str(64 * 2**20), "at most"),
+    ("STATE_COMMIT_INTERVAL_MS", "0", "at least 1"),
 ])
 def test_bad_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
     monkeypatch.setenv(name, value)
