@@ -215,7 +215,7 @@ class Settings:
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
-    producer_linger_ms: int = 0
+    producer_linger_ms: int = 2
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
@@ -276,7 +276,7 @@ def load() -> Settings:
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
-        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 0, minimum=0),
+        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 2, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),

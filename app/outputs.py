@@ -5,7 +5,8 @@
 :class:`OutputSink` sends them: one record per top-of-book change, as downstream consumers
 expect, but appended to an aiokafka ``BatchBuilder`` per topic partition rather than sent one
 by one (a Faust ``send_soon`` costs tens of microseconds per record). Batching is natural:
-a lane with nothing in flight sends at once; while a batch is in flight records gather.
+a lane (topic partition) with nothing in flight that sent nothing in the last
+``PRODUCER_LINGER_MS`` sends at once; otherwise records gather until both hold.
 
 Output delivery is at-least-once across restarts (records after the last state commit are
 published again, with the same contents). A record whose delivery fails (broker unreachable
@@ -45,6 +46,7 @@ class _Lane:
     open: Any = None  # the BatchBuilder gathering records
     ready: deque[Any] = field(default_factory=deque)  # full builders waiting
     inflight: bool = False
+    last_sent: float = 0.0  # monotonic time of its last batch
 
 
 class OutputSink:
@@ -52,6 +54,7 @@ class OutputSink:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.linger_s = settings.producer_linger_ms / 1000
         self.budget = int(settings.output_buffer_mb * 2**20)
         self.lanes: dict[tuple[str, int], _Lane] = {}
         self.pending_bytes = 0
@@ -66,8 +69,7 @@ class OutputSink:
     async def start(self) -> None:
         delay = 0.5
         while True:
-            producer = make_producer(self.settings, enable_idempotence=False, acks=1,
-                                     linger_ms=self.settings.producer_linger_ms,
+            producer = make_producer(self.settings, enable_idempotence=False, acks=1, linger_ms=0,
                                      max_batch_size=self.settings.producer_max_batch_size)
             try:
                 await asyncio.wait_for(producer.start(), timeout=15)
@@ -126,19 +128,29 @@ class OutputSink:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            now = time.monotonic()
+            next_due: float | None = None
             for lane in list(self.lanes.values()):
-                if lane.inflight:
+                if lane.inflight or (lane.open is None and not lane.ready):
                     continue
-                if not lane.ready and lane.open is not None:
+                due = lane.last_sent + self.linger_s  # a lane sends at most one batch per linger
+                if now < due and lane.open is not None and not lane.ready:
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
+                if not lane.ready:
                     lane.ready.append(lane.open)
                     lane.open = None
-                if lane.ready:
-                    await self._send(lane, lane.ready.popleft())
-            await self._wake.wait()
+                await self._send(lane, lane.ready.popleft())
+            if next_due is None:
+                await self._wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(next_due - time.monotonic(), 0.0005))
 
     async def _send(self, lane: _Lane, batch: Any) -> None:
         count, size = batch.record_count(), batch.size()
         lane.inflight = True
+        lane.last_sent = time.monotonic()
         try:
             fut = await self._producer.send_batch(batch, lane.topic, partition=lane.partition)
         except (KafkaError, OSError) as exc:

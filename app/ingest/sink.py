@@ -1,12 +1,13 @@
 """Raw frames to Kafka: batched into version-2 raw records, within a bounded memory budget.
 
 Batching is natural (README "Raw record format"): frames go to one lane per raw topic
-partition. When nothing of that lane is in flight, a record is sent at once with whatever has
-gathered (often a single frame: no added latency when the load is light). While a record is in
-flight, new frames gather and go out together when it is delivered — or earlier, once the
-gathering record holds ``RAW_BATCH_MAX_FRAMES`` frames or ``RAW_BATCH_MAX_BYTES`` bytes, or its
-oldest frame has waited ``RAW_BATCH_LINGER_MS``. Under load records fill up, and a worker gets
-one Faust event for many frames.
+partition. An idle lane — nothing in flight, nothing sent in the last ``RAW_BATCH_LINGER_MS`` —
+sends a frame at once, alone: no added latency when the load is light. Under load frames
+gather: a lane sends its next record once the previous one is delivered and a linger has
+passed since it went out, so it sends at most one record per linger, and no frame waits
+longer than one linger; a record also goes out as soon as it holds ``RAW_BATCH_MAX_FRAMES``
+frames or ``RAW_BATCH_MAX_BYTES`` bytes. A worker then gets one Faust event for many frames,
+whether they are one deep instrument's or a thousand light ones' of the same partition.
 
 ``put`` never blocks the WebSocket readers (replay uses ``put_wait``, which waits for room
 instead). Queued plus in-flight bytes never exceed ``INGEST_BUFFER_MB``: past that, new frames
@@ -67,6 +68,7 @@ class _Lane:
     open: _Batch | None = None
     ready: collections.deque[_Batch] = field(default_factory=collections.deque)
     inflight: int = 0
+    last_sent: float = 0.0  # monotonic time of its last record
     retry: list[_Batch] = field(default_factory=list)
 
 
@@ -242,11 +244,13 @@ class RawSink:
                 self._requeue(lane)
             batch = lane.open
             if batch is not None:
-                due = batch.began + self.linger_s
-                if not lane.inflight or now >= due:
+                spaced = lane.last_sent + self.linger_s  # a lane sends at most once a linger …
+                waited = batch.began + self.linger_s  # … and no frame waits longer than one
+                if (not lane.inflight and now >= spaced) or now >= waited:
                     lane.ready.append(batch)
                     lane.open = None
                 else:
+                    due = min(waited, spaced) if not lane.inflight else waited
                     next_due = due if next_due is None else min(next_due, due)
             if lane.retry:
                 continue  # failed records go again first, once nothing of the lane is in flight
@@ -267,6 +271,7 @@ class RawSink:
             self._failed(lane, batch, exc)
             return False
         lane.inflight += 1
+        lane.last_sent = time.monotonic()
         self._inflight[fut] = (lane, batch)
         fut.add_done_callback(self._done)
         return True
