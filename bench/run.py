@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from app.capture.formats import read  # noqa: E402
 from app.router import headers  # noqa: E402
 from app.venues.base import Kind  # noqa: E402
-from tests.helpers import (  # noqa: E402
+from scripts.harness import (  # noqa: E402
     CAPTURES,
     FAUST,
     Broker,

@@ -1,268 +1,45 @@
-"""Test helpers: real worker processes, the real replay command, Kafka reads, references."""
+"""Test-only helpers: references, truth checks, worker cleanup.
+
+The process-level harness (broker, namespaces, worker and simulator processes, topic reads)
+is scripts/harness.py, shared with the benchmarks; it is re-exported here for the tests.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from scripts.harness import (
+    CAPTURES,
+    FAUST,
+    ROOT,
+    Broker,
+    Namespace,
+    Simulator,
+    Worker,
+    consume,
+    frames,
+    free_port,
+    http_json,
+    percentile,
+    rss_mb,
+    values,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-CAPTURES = (ROOT.parent / "shared" / "captures").resolve()
-FAUST = [sys.executable, "-m", "faust", "-A", "app"]
+__all__ = [
+    "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "Simulator", "Worker", "book_levels", "consume", "examples",
+    "frames", "free_port", "http_json", "match_truth", "percentile", "reference", "rss_mb", "values", "wait_for",
+    "workers",
+]
 
 
 def examples(default: int) -> int:
     """Hypothesis examples per property: ``default`` in `make test`, FUZZ_EXAMPLES in `make fuzz`."""
     return int(os.environ.get("FUZZ_EXAMPLES") or default)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process (MB), from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def percentile(sorted_xs: list[float], q: float, empty: float = 0.0) -> float:
-    """The ``q`` quantile of an already sorted list, rounded to 2 places (``empty`` if none)."""
-    return round(sorted_xs[min(len(sorted_xs) - 1, int(q * len(sorted_xs)))], 2) if sorted_xs else empty
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``cond`` until it returns a truthy value; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-        except Exception as exc:  # the condition may fail until the thing is up
-            last_exc = exc
-        else:
-            if value:
-                return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
-
-
-def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - local test URL
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body or b"null")
-        except ValueError:
-            return exc.code, body.decode("utf-8", "replace")
-
-
-class Broker:
-    """A broker run by scripts/kafka.sh on its own port (free one if not given) and data dir."""
-
-    def __init__(self, data_dir: Path, port: int | None = None, **env: str) -> None:
-        self.port = port or free_port()
-        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_DATA_DIR=str(data_dir), **env)
-        if port is None:  # a free controller port too: the default (port + 1) may be taken
-            self.env["KAFKA_CONTROLLER_PORT"] = str(free_port())
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def run(self, cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ROOT / "scripts" / "kafka.sh"), cmd], env=self.env, capture_output=True,
-                              text=True, timeout=300, stdin=subprocess.DEVNULL)
-
-    def up(self) -> Broker:
-        proc = self.run("up")
-        assert proc.returncode == 0, proc.stderr
-        return self
-
-    def down(self) -> None:
-        proc = self.run("down")
-        assert proc.returncode == 0, proc.stderr
-
-
-class Namespace:
-    """A unique app id, topic prefix, data dir and web port: one isolated bookstream."""
-
-    def __init__(self, name: str, bootstrap: str, tmp: Path, partitions: int = 4) -> None:
-        self.name = name
-        self.bootstrap = bootstrap
-        self.tmp = tmp
-        self.partitions = partitions
-
-    def topic(self, name: str) -> str:
-        return f"{self.name}.{name}"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "PYTHONPATH": str(ROOT),
-            "KAFKA_BOOTSTRAP": self.bootstrap,
-            "APP_ID": self.name,
-            "TOPIC_PREFIX": f"{self.name}.",
-            "TOPIC_PARTITIONS": str(self.partitions),
-            "LOG_LEVEL": "info",
-            "BROKER_SESSION_TIMEOUT": "6",
-        })
-        env.update(extra)
-        return env
-
-    def replay(self, *args: str, check: bool = True, timeout: float = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*FAUST, "replay", *args], env=self.env(**(env or {})), cwd=ROOT, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"replay failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return proc
-
-
-class Worker:
-    """A real ``faust -A app worker`` process with its own data dir and web port."""
-
-    def __init__(self, ns: Namespace, data_dir: Path, web_port: int | None = None, **env: str) -> None:
-        self.ns = ns
-        self.data_dir = data_dir
-        self.web_port = web_port or free_port()
-        self.extra_env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = ns.tmp / f"worker-{self.web_port}.log"
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    def start(self, wait: bool = True, timeout: float = 90) -> Worker:
-        self.starts += 1
-        log = self.log_path.open("ab")
-        env = self.ns.env(DATA_DIR=str(self.data_dir), WEB_PORT=str(self.web_port), **self.extra_env)
-        self.proc = subprocess.Popen(
-            [*FAUST, "worker", "-l", "info", "--web-port", str(self.web_port)],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            return http_json(self.url + "/ready", timeout=2)[0] == 200
-
-        try:
-            wait_for(ready, timeout, "worker /ready")
-        except (AssertionError, RuntimeError) as exc:
-            raise AssertionError(f"{exc}\n--- worker log ---\n{self.tail()}") from None
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return http_json(self.url + path)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[list[Any]], bool] | None,
-                   limit_s: float) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for a new topic
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        # Without a stop condition: catch up with the end offsets seen now, then read on for at
-        # most idle_s more (less if the topic falls silent) for records still in flight.
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + limit_s
-        caught_up_at: float | None = None
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            now = time.monotonic()
-            if batch:
-                for msgs in batch.values():
-                    out.extend(msgs)
-                last_new = now
-                if stop is not None and stop(out):
-                    break
-            if stop is not None:
-                continue
-            if caught_up_at is None and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                caught_up_at = now
-            if caught_up_at is not None and (now - caught_up_at >= idle_s or now - last_new >= idle_s):
-                break
-        return out
-    finally:
-        await consumer.stop()
-
-
-def consume(bootstrap: str, topic: str, idle_s: float = 2.0, stop: Callable[[list[Any]], bool] | None = None,
-            timeout: float = 60) -> list[Any]:
-    """Every record of ``topic`` from the beginning: until ``stop(records)`` or ``idle_s`` of silence."""
-    return asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
-
-
-def values(records: Iterable[Any]) -> list[dict[str, Any]]:
-    return [json.loads(r.value) for r in records]
-
-
-def frames(records: Iterable[Any]) -> list[Any]:
-    """The frames of raw records (README "Raw record format"), in order."""
-    from app.wire import RawFrame, decode_record
-
-    return [f for r in records for f in decode_record(r.key, r.value, r.headers) if isinstance(f, RawFrame)]
 
 
 def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None) -> Any:
@@ -292,46 +69,6 @@ def workers(*ws: Worker) -> Any:
     finally:
         for w in ws:
             w.kill()
-
-
-class Simulator:
-    """A real `faust -A app simulate` process on its own port."""
-
-    def __init__(self, tmp: Path, port: int | None = None, rate: float = 20.0) -> None:
-        self.port = port or free_port()
-        self.rate = rate
-        self.log_path = tmp / f"simulator-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Simulator:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([*FAUST, "simulate", "--port", str(self.port), "--rate", str(self.rate)],
-                                     env=env, cwd=ROOT, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        wait_for(lambda: http_json(self.url + "/control/status")[0] == 200, 30, "simulator up")
-        return self
-
-    def truth(self, venue: str, symbol: str) -> list[list[Any]]:
-        status, body = http_json(f"{self.url}/control/truth/{venue}/{symbol}", timeout=10)
-        assert status == 200, body
-        return body["entries"]
-
-    def fault(self, venue: str, symbol: str, fault: str, seconds: float = 5.0) -> None:
-        req = urllib.request.Request(f"{self.url}/control/fault", method="POST",  # noqa: S310 - local URL
-                                     data=json.dumps({"venue": venue, "symbol": symbol, "fault": fault,
-                                                      "seconds": seconds}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local test URL
-            assert resp.status == 200
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:

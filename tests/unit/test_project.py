@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def test_bad_settings_are_clear_errors(monkeypatch: pytest.MonkeyPatch, name: st
     with pytest.raises(ConfigError, match=message) as info:
         settings_mod.load()
     assert name in str(info.value)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports (absolute imports, at any depth of the file)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "bench").glob("*.py"), ROOT / "scripts" / "harness.py"]),
+                         ids=lambda p: p.name)
+def test_bench_and_the_harness_never_import_the_test_package(path: Path) -> None:
+    tests = {m for m in imported_modules(path) if m == "tests" or m.startswith("tests.")}
+    assert not tests, f"{path.relative_to(ROOT)} imports {sorted(tests)}: shared helpers belong in scripts/harness.py"
 
 
 def test_bench_refuses_an_unknown_step_before_starting_anything() -> None:
