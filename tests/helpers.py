@@ -6,9 +6,10 @@ is scripts/harness.py, shared with the benchmarks; it is re-exported here for th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ from scripts.harness import (
 )
 
 __all__ = [
-    "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "Simulator", "Worker", "book_levels", "consume", "examples",
-    "frames", "free_port", "http_json", "match_truth", "percentile", "reference", "rss_mb", "values", "wait_for",
-    "workers",
+    "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
+    "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
+    "match_truth", "percentile", "reference", "rss_mb", "values", "wait_for", "workers",
 ]
 
 
@@ -60,6 +61,42 @@ def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | No
 def book_levels(proc: Any, key: str) -> tuple[list[list[str]], list[list[str]]]:
     book = proc.instruments[key].book
     return [list(x) for x in book.iter_bids()], [list(x) for x in book.iter_asks()]
+
+
+def feeds_spec(feeds: dict[str, list[str]]) -> str:
+    """The FEEDS setting (``venue:SYM,SYM;venue:SYM``) for ``{venue: [symbol, …]}``."""
+    return ";".join(f"{venue}:{','.join(symbols)}" for venue, symbols in feeds.items())
+
+
+def by_instrument(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Downstream records (book.top, …) per instrument key ``venue:instrument``, in order."""
+    out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in records:
+        out[f"{r['venue']}:{r['instrument']}"].append(r)
+    return out
+
+
+class SimSite:
+    """A simulator and a worker ingesting ``keys`` from it: the ``sim_site`` fixture of
+    tests/conftest.py. A test may replace ``sim`` (a restarted simulator)."""
+
+    def __init__(self, ns: Namespace, sim: Simulator, worker: Worker, keys: set[str]) -> None:
+        self.ns, self.sim, self.worker, self.keys = ns, sim, worker, keys
+
+    def books(self, worker: Worker | None = None) -> dict[str, dict[str, Any]]:
+        """The books ``worker`` (this site's by default) owns, by key, from /api/books."""
+        return {b["key"]: b for b in (worker or self.worker).get("/api/books")[1]["books"]}
+
+    def topic(self, name: str) -> list[dict[str, Any]]:
+        """Every record of this namespace's ``name`` topic (book.status, raw.deadletter, …)."""
+        return values(consume(self.ns.bootstrap, self.ns.topic(name), idle_s=2))
+
+    def tops(self) -> dict[str, list[dict[str, Any]]]:
+        return by_instrument(self.topic("book.top"))
+
+
+#: ``sim_site(feeds, data="data", **worker_env)`` (tests/conftest.py).
+SimSiteFactory = Callable[..., SimSite]
 
 
 @contextlib.contextmanager

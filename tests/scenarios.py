@@ -24,7 +24,9 @@ from tests.helpers import (
     Simulator,
     Worker,
     book_levels,
+    by_instrument,
     consume,
+    feeds_spec,
     match_truth,
     values,
     wait_for,
@@ -33,10 +35,7 @@ from tests.helpers import (
 
 # -- helpers ------------------------------------------------------------------------
 def tops_by_key(ns: Namespace) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for t in values(consume(ns.bootstrap, ns.topic("book.top"), idle_s=2, timeout=300)):
-        out[f"{t['venue']}:{t['instrument']}"].append(t)
-    return out
+    return by_instrument(values(consume(ns.bootstrap, ns.topic("book.top"), idle_s=2, timeout=300)))
 
 
 def check_tops_never_go_back(tops: dict[str, list[dict[str, Any]]]) -> int:
@@ -170,7 +169,7 @@ def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int 
     """Two workers (standby replicas 1), ingestion from the simulator; kill one, the other
     serves every book; start it again, partitions come back; books equal the truth."""
     keys = sorted(f"{v}:{s}" for v, syms in feeds.items() for s in syms)
-    spec = ";".join(f"{v}:{','.join(s)}" for v, s in feeds.items())
+    spec = feeds_spec(feeds)
     sim = Simulator(tmp, rate=rate).start()
     common = {"TABLE_STANDBY_REPLICAS": "1", "INGEST_IN_WORKER": "false"}
     a, b = Worker(ns, tmp / "a", **common), Worker(ns, tmp / "b", **common)
@@ -231,7 +230,7 @@ def broker_outage(tmp: Path, feeds: dict[str, list[str]], outage_s: float = 20.0
                   ) -> dict[str, Any]:
     """Worker ingesting from the simulator; the broker stops for ``outage_s`` and comes back."""
     keys = sorted(f"{v}:{s}" for v, syms in feeds.items() for s in syms)
-    spec = ";".join(f"{v}:{','.join(s)}" for v, s in feeds.items())
+    spec = feeds_spec(feeds)
     broker = Broker(tmp / "kafka").up()
     sim = Simulator(tmp, rate=rate).start()
     ns = Namespace("outage", broker.bootstrap, tmp)

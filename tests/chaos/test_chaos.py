@@ -16,7 +16,18 @@ from app.capture.formats import read, write_native
 from app.errors import FrameError
 from app.venues import adapter
 from app.venues.base import Kind
-from tests.helpers import Namespace, Simulator, Worker, consume, percentile, reference, values, wait_for, workers
+from tests.helpers import (
+    Namespace,
+    Simulator,
+    Worker,
+    consume,
+    feeds_spec,
+    percentile,
+    reference,
+    values,
+    wait_for,
+    workers,
+)
 from tests.scenarios import api_book, broker_outage, repeated_kills, takeover, tops_by_key
 from tests.unit.test_captures import CRYPTOFEED, hft
 
@@ -127,7 +138,7 @@ def latencies_ms(tops: dict[str, list[dict[str, Any]]], since_ns: int, until_ns:
 def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_pace(
         ns: Namespace, tmp_path: Path, report: dict[str, Any]) -> None:
     sim = Simulator(tmp_path, rate=20).start()
-    spec = ";".join(f"{v}:{','.join(s)}" for v, s in FEEDS.items())
+    spec = feeds_spec(FEEDS)
     keys = [f"{v}:{s}" for v, syms in FEEDS.items() for s in syms]
     worker = Worker(ns, tmp_path / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec)
     bad = bad_frames(int(os.environ.get("CHAOS_BAD_FRAMES", "20000")))
