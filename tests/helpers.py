@@ -34,7 +34,7 @@ from scripts.harness import (
 __all__ = [
     "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
     "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
-    "match_truth", "percentile", "reference", "rss_mb", "values", "wait_for", "workers",
+    "match_truth", "percentile", "reference", "rss_mb", "tops_matching_no_truth", "values", "wait_for", "workers",
 ]
 
 
@@ -43,18 +43,26 @@ def examples(default: int) -> int:
     return int(os.environ.get("FUZZ_EXAMPLES") or default)
 
 
-def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None) -> Any:
-    """In-process reference: the same router + processor, no Kafka. Returns the Processor."""
+def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None, proc: Any = None,
+              on_outcome: Callable[[Any, Any], None] | None = None) -> Any:
+    """In-process reference: the same router + processor, no Kafka. Returns the Processor.
+
+    One router per call, as one replay run has; ``proc`` carries the books on from an earlier
+    call (a capture replayed in parts). ``on_outcome(raw_frame, outcome)`` sees every frame's
+    :class:`app.processor.Outcome`."""
     from app.capture.formats import read
     from app.processor import Processor
     from app.router import Router
 
-    router, proc = Router(), Processor()
+    router = Router()
+    proc = Processor() if proc is None else proc
     for i, rec in enumerate(read(paths, fmt)):
         if drop is not None and drop(i, rec):
             continue
         for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            proc.handle(raw)
+            out = proc.handle(raw)
+            if on_outcome is not None:
+                on_outcome(raw, out)
     return proc
 
 
@@ -108,8 +116,8 @@ def workers(*ws: Worker) -> Any:
             w.kill()
 
 
-def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
-    """Every book.top equals the simulator's true top at its seq; returns how many were checked.
+def tops_matching_no_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> list[str]:
+    """The book.top records that equal no simulator true top at their seq (one line each).
 
     Truth entries are ``[seq, bid_px, bid_sz, ask_px, ask_sz, conn]`` in time order. ``conn``
     is 0 where the venue's sequence belongs to the instrument, the simulator's connection
@@ -120,6 +128,7 @@ def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
     for entry in truth:
         by_conn.setdefault(entry[5], []).append(entry)
     pos = dict.fromkeys(by_conn, 0)
+    wrong: list[str] = []
     for top in tops:
         got = (top["bid_px"], top["bid_sz"], top["ask_px"], top["ask_sz"])
         for conn, entries in by_conn.items():
@@ -130,5 +139,12 @@ def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
                 pos[conn] = i
                 break
         else:
-            raise AssertionError(f"book.top {got} at seq {top['seq']} matches no true book at that seq")
+            wrong.append(f"book.top {got} at seq {top['seq']} matches no true book at that seq")
+    return wrong
+
+
+def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
+    """Every book.top equals the simulator's true top at its seq; returns how many were checked."""
+    wrong = tops_matching_no_truth(tops, truth)
+    assert not wrong, wrong[0]
     return len(tops)
