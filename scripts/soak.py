@@ -50,7 +50,7 @@ def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
         if bad is None:
             out[node_id(case)] = ("passed", "")
         else:
-            text = bad.text or bad.get("message", "")
+            text = bad.text or bad.get("message") or ""
             out[node_id(case)] = ({"failure": "failed"}.get(bad.tag, bad.tag), text)
     return out
 

@@ -106,7 +106,7 @@ def sim_site(module_ns: Namespace) -> Iterator[SimSiteFactory]:
         sims.append(sim)
         feeds_file = module_ns.tmp / f"feeds-{data}.json"
         feeds_file.write_text(json.dumps({"endpoints": {"coinbase": {"silence_s": 3.0}}}))
-        worker = Worker(module_ns, module_ns.tmp / data, FEED="sim", SIM_URL=sim.url, FEEDS=feeds_spec(feeds),
+        worker = Worker(module_ns, module_ns.tmp / data, None, FEED="sim", SIM_URL=sim.url, FEEDS=feeds_spec(feeds),
                         FEEDS_FILE=str(feeds_file), **env)
         site = SimSite(module_ns, sim, worker, {f"{v}:{s}" for v, syms in feeds.items() for s in syms})
         sites.append(site)
