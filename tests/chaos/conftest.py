@@ -125,7 +125,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
     tr = terminalreporter
     tr.section("bookstream chaos report")
     for name, value in rows:
-        tr.write_line(f"{name:<{width}}  {value:>12,}" if isinstance(value, int) else f"{name:<{width}}  {value}")
+        tr.write_line(f"{name:<{width}}  {value:>12,}" if isinstance(value, int) else f"{name:<{width}}  {value:>12}")
     for scenario, entry in sorted(merged.items()):
         figures = {k: v for k, v in entry.items() if k not in ("status", "error", "failed_in", "run_at")}
         run = "this run" if scenario in REPORT else f"an earlier run, {entry.get('run_at')}"
