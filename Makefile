@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test chaos fuzz bench lint format clean
+.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test soak chaos fuzz bench lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 
 
 test: install browser ## Run the whole test suite (starts and stops its own broker)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+soak: install ## Takeover tests SOAK_N (20) times, each a fresh pytest run; pass/fail counts → bench/soak-results.json
+	$(BIN)/python scripts/soak.py
 
 chaos: install ## Long fault scenarios (20 kills, 20 s broker outage, takeovers, bad-frame flood); report → bench/chaos-results.json
 	CHAOS=1 $(BIN)/python -m pytest tests/chaos -v -s --timeout=3600 $(PYTEST_ARGS)

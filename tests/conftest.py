@@ -1,4 +1,4 @@
-"""Session fixtures: a real Kafka broker and isolated namespaces per test.
+"""Fixtures: a real Kafka broker, isolated namespaces per test, a simulator-fed worker per module.
 
 When ``KAFKA_BOOTSTRAP`` is unset the project's own broker is started through
 ``scripts/kafka.sh`` on its own port and data dir (``TEST_KAFKA_PORT``, default 19092,
@@ -8,6 +8,7 @@ stopped at the end of the session if this session started it.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CAPTURES, ROOT, Broker, Namespace
+from tests.helpers import (
+    CAPTURES,
+    ROOT,
+    Broker,
+    Namespace,
+    SimSite,
+    SimSiteFactory,
+    Simulator,
+    Worker,
+    feeds_spec,
+    wait_for,
+)
 
 # The long fault scenarios run in `make chaos` (CHAOS=1), not in `make test`.
 collect_ignore = [] if os.environ.get("CHAOS") else ["chaos"]
@@ -77,3 +89,37 @@ def captures() -> Path:
     if not (CAPTURES / "cryptofeed").is_dir():
         pytest.skip(f"real captures not found at {CAPTURES} (../shared/captures); skipping capture tests")
     return CAPTURES
+
+
+@pytest.fixture(scope="module")
+def sim_site(module_ns: Namespace) -> Iterator[SimSiteFactory]:
+    """Factory of one simulator (20 updates/s per instrument) and one worker ingesting it, for a
+    module: ``sim_site(feeds, data="data", **worker_env)`` starts both, waits until every
+    instrument of ``feeds`` (``{venue: [symbol, …]}``) is synced (30 s) and returns the
+    :class:`SimSite`. The worker's Coinbase feed counts as silent after 3 s (so that a
+    ``silence`` fault shows quickly). Everything it started stops at the end of the module."""
+    sims: list[Simulator] = []
+    sites: list[SimSite] = []
+
+    def start(feeds: dict[str, list[str]], data: str = "data", **env: str) -> SimSite:
+        sim = Simulator(module_ns.tmp, rate=20).start()
+        sims.append(sim)
+        feeds_file = module_ns.tmp / f"feeds-{data}.json"
+        feeds_file.write_text(json.dumps({"endpoints": {"coinbase": {"silence_s": 3.0}}}))
+        worker = Worker(module_ns, module_ns.tmp / data, None, FEED="sim", SIM_URL=sim.url, FEEDS=feeds_spec(feeds),
+                        FEEDS_FILE=str(feeds_file), **env)
+        site = SimSite(module_ns, sim, worker, {f"{v}:{s}" for v, syms in feeds.items() for s in syms})
+        sites.append(site)
+        worker.start()
+        wait_for(lambda: {k for k, b in site.books().items() if b["state"] == "synced"} >= site.keys, 30,
+                 "every instrument synced within 30 s of start")
+        return site
+
+    try:
+        yield start
+    finally:
+        for site in sites:
+            site.worker.kill()
+            site.sim.kill()  # a test may have replaced the simulator
+        for sim in sims:
+            sim.kill()

@@ -6,9 +6,10 @@ is scripts/harness.py, shared with the benchmarks; it is re-exported here for th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ from scripts.harness import (
 )
 
 __all__ = [
-    "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "Simulator", "Worker", "book_levels", "consume", "examples",
-    "frames", "free_port", "http_json", "match_truth", "percentile", "reference", "rss_mb", "values", "wait_for",
-    "workers",
+    "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
+    "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
+    "match_truth", "percentile", "reference", "rss_mb", "tops_matching_no_truth", "values", "wait_for", "workers",
 ]
 
 
@@ -42,24 +43,68 @@ def examples(default: int) -> int:
     return int(os.environ.get("FUZZ_EXAMPLES") or default)
 
 
-def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None) -> Any:
-    """In-process reference: the same router + processor, no Kafka. Returns the Processor."""
+def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | None = None, proc: Any = None,
+              on_outcome: Callable[[Any, Any], None] | None = None) -> Any:
+    """In-process reference: the same router + processor, no Kafka. Returns the Processor.
+
+    One router per call, as one replay run has; ``proc`` carries the books on from an earlier
+    call (a capture replayed in parts). ``on_outcome(raw_frame, outcome)`` sees every frame's
+    :class:`app.processor.Outcome`."""
     from app.capture.formats import read
     from app.processor import Processor
     from app.router import Router
 
-    router, proc = Router(), Processor()
+    router = Router()
+    proc = Processor() if proc is None else proc
     for i, rec in enumerate(read(paths, fmt)):
         if drop is not None and drop(i, rec):
             continue
         for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            proc.handle(raw)
+            out = proc.handle(raw)
+            if on_outcome is not None:
+                on_outcome(raw, out)
     return proc
 
 
 def book_levels(proc: Any, key: str) -> tuple[list[list[str]], list[list[str]]]:
     book = proc.instruments[key].book
     return [list(x) for x in book.iter_bids()], [list(x) for x in book.iter_asks()]
+
+
+def feeds_spec(feeds: dict[str, list[str]]) -> str:
+    """The FEEDS setting (``venue:SYM,SYM;venue:SYM``) for ``{venue: [symbol, …]}``."""
+    return ";".join(f"{venue}:{','.join(symbols)}" for venue, symbols in feeds.items())
+
+
+def by_instrument(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Downstream records (book.top, …) per instrument key ``venue:instrument``, in order."""
+    out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in records:
+        out[f"{r['venue']}:{r['instrument']}"].append(r)
+    return out
+
+
+class SimSite:
+    """A simulator and a worker ingesting ``keys`` from it: the ``sim_site`` fixture of
+    tests/conftest.py. A test may replace ``sim`` (a restarted simulator)."""
+
+    def __init__(self, ns: Namespace, sim: Simulator, worker: Worker, keys: set[str]) -> None:
+        self.ns, self.sim, self.worker, self.keys = ns, sim, worker, keys
+
+    def books(self, worker: Worker | None = None) -> dict[str, dict[str, Any]]:
+        """The books ``worker`` (this site's by default) owns, by key, from /api/books."""
+        return {b["key"]: b for b in (worker or self.worker).get("/api/books")[1]["books"]}
+
+    def topic(self, name: str) -> list[dict[str, Any]]:
+        """Every record of this namespace's ``name`` topic (book.status, raw.deadletter, …)."""
+        return values(consume(self.ns.bootstrap, self.ns.topic(name), idle_s=2))
+
+    def tops(self) -> dict[str, list[dict[str, Any]]]:
+        return by_instrument(self.topic("book.top"))
+
+
+#: ``sim_site(feeds, data="data", **worker_env)`` (tests/conftest.py).
+SimSiteFactory = Callable[..., SimSite]
 
 
 @contextlib.contextmanager
@@ -71,8 +116,8 @@ def workers(*ws: Worker) -> Any:
             w.kill()
 
 
-def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
-    """Every book.top equals the simulator's true top at its seq; returns how many were checked.
+def tops_matching_no_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> list[str]:
+    """The book.top records that equal no simulator true top at their seq (one line each).
 
     Truth entries are ``[seq, bid_px, bid_sz, ask_px, ask_sz, conn]`` in time order. ``conn``
     is 0 where the venue's sequence belongs to the instrument, the simulator's connection
@@ -83,6 +128,7 @@ def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
     for entry in truth:
         by_conn.setdefault(entry[5], []).append(entry)
     pos = dict.fromkeys(by_conn, 0)
+    wrong: list[str] = []
     for top in tops:
         got = (top["bid_px"], top["bid_sz"], top["ask_px"], top["ask_sz"])
         for conn, entries in by_conn.items():
@@ -93,5 +139,12 @@ def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
                 pos[conn] = i
                 break
         else:
-            raise AssertionError(f"book.top {got} at seq {top['seq']} matches no true book at that seq")
+            wrong.append(f"book.top {got} at seq {top['seq']} matches no true book at that seq")
+    return wrong
+
+
+def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
+    """Every book.top equals the simulator's true top at its seq; returns how many were checked."""
+    wrong = tops_matching_no_truth(tops, truth)
+    assert not wrong, wrong[0]
     return len(tops)

@@ -6,13 +6,9 @@ instrument, so the others prove that a fault never spreads.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,12 +16,13 @@ from tests.helpers import (
     FAUST,
     ROOT,
     Namespace,
+    SimSite,
+    SimSiteFactory,
     Simulator,
     Worker,
     consume,
     match_truth,
     reference,
-    values,
     wait_for,
     workers,
 )
@@ -56,47 +53,14 @@ FAULTS = [
 CONTROL = "deribit:ETH-PERPETUAL"  # no fault, shares its connection with two faulted books
 
 
-class Live:
-    def __init__(self, ns: Namespace, sim: Simulator, worker: Worker) -> None:
-        self.ns, self.sim, self.worker = ns, sim, worker
-
-    def books(self) -> dict[str, dict[str, Any]]:
-        return {b["key"]: b for b in self.worker.get("/api/books")[1]["books"]}
-
-    def topic(self, name: str) -> list[dict[str, Any]]:
-        return values(consume(self.ns.bootstrap, self.ns.topic(name), idle_s=2))
-
-    def tops(self) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for t in self.topic("book.top"):
-            out[f"{t['venue']}:{t['instrument']}"].append(t)
-        return out
-
-
 @pytest.fixture(scope="module")
-def live(module_ns: Namespace) -> Iterator[Live]:
-    sim = Simulator(module_ns.tmp, rate=20).start()
-    feeds_file = module_ns.tmp / "feeds.json"
-    feeds_file.write_text(json.dumps({"endpoints": {"coinbase": {"silence_s": 3.0}}}))
-    spec = ";".join(f"{v}:{','.join(s)}" for v, s in FEEDS.items())
-    worker = Worker(module_ns, module_ns.tmp / "data", FEED="sim", SIM_URL=sim.url, FEEDS=spec,
-                    FEEDS_FILE=str(feeds_file), DERIBIT_CLIENT_ID="planted-client-id-7Q",
-                    DERIBIT_CLIENT_SECRET="planted-secret-9Z", OKX_API_KEY="planted-okx-key-3K",
-                    OKX_API_SECRET="planted-okx-secret-5M", OKX_API_PASSPHRASE="planted-okx-pass-1P")
-    live = Live(module_ns, sim, worker)
-    try:
-        with workers(worker):
-            worker.start()
-            keys = {f"{v}:{s}" for v, syms in FEEDS.items() for s in syms}
-            wait_for(lambda: {k for k, b in live.books().items() if b["state"] == "synced"} >= keys, 30,
-                     "every instrument synced within 30 s of start")
-            yield live
-    finally:
-        sim.kill()
-        live.sim.kill()  # a test may have replaced it
+def live(sim_site: SimSiteFactory) -> SimSite:
+    return sim_site(FEEDS, DERIBIT_CLIENT_ID="planted-client-id-7Q", DERIBIT_CLIENT_SECRET="planted-secret-9Z",
+                    OKX_API_KEY="planted-okx-key-3K", OKX_API_SECRET="planted-okx-secret-5M",
+                    OKX_API_PASSPHRASE="planted-okx-pass-1P")
 
 
-def test_every_book_top_equals_the_simulator_truth(live: Live) -> None:
+def test_every_book_top_equals_the_simulator_truth(live: SimSite) -> None:
     wait_for(lambda: all(b["counters"]["applied"] > 40 for b in live.books().values()), 30, "flow")
     checked = 0
     for key, tops in live.tops().items():
@@ -105,7 +69,7 @@ def test_every_book_top_equals_the_simulator_truth(live: Live) -> None:
     assert checked > 300
 
 
-def test_each_fault_stales_only_its_book_which_resyncs_and_is_correct_again(live: Live) -> None:
+def test_each_fault_stales_only_its_book_which_resyncs_and_is_correct_again(live: SimSite) -> None:
     # counted before any fault: a fault can take effect within milliseconds of its injection
     before = {k: b["counters"]["gaps"] for k, b in live.books().items()}
     for fault, venue, symbol, _ in FAULTS:
@@ -138,7 +102,7 @@ def test_each_fault_stales_only_its_book_which_resyncs_and_is_correct_again(live
     assert CONTROL not in went_stale
 
 
-def test_reconnect_after_the_simulator_is_killed_and_restarted(live: Live) -> None:
+def test_reconnect_after_the_simulator_is_killed_and_restarted(live: SimSite) -> None:
     port = live.sim.port
     live.sim.kill()
     wait_for(lambda: all(b["state"] != "synced" for b in live.books().values()), 30, "every book stale")
@@ -152,7 +116,7 @@ def test_reconnect_after_the_simulator_is_killed_and_restarted(live: Live) -> No
         match_truth(tops[-5:], live.sim.truth(venue, symbol))
 
 
-def test_credentials_never_appear_in_logs_or_topics(live: Live) -> None:
+def test_credentials_never_appear_in_logs_or_topics(live: SimSite) -> None:
     planted = ["planted-client-id-7Q", "planted-secret-9Z", "planted-okx-key-3K", "planted-okx-secret-5M",
                "planted-okx-pass-1P"]
     log = live.worker.log_text()
@@ -169,7 +133,7 @@ def test_credentials_never_appear_in_logs_or_topics(live: Live) -> None:
     assert any(b'.raw"' in v or b"book.BTC-PERPETUAL.raw" in v for v in raw)
 
 
-def test_recorded_session_replays_to_the_same_books(live: Live, ns: Namespace, tmp_path: Path) -> None:
+def test_recorded_session_replays_to_the_same_books(live: SimSite, ns: Namespace, tmp_path: Path) -> None:
     out = tmp_path / "rec"
     env = ns.env(FEED="sim", SIM_URL=live.sim.url, FEEDS="deribit:BTC-PERPETUAL;okx:BTC-USDT;coinbase:BTC-USD")
     rec = subprocess.Popen([*FAUST, "record", "--out", str(out), "--rotate-mb", "0.05"], env=env, cwd=ROOT,

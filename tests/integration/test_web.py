@@ -12,40 +12,20 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, Namespace, Simulator, Worker, wait_for, workers
+from tests.helpers import ROOT, SimSite, SimSiteFactory, Worker, wait_for, workers
 
-FEEDS = "deribit:BTC-PERPETUAL,ETH-PERPETUAL;okx:BTC-USDT;coinbase:BTC-USD,ETH-USD;binance-usdm:BTCUSDT"
-KEYS = {"deribit:BTC-PERPETUAL", "deribit:ETH-PERPETUAL", "okx:BTC-USDT", "coinbase:BTC-USD", "coinbase:ETH-USD",
-        "binance-usdm:BTCUSDT"}
+FEEDS = {"deribit": ["BTC-PERPETUAL", "ETH-PERPETUAL"], "okx": ["BTC-USDT"], "coinbase": ["BTC-USD", "ETH-USD"],
+         "binance-usdm": ["BTCUSDT"]}
+KEYS = {f"{venue}:{symbol}" for venue, symbols in FEEDS.items() for symbol in symbols}
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-class Site:
-    def __init__(self, ns: Namespace, sim: Simulator, worker: Worker) -> None:
-        self.ns, self.sim, self.worker = ns, sim, worker
-
-    def books(self, worker: Worker | None = None) -> dict[str, dict[str, Any]]:
-        return {b["key"]: b for b in (worker or self.worker).get("/api/books")[1]["books"]}
-
-
 @pytest.fixture(scope="module")
-def site(module_ns: Namespace) -> Iterator[Site]:
-    sim = Simulator(module_ns.tmp, rate=20).start()
-    feeds_file = module_ns.tmp / "feeds.json"
-    feeds_file.write_text(json.dumps({"endpoints": {"coinbase": {"silence_s": 3.0}}}))
-    worker = Worker(module_ns, module_ns.tmp / "w1", FEED="sim", SIM_URL=sim.url, FEEDS=FEEDS,
-                    FEEDS_FILE=str(feeds_file), TABLE_STANDBY_REPLICAS="1")
-    site = Site(module_ns, sim, worker)
-    try:
-        with workers(worker):
-            worker.start()
-            wait_for(lambda: {k for k, b in site.books().items() if b["state"] == "synced"} >= KEYS, 30, "synced")
-            yield site
-    finally:
-        sim.kill()
+def site(sim_site: SimSiteFactory) -> SimSite:
+    return sim_site(FEEDS, "w1", TABLE_STANDBY_REPLICAS="1")
 
 
-def test_book_api_fields(site: Site) -> None:
+def test_book_api_fields(site: SimSite) -> None:
     status, body = site.worker.get("/api/books/okx/BTC-USDT?depth=5")
     assert status == 200
     assert len(body["bids"]) == 5
@@ -64,7 +44,7 @@ def test_book_api_fields(site: Site) -> None:
     ("/api/books/okx/BTC-USDT?depth=0", 400), ("/api/books/okx/BTC-USDT?depth=999999", 400),
     ("/api/books/okx/BTC-USDT?depth=-1", 400), ("/table/books", 404), ("/router", 404), ("/stats/", 404),
 ])
-def test_errors_are_json_never_500(site: Site, path: str, status: int) -> None:
+def test_errors_are_json_never_500(site: SimSite, path: str, status: int) -> None:
     got, body = site.worker.get(path)
     assert got == status, body
     if path.startswith("/api/"):
@@ -72,7 +52,7 @@ def test_errors_are_json_never_500(site: Site, path: str, status: int) -> None:
         assert "error" in body
 
 
-def test_health_ready_venues_and_metrics(site: Site) -> None:
+def test_health_ready_venues_and_metrics(site: SimSite) -> None:
     assert site.worker.get("/health") == (200, {"status": "ok"})
     status, ready = site.worker.get("/ready")
     assert status == 200
@@ -93,7 +73,7 @@ def test_health_ready_venues_and_metrics(site: Site) -> None:
     assert "bookstream_consumer_lag{" in text
 
 
-def test_second_worker_answers_for_every_instrument_through_table_routing(site: Site, tmp_path: Path) -> None:
+def test_second_worker_answers_for_every_instrument_through_table_routing(site: SimSite, tmp_path: Path) -> None:
     second = Worker(site.ns, tmp_path / "w2", INGEST_IN_WORKER="false", TABLE_STANDBY_REPLICAS="1")
     with workers(second):
         second.start()
@@ -132,7 +112,7 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def test_dashboard_updates_live_and_shows_a_gap_as_stale_then_recovered(site: Site, browser: Any) -> None:
+def test_dashboard_updates_live_and_shows_a_gap_as_stale_then_recovered(site: SimSite, browser: Any) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 800})
     page.goto(site.worker.url + "/")
     page.wait_for_selector('tr[data-key="okx:BTC-USDT"]', timeout=15_000)
@@ -160,7 +140,7 @@ def test_dashboard_updates_live_and_shows_a_gap_as_stale_then_recovered(site: Si
     page.close()
 
 
-def test_instrument_page_renders_ladder_depth_chart_and_series(site: Site, browser: Any) -> None:
+def test_instrument_page_renders_ladder_depth_chart_and_series(site: SimSite, browser: Any) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(site.worker.url + "/book/deribit/BTC-PERPETUAL")
     page.wait_for_function("document.querySelectorAll('#ladder tbody tr').length >= 10", timeout=15_000)

@@ -155,3 +155,26 @@ def test_an_unreadable_local_copy_is_discarded_and_starts_empty(tmp_path: Path) 
     assert list(reopened.items()) == []
     assert reopened.checkpoint() == Checkpoint()
     reopened.close()
+
+
+def test_a_reloaded_book_publishes_no_top_for_a_frame_that_leaves_its_top_unchanged(tmp_path: Path) -> None:
+    """book.top is published when the top changes; after a restore (restart, takeover, standby
+    promotion) the worker must not publish an unchanged top again at a new (epoch, seq): a
+    consumer's repeat rule (README "Delivery guarantees") only allows repeating an earlier record."""
+    part = new_partition(tmp_path)
+    apply(part, deribit("snapshot", 100, [(t, 1.0) for t in range(5)], [(t, 1.0) for t in range(5)]),
+          "raw.deribit", 0)
+    commit_locally(part)
+    part.store.close()  # the books stay in memory: the uninterrupted run goes on with them
+    reloaded = PartitionState(0, LocalStore(tmp_path, BOOKS).open(0), buffer_limit=100)
+    reloaded.load()
+    below_the_top = deribit("change", 101, [(3, 2.0)], [], prev=100)  # the 4th bid level changes
+    uninterrupted = part.processor.handle(below_the_top)
+    assert uninterrupted.fx.applied
+    assert uninterrupted.fx.tops == []
+    restored = reloaded.processor.handle(below_the_top)
+    assert restored.fx.applied
+    assert restored.fx.tops == [], (
+        f"the restored book published its unchanged top again at seq 101: {restored.fx.tops} (Instrument.last_top "
+        "is memory only, so the first frame after a restore always publishes)")
+    reloaded.store.close()
