@@ -210,12 +210,12 @@ class Settings:
     web_port: int = 6066
     data_dir: Path = field(default_factory=lambda: ROOT / ".data" / "worker")
     log_level: str = "info"
-    depth_interval_ms: int = 100
+    depth_interval_ms: int = 1000
     depth_levels: int = 20
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
-    producer_linger_ms: int = 2
+    producer_linger_ms: int = 5
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
@@ -271,12 +271,12 @@ def load() -> Settings:
         web_port=_env_int("WEB_PORT", 6066, minimum=1, maximum=65535),
         data_dir=Path(data_dir).expanduser().resolve(),
         log_level=level,
-        depth_interval_ms=_env_int("DEPTH_INTERVAL_MS", 100, minimum=1),
+        depth_interval_ms=_env_int("DEPTH_INTERVAL_MS", 1000, minimum=1),
         depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
-        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 2, minimum=0),
+        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),

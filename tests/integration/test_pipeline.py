@@ -38,7 +38,7 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline(module_ns: Namespace, captures: Path) -> Iterator[Pipeline]:
-    worker = Worker(module_ns, module_ns.tmp / "data")
+    worker = Worker(module_ns, module_ns.tmp / "data", DEPTH_INTERVAL_MS="100")
     inputs = [([captures / "cryptofeed" / n], "cryptofeed") for n in CRYPTOFEED]
     inputs.append((hft(captures, "spot"), "hftbacktest"))
     with workers(worker):

@@ -54,7 +54,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("F_DATADIR", raising=False)
     s = settings_mod.load()
     assert (s.kafka_bootstrap, s.web_host, s.web_port, s.partitions) == ("127.0.0.1:9092", "127.0.0.1", 6066, 4)
-    assert (s.depth_interval_ms, s.depth_levels) == (100, 20)
+    assert (s.depth_interval_ms, s.depth_levels) == (1000, 20)
     assert s.broker_url == "kafka://127.0.0.1:9092"
 
 
