@@ -67,7 +67,8 @@ async def replay(self: AppCommand, paths: tuple[Path, ...], fmt: str, venue: str
 @app.command(
     argument("topic", type=str),
     option("--from-beginning", is_flag=True, default=False, help="Start at the oldest record."),
-    option("--count", type=int, default=0, help="Stop after this many records (0: never)."),
+    option("--count", type=int, default=0,
+           help="Stop after this many lines (records; frames for raw.<venue>; 0: never)."),
 )
 async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -> None:
     """Print a topic's records as JSON lines (TOPIC without TOPIC_PREFIX, e.g. book.top); for raw.<venue>,
@@ -91,13 +92,14 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
         async for msg in consumer:
             key = msg.key.decode("utf-8", "replace") if msg.key else ""
             if frames:  # raw records carry batches of frames: one line per frame
-                for index, item in enumerate(decode_record(msg.key, msg.value, msg.headers)):
-                    print(_frame_line(msg.partition, msg.offset, index, item), flush=True)
+                lines = [_frame_line(msg.partition, msg.offset, index, item)
+                         for index, item in enumerate(decode_record(msg.key, msg.value, msg.headers))]
             else:
                 value = msg.value.decode("utf-8", "replace") if msg.value else "null"
-                print(f'{{"key":"{key}","partition":{msg.partition},"offset":{msg.offset},"value":{value}}}',
-                      flush=True)
-            seen += 1
+                lines = [f'{{"key":"{key}","partition":{msg.partition},"offset":{msg.offset},"value":{value}}}']
+            for line in lines[: count - seen if count else None]:
+                print(line, flush=True)
+                seen += 1
             if count and seen >= count:
                 break
     finally:

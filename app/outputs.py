@@ -64,7 +64,7 @@ class OutputSink:
         self._producer: Any = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._warned = 0.0
+        self._log = LogLimiter()
 
     async def start(self) -> None:
         delay = 0.5
@@ -120,9 +120,7 @@ class OutputSink:
             self._wake.set()
 
     def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._warned >= 5.0:
-            self._warned = now
+        if self._log.allow("outputs")[0]:
             log.error(message)
 
     async def _run(self) -> None:

@@ -55,6 +55,7 @@ from scripts.harness import (  # noqa: E402
     http_json,
     percentile,
     rss_mb,
+    topic_partitions,
     wait_for,
 )
 
@@ -631,11 +632,7 @@ async def end_offsets(topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, isolation_level="read_committed")
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata of a new topic
-            parts = consumer.partitions_for_topic(topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        ends = await consumer.end_offsets(await topic_partitions(consumer, topic))
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()

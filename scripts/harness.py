@@ -205,6 +205,15 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic`` (a metadata refresh for a topic the client has not seen)."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for a new topic
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[list[Any]], bool] | None,
                    limit_s: float) -> list[Any]:
     consumer = AIOKafkaConsumer(
@@ -212,11 +221,7 @@ async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[li
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for a new topic
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return []
         consumer.assign(tps)

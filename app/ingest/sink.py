@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError
 
 from app.config import Settings
 from app.kafka import producer as make_producer
+from app.publishing import LogLimiter
 from app.venues.base import Kind
 from app.wire import V2_HEADERS, RawFrame, conn_event, encode_frame, encode_record, partition_for, record_key
 
@@ -94,7 +95,7 @@ class RawSink:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
-        self._last_warning = 0.0
+        self._log = LogLimiter()
         self._task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
         self._producer: Any = None
@@ -159,9 +160,7 @@ class RawSink:
         self._wake.set()
 
     def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= 5.0:
-            self._last_warning = now
+        if self._log.allow("sink")[0]:
             log.error(message)
 
     # -- lifecycle ----------------------------------------------------------------------

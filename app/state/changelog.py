@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -65,14 +65,7 @@ class ChangelogWriter:
     async def start(self) -> None:
         """Take the transactional id: fences the previous owner and aborts its open commit."""
         await self.close()
-        producer = self._new_producer()
-        try:
-            await asyncio.wait_for(producer.start(), timeout=30)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        self._producer = producer
+        self._producer = await _start(self._new_producer())
 
     async def commit(self, records: Sequence[tuple[bytes, bytes | None]]) -> int:
         """Write ``records`` in one transaction; returns the changelog offset after them."""
@@ -127,13 +120,18 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
         fetch_max_bytes=64 * 2**20, request_timeout_ms=30_000, **client_auth(settings))
 
 
-async def _start(consumer: AIOKafkaConsumer) -> None:
+Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
+
+
+async def _start(client: Client) -> Client:
+    """``client`` started (30 s at most), or stopped again and the error raised."""
     try:
-        await asyncio.wait_for(consumer.start(), timeout=30)
+        await asyncio.wait_for(client.start(), timeout=30)
     except BaseException:
         with contextlib.suppress(Exception):
-            await consumer.stop()
+            await client.stop()
         raise
+    return client
 
 
 def usable_checkpoint(store: PartitionStore, end: int, delete_retention_ms: int) -> int:

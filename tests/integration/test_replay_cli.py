@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from app.capture.formats import read, write_native
 from app.venues.base import Kind
 from app.wire import decode_record
-from tests.helpers import Namespace, Worker, consume, values, wait_for, workers
+from tests.helpers import FAUST, ROOT, Namespace, Worker, consume, values, wait_for, workers
 
 
 def test_unknown_format_is_a_clear_error(ns: Namespace, tmp_path: Path) -> None:
@@ -59,6 +60,19 @@ def test_native_capture_replays_with_a_summary(ns: Namespace, tmp_path: Path) ->
     (frame,) = decode_record(rec.key, rec.value, rec.headers)
     assert (frame.key, frame.ts, frame.kind, frame.conn, frame.data) == ("okx:", 1, Kind.WS, "a",
                                                                           b'{"event":"subscribe"}')
+
+
+def test_tail_prints_the_frames_of_raw_records_one_per_line(ns: Namespace, tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"ts": i, "venue": "okx", "conn": "a", "kind": "ws", "symbol": "BTC-USDT",
+                                        "frame": f'{{"n":{i}}}'}) + "\n" for i in range(3)))
+    ns.replay(str(path), "--format", "native")
+    proc = subprocess.run([*FAUST, "tail", "raw.okx", "--from-beginning", "--count", "3"], env=ns.env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(x["key"], x["ts"], x["kind"], x["frame"]) for x in lines] == [
+        ("okx:BTC-USDT", i, "ws", f'{{"n":{i}}}') for i in range(3)]
 
 
 @pytest.mark.captures
