@@ -55,6 +55,12 @@ def level_key(instrument: bytes, side: str, price: str) -> bytes:
     return instrument + SEP + side.encode() + price.encode()
 
 
+def level_prefix(instrument: str, side: str) -> str:
+    """The text of a level row key before its price (``level_prefix(k, s) + price`` encodes to
+    ``level_key(k, s, price)``)."""
+    return f"{instrument}\x00{side}"
+
+
 def buffer_key(instrument: bytes, seq: int) -> bytes:
     return instrument + SEP + BUFFER + b"%020d" % seq
 

@@ -42,7 +42,7 @@ from app.state.layout import (
     encode_progress,
     encode_state,
     instrument_rows,
-    level_key,
+    level_prefix,
     load_instrument,
     progress_key,
     state_key,
@@ -51,6 +51,10 @@ from app.state.store import LocalStore, PartitionStore, TableSpec
 from app.sync import Effects, Instrument
 
 log = logging.getLogger(__name__)
+
+#: Committed rows reach the local copy at most this often (coalesced: a level changed in ten
+#: commits is written once). A restart reads the changelog tail since the local checkpoint.
+LOCAL_FLUSH_S = 1.0
 
 class Position(StrEnum):
     """Where a raw record stands against what the table partition covers."""
@@ -89,9 +93,13 @@ class PartitionState:
         self.buffer_limit = buffer_limit
         self.books: dict[str, Instrument] = {}
         self.processor = Processor(self.books, buffer_limit)
-        self.pending: dict[bytes, bytes | None] = {}  # level and buffer rows since the last commit
+        self.levels: dict[str, str | None] = {}  # level rows since the last commit, as text (encoded once)
+        self.pending: dict[bytes, bytes | None] = {}  # other rows since the last commit (buffer, failed commits)
         self.dirty: set[str] = set()  # instruments whose state row must be committed
-        self._prefixes: dict[str, dict[str, bytes]] = {}  # instrument → side → level row key prefix
+        self._prefixes: dict[str, dict[str, str]] = {}  # instrument → side → level row key prefix
+        self.unflushed: dict[bytes, bytes | None] = {}  # committed rows not in the local copy yet
+        self.unflushed_end = 0  # the changelog position after the last commit
+        self.flushed_at = time.monotonic()
         self.progress = SourceProgress()  # in memory
         self.committed: dict[str, int] = {}  # raw topic → next offset, as committed
         self.current = False  # memory equals the local copy plus pending (False: reload)
@@ -109,11 +117,10 @@ class PartitionState:
         if fx.changes:
             prefixes = self._prefixes.get(key)
             if prefixes is None:
-                ik = key.encode()
-                prefixes = self._prefixes[key] = {BID: level_key(ik, BID, ""), ASK: level_key(ik, ASK, "")}
-            pending = self.pending
+                prefixes = self._prefixes[key] = {BID: level_prefix(key, BID), ASK: level_prefix(key, ASK)}
+            levels = self.levels
             for side, price, size in fx.changes:
-                pending[prefixes[side] + price.encode()] = None if size is None else size.encode()
+                levels[prefixes[side] + price] = size
         if fx.buffer_put or fx.buffer_del:
             ik = key.encode()
             for seq, frame in fx.buffer_put:
@@ -122,13 +129,14 @@ class PartitionState:
                 self.pending[buffer_key(ik, seq)] = None
 
     def has_pending(self) -> bool:
-        return bool(self.pending or self.dirty or self.progress.next != self.committed)
+        return bool(self.levels or self.pending or self.dirty or self.progress.next != self.committed)
 
     # -- commits -----------------------------------------------------------------------
     def snapshot(self) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
         """Take the rows to commit now (level rows, then state rows, then progress rows)."""
-        rows = list(self.pending.items())
-        self.pending = {}
+        rows = [(k.encode(), None if v is None else v.encode()) for k, v in self.levels.items()]
+        rows.extend(self.pending.items())
+        self.levels, self.pending = {}, {}
         rows.extend((state_key(k.encode()), encode_state(self.books[k])) for k in self.dirty if k in self.books)
         self.dirty.clear()
         progress = dict(self.progress.next)
@@ -141,6 +149,13 @@ class PartitionState:
         merged.update(self.pending)
         self.pending = merged
 
+    def flush(self) -> None:
+        """Write the committed rows the local copy lacks, in one write batch with its checkpoint."""
+        if self.unflushed:
+            self.store.write(self.unflushed.items(), Checkpoint(changelog_next=self.unflushed_end))
+            self.unflushed = {}
+        self.flushed_at = time.monotonic()
+
     def load(self) -> None:
         """Books and progress from the local copy (after a restore)."""
         self.books = self.processor.instruments = {}
@@ -150,7 +165,7 @@ class PartitionState:
             self.books[key] = inst
         self.committed = self.store.progress()
         self.progress = SourceProgress(self.committed)
-        self.pending, self.dirty = {}, set()
+        self.levels, self.pending, self.dirty, self.unflushed = {}, {}, set(), {}
         self.current = True
 
 
@@ -191,6 +206,7 @@ class StateManager:
         except (TimeoutError, CommitFailed, Fenced) as exc:
             log.warning("partition %d: final commit before the rebalance failed (%s); the next owner resumes "
                         "from the last commit", part.number, exc)
+        part.flush()
         if part.has_pending():
             part.current = False  # memory is ahead of what is committed: reload if it comes back
         if part.writer is not None:
@@ -308,10 +324,13 @@ class StateManager:
             except (CommitFailed, Fenced):
                 part.unsnapshot(rows)
                 raise
-            part.store.write(rows, Checkpoint(changelog_next=end))
             part.committed = progress
             part.commits += 1
             metrics.count("state_commits")
+            part.unflushed.update(rows)
+            part.unflushed_end = end
+            if time.monotonic() - part.flushed_at >= LOCAL_FLUSH_S:
+                part.flush()
 
     async def close(self) -> None:
         """Graceful stop: commit everything, release every transactional id."""
