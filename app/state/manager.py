@@ -93,7 +93,8 @@ class PartitionState:
         self.buffer_limit = buffer_limit
         self.books: dict[str, Instrument] = {}
         self.processor = Processor(self.books, buffer_limit)
-        self.levels: dict[str, str | None] = {}  # level rows since the last commit, as text (encoded once)
+        self.levels: dict[str, dict[str, str | None]] = {}  # level row key prefix → price → size since the
+        # last commit, as text: a level changed many times in a commit interval is encoded once
         self.pending: dict[bytes, bytes | None] = {}  # other rows since the last commit (buffer, failed commits)
         self.dirty: set[str] = set()  # instruments whose state row must be committed
         self._prefixes: dict[str, dict[str, str]] = {}  # instrument → side → level row key prefix
@@ -119,8 +120,14 @@ class PartitionState:
             if prefixes is None:
                 prefixes = self._prefixes[key] = {BID: level_prefix(key, BID), ASK: level_prefix(key, ASK)}
             levels = self.levels
+            bids = levels.get(prefixes[BID])
+            if bids is None:
+                bids = levels[prefixes[BID]] = {}
+            asks = levels.get(prefixes[ASK])
+            if asks is None:
+                asks = levels[prefixes[ASK]] = {}
             for side, price, size in fx.changes:
-                levels[prefixes[side] + price] = size
+                (bids if side == BID else asks)[price] = size
         if fx.buffer_put or fx.buffer_del:
             ik = key.encode()
             for seq, frame in fx.buffer_put:
@@ -134,7 +141,11 @@ class PartitionState:
     # -- commits -----------------------------------------------------------------------
     def snapshot(self) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
         """Take the rows to commit now (level rows, then state rows, then progress rows)."""
-        rows = [(k.encode(), None if v is None else v.encode()) for k, v in self.levels.items()]
+        rows: list[tuple[bytes, bytes | None]] = []
+        for prefix, changed in self.levels.items():
+            start = prefix.encode()
+            rows.extend((start + price.encode(), None if size is None else size.encode())
+                        for price, size in changed.items())
         rows.extend(self.pending.items())
         self.levels, self.pending = {}, {}
         rows.extend((state_key(k.encode()), encode_state(self.books[k])) for k in self.dirty if k in self.books)
