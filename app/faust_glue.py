@@ -35,6 +35,11 @@ touches, each a subclass or a public hook:
 6. ``faust.web.base.Web.production_blueprints`` is emptied: the dashboard is ``/``.
 7. **Consumer lag** (``/metrics``) — :func:`consumer_lag` reads ``Consumer.highwater`` (public)
    against the table's progress, not Faust's read offsets.
+8. **The aiokafka consumer** — :class:`StateConsumerThread` (built by (1)) takes the aiokafka
+   consumer Faust creates and sets two private fields before it starts: the assignor (Faust's
+   co-partitioning one, which Faust skips when it sees no table and no standby) and
+   ``fetch_max_wait_ms`` (``CONSUMER_FETCH_MAX_WAIT_MS``; Faust hard-codes 1,500 ms, which
+   parks busy partitions for seconds, see the class).
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def _runtime(app: Any) -> BookRuntime:
 class StateSeekingConsumer(aiokafka_driver.Consumer):
     """(1) Seeks raw partitions to the offsets the table covers, not to committed offsets."""
 
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return StateConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
         runtime = _runtime(self.app)
         raw = set(runtime.topics.raw)
@@ -93,6 +101,24 @@ class StateSeekingConsumer(aiokafka_driver.Consumer):
             log.info("raw partitions sought to the table's positions: %s",
                      ", ".join(f"{tp.topic}:{tp.partition}@{o}" for tp, o in sorted(positions.items()) if o))
         return {**committed, **positions}
+
+
+class StateConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """(8) The aiokafka consumer Faust builds, with two settings Faust does not expose."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust takes aiokafka's round-robin assignor when no Faust table and no standby exist:
+        # it does not keep partition p of every raw topic on one worker, and table partition p
+        # is partition p of every raw topic. Faust's assignor co-partitions them, always.
+        self._assignor = self.app.assignor
+        consumer._partition_assignment_strategy = [self.app.assignor]
+        # Faust hard-codes fetch.max.wait 1,500 ms. aiokafka keeps one fetch in flight per broker
+        # and leaves partitions holding unconsumed records out of it, so a fetch sent while the
+        # agent was busy can park at the broker for 1.5 s without the busy partitions, which
+        # then wait for it: seconds of latency at any rate. A short wait bounds that stall.
+        consumer._fetch_max_wait_ms = _runtime(self.app).settings.fetch_max_wait_ms
+        return consumer
 
 
 class StateTransport(aiokafka_driver.Transport):
