@@ -25,7 +25,7 @@ async def books_agent(stream: StreamT) -> None:
         handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.headers)
 
 
-@app.timer(interval=max(min(settings.depth_interval_ms, settings.top_conflate_ms or 10**9) / 2000.0, 0.005))
+@app.timer(interval=max(min(settings.depth_interval_ms / 2000, (settings.top_conflate_ms or 10**9) / 2000, 0.1), 0.005))
 async def _publish_due() -> None:
     """book.depth that waited for its interval; conflated book.top (TOP_CONFLATE_MS)."""
     runtime.tick()

@@ -84,10 +84,17 @@ class DepthPublisher:
         else:
             self.dirty.add(key)
 
-    def flush(self) -> None:
+    def flush(self, budget_s: float | None = None) -> None:
+        """Publish the waiting changes whose interval has passed, longest waiting first; with
+        ``budget_s``, stop once that long was spent (the rest go at the next flush), so that a
+        thousand due books never hold the event loop at once."""
         now = self.clock()
-        for key in [k for k in self.dirty if now - self.last.get(k, -self.interval_s) >= self.interval_s]:
+        due = sorted((self.last.get(k, -self.interval_s), k) for k in self.dirty
+                     if now - self.last.get(k, -self.interval_s) >= self.interval_s)
+        for _, key in due:
             self._publish(key)
+            if budget_s is not None and self.clock() - now >= budget_s:
+                break
 
     def forget(self, keys: set[str]) -> None:
         self.dirty -= keys

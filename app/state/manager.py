@@ -160,12 +160,13 @@ class PartitionState:
         merged.update(self.pending)
         self.pending = merged
 
-    def flush(self) -> None:
-        """Write the committed rows the local copy lacks, in one write batch with its checkpoint."""
-        if self.unflushed:
-            self.store.write(self.unflushed.items(), Checkpoint(changelog_next=self.unflushed_end))
-            self.unflushed = {}
+    async def flush(self) -> None:
+        """Write the committed rows the local copy lacks, in one write batch with its checkpoint
+        (on the store's background thread: the books go on meanwhile)."""
         self.flushed_at = time.monotonic()
+        if self.unflushed:
+            rows, self.unflushed = self.unflushed, {}
+            await self.store.write_soon(rows.items(), Checkpoint(changelog_next=self.unflushed_end))
 
     def load(self) -> None:
         """Books and progress from the local copy (after a restore)."""
@@ -217,7 +218,7 @@ class StateManager:
         except (TimeoutError, CommitFailed, Fenced) as exc:
             log.warning("partition %d: final commit before the rebalance failed (%s); the next owner resumes "
                         "from the last commit", part.number, exc)
-        part.flush()
+        await part.flush()
         if part.has_pending():
             part.current = False  # memory is ahead of what is committed: reload if it comes back
         if part.writer is not None:
@@ -341,7 +342,7 @@ class StateManager:
             part.unflushed.update(rows)
             part.unflushed_end = end
             if time.monotonic() - part.flushed_at >= LOCAL_FLUSH_S:
-                part.flush()
+                await part.flush()
 
     async def close(self) -> None:
         """Graceful stop: commit everything, release every transactional id."""

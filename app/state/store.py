@@ -3,7 +3,9 @@
 ``DATA_DIR/state/books-<partition>/`` holds that partition's rows (see :mod:`app.state.layout`)
 and a checkpoint row saying where the copy stands in the changelog. Every write is one RocksDB
 write batch — rows, progress rows and checkpoint together — so a SIGKILL at any instant leaves
-the copy at a whole commit (RocksDB drops a torn write-ahead-log record on open).
+the copy at a whole commit (RocksDB drops a torn write-ahead-log record on open). The worker's
+periodic writes run on one background thread (:meth:`PartitionStore.write_soon`), one at a time
+and in order, so a large batch never holds the event loop.
 
 A copy that cannot be opened (corrupted files) is discarded and rebuilt from the changelog;
 one that cannot be removed stops the worker with the path and what to do.
@@ -11,10 +13,12 @@ one that cannot be removed stops the worker with the path and what to do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -25,6 +29,9 @@ from app.errors import ConfigError
 from app.state.layout import CHECKPOINT_KEY, PROGRESS_PREFIX, Checkpoint, decode_progress
 
 log = logging.getLogger(__name__)
+
+# RocksDB's write releases the GIL; one thread keeps every background write in submission order.
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rocksdb-write")
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -47,13 +54,15 @@ class TableSpec:
 
 
 class PartitionStore:
-    """One partition's local rows. Not thread-safe; used from the event loop only."""
+    """One partition's local rows, used from the event loop; only :meth:`write_soon` hands a
+    write to the background thread, and every other write or close waits for it first."""
 
     def __init__(self, path: Path, partition: int, spec: TableSpec) -> None:
         self.path = path
         self.partition = partition
         self.spec = spec
         self.db = self._open()
+        self._writing: Future[None] | None = None
 
     def _open(self) -> rocksdict.Rdict:
         try:
@@ -85,6 +94,7 @@ class PartitionStore:
 
     def close(self) -> None:
         try:
+            self._settle()
             self.db.close()
         except Exception:  # noqa: BLE001 - closing a broken handle: nothing to keep
             log.debug("closing %s", self.path, exc_info=True)
@@ -114,6 +124,28 @@ class PartitionStore:
 
         A commit's rows carry their progress rows (:func:`app.state.layout.progress_key`), so
         the rows and the source offsets they cover land together."""
+        self._settle()
+        self._write(records, checkpoint)
+
+    async def write_soon(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: Checkpoint) -> None:
+        """:meth:`write` on the background thread, after the writes handed over before it.
+
+        The write is handed over before the first await: cancelling the caller never loses or
+        reorders it (one thread runs them in order), and the next :meth:`write` or :meth:`close`
+        waits for it. ``records`` must not change any more."""
+        self._writing = writing = _WRITER.submit(self._write, records, checkpoint)
+        await asyncio.shield(asyncio.wrap_future(writing))
+
+    def _settle(self) -> None:
+        """Wait for the last background write handed over (and so for every one before it)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            except Exception:  # noqa: BLE001 - already raised to the commit that handed it over
+                log.debug("background write of %s had failed", self.path, exc_info=True)
+
+    def _write(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: Checkpoint) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in records:
             if value is None:

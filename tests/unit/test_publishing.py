@@ -63,6 +63,30 @@ def test_depth_is_published_at_most_once_per_interval_and_the_last_change_always
     assert len(sent) == 3  # nothing changed since
 
 
+def test_a_depth_flush_stops_at_its_budget_and_the_longest_waiting_go_first() -> None:
+    clock = Clock()
+    sent: list[str] = []
+
+    def publish(key: str) -> None:  # each aggregate takes 2 ms of the clock
+        sent.append(key)
+        clock.now += 0.002
+
+    depth = DepthPublisher(1.0, publish, clock=clock)
+    for key in "abcdef":
+        depth.touch(key)
+        clock.now += 0.01
+    for key in "fedcba":  # all within their interval: they wait
+        depth.touch(key)
+    sent.clear()
+    clock.now += 1.0
+    depth.flush(budget_s=0.005)
+    assert sent == ["a", "b", "c"]  # published longest ago first; stopped once 5 ms were spent
+    depth.flush(budget_s=0.005)
+    assert sent == ["a", "b", "c", "d", "e", "f"]
+    depth.flush(budget_s=0.005)
+    assert len(sent) == 6
+
+
 def test_conflated_tops_are_the_latest_per_instrument_once_per_interval() -> None:
     clock = Clock()
     conflater: TopConflater[str] = TopConflater(0.25, clock=clock)

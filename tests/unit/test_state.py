@@ -178,3 +178,32 @@ def test_a_reloaded_book_publishes_no_top_for_a_frame_that_leaves_its_top_unchan
         f"the restored book published its unchanged top again at seq 101: {restored.fx.tops} (Instrument.last_top "
         "is memory only, so the first frame after a restore always publishes)")
     reloaded.store.close()
+
+
+def test_background_writes_land_in_order_even_when_their_callers_are_cancelled(tmp_path: Path) -> None:
+    """The periodic local flush runs on a thread; a cancelled commit must not reorder writes."""
+    import asyncio
+
+    store = LocalStore(tmp_path, BOOKS).open(0)
+
+    async def run() -> None:
+        def rows(i: int) -> list[tuple[bytes, bytes | None]]:
+            return [(b"k", b"%d" % i), (b"w%d" % i, b"1")] + [(b"x%d" % j, b"y" * 100) for j in range(5000)]
+
+        tasks = [asyncio.ensure_future(store.write_soon(rows(i), Checkpoint(changelog_next=i))) for i in range(1, 21)]
+        await asyncio.sleep(0)
+        for task in tasks[::3]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.write_soon([(b"k", b"last")], Checkpoint(changelog_next=99))
+        store.write([(b"sync", b"1")], Checkpoint(changelog_next=100))  # waits for any write in flight
+
+    asyncio.run(run())
+    assert store.get(b"k") == b"last"
+    assert [i for i in range(1, 21) if store.get(b"w%d" % i) is None] == []  # cancelled callers' writes too
+    assert store.checkpoint().changelog_next == 100
+    store.close()
+    reopened = LocalStore(tmp_path, BOOKS).open(0)
+    assert reopened.get(b"k") == b"last"
+    assert reopened.get(b"sync") == b"1"
+    reopened.close()
