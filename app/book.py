@@ -10,6 +10,7 @@ size None meaning "deleted"), so the caller can persist exactly what changed and
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections.abc import Iterable, Iterator
@@ -186,8 +187,8 @@ class OrderBook:
         }
         with localcontext() as ctx:
             ctx.prec = 34
-            bid_sum = sum((Decimal(s) for _, s in bids), Decimal(0))
-            ask_sum = sum((Decimal(s) for _, s in asks), Decimal(0))
+            bid_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, bids)), Decimal(0))
+            ask_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, asks)), Decimal(0))
             if bid_sum + ask_sum > 0:
                 out["imbalance"] = _fmt((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
             if not bids or not asks:
@@ -217,36 +218,41 @@ def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
 def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
     """Cumulative size from the top of book out to each bound (nearest bound first).
 
-    Called for every ``book.depth`` record, on books of thousands of levels: the cut for each
-    bound is found by bisection on the float keys (then made exact with Decimal at the edge),
-    and sizes are summed per segment in C (``map(Decimal, …)``), not level by level.
+    Called for every ``book.depth`` record, on books of a few levels to thousands: only the
+    levels inside the widest band are taken (one bisection of the float keys; a float key never
+    orders against the bound differently from its exact price, though two may tie), each cut is
+    found by bisection and made exact with Decimal at the edge, and sizes are summed per segment
+    in C, not level by level.
     """
-    n = len(side)
-    prices = side.values()
+    widest = float(bounds[-1])
+    keys = side.keys()[side.bisect_left(widest):] if bids_side else side.keys()[:side.bisect_right(widest)]
+    if not keys:
+        return [Decimal(0)] * len(bounds)
+    levels = operator.itemgetter(*keys)(side) if len(keys) > 1 else (side[keys[0]],)
+    m = len(levels)
 
     def inside(i: int, bound: Decimal) -> bool:
-        price = Decimal(prices[i][0])
+        price = Decimal(levels[i][0])
         return price >= bound if bids_side else price <= bound
 
-    cuts: list[int] = []  # bids: first index inside (walking down); asks: first index outside
-    for bound in bounds:
-        if bids_side:
-            i = side.bisect_left(float(bound))
-            while i < n and not inside(i, bound):
-                i += 1
-            while i > 0 and inside(i - 1, bound):
-                i -= 1
-        else:
-            i = side.bisect_right(float(bound))
-            while i > 0 and not inside(i - 1, bound):
-                i -= 1
-            while i < n and inside(i, bound):
-                i += 1
-        cuts.append(i)
+    sizes = list(map(_DECIMALS.__getitem__, map(_SIZE, levels)))
     totals: list[Decimal] = []
-    total, edge = Decimal(0), n if bids_side else 0
-    for cut in cuts:
-        total += _size_sum(side, cut, edge) if bids_side else _size_sum(side, edge, cut)
+    total, edge = Decimal(0), m if bids_side else 0
+    for bound in bounds:
+        if bids_side:  # inside: indices cut..m-1 (the best bid is last)
+            cut = bisect.bisect_left(keys, float(bound))
+            while cut < m and not inside(cut, bound):
+                cut += 1
+            while cut > 0 and inside(cut - 1, bound):
+                cut -= 1
+            total += sum(sizes[cut:edge], Decimal(0))
+        else:  # inside: indices 0..cut-1 (the best ask is first)
+            cut = bisect.bisect_right(keys, float(bound))
+            while cut > 0 and not inside(cut - 1, bound):
+                cut -= 1
+            while cut < m and inside(cut, bound):
+                cut += 1
+            total += sum(sizes[edge:cut], Decimal(0))
         totals.append(total)
         edge = cut
     return totals
@@ -267,17 +273,6 @@ class _Decimals(dict[str, Decimal]):
 
 _DECIMALS = _Decimals()
 _SIZE = operator.itemgetter(1)
-
-
-def _size_sum(side: SortedDict, lo: int, hi: int) -> Decimal:
-    """Sum of the sizes of levels ``lo:hi`` (by rank), with no Python-level loop."""
-    keys = side.keys()[lo:hi]
-    if not keys:
-        return Decimal(0)
-    levels = operator.itemgetter(*keys)(side)
-    if len(keys) == 1:
-        levels = (levels,)
-    return sum(map(_DECIMALS.__getitem__, map(_SIZE, levels)), Decimal(0))
 
 
 def _fmt(value: Decimal, places: int | None = None) -> str:

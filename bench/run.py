@@ -349,13 +349,15 @@ class Bench:
             f0, c0, t0 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
             lat = asyncio.run(watch_latency(ns, window))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
+            # stale at the end of the window, while ingestion runs (once it stops, its closed
+            # connections stale every book, as they should)
+            books = http_json(worker.url + "/api/books")[1]["books"]
+            stale = [b["key"] for b in books if b["state"] != "synced"]
             ingest.send_signal(signal.SIGTERM)
             ingest.wait(timeout=60)
             produced = max(int(m.replace(",", "")) for m in re.findall(r"produced ([\d,]+) in",
                                                                         ingest_log.read_text()))
-            wait_for(lambda: frames_done(worker) >= produced, 120, f"worker applied all {produced:,} frames")
-            books = http_json(worker.url + "/api/books")[1]["books"]
-            stale = [b["key"] for b in books if b["state"] != "synced"]
+            wait_for(lambda: frames_done(worker) >= produced, 600, f"worker applied all {produced:,} frames")
             applied = frames_done(worker)
             sim_cpu = cpu_seconds(sim.proc.pid) if sim.proc is not None else None
         finally:

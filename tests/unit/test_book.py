@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.book import OrderBook
@@ -82,6 +82,7 @@ def test_numbers_render_as_plain_decimal_text(value: object, text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(bids=st.dictionaries(st.integers(9000, 10000), st.integers(1, 50), min_size=1, max_size=60),
        asks=st.dictionaries(st.integers(10001, 11000), st.integers(1, 50), min_size=1, max_size=60))
+@example(bids={9990: 5, 9989: 2, 9999: 1}, asks={10001: 1, 10010: 7, 10011: 3})  # mid 100: levels on the 10 bps bounds
 def test_depth_bands_equal_a_level_by_level_sum(bids: dict[int, int], asks: dict[int, int]) -> None:
     from decimal import Decimal
 
