@@ -182,7 +182,7 @@ class ChangelogSettings:
     """Topic configuration of the books table's changelog (compaction that actually runs)."""
 
     segment_bytes: int = 8 * 1024 * 1024  # CHANGELOG_SEGMENT_BYTES: the active segment is never compacted
-    segment_ms: int = 10 * 60 * 1000  # CHANGELOG_SEGMENT_MS: roll (and so compact) at least this often
+    segment_ms: int = 60 * 1000  # CHANGELOG_SEGMENT_MS: roll (and so compact) at least this often
     min_cleanable_dirty_ratio: float = 0.1  # CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO
     delete_retention_ms: int = 24 * 3600 * 1000  # CHANGELOG_DELETE_RETENTION_MS: how long deletes stay
 
@@ -284,7 +284,7 @@ def load() -> Settings:
         state_commit_interval_ms=_env_int("STATE_COMMIT_INTERVAL_MS", 100, minimum=1, maximum=60_000),
         changelog=ChangelogSettings(
             segment_bytes=_env_int("CHANGELOG_SEGMENT_BYTES", 8 * 1024 * 1024, minimum=1024 * 1024),
-            segment_ms=_env_int("CHANGELOG_SEGMENT_MS", 10 * 60 * 1000, minimum=1000),
+            segment_ms=_env_int("CHANGELOG_SEGMENT_MS", 60 * 1000, minimum=1000),
             min_cleanable_dirty_ratio=_env_ratio("CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO", 0.1),
             delete_retention_ms=_env_int("CHANGELOG_DELETE_RETENTION_MS", 24 * 3600 * 1000, minimum=60_000),
         ),
