@@ -23,6 +23,8 @@ touches, each a subclass or a public hook:
    ``read_committed`` (Faust's recovery reads uncommitted records).
 3. **Installing them** — :class:`StateTableManager` (passed as ``App(TableManager=…)``) builds
    (2); :meth:`StateTransport` (``App._new_transport``) makes Faust's aiokafka transport build (1).
+   It also overrides ``TableManager.on_start`` without its one-second sleep (there for Faust
+   tables defined late; bookstream defines none), which every start and restart waited out.
 4. **Rebalance signals** — ``app.on_partitions_revoked`` / ``on_partitions_assigned`` (public)
    drive ``app.state``; ``app.assignor.assigned_standbys()`` names standby partitions: Faust's
    assignor computes standbys for every co-partitioned topic, so the raw topics' standby
@@ -137,6 +139,14 @@ class StateRecovery(Recovery):
 
 class StateTableManager(TableManager):
     """(3) Faust's table manager with :class:`StateRecovery` as its recovery service."""
+
+    async def on_start(self) -> None:
+        # Faust's own sleeps 1 s first so that tables defined after start-up still register
+        # before recovery starts; bookstream's state is not a Faust table (app.state), so there
+        # is nothing to wait for, and the second would be added to every start and restart.
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
     @property
     def recovery(self) -> Recovery:
