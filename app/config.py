@@ -29,7 +29,7 @@ ENV_VARS = (
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
-    "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
+    "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS", "CONSUMER_FETCH_MIN_BYTES",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
@@ -236,6 +236,7 @@ class Settings:
     max_poll_records: int | None = None  # None: no limit
     max_fetch_size: int = 1024 * 1024
     fetch_max_wait_ms: int = 10
+    fetch_min_bytes: int = 1
     producer_max_batch_size: int = 16384
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -304,6 +305,7 @@ def load() -> Settings:
         max_poll_records=_env_int("BROKER_MAX_POLL_RECORDS", 0, minimum=0) or None,
         max_fetch_size=_env_int("CONSUMER_MAX_FETCH_SIZE", 1024 * 1024, minimum=1024),
         fetch_max_wait_ms=_env_int("CONSUMER_FETCH_MAX_WAIT_MS", 10, minimum=1, maximum=5000),
+        fetch_min_bytes=_env_int("CONSUMER_FETCH_MIN_BYTES", 1, minimum=1, maximum=64 * 1024 * 1024),
         producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1024),
         security=_security(),
     )

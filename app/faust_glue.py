@@ -120,6 +120,7 @@ class StateConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # agent was busy can park at the broker for 1.5 s without the busy partitions, which
         # then wait for it: seconds of latency at any rate. A short wait bounds that stall.
         consumer._fetch_max_wait_ms = _runtime(self.app).settings.fetch_max_wait_ms
+        consumer._fetch_min_bytes = _runtime(self.app).settings.fetch_min_bytes
         return consumer
 
 

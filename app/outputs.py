@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 # ~1 ms); the rest go at the next tick.
 DEPTH_FLUSH_BUDGET_S = 0.005
 
+# Dead letters are for audit, not for trading: their lanes send at most one batch per 100 ms.
+# With the books' PRODUCER_LINGER_MS (5 ms) a flood of bad frames (1,000/s in `make chaos`) sent
+# ~200 produce requests a second per dead-letter partition, and on 2 cores those requests (a
+# syscall each, and the broker's work) took the CPU the good books needed.
+DEADLETTER_LINGER_S = 0.1
+
 
 @dataclass(slots=True)
 class _Lane:
@@ -51,14 +57,17 @@ class _Lane:
     ready: deque[Any] = field(default_factory=deque)  # full builders waiting
     inflight: bool = False
     last_sent: float = 0.0  # monotonic time of its last batch
+    linger: float = 0.0  # it sends at most one batch per this many seconds
 
 
 class OutputSink:
     """Records to Kafka in batches per topic partition, within OUTPUT_BUFFER_MB."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, lingers: dict[str, float] | None = None) -> None:
+        """``lingers``: topics whose lanes wait longer than PRODUCER_LINGER_MS between batches."""
         self.settings = settings
         self.linger_s = settings.producer_linger_ms / 1000
+        self.lingers = {topic: max(s, self.linger_s) for topic, s in (lingers or {}).items()}
         self.budget = int(settings.output_buffer_mb * 2**20)
         self.lanes: dict[tuple[str, int], _Lane] = {}
         self.pending_bytes = 0
@@ -112,7 +121,8 @@ class OutputSink:
             return
         lane = self.lanes.get((topic, partition))
         if lane is None:
-            lane = self.lanes[(topic, partition)] = _Lane(topic, partition)
+            lane = self.lanes[(topic, partition)] = _Lane(topic, partition,
+                                                          linger=self.lingers.get(topic, self.linger_s))
         if lane.open is None:
             lane.open = self._producer.create_batch()
         if lane.open.append(key=key, value=value, timestamp=None) is None:
@@ -135,7 +145,7 @@ class OutputSink:
             for lane in list(self.lanes.values()):
                 if lane.inflight or (lane.open is None and not lane.ready):
                     continue
-                due = lane.last_sent + self.linger_s  # a lane sends at most one batch per linger
+                due = lane.last_sent + lane.linger  # a lane sends at most one batch per linger
                 if now < due and lane.open is not None and not lane.ready:
                     next_due = due if next_due is None else min(next_due, due)
                     continue

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from app import metrics
 from app.config import Settings
-from app.outputs import OutputSink, Publisher
+from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
 from app.state.manager import PartitionState, Position, StateManager
 from app.sync import SYNCED, Effects, Instrument
@@ -32,7 +32,7 @@ class BookRuntime:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, VENUES, settings.app_id)
         self.state = StateManager(settings, BOOKS, self.topics.changelog)
-        self.sink = OutputSink(settings)
+        self.sink = OutputSink(settings, {self.topics.deadletter: DEADLETTER_LINGER_S})
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
         self.seek: Seek | None = None  # set by the glue once the consumer exists
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)

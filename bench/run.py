@@ -105,17 +105,6 @@ def pid(worker: Worker) -> int:
     return worker.proc.pid
 
 
-def settings_for(ns: Namespace) -> Any:
-    """bookstream's settings for a namespace (for the sink the bench produces through)."""
-    saved = dict(os.environ)
-    os.environ.update(ns.env())
-    try:
-        return load_settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 # -- the throughput capture -----------------------------------------------------------------
 _IDS = re.compile(rb'"(U|u|pu|lastUpdateId)":(\d+)')
 
@@ -563,7 +552,7 @@ def deltas(n: int) -> Iterator[RawFrame]:
 async def produce_frames(ns: Namespace, items: Iterator[RawFrame], per_s: float | None = None) -> int:
     """Through bookstream's own ingestion sink: batched into raw records as ingestion does
     (at ``per_s`` frames a second, or as fast as possible)."""
-    sink = RawSink(settings_for(ns), 64 * 2**20)
+    sink = RawSink(ns.settings(), 64 * 2**20)
     sink.start()
     n = 0
     began = time.monotonic()
@@ -676,7 +665,7 @@ async def changelog_bytes(topic: str, since: dict[int, int]) -> tuple[int, int]:
 async def measure_latency(ns: Namespace, items: list[Record], rate: float) -> dict[str, Any]:
     """Put frames into the ingestion sink at ``rate`` (receive time = when put) while a plain
     consumer reads book.top; latency = seen − ts_recv."""
-    settings = settings_for(ns)
+    settings = ns.settings()
     sink = RawSink(settings, 64 * 2**20)
     sink.start()
     warmup_ns = int(float(os.environ.get("BENCH_LATENCY_WARMUP_S", "10")) * 1e9)

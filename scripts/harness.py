@@ -129,6 +129,18 @@ class Namespace:
         env.update(extra)
         return env
 
+    def settings(self) -> Any:
+        """bookstream's settings in this namespace (for a sink producing into its raw topics)."""
+        from app.config import load
+
+        saved = dict(os.environ)
+        os.environ.update(self.env())
+        try:
+            return load()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
     def replay(self, *args: str, check: bool = True, timeout: float = 300,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
