@@ -123,3 +123,22 @@ def test_bench_profile_is_split_by_package_and_path(tmp_path: Path) -> None:
     assert prof["self_pct_by_package"] == {"faust": 75.0, "aiokafka": 25.0}
     assert prof["pct_with_bookstream_on_stack"] == 75.0
     assert prof["pct_by_path"]["faust/aiokafka producing (changelog and output records)"] == 25.0
+
+
+CORE = ["app.book", "app.sync", "app.wire", "app.state", "app.processor", "app.venues", "app.publishing",
+        "app.outputs", "app.runtime", "app.router", "app.capture.formats", "app.ingest.sink", "app.config"]
+
+
+def test_importing_the_core_builds_no_app_and_reads_no_environment() -> None:
+    """A fresh interpreter imports every core module with settings that would stop the worker:
+    nothing is built (no faust, no app.main/app.worker) and nothing complains."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in CORE)
+            + "built = sorted(m for m in ('faust', 'app.main', 'app.worker', 'agents.books') if m in sys.modules)\n"
+            + "assert not built, built\n")
+    env = {**os.environ, "TOPIC_PARTITIONS": "not-a-number", "KAFKA_BOOTSTRAP": "", "FEEDS": "nowhere:X"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
