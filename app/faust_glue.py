@@ -38,10 +38,11 @@ touches, each a subclass or a public hook:
 7. **Consumer lag** (``/metrics``) — :func:`consumer_lag` reads ``Consumer.highwater`` (public)
    against the table's progress, not Faust's read offsets.
 8. **The aiokafka consumer** — :class:`StateConsumerThread` (built by (1)) takes the aiokafka
-   consumer Faust creates and sets two private fields before it starts: the assignor (Faust's
-   co-partitioning one, which Faust skips when it sees no table and no standby) and
+   consumer Faust creates and sets private fields before it starts: the assignor (Faust's
+   co-partitioning one, which Faust skips when it sees no table and no standby),
    ``fetch_max_wait_ms`` (``CONSUMER_FETCH_MAX_WAIT_MS``; Faust hard-codes 1,500 ms, which
-   parks busy partitions for seconds, see the class).
+   parks busy partitions for seconds, see the class) and ``fetch_min_bytes``
+   (``CONSUMER_FETCH_MIN_BYTES``, which Faust does not expose).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class StateSeekingConsumer(aiokafka_driver.Consumer):
 
 
 class StateConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """(8) The aiokafka consumer Faust builds, with two settings Faust does not expose."""
+    """(8) The aiokafka consumer Faust builds, with settings Faust does not expose."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

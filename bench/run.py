@@ -54,6 +54,7 @@ from scripts.harness import (  # noqa: E402
     free_port,
     http_json,
     percentile,
+    produce_frames,
     rss_mb,
     topic_partitions,
     wait_for,
@@ -392,10 +393,10 @@ class Bench:
             worker.start()
             topic = f"{ns.name}-books-changelog"
             try:
-                asyncio.run(produce_frames(ns, snapshots(1, depth)))
+                asyncio.run(produce_frames(ns.settings(), snapshots(1, depth)))
                 wait_for(lambda w=worker: frames_done(w) >= 1 and committed(w), 120, "snapshot committed")
                 before = asyncio.run(end_offsets(topic))
-                asyncio.run(produce_frames(ns, deltas(n), per_s=per_s))
+                asyncio.run(produce_frames(ns.settings(), deltas(n), per_s=per_s))
                 wait_for(lambda w=worker: frames_done(w) >= 1 + n and committed(w), 300, "deltas committed")
                 records, size = asyncio.run(changelog_bytes(topic, before))
             finally:
@@ -428,8 +429,9 @@ def run_recovery(books: int, levels: int, history: int) -> dict[str, Any]:
     per_frame = 10
     try:
         say(f"recovery: {books} books × {levels} levels, then {history:,} level updates")
-        asyncio.run(produce_frames(ns, snapshots(books, levels)))
-        asyncio.run(produce_frames(ns, book_deltas(books, levels, history // per_frame, per_frame)))
+        settings = ns.settings()
+        asyncio.run(produce_frames(settings, snapshots(books, levels)))
+        asyncio.run(produce_frames(settings, book_deltas(books, levels, history // per_frame, per_frame)))
         total = books + history // per_frame
         wait_for(lambda: frames_done(worker) >= total and committed(worker), 1800,
                  f"{total:,} frames applied and committed", every=1)
@@ -443,7 +445,7 @@ def run_recovery(books: int, levels: int, history: int) -> dict[str, Any]:
         while (cleaned := compacted(topic)) is None:
             if time.monotonic() - t_history > 900:
                 raise AssertionError("the changelog was not compacted within 15 minutes")
-            asyncio.run(produce_frames(ns, book_deltas(books, levels, 2000, per_frame, start=done), per_s=1000))
+            asyncio.run(produce_frames(settings, book_deltas(books, levels, 2000, per_frame, start=done), per_s=1000))
             done += 2000
         total = books + done
         wait_for(lambda: frames_done(worker) >= total and committed(worker), 300,
@@ -547,25 +549,6 @@ def deltas(n: int) -> Iterator[RawFrame]:
         frame = orjson.dumps({"topic": "orderbook.500.SYM0USDT", "type": "delta", "ts": u, "data": {
             "s": "SYM0USDT", "b": [[f"{10000 - u % 25}.5", f"{u}.25"]], "a": [], "u": u, "seq": u}, "cts": u})
         yield RawFrame("bybit-linear:SYM0USDT", time.time_ns(), Kind.WS, "bench", frame)
-
-
-async def produce_frames(ns: Namespace, items: Iterator[RawFrame], per_s: float | None = None) -> int:
-    """Through bookstream's own ingestion sink: batched into raw records as ingestion does
-    (at ``per_s`` frames a second, or as fast as possible)."""
-    sink = RawSink(ns.settings(), 64 * 2**20)
-    sink.start()
-    n = 0
-    began = time.monotonic()
-    try:
-        for frame in items:
-            if per_s is not None and (ahead := n / per_s - (time.monotonic() - began)) > 0:
-                await asyncio.sleep(ahead)
-            await sink.put_wait(frame)
-            n += 1
-        await sink.flush()
-    finally:
-        await sink.stop()
-    return n
 
 
 async def produce_v1(ns: Namespace, items: Iterator[Record], topic: str) -> int:

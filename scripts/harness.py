@@ -282,6 +282,30 @@ def frames(records: Iterable[Any]) -> list[Any]:
     return [f for r in records for f in decode_record(r.key, r.value, r.headers) if isinstance(f, RawFrame)]
 
 
+async def produce_frames(settings: Any, items: Iterable[Any], per_s: float | None = None,
+                         step_s: float = 0.0) -> int:
+    """Frames (``app.wire.RawFrame``) into the raw topics through bookstream's own ingestion
+    sink, batched into raw records as ingestion does: at ``per_s`` frames a second (sleeping
+    only once ``step_s`` ahead, so that pacing costs no wake-up per frame), or as fast as
+    possible. Returns how many were put."""
+    from app.ingest.sink import RawSink
+
+    sink = RawSink(settings, 64 * 2**20)
+    sink.start()
+    n = 0
+    began = time.monotonic()
+    try:
+        for frame in items:
+            if per_s is not None and (ahead := n / per_s - (time.monotonic() - began)) > step_s:
+                await asyncio.sleep(ahead)
+            await sink.put_wait(frame)
+            n += 1
+        await sink.flush()
+    finally:
+        await sink.stop()
+    return n
+
+
 class Simulator:
     """A real `faust -A app simulate` process on its own port."""
 

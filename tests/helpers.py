@@ -26,6 +26,7 @@ from scripts.harness import (
     free_port,
     http_json,
     percentile,
+    produce_frames,
     rss_mb,
     values,
     wait_for,
@@ -34,7 +35,8 @@ from scripts.harness import (
 __all__ = [
     "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
     "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
-    "match_truth", "percentile", "reference", "rss_mb", "tops_matching_no_truth", "values", "wait_for", "workers",
+    "match_truth", "percentile", "produce_frames", "reference", "rss_mb", "tops_matching_no_truth", "values",
+    "wait_for", "workers",
 ]
 
 

@@ -34,6 +34,7 @@ import orjson
 from app.sync import BookState, Instrument
 
 SEP = b"\x00"
+_SEP_TEXT = SEP.decode()
 STATE, BID, ASK, BUFFER = b"s", b"b", b"a", b"q"
 PROGRESS_PREFIX = SEP + b"p"
 CHECKPOINT_KEY = SEP + b"m"
@@ -58,7 +59,7 @@ def level_key(instrument: bytes, side: str, price: str) -> bytes:
 def level_prefix(instrument: str, side: str) -> str:
     """The text of a level row key before its price (``level_prefix(k, s) + price`` encodes to
     ``level_key(k, s, price)``)."""
-    return f"{instrument}\x00{side}"
+    return instrument + _SEP_TEXT + side
 
 
 def buffer_key(instrument: bytes, seq: int) -> bytes:

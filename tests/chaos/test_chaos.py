@@ -15,7 +15,6 @@ import pytest
 
 from app.capture.formats import read
 from app.errors import FrameError
-from app.ingest.sink import RawSink
 from app.venues import adapter
 from app.venues.base import Kind
 from app.wire import RawFrame
@@ -26,6 +25,7 @@ from tests.helpers import (
     consume,
     feeds_spec,
     percentile,
+    produce_frames,
     reference,
     values,
     wait_for,
@@ -130,18 +130,12 @@ async def flood(ns: Namespace, frames: list[tuple[str, bytes]], per_s: float) ->
     a batch must go to the dead letters alone, the rest of the batch applied). The generator's
     sink lingers 20 ms: at 5 ms its produce requests took a third of a core of the 2 the worker
     and the broker share, and the scenario measured the machine, not the worker."""
-    sink = RawSink(dataclasses.replace(ns.settings(), raw_batch_linger_ms=20.0), 64 * 2**20)
-    sink.start()
+    settings = dataclasses.replace(ns.settings(), raw_batch_linger_ms=20.0)
     began = time.monotonic()
-    try:
-        for i, (key, frame) in enumerate(frames):
-            await sink.put_wait(RawFrame(key, time.time_ns(), Kind.WS, "flood", frame))
-            ahead = i / per_s - (time.monotonic() - began)
-            if ahead > 0.002:  # paced in steps of a few ms: a wake-up per frame costs the machine's CPU
-                await asyncio.sleep(ahead)
-        await sink.flush()
-    finally:
-        await sink.stop()
+    # paced in steps of a few ms: a wake-up per frame costs the machine's CPU; receive time
+    # stamped as each frame is put
+    items = (RawFrame(key, time.time_ns(), Kind.WS, "flood", frame) for key, frame in frames)
+    await produce_frames(settings, items, per_s=per_s, step_s=0.002)
     return time.monotonic() - began
 
 
