@@ -30,6 +30,8 @@ from aiokafka.errors import KafkaError
 from app import metrics
 from app.config import Settings
 from app.kafka import producer as make_producer
+from app.market.chain import ChainBuilder
+from app.market.records import gap_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
 from app.sync import STALE, SYNCED, Instrument
@@ -199,6 +201,7 @@ class Publisher:
         self.conflater: TopConflater[tuple[int, BookTop]] | None = (
             TopConflater(settings.top_conflate_ms / 1000) if settings.top_conflate_ms else None)
         self.find = find  # the live book of a key (book.depth reads it)
+        self.chains = ChainBuilder(settings.chain_interval_ms)
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
         self.sink.add(topic, partition, key.encode(), value)
@@ -253,6 +256,29 @@ class Publisher:
         record = DeadLetter(venue, instrument, reason, detail, topic, partition, offset, index, headers, data)
         self._send(self.topics.deadletter, partition, key, record.encode())
 
+    def market(self, partition: int, out: Outcome, ts_recv: int, src: dict[str, Any]) -> None:
+        """``trades``, ``ticker`` and ``feed.status`` (trade gaps) records of one frame; option and
+        future tickers also feed the options chains."""
+        key = out.key
+        now = time.time_ns()
+        send = self._send
+        for trade in out.trades:
+            send(self.topics.trades, partition, key, trade_record(key, trade, ts_recv, now, src))
+        for ticker in out.tickers:
+            send(self.topics.ticker, partition, key, ticker_record(key, ticker, ts_recv, now, src))
+            self.chains.offer(key, ticker.fields, ticker.ts_exchange, ts_recv, src)
+        if out.trades:
+            metrics.count("trades", len(out.trades))
+        if out.tickers:
+            metrics.count("tickers", len(out.tickers))
+        if out.trade_gaps and out.inst is not None and out.inst.trades is not None:
+            cursor = out.inst.trades
+            for first, last in out.trade_gaps:
+                send(self.topics.feed_status, partition, key,
+                     gap_record(key, "trades", first, last, cursor.gaps, ts_recv, now, src))
+                log.warning("%s: trades %d..%d missing (trade gap %d)", key, first, last, cursor.gaps)
+            metrics.count("trade_gaps", len(out.trade_gaps))
+
     def _publish_depth(self, key: str) -> None:
         inst = self.find(key)
         if inst is None or inst.status != SYNCED:
@@ -264,8 +290,12 @@ class Publisher:
         self._send(self.topics.depth, partition_for(key, self.settings.partitions), key, record.encode())
 
     def tick(self) -> None:
-        """Timers: pending book.depth, conflated tops."""
+        """Timers: pending book.depth, conflated tops, options chains due."""
         self.depth.flush(budget_s=DEPTH_FLUSH_BUDGET_S)
+        published = time.time_ns()
+        for key, body in self.chains.due(time.monotonic_ns(), published):
+            self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
+            metrics.count("chains")
         if self.conflater is not None:
             now = time.time_ns()
             for partition, record in self.conflater.due():

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import orjson
 
 from app.errors import FrameError
+from app.market.cursor import TradeCursor
+from app.market.records import Ticker, Trade
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, rule, split_key
+from app.venues import ADAPTERS, MARKETS, rule, split_key
 from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
@@ -25,6 +27,9 @@ class Outcome:
     inst: Instrument | None = None
     fx: Effects = field(default_factory=Effects)
     dead: tuple[str, str] | None = None  # (reason, detail) for raw.deadletter
+    trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
+    tickers: list[Ticker] = field(default_factory=list)
+    trade_gaps: list[tuple[int, int]] = field(default_factory=list)  # (first, last) missing trade sequence
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
@@ -81,6 +86,15 @@ class Processor:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 out.dead = ("bad-conn-event", value[:200].decode("utf-8", "replace"))
             return out
+        market = MARKETS.get(venue) if kind is Kind.WS else None
+        if market is not None:
+            try:
+                trades, out.tickers = market.parse_market(kind, value, symbol)
+            except FrameError as exc:  # a bad trade or ticker frame says nothing about the book
+                out.dead = (exc.reason, exc.detail)
+                return out
+            if trades:
+                self._admit(inst, trades, out)
         try:
             updates = ad.parse(kind, value, symbol)
         except FrameError as exc:
@@ -96,6 +110,20 @@ class Processor:
                 inst.connection_event("bad frame", exc.reason, fx)
                 break
         return out
+
+    @staticmethod
+    def _admit(inst: Instrument, trades: list[Trade], out: Outcome) -> None:
+        cursor = inst.trades
+        if cursor is None:
+            cursor = inst.trades = TradeCursor()
+        if len(trades) > 1:
+            trades.sort(key=lambda t: t.order)  # Coinbase snapshots list the newest first
+        for trade in trades:
+            new, gap = cursor.admit(trade)
+            if gap is not None:
+                out.trade_gaps.append(gap)
+            if new:
+                out.trades.append(trade)
 
     def synced(self) -> int:
         return sum(1 for i in self.instruments.values() if i.status == SYNCED)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from app import metrics
 from app.config import Settings
+from app.market.records import source
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
 from app.state.manager import PartitionState, Position, StateManager
@@ -96,6 +97,8 @@ class BookRuntime:
                 out = processor.handle(item)
                 if out.dead is not None:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
+                if out.trades or out.tickers or out.trade_gaps:
+                    publisher.market(partition, out, item.ts, source(topic, partition, offset, index))
                 inst = out.inst
                 if inst is not None:
                     part.record(item.key, out.fx)  # counters move even when the book does not
@@ -154,6 +157,7 @@ class BookRuntime:
         keys = {k for p in self.state.active.values() for k in p.books}
         await self.state.on_revoked()
         self.publisher.depth.forget(keys)
+        self.publisher.chains.forget(self.owns)
         self._holes.clear()
 
     def on_assigned(self, actives: Iterable[int], standbys: Iterable[int]) -> None:

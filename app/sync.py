@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from app.book import Change, OrderBook, Top
+from app.market.cursor import TradeCursor
 from app.venues.base import BookUpdate, Continuity, SyncRule
 
 
@@ -83,7 +84,7 @@ class Instrument:
 
     __slots__ = (
         "book", "buffer", "buffer_limit", "conn", "counters", "fresh", "key", "last_top",
-        "reason", "rule", "seq", "status", "ts_exchange", "ts_recv",
+        "reason", "rule", "seq", "status", "trades", "ts_exchange", "ts_recv",
     )
 
     def __init__(self, key: str, rule: SyncRule, buffer_limit: int = 20_000) -> None:
@@ -101,6 +102,7 @@ class Instrument:
         self.buffer: list[tuple[BookUpdate, bytes]] = []  # deltas awaiting a REST snapshot
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.last_top: Top | None = None  # last top emitted (memory only: re-emitted after restart)
+        self.trades: TradeCursor | None = None  # trades published so far (``app.market.cursor``)
 
     # -- transitions ----------------------------------------------------------------
     def _go(self, fx: Effects, status: BookState, reason: str) -> None:

@@ -13,10 +13,11 @@ heartbeats), ``ts`` the receive time in integer nanoseconds, ``kind`` ``ws`` | `
 ``conn``, ``conn`` the connection id, and ``frame`` the frame exactly as received (a frame
 that is not UTF-8 text is carried as ``"frame_b64"`` instead). Every frame of one record
 belongs to the record's partition: the partition Kafka's default partitioner gives the
-frame's instrument key (murmur2), so each instrument's frames stay in one partition, in
-order. Frames of several instruments of a partition share a record: a thousand light
-instruments batch as well as one deep one. The record key is the instrument key when all
-its frames are about one instrument, else ``<venue>:*``; readers use the per-frame ``key``.
+frame's instrument key (murmur2; an option's chain key, :func:`partition_for`), so each
+instrument's frames stay in one partition, in order. Frames of several instruments of a
+partition share a record: a thousand light instruments batch as well as one deep one.
+The record key is the instrument key when all its frames are about one instrument, else
+``<venue>:*``; readers use the per-frame ``key``.
 Read one with ``kcat -C -t raw.okx -f '%s\\n' | jq -c .`` or, in Python,
 ``[json.loads(line) for line in value.splitlines()]``.
 
@@ -38,6 +39,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiokafka.partitioner import murmur2
 
+from app.market.symbols import partition_key
 from app.venues.base import Kind
 
 #: Header and value of a version-2 raw record.
@@ -51,7 +53,12 @@ BOOK_DEPTH = "book.depth"
 BOOK_STATUS = "book.status"
 CONTROL_RESYNC = "control.resync"
 DEADLETTER = "raw.deadletter"
-OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER)
+TRADES = "trades"
+TICKER = "ticker"
+FEED_STATUS = "feed.status"
+OPTIONS_CHAIN = "options.chain"
+OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER, TRADES, TICKER, FEED_STATUS,
+                 OPTIONS_CHAIN)
 
 
 def raw_topic(venue: str) -> str:
@@ -74,7 +81,10 @@ class Topics:
         self.raw = tuple(self.raw_by_venue.values())
         self.top, self.depth, self.status = prefix + BOOK_TOP, prefix + BOOK_DEPTH, prefix + BOOK_STATUS
         self.resync, self.deadletter = prefix + CONTROL_RESYNC, prefix + DEADLETTER
-        self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter)
+        self.trades, self.ticker, self.feed_status = prefix + TRADES, prefix + TICKER, prefix + FEED_STATUS
+        self.chain = prefix + OPTIONS_CHAIN
+        self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter, self.trades, self.ticker,
+                        self.feed_status, self.chain)
         self.changelog = changelog_topic(app_id)
 
     def name(self, topic: str) -> str:
@@ -87,10 +97,12 @@ class Topics:
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key``: an instrument's raw records,
-    table rows and outputs all share this partition number (co-partitioning)."""
-    raw = key.encode() if isinstance(key, str) else key
-    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+    """The partition of an instrument's raw records, table rows and outputs (co-partitioning):
+    what Kafka's default partitioner gives its :func:`~app.market.symbols.partition_key` — the
+    instrument key itself, except for an option, which goes with its expiry's chain (and future)
+    so that the options chain is built where all its options are."""
+    text = key if isinstance(key, str) else key.decode()
+    return (murmur2(partition_key(text).encode()) & 0x7FFFFFFF) % partitions
 
 
 # -- raw frames ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from app.market.cursor import TradeCursor
 from app.sync import BookState, Instrument
 
 SEP = b"\x00"
@@ -75,7 +76,7 @@ def encode_state(inst: Instrument) -> bytes:
     return orjson.dumps({
         "v": STATE_ROW_VERSION, "state": str(inst.status), "reason": inst.reason, "seq": inst.seq,
         "fresh": inst.fresh, "conn": inst.conn, "ts_exchange": inst.ts_exchange, "ts_recv": inst.ts_recv,
-        "counters": inst.counters,
+        "counters": inst.counters, "trades": inst.trades.encode() if inst.trades is not None else None,
     })
 
 
@@ -105,6 +106,8 @@ def apply_state(inst: Instrument, value: bytes) -> None:
     inst.ts_exchange = row["ts_exchange"]
     inst.ts_recv = row["ts_recv"]
     inst.counters.update(row["counters"])
+    trades = row.get("trades")  # absent in rows written before trades were published
+    inst.trades = TradeCursor.decode(trades) if trades else None
 
 
 def encode_progress(next_offset: int) -> bytes:

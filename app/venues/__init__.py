@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from app.config import Secret
 from app.errors import ConfigError, FrameError
+from app.market.records import Ticker, Trade
 from app.venues import binance, bybit, coinbase, deribit, okx
-from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, SyncRule, Venue
+from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, MarketParser, SyncRule, Venue
 from app.venues.session import Endpoint, Protocol
 
 #: venue id → everything about that venue. Adding a venue adds its module's entries here.
@@ -70,6 +71,27 @@ def _malformed(exc: Exception) -> FrameError:
 ADAPTERS: dict[str, Adapter] = {venue: Guarded(v.adapter) for venue, v in REGISTRY.items()}
 
 
+class GuardedMarket:
+    """A market parser whose calls fail only with FrameError (as :class:`Guarded`)."""
+
+    __slots__ = ("_parse",)
+
+    def __init__(self, inner: MarketParser) -> None:
+        self._parse = inner.parse_market
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        try:
+            return self._parse(kind, frame, symbol)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
+
+
+#: venue id → its trades/tickers parser (venues without one are absent).
+MARKETS: dict[str, MarketParser] = {
+    venue: GuardedMarket(v.market) for venue, v in REGISTRY.items() if v.market is not None
+}
+
+
 def _entry(venue: str) -> Venue:
     try:
         return REGISTRY[venue]
@@ -101,6 +123,6 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "ADAPTERS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Endpoint", "Guarded", "Kind", "Level",
-    "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
+    "ADAPTERS", "MARKETS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Endpoint", "Guarded", "Kind",
+    "Level", "MarketParser", "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
 ]

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from app.errors import FrameError
+from app.market.records import Ticker, Trade
 from app.venues import session
 
 #: A price level as the venue sent it: (price, size), both decimal strings; size "0" deletes.
@@ -76,6 +77,21 @@ class Adapter(Protocol):
     def conn_seq(self, frame: bytes) -> int | None:
         """Connection-wide sequence number of this frame, for venues that have one."""
         ...
+
+
+class MarketParser(Protocol):
+    """Frames to trades and tickers, pure (``Venue.market``): ``([], [])`` for any other frame,
+    cheaply (a book frame must not pay for a second JSON parse)."""
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        ...
+
+
+def channel_prefix(frame: bytes, marks: tuple[bytes, ...], window: int = 160) -> bool:
+    """Does one of ``marks`` (a channel name as it appears in the venue's JSON) occur in the
+    first ``window`` bytes of ``frame``? Venues name the channel before the data."""
+    head = frame[:window]
+    return any(m in head for m in marks)
 
 
 class BookView(Protocol):
@@ -177,6 +193,12 @@ class Venue:
     endpoint: session.Endpoint  # the live endpoint (``FEED=live``; ``FEEDS_FILE`` overrides it)
     sim_ws_path: str  # the simulator's WebSocket path (``FEED=sim``)
     sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
+    market: MarketParser | None = None  # trades and tickers (``app.market``)
+
+
+def opt_str(value: Any) -> str | None:
+    """An optional venue number as decimal text (None, "" → None)."""
+    return None if value is None or value == "" else num_str(value)
 
 
 def ms_to_ns(value: Any) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from app.errors import FrameError
+from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
@@ -28,8 +29,11 @@ from app.venues.base import (
     SequenceRule,
     Venue,
     as_int,
+    channel_prefix,
     levels,
     ms_to_ns,
+    num_str,
+    opt_str,
 )
 from app.venues.session import Endpoint, Protocol, dumps, next_id
 
@@ -157,9 +161,56 @@ class BinanceProtocol(Protocol):
         return f"{self.endpoint.rest_url}?{urlencode({'symbol': symbol.upper(), 'limit': self.endpoint.depth})}"
 
 
+class BinanceMarket:
+    """``<s>@trade`` (``t`` contiguous per symbol; ``m``: the buyer is the maker, so the taker
+    sold), ``<s>@markPrice[@1s]`` (mark, index, estimated settle, funding rate, next funding
+    time) and ``<s>@bookTicker`` (best bid/ask), combined-stream wrapped or bare."""
+
+    MARKS = (b'"e":"trade"', b'"e":"markPriceUpdate"', b'"e":"bookTicker"', b"@bookTicker", b"@trade",
+             b"@markPrice")
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit  # spot and USD-M: base; COIN-M: contracts
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 200):
+            return [], []
+        event = BinanceAdapter._event(loads(frame))
+        e = event.get("e")
+        if e is None and "u" in event and "b" in event and "a" in event and "B" in event:
+            e = "bookTicker"  # spot bookTicker events carry no "e"
+        if e not in ("trade", "markPriceUpdate", "bookTicker"):
+            return [], []
+        if event.get("s") != symbol:
+            raise FrameError("wrong-instrument", f"frame for {str(event.get('s'))[:40]!r}, keyed {symbol!r}")
+        if e == "trade":
+            t = as_int(event.get("t"), "t")
+            x = event.get("X")  # futures: MARKET | LIQUIDATION | INSURANCE_FUND | ADL | NA
+            maker = event.get("m")
+            if not isinstance(maker, bool):
+                raise FrameError("bad-shape", "trade without m")
+            return [Trade(
+                trade_id=str(t), price=num_str(event.get("p")), size=num_str(event.get("q")), unit=self.unit,
+                side="sell" if maker else "buy", ts_exchange=ms_to_ns(event.get("T") or event.get("E")),
+                order=t, contiguous=True, seq=t,
+                liquidation=x if isinstance(x, str) and x not in ("MARKET", "NA") else None,
+            )], []
+        if e == "markPriceUpdate":
+            next_funding = event.get("T")
+            fields = {"mark": opt_str(event.get("p")), "index": opt_str(event.get("i")),
+                      "estimated_delivery_price": opt_str(event.get("P")), "funding_rate": opt_str(event.get("r")),
+                      "next_funding_ts": ms_to_ns(next_funding) if next_funding else None}
+            return [], [Ticker("markPrice", ms_to_ns(event.get("E")), fields)]
+        fields = {"bid": opt_str(event.get("b")), "bid_size": opt_str(event.get("B")),
+                  "ask": opt_str(event.get("a")), "ask_size": opt_str(event.get("A"))}
+        return [], [Ticker("bookTicker", ms_to_ns(event.get("T") or event.get("E")), fields, partial=True)]
+
+
 def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_rest_path: str) -> Venue:
     rule = BinanceFuturesRule() if futures else BinanceSpotRule()
-    return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path)
+    market = BinanceMarket("contracts" if venue == "binance-coinm" else "base")
+    return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path,
+                 market=market)
 
 
 _DEPTH = "{symbol_lower}@depth@100ms"

@@ -10,8 +10,21 @@ per category, each with its own endpoint. The session pings with ``{"op":"ping"}
 from __future__ import annotations
 
 from app.errors import FrameError
+from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Continuity, Kind, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.base import (
+    BookUpdate,
+    Continuity,
+    Kind,
+    SequenceRule,
+    Venue,
+    as_int,
+    channel_prefix,
+    levels,
+    ms_to_ns,
+    num_str,
+    opt_str,
+)
 from app.venues.session import Endpoint, Protocol, dumps, next_id
 
 CATEGORIES = ("spot", "linear", "inverse", "option")
@@ -26,6 +39,10 @@ class BybitAdapter:
         topic = msg.get("topic") if isinstance(msg, dict) else None
         if not isinstance(topic, str) or "." not in topic:
             return []  # op acks, pongs
+        if topic.startswith("publicTrade."):  # options: one topic per base coin, trades name their symbol
+            data = msg.get("data")
+            symbols = [t.get("s") for t in data if isinstance(t, dict)] if isinstance(data, list) else []
+            return list(dict.fromkeys(s for s in symbols if isinstance(s, str) and s))
         symbol = topic.rsplit(".", 1)[1]
         return [symbol] if symbol else []
 
@@ -79,11 +96,65 @@ class BybitProtocol(Protocol):
         return '{"op":"ping"}'
 
 
+#: ``tickers`` data field → normalised field (``app.market.records.TICKER_FIELDS``); option IVs
+#: are decimals already.
+_TICKER = {
+    "lastPrice": "last", "markPrice": "mark", "indexPrice": "index", "bid1Price": "bid", "bid1Size": "bid_size",
+    "ask1Price": "ask", "ask1Size": "ask_size", "openInterest": "open_interest", "fundingRate": "funding_rate",
+    "predictedDeliveryPrice": "estimated_delivery_price", "underlyingPrice": "underlying_price",
+    "bid1Iv": "bid_iv", "ask1Iv": "ask_iv", "markIv": "mark_iv", "delta": "delta", "gamma": "gamma",
+    "vega": "vega", "theta": "theta",
+}
+
+
+class BybitMarket:
+    """``publicTrade.{symbol}`` (options: by base coin; ``i`` trade id, ``seq`` increasing, not
+    contiguous) and ``tickers.{symbol}`` (linear/inverse: a snapshot then deltas)."""
+
+    MARKS = (b'"topic":"publicTrade.', b'"topic":"tickers.')
+
+    def __init__(self, category: str) -> None:
+        self.unit = "contracts" if category == "inverse" else "base"  # inverse sizes are USD contracts
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 60):
+            return [], []
+        msg = obj(loads(frame), "frame")
+        topic = msg.get("topic")
+        if not isinstance(topic, str):
+            return [], []
+        if topic.startswith("publicTrade."):
+            data = msg.get("data")
+            if not isinstance(data, list):
+                raise FrameError("bad-shape", "publicTrade data is not a list")
+            return [self._trade(obj(t, "trade")) for t in data if isinstance(t, dict) and t.get("s") == symbol], []
+        if topic.startswith("tickers."):
+            d = obj(msg.get("data"), "data")
+            if d.get("symbol") != symbol:
+                raise FrameError("wrong-instrument", f"ticker of {str(d.get('symbol'))[:40]!r}, keyed {symbol!r}")
+            fields: dict[str, object] = {out: opt_str(d.get(name)) for name, out in _TICKER.items() if name in d}
+            if d.get("nextFundingTime"):
+                fields["next_funding_ts"] = ms_to_ns(d["nextFundingTime"])
+            return [], [Ticker("tickers", ms_to_ns(msg.get("ts")), fields, partial=msg.get("type") == "delta")]
+        return [], []
+
+    def _trade(self, t: dict[str, object]) -> Trade:
+        ts = ms_to_ns(t.get("T"))
+        seq = as_int(t["seq"], "seq") if t.get("seq") is not None else None
+        side = t.get("S")
+        extra = {out: opt_str(t.get(name)) for name, out in (("mP", "mark_price"), ("iP", "index_price"),
+                                                             ("mIv", "mark_iv"), ("iv", "iv")) if name in t}
+        return Trade(trade_id=str(t.get("i")), price=num_str(t.get("p")), size=num_str(t.get("v")), unit=self.unit,
+                     side={"Buy": "buy", "Sell": "sell"}.get(str(side), ""), ts_exchange=ts,
+                     order=seq if seq is not None else ts, seq=seq,
+                     block_trade_id=str(t.get("i")) if t.get("BT") is True else None, extra=extra)
+
+
 def _venue(category: str) -> Venue:
     live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
                     depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50)
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
-                 sim_ws_path=f"/ws/bybit/v5/public/{category}")
+                 sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category))
 
 
 RULE = BybitRule()

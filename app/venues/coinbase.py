@@ -14,8 +14,20 @@ import calendar
 from typing import Any
 
 from app.errors import FrameError
+from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, Continuity, Kind, Level, SequenceRule, Venue, as_int
+from app.venues.base import (
+    BookUpdate,
+    Continuity,
+    Kind,
+    Level,
+    SequenceRule,
+    Venue,
+    as_int,
+    channel_prefix,
+    num_str,
+    opt_str,
+)
 from app.venues.session import Endpoint, Protocol, dumps
 
 
@@ -126,9 +138,49 @@ class CoinbaseProtocol(Protocol):
         return [dumps({"type": "unsubscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
 
 
+class CoinbaseMarket:
+    """``market_trades`` (``trade_id`` increasing per product; ``side`` is the maker's, so the
+    taker took the other side; a snapshot lists the latest trades newest first) and ``ticker``
+    (last price, best bid/ask and quantities)."""
+
+    MARKS = (b'"channel":"market_trades"', b'"channel":"ticker"')
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 40):
+            return [], []
+        msg = obj(loads(frame), "frame")
+        channel = msg.get("channel")
+        trades: list[Trade] = []
+        tickers: list[Ticker] = []
+        for event in _array(msg.get("events"), "events"):
+            event = obj(event, "event")
+            if channel == "market_trades":
+                for t in _array(event.get("trades"), "trades"):
+                    t = obj(t, "trade")
+                    if t.get("product_id") != symbol:
+                        continue
+                    tid = as_int(t.get("trade_id"), "trade_id")
+                    maker = t.get("side")
+                    trades.append(Trade(trade_id=str(t["trade_id"]), price=num_str(t.get("price")),
+                                        size=num_str(t.get("size")), unit="base",
+                                        side={"BUY": "sell", "SELL": "buy"}.get(str(maker), ""),
+                                        ts_exchange=rfc3339_ns(t.get("time")), order=tid))
+            elif channel == "ticker":
+                ts = rfc3339_ns(msg.get("timestamp"))
+                for t in _array(event.get("tickers"), "tickers"):
+                    t = obj(t, "ticker")
+                    if t.get("product_id") != symbol:
+                        continue
+                    tickers.append(Ticker("ticker", ts, {
+                        "last": opt_str(t.get("price")), "bid": opt_str(t.get("best_bid")),
+                        "bid_size": opt_str(t.get("best_bid_quantity")), "ask": opt_str(t.get("best_ask")),
+                        "ask_size": opt_str(t.get("best_ask_quantity"))}))
+        return trades, tickers
+
+
 VENUE = Venue(
     "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
     # one product per connection: sequence_num is per connection, so a gap then names one book
     endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
-    sim_ws_path="/ws/coinbase",
+    sim_ws_path="/ws/coinbase", market=CoinbaseMarket(),
 )

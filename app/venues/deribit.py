@@ -13,6 +13,7 @@ from typing import Any
 
 from app.config import Secret
 from app.errors import FrameError
+from app.market.records import Ticker, Trade, percent_to_decimal
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
@@ -21,8 +22,10 @@ from app.venues.base import (
     Level,
     Venue,
     as_int,
+    channel_prefix,
     ms_to_ns,
     num_str,
+    opt_str,
 )
 from app.venues.session import Endpoint, Protocol, dumps, next_id
 
@@ -134,8 +137,88 @@ class DeribitProtocol(Protocol):
         return []
 
 
+def trade_unit(symbol: str) -> str:
+    """Deribit amounts: coin for options, spot and linear (``_USDC``/``_USDT``) contracts; USD
+    for inverse perpetuals and futures (``BTC-PERPETUAL``, ``BTC-27MAR26``)."""
+    if symbol.endswith(("-C", "-P")) or "_" in symbol.partition("-")[0]:
+        return "base"
+    return "quote"
+
+
+#: ticker data field → normalised field (``app.market.records.TICKER_FIELDS``).
+_TICKER = {
+    "last_price": "last", "mark_price": "mark", "index_price": "index", "best_bid_price": "bid",
+    "best_bid_amount": "bid_size", "best_ask_price": "ask", "best_ask_amount": "ask_size",
+    "open_interest": "open_interest", "current_funding": "funding_rate", "funding_8h": "predicted_funding",
+    "settlement_price": "settlement_price", "estimated_delivery_price": "estimated_delivery_price",
+    "underlying_price": "underlying_price", "interest_rate": "interest_rate",
+}
+
+
+class DeribitMarket:
+    """``trades.{instrument}.{interval}`` (a list of trades, ``trade_seq`` contiguous per
+    instrument) and ``ticker.{instrument}.{interval}`` (options: IVs in percent, greeks)."""
+
+    MARKS = (b'"channel":"trades.', b'"channel":"ticker.')
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS):
+            return [], []
+        params = obj(obj(loads(frame), "frame").get("params"), "params")
+        channel = params.get("channel")
+        if not isinstance(channel, str):
+            raise FrameError("bad-shape", "subscription without channel")
+        name, _, rest = channel.partition(".")
+        if rest.partition(".")[0] != symbol:
+            raise FrameError("wrong-instrument", f"{channel!r} keyed {symbol!r}")
+        if name == "trades":
+            data = params.get("data")
+            if not isinstance(data, list):
+                raise FrameError("bad-shape", "trades data is not a list")
+            return [self._trade(obj(t, "trade"), symbol) for t in data], []
+        if name == "ticker":
+            return [], [self._ticker(obj(params.get("data"), "data"), symbol)]
+        return [], []
+
+    @staticmethod
+    def _trade(t: dict[str, Any], symbol: str) -> Trade:
+        if t.get("instrument_name") != symbol:
+            raise FrameError("wrong-instrument", f"trade of {str(t.get('instrument_name'))[:40]!r}")
+        seq = as_int(t.get("trade_seq"), "trade_seq")
+        side = t.get("direction")
+        extra: dict[str, Any] = {k: opt_str(t.get(k)) for k in ("mark_price", "index_price") if k in t}
+        if "iv" in t:
+            extra["iv"] = percent_to_decimal(opt_str(t["iv"]))
+        if "tick_direction" in t:
+            extra["tick_direction"] = t["tick_direction"]
+        return Trade(
+            trade_id=str(t.get("trade_id")), price=num_str(t.get("price")), size=num_str(t.get("amount")),
+            unit=trade_unit(symbol), side=side if side in ("buy", "sell") else "",
+            ts_exchange=ms_to_ns(t.get("timestamp")), order=seq, contiguous=True, seq=seq,
+            liquidation=t.get("liquidation"), block_trade_id=t.get("block_trade_id"),
+            combo_id=t.get("combo_id"), extra=extra,
+        )
+
+    @staticmethod
+    def _ticker(d: dict[str, Any], symbol: str) -> Ticker:
+        if d.get("instrument_name") != symbol:
+            raise FrameError("wrong-instrument", f"ticker of {str(d.get('instrument_name'))[:40]!r}")
+        fields: dict[str, Any] = {out: opt_str(d.get(name)) for name, out in _TICKER.items() if name in d}
+        for name in ("bid_iv", "ask_iv", "mark_iv"):
+            if name in d:
+                fields[name] = percent_to_decimal(opt_str(d[name]))
+        greeks = d.get("greeks")
+        if isinstance(greeks, dict):
+            fields.update({g: opt_str(greeks.get(g)) for g in ("delta", "gamma", "vega", "theta", "rho")})
+        if isinstance(d.get("underlying_index"), str):
+            fields["underlying_index"] = d["underlying_index"]
+        if isinstance(d.get("state"), str):
+            fields["state"] = d["state"]
+        return Ticker("ticker", ms_to_ns(d.get("timestamp")), fields)
+
+
 VENUE = Venue(
     "deribit", DeribitAdapter(), DeribitRule(), DeribitProtocol,
     endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10),
-    sim_ws_path="/ws/deribit",
+    sim_ws_path="/ws/deribit", market=DeribitMarket(),
 )

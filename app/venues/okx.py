@@ -21,8 +21,23 @@ import zlib
 
 from app.config import Secret
 from app.errors import FrameError
+from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
-from app.venues.base import BookUpdate, BookView, Continuity, Kind, Level, SequenceRule, Venue, as_int, levels, ms_to_ns
+from app.venues.base import (
+    BookUpdate,
+    BookView,
+    Continuity,
+    Kind,
+    Level,
+    SequenceRule,
+    Venue,
+    as_int,
+    channel_prefix,
+    levels,
+    ms_to_ns,
+    num_str,
+    opt_str,
+)
 from app.venues.session import Endpoint, Protocol, dumps
 
 log = logging.getLogger(__name__)
@@ -153,8 +168,61 @@ class OkxProtocol(Protocol):
         return "ping"  # OKX closes a connection that sends nothing for 30 s
 
 
+#: OKX market channel → {data field: normalised field} (``app.market.records.TICKER_FIELDS``).
+_TICKER_CHANNELS: dict[str, dict[str, str]] = {
+    "tickers": {"last": "last", "bidPx": "bid", "bidSz": "bid_size", "askPx": "ask", "askSz": "ask_size"},
+    "mark-price": {"markPx": "mark"},
+    "index-tickers": {"idxPx": "index"},
+    "funding-rate": {"fundingRate": "funding_rate", "nextFundingRate": "predicted_funding"},
+    "open-interest": {"oi": "open_interest"},
+}
+
+
+class OkxMarket:
+    """``trades`` (``tradeId`` increasing per instrument, not contiguous) and the ticker-like
+    channels, each giving some fields (``Ticker.partial``): ``tickers``, ``mark-price``,
+    ``index-tickers``, ``funding-rate``, ``open-interest``."""
+
+    MARKS = tuple(b'"channel":"%s"' % c.encode() for c in ("trades", *_TICKER_CHANNELS))
+
+    def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
+        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 80):
+            return [], []
+        msg = obj(loads(frame), "frame")
+        if "event" in msg:
+            return [], []
+        channel = obj(msg.get("arg"), "arg").get("channel")
+        data = msg.get("data")
+        if not isinstance(data, list):
+            raise FrameError("bad-shape", "data is not a list")
+        rows = [obj(d, "data") for d in data]
+        for d in rows:
+            if d.get("instId") != symbol:
+                raise FrameError("wrong-instrument", f"data for {str(d.get('instId'))[:40]!r}, keyed {symbol!r}")
+        if channel == "trades":
+            unit = "base" if symbol.count("-") == 1 else "contracts"  # spot BTC-USDT; swaps, futures, options
+            trades = []
+            for d in rows:
+                tid = as_int(d.get("tradeId"), "tradeId")
+                side = d.get("side")
+                trades.append(Trade(trade_id=str(d["tradeId"]), price=num_str(d.get("px")), size=num_str(d.get("sz")),
+                                    unit=unit, side=side if side in ("buy", "sell") else "",
+                                    ts_exchange=ms_to_ns(d.get("ts")), order=tid))
+            return trades, []
+        names = _TICKER_CHANNELS.get(channel) if isinstance(channel, str) else None
+        if names is None:
+            return [], []
+        tickers = []
+        for d in rows:
+            fields: dict[str, object] = {out: opt_str(d.get(name)) for name, out in names.items() if name in d}
+            if channel == "funding-rate" and d.get("fundingTime"):
+                fields["next_funding_ts"] = ms_to_ns(d["fundingTime"])
+            tickers.append(Ticker(str(channel), ms_to_ns(d.get("ts")), fields, partial=True))
+        return [], tickers
+
+
 VENUE = Venue(
     "okx", OkxAdapter(), OkxRule(), OkxProtocol,
     endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
-    sim_ws_path="/ws/okx/ws/v5/public",
+    sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(),
 )

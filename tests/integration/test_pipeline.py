@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -139,3 +139,45 @@ def test_prices_and_sizes_are_the_venues_own_strings(pipeline: Pipeline) -> None
         assert f'["{t["bid_px"]}","{t["bid_sz"]}",' in raw  # a level exactly as the venue sent it
     deribit = [t for t in pipeline.topic("book.top") if t["venue"] == "deribit"]
     assert all(re.fullmatch(r"\d+(\.\d+)?", t["bid_px"] or "0") for t in deribit)
+
+
+def test_trades_and_tickers_are_published_once_each_with_the_venues_values(pipeline: Pipeline) -> None:
+    want_trades: Counter[tuple[str, ...]] = Counter()
+    want_tickers: Counter[tuple[Any, ...]] = Counter()
+
+    def note(_raw: Any, out: Any) -> None:
+        want_trades.update((out.key, t.trade_id, t.price, t.size, t.unit, t.side) for t in out.trades)
+        want_tickers.update((out.key, t.channel, t.fields.get("mark"), t.fields.get("bid"), t.fields.get("ask"))
+                            for t in out.tickers)
+
+    for paths, fmt in pipeline.inputs:
+        reference(paths, fmt, on_outcome=note)
+    trades = pipeline.topic("trades")
+    assert len(want_trades) > 19_000
+    assert Counter((r["key"], r["trade_id"], r["price"], r["size"], r["unit"], r["side"]) for r in trades) == want_trades
+    tickers = pipeline.topic("ticker")
+    assert Counter((r["key"], r["channel"], r["mark"], r["bid"], r["ask"]) for r in tickers) == want_tickers
+    for r in trades[:100] + tickers[:100]:
+        assert r["source"]["topic"].endswith("raw." + r["key"].partition(":")[0])
+        assert r["ts_recv"] > 0
+        assert r["ts_published"] >= r["ts_recv"]
+    assert pipeline.topic("feed.status") == []  # no trade gap in the captures
+
+
+def test_options_chains_carry_our_iv_beside_deribits(pipeline: Pipeline) -> None:
+    chains = {r["key"]: r for r in pipeline.topic("options.chain")}  # the latest of each chain
+    assert {"deribit:ETH-30JUL21", "deribit:BTC-24SEP21"} <= set(chains)
+    checked = 0
+    for chain in chains.values():
+        assert chain["forward_source"] == "venue-underlying-price"
+        assert chain["premium_currency"] == "coin"
+        for row in chain["strikes"]:
+            for side in (row["call"], row["put"]):
+                if side is None or side["delta"] is None:
+                    continue
+                delta = float(side["delta"])
+                if 0.05 <= abs(delta) <= 0.95 and chain["t_years"] > 7 / 365:
+                    assert abs(side["residual"]["mark_iv"]) <= 0.0002, (chain["key"], row["strike"])
+                    assert abs(side["residual"]["delta"]) <= 1e-4, (chain["key"], row["strike"])
+                    checked += 1
+    assert checked >= 3

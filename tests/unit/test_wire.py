@@ -68,11 +68,19 @@ def test_a_bad_line_is_a_bad_frame_at_its_index_and_the_others_still_decode() ->
     assert unknown.reason == "bad-record-version"
 
 
-def test_partition_for_is_kafkas_default_partitioner() -> None:
+def test_partition_for_is_kafkas_default_partitioner_of_the_partition_key() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    for key in ("okx:BTC-USDT", "binance-usdm:BTCUSDT", "deribit:BTC-27MAR26-60000-C", "coinbase:"):
-        assert partition_for(key, 4) == DefaultPartitioner()(key.encode(), list(range(4)), list(range(4)))
+    def kafka(key: str) -> int:
+        return DefaultPartitioner()(key.encode(), list(range(4)), list(range(4)))
+
+    for key in ("okx:BTC-USDT", "binance-usdm:BTCUSDT", "deribit:BTC-27MAR26", "coinbase:"):
+        assert partition_for(key, 4) == kafka(key)
+    # an option goes with its expiry's chain and future
+    for option, chain in (("deribit:BTC-27MAR26-60000-C", "deribit:BTC-27MAR26"),
+                          ("okx:BTC-USD-260327-50000-P", "okx:BTC-USD-260327")):
+        assert partition_for(option, 4) == kafka(chain)
+        assert partition_for(option.encode(), 4) == kafka(chain)
 
 
 def test_downstream_records_keep_their_public_field_names() -> None:

@@ -1,0 +1,220 @@
+"""Options chains: per venue, underlying and expiry, the venue's quotes and greeks beside
+bookstream's own Black-76 implied volatilities and greeks, with the residuals.
+
+:class:`ChainBuilder` keeps the latest ticker fields of every option (merged: a partial ticker
+updates the fields it carries) and of every future, grouped by chain (``app.market.symbols``).
+:meth:`ChainBuilder.due` returns, at most every ``CHAIN_INTERVAL_MS`` per chain and only for
+chains whose inputs changed, one ``options.chain`` record computed in one vectorised pass
+(``app.market.black76``) over all its strikes.
+
+Conventions (README "Options chains"): IV as a decimal; vega per 1 vol point; theta per
+calendar day; delta, gamma, vega and theta of bookstream in the quote currency (USD) of one
+unit of the underlying; coin-settled (inverse) premiums are converted to USD with the forward,
+as the venues do (``premium × forward``). Time to expiry in years of 365 days, from the latest
+input's exchange time (so a replay computes the same chain) to 08:00 UTC on the expiry day.
+Forward: the venue's underlying price for that expiry, else the mark (or mid) of the future
+of that expiry, else put–call parity on the mid prices of the strike nearest the money.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.market import black76
+from app.market.symbols import OptionSpec, parse_option
+
+YEAR_NS = 365 * 86_400 * 1_000_000_000
+SIDES = ("bid", "ask", "mark")
+GREEKS = ("delta", "gamma", "vega", "theta")
+
+
+@dataclass(slots=True)
+class Quote:
+    """The latest ticker fields of one instrument (merged across partial tickers)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    ts_exchange: int = 0
+    ts_recv: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def update(self, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any]) -> None:
+        self.fields.update((k, v) for k, v in fields.items() if v is not None)
+        self.ts_exchange = max(self.ts_exchange, ts_exchange)
+        self.ts_recv, self.source = ts_recv, source
+
+    def number(self, name: str) -> float | None:
+        value = self.fields.get(name)
+        if value is None:
+            return None
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            return None
+        return out if math.isfinite(out) else None
+
+
+@dataclass(slots=True)
+class Chain:
+    venue: str
+    name: str  # BTC-27MAR26
+    underlying: str
+    expiry_ns: int
+    inverse: bool  # premiums in coin: × forward to USD
+    options: dict[str, tuple[OptionSpec, Quote]] = field(default_factory=dict)  # symbol → (spec, quote)
+    future: Quote | None = None
+    changed: bool = False
+    published_ns: int = 0  # monotonic time of the last publication
+
+
+def coin_premium(venue: str, spec: OptionSpec) -> bool:
+    """Deribit BTC/ETH options and OKX coin-margined (``-USD``) options quote premiums in coin."""
+    if venue == "deribit":
+        return "_" not in spec.underlying
+    return venue == "okx" and spec.underlying.endswith("-USD")
+
+
+class ChainBuilder:
+    def __init__(self, interval_ms: int) -> None:
+        self.interval_ns = interval_ms * 1_000_000
+        self.chains: dict[str, Chain] = {}  # chain key (venue:BTC-27MAR26) → chain
+
+    def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any]) -> bool:
+        """A ticker of ``key``: True when it belongs to a chain (an option, or an expiry's future)."""
+        venue, _, symbol = key.partition(":")
+        spec = parse_option(symbol)
+        if spec is None:
+            chain = self.chains.get(key)  # the future of a chain already seen (same key)
+            if chain is None:
+                return False
+            if chain.future is None:
+                chain.future = Quote()
+            chain.future.update(fields, ts_exchange, ts_recv, source)
+            chain.changed = True
+            return True
+        chain_key = f"{venue}:{spec.chain}"
+        chain = self.chains.get(chain_key)
+        if chain is None:
+            chain = self.chains[chain_key] = Chain(venue, spec.chain, spec.underlying, spec.expiry_ns,
+                                                   coin_premium(venue, spec))
+        entry = chain.options.get(symbol)
+        if entry is None:
+            entry = chain.options[symbol] = (spec, Quote())
+        entry[1].update(fields, ts_exchange, ts_recv, source)
+        chain.changed = True
+        return True
+
+    def forget(self, keep: Any) -> None:
+        """Drop chains whose key ``keep(key)`` rejects (partitions no longer owned)."""
+        for key in [k for k in self.chains if not keep(k)]:
+            del self.chains[key]
+
+    def due(self, now_monotonic_ns: int, ts_published: int) -> Iterator[tuple[str, bytes]]:
+        for key, chain in self.chains.items():
+            if chain.changed and chain.options and now_monotonic_ns - chain.published_ns >= self.interval_ns:
+                chain.changed = False
+                chain.published_ns = now_monotonic_ns
+                yield key, orjson.dumps(build(key, chain, ts_published))
+
+
+def _forward(chain: Chain) -> tuple[float | None, str]:
+    quotes = [q for _, q in chain.options.values()]
+    latest = max(quotes, key=lambda q: q.ts_exchange)
+    if latest.number("underlying_price"):
+        return latest.number("underlying_price"), "venue-underlying-price"
+    if chain.future is not None:
+        mark = chain.future.number("mark")
+        bid, ask = chain.future.number("bid"), chain.future.number("ask")
+        if mark:
+            return mark, "future-mark"
+        if bid and ask:
+            return (bid + ask) / 2, "future-mid"
+    best: tuple[float, float] | None = None  # (|C - P|, forward)
+    by_strike: dict[float, dict[bool, Quote]] = {}
+    for spec, q in chain.options.values():
+        by_strike.setdefault(spec.strike, {})[spec.call] = q
+    for strike, pair in by_strike.items():
+        if len(pair) != 2:
+            continue
+        mids = []
+        for q in (pair[True], pair[False]):
+            bid, ask = q.number("bid"), q.number("ask")
+            mids.append((bid + ask) / 2 if bid and ask else None)
+        if mids[0] is None or mids[1] is None:
+            continue
+        diff = mids[0] - mids[1]
+        if chain.inverse:  # C - P = (F - K) / F in coin
+            if diff >= 1:
+                continue
+            forward = strike / (1 - diff)
+        else:  # C - P = F - K
+            forward = strike + diff
+        if best is None or abs(diff) < best[0]:
+            best = (abs(diff), forward)
+    if best is not None:
+        return best[1], "put-call-parity"
+    return None, "none"
+
+
+def build(key: str, chain: Chain, ts_published: int) -> dict[str, Any]:
+    """The ``options.chain`` record of ``chain``, our numbers computed in one vectorised pass."""
+    items = sorted(chain.options.items(), key=lambda kv: (kv[1][0].strike, not kv[1][0].call))
+    asof = max(q.ts_exchange for _, (_, q) in items)
+    forward, forward_source = _forward(chain)
+    t = (chain.expiry_ns - asof) / YEAR_NS
+    record: dict[str, Any] = {
+        "key": key, "venue": chain.venue, "chain": chain.name, "underlying": chain.underlying,
+        "expiry": datetime.fromtimestamp(chain.expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expiry_ns": chain.expiry_ns, "t_years": t, "forward": forward, "forward_source": forward_source,
+        "premium_currency": "coin" if chain.inverse else "quote", "ts_exchange": asof, "ts_published": ts_published,
+        "strikes": [],
+    }
+    n = len(items)
+    specs = [s for _, (s, _) in items]
+    quotes = [q for _, (_, q) in items]
+    rates = np.array([q.number("interest_rate") or 0.0 for q in quotes])
+    usable = forward is not None and forward > 0 and t > 0
+    ours: dict[str, np.ndarray] = {}
+    if usable:
+        assert forward is not None
+        k = np.array([s.strike for s in specs])
+        call = np.array([s.call for s in specs])
+        df = np.exp(-rates * t)
+        scale = forward if chain.inverse else 1.0
+        for side in SIDES:
+            px = np.array([np.nan if q.number(side) is None else q.number(side) for q in quotes], dtype=np.float64)
+            iv, _ = black76.implied_vol(px * scale, forward, k, t, call, df)
+            ours[f"{side}_iv"] = iv
+        g = black76.greeks(forward, k, t, ours["mark_iv"], call, df, rates)
+        ours.update(g)
+    strikes: dict[str, dict[str, Any]] = {}
+    for i in range(n):
+        spec, q = specs[i], quotes[i]
+        row = strikes.setdefault(spec.strike_text, {"strike": spec.strike_text, "call": None, "put": None})
+        venue_side = {name: q.fields.get(name) for name in (*SIDES, "bid_iv", "ask_iv", "mark_iv", *GREEKS)}
+        entry: dict[str, Any] = {"instrument": f"{chain.venue}:{items[i][0]}", **venue_side,
+                                 "ts_exchange": q.ts_exchange, "source": q.source}
+        if usable:
+            mine = {name: _num(ours[name][i]) for name in ("bid_iv", "ask_iv", "mark_iv", *GREEKS)}
+            entry["ours"] = mine
+            entry["residual"] = {name: _residual(mine[name], q.number(name))
+                                 for name in ("bid_iv", "ask_iv", "mark_iv", "delta")}
+            entry["undetermined"] = [f"{s}_iv" for s in SIDES if q.number(s) is not None and mine[f"{s}_iv"] is None]
+        row["call" if spec.call else "put"] = entry
+    record["strikes"] = list(strikes.values())
+    record["missing_forward"] = not usable
+    return record
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _residual(ours: float | None, venue: float | None) -> float | None:
+    return None if ours is None or venue is None else ours - venue

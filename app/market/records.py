@@ -1,0 +1,92 @@
+"""Normalised trades and tickers, and the JSON records of the ``trades`` and ``ticker`` topics.
+
+Prices, sizes and every venue number stay the venue's decimal text (``num_str``); implied
+volatilities are converted exactly to decimals (Deribit sends percent). Times are integer
+nanoseconds since the epoch. Every record names the raw record and frame it came from
+(``source``), so each published number can be traced to the verbatim frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+#: Units of a trade size: contracts, the base currency, or the quote currency (Deribit
+#: perpetuals and inverse futures trade amounts in USD).
+UNITS = ("contracts", "base", "quote")
+
+
+@dataclass(slots=True)
+class Trade:
+    trade_id: str  # the venue's trade id, as text
+    price: str
+    size: str
+    unit: str  # one of UNITS
+    side: str  # taker side: "buy" | "sell" | "" when the venue does not say
+    ts_exchange: int
+    order: int  # where it stands in the venue's trade order (trade_seq, t, tradeId, seq, or ts)
+    contiguous: bool = False  # ``order`` numbers every trade of the instrument without holes
+    seq: int | None = None  # the venue's trade sequence, when it has one
+    liquidation: str | None = None  # the venue's liquidation flag (Deribit M/T/MT, Binance LIQUIDATION…)
+    block_trade_id: str | None = None
+    combo_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # venue fields kept as sent (mark, index, iv)
+
+
+#: Ticker fields, all optional (None where the venue does not give them in this frame).
+TICKER_FIELDS = (
+    "last", "mark", "index", "bid", "bid_size", "ask", "ask_size", "open_interest", "funding_rate",
+    "next_funding_ts", "predicted_funding", "settlement_price", "estimated_delivery_price", "state",
+    "underlying_price", "underlying_index", "interest_rate", "bid_iv", "ask_iv", "mark_iv",
+    "delta", "gamma", "vega", "theta", "rho",
+)
+
+
+@dataclass(slots=True)
+class Ticker:
+    channel: str  # the venue channel the fields came from (ticker, markPrice, tickers, mark-price…)
+    ts_exchange: int
+    fields: dict[str, Any]  # TICKER_FIELDS given by this frame (absent ones are published as null)
+    partial: bool = False  # a delta: fields not in this frame keep their previous value
+
+
+def percent_to_decimal(text: str | None) -> str | None:
+    """``"120.74"`` (percent) → ``"1.2074"``, exactly."""
+    if text is None:
+        return None
+    value = Decimal(text) / 100
+    out = format(value, "f")
+    return out.rstrip("0").rstrip(".") if "." in out else out
+
+
+def source(topic: str, partition: int, offset: int, index: int) -> dict[str, Any]:
+    return {"topic": topic, "partition": partition, "offset": offset, "index": index}
+
+
+def trade_record(key: str, t: Trade, ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
+    return orjson.dumps({
+        "key": key, "trade_id": t.trade_id, "price": t.price, "size": t.size, "unit": t.unit, "side": t.side,
+        "liquidation": t.liquidation, "block_trade_id": t.block_trade_id, "combo_id": t.combo_id, "seq": t.seq,
+        **t.extra, "ts_exchange": t.ts_exchange, "ts_recv": ts_recv, "ts_published": ts_published, "source": src,
+    })
+
+
+def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
+    body = {name: t.fields.get(name) for name in TICKER_FIELDS}
+    return orjson.dumps({
+        "key": key, "channel": t.channel, "partial": t.partial, **body,
+        "ts_exchange": t.ts_exchange, "ts_recv": ts_recv, "ts_published": ts_published, "source": src,
+    })
+
+
+def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_recv: int,
+               ts_published: int, src: dict[str, Any]) -> bytes:
+    """A ``feed.status`` record: trades ``first_missing..last_missing`` never arrived."""
+    return orjson.dumps({
+        "key": key, "feed": kind, "event": "gap", "first_missing": first_missing, "last_missing": last_missing,
+        "missing": last_missing - first_missing + 1, "gaps": gaps, "ts_recv": ts_recv,
+        "ts_published": ts_published, "source": src,
+    })
