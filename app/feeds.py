@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.config import Secret
 from app.errors import ConfigError
+from app.market.symbols import monthly_expiries
 from app.venues import REGISTRY, VENUES
 from app.venues.session import Endpoint
 
@@ -32,13 +34,21 @@ from app.venues.session import Endpoint
 LIVE: dict[str, Endpoint] = {venue: v.endpoint for venue, v in REGISTRY.items()}
 SIM_PATHS: dict[str, tuple[str, str]] = {venue: (v.sim_ws_path, v.sim_rest_path) for venue, v in REGISTRY.items()}
 
-#: What `make run` ingests from the simulator: every venue, Deribit options across strikes.
+def _sim_options() -> str:
+    """Two live chains for the simulator: the next two monthly expiries (14+ days away), BTC
+    calls and puts across strikes, ETH a few; named from today, so they never expire."""
+    near, far = monthly_expiries(time.time_ns(), 2)
+    btc = [f"BTC-{e}-{k}-{cp}" for e in (near, far) for k in (55000, 60000, 65000, 70000, 75000) for cp in "CP"]
+    eth = [f"ETH-{near}-{k}-{cp}" for k in (1800, 2000, 2200) for cp in "CP"]
+    return ",".join(btc + eth)
+
+
+#: What `make run` ingests from the simulator: every venue, Deribit option chains across strikes.
 DEFAULT_SIM_FEEDS = (
-    "deribit:BTC-PERPETUAL,ETH-PERPETUAL,BTC-27MAR26-60000-C,BTC-27MAR26-70000-C,BTC-27MAR26-60000-P,"
-    "BTC-26JUN26-80000-C,ETH-27MAR26-2000-C,ETH-27MAR26-2500-P;"
+    f"deribit:BTC-PERPETUAL,ETH-PERPETUAL,{_sim_options()};"
     "binance:BTCUSDT,ETHUSDT;binance-usdm:BTCUSDT,ETHUSDT;binance-coinm:BTCUSD_PERP;"
     "okx:BTC-USDT,BTC-USDT-SWAP,ETH-USDT-SWAP;bybit-spot:BTCUSDT;bybit-linear:BTCUSDT,ETHUSDT;"
-    "bybit-inverse:BTCUSD;bybit-option:BTC-27MAR26-60000-C;coinbase:BTC-USD,ETH-USD"
+    f"bybit-inverse:BTCUSD;bybit-option:BTC-{monthly_expiries(time.time_ns(), 1)[0]}-60000-C;coinbase:BTC-USD,ETH-USD"
 )
 
 
@@ -133,6 +143,11 @@ def load(env: dict[str, str] | None = None, feeds_override: str | None = None) -
         for venue, fields in (data.get("endpoints") or {}).items():
             if venue not in endpoints:
                 raise ConfigError(f"FEEDS_FILE endpoints name unknown venue {venue!r}")
+            if isinstance(fields, dict) and "market" in fields:
+                market = fields["market"]
+                if not isinstance(market, list) or not all(isinstance(c, str) for c in market):
+                    raise ConfigError(f"FEEDS_FILE endpoints for {venue}: market must be a list of channel templates")
+                fields = {**fields, "market": tuple(market)}
             try:
                 endpoints[venue] = dataclasses.replace(endpoints[venue], **fields)
             except TypeError as exc:

@@ -10,10 +10,11 @@ chains whose inputs changed, one ``options.chain`` record computed in one vector
 Conventions (README "Options chains"): IV as a decimal; vega per 1 vol point; theta per
 calendar day; delta, gamma, vega and theta of bookstream in the quote currency (USD) of one
 unit of the underlying; coin-settled (inverse) premiums are converted to USD with the forward,
-as the venues do (``premium × forward``). Time to expiry in years of 365 days, from the latest
-input's exchange time (so a replay computes the same chain) to 08:00 UTC on the expiry day.
-Forward: the venue's underlying price for that expiry, else the mark (or mid) of the future
-of that expiry, else put–call parity on the mid prices of the strike nearest the money.
+as the venues do (``premium × forward``). Each option is computed from its own ticker's inputs:
+time to expiry in years of 365 days from that ticker's exchange time (so a replay computes the
+same chain) to 08:00 UTC on the expiry day, and its forward: the venue's underlying price in
+that ticker, else the chain's forward — the mark (or mid) of the future of that expiry, else
+put–call parity on the mid prices of the strike nearest the money.
 """
 
 from __future__ import annotations
@@ -183,16 +184,21 @@ def build(key: str, chain: Chain, ts_published: int) -> dict[str, Any]:
     ours: dict[str, np.ndarray] = {}
     if usable:
         assert forward is not None
+        # each option's own inputs where its ticker gives them ("from the same inputs"): the
+        # venue's underlying price and exchange time of that ticker; else the chain's forward
+        f = np.array([q.number("underlying_price") or forward for q in quotes])
+        ts = np.array([q.ts_exchange or asof for q in quotes], dtype=np.float64)
+        t_each = (chain.expiry_ns - ts) / YEAR_NS
         k = np.array([s.strike for s in specs])
         call = np.array([s.call for s in specs])
-        df = np.exp(-rates * t)
-        scale = forward if chain.inverse else 1.0
+        df = np.exp(-rates * t_each)
+        scale = f if chain.inverse else 1.0
         for side in SIDES:
             px = np.array([np.nan if q.number(side) is None else q.number(side) for q in quotes], dtype=np.float64)
-            iv, _ = black76.implied_vol(px * scale, forward, k, t, call, df)
+            iv, _ = black76.implied_vol(px * scale, f, k, t_each, call, df)
             ours[f"{side}_iv"] = iv
-        g = black76.greeks(forward, k, t, ours["mark_iv"], call, df, rates)
-        ours.update(g)
+        ours.update(black76.greeks(f, k, t_each, ours["mark_iv"], call, df, rates))
+        ours["forward"] = f
     strikes: dict[str, dict[str, Any]] = {}
     for i in range(n):
         spec, q = specs[i], quotes[i]
@@ -201,7 +207,7 @@ def build(key: str, chain: Chain, ts_published: int) -> dict[str, Any]:
         entry: dict[str, Any] = {"instrument": f"{chain.venue}:{items[i][0]}", **venue_side,
                                  "ts_exchange": q.ts_exchange, "source": q.source}
         if usable:
-            mine = {name: _num(ours[name][i]) for name in ("bid_iv", "ask_iv", "mark_iv", *GREEKS)}
+            mine = {name: _num(ours[name][i]) for name in ("forward", "bid_iv", "ask_iv", "mark_iv", *GREEKS)}
             entry["ours"] = mine
             entry["residual"] = {name: _residual(mine[name], q.number(name))
                                  for name in ("bid_iv", "ask_iv", "mark_iv", "delta")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -69,3 +70,23 @@ def partition_key(key: str) -> str:
         if spec is not None:
             return f"{venue}:{spec.chain}"
     return key
+
+
+def expiry_text(year: int, month: int, day: int) -> str:
+    """Deribit/Bybit's expiry text: 26 MAR 2027 → ``26MAR27``."""
+    return f"{day}{list(_MONTHS)[month - 1]}{year % 100:02d}"
+
+
+def monthly_expiries(now_ns: int, count: int, min_days: int = 14) -> list[str]:
+    """The next ``count`` monthly expiries (last Friday of the month, as the venues list them) at
+    least ``min_days`` ahead of ``now_ns``, as ``26MAR27`` texts (the simulator's option names)."""
+    out: list[str] = []
+    year, month = time.gmtime(now_ns // 1_000_000_000)[:2]
+    while len(out) < count:
+        days = calendar.monthrange(year, month)[1]
+        last_friday = max(d for d in range(days - 6, days + 1) if calendar.weekday(year, month, d) == calendar.FRIDAY)
+        text = expiry_text(year, month, last_friday)
+        if _expiry_ns(text) - now_ns >= min_days * 86_400 * 1_000_000_000:
+            out.append(text)
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out

@@ -38,13 +38,15 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from app.simulator import market
+from app.simulator.market import Forwards, MarketState
 from app.simulator.model import Change, TrueBook
 from app.venues.okx import okx_checksum
 
 log = logging.getLogger(__name__)
 
 FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
-          "okx-reset", "bybit-restart")
+          "okx-reset", "bybit-restart", "skip-trade")
 TRUTH_KEEP = 200_000
 
 
@@ -69,6 +71,8 @@ class Instrument:
     until: dict[str, float] = field(default_factory=dict)  # silence / slow / burst deadlines
     held: Any = None  # a message held back by "reorder"
     driver: asyncio.Task[None] | None = None
+    watchers: dict[Conn, set[str]] = field(default_factory=dict)  # trades/ticker channels per connection
+    market: MarketState = field(default_factory=MarketState)
 
     def active(self, fault: str) -> bool:
         return time.monotonic() < self.until.get(fault, 0)
@@ -120,7 +124,9 @@ class Simulator:
         self.rng = random.Random(seed)
         self.instruments: dict[tuple[str, str], Instrument] = {}
         self.conns: set[Conn] = set()
-        self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0}
+        self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0, "trades": 0,
+                                         "trades_skipped": 0, "tickers": 0}
+        self.forwards = Forwards(self.rng)
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -182,11 +188,58 @@ class Simulator:
             if inst.held is not None and inst.held[0] is conn:
                 conn.send(inst.held[1], inst)
                 inst.held = None
+        if inst.watchers:
+            self._market(inst, family)
         if family == "bybit" and inst.take("bybit-restart"):
             inst.seq = 1  # the venue restarted: a fresh book with u = 1
             self._record_truth(inst, inst.seq, 0)
             for conn in inst.subscribers:
                 conn.send(_bybit_message(inst, *inst.book.levels(), "snapshot"), inst)
+
+    def _market(self, inst: Instrument, family: str) -> None:
+        """A trade (sometimes) and a ticker (often) to the connections watching ``inst``."""
+        rng = self.rng
+        trade = rng.random() < 0.3
+        ticker = rng.random() < 0.5
+        if not (trade or ticker):
+            return
+        top = inst.book.top()
+        skip = False
+        if trade:
+            inst.market.trade_seq += 1
+            skip = inst.take("skip-trade")
+            self.counters["trades_skipped" if skip else "trades"] += 1
+            buy = rng.random() < 0.5
+            price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
+            inst.market.open_interest += rng.uniform(-1, 1)
+        for conn, channels in list(inst.watchers.items()):
+            for channel in channels:
+                if "rade" in channel:
+                    if not trade or skip:
+                        continue
+                    seq = inst.market.trade_seq
+                    text = (market.coinbase_trade(inst.symbol, seq, conn.next_seq(), price, size, buy)
+                            if family == "coinbase" else
+                            market.trade_message(family, inst.venue, inst.symbol, seq, price, size, buy))
+                else:
+                    if not ticker:
+                        continue
+                    text = (market.coinbase_ticker(inst.symbol, top, conn.next_seq()) if family == "coinbase" else
+                            market.ticker_message(family, inst.venue, inst.symbol, top, inst.seq, inst.market,
+                                                  self.forwards, channel))
+                    self.counters["tickers"] += 1
+                conn.send(text, inst)
+
+    def watch(self, conn: Conn, symbol: str, channel: str, on: bool) -> None:
+        """Start (or stop) sending ``channel`` (a trades or ticker channel) of ``symbol`` on ``conn``."""
+        inst = self.instrument(conn.venue, symbol)
+        channels = inst.watchers.setdefault(conn, set())
+        if on:
+            channels.add(channel)
+        else:
+            channels.discard(channel)
+            if not channels:
+                inst.watchers.pop(conn, None)
 
     def fault(self, venue: str, symbol: str, fault: str, seconds: float = 5.0) -> None:
         if fault not in FAULTS:
@@ -227,6 +280,7 @@ class Simulator:
             self.conns.discard(conn)
             for inst in self.instruments.values():
                 inst.subscribers.discard(conn)
+                inst.watchers.pop(conn, None)
         return ws
 
     async def _heartbeats(self, conn: Conn) -> None:
@@ -424,6 +478,8 @@ def _deribit(sim: Simulator, conn: Conn, text: str) -> None:
                     sim.unsubscribe(conn, parts[1])
                 else:
                     sim.subscribe(conn, parts[1], _deribit_snapshot)
+            elif parts[0] in ("trades", "ticker") and len(parts) == 3:
+                sim.watch(conn, parts[1], channel, not method.endswith("unsubscribe"))
 
 
 def _binance(sim: Simulator, conn: Conn, text: str) -> None:
@@ -432,7 +488,10 @@ def _binance(sim: Simulator, conn: Conn, text: str) -> None:
     conn.send(orjson.dumps({"result": None, "id": msg.get("id")}).decode())
     for stream in params:
         symbol = stream.split("@")[0].upper()
-        if method == "SUBSCRIBE" and "@depth" in stream:
+        if "@depth" not in stream:
+            if stream.split("@")[1] in ("trade", "markPrice", "bookTicker"):
+                sim.watch(conn, symbol, stream, method == "SUBSCRIBE")
+        elif method == "SUBSCRIBE":
             sim.subscribe(conn, symbol, None)  # Binance sends no snapshot: the client GETs it
         elif method == "UNSUBSCRIBE":
             sim.unsubscribe(conn, symbol)
@@ -455,6 +514,8 @@ def _okx(sim: Simulator, conn: Conn, text: str) -> None:
                 sim.subscribe(conn, arg["instId"], _okx_snapshot)
             elif op == "unsubscribe":
                 sim.unsubscribe(conn, arg["instId"])
+        elif arg.get("channel") in ("trades", "tickers") and op in ("subscribe", "unsubscribe"):
+            sim.watch(conn, arg["instId"], arg["channel"], op == "subscribe")
 
 
 def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
@@ -467,6 +528,9 @@ def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
     if op == "ping":
         return
     for topic in msg.get("args", []):
+        if topic.startswith(("publicTrade.", "tickers.")) and op in ("subscribe", "unsubscribe"):
+            sim.watch(conn, topic.split(".", 1)[1], topic, op == "subscribe")
+            continue
         if not topic.startswith("orderbook."):
             continue
         symbol = topic.rsplit(".", 1)[1]
@@ -483,6 +547,10 @@ def _coinbase(sim: Simulator, conn: Conn, text: str) -> None:
         conn.heartbeats = kind == "subscribe"
     conn.send(orjson.dumps({"channel": "subscriptions", "timestamp": _iso(), "sequence_num": conn.next_seq(),
                             "events": [{"subscriptions": {channel: products}}]}).decode())
+    if channel in ("market_trades", "ticker"):
+        for product in products:
+            sim.watch(conn, product, channel, kind == "subscribe")
+        return
     if channel != "level2":
         return
     def snapshot(inst: Instrument) -> str:

@@ -146,7 +146,7 @@ class BinanceFuturesRule(_BinanceRule, ChainedRule):
 
 class BinanceProtocol(Protocol):
     def _request(self, method: str, symbols: list[str]) -> list[str]:
-        return [dumps({"method": method, "params": [self.channel(s) for s in symbols], "id": next_id()})]
+        return [dumps({"method": method, "params": [c for s in symbols for c in self.channels(s)], "id": next_id()})]
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         return self._request("SUBSCRIBE", symbols)
@@ -214,18 +214,20 @@ def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_
 
 
 _DEPTH = "{symbol_lower}@depth@100ms"
+_SPOT_MARKET = ("{symbol_lower}@trade", "{symbol_lower}@bookTicker")
+_FUTURES_MARKET = ("{symbol_lower}@trade", "{symbol_lower}@markPrice@1s")
 VENUES = (
     _venue("binance", False,
            Endpoint("wss://stream.binance.com:9443/stream", _DEPTH, "https://api.binance.com/api/v3/depth",
-                    depth=5000, max_per_conn=200, silence_s=15),
+                    depth=5000, max_per_conn=200, silence_s=15, market=_SPOT_MARKET),
            "/ws/binance/stream", "/rest/binance/api/v3/depth"),
     # since 2026 the futures depth streams are served under /public
     _venue("binance-usdm", True,
            Endpoint("wss://fstream.binance.com/public/stream", _DEPTH, "https://fapi.binance.com/fapi/v1/depth",
-                    depth=1000, max_per_conn=200, silence_s=15),
+                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET),
            "/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
     _venue("binance-coinm", True,
            Endpoint("wss://dstream.binance.com/stream", _DEPTH, "https://dapi.binance.com/dapi/v1/depth",
-                    depth=1000, max_per_conn=200, silence_s=15),
+                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET),
            "/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
 )

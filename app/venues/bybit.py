@@ -84,7 +84,7 @@ class BybitRule(SequenceRule):
 
 class BybitProtocol(Protocol):
     def _op(self, op: str, symbols: list[str]) -> list[str]:
-        return [dumps({"op": op, "args": [self.channel(s) for s in symbols], "req_id": str(next_id())})]
+        return [dumps({"op": op, "args": [c for s in symbols for c in self.channels(s)], "req_id": str(next_id())})]
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         return self._op("subscribe", symbols)
@@ -152,7 +152,9 @@ class BybitMarket:
 
 def _venue(category: str) -> Venue:
     live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
-                    depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50)
+                    depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50,
+                    market=("publicTrade.{symbol}", "tickers.{symbol}") if category != "option"
+                    else ("tickers.{symbol}",))  # option trades come by base coin: add publicTrade.BTC in FEEDS_FILE
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
                  sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category))
 

@@ -131,11 +131,16 @@ class CoinbaseProtocol(Protocol):
         heartbeats = dumps({"type": "subscribe", "product_ids": symbols, "channel": "heartbeats"})
         return [heartbeats, *self.subscribe(symbols)]
 
+    def _each(self, kind: str, symbols: list[str]) -> list[str]:
+        """One message per channel (book, then market data) for all ``symbols``."""
+        channels = [self.endpoint.channel, *self.market_templates()]
+        return [dumps({"type": kind, "product_ids": symbols, "channel": c}) for c in channels]
+
     def subscribe(self, symbols: list[str]) -> list[str]:
-        return [dumps({"type": "subscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+        return self._each("subscribe", symbols)
 
     def unsubscribe(self, symbols: list[str]) -> list[str]:
-        return [dumps({"type": "unsubscribe", "product_ids": symbols, "channel": self.endpoint.channel})]
+        return self._each("unsubscribe", symbols)
 
 
 class CoinbaseMarket:
@@ -181,6 +186,7 @@ class CoinbaseMarket:
 VENUE = Venue(
     "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
     # one product per connection: sequence_num is per connection, so a gap then names one book
-    endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1),
+    endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1,
+                      market=("market_trades", "ticker")),
     sim_ws_path="/ws/coinbase", market=CoinbaseMarket(),
 )

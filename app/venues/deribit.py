@@ -108,7 +108,12 @@ class DeribitProtocol(Protocol):
             log.info("deribit: no DERIBIT_CLIENT_ID/SECRET, using public %s channels", endpoint.channel)
 
     def channel(self, symbol: str) -> str:
-        name = super().channel(symbol)
+        return self._interval(super().channel(symbol))
+
+    def market_channels(self, symbol: str) -> list[str]:
+        return [self._interval(c) for c in super().market_channels(symbol)]
+
+    def _interval(self, name: str) -> str:
         return name.rsplit(".", 1)[0] + ".raw" if self.authed else name
 
     def _call(self, method: str, params: dict[str, object]) -> str:
@@ -125,11 +130,11 @@ class DeribitProtocol(Protocol):
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         method = "private/subscribe" if self.authed else "public/subscribe"
-        return [self._call(method, {"channels": [self.channel(s) for s in symbols]})]
+        return [self._call(method, {"channels": [c for s in symbols for c in self.channels(s)]})]
 
     def unsubscribe(self, symbols: list[str]) -> list[str]:
         method = "private/unsubscribe" if self.authed else "public/unsubscribe"
-        return [self._call(method, {"channels": [self.channel(s) for s in symbols]})]
+        return [self._call(method, {"channels": [c for s in symbols for c in self.channels(s)]})]
 
     def reply(self, frame: str) -> list[str]:
         if '"test_request"' in frame:
@@ -219,6 +224,7 @@ class DeribitMarket:
 
 VENUE = Venue(
     "deribit", DeribitAdapter(), DeribitRule(), DeribitProtocol,
-    endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10),
+    endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10,
+                      market=("trades.{symbol}.100ms", "ticker.{symbol}.100ms")),
     sim_ws_path="/ws/deribit", market=DeribitMarket(),
 )

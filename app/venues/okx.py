@@ -156,7 +156,7 @@ class OkxProtocol(Protocol):
         return out + self.subscribe(symbols)
 
     def _args(self, symbols: list[str]) -> list[dict[str, str]]:
-        return [{"channel": self.channel(s), "instId": s} for s in symbols]
+        return [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         return [dumps({"op": "subscribe", "args": self._args(symbols)})]
@@ -223,6 +223,7 @@ class OkxMarket:
 
 VENUE = Venue(
     "okx", OkxAdapter(), OkxRule(), OkxProtocol,
-    endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20),
+    endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20,
+                      market=("trades", "tickers")),
     sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(),
 )

@@ -28,6 +28,7 @@ class Endpoint:
     max_per_conn: int = 50  # instruments per WebSocket connection
     silence_s: float = 30.0  # watchdog: reconnect when nothing arrives for this long
     ping_s: float = 20.0  # application-level keepalive interval
+    market: tuple[str, ...] = ()  # trades/ticker channel templates subscribed beside the book ({symbol} …)
 
 
 def next_id() -> int:
@@ -53,6 +54,21 @@ class Protocol:
     def channel(self, symbol: str) -> str:
         return self.endpoint.channel.format(symbol=symbol, symbol_lower=symbol.lower(), depth=self.endpoint.depth)
 
+    #: True while building a resync's frames: those touch the book channel only (a trade or
+    #: ticker channel resubscribed would repeat trades, which are dropped, for nothing).
+    _book_only = False
+
+    def market_templates(self) -> tuple[str, ...]:
+        return () if self._book_only else self.endpoint.market
+
+    def market_channels(self, symbol: str) -> list[str]:
+        """The trades and ticker channels of ``symbol`` (``Endpoint.market``)."""
+        return [t.format(symbol=symbol, symbol_lower=symbol.lower()) for t in self.market_templates()]
+
+    def channels(self, symbol: str) -> list[str]:
+        """Every channel a connection subscribes for ``symbol``: its book, then its market data."""
+        return [self.channel(symbol), *self.market_channels(symbol)]
+
     def url(self, symbols: list[str]) -> str:
         return self.endpoint.ws_url
 
@@ -66,8 +82,12 @@ class Protocol:
         raise NotImplementedError
 
     def resubscribe(self, symbol: str) -> list[str]:
-        """Frames that make the venue send a fresh snapshot of one instrument."""
-        return self.unsubscribe([symbol]) + self.subscribe([symbol])
+        """Frames that make the venue send a fresh snapshot of one instrument's book."""
+        self._book_only = True
+        try:
+            return self.unsubscribe([symbol]) + self.subscribe([symbol])
+        finally:
+            self._book_only = False
 
     def ping(self) -> str | None:
         return None

@@ -78,7 +78,13 @@ def test_protocols_resync_one_instrument_only() -> None:
     assert binance.resubscribe("BTCUSDT") == []  # a resync is a REST snapshot
     assert binance.snapshot_url("btcusdt") == "https://fapi.binance.com/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
     bybit = protocol("bybit-linear", eps["bybit-linear"])
-    assert orjson.loads(bybit.subscribe(["BTCUSDT"])[0])["args"] == ["orderbook.200.BTCUSDT"]
+    assert orjson.loads(bybit.subscribe(["BTCUSDT"])[0])["args"] == ["orderbook.200.BTCUSDT", "publicTrade.BTCUSDT",
+                                                                    "tickers.BTCUSDT"]
+    assert orjson.loads(bybit.resubscribe("BTCUSDT")[1])["args"] == ["orderbook.200.BTCUSDT"]
+    coinbase = protocol("coinbase", eps["coinbase"])
+    assert [orjson.loads(f)["channel"] for f in coinbase.subscribe(["BTC-USD"])] == ["level2", "market_trades",
+                                                                                     "ticker"]
+    assert [orjson.loads(f)["channel"] for f in coinbase.resubscribe("BTC-USD")] == ["level2", "level2"]
     assert protocol("okx", eps["okx"]).ping() == "ping"
 
 
@@ -87,4 +93,5 @@ def test_deribit_with_credentials_uses_raw_channels_and_authenticates_first() ->
     deribit = protocol("deribit", feeds.LIVE["deribit"], creds)
     first, _, subscribe = (orjson.loads(f) for f in deribit.on_open(["BTC-PERPETUAL"]))
     assert first["method"] == "public/auth"
-    assert subscribe["params"]["channels"] == ["book.BTC-PERPETUAL.raw"]
+    assert subscribe["params"]["channels"] == ["book.BTC-PERPETUAL.raw", "trades.BTC-PERPETUAL.raw",
+                                               "ticker.BTC-PERPETUAL.raw"]

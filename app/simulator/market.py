@@ -1,0 +1,183 @@
+"""The simulator's trades and tickers: each venue's real channels and field names.
+
+Every simulated instrument that a connection watches for trades or tickers produces, as its
+book steps, a trade now and then (at the best bid or ask, numbered without holes per
+instrument, as Deribit ``trade_seq`` and Binance ``t`` are) and a ticker (best bid/ask from
+the true book, a mark near the mid, index, funding and open interest). Options get a forward
+per underlying (a slow random walk), a volatility smile, and Black-76 marks, IVs and greeks
+computed from them, so the venue-side numbers of an options chain are consistent and
+bookstream's own can be checked against them. The ``skip-trade`` fault consumes a trade
+number without sending the trade: a gap bookstream must report.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app.market import black76
+from app.market.symbols import parse_option
+
+KINDS = ("trades", "ticker")
+_FORWARD0 = {"BTC": 65_000.0, "ETH": 2_000.0}
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _iso(ns: int | None = None) -> str:
+    now = time.time_ns() if ns is None else ns
+    return datetime.fromtimestamp(now // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{now % 10**9:09d}Z"
+
+
+@dataclass
+class MarketState:
+    trade_seq: int = 0
+    open_interest: float = 1000.0
+
+
+class Forwards:
+    """One forward per underlying coin, a slow random walk shared by its options."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.values: dict[str, float] = {}
+
+    def get(self, coin: str) -> float:
+        value = self.values.get(coin, _FORWARD0.get(coin, 100.0))
+        value *= math.exp(self.rng.gauss(0.0, 0.0002))
+        self.values[coin] = value
+        return value
+
+
+def smile(log_moneyness: float, t: float) -> float:
+    """The simulator's implied volatility: a smile that flattens with time."""
+    return 0.55 + 0.35 * log_moneyness**2 / max(math.sqrt(t), 0.1) - 0.05 * log_moneyness
+
+
+def option_fields(symbol: str, forwards: Forwards) -> dict[str, Any] | None:
+    """Forward, marks (coin per unit), IVs (decimal) and Black-76 greeks of an option now."""
+    spec = parse_option(symbol)
+    if spec is None:
+        return None
+    t = (spec.expiry_ns - time.time_ns()) / (365 * 86_400 * 1e9)
+    if t <= 0:
+        return None
+    coin = spec.underlying.split("-")[0].split("_")[0]
+    f = forwards.get(coin)
+    sigma = smile(math.log(spec.strike / f), t)
+    usd = float(black76.price(f, spec.strike, t, sigma, spec.call))
+    g = black76.greeks(f, spec.strike, t, sigma, spec.call)
+    return {"forward": f, "mark_usd": usd, "mark_iv": sigma, "bid_iv": sigma - 0.01, "ask_iv": sigma + 0.01,
+            "delta": float(g["delta"]), "gamma": float(g["gamma"]), "vega": float(g["vega"]),
+            "theta": float(g["theta"]), "bid_usd": float(black76.price(f, spec.strike, t, sigma - 0.01, spec.call)),
+            "ask_usd": float(black76.price(f, spec.strike, t, sigma + 0.01, spec.call)), "coin": coin}
+
+
+def _r(x: float, digits: int = 8) -> float:
+    return round(x, digits)
+
+
+# -- trades -----------------------------------------------------------------------------
+def trade_message(family: str, venue: str, symbol: str, seq: int, price: str, size: str, buy: bool) -> str:
+    ms = _ms()
+    if family == "deribit":
+        data = [{"trade_seq": seq, "trade_id": f"SIM-{seq}", "timestamp": ms, "tick_direction": 0,
+                 "price": float(price), "instrument_name": symbol, "direction": "buy" if buy else "sell",
+                 "amount": float(size)}]
+        params = {"channel": f"trades.{symbol}.100ms", "data": data}
+        return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params}).decode()
+    if family == "binance":
+        event: dict[str, Any] = {"e": "trade", "E": ms, "s": symbol, "t": seq, "p": price, "q": size, "T": ms,
+                                 "m": not buy}
+        if venue != "binance":
+            event["X"] = "MARKET"
+        return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": event}).decode()
+    if family == "okx":
+        item = {"instId": symbol, "tradeId": str(seq), "px": price, "sz": size, "side": "buy" if buy else "sell",
+                "ts": str(ms), "count": "1"}
+        return orjson.dumps({"arg": {"channel": "trades", "instId": symbol}, "data": [item]}).decode()
+    if family == "bybit":
+        fill = {"T": ms, "s": symbol, "S": "Buy" if buy else "Sell", "v": size, "p": price, "L": "PlusTick",
+                "i": str(uuid.UUID(int=seq)), "BT": False, "seq": seq}
+        return orjson.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": ms, "data": [fill]}).decode()
+    raise ValueError(family)
+
+
+def coinbase_trade(symbol: str, seq: int, conn_seq: int, price: str, size: str, buy: bool) -> str:
+    item = {"product_id": symbol, "trade_id": str(seq), "price": price, "size": size, "time": _iso(),
+            "side": "SELL" if buy else "BUY"}  # the maker's side
+    return orjson.dumps({"channel": "market_trades", "client_id": "", "timestamp": _iso(), "sequence_num": conn_seq,
+                         "events": [{"type": "update", "trades": [item]}]}).decode()
+
+
+# -- tickers ----------------------------------------------------------------------------
+def ticker_message(family: str, venue: str, symbol: str, top: tuple[str, str, str, str], seq: int,
+                   state: MarketState, forwards: Forwards, stream: str = "") -> str:
+    bid, bid_sz, ask, ask_sz = top
+    mid = (float(bid) + float(ask)) / 2
+    ms = _ms()
+    opt = option_fields(symbol, forwards)
+    if family == "deribit":
+        data: dict[str, Any] = {
+            "timestamp": ms, "instrument_name": symbol, "state": "open", "best_bid_price": float(bid),
+            "best_bid_amount": float(bid_sz), "best_ask_price": float(ask), "best_ask_amount": float(ask_sz),
+            "open_interest": _r(state.open_interest, 1), "settlement_price": 0.0, "min_price": 0.0, "max_price": 0.0,
+            "last_price": float(ask),
+        }
+        if opt is not None:
+            f = opt["forward"]
+            data.update({
+                "mark_price": _r(opt["mark_usd"] / f, 8), "underlying_price": _r(f, 4),
+                "underlying_index": symbol.rsplit("-", 2)[0], "index_price": _r(f * 0.9995, 2), "interest_rate": 0.0,
+                "mark_iv": _r(opt["mark_iv"] * 100, 4), "bid_iv": _r(opt["bid_iv"] * 100, 4),
+                "ask_iv": _r(opt["ask_iv"] * 100, 4),
+                "greeks": {"delta": _r(opt["delta"], 5), "gamma": _r(opt["gamma"], 8),
+                           "vega": _r(opt["vega"], 5), "theta": _r(opt["theta"], 5), "rho": 0.0},
+            })
+        else:
+            data.update({"mark_price": _r(mid, 2), "index_price": _r(mid * 0.9998, 2),
+                         "current_funding": 0.0001, "funding_8h": 0.00012, "estimated_delivery_price": _r(mid, 2)})
+        params = {"channel": f"ticker.{symbol}.100ms", "data": data}
+        return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params}).decode()
+    if family == "binance":
+        if stream.endswith("@bookTicker"):
+            book = {"u": seq, "s": symbol, "b": bid, "B": bid_sz, "a": ask, "A": ask_sz}
+            return orjson.dumps({"stream": stream, "data": book}).decode()
+        event = {"e": "markPriceUpdate", "E": ms, "s": symbol, "p": f"{mid:.2f}", "i": f"{mid * 0.9998:.2f}",
+                 "P": f"{mid:.2f}", "r": "0.00010000", "T": (ms // 28_800_000 + 1) * 28_800_000}
+        return orjson.dumps({"stream": stream or f"{symbol.lower()}@markPrice@1s", "data": event}).decode()
+    if family == "okx":
+        item = {"instType": "SPOT" if symbol.count("-") == 1 else "SWAP", "instId": symbol, "last": ask, "lastSz": "1",
+                "askPx": ask, "askSz": ask_sz, "bidPx": bid, "bidSz": bid_sz, "ts": str(ms)}
+        return orjson.dumps({"arg": {"channel": "tickers", "instId": symbol}, "data": [item]}).decode()
+    if family == "bybit":
+        body: dict[str, Any] = {"symbol": symbol, "bid1Price": bid, "bid1Size": bid_sz, "ask1Price": ask,
+                                "ask1Size": ask_sz, "lastPrice": ask, "markPrice": f"{mid:.2f}",
+                                "indexPrice": f"{mid * 0.9998:.2f}", "openInterest": f"{state.open_interest:.3f}"}
+        if opt is not None:
+            body.update({"markPrice": f"{opt['mark_usd']:.4f}", "underlyingPrice": f"{opt['forward']:.2f}",
+                         "markIv": f"{opt['mark_iv']:.4f}", "bid1Iv": f"{opt['bid_iv']:.4f}",
+                         "ask1Iv": f"{opt['ask_iv']:.4f}", "delta": f"{opt['delta']:.8f}",
+                         "gamma": f"{opt['gamma']:.8f}", "vega": f"{opt['vega']:.8f}", "theta": f"{opt['theta']:.8f}"})
+        elif venue in ("bybit-linear", "bybit-inverse"):
+            body.update({"fundingRate": "0.0001", "nextFundingTime": str((ms // 28_800_000 + 1) * 28_800_000)})
+        return orjson.dumps({"topic": f"tickers.{symbol}", "type": "snapshot", "data": body, "cs": seq,
+                             "ts": ms}).decode()
+    raise ValueError(family)
+
+
+def coinbase_ticker(symbol: str, top: tuple[str, str, str, str], conn_seq: int) -> str:
+    bid, bid_sz, ask, ask_sz = top
+    item = {"type": "ticker", "product_id": symbol, "price": ask, "best_bid": bid, "best_ask": ask,
+            "best_bid_quantity": bid_sz, "best_ask_quantity": ask_sz}
+    return orjson.dumps({"channel": "ticker", "client_id": "", "timestamp": _iso(), "sequence_num": conn_seq,
+                         "events": [{"type": "update", "tickers": [item]}]}).decode()

@@ -1,0 +1,107 @@
+"""Simulator trades and tickers → real WebSockets → ingestion → Kafka → trades, ticker,
+feed.status and options.chain: every venue end to end, a skipped trade reported as a gap."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+from app.market.symbols import monthly_expiries
+from tests.helpers import SimSite, SimSiteFactory, wait_for
+
+EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
+OPTIONS = [f"BTC-{EXPIRY}-{k}-{cp}" for k in (55000, 65000, 75000) for cp in "CP"]
+FEEDS = {
+    "deribit": ["BTC-PERPETUAL", *OPTIONS],
+    "binance": ["BTCUSDT"],
+    "binance-usdm": ["BTCUSDT"],
+    "okx": ["BTC-USDT-SWAP"],
+    "bybit-linear": ["BTCUSDT"],
+    "coinbase": ["BTC-USD"],
+}
+SKIPPED = [("deribit", "BTC-PERPETUAL"), ("binance-usdm", "BTCUSDT")]  # contiguous trade numbers: a visible gap
+
+
+@pytest.fixture(scope="module")
+def market(sim_site: SimSiteFactory) -> SimSite:
+    return sim_site(FEEDS, data="market")
+
+
+def by_key(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[r["key"]].append(r)
+    return out
+
+
+def test_every_venue_publishes_trades_and_tickers(market: SimSite) -> None:
+    keys = {f"{v}:{s}" for v, symbols in FEEDS.items() for s in symbols}
+    non_option = {k for k in keys if "-" + EXPIRY + "-" not in k}
+
+    def flowing() -> bool:
+        trades, tickers = by_key(market.topic("trades")), by_key(market.topic("ticker"))
+        return all(len(trades.get(k, [])) >= 3 for k in non_option) and all(len(tickers.get(k, [])) >= 3 for k in keys)
+
+    wait_for(flowing, 60, "trades of every instrument and tickers of every instrument")
+    trades = market.topic("trades")
+    for key, rows in by_key(trades).items():
+        ids = [r["trade_id"] for r in rows]
+        assert len(ids) == len(set(ids)), f"{key}: a trade published twice"
+        for r in rows:
+            assert r["side"] in ("buy", "sell")
+            assert float(r["price"]) > 0
+            assert r["ts_exchange"] > 0
+    units = {r["key"]: r["unit"] for r in trades}
+    assert units["deribit:BTC-PERPETUAL"] == "quote"  # Deribit perpetual amounts are USD
+    assert units["binance:BTCUSDT"] == "base"
+    tickers = by_key(market.topic("ticker"))
+    assert all(t["mark"] is not None and t["funding_rate"] is not None for t in tickers["binance-usdm:BTCUSDT"])
+    option = tickers[f"deribit:{OPTIONS[0]}"][-1]
+    assert option["mark_iv"] is not None
+    assert option["delta"] is not None
+    assert option["underlying_price"] is not None
+
+
+def test_a_skipped_trade_is_reported_as_a_gap_on_feed_status(market: SimSite) -> None:
+    for venue, symbol in SKIPPED:
+        market.sim.fault(venue, symbol, "skip-trade")
+
+    def reported() -> bool:
+        return {r["key"] for r in market.topic("feed.status")} >= {f"{v}:{s}" for v, s in SKIPPED}
+
+    wait_for(reported, 60, "a feed.status gap for each skipped trade")
+    gaps = Counter(r["key"] for r in market.topic("feed.status"))
+    for venue, symbol in SKIPPED:
+        assert gaps[f"{venue}:{symbol}"] == 1
+    for r in market.topic("feed.status"):
+        assert (r["feed"], r["event"], r["missing"]) == ("trades", "gap", 1)
+        seqs = sorted(int(t["seq"]) for t in by_key(market.topic("trades"))[r["key"]])
+        assert r["first_missing"] not in seqs  # the missing trade never appears
+        assert seqs[-1] > r["first_missing"]  # and trades went on after it
+
+
+def test_the_options_chain_carries_the_venues_numbers_and_ours(market: SimSite) -> None:
+    key = f"deribit:BTC-{EXPIRY}"
+
+    def full_chain() -> dict[str, Any] | None:
+        chains = [r for r in market.topic("options.chain") if r["key"] == key]
+        full = [c for c in chains if sum((s["call"] is not None) + (s["put"] is not None) for s in c["strikes"]) == 6]
+        return full[-1] if full else None
+
+    wait_for(lambda: full_chain() is not None, 60, "a chain with all six options")
+    chain = full_chain()
+    assert chain is not None
+    assert chain["forward_source"] == "venue-underlying-price"
+    assert chain["premium_currency"] == "coin"
+    assert 0 < chain["t_years"] < 0.25
+    assert [s["strike"] for s in chain["strikes"]] == ["55000", "65000", "75000"]
+    for row in chain["strikes"]:
+        for side in (row["call"], row["put"]):
+            # the simulator quotes Black-76 marks (rounded to 1e-8 coin): ours must agree closely
+            assert abs(side["residual"]["mark_iv"]) < 2e-3, side
+            assert abs(side["residual"]["delta"]) < 2e-3, side
+            assert side["ours"]["vega"] > 0
+            assert side["source"]["topic"].endswith("raw.deribit")
