@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
 from app.capture.formats import FORMATS
 from app.errors import BookstreamError
+from app.kafka import unreachable
 from app.venues import VENUES
 from app.wire import BadFrame, RawFrame, decode_record
 from app.worker import app, settings
@@ -146,7 +149,7 @@ async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rot
         if produce:
             from app.kafka import ensure_topics
 
-            await ensure_topics(settings, app.runtime.topics.all)
+            await ensure_topics(settings, app.runtime.topics.all, compacted=app.runtime.topics.compacted())
         await service.run()
     except BookstreamError as exc:
         _fail(exc)
@@ -171,3 +174,93 @@ async def ingest(self: AppCommand, feeds: str | None, record_dir: Path | None, r
 async def record(self: AppCommand, out: Path, rotate_mb: float, feeds: str | None, produce: bool) -> None:
     """Record venue feeds to native capture files (replay them later with `replay`)."""
     await _ingest(feeds, produce, out, rotate_mb)
+
+
+def _when(text: str) -> int:
+    """``--at``: ns since the epoch, or an ISO-8601 time (UTC when it names no zone)."""
+    from datetime import UTC, datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BookstreamError(f"--at {text!r}: expected an ISO time (2026-12-01T08:00:00Z) or ns since the epoch"
+                              ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+def _expiry_day(text: str) -> str:
+    """``--expiry``: 2026-12-25 or 25DEC26 → 2026-12-25."""
+    from app.market.symbols import _expiry_ns
+
+    try:
+        ns = _expiry_ns(text.upper()) if not text[:4].isdigit() or len(text) == 6 else None
+    except (KeyError, ValueError):
+        ns = None
+    if ns is not None:
+        return time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000))
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        return text
+    raise BookstreamError(f"--expiry {text!r}: expected 2026-12-25 or 25DEC26")
+
+
+@app.command(
+    option("--venue", type=str, default=None, help=f"Only this venue: {', '.join(VENUES)}."),
+    option("--kind", type=str, default=None, help="Only this kind: spot, perpetual, future, option."),
+    option("--expiry", type=str, default=None, help="Only contracts expiring that day (2026-12-25 or 25DEC26)."),
+    option("--at", "at", type=str, default=None, help="The versions in force at this time (default: the latest)."),
+    option("--all-versions", is_flag=True, default=False, help="Every version of each instrument, oldest first."),
+    option("--json", "as_json", is_flag=True, default=False, help="One JSON object per line instead of a table."),
+)
+async def instruments(self: AppCommand, venue: str | None, kind: str | None, expiry: str | None, at: str | None,
+                      all_versions: bool, as_json: bool) -> None:
+    """List the instrument registry (ref.instruments): contract terms per instrument, versioned in time."""
+    from app.market.instruments import KINDS, Registry
+    from app.registry import RegistryReader
+
+    try:
+        if venue is not None and venue not in VENUES:
+            raise BookstreamError(f"--venue {venue!r}: known venues: {', '.join(VENUES)}")
+        if kind is not None and kind not in KINDS:
+            raise BookstreamError(f"--kind {kind!r}: one of {', '.join(KINDS)}")
+        day = _expiry_day(expiry) if expiry else None
+        moment = _when(at) if at else None
+        registry = Registry()
+        reader = RegistryReader(settings, settings.topic("ref.instruments"), registry)
+        try:
+            await reader.start()
+            await reader.catch_up()
+        except (KafkaError, OSError) as exc:
+            raise unreachable(settings, exc) from exc
+        finally:
+            await reader.stop()
+    except BookstreamError as exc:
+        _fail(exc)
+        return
+    rows = []
+    for key, versions in sorted(registry.versions.items()):
+        chosen = versions if all_versions else [v for v in [registry.at(key, moment) if moment else versions[-1]] if v]
+        for spec in chosen:
+            expiry_day = time.strftime("%Y-%m-%d", time.gmtime(spec.expiry_ns // 10**9)) if spec.expiry_ns else ""
+            wrong_venue = venue is not None and not key.startswith(venue + ":")
+            if wrong_venue or (kind and spec.kind != kind) or (day and expiry_day != day):
+                continue
+            rows.append((spec, expiry_day))
+    if as_json:
+        for spec, _ in rows:
+            print(spec.encode().decode(), flush=True)
+    else:
+        head = ("instrument", "kind", "margin", "settle", "size", "tick", "lot", "min", "strike", "type", "expiry",
+                "state", "valid_from")
+        table = [head] + [(s.key, s.kind, s.margin, s.settle, s.contract_size or "", s.tick_size or "",
+                           s.lot_size or "", s.min_size or "", s.strike or "", s.option_type or "", day_, s.state,
+                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.valid_from // 10**9)))
+                          for s, day_ in rows]
+        widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
+        for r in table:
+            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), flush=True)
+    print(f"{len(rows)} instrument versions ({sum(len(v) for v in registry.versions.values())} in the registry)",
+          file=sys.stderr)

@@ -30,7 +30,7 @@ ENV_VARS = (
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
     "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
-    "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS",
+    "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS", "INSTRUMENTS_REFRESH_S",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
@@ -227,6 +227,7 @@ class Settings:
     raw_batch_linger_ms: float = 5.0
     top_conflate_ms: int = 0
     chain_interval_ms: int = 1000
+    instruments_refresh_s: float = 3600.0
     static_membership: bool = True
     output_buffer_mb: float = 64.0
     event_loop: str = "uvloop"
@@ -297,6 +298,7 @@ def load() -> Settings:
         raw_batch_linger_ms=_env_float("RAW_BATCH_LINGER_MS", 5.0, minimum=0.0),
         top_conflate_ms=_env_int("TOP_CONFLATE_MS", 0, minimum=0, maximum=60_000),
         chain_interval_ms=_env_int("CHAIN_INTERVAL_MS", 1000, minimum=10, maximum=3_600_000),
+        instruments_refresh_s=_env_float("INSTRUMENTS_REFRESH_S", 3600.0, minimum=0.0),
         static_membership=_env_bool("STATIC_MEMBERSHIP", True),
         output_buffer_mb=_env_float("OUTPUT_BUFFER_MB", 64.0, minimum=1.0),
         event_loop=_event_loop(_env_str("EVENT_LOOP", "uvloop").lower()),

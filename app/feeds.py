@@ -67,7 +67,7 @@ def sim_endpoints(base_url: str) -> dict[str, Endpoint]:
     for venue, (ws_path, rest_path) in SIM_PATHS.items():
         live = LIVE[venue]
         out[venue] = dataclasses.replace(live, ws_url=ws_base + ws_path, rest_url=base + rest_path if rest_path else "",
-                                         silence_s=min(live.silence_s, 10.0))
+                                         silence_s=min(live.silence_s, 10.0), api_url=f"{base}/rest/{venue}")
     return out
 
 

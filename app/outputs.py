@@ -31,6 +31,7 @@ from app import metrics
 from app.config import Settings
 from app.kafka import producer as make_producer
 from app.market.chain import ChainBuilder
+from app.market.instruments import Registry, Spec
 from app.market.records import gap_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
@@ -202,6 +203,7 @@ class Publisher:
             TopConflater(settings.top_conflate_ms / 1000) if settings.top_conflate_ms else None)
         self.find = find  # the live book of a key (book.depth reads it)
         self.chains = ChainBuilder(settings.chain_interval_ms)
+        self.registry = Registry()  # every version of every instrument, fed by ``ref.instruments``
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
         self.sink.add(topic, partition, key.encode(), value)
@@ -278,6 +280,13 @@ class Publisher:
                      gap_record(key, "trades", first, last, cursor.gaps, ts_recv, now, src))
                 log.warning("%s: trades %d..%d missing (trade gap %d)", key, first, last, cursor.gaps)
             metrics.count("trade_gaps", len(out.trade_gaps))
+
+    def instruments(self, specs: list[Spec], ts_recv: int, src: dict[str, Any]) -> None:
+        """New versions of instrument specs (``ref.instruments``, keyed ``<key>|<valid_from>``)."""
+        for spec in self.registry.changed(specs, ts_recv, src):
+            self._send(self.topics.instruments, partition_for(spec.key, self.settings.partitions), spec.record_key(),
+                       spec.encode())
+            metrics.count("instrument_versions")
 
     def _publish_depth(self, key: str) -> None:
         inst = self.find(key)

@@ -14,9 +14,10 @@ import orjson
 
 from app.errors import FrameError
 from app.market.cursor import TradeCursor
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, MARKETS, rule, split_key
+from app.venues import ADAPTERS, MARKETS, REGISTRY_PARSERS, rule, split_key
 from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
@@ -30,6 +31,7 @@ class Outcome:
     trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
     tickers: list[Ticker] = field(default_factory=list)
     trade_gaps: list[tuple[int, int]] = field(default_factory=list)  # (first, last) missing trade sequence
+    specs: list[Spec] = field(default_factory=list)  # a venue's REST instrument list (venue-level frames)
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
@@ -70,12 +72,14 @@ class Processor:
             out.dead = ("unknown-venue", venue)
             return out
         kind, value = frame.kind, frame.data
-        if not symbol:  # venue-level frame (acks, heartbeats): audit only
-            if kind is Kind.WS:
-                try:
+        if not symbol:  # venue-level frame (acks, heartbeats, instrument lists): audit, and the registry
+            try:
+                if kind is Kind.WS:
                     ad.route(kind, value)
-                except FrameError as exc:
-                    out.dead = (exc.reason, exc.detail)
+                elif kind is Kind.REST and venue in REGISTRY_PARSERS:
+                    out.specs = REGISTRY_PARSERS[venue].parse(value) or []
+            except FrameError as exc:
+                out.dead = (exc.reason, exc.detail)
             return out
         inst = out.inst = self.instrument(key)
         fx = out.fx

@@ -7,6 +7,8 @@ methods. Everything here runs on the worker's event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,6 +18,7 @@ from app.config import Settings
 from app.market.records import source
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
+from app.registry import RegistryReader
 from app.state.manager import PartitionState, Position, StateManager
 from app.sync import SYNCED, Effects, Instrument
 from app.venues import VENUES
@@ -37,13 +40,26 @@ class BookRuntime:
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
         self.seek: Seek | None = None  # set by the glue once the consumer exists
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)
+        self._registry: RegistryReader | None = None
+        self._registry_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         await self.sink.start()
         self.state.start()
+        self._registry = RegistryReader(self.settings, self.topics.instruments, self.publisher.registry)
+        await self._registry.start()
+        read = await self._registry.catch_up()
+        log.info("instrument registry: %d versions read from %s", read, self.topics.instruments)
+        self._registry_task = asyncio.create_task(self._registry.follow(), name="registry-follow")
 
     async def stop(self) -> None:
+        if self._registry_task is not None:
+            self._registry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registry_task
+        if self._registry is not None:
+            await self._registry.stop()
         await self.state.close()
         await self.sink.stop()
 
@@ -99,6 +115,8 @@ class BookRuntime:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
                 if out.trades or out.tickers or out.trade_gaps:
                     publisher.market(partition, out, item.ts, source(topic, partition, offset, index))
+                elif out.specs:
+                    publisher.instruments(out.specs, item.ts, source(topic, partition, offset, index))
                 inst = out.inst
                 if inst is not None:
                     part.record(item.key, out.fx)  # counters move even when the book does not

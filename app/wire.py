@@ -57,8 +57,11 @@ TRADES = "trades"
 TICKER = "ticker"
 FEED_STATUS = "feed.status"
 OPTIONS_CHAIN = "options.chain"
+REF_INSTRUMENTS = "ref.instruments"
 OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER, TRADES, TICKER, FEED_STATUS,
-                 OPTIONS_CHAIN)
+                 OPTIONS_CHAIN, REF_INSTRUMENTS)
+#: Compacted topics other than the changelog: one record per key is kept forever.
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def raw_topic(venue: str) -> str:
@@ -82,13 +85,17 @@ class Topics:
         self.top, self.depth, self.status = prefix + BOOK_TOP, prefix + BOOK_DEPTH, prefix + BOOK_STATUS
         self.resync, self.deadletter = prefix + CONTROL_RESYNC, prefix + DEADLETTER
         self.trades, self.ticker, self.feed_status = prefix + TRADES, prefix + TICKER, prefix + FEED_STATUS
-        self.chain = prefix + OPTIONS_CHAIN
+        self.chain, self.instruments = prefix + OPTIONS_CHAIN, prefix + REF_INSTRUMENTS
         self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter, self.trades, self.ticker,
-                        self.feed_status, self.chain)
+                        self.feed_status, self.chain, self.instruments)
         self.changelog = changelog_topic(app_id)
 
     def name(self, topic: str) -> str:
         return self.prefix + topic
+
+    def compacted(self) -> dict[str, dict[str, str]]:
+        """Compacted output topics and their configs (``ref.instruments``: every version kept)."""
+        return {self.instruments: dict(COMPACTED)}
 
     @property
     def all(self) -> list[str]:

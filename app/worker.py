@@ -99,7 +99,8 @@ class BookstreamApp(faust.App):
         claim_data_dir(settings.data_dir)  # before anything touches the folder
         await super().on_first_start()
         topics = self.runtime.topics
-        await ensure_topics(settings, topics.all, compacted={topics.changelog: settings.changelog.topic_configs()})
+        await ensure_topics(settings, topics.all, compacted={**topics.compacted(),
+                                                             topics.changelog: settings.changelog.topic_configs()})
         await self.runtime.start()
 
     async def on_stop(self) -> None:

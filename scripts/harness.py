@@ -143,12 +143,17 @@ class Namespace:
 
     def replay(self, *args: str, check: bool = True, timeout: float = 300,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.faust("replay", *args, check=check, timeout=timeout, env=env)
+
+    def faust(self, command: str, *args: str, check: bool = True, timeout: float = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``faust -A app <command> <args>`` in this namespace (its output captured)."""
         proc = subprocess.run(
-            [*FAUST, "replay", *args], env=self.env(**(env or {})), cwd=ROOT, capture_output=True, text=True,
+            [*FAUST, command, *args], env=self.env(**(env or {})), cwd=ROOT, capture_output=True, text=True,
             timeout=timeout, stdin=subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"replay failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise AssertionError(f"{command} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc
 
 

@@ -27,7 +27,7 @@ from app.ingest.connection import Emit, FeedConnection, Reset
 from app.ingest.sink import RawSink
 from app.kafka import client_auth
 from app.router import Router
-from app.venues import protocol, split_key
+from app.venues import REGISTRY_PARSERS, protocol, split_key
 from app.venues.base import Kind
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,10 @@ class Ingest:
                 self._tasks.append(asyncio.create_task(self._flush_recorder(), name="recorder-flush"))
             self._tasks.append(asyncio.create_task(self._report(), name="ingest-report"))
             self._tasks += [asyncio.create_task(c.run(), name=c.venue) for c in self.connections]
+            if self.settings.instruments_refresh_s > 0:
+                self._tasks += [asyncio.create_task(self._instruments(venue, symbols, http), name=f"{venue}-specs")
+                                for venue, symbols in self.feeds.feeds.items()
+                                if venue in REGISTRY_PARSERS and self.feeds.endpoints[venue].api_url]
             try:
                 await asyncio.gather(*self._tasks)
             except asyncio.CancelledError:
@@ -167,6 +171,25 @@ class Ingest:
                     self.recorder.close()
             if self.failure is not None:
                 raise self.failure
+
+    async def _instruments(self, venue: str, symbols: list[str], http: aiohttp.ClientSession) -> None:
+        """The venue's REST instrument lists, at start and every INSTRUMENTS_REFRESH_S, into the raw
+        topic verbatim (venue-keyed REST frames): the worker derives ``ref.instruments`` from them."""
+        urls = REGISTRY_PARSERS[venue].urls(self.feeds.endpoints[venue].api_url, symbols)
+        while True:
+            for url in urls:
+                try:
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                        body = await resp.read()
+                        if resp.status != 200:
+                            log.warning("%s instruments: HTTP %d from %s", venue, resp.status, url)
+                            continue
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("%s instruments: %s from %s (next try in %.0f s)", venue, type(exc).__name__, url,
+                                self.settings.instruments_refresh_s)
+                    continue
+                self.emit(venue, Kind.REST, body, time.time_ns(), url, "", f"{venue}-instruments")
+            await asyncio.sleep(self.settings.instruments_refresh_s)
 
     async def _report(self) -> None:
         """One status line every INGEST_STATUS_S: frames, rates, produced, dropped, buffer."""

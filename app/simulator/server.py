@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from app.simulator import instruments as sim_instruments
 from app.simulator import market
 from app.simulator.market import Forwards, MarketState
 from app.simulator.model import Change, TrueBook
@@ -46,7 +47,7 @@ from app.venues.okx import okx_checksum
 log = logging.getLogger(__name__)
 
 FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
-          "okx-reset", "bybit-restart", "skip-trade")
+          "okx-reset", "bybit-restart", "skip-trade", "spec-change")
 TRUTH_KEEP = 200_000
 
 
@@ -127,6 +128,7 @@ class Simulator:
         self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0, "trades": 0,
                                          "trades_skipped": 0, "tickers": 0}
         self.forwards = Forwards(self.rng)
+        self.tick_factor: dict[tuple[str, str], int] = {}  # spec-change: (venue, symbol) → tick multiplier
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -247,7 +249,9 @@ class Simulator:
         inst = self.instrument(venue, symbol)
         self.counters["faults"] += 1
         log.info("fault %s on %s:%s", fault, venue, symbol)
-        if fault in ("silence", "slow", "burst"):
+        if fault == "spec-change":
+            self.tick_factor[(venue, symbol)] = self.tick_factor.get((venue, symbol), 1) * 2
+        elif fault in ("silence", "slow", "burst"):
             inst.until[fault] = time.monotonic() + seconds
         elif fault == "disconnect":
             for conn in list(inst.subscribers):
@@ -321,6 +325,38 @@ class Simulator:
         await asyncio.sleep(self.rng.uniform(0.01, 0.05))  # REST latency: deltas keep flowing meanwhile
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
+    async def instrument_list(self, request: web.Request) -> web.Response:
+        """A venue's REST instrument list: the symbols the request names, else every simulated
+        instrument of that venue (and currency / type)."""
+        venue = request.path.split("/")[2]
+        q = request.query
+        known = sorted(s for v, s in self.instruments if v == venue)
+
+        def factor(symbols: list[str]) -> dict[str, int]:
+            return {s: self.tick_factor.get((venue, s), 1) for s in symbols}
+
+        if venue == "deribit":
+            currency = q.get("currency", "")
+            if not currency:
+                error = {"code": 10001, "message": "currency"}
+                return web.json_response({"jsonrpc": "2.0", "error": error}, status=400)
+            names = [s for s in known if s.split("-")[0].split("_")[-1] == currency or s.startswith(currency + "-")]
+            body = sim_instruments.deribit(names, factor(names))
+        elif venue.startswith("binance"):
+            names = orjson.loads(q["symbols"]) if "symbols" in q else known
+            body = sim_instruments.binance(venue, names, factor(names))
+        elif venue == "okx":
+            kind = q.get("instType", "")
+            names = [s for s in known if {"SPOT": s.count("-") == 1, "SWAP": s.endswith("-SWAP")}.get(kind, False)]
+            body = sim_instruments.okx(names, factor(names))
+        elif venue.startswith("bybit"):
+            names = [q["symbol"]] if "symbol" in q else known
+            body = sim_instruments.bybit(venue.split("-", 1)[1], names, factor(names))
+        else:
+            names = q.getall("product_ids", known)
+            body = sim_instruments.coinbase(names, factor(names))
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
     async def truth(self, request: web.Request) -> web.Response:
         inst = self.instruments.get((request.match_info["venue"], request.match_info["symbol"]))
         if inst is None:
@@ -351,6 +387,12 @@ class Simulator:
         app.router.add_get("/rest/binance/api/v3/depth", self.depth)
         app.router.add_get("/rest/binance-usdm/fapi/v1/depth", self.depth)
         app.router.add_get("/rest/binance-coinm/dapi/v1/depth", self.depth)
+        app.router.add_get("/rest/deribit/api/v2/public/get_instruments", self.instrument_list)
+        for venue, path in (("binance", "/api/v3"), ("binance-usdm", "/fapi/v1"), ("binance-coinm", "/dapi/v1")):
+            app.router.add_get(f"/rest/{venue}{path}/exchangeInfo", self.instrument_list)
+        app.router.add_get("/rest/okx/api/v5/public/instruments", self.instrument_list)
+        app.router.add_get("/rest/bybit-{category}/v5/market/instruments-info", self.instrument_list)
+        app.router.add_get("/rest/coinbase/api/v3/brokerage/market/products", self.instrument_list)
         app.router.add_get("/control/truth/{venue}/{symbol}", self.truth)
         app.router.add_post("/control/fault", self.post_fault)
         app.router.add_get("/control/status", self.status)

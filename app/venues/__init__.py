@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from app.config import Secret
 from app.errors import ConfigError, FrameError
+from app.market.instruments import RegistryParser, Spec
 from app.market.records import Ticker, Trade
 from app.venues import binance, bybit, coinbase, deribit, okx
 from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, MarketParser, SyncRule, Venue
@@ -86,6 +87,29 @@ class GuardedMarket:
             raise _malformed(exc) from exc
 
 
+class GuardedRegistry:
+    """A registry parser whose ``parse`` fails only with FrameError (as :class:`Guarded`)."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: RegistryParser) -> None:
+        self._inner = inner
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        return self._inner.urls(api_url, symbols)
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        try:
+            return self._inner.parse(body)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
+
+
+#: venue id → its REST instrument-list parser.
+REGISTRY_PARSERS: dict[str, RegistryParser] = {
+    venue: GuardedRegistry(v.registry) for venue, v in REGISTRY.items() if v.registry is not None
+}
+
 #: venue id → its trades/tickers parser (venues without one are absent).
 MARKETS: dict[str, MarketParser] = {
     venue: GuardedMarket(v.market) for venue, v in REGISTRY.items() if v.market is not None
@@ -123,6 +147,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "ADAPTERS", "MARKETS", "REGISTRY", "VENUES", "Adapter", "BookUpdate", "Continuity", "Endpoint", "Guarded", "Kind",
+    "ADAPTERS", "MARKETS", "REGISTRY", "REGISTRY_PARSERS", "VENUES", "Adapter", "BookUpdate", "Continuity",
+    "Endpoint", "Guarded", "Kind",
     "Level", "MarketParser", "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
 ]

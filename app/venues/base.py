@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from app.errors import FrameError
+from app.market.instruments import RegistryParser
 from app.market.records import Ticker, Trade
 from app.venues import session
 
@@ -194,6 +195,7 @@ class Venue:
     sim_ws_path: str  # the simulator's WebSocket path (``FEED=sim``)
     sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
     market: MarketParser | None = None  # trades and tickers (``app.market``)
+    registry: RegistryParser | None = None  # REST instrument lists (``app.market.instruments``)
 
 
 def opt_str(value: Any) -> str | None:

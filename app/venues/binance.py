@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from app.errors import FrameError
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
 from app.venues.base import (
@@ -206,11 +207,59 @@ class BinanceMarket:
         return [], [Ticker("bookTicker", ms_to_ns(event.get("T") or event.get("E")), fields, partial=True)]
 
 
+def _filters(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(f.get("filterType")): f for f in item.get("filters") or [] if isinstance(f, dict)}
+
+
+class BinanceInstruments:
+    """``exchangeInfo``: spot ``/api/v3`` (``symbols`` filter), USD-M ``/fapi/v1``, COIN-M
+    ``/dapi/v1`` (``contractSize`` USD per contract: inverse)."""
+
+    def __init__(self, venue: str) -> None:
+        self.venue = venue
+        self.path = {"binance": "/api/v3", "binance-usdm": "/fapi/v1", "binance-coinm": "/dapi/v1"}[venue]
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        if self.venue == "binance":
+            return [f"{api_url}{self.path}/exchangeInfo?" + urlencode({"symbols": dumps([s.upper() for s in symbols])})]
+        return [f"{api_url}{self.path}/exchangeInfo"]
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        msg = loads(body)
+        items = msg.get("symbols") if isinstance(msg, dict) else None
+        if not isinstance(items, list) or "timezone" not in msg:
+            return None
+        coinm = self.venue == "binance-coinm"
+        out = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
+                continue
+            f = _filters(item)
+            contract = item.get("contractType")
+            kind = "spot" if self.venue == "binance" else "perpetual" if contract == "PERPETUAL" else "future"
+            notional = f.get("MIN_NOTIONAL", {}).get("notional") or f.get("MIN_NOTIONAL", {}).get("minNotional") \
+                or f.get("NOTIONAL", {}).get("minNotional")
+            status = item.get("status") or item.get("contractStatus")
+            out.append(Spec(
+                key=f"{self.venue}:{item['symbol']}", kind=kind, margin="inverse" if coinm else "linear",
+                base=str(item.get("baseAsset", "")), quote=str(item.get("quoteAsset", "")),
+                settle=str(item.get("marginAsset") or item.get("quoteAsset", "")),
+                contract_size=opt_str(item.get("contractSize")) if coinm else "1" if kind != "spot" else None,
+                tick_size=opt_str(f.get("PRICE_FILTER", {}).get("tickSize")),
+                lot_size=opt_str(f.get("LOT_SIZE", {}).get("stepSize")),
+                min_size=opt_str(f.get("LOT_SIZE", {}).get("minQty")), min_notional=opt_str(notional),
+                expiry_ns=ms_to_ns(item["deliveryDate"]) if kind == "future" and item.get("deliveryDate") else None,
+                underlying=item.get("pair"), index=item.get("pair"),
+                state="open" if status == "TRADING" else str(status or "unknown").lower(),
+            ))
+        return out
+
+
 def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_rest_path: str) -> Venue:
     rule = BinanceFuturesRule() if futures else BinanceSpotRule()
     market = BinanceMarket("contracts" if venue == "binance-coinm" else "base")
     return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path,
-                 market=market)
+                 market=market, registry=BinanceInstruments(venue))
 
 
 _DEPTH = "{symbol_lower}@depth@100ms"
@@ -219,15 +268,18 @@ _FUTURES_MARKET = ("{symbol_lower}@trade", "{symbol_lower}@markPrice@1s")
 VENUES = (
     _venue("binance", False,
            Endpoint("wss://stream.binance.com:9443/stream", _DEPTH, "https://api.binance.com/api/v3/depth",
-                    depth=5000, max_per_conn=200, silence_s=15, market=_SPOT_MARKET),
+                    depth=5000, max_per_conn=200, silence_s=15, market=_SPOT_MARKET,
+                    api_url="https://api.binance.com"),
            "/ws/binance/stream", "/rest/binance/api/v3/depth"),
     # since 2026 the futures depth streams are served under /public
     _venue("binance-usdm", True,
            Endpoint("wss://fstream.binance.com/public/stream", _DEPTH, "https://fapi.binance.com/fapi/v1/depth",
-                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET),
+                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET,
+                    api_url="https://fapi.binance.com"),
            "/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
     _venue("binance-coinm", True,
            Endpoint("wss://dstream.binance.com/stream", _DEPTH, "https://dapi.binance.com/dapi/v1/depth",
-                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET),
+                    depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET,
+                    api_url="https://dapi.binance.com"),
            "/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
 )

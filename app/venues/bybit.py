@@ -10,6 +10,7 @@ per category, each with its own endpoint. The session pings with ``{"op":"ping"}
 from __future__ import annotations
 
 from app.errors import FrameError
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
 from app.venues.base import (
@@ -150,13 +151,59 @@ class BybitMarket:
                      block_trade_id=str(t.get("i")) if t.get("BT") is True else None, extra=extra)
 
 
+class BybitInstruments:
+    """``/v5/market/instruments-info?category=…&symbol=…`` (one request per symbol: no paging)."""
+
+    def __init__(self, category: str) -> None:
+        self.category = category
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        return [f"{api_url}/v5/market/instruments-info?category={self.category}&symbol={s}" for s in symbols]
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        msg = loads(body)
+        result = msg.get("result") if isinstance(msg, dict) else None
+        if not isinstance(result, dict) or result.get("category") != self.category:
+            return None
+        items = result.get("list")
+        if not isinstance(items, list):
+            return None
+        out = []
+        for d in items:
+            if not isinstance(d, dict) or not isinstance(d.get("symbol"), str):
+                continue
+            contract = str(d.get("contractType") or "")
+            kind = ("spot" if self.category == "spot" else "option" if self.category == "option"
+                    else "perpetual" if "Perpetual" in contract else "future")
+            price, lot = d.get("priceFilter") or {}, d.get("lotSizeFilter") or {}
+            delivery = d.get("deliveryTime")
+            out.append(Spec(
+                key=f"bybit-{self.category}:{d['symbol']}", kind=kind,
+                margin="inverse" if self.category == "inverse" else "linear",
+                base=str(d.get("baseCoin", "")), quote=str(d.get("quoteCoin", "")),
+                settle=str(d.get("settleCoin") or d.get("quoteCoin", "")),
+                contract_size="1" if self.category == "inverse" else None, tick_size=opt_str(price.get("tickSize")),
+                lot_size=opt_str(lot.get("qtyStep") or lot.get("basePrecision")),
+                min_size=opt_str(lot.get("minOrderQty")),
+                min_notional=opt_str(lot.get("minNotionalValue") or lot.get("minOrderAmt")),
+                option_type={"Call": "call", "Put": "put"}.get(str(d.get("optionsType"))),
+                strike=d["symbol"].split("-")[2] if self.category == "option" else None,
+                expiry_ns=ms_to_ns(delivery) if delivery not in (None, "", "0") else None,
+                underlying=d.get("baseCoin"), state="open" if d.get("status") == "Trading" else
+                str(d.get("status", "unknown")).lower(),
+            ))
+        return out
+
+
 def _venue(category: str) -> Venue:
     live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
                     depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50,
                     market=("publicTrade.{symbol}", "tickers.{symbol}") if category != "option"
-                    else ("tickers.{symbol}",))  # option trades come by base coin: add publicTrade.BTC in FEEDS_FILE
+                    else ("tickers.{symbol}",),  # option trades come by base coin: add publicTrade.BTC in FEEDS_FILE
+                    api_url="https://api.bybit.com")
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
-                 sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category))
+                 sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category),
+                 registry=BybitInstruments(category))
 
 
 RULE = BybitRule()

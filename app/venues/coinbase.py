@@ -14,6 +14,7 @@ import calendar
 from typing import Any
 
 from app.errors import FrameError
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
 from app.venues.base import (
@@ -183,10 +184,36 @@ class CoinbaseMarket:
         return trades, tickers
 
 
+class CoinbaseInstruments:
+    """``/api/v3/brokerage/market/products?product_ids=…`` (public)."""
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        return [f"{api_url}/api/v3/brokerage/market/products?" + "&".join(f"product_ids={s}" for s in symbols)]
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        msg = loads(body)
+        items = msg.get("products") if isinstance(msg, dict) else None
+        if not isinstance(items, list):
+            return None
+        out = []
+        for d in items:
+            if not isinstance(d, dict) or not isinstance(d.get("product_id"), str):
+                continue
+            halted = d.get("trading_disabled") or d.get("is_disabled") or d.get("status") not in (None, "online")
+            out.append(Spec(
+                key=f"coinbase:{d['product_id']}", kind="spot" if d.get("product_type", "SPOT") == "SPOT" else "future",
+                margin="linear", base=str(d.get("base_currency_id", "")), quote=str(d.get("quote_currency_id", "")),
+                settle=str(d.get("quote_currency_id", "")), tick_size=opt_str(d.get("quote_increment")),
+                lot_size=opt_str(d.get("base_increment")), min_size=opt_str(d.get("base_min_size")),
+                min_notional=opt_str(d.get("quote_min_size")), state="halted" if halted else "open",
+            ))
+        return out
+
+
 VENUE = Venue(
     "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
     # one product per connection: sequence_num is per connection, so a gap then names one book
     endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1,
-                      market=("market_trades", "ticker")),
-    sim_ws_path="/ws/coinbase", market=CoinbaseMarket(),
+                      market=("market_trades", "ticker"), api_url="https://api.coinbase.com"),
+    sim_ws_path="/ws/coinbase", market=CoinbaseMarket(), registry=CoinbaseInstruments(),
 )

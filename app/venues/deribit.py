@@ -13,6 +13,7 @@ from typing import Any
 
 from app.config import Secret
 from app.errors import FrameError
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade, percent_to_decimal
 from app.venues._json import loads, obj
 from app.venues.base import (
@@ -222,9 +223,46 @@ class DeribitMarket:
         return Ticker("ticker", ms_to_ns(d.get("timestamp")), fields)
 
 
+class DeribitInstruments:
+    """``public/get_instruments?currency=…`` (one request per currency of the feeds)."""
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        currencies = sorted({s.split("-")[0].split("_")[-1] if "_" in s.split("-")[0] else s.split("-")[0]
+                             for s in symbols})
+        return [f"{api_url}/api/v2/public/get_instruments?currency={c}" for c in currencies]
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        msg = loads(body)
+        result = msg.get("result") if isinstance(msg, dict) else None
+        if not isinstance(result, list) or not all(isinstance(r, dict) and "instrument_name" in r for r in result):
+            return None
+        out = []
+        for r in result:
+            kind = r.get("kind")
+            perpetual = r.get("settlement_period") == "perpetual"
+            out.append(Spec(
+                key=f"deribit:{r['instrument_name']}",
+                kind="option" if kind == "option" else "spot" if kind == "spot" else
+                "perpetual" if perpetual else "future",
+                margin="inverse" if r.get("instrument_type") == "reversed" else "linear",
+                base=str(r.get("base_currency", "")), quote=str(r.get("quote_currency", "")),
+                settle=str(r.get("settlement_currency", "")), contract_size=opt_str(r.get("contract_size")),
+                tick_size=opt_str(r.get("tick_size")),
+                tick_size_steps=[{"above_price": num_str(x["above_price"]), "tick_size": num_str(x["tick_size"])}
+                                 for x in r.get("tick_size_steps") or []],
+                min_size=opt_str(r.get("min_trade_amount")), lot_size=opt_str(r.get("min_trade_amount")),
+                strike=opt_str(r.get("strike")), option_type=r.get("option_type"),
+                expiry_ns=None if perpetual or kind == "spot" else ms_to_ns(r.get("expiration_timestamp")),
+                underlying=r.get("price_index"), index=r.get("price_index"),
+                state="open" if r.get("is_active", True) else "closed",
+            ))
+        return out
+
+
 VENUE = Venue(
     "deribit", DeribitAdapter(), DeribitRule(), DeribitProtocol,
     endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10,
+                      api_url="https://www.deribit.com",
                       market=("trades.{symbol}.100ms", "ticker.{symbol}.100ms")),
-    sim_ws_path="/ws/deribit", market=DeribitMarket(),
+    sim_ws_path="/ws/deribit", market=DeribitMarket(), registry=DeribitInstruments(),
 )

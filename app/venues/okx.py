@@ -21,6 +21,7 @@ import zlib
 
 from app.config import Secret
 from app.errors import FrameError
+from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.venues._json import loads, obj
 from app.venues.base import (
@@ -221,9 +222,60 @@ class OkxMarket:
         return [], tickers
 
 
+_OKX_STATE = {"live": "open", "suspend": "halted", "preopen": "preopen", "expired": "delivered",
+              "test": "test", "rebase": "halted"}
+
+
+def okx_inst_type(symbol: str) -> tuple[str, str]:
+    """(instType, instFamily) of an OKX instrument id."""
+    parts = symbol.split("-")
+    if len(parts) == 2:
+        return "SPOT", ""
+    family = "-".join(parts[:2])
+    if parts[-1] == "SWAP":
+        return "SWAP", family
+    return ("OPTION", family) if parts[-1] in ("C", "P") else ("FUTURES", family)
+
+
+class OkxInstruments:
+    """``/api/v5/public/instruments?instType=…[&instFamily=…]``, one request per type and family."""
+
+    def urls(self, api_url: str, symbols: list[str]) -> list[str]:
+        wanted = sorted({okx_inst_type(s) for s in symbols})
+        return [f"{api_url}/api/v5/public/instruments?instType={t}" + (f"&instFamily={f}" if f else "")
+                for t, f in wanted]
+
+    def parse(self, body: bytes) -> list[Spec] | None:
+        msg = loads(body)
+        data = msg.get("data") if isinstance(msg, dict) else None
+        if msg.get("code") != "0" if isinstance(msg, dict) else True:
+            return None
+        if not isinstance(data, list) or not all(isinstance(d, dict) and "instType" in d for d in data):
+            return None
+        out = []
+        for d in data:
+            t = d["instType"]
+            out.append(Spec(
+                key=f"okx:{d['instId']}",
+                kind={"SPOT": "spot", "SWAP": "perpetual", "FUTURES": "future", "OPTION": "option"}.get(t, t.lower()),
+                margin="inverse" if d.get("ctType") == "inverse" or (
+                    t == "OPTION" and str(d.get("settleCcy")) not in ("USDC", "USDT", "USD")) else "linear",
+                base=str(d.get("baseCcy") or d.get("ctValCcy") or ""), quote=str(d.get("quoteCcy") or ""),
+                settle=str(d.get("settleCcy") or d.get("quoteCcy") or ""), contract_size=opt_str(d.get("ctVal")),
+                multiplier=opt_str(d.get("ctMult")), tick_size=opt_str(d.get("tickSz")),
+                lot_size=opt_str(d.get("lotSz")),
+                min_size=opt_str(d.get("minSz")), strike=opt_str(d.get("stk")),
+                option_type={"C": "call", "P": "put"}.get(str(d.get("optType"))),
+                expiry_ns=ms_to_ns(d["expTime"]) if d.get("expTime") else None,
+                underlying=d.get("uly") or None, index=d.get("uly") or d.get("instFamily") or None,
+                state=_OKX_STATE.get(str(d.get("state")), str(d.get("state"))),
+            ))
+        return out
+
+
 VENUE = Venue(
     "okx", OkxAdapter(), OkxRule(), OkxProtocol,
     endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20,
-                      market=("trades", "tickers")),
-    sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(),
+                      market=("trades", "tickers"), api_url="https://www.okx.com"),
+    sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(), registry=OkxInstruments(),
 )

@@ -29,6 +29,7 @@ class Endpoint:
     silence_s: float = 30.0  # watchdog: reconnect when nothing arrives for this long
     ping_s: float = 20.0  # application-level keepalive interval
     market: tuple[str, ...] = ()  # trades/ticker channel templates subscribed beside the book ({symbol} …)
+    api_url: str = ""  # the REST API's base URL: instrument lists (``app.market.instruments``)
 
 
 def next_id() -> int:

@@ -7,6 +7,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import orjson
 import pytest
 
 from app.market.symbols import monthly_expiries
@@ -27,7 +28,7 @@ SKIPPED = [("deribit", "BTC-PERPETUAL"), ("binance-usdm", "BTCUSDT")]  # contigu
 
 @pytest.fixture(scope="module")
 def market(sim_site: SimSiteFactory) -> SimSite:
-    return sim_site(FEEDS, data="market")
+    return sim_site(FEEDS, data="market", INSTRUMENTS_REFRESH_S="1")
 
 
 def by_key(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -105,3 +106,35 @@ def test_the_options_chain_carries_the_venues_numbers_and_ours(market: SimSite) 
             assert abs(side["residual"]["delta"]) < 2e-3, side
             assert side["ours"]["vega"] > 0
             assert side["source"]["topic"].endswith("raw.deribit")
+
+
+def test_the_registry_versions_a_spec_change_and_the_command_lists_it(market: SimSite) -> None:
+    def specs() -> dict[str, list[dict[str, Any]]]:
+        return by_key(market.topic("ref.instruments"))
+
+    keys = {f"{v}:{s}" for v, symbols in FEEDS.items() for s in symbols}
+    wait_for(lambda: set(specs()) >= keys, 60, "a spec of every instrument in ref.instruments")
+    option = specs()[f"deribit:{OPTIONS[0]}"][0]
+    assert (option["kind"], option["margin"], option["option_type"], option["strike"]) == ("option", "inverse",
+                                                                                          "call", "55000")
+    assert option["tick_size_steps"]
+    assert specs()["binance-usdm:BTCUSDT"][0]["kind"] == "perpetual"
+    before = specs()["okx:BTC-USDT-SWAP"]
+    assert len(before) == 1
+    market.sim.fault("okx", "BTC-USDT-SWAP", "spec-change")
+    wait_for(lambda: len(specs()["okx:BTC-USDT-SWAP"]) == 2, 30, "a second version after the spec change")
+    old, new = specs()["okx:BTC-USDT-SWAP"]
+    assert float(new["tick_size"]) == 2 * float(old["tick_size"])
+    assert new["valid_from"] > old["valid_from"]
+    assert all(len(v) == 1 for k, v in specs().items() if k != "okx:BTC-USDT-SWAP")  # refreshes add no version
+    listing = market.ns.faust("instruments", "--venue", "okx", "--all-versions", "--json")
+    versions = [orjson.loads(line) for line in listing.stdout.splitlines()]
+    assert [v["tick_size"] for v in versions] == [old["tick_size"], new["tick_size"]]
+    at_first = market.ns.faust("instruments", "--venue", "okx", "--json", "--at", str(new["valid_from"] - 1))
+    assert [orjson.loads(line)["tick_size"] for line in at_first.stdout.splitlines()] == [old["tick_size"]]
+    table = market.ns.faust("instruments", "--kind", "option")
+    assert OPTIONS[0] in table.stdout
+    assert "BTC-PERPETUAL" not in table.stdout
+    bad = market.ns.faust("instruments", "--kind", "swap", check=False)
+    assert bad.returncode == 1
+    assert "--kind 'swap'" in bad.stderr
