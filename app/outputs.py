@@ -30,9 +30,9 @@ from aiokafka.errors import KafkaError
 from app import metrics
 from app.config import Settings
 from app.kafka import producer as make_producer
-from app.market.chain import ChainBuilder
+from app.market.chain import ChainBuilder, Quote
 from app.market.instruments import Registry, Spec
-from app.market.records import gap_record, ticker_record, trade_record
+from app.market.records import Ticker, gap_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
 from app.sync import STALE, SYNCED, Instrument
@@ -187,6 +187,37 @@ class OutputSink:
         self._wake.set()
 
 
+class RecentMarket:
+    """The latest market data of the books on this worker, for the web view (memory only)."""
+
+    TAPE = 50  # trades kept per instrument
+
+    def __init__(self) -> None:
+        self.trades: dict[str, deque[bytes]] = {}
+        self.tickers: dict[str, Quote] = {}
+        self.chains: dict[str, bytes] = {}  # chain key → latest options.chain record
+
+    def trade(self, key: str, record: bytes) -> None:
+        tape = self.trades.get(key)
+        if tape is None:
+            tape = self.trades[key] = deque(maxlen=self.TAPE)
+        tape.append(record)
+
+    def ticker(self, key: str, ticker: Ticker, ts_recv: int) -> None:
+        quote = self.tickers.get(key)
+        if quote is None:
+            quote = self.tickers[key] = Quote()
+        quote.update({**ticker.fields, "channel": ticker.channel}, ticker.ts_exchange, ts_recv, {})
+
+    def chain(self, key: str, record: bytes) -> None:
+        self.chains[key] = record
+
+    def forget(self, keep: Callable[[str], bool]) -> None:
+        for table in (self.trades, self.tickers, self.chains):
+            for key in [k for k in table if not keep(k)]:
+                del table[key]
+
+
 class Publisher:
     """From outcomes to downstream records (one per top change, status transition, resync
     request, dead letter; book.depth rate-limited)."""
@@ -204,6 +235,7 @@ class Publisher:
         self.find = find  # the live book of a key (book.depth reads it)
         self.chains = ChainBuilder(settings.chain_interval_ms)
         self.registry = Registry()  # every version of every instrument, fed by ``ref.instruments``
+        self.recent = RecentMarket()  # what the web view shows: trades tape, ticker fields, chains
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
         self.sink.add(topic, partition, key.encode(), value)
@@ -264,11 +296,15 @@ class Publisher:
         key = out.key
         now = time.time_ns()
         send = self._send
+        recent = self.recent
         for trade in out.trades:
-            send(self.topics.trades, partition, key, trade_record(key, trade, ts_recv, now, src))
+            record = trade_record(key, trade, ts_recv, now, src)
+            send(self.topics.trades, partition, key, record)
+            recent.trade(key, record)
         for ticker in out.tickers:
             send(self.topics.ticker, partition, key, ticker_record(key, ticker, ts_recv, now, src))
             self.chains.offer(key, ticker.fields, ticker.ts_exchange, ts_recv, src)
+            recent.ticker(key, ticker, ts_recv)
         if out.trades:
             metrics.count("trades", len(out.trades))
         if out.tickers:
@@ -304,6 +340,7 @@ class Publisher:
         published = time.time_ns()
         for key, body in self.chains.due(time.monotonic_ns(), published):
             self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
+            self.recent.chain(key, body)
             metrics.count("chains")
         if self.conflater is not None:
             now = time.time_ns()

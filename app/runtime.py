@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+import orjson
+
 from app import metrics
 from app.config import Settings
 from app.market.records import source
@@ -176,6 +178,31 @@ class BookRuntime:
         await self.state.on_revoked()
         self.publisher.depth.forget(keys)
         self.publisher.chains.forget(self.owns)
+        self.publisher.recent.forget(self.owns)
+
+    # -- market data for the web view --------------------------------------------------
+    def trades(self, key: str) -> list[bytes]:
+        """The latest trades of ``key`` published by this worker (oldest first)."""
+        return list(self.publisher.recent.trades.get(key, ()))
+
+    def ticker(self, key: str) -> dict[str, object] | None:
+        quote = self.publisher.recent.tickers.get(key)
+        if quote is None:
+            return None
+        return {**quote.fields, "ts_exchange": quote.ts_exchange, "ts_recv": quote.ts_recv}
+
+    def chains(self, venue: str, underlying: str) -> list[bytes]:
+        """The latest options.chain record of every expiry of ``underlying`` on this worker."""
+        prefix = f"{venue}:{underlying}-"
+        return [body for key, body in sorted(self.publisher.recent.chains.items()) if key.startswith(prefix)]
+
+    def underlyings(self) -> list[tuple[str, str]]:
+        """(venue, underlying) of every chain on this worker."""
+        out = set()
+        for key, body in self.publisher.recent.chains.items():
+            venue = key.partition(":")[0]
+            out.add((venue, str(orjson.loads(body)["underlying"])))
+        return sorted(out)
         self._holes.clear()
 
     def on_assigned(self, actives: Iterable[int], standbys: Iterable[int]) -> None:

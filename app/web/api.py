@@ -169,3 +169,17 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
         ingest = rates.ingest
         sink = ingest.sink.stats() if ingest is not None and ingest.sink else None
         return self.json({"ingesting": ingest is not None, "venues": rates.status(), "sink": sink})
+
+    @app.page("/api/options/{venue}/{underlying}")
+    async def api_options(self: View, request: Request, venue: str, underlying: str) -> Response:
+        """The latest options.chain record of each expiry of ``underlying`` held by this worker."""
+        chains = [orjson.Fragment(c) for c in books.chains(venue, underlying)]
+        return self.bytes(orjson.dumps({"venue": venue, "underlying": underlying, "chains": chains}),
+                          content_type="application/json")
+
+    @app.page("/api/market/{venue}/{instrument}")
+    async def api_market(self: View, request: Request, venue: str, instrument: str) -> Response:
+        """The latest ticker fields and trades of an instrument held by this worker."""
+        key = f"{venue}:{instrument}"
+        body = {"key": key, "ticker": books.ticker(key), "trades": [orjson.Fragment(t) for t in books.trades(key)]}
+        return self.bytes(orjson.dumps(body), content_type="application/json")

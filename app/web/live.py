@@ -1,8 +1,10 @@
 """The pages a person looks at, pushed live over Server-Sent Events.
 
 ``/``                                     dashboard (``/events`` every 0.5 s)
-``/book/{venue}/{instrument}``            ladder, depth chart, spread/imbalance series
-                                          (``/events/book/{venue}/{instrument}``)
+``/book/{venue}/{instrument}``            ladder, depth chart, spread/imbalance series, ticker
+                                          fields and trades tape (``/events/book/{venue}/{instrument}``)
+``/options/{venue}/{underlying}``         options chain by expiry and the smile, venue vs ours
+                                          (``/events/options/{venue}/{underlying}``)
 ``/static/{name}``                        the pages' CSS and JS (``app/web/static``, no CDN)
 """
 
@@ -57,6 +59,10 @@ def register(app: Any, books: BookView, rates: VenueRates) -> None:
     async def book_page(self: View, request: Request, venue: str, instrument: str) -> Response:
         return _file(self, "book.html")
 
+    @app.page("/options/{venue}/{underlying}")
+    async def options_page(self: View, request: Request, venue: str, underlying: str) -> Response:
+        return _file(self, "options.html")
+
     @app.page("/static/{name}")
     async def static(self: View, request: Request, name: str) -> Response:
         if name not in names:
@@ -68,7 +74,8 @@ def register(app: Any, books: BookView, rates: VenueRates) -> None:
         async def get(self, request: Request, **kwargs: Any) -> Any:
             def snapshot() -> dict[str, Any]:
                 rows = sorted((with_derived(summary(i)) for i in books.books()), key=lambda r: r["key"])
-                return {"books": rows, "venues": rates.status()}
+                return {"books": rows, "venues": rates.status(),
+                        "chains": [{"venue": v, "underlying": u} for v, u in books.underlyings()]}
 
             return await _sse(request, "books", snapshot)
 
@@ -83,6 +90,18 @@ def register(app: Any, books: BookView, rates: VenueRates) -> None:
                     return {"state": "unknown", "reason": "not on this worker", "seq": None, "bids": [], "asks": []}
                 body = summary(inst)
                 body.update(inst.book.aggregates(25))
+                body["ticker"] = books.ticker(key)
+                body["trades"] = [orjson.Fragment(t) for t in books.trades(key)]
                 return body
 
             return await _sse(request, "book", snapshot)
+
+    @app.page("/events/options/{venue}/{underlying}")
+    class OptionsEvents(View):
+        async def get(self, request: Request, **kwargs: Any) -> Any:
+            venue, underlying = kwargs["venue"], kwargs["underlying"]
+
+            def snapshot() -> dict[str, Any]:
+                return {"chains": [orjson.Fragment(c) for c in books.chains(venue, underlying)]}
+
+            return await _sse(request, "options", snapshot)

@@ -38,6 +38,22 @@ class BookView(Protocol):
         """This worker's copy of a book it does not serve live: ``standby`` or ``recovering``."""
         ...
 
+    def trades(self, key: str) -> list[bytes]:
+        """The latest ``trades`` records of ``key`` on this worker, oldest first."""
+        ...
+
+    def ticker(self, key: str) -> dict[str, Any] | None:
+        """The latest ticker fields of ``key`` (merged across partial tickers)."""
+        ...
+
+    def chains(self, venue: str, underlying: str) -> list[bytes]:
+        """The latest ``options.chain`` record of each expiry of ``underlying`` on this worker."""
+        ...
+
+    def underlyings(self) -> list[tuple[str, str]]:
+        """(venue, underlying) of every options chain on this worker."""
+        ...
+
 
 def summary(inst: Instrument) -> dict[str, Any]:
     venue, symbol = split_key(inst.key)

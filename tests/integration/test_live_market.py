@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 import pytest
 
 from app.market.symbols import monthly_expiries
+from tests.conftest import ARTIFACTS
 from tests.helpers import SimSite, SimSiteFactory, wait_for
 
 EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
@@ -138,3 +140,48 @@ def test_the_registry_versions_a_spec_change_and_the_command_lists_it(market: Si
     bad = market.ns.faust("instruments", "--kind", "swap", check=False)
     assert bad.returncode == 1
     assert "--kind 'swap'" in bad.stderr
+
+
+def test_the_instrument_page_shows_ticker_fields_and_a_live_trades_tape(market: SimSite, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(market.worker.url + "/book/deribit/BTC-PERPETUAL")
+    page.wait_for_function("document.querySelectorAll('#trades tbody tr').length >= 3", timeout=30_000)
+    page.wait_for_function("document.querySelector('#ticker tbody').dataset.fields >= 5", timeout=30_000)
+    assert "funding_rate" in page.inner_text("#ticker")
+    first = page.get_attribute("#trades tbody tr:first-child", "data-id")
+    page.wait_for_function(
+        f"document.querySelector('#trades tbody tr:first-child').dataset.id !== {first!r}", timeout=30_000)
+    shown = {page.get_attribute(f"#trades tbody tr:nth-child({i})", "data-id") for i in (1, 2, 3)}
+    with ThreadPoolExecutor(1) as pool:  # the broker client runs its own event loop: not in playwright's
+        records = pool.submit(market.topic, "trades").result()
+    published = {r["trade_id"] for r in by_key(records)["deribit:BTC-PERPETUAL"]}
+    assert shown <= published
+    page.screenshot(path=str(ARTIFACTS / "book-market.png"))
+    page.close()
+
+
+def test_the_options_page_shows_the_chain_and_the_smile_live(market: SimSite, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(market.worker.url + "/")
+    page.wait_for_selector("#chains a", timeout=30_000)
+    assert page.get_attribute("#chains a", "href") == "/options/deribit/BTC"
+    page.click("#chains a")
+    page.wait_for_function("document.querySelectorAll('#chain tbody tr').length === 3", timeout=30_000)
+    page.evaluate("window.__sameDocument = true")
+    assert page.inner_text("#expiry option") == chain_day(EXPIRY)
+    page.wait_for_function("document.getElementById('smile').dataset.points >= 12", timeout=30_000)
+    cells = [page.inner_text(f"#chain tbody tr[data-strike='65000'] td:nth-child({i})") for i in (4, 5)]
+    assert abs(float(cells[0]) - float(cells[1])) < 0.3  # venue and our mark IV, in %
+    forward = page.inner_text("#forward")
+    page.wait_for_function(f"document.getElementById('forward').textContent !== {forward!r}", timeout=30_000)
+    assert page.evaluate("window.__sameDocument") is True  # pushed, not reloaded
+    page.screenshot(path=str(ARTIFACTS / "options.png"))
+    page.close()
+
+
+def chain_day(expiry: str) -> str:
+    from app.market.symbols import parse_option
+
+    spec = parse_option(f"BTC-{expiry}-1-C")
+    assert spec is not None
+    return time.strftime("%Y-%m-%d", time.gmtime(spec.expiry_ns // 10**9))

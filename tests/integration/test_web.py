@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, SimSite, SimSiteFactory, Worker, wait_for, workers
+from tests.conftest import ARTIFACTS
+from tests.helpers import SimSite, SimSiteFactory, Worker, wait_for, workers
 
 FEEDS = {"deribit": ["BTC-PERPETUAL", "ETH-PERPETUAL"], "okx": ["BTC-USDT"], "coinbase": ["BTC-USD", "ETH-USD"],
          "binance-usdm": ["BTCUSDT"]}
 KEYS = {f"{venue}:{symbol}" for venue, symbols in FEEDS.items() for symbol in symbols}
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +91,6 @@ def test_second_worker_answers_for_every_instrument_through_table_routing(site: 
     wait_for(lambda: set(site.books()) >= KEYS, 60, "books back on one worker", every=1)
 
 
-# -- a real browser ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: `make browser` (run by `make test`) installs it")
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_dashboard_updates_live_and_shows_a_gap_as_stale_then_recovered(site: SimSite, browser: Any) -> None:

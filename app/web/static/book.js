@@ -65,4 +65,32 @@ es.addEventListener("book", ev => {
   if (b.imbalance != null) series.imbalance.push([now, parseFloat(b.imbalance)]);
   for (const k in series) while (series[k].length && series[k][0][0] < now - KEEP_S) series[k].shift();
   timeSeries("spread", series.spread); timeSeries("imbalance", series.imbalance);
+  tickerTable(b.ticker); tradesTape(b.trades || []);
 });
+
+function row(cells, classes) {
+  const tr = document.createElement("tr");
+  cells.forEach((v, j) => { const td = document.createElement("td"); td.textContent = v ?? ""; td.className = classes[j] || ""; tr.append(td); });
+  return tr;
+}
+
+// The instrument's ticker fields (merged across partial tickers), only those the venue gives.
+function tickerTable(t) {
+  const tb = document.querySelector("#ticker tbody");
+  if (!t) { tb.replaceChildren(row(["no ticker yet"], ["l"])); return; }
+  const skip = new Set(["ts_exchange", "ts_recv"]);
+  const rows = Object.entries(t).filter(([k, v]) => v != null && !skip.has(k)).map(([k, v]) => row([k, v], ["l", ""]));
+  tb.replaceChildren(...rows);
+  tb.dataset.fields = rows.length;
+}
+
+// The trades tape: newest first.
+function tradesTape(trades) {
+  const tb = document.querySelector("#trades tbody");
+  tb.replaceChildren(...trades.slice().reverse().map(t => {
+    const when = new Date(t.ts_exchange / 1e6).toISOString().slice(11, 23);
+    const tr = row([when, t.side, t.price, t.size, t.unit, t.trade_id], ["l", t.side === "buy" ? "bid" : "ask", "", "", "l", "l"]);
+    tr.dataset.id = t.trade_id;
+    return tr;
+  }));
+}

@@ -62,5 +62,19 @@ es.addEventListener("books", ev => {
     knownVenues.add(b.venue); const o = document.createElement("option"); o.value = o.textContent = b.venue; venueSel.append(o);
   }
   renderVenues(msg.venues);
+  renderChains(msg.chains || []);
   render();
 });
+
+// Links to the options page of every underlying with a chain on this worker.
+function renderChains(chains) {
+  const box = document.getElementById("chains"), text = chains.map(c => `${c.venue}/${c.underlying}`).join();
+  if (box.dataset.text === text) return;
+  box.dataset.text = text;
+  box.replaceChildren(...chains.map(c => {
+    const a = document.createElement("a");
+    a.href = `/options/${encodeURIComponent(c.venue)}/${encodeURIComponent(c.underlying)}`;
+    a.textContent = `${c.venue} ${c.underlying} options`;
+    return a;
+  }));
+}
