@@ -99,6 +99,8 @@ class Processor:
                 return out
             if trades:
                 self._admit(inst, trades, out)
+            if trades or out.tickers:
+                return out  # a trades or ticker frame carries no book update
         try:
             updates = ad.parse(kind, value, symbol)
         except FrameError as exc:

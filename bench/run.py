@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from app.capture.formats import Record, read, write_native  # noqa: E402
 from app.config import load as load_settings  # noqa: E402
 from app.ingest.sink import RawSink  # noqa: E402
+from app.kafka import ensure_topics  # noqa: E402
+from app.market.symbols import monthly_expiries  # noqa: E402
 from app.venues.base import Kind  # noqa: E402
 from app.wire import RawFrame, v1_headers  # noqa: E402
 from bench.profile import profile_top  # noqa: E402
@@ -306,6 +309,26 @@ class Bench:
                        "(receive time stamped when put) into raw.binance-usdm; receive time → book.top seen by a "
                        "consumer, for frames received after a 10 s warm-up (BENCH_LATENCY_WARMUP_S)"}
 
+    def mixed(self) -> None:
+        """Books, trades and tickers of 1,000 Deribit options (the chains included): the worker's
+        frames/s over raw topics loaded ahead, as `throughput` measures books alone."""
+        instruments = int(os.environ.get("BENCH_MIXED_INSTRUMENTS", "1000"))
+        per = int(os.environ.get("BENCH_MIXED_FRAMES_PER_INSTRUMENT", "300"))
+        ns = namespace("mixed")
+        say(f"mixed: producing {instruments:,} options × {per} frames (book changes, trades, tickers)")
+        settings = ns.settings()
+        asyncio.run(ensure_topics(settings, [settings.topic("raw.deribit")]))
+        frames = asyncio.run(produce_frames(settings, mixed_frames(instruments, per)))
+        raw = WORK / "profile-mixed.txt"
+        r = self.worker_run(ns, frames, 1, {}, profile=raw)
+        r["profile"] = profile_top(raw)
+        kinds = Counter(mixed_kinds(per))
+        r.update(instruments=instruments, mix={k: round(v / per, 2) for k, v in kinds.items()},
+                 command=f"faust -A app worker over raw.deribit holding {frames:,} frames: {instruments:,} option "
+                         f"books (snapshot, then book changes, trades and option tickers with greeks; "
+                         f"options.chain every CHAIN_INTERVAL_MS)")
+        self.figures["mixed"] = r
+
     def many(self) -> None:
         """1,000 light instruments from the simulator through `ingest` and one worker."""
         per_kind = int(os.environ.get("BENCH_MANY_PER_KIND", "250"))
@@ -542,6 +565,50 @@ def book_deltas(books: int, levels: int, frames: int, per_frame: int, start: int
         yield RawFrame(f"bybit-linear:{sym}", time.time_ns(), Kind.WS, "bench", frame)
 
 
+def mixed_kinds(per: int) -> Iterator[str]:
+    """The frames of one instrument: a snapshot, then book changes, trades and tickers (5:1:4)."""
+    yield "book"
+    for j in range(1, per):
+        yield ("book", "book", "ticker", "book", "trade", "ticker", "book", "ticker", "book", "ticker")[j % 10]
+
+
+def mixed_frames(instruments: int, per: int) -> Iterator[RawFrame]:
+    """Deribit option frames (``book``, ``trades``, ``ticker`` channels), instruments in turn."""
+    expiries = monthly_expiries(time.time_ns(), 4)
+    names = [f"BTC-{expiries[i % 4]}-{40000 + 500 * (i // 8)}-{'CP'[(i // 4) % 2]}" for i in range(instruments)]
+    kinds = list(mixed_kinds(per))
+    book_seq = [sum(1 for k in kinds[: j + 1] if k == "book") for j in range(len(kinds))]  # change_id of book frames
+    for j, kind in enumerate(kinds):
+        for i, name in enumerate(names):
+            ms = 1_700_000_000_000 + j * 100
+            if j == 0:
+                data: Any = {"type": "snapshot", "timestamp": ms, "instrument_name": name, "change_id": 1,
+                             "bids": [["new", 0.05 - k * 0.0005, 10.0] for k in range(20)],
+                             "asks": [["new", 0.0505 + k * 0.0005, 10.0] for k in range(20)]}
+                channel = f"book.{name}.100ms"
+            elif kind == "book":
+                data = {"type": "change", "timestamp": ms, "instrument_name": name, "change_id": book_seq[j],
+                        "prev_change_id": book_seq[j] - 1,
+                        "bids": [["change", 0.05 - (j % 20) * 0.0005, float(j % 7 + 1)]], "asks": []}
+                channel = f"book.{name}.100ms"
+            elif kind == "trade":
+                data = [{"trade_seq": j, "trade_id": f"{i}-{j}", "timestamp": ms, "tick_direction": 0,
+                         "price": 0.0505, "mark_price": 0.0502, "index_price": 65000.0, "instrument_name": name,
+                         "direction": "buy", "amount": 1.0, "iv": 55.0}]
+                channel = f"trades.{name}.100ms"
+            else:
+                data = {"timestamp": ms, "instrument_name": name, "state": "open", "underlying_price": 65000.0 + j,
+                        "underlying_index": f"BTC-{expiries[i % 4]}", "mark_price": 0.0502, "mark_iv": 55.0 + j % 3,
+                        "bid_iv": 54.0, "ask_iv": 56.0, "best_bid_price": 0.05, "best_ask_price": 0.0505,
+                        "best_bid_amount": 10.0, "best_ask_amount": 10.0, "index_price": 65000.0,
+                        "open_interest": 100.0, "interest_rate": 0.0, "last_price": 0.0505,
+                        "greeks": {"delta": 0.5, "gamma": 0.0001, "vega": 20.0, "theta": -50.0, "rho": 1.0}}
+                channel = f"ticker.{name}.100ms"
+            frame = orjson.dumps({"jsonrpc": "2.0", "method": "subscription",
+                                  "params": {"channel": channel, "data": data}})
+            yield RawFrame(f"deribit:{name}", time.time_ns(), Kind.WS, "bench", frame)
+
+
 def deltas(n: int) -> Iterator[RawFrame]:
     """One-level deltas of SYM0USDT cycling over its top 25 bid levels: the same updates
     whatever the book's depth (so what commits coalesce is the same too)."""
@@ -734,13 +801,14 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("latency_p50_ms_at_5000", lambda f: _get(f, "latency", "p50_ms")),
     ("many_instruments_frames_per_s", lambda f: _get(f, "many", "frames_per_s")),
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
+    ("mixed_options_frames_per_s", lambda f: _get(f, "mixed", "frames_per_s")),
     ("recovery_restart_s", lambda f: _get(f, "recovery", "restart_to_ready_s")),
     ("recovery_new_worker_s", lambda f: _get(f, "recovery", "new_worker_to_ready_s")),
     ("changelog_bytes_per_update_50", lambda f: _get(f, "changelog", "by_depth", "50", "bytes_per_update")),
     ("changelog_bytes_per_update_5000", lambda f: _get(f, "changelog", "by_depth", "5000", "bytes_per_update")),
 ]
 
-STEPS = ["baseline", "throughput", "scaling", "latency", "many", "recovery", "changelog", "sweep"]
+STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "recovery", "changelog", "sweep"]
 
 
 def machine() -> str:

@@ -14,20 +14,30 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
     kafka_port, web_port = free_port(), free_port()
     env = dict(os.environ, KAFKA_PORT=str(kafka_port), KAFKA_CONTROLLER_PORT=str(free_port()),
                KAFKA_DATA_DIR=str(tmp_path / "kafka"), WEB_PORT=str(web_port), DATA_DIR=str(tmp_path / "data"),
-               APP_ID="makerun", BROKER_SESSION_TIMEOUT="6", SIM_PORT=str(free_port()),
-               FEEDS="deribit:BTC-PERPETUAL;okx:BTC-USDT;coinbase:BTC-USD")
-    env.pop("KAFKA_BOOTSTRAP", None)
+               APP_ID="makerun", BROKER_SESSION_TIMEOUT="6", SIM_PORT=str(free_port()))
+    for name in ("KAFKA_BOOTSTRAP", "FEEDS", "FEEDS_FILE"):  # out of the box: every simulated venue
+        env.pop(name, None)
     log = (tmp_path / "run.log").open("wb")
     proc = subprocess.Popen(["scripts/run.sh"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: http_json(f"http://127.0.0.1:{web_port}/health")[0] == 200, 120, "web /health")
-        def synced() -> bool:  # live books from the simulator within seconds of the command
-            books = http_json(f"http://127.0.0.1:{web_port}/api/books")[1]["books"]
-            return {b["key"] for b in books if b["state"] == "synced"} == {
-                "deribit:BTC-PERPETUAL", "okx:BTC-USDT", "coinbase:BTC-USD"}
+        web = f"http://127.0.0.1:{web_port}"
 
-        wait_for(synced, 60, "books synced from the simulator")
+        def synced() -> bool:  # live books from the simulator within seconds of the command
+            books = http_json(f"{web}/api/books")[1]["books"]
+            return {b["key"] for b in books if b["state"] == "synced"} >= {
+                "deribit:BTC-PERPETUAL", "okx:BTC-USDT", "coinbase:BTC-USD", "binance-usdm:BTCUSDT"}
+
+        wait_for(synced, 90, "books synced from the simulator")
+
+        def market() -> bool:  # trades, tickers and live options chains out of the box
+            perp = http_json(f"{web}/api/market/deribit/BTC-PERPETUAL")[1]
+            chains = http_json(f"{web}/api/options/deribit/BTC")[1]["chains"]
+            return bool(perp["trades"]) and perp["ticker"] is not None and len(chains) == 2 and all(
+                row["call"] and row["call"].get("ours", {}).get("mark_iv") for c in chains for row in c["strikes"])
+
+        wait_for(market, 90, "trades, a ticker and two BTC option chains with our IVs")
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(timeout=60) is not None

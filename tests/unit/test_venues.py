@@ -108,6 +108,14 @@ def test_every_registered_venue_has_every_part(venue: str) -> None:
         book = OrderBook()
         book.apply(updates[0].bids, updates[0].asks)
         assert isinstance(entry.rule.checksum(book), int)
+    # market data: trades and tickers (a book frame is none of them), and the instrument registry
+    assert entry.market is not None, f"{venue}: no market parser (trades, tickers)"
+    assert entry.market.parse_market(Kind.WS, frame.encode(), symbol) == ([], [])
+    assert entry.registry is not None, f"{venue}: no registry parser (REST instrument lists)"
+    assert entry.endpoint.api_url.startswith("https://")
+    urls = entry.registry.urls(entry.endpoint.api_url, [symbol])
+    assert urls
+    assert all(u.startswith(entry.endpoint.api_url) for u in urls)
 
 
 def test_deribit_numbers_become_exact_strings_and_deletes_size_zero() -> None:
