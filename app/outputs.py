@@ -302,9 +302,10 @@ class Publisher:
             send(self.topics.trades, partition, key, record)
             recent.trade(key, record)
         for ticker in out.tickers:
-            send(self.topics.ticker, partition, key, ticker_record(key, ticker, ts_recv, now, src))
-            self.chains.offer(key, ticker.fields, ticker.ts_exchange, ts_recv, src)
-            recent.ticker(key, ticker, ts_recv)
+            tkey = key if ticker.symbol is None else f"{key.partition(':')[0]}:{ticker.symbol}"
+            send(self.topics.ticker, partition, tkey, ticker_record(tkey, ticker, ts_recv, now, src))
+            self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src)
+            recent.ticker(tkey, ticker, ts_recv)
         if out.trades:
             metrics.count("trades", len(out.trades))
         if out.tickers:

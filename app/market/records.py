@@ -41,7 +41,7 @@ TICKER_FIELDS = (
     "last", "mark", "index", "bid", "bid_size", "ask", "ask_size", "open_interest", "funding_rate",
     "next_funding_ts", "predicted_funding", "settlement_price", "estimated_delivery_price", "state",
     "underlying_price", "underlying_index", "interest_rate", "bid_iv", "ask_iv", "mark_iv",
-    "delta", "gamma", "vega", "theta", "rho",
+    "delta", "gamma", "vega", "theta", "rho", "delta_pa", "gamma_pa", "vega_pa", "theta_pa",
 )
 
 
@@ -51,6 +51,7 @@ class Ticker:
     ts_exchange: int
     fields: dict[str, Any]  # TICKER_FIELDS given by this frame (absent ones are published as null)
     partial: bool = False  # a delta: fields not in this frame keep their previous value
+    symbol: str | None = None  # another instrument of the frame's venue (OKX opt-summary, keyed by chain)
 
 
 def percent_to_decimal(text: str | None) -> str | None:

@@ -108,7 +108,8 @@ def trade_message(family: str, venue: str, symbol: str, seq: int, price: str, si
     if family == "bybit":
         fill = {"T": ms, "s": symbol, "S": "Buy" if buy else "Sell", "v": size, "p": price, "L": "PlusTick",
                 "i": str(uuid.UUID(int=seq)), "BT": False, "seq": seq}
-        return orjson.dumps({"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": ms, "data": [fill]}).decode()
+        topic = f"publicTrade.{symbol.split('-')[0]}" if venue == "bybit-option" else f"publicTrade.{symbol}"
+        return orjson.dumps({"topic": topic, "type": "snapshot", "ts": ms, "data": [fill]}).decode()
     raise ValueError(family)
 
 

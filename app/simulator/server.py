@@ -95,6 +95,7 @@ class Conn:
         self.seq = 0  # Coinbase sequence_num
         self.authed = False
         self.heartbeats = False
+        self.coin_trades: set[str] = set()  # Bybit options: publicTrade.<coin> subscriptions
 
     def next_seq(self) -> int:
         seq, self.seq = self.seq, self.seq + 1
@@ -214,6 +215,11 @@ class Simulator:
             buy = rng.random() < 0.5
             price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
             inst.market.open_interest += rng.uniform(-1, 1)
+        if trade and not skip and inst.venue == "bybit-option":
+            coin = inst.symbol.split("-")[0]
+            for conn in [c for c in self.conns if c.venue == inst.venue and coin in c.coin_trades]:
+                conn.send(market.trade_message(family, inst.venue, inst.symbol, inst.market.trade_seq, price, size,
+                                               buy), inst)
         for conn, channels in list(inst.watchers.items()):
             for channel in channels:
                 if "rade" in channel:
@@ -570,6 +576,10 @@ def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
     if op == "ping":
         return
     for topic in msg.get("args", []):
+        if conn.venue == "bybit-option" and topic.startswith("publicTrade.") and "-" not in topic:
+            coins = conn.coin_trades  # option trades: one topic per base coin
+            (coins.add if op == "subscribe" else coins.discard)(topic.split(".", 1)[1])
+            continue
         if topic.startswith(("publicTrade.", "tickers.")) and op in ("subscribe", "unsubscribe"):
             sim.watch(conn, topic.split(".", 1)[1], topic, op == "subscribe")
             continue

@@ -85,7 +85,10 @@ class BybitRule(SequenceRule):
 
 class BybitProtocol(Protocol):
     def _op(self, op: str, symbols: list[str]) -> list[str]:
-        return [dumps({"op": op, "args": [c for s in symbols for c in self.channels(s)], "req_id": str(next_id())})]
+        args = [c for s in symbols for c in self.channels(s)]
+        if self.venue == "bybit-option" and self.market_templates():  # option trades come per base coin
+            args += [f"publicTrade.{coin}" for coin in sorted({s.split("-")[0] for s in symbols})]
+        return [dumps({"op": op, "args": args, "req_id": str(next_id())})]
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         return self._op("subscribe", symbols)
@@ -199,7 +202,7 @@ def _venue(category: str) -> Venue:
     live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
                     depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50,
                     market=("publicTrade.{symbol}", "tickers.{symbol}") if category != "option"
-                    else ("tickers.{symbol}",),  # option trades come by base coin: add publicTrade.BTC in FEEDS_FILE
+                    else ("tickers.{symbol}",),  # option trades: publicTrade.<coin>, added once per coin
                     api_url="https://api.bybit.com")
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
                  sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category),

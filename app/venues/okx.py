@@ -23,6 +23,7 @@ from app.config import Secret
 from app.errors import FrameError
 from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
+from app.market.symbols import parse_option
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
@@ -57,6 +58,8 @@ class OkxAdapter:
         if not isinstance(msg, dict) or "event" in msg:  # subscribe acks, errors, pong
             return []
         arg = msg.get("arg")
+        if isinstance(arg, dict) and arg.get("channel") == "opt-summary":
+            return _summary_chains(msg)
         inst = arg.get("instId") if isinstance(arg, dict) else None
         return [inst] if isinstance(inst, str) and inst else []
 
@@ -157,7 +160,11 @@ class OkxProtocol(Protocol):
         return out + self.subscribe(symbols)
 
     def _args(self, symbols: list[str]) -> list[dict[str, str]]:
-        return [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
+        args = [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
+        if self.market_templates():  # options: the family's greeks and volatilities (one channel per family)
+            families = {f"{spec.underlying}" for s in symbols if (spec := parse_option(s)) is not None}
+            args += [{"channel": "opt-summary", "instFamily": f} for f in sorted(families)]
+        return args
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         return [dumps({"op": "subscribe", "args": self._args(symbols)})]
@@ -179,12 +186,33 @@ _TICKER_CHANNELS: dict[str, dict[str, str]] = {
 }
 
 
+def _summary_chains(msg: dict[str, object]) -> list[str]:
+    """``opt-summary`` covers a whole instrument family: it is keyed once per chain (expiry) it
+    holds — ``BTC-USD-260327``, the key of that expiry's future and the partition of its options
+    — rather than once per option (hundreds of copies)."""
+    data = msg.get("data")
+    chains: dict[str, None] = {}
+    for item in data if isinstance(data, list) else []:
+        inst = item.get("instId") if isinstance(item, dict) else None
+        spec = parse_option(inst) if isinstance(inst, str) else None
+        if spec is not None:
+            chains[spec.chain] = None
+    return list(chains)
+
+
+#: ``opt-summary`` field → normalised field: Black–Scholes greeks as ``delta``…, OKX's
+#: price-adjusted (coin) greeks as ``*_pa``; volatilities are decimals already.
+_SUMMARY = {"deltaBS": "delta", "gammaBS": "gamma", "vegaBS": "vega", "thetaBS": "theta", "delta": "delta_pa",
+            "gamma": "gamma_pa", "vega": "vega_pa", "theta": "theta_pa", "markVol": "mark_iv", "bidVol": "bid_iv",
+            "askVol": "ask_iv", "fwdPx": "underlying_price"}
+
+
 class OkxMarket:
     """``trades`` (``tradeId`` increasing per instrument, not contiguous) and the ticker-like
     channels, each giving some fields (``Ticker.partial``): ``tickers``, ``mark-price``,
     ``index-tickers``, ``funding-rate``, ``open-interest``."""
 
-    MARKS = tuple(b'"channel":"%s"' % c.encode() for c in ("trades", *_TICKER_CHANNELS))
+    MARKS = tuple(b'"channel":"%s"' % c.encode() for c in ("trades", "opt-summary", *_TICKER_CHANNELS))
 
     def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
         if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 80):
@@ -197,6 +225,16 @@ class OkxMarket:
         if not isinstance(data, list):
             raise FrameError("bad-shape", "data is not a list")
         rows = [obj(d, "data") for d in data]
+        if channel == "opt-summary":  # keyed by chain: one ticker per option of that chain
+            out = []
+            for d in rows:
+                inst = d.get("instId")
+                spec = parse_option(inst) if isinstance(inst, str) else None
+                if spec is None or spec.chain != symbol:
+                    continue
+                summary = {out_: opt_str(d.get(name)) for name, out_ in _SUMMARY.items() if name in d}
+                out.append(Ticker("opt-summary", ms_to_ns(d.get("ts")), summary, partial=True, symbol=inst))
+            return [], out
         for d in rows:
             if d.get("instId") != symbol:
                 raise FrameError("wrong-instrument", f"data for {str(d.get('instId'))[:40]!r}, keyed {symbol!r}")

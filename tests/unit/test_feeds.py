@@ -81,11 +81,20 @@ def test_protocols_resync_one_instrument_only() -> None:
     assert orjson.loads(bybit.subscribe(["BTCUSDT"])[0])["args"] == ["orderbook.200.BTCUSDT", "publicTrade.BTCUSDT",
                                                                     "tickers.BTCUSDT"]
     assert orjson.loads(bybit.resubscribe("BTCUSDT")[1])["args"] == ["orderbook.200.BTCUSDT"]
+    option = protocol("bybit-option", eps["bybit-option"])
+    assert orjson.loads(option.subscribe(["BTC-25DEC26-60000-C", "BTC-25DEC26-60000-P"])[0])["args"] == [
+        "orderbook.100.BTC-25DEC26-60000-C", "tickers.BTC-25DEC26-60000-C", "orderbook.100.BTC-25DEC26-60000-P",
+        "tickers.BTC-25DEC26-60000-P", "publicTrade.BTC"]
     coinbase = protocol("coinbase", eps["coinbase"])
     assert [orjson.loads(f)["channel"] for f in coinbase.subscribe(["BTC-USD"])] == ["level2", "market_trades",
                                                                                      "ticker"]
     assert [orjson.loads(f)["channel"] for f in coinbase.resubscribe("BTC-USD")] == ["level2", "level2"]
-    assert protocol("okx", eps["okx"]).ping() == "ping"
+    okx = protocol("okx", eps["okx"])
+    assert okx.ping() == "ping"
+    args = orjson.loads(okx.subscribe(["BTC-USD-261225-60000-C", "BTC-USD-261225-60000-P"])[0])["args"]
+    assert {"channel": "opt-summary", "instFamily": "BTC-USD"} in args  # once per option family
+    assert sum(a["channel"] == "opt-summary" for a in args) == 1
+    assert all(a["channel"] == "books" for a in orjson.loads(okx.resubscribe("BTC-USD-261225-60000-C")[1])["args"])
 
 
 def test_deribit_with_credentials_uses_raw_channels_and_authenticates_first() -> None:

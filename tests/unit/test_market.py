@@ -15,6 +15,7 @@ from app.capture.formats import Record
 from app.market.cursor import TradeCursor
 from app.market.records import Trade
 from app.market.symbols import parse_option, partition_key
+from app.venues.base import Kind
 from tests.helpers import reference
 
 CAPTURES = {"BINANCE.ws.1.0": "cryptofeed", "BINANCE_FUTURES.ws.1.0": "cryptofeed",
@@ -174,3 +175,58 @@ def test_options_share_their_expirys_partition_key_with_its_future() -> None:
     spec = parse_option("XRP_USDC-30JAN26-2d5-P")
     assert spec is not None
     assert (spec.strike, spec.call, spec.underlying) == (2.5, False, "XRP_USDC")
+
+
+def test_okx_opt_summary_is_keyed_per_chain_and_gives_each_option_its_ticker() -> None:
+    import time as _time
+
+    from app.market import black76
+    from app.market.chain import ChainBuilder, build
+    from app.market.symbols import monthly_expiries
+    from app.processor import Processor
+    from app.router import Router
+
+    near, far = monthly_expiries(_time.time_ns(), 2)
+    yymmdd = {e: _time.strftime("%y%m%d", _time.gmtime(parse_option(f"BTC-{e}-1-C").expiry_ns // 10**9))  # type: ignore[union-attr]
+              for e in (near, far)}
+    now_ms = _time.time_ns() // 10**6
+    f = 65_000.0
+    data, marks = [], {}
+    for e in (near, far):
+        for k in (60_000, 70_000):
+            for cp in "CP":
+                inst = f"BTC-USD-{yymmdd[e]}-{k}-{cp}"
+                spec = parse_option(inst)
+                assert spec is not None
+                t = (spec.expiry_ns / 1e6 - now_ms) / 1000 / 86400 / 365
+                marks[inst] = float(black76.price(f, k, t, 0.5, cp == "C")) / f  # coin premium
+                g = black76.greeks(f, k, t, 0.5, cp == "C")
+                data.append({"instType": "OPTION", "instId": inst, "uly": "BTC-USD", "delta": "0.1",
+                             "deltaBS": repr(float(g["delta"])), "gammaBS": "0.0001", "vegaBS": "1", "thetaBS": "-1",
+                             "gamma": "0.1", "vega": "0.001", "theta": "-0.001", "markVol": "0.5", "bidVol": "0.49",
+                             "askVol": "0.51", "fwdPx": repr(f), "realVol": "0.4", "ts": str(now_ms)})
+    summary = orjson.dumps({"arg": {"channel": "opt-summary", "instFamily": "BTC-USD"}, "data": data})
+    router, proc, chains = Router(), Processor(), ChainBuilder(1000)
+    keyed = router.route("okx", "c1", Kind.WS, summary, 1)
+    assert sorted(r.key for r in keyed) == sorted(f"okx:BTC-USD-{yymmdd[e]}" for e in (near, far))
+    frames = keyed + [r for inst, px in marks.items() for r in router.route("okx", "c1", Kind.WS, orjson.dumps(
+        {"arg": {"channel": "mark-price", "instId": inst},
+         "data": [{"instType": "OPTION", "instId": inst, "markPx": repr(px), "ts": str(now_ms)}]}), 2)]
+    per_option: Counter[str] = Counter()
+    for raw in frames:
+        out = proc.handle(raw)
+        assert out.dead is None
+        for t in out.tickers:
+            key = f"okx:{t.symbol}" if t.symbol else out.key
+            per_option[key] += 1
+            chains.offer(key, t.fields, t.ts_exchange, 1, {})
+    assert len(per_option) == 8
+    assert set(per_option.values()) == {2}  # one opt-summary ticker and one mark-price each
+    chain = build(f"okx:BTC-USD-{yymmdd[near]}", chains.chains[f"okx:BTC-USD-{yymmdd[near]}"], 0)
+    assert chain["premium_currency"] == "coin"
+    assert chain["forward"] == f
+    for row in chain["strikes"]:
+        for side in (row["call"], row["put"]):
+            assert side["mark_iv"] == "0.5"
+            assert abs(side["residual"]["mark_iv"]) < 1e-6
+            assert abs(side["residual"]["delta"]) < 1e-6
