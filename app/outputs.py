@@ -318,9 +318,11 @@ class Publisher:
                 log.warning("%s: trades %d..%d missing (trade gap %d)", key, first, last, cursor.gaps)
             metrics.count("trade_gaps", len(out.trade_gaps))
 
-    def instruments(self, specs: list[Spec], ts_recv: int, src: dict[str, Any]) -> None:
+    def instruments(self, specs: list[Spec], states: list[tuple[str, str]], ts_recv: int,
+                    src: dict[str, Any]) -> None:
         """New versions of instrument specs (``ref.instruments``, keyed ``<key>|<valid_from>``)."""
-        for spec in self.registry.changed(specs, ts_recv, src):
+        registry = self.registry
+        for spec in registry.changed(specs, ts_recv, src) + registry.state_changed(states, ts_recv, src):
             self._send(self.topics.instruments, partition_for(spec.key, self.settings.partitions), spec.record_key(),
                        spec.encode())
             metrics.count("instrument_versions")

@@ -31,7 +31,8 @@ class Outcome:
     trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
     tickers: list[Ticker] = field(default_factory=list)
     trade_gaps: list[tuple[int, int]] = field(default_factory=list)  # (first, last) missing trade sequence
-    specs: list[Spec] = field(default_factory=list)  # a venue's REST instrument list (venue-level frames)
+    specs: list[Spec] = field(default_factory=list)  # a venue's instrument list (REST, or its WS channel)
+    states: list[tuple[str, str]] = field(default_factory=list)  # (instrument key, state) from a state channel
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
@@ -74,10 +75,14 @@ class Processor:
         kind, value = frame.kind, frame.data
         if not symbol:  # venue-level frame (acks, heartbeats, instrument lists): audit, and the registry
             try:
+                registry = REGISTRY_PARSERS.get(venue)
                 if kind is Kind.WS:
                     ad.route(kind, value)
-                elif kind is Kind.REST and venue in REGISTRY_PARSERS:
-                    out.specs = REGISTRY_PARSERS[venue].parse(value) or []
+                    pushed = registry.parse_ws(value) if registry is not None else None
+                    if pushed is not None:
+                        out.specs, out.states = pushed
+                elif kind is Kind.REST and registry is not None:
+                    out.specs = registry.parse(value) or []
             except FrameError as exc:
                 out.dead = (exc.reason, exc.detail)
             return out

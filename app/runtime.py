@@ -117,8 +117,8 @@ class BookRuntime:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
                 if out.trades or out.tickers or out.trade_gaps:
                     publisher.market(partition, out, item.ts, source(topic, partition, offset, index))
-                elif out.specs:
-                    publisher.instruments(out.specs, item.ts, source(topic, partition, offset, index))
+                elif out.specs or out.states:
+                    publisher.instruments(out.specs, out.states, item.ts, source(topic, partition, offset, index))
                 inst = out.inst
                 if inst is not None:
                     part.record(item.key, out.fx)  # counters move even when the book does not

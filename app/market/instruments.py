@@ -76,6 +76,11 @@ class RegistryParser(Protocol):
         """The specs in a REST body; None when the body is not this venue's instrument list."""
         ...
 
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+        """A WebSocket push about instruments: (full specs, (instrument key, new state) pairs);
+        None — cheaply — for any other frame."""
+        ...
+
 
 class Registry:
     """Every version of every instrument (in memory; fed from ``ref.instruments``)."""
@@ -97,6 +102,18 @@ class Registry:
     def changed(self, specs: list[Spec], valid_from: int, source: dict[str, Any]) -> list[Spec]:
         """The specs of one REST response that are new versions (and apply them)."""
         return [s for s in (replace(s, valid_from=valid_from, source=source) for s in specs) if self.apply(s)]
+
+    def state_changed(self, states: list[tuple[str, str]], valid_from: int, source: dict[str, Any]) -> list[Spec]:
+        """New versions for instruments whose state changed (a venue's state channel); an
+        instrument not in the registry yet waits for its REST list."""
+        out = []
+        for key, state in states:
+            current = self.at(key, valid_from)
+            if current is not None and current.state != state:
+                new = replace(current, state=state, valid_from=valid_from, source=source)
+                if self.apply(new):
+                    out.append(new)
+        return out
 
     @staticmethod
     def _at(versions: list[Spec], ts: int) -> Spec | None:

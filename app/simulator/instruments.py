@@ -1,7 +1,8 @@
 """The simulator's REST instrument lists, in each venue's own shape (``app.market.instruments``
 reads them back). Terms come from :func:`app.simulator.model.spec_for`; the ``spec-change``
-fault doubles an instrument's tick size from then on, which bookstream must record as a new
-version of its spec."""
+fault doubles an instrument's tick size from then on, and ``state-change`` closes it: either is
+a new version of its spec in bookstream's registry (OKX's ``instruments`` channel and Deribit's
+``instrument.state`` push them at once; every venue's next REST list shows them)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _kind(symbol: str) -> str:
     return "spot"
 
 
-def deribit(symbols: list[str], factor: dict[str, int]) -> dict[str, Any]:
+def deribit(symbols: list[str], factor: dict[str, int], closed: set[str] | None = None) -> dict[str, Any]:
+    closed = closed or set()
     result = []
     for s in symbols:
         tick, lot = terms(s, factor.get(s, 1))
@@ -42,7 +44,7 @@ def deribit(symbols: list[str], factor: dict[str, int]) -> dict[str, Any]:
             "tick_size_steps": [{"above_price": 0.005, "tick_size": float(tick) * 2}] if opt else [],
             "min_trade_amount": float(lot) if opt else 10.0, "contract_size": 1.0 if opt else 10.0,
             "base_currency": coin, "quote_currency": "USD", "settlement_currency": coin, "counter_currency": "USD",
-            "instrument_type": "reversed", "is_active": True, "price_index": f"{coin.lower()}_usd",
+            "instrument_type": "reversed", "is_active": s not in closed, "price_index": f"{coin.lower()}_usd",
             "settlement_period": "month" if opt else "perpetual", "expiration_timestamp": 32503680000000,
         }
         if opt:

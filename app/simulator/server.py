@@ -47,7 +47,7 @@ from app.venues.okx import okx_checksum
 log = logging.getLogger(__name__)
 
 FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
-          "okx-reset", "bybit-restart", "skip-trade", "spec-change")
+          "okx-reset", "bybit-restart", "skip-trade", "spec-change", "state-change")
 TRUTH_KEEP = 200_000
 
 
@@ -96,6 +96,8 @@ class Conn:
         self.authed = False
         self.heartbeats = False
         self.coin_trades: set[str] = set()  # Bybit options: publicTrade.<coin> subscriptions
+        self.state_channels: set[str] = set()  # Deribit instrument.state.any.<currency>
+        self.instrument_channel = False  # OKX instruments
 
     def next_seq(self) -> int:
         seq, self.seq = self.seq, self.seq + 1
@@ -127,9 +129,10 @@ class Simulator:
         self.instruments: dict[tuple[str, str], Instrument] = {}
         self.conns: set[Conn] = set()
         self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0, "trades": 0,
-                                         "trades_skipped": 0, "tickers": 0}
+                                         "trades_skipped": 0, "tickers": 0, "instrument_lists": 0}
         self.forwards = Forwards(self.rng)
         self.tick_factor: dict[tuple[str, str], int] = {}  # spec-change: (venue, symbol) → tick multiplier
+        self.closed: set[tuple[str, str]] = set()  # state-change: instruments the venue closed
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -257,6 +260,21 @@ class Simulator:
         log.info("fault %s on %s:%s", fault, venue, symbol)
         if fault == "spec-change":
             self.tick_factor[(venue, symbol)] = self.tick_factor.get((venue, symbol), 1) * 2
+            if venue == "okx":  # the instruments channel pushes the change at once
+                body = sim_instruments.okx([symbol], {symbol: self.tick_factor[(venue, symbol)]})
+                push = orjson.dumps({"arg": {"channel": "instruments", "instType": body["data"][0]["instType"]},
+                                     "data": body["data"]}).decode()
+                for conn in [c for c in self.conns if c.venue == "okx" and c.instrument_channel]:
+                    conn.send(push)
+        elif fault == "state-change":
+            self.closed.add((venue, symbol))
+            if venue == "deribit":  # instrument.state pushes it at once
+                currency = symbol.split("-")[0]
+                data = {"timestamp": _ms(), "state": "deactivated", "instrument_name": symbol}
+                push = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {
+                    "channel": f"instrument.state.any.{currency}", "data": data}}).decode()
+                for conn in [c for c in self.conns if c.venue == "deribit" and currency in c.state_channels]:
+                    conn.send(push)
         elif fault in ("silence", "slow", "burst"):
             inst.until[fault] = time.monotonic() + seconds
         elif fault == "disconnect":
@@ -336,18 +354,20 @@ class Simulator:
         instrument of that venue (and currency / type)."""
         venue = request.path.split("/")[2]
         q = request.query
+        self.counters["instrument_lists"] += 1
         known = sorted(s for v, s in self.instruments if v == venue)
 
         def factor(symbols: list[str]) -> dict[str, int]:
             return {s: self.tick_factor.get((venue, s), 1) for s in symbols}
 
+        closed = {s for v, s in self.closed if v == venue}
         if venue == "deribit":
             currency = q.get("currency", "")
             if not currency:
                 error = {"code": 10001, "message": "currency"}
                 return web.json_response({"jsonrpc": "2.0", "error": error}, status=400)
             names = [s for s in known if s.split("-")[0].split("_")[-1] == currency or s.startswith(currency + "-")]
-            body = sim_instruments.deribit(names, factor(names))
+            body = sim_instruments.deribit(names, factor(names), closed)
         elif venue.startswith("binance"):
             names = orjson.loads(q["symbols"]) if "symbols" in q else known
             body = sim_instruments.binance(venue, names, factor(names))
@@ -526,6 +546,8 @@ def _deribit(sim: Simulator, conn: Conn, text: str) -> None:
                     sim.unsubscribe(conn, parts[1])
                 else:
                     sim.subscribe(conn, parts[1], _deribit_snapshot)
+            elif parts[:2] == ["instrument", "state"] and len(parts) == 4:
+                (conn.state_channels.discard if method.endswith("unsubscribe") else conn.state_channels.add)(parts[3])
             elif parts[0] in ("trades", "ticker") and len(parts) == 3:
                 sim.watch(conn, parts[1], channel, not method.endswith("unsubscribe"))
 
@@ -562,6 +584,8 @@ def _okx(sim: Simulator, conn: Conn, text: str) -> None:
                 sim.subscribe(conn, arg["instId"], _okx_snapshot)
             elif op == "unsubscribe":
                 sim.unsubscribe(conn, arg["instId"])
+        elif arg.get("channel") == "instruments":
+            conn.instrument_channel = op == "subscribe"
         elif arg.get("channel") in ("trades", "tickers") and op in ("subscribe", "unsubscribe"):
             sim.watch(conn, arg["instId"], arg["channel"], op == "subscribe")
 

@@ -104,6 +104,12 @@ class GuardedRegistry:
         except _SHAPE_ERRORS as exc:
             raise _malformed(exc) from exc
 
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+        try:
+            return self._inner.parse_ws(frame)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
+
 
 #: venue id → its REST instrument-list parser.
 REGISTRY_PARSERS: dict[str, RegistryParser] = {

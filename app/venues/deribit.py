@@ -66,6 +66,8 @@ class DeribitAdapter:
             return []
         channel = obj(msg.get("params"), "params").get("channel")
         parts = channel.split(".") if isinstance(channel, str) else []
+        if parts and parts[0] == "instrument":  # instrument.state.{kind}.{currency}: the venue's registry
+            return []
         return [parts[1]] if len(parts) >= 2 and parts[1] else []
 
     def parse(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
@@ -127,7 +129,11 @@ class DeribitProtocol(Protocol):
                 "grant_type": "client_credentials", "client_id": self.creds["client_id"].reveal(),
                 "client_secret": self.creds["client_secret"].reveal()}))
         out.append(self._call("public/set_heartbeat", {"interval": max(10, int(self.endpoint.ping_s))}))
-        return out + self.subscribe(symbols)
+        out += self.subscribe(symbols)
+        if self.market_templates():  # the registry's state changes (with market data: not for books only)
+            states = [f"instrument.state.any.{c}" for c in currencies(symbols)]
+            out.append(self._call("public/subscribe", {"channels": states}))
+        return out
 
     def subscribe(self, symbols: list[str]) -> list[str]:
         method = "private/subscribe" if self.authed else "public/subscribe"
@@ -223,13 +229,36 @@ class DeribitMarket:
         return Ticker("ticker", ms_to_ns(d.get("timestamp")), fields)
 
 
+#: ``instrument.state`` states → registry states.
+_STATES = {"started": "open", "settled": "settlement", "terminated": "delivered", "deactivated": "closed"}
+
+
+def currencies(symbols: list[str]) -> list[str]:
+    """The currencies of Deribit symbols: BTC-PERPETUAL → BTC, SOL_USDC-PERPETUAL → USDC."""
+    out = set()
+    for s in symbols:
+        head = s.split("-")[0]
+        out.add(head.split("_")[-1] if "_" in head else head)
+    return sorted(out)
+
+
 class DeribitInstruments:
-    """``public/get_instruments?currency=…`` (one request per currency of the feeds)."""
+    """``public/get_instruments?currency=…`` (one request per currency of the feeds), and the
+    ``instrument.state.any.{currency}`` channel (state changes between two REST lists)."""
+
+    MARKS = (b'"channel":"instrument.state.',)
+
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+        if not channel_prefix(frame, self.MARKS, 100):
+            return None
+        data = obj(obj(obj(loads(frame), "frame").get("params"), "params").get("data"), "data")
+        name, state = data.get("instrument_name"), data.get("state")
+        if not isinstance(name, str) or not isinstance(state, str):
+            raise FrameError("bad-shape", "instrument.state without instrument_name or state")
+        return [], [(f"deribit:{name}", _STATES.get(state, state))]
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
-        currencies = sorted({s.split("-")[0].split("_")[-1] if "_" in s.split("-")[0] else s.split("-")[0]
-                             for s in symbols})
-        return [f"{api_url}/api/v2/public/get_instruments?currency={c}" for c in currencies]
+        return [f"{api_url}/api/v2/public/get_instruments?currency={c}" for c in currencies(symbols)]
 
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)

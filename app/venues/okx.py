@@ -157,7 +157,11 @@ class OkxProtocol(Protocol):
             out.append(dumps({"op": "login", "args": [{"apiKey": self.creds["key"].reveal(),
                                                         "passphrase": self.creds["passphrase"].reveal(),
                                                         "timestamp": ts, "sign": sign}]}))
-        return out + self.subscribe(symbols)
+        out += self.subscribe(symbols)
+        if self.market_templates():  # the registry's changes between two REST lists
+            types = sorted({okx_inst_type(s)[0] for s in symbols})
+            out.append(dumps({"op": "subscribe", "args": [{"channel": "instruments", "instType": t} for t in types]}))
+        return out
 
     def _args(self, symbols: list[str]) -> list[dict[str, str]]:
         args = [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
@@ -285,9 +289,25 @@ class OkxInstruments:
 
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
-        data = msg.get("data") if isinstance(msg, dict) else None
-        if msg.get("code") != "0" if isinstance(msg, dict) else True:
+        if not isinstance(msg, dict) or msg.get("code") != "0":
             return None
+        return self._specs(msg.get("data"))
+
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+        """The ``instruments`` channel: a snapshot of a type's instruments, then changes, in the
+        REST list's shape."""
+        if not channel_prefix(frame, (b'"channel":"instruments"',), 60):
+            return None
+        msg = obj(loads(frame), "frame")
+        if "event" in msg:
+            return None
+        specs = self._specs(msg.get("data"))
+        if specs is None:
+            raise FrameError("bad-shape", "instruments push without a list of instruments")
+        return specs, []
+
+    @staticmethod
+    def _specs(data: object) -> list[Spec] | None:
         if not isinstance(data, list) or not all(isinstance(d, dict) and "instType" in d for d in data):
             return None
         out = []

@@ -13,7 +13,7 @@ import pytest
 
 from app.market.symbols import monthly_expiries
 from tests.conftest import ARTIFACTS
-from tests.helpers import SimSite, SimSiteFactory, wait_for
+from tests.helpers import SimSite, SimSiteFactory, http_json, wait_for
 
 EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
 OPTIONS = [f"BTC-{EXPIRY}-{k}-{cp}" for k in (55000, 65000, 75000) for cp in "CP"]
@@ -185,3 +185,25 @@ def chain_day(expiry: str) -> str:
     spec = parse_option(f"BTC-{expiry}-1-C")
     assert spec is not None
     return time.strftime("%Y-%m-%d", time.gmtime(spec.expiry_ns // 10**9))
+
+
+def test_a_state_change_is_a_new_version_that_stays(market: SimSite) -> None:
+    key = f"deribit:{OPTIONS[1]}"
+
+    def versions() -> list[dict[str, Any]]:
+        return by_key(market.topic("ref.instruments")).get(key, [])
+
+    wait_for(lambda: len(versions()) == 1, 60, f"the first version of {key}")
+    market.sim.fault("deribit", OPTIONS[1], "state-change")  # instrument.state pushes it; REST lists agree
+    wait_for(lambda: len(versions()) == 2, 30, "a second version after the state change")
+    old, new = versions()
+    assert (old["state"], new["state"]) == ("open", "closed")
+    assert {k: v for k, v in old.items() if k not in ("state", "valid_from", "source")} == {
+        k: v for k, v in new.items() if k not in ("state", "valid_from", "source")}
+
+    def lists() -> int:
+        return int(http_json(market.sim.url + "/control/status")[1]["counters"]["instrument_lists"])
+
+    served = lists()
+    wait_for(lambda: lists() >= served + 3, 30, "three more REST instrument lists served")
+    assert len(versions()) == 2  # later REST lists say the same: no flapping

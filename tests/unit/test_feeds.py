@@ -100,7 +100,8 @@ def test_protocols_resync_one_instrument_only() -> None:
 def test_deribit_with_credentials_uses_raw_channels_and_authenticates_first() -> None:
     creds = feeds.credentials({"DERIBIT_CLIENT_ID": "id", "DERIBIT_CLIENT_SECRET": "sec"})["deribit"]
     deribit = protocol("deribit", feeds.LIVE["deribit"], creds)
-    first, _, subscribe = (orjson.loads(f) for f in deribit.on_open(["BTC-PERPETUAL"]))
+    first, _, subscribe, states = (orjson.loads(f) for f in deribit.on_open(["BTC-PERPETUAL"]))
     assert first["method"] == "public/auth"
     assert subscribe["params"]["channels"] == ["book.BTC-PERPETUAL.raw", "trades.BTC-PERPETUAL.raw",
                                                "ticker.BTC-PERPETUAL.raw"]
+    assert states["params"]["channels"] == ["instrument.state.any.BTC"]  # the registry's state changes

@@ -100,3 +100,25 @@ def test_a_changed_spec_is_a_new_version_never_an_overwrite() -> None:
     assert reg.at(perp.key, 300).tick_size == "0.20"
     assert not reg.apply(new)  # a redelivered record changes nothing
     assert Spec.decode(new.encode()) == new
+
+
+def test_state_channels_version_the_instrument_they_name() -> None:
+    deribit = REGISTRY_PARSERS["deribit"]
+    reg = Registry()
+    option, _ = parse("deribit", DERIBIT)
+    reg.changed([option], 100, {})
+    push = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {
+        "channel": "instrument.state.any.BTC",
+        "data": {"timestamp": 1, "state": "settled", "instrument_name": "BTC-27MAR26-60000-C"}}})
+    assert deribit.parse_ws(b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.X.100ms"}}') is None
+    specs, states = deribit.parse_ws(push)  # type: ignore[misc]
+    assert (specs, states) == ([], [("deribit:BTC-27MAR26-60000-C", "settlement")])
+    (new,) = reg.state_changed(states, 200, {})
+    assert (new.state, new.valid_from, new.strike) == ("settlement", 200, "60000")
+    assert reg.state_changed(states, 300, {}) == []  # the same state again: no version
+    assert reg.state_changed([("deribit:UNKNOWN", "settlement")], 300, {}) == []  # waits for its REST list
+    okx = REGISTRY_PARSERS["okx"]
+    pushed = okx.parse_ws(orjson.dumps({"arg": {"channel": "instruments", "instType": "OPTION"}, "data": OKX["data"]}))
+    assert pushed is not None
+    assert [s.key for s in pushed[0]] == ["okx:BTC-USD-260327-60000-C", "okx:BTC-USD-SWAP"]
+    assert okx.parse_ws(b'{"event":"subscribe","arg":{"channel":"instruments","instType":"SWAP"}}') is None
