@@ -233,8 +233,8 @@ class Publisher:
         self.conflater: TopConflater[tuple[int, BookTop]] | None = (
             TopConflater(settings.top_conflate_ms / 1000) if settings.top_conflate_ms else None)
         self.find = find  # the live book of a key (book.depth reads it)
-        self.chains = ChainBuilder(settings.chain_interval_ms)
         self.registry = Registry()  # every version of every instrument, fed by ``ref.instruments``
+        self.chains = ChainBuilder(settings.chain_interval_ms, self.registry)
         self.recent = RecentMarket()  # what the web view shows: trades tape, ticker fields, chains
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from app.market import black76
+from app.market.instruments import Registry
 from app.market.symbols import OptionSpec, parse_option
 
 YEAR_NS = 365 * 86_400 * 1_000_000_000
@@ -82,9 +83,10 @@ def coin_premium(venue: str, spec: OptionSpec) -> bool:
 
 
 class ChainBuilder:
-    def __init__(self, interval_ms: int) -> None:
+    def __init__(self, interval_ms: int, registry: Registry | None = None) -> None:
         self.interval_ns = interval_ms * 1_000_000
         self.chains: dict[str, Chain] = {}  # chain key (venue:BTC-27MAR26) → chain
+        self.registry = registry  # the contract terms in force, where the registry has them
 
     def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any]) -> bool:
         """A ticker of ``key``: True when it belongs to a chain (an option, or an expiry's future)."""
@@ -121,7 +123,7 @@ class ChainBuilder:
             if chain.changed and chain.options and now_monotonic_ns - chain.published_ns >= self.interval_ns:
                 chain.changed = False
                 chain.published_ns = now_monotonic_ns
-                yield key, orjson.dumps(build(key, chain, ts_published))
+                yield key, orjson.dumps(build(key, chain, ts_published, self.registry))
 
 
 def _forward(chain: Chain) -> tuple[float | None, str]:
@@ -163,10 +165,18 @@ def _forward(chain: Chain) -> tuple[float | None, str]:
     return None, "none"
 
 
-def build(key: str, chain: Chain, ts_published: int) -> dict[str, Any]:
-    """The ``options.chain`` record of ``chain``, our numbers computed in one vectorised pass."""
+def build(key: str, chain: Chain, ts_published: int, registry: Registry | None = None) -> dict[str, Any]:
+    """The ``options.chain`` record of ``chain``, our numbers computed in one vectorised pass.
+
+    Where the registry holds the options' spec in force at the chain's time, its terms decide
+    (coin or quote premiums, expiry), and the record names that version (``spec``); else the
+    symbol and the venue's conventions do."""
     items = sorted(chain.options.items(), key=lambda kv: (kv[1][0].strike, not kv[1][0].call))
     asof = max(q.ts_exchange for _, (_, q) in items)
+    terms = registry.at(f"{chain.venue}:{items[0][0]}", asof) if registry is not None else None
+    if terms is not None:
+        chain.inverse = bool(terms.settle) and terms.settle == terms.base
+        chain.expiry_ns = terms.expiry_ns or chain.expiry_ns
     forward, forward_source = _forward(chain)
     t = (chain.expiry_ns - asof) / YEAR_NS
     record: dict[str, Any] = {
@@ -215,6 +225,7 @@ def build(key: str, chain: Chain, ts_published: int) -> dict[str, Any]:
         row["call" if spec.call else "put"] = entry
     record["strikes"] = list(strikes.values())
     record["missing_forward"] = not usable
+    record["spec"] = None if terms is None else {"key": terms.key, "valid_from": terms.valid_from}
     return record
 
 

@@ -39,7 +39,7 @@ class Trade:
 #: Ticker fields, all optional (None where the venue does not give them in this frame).
 TICKER_FIELDS = (
     "last", "mark", "index", "bid", "bid_size", "ask", "ask_size", "open_interest", "funding_rate",
-    "next_funding_ts", "predicted_funding", "settlement_price", "estimated_delivery_price", "state",
+    "funding_8h", "next_funding_ts", "predicted_funding", "settlement_price", "estimated_delivery_price", "state",
     "underlying_price", "underlying_index", "interest_rate", "bid_iv", "ask_iv", "mark_iv",
     "delta", "gamma", "vega", "theta", "rho", "delta_pa", "gamma_pa", "vega_pa", "theta_pa",
 )

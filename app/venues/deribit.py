@@ -161,7 +161,7 @@ def trade_unit(symbol: str) -> str:
 _TICKER = {
     "last_price": "last", "mark_price": "mark", "index_price": "index", "best_bid_price": "bid",
     "best_bid_amount": "bid_size", "best_ask_price": "ask", "best_ask_amount": "ask_size",
-    "open_interest": "open_interest", "current_funding": "funding_rate", "funding_8h": "predicted_funding",
+    "open_interest": "open_interest", "current_funding": "funding_rate", "funding_8h": "funding_8h",
     "settlement_price": "settlement_price", "estimated_delivery_price": "estimated_delivery_price",
     "underlying_price": "underlying_price", "interest_rate": "interest_rate",
 }

@@ -41,6 +41,14 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
     metric("resync_requests_total", "counter", "control.resync requests sent.", [("", counters.get("resyncs", 0))])
     metric("dead_letters_total", "counter", "Frames sent to raw.deadletter.", [("", counters.get("deadletters", 0))])
     metric("book_top_total", "counter", "book.top records published.", [("", counters.get("book_top", 0))])
+    metric("trades_total", "counter", "trades records published (duplicates dropped).",
+           [("", counters.get("trades", 0))])
+    metric("trade_gaps_total", "counter", "Gaps in a venue's contiguous trade numbers (feed.status records).",
+           [("", counters.get("trade_gaps", 0))])
+    metric("tickers_total", "counter", "ticker records published.", [("", counters.get("tickers", 0))])
+    metric("options_chains_total", "counter", "options.chain records published.", [("", counters.get("chains", 0))])
+    metric("instrument_versions_total", "counter", "New instrument spec versions published on ref.instruments.",
+           [("", counters.get("instrument_versions", 0))])
     metric("state_commits_total", "counter", "Table commits (changelog transactions).",
            [("", counters.get("state_commits", 0))])
     metric("state_uncommitted_partitions", "gauge", "Table partitions holding effects not committed yet.",

@@ -91,14 +91,16 @@ def test_the_options_chain_carries_the_venues_numbers_and_ours(market: SimSite) 
 
     def full_chain() -> dict[str, Any] | None:
         chains = [r for r in market.topic("options.chain") if r["key"] == key]
-        full = [c for c in chains if sum((s["call"] is not None) + (s["put"] is not None) for s in c["strikes"]) == 6]
+        full = [c for c in chains if sum((s["call"] is not None) + (s["put"] is not None) for s in c["strikes"]) == 6
+                and c["spec"] is not None]  # and computed with the registry's terms in force
         return full[-1] if full else None
 
-    wait_for(lambda: full_chain() is not None, 60, "a chain with all six options")
+    wait_for(lambda: full_chain() is not None, 60, "a chain with all six options and their registry terms")
     chain = full_chain()
     assert chain is not None
     assert chain["forward_source"] == "venue-underlying-price"
     assert chain["premium_currency"] == "coin"
+    assert chain["spec"]["key"] == f"deribit:{OPTIONS[0]}"
     assert 0 < chain["t_years"] < 0.25
     assert [s["strike"] for s in chain["strikes"]] == ["55000", "65000", "75000"]
     for row in chain["strikes"]:
