@@ -86,6 +86,18 @@ class Processor:
             except FrameError as exc:
                 out.dead = (exc.reason, exc.detail)
             return out
+        market = MARKETS.get(venue) if kind is Kind.WS else None
+        if market is not None:
+            try:
+                trades, out.tickers = market.parse_market(kind, value, symbol)
+            except FrameError as exc:  # a bad trade or ticker frame says nothing about the book
+                out.dead = (exc.reason, exc.detail)
+                return out
+            if trades:  # the instrument's trade cursor is part of its state
+                self._admit(self.instrument(key), trades, out)
+                out.inst = self.instruments[key]
+            if trades or out.tickers:
+                return out  # no book update; a ticker changes no state (and makes no book appear)
         inst = out.inst = self.instrument(key)
         fx = out.fx
         if kind is Kind.CONN:
@@ -95,17 +107,6 @@ class Processor:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 out.dead = ("bad-conn-event", value[:200].decode("utf-8", "replace"))
             return out
-        market = MARKETS.get(venue) if kind is Kind.WS else None
-        if market is not None:
-            try:
-                trades, out.tickers = market.parse_market(kind, value, symbol)
-            except FrameError as exc:  # a bad trade or ticker frame says nothing about the book
-                out.dead = (exc.reason, exc.detail)
-                return out
-            if trades:
-                self._admit(inst, trades, out)
-            if trades or out.tickers:
-                return out  # a trades or ticker frame carries no book update
         try:
             updates = ad.parse(kind, value, symbol)
         except FrameError as exc:

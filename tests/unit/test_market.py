@@ -221,6 +221,7 @@ def test_okx_opt_summary_is_keyed_per_chain_and_gives_each_option_its_ticker() -
             per_option[key] += 1
             chains.offer(key, t.fields, t.ts_exchange, 1, {})
     assert len(per_option) == 8
+    assert proc.instruments == {}  # tickers make no book appear (the chain key is a future's name)
     assert set(per_option.values()) == {2}  # one opt-summary ticker and one mark-price each
     chain = build(f"okx:BTC-USD-{yymmdd[near]}", chains.chains[f"okx:BTC-USD-{yymmdd[near]}"], 0)
     assert chain["premium_currency"] == "coin"
