@@ -22,6 +22,7 @@ from faust.web import Request, Response, View
 
 from app.config import Settings
 from app.kafka import client_auth
+from app.market.symbols import partition_key
 from app.sync import SYNCED
 from app.venues import ADAPTERS
 from app.web.view import BookView, detail, summary
@@ -131,7 +132,10 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
         depth = int(raw_depth)
         if not books.owns(key):
             try:  # the worker that owns the instrument's partition answers (Faust topic routing)
-                answer = await app.router.route_topic_req(routes[venue], key.encode(), self.web, request)
+                # Faust routes by its partitioner of the bytes given: the instrument's partition key
+                # (an option goes with its chain, app.wire.partition_for)
+                answer = await app.router.route_topic_req(routes[venue], partition_key(key).encode(), self.web,
+                                                          request)
                 last_answers.keep(key, answer)
                 if answer.status != 503:
                     return answer

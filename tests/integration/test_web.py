@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,27 @@ import pytest
 from tests.conftest import ARTIFACTS
 from tests.helpers import SimSite, SimSiteFactory, Worker, wait_for, workers
 
-FEEDS = {"deribit": ["BTC-PERPETUAL", "ETH-PERPETUAL"], "okx": ["BTC-USDT"], "coinbase": ["BTC-USD", "ETH-USD"],
-         "binance-usdm": ["BTCUSDT"]}
+
+def _misrouted_options(n: int) -> list[str]:
+    """Options whose partition (their chain's) is not the one Kafka's partitioner gives their own
+    name: the API must route them by their partition key."""
+    from aiokafka.partitioner import murmur2
+
+    from app.market.symbols import monthly_expiries
+    from app.wire import partition_for
+
+    out = []
+    for strike in range(50_000, 90_000, 1_000):
+        symbol = f"BTC-{monthly_expiries(time.time_ns(), 1)[0]}-{strike}-C"
+        if (murmur2(f"deribit:{symbol}".encode()) & 0x7FFFFFFF) % 4 != partition_for(f"deribit:{symbol}", 4):
+            out.append(symbol)
+        if len(out) == n:
+            return out
+    raise AssertionError("no option partitioned away from its own name")
+
+
+FEEDS = {"deribit": ["BTC-PERPETUAL", "ETH-PERPETUAL", *_misrouted_options(2)], "okx": ["BTC-USDT"],
+         "coinbase": ["BTC-USD", "ETH-USD"], "binance-usdm": ["BTCUSDT"]}
 KEYS = {f"{venue}:{symbol}" for venue, symbols in FEEDS.items() for symbol in symbols}
 
 
