@@ -9,6 +9,7 @@ checks) live in tests/helpers.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -272,8 +273,16 @@ async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[li
 
 def consume(bootstrap: str, topic: str, idle_s: float = 2.0, stop: Callable[[list[Any]], bool] | None = None,
             timeout: float = 60) -> list[Any]:
-    """Every record of ``topic`` from the beginning: until ``stop(records)`` or ``idle_s`` of silence."""
-    return asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
+    """Every record of ``topic`` from the beginning: until ``stop(records)`` or ``idle_s`` of silence.
+
+    Callable where an event loop already runs in this thread (Playwright's sync API keeps one
+    for a module's browser): the consumer then runs on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _consume(bootstrap, topic, idle_s, stop, timeout)).result()
 
 
 def values(records: Iterable[Any]) -> list[dict[str, Any]]:
