@@ -203,6 +203,14 @@ def opt_str(value: Any) -> str | None:
     return None if value is None or value == "" else num_str(value)
 
 
+def named_objects(items: Any, field: str) -> list[dict[str, Any]] | None:
+    """The objects of a JSON array whose ``field`` is a non-empty string (others skipped); None
+    when ``items`` is not an array. For venue lists (instruments, products) read leniently."""
+    if not isinstance(items, list):
+        return None
+    return [d for d in items if isinstance(d, dict) and isinstance(d.get(field), str) and d[field]]
+
+
 def ms_to_ns(value: Any) -> int:
     """Venue millisecond timestamp (int or numeric string) to integer nanoseconds."""
     if value is None or value == "":

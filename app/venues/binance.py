@@ -33,6 +33,7 @@ from app.venues.base import (
     channel_prefix,
     levels,
     ms_to_ns,
+    named_objects,
     num_str,
     opt_str,
 )
@@ -229,14 +230,12 @@ class BinanceInstruments:
 
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
-        items = msg.get("symbols") if isinstance(msg, dict) else None
-        if not isinstance(items, list) or "timezone" not in msg:
+        items = named_objects(msg.get("symbols"), "symbol") if isinstance(msg, dict) and "timezone" in msg else None
+        if items is None:
             return None
         coinm = self.venue == "binance-coinm"
         out = []
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
-                continue
             f = _filters(item)
             contract = item.get("contractType")
             kind = "spot" if self.venue == "binance" else "perpetual" if contract == "PERPETUAL" else "future"

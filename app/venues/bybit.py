@@ -23,6 +23,7 @@ from app.venues.base import (
     channel_prefix,
     levels,
     ms_to_ns,
+    named_objects,
     num_str,
     opt_str,
 )
@@ -171,13 +172,11 @@ class BybitInstruments:
         result = msg.get("result") if isinstance(msg, dict) else None
         if not isinstance(result, dict) or result.get("category") != self.category:
             return None
-        items = result.get("list")
-        if not isinstance(items, list):
+        items = named_objects(result.get("list"), "symbol")
+        if items is None:
             return None
         out = []
         for d in items:
-            if not isinstance(d, dict) or not isinstance(d.get("symbol"), str):
-                continue
             contract = str(d.get("contractType") or "")
             kind = ("spot" if self.category == "spot" else "option" if self.category == "option"
                     else "perpetual" if "Perpetual" in contract else "future")

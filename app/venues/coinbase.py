@@ -26,6 +26,7 @@ from app.venues.base import (
     Venue,
     as_int,
     channel_prefix,
+    named_objects,
     num_str,
     opt_str,
 )
@@ -195,13 +196,11 @@ class CoinbaseInstruments:
 
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
-        items = msg.get("products") if isinstance(msg, dict) else None
-        if not isinstance(items, list):
+        items = named_objects(msg.get("products"), "product_id") if isinstance(msg, dict) else None
+        if items is None:
             return None
         out = []
         for d in items:
-            if not isinstance(d, dict) or not isinstance(d.get("product_id"), str):
-                continue
             halted = d.get("trading_disabled") or d.get("is_disabled") or d.get("status") not in (None, "online")
             out.append(Spec(
                 key=f"coinbase:{d['product_id']}", kind="spot" if d.get("product_type", "SPOT") == "SPOT" else "future",
