@@ -304,7 +304,8 @@ class Publisher:
         for ticker in out.tickers:
             tkey = key if ticker.symbol is None else f"{key.partition(':')[0]}:{ticker.symbol}"
             send(self.topics.ticker, partition, tkey, ticker_record(tkey, ticker, ts_recv, now, src))
-            self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src)
+            for chain_key, body in self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src, now):
+                self._chain(chain_key, body)
             recent.ticker(tkey, ticker, ts_recv)
         if out.trades:
             metrics.count("trades", len(out.trades))
@@ -327,6 +328,11 @@ class Publisher:
                        spec.encode())
             metrics.count("instrument_versions")
 
+    def _chain(self, key: str, body: bytes) -> None:
+        self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
+        self.recent.chain(key, body)
+        metrics.count("chains")
+
     def _publish_depth(self, key: str) -> None:
         inst = self.find(key)
         if inst is None or inst.status != SYNCED:
@@ -342,9 +348,7 @@ class Publisher:
         self.depth.flush(budget_s=DEPTH_FLUSH_BUDGET_S)
         published = time.time_ns()
         for key, body in self.chains.due(time.monotonic_ns(), published):
-            self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
-            self.recent.chain(key, body)
-            metrics.count("chains")
+            self._chain(key, body)
         if self.conflater is not None:
             now = time.time_ns()
             for partition, record in self.conflater.due():

@@ -2,10 +2,10 @@
 bookstream's own Black-76 implied volatilities and greeks, with the residuals.
 
 :class:`ChainBuilder` keeps the latest ticker fields of every option (merged: a partial ticker
-updates the fields it carries) and of every future, grouped by chain (``app.market.symbols``).
-:meth:`ChainBuilder.due` returns, at most every ``CHAIN_INTERVAL_MS`` per chain and only for
-chains whose inputs changed, one ``options.chain`` record computed in one vectorised pass
-(``app.market.black76``) over all its strikes.
+updates the fields it carries) and of every future, grouped by chain (``app.market.symbols``),
+and publishes, at most once per ``CHAIN_INTERVAL_MS`` of the inputs' exchange time per chain
+and only for chains whose inputs changed, one ``options.chain`` record computed in one
+vectorised pass (``app.market.black76``) over all its strikes.
 
 Conventions (README "Options chains"): IV as a decimal; vega per 1 vol point; theta per
 calendar day; delta, gamma, vega and theta of bookstream in the quote currency (USD) of one
@@ -20,6 +20,7 @@ put–call parity on the mid prices of the strike nearest the money.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,8 +72,9 @@ class Chain:
     inverse: bool  # premiums in coin: × forward to USD
     options: dict[str, tuple[OptionSpec, Quote]] = field(default_factory=dict)  # symbol → (spec, quote)
     future: Quote | None = None
-    changed: bool = False
-    published_ns: int = 0  # monotonic time of the last publication
+    changed: bool = False  # inputs arrived since the last publication
+    bucket: int = -1  # exchange-time bucket (ts // CHAIN_INTERVAL_MS) of the latest input
+    touched_ns: int = 0  # monotonic time of the latest input
 
 
 def coin_premium(venue: str, spec: OptionSpec) -> bool:
@@ -83,35 +85,54 @@ def coin_premium(venue: str, spec: OptionSpec) -> bool:
 
 
 class ChainBuilder:
+    """Chains publish in exchange time, so that a replay publishes the same records: a chain's
+    snapshot covers every input up to the end of one ``CHAIN_INTERVAL_MS`` bucket of its inputs'
+    exchange times, and goes out when the first input of a later bucket arrives (``offer``).
+    A chain whose inputs stop is flushed after ``IDLE_INTERVALS`` intervals of wall time
+    (``due``), so the last changes are not held back."""
+
+    IDLE_INTERVALS = 2
+
     def __init__(self, interval_ms: int, registry: Registry | None = None) -> None:
         self.interval_ns = interval_ms * 1_000_000
         self.chains: dict[str, Chain] = {}  # chain key (venue:BTC-27MAR26) → chain
         self.registry = registry  # the contract terms in force, where the registry has them
 
-    def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any]) -> bool:
-        """A ticker of ``key``: True when it belongs to a chain (an option, or an expiry's future)."""
+    def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any],
+              ts_published: int = 0) -> list[tuple[str, bytes]]:
+        """A ticker of ``key`` (an option, or an expiry's future): the chain records it closes
+        (the chain as it stood before this input, when this input starts a later bucket)."""
         venue, _, symbol = key.partition(":")
         spec = parse_option(symbol)
-        if spec is None:
-            chain = self.chains.get(key)  # the future of a chain already seen (same key)
-            if chain is None:
-                return False
-            if chain.future is None:
-                chain.future = Quote()
-            chain.future.update(fields, ts_exchange, ts_recv, source)
-            chain.changed = True
-            return True
-        chain_key = f"{venue}:{spec.chain}"
+        chain_key = key if spec is None else f"{venue}:{spec.chain}"
         chain = self.chains.get(chain_key)
         if chain is None:
+            if spec is None:
+                return []  # a future whose options were not seen (yet)
             chain = self.chains[chain_key] = Chain(venue, spec.chain, spec.underlying, spec.expiry_ns,
                                                    coin_premium(venue, spec))
-        entry = chain.options.get(symbol)
-        if entry is None:
-            entry = chain.options[symbol] = (spec, Quote())
-        entry[1].update(fields, ts_exchange, ts_recv, source)
+        out = []
+        bucket = ts_exchange // self.interval_ns
+        if chain.changed and bucket > chain.bucket and chain.options:
+            out.append((chain_key, self._publish(chain_key, chain, ts_published)))
+        if spec is None:
+            if chain.future is None:
+                chain.future = Quote()
+            quote = chain.future
+        else:
+            entry = chain.options.get(symbol)
+            if entry is None:
+                entry = chain.options[symbol] = (spec, Quote())
+            quote = entry[1]
+        quote.update(fields, ts_exchange, ts_recv, source)
+        chain.bucket = max(chain.bucket, bucket)
         chain.changed = True
-        return True
+        chain.touched_ns = time.monotonic_ns()
+        return out
+
+    def _publish(self, key: str, chain: Chain, ts_published: int) -> bytes:
+        chain.changed = False
+        return orjson.dumps(build(key, chain, ts_published, self.registry))
 
     def forget(self, keep: Any) -> None:
         """Drop chains whose key ``keep(key)`` rejects (partitions no longer owned)."""
@@ -119,11 +140,11 @@ class ChainBuilder:
             del self.chains[key]
 
     def due(self, now_monotonic_ns: int, ts_published: int) -> Iterator[tuple[str, bytes]]:
+        """Chains whose inputs went quiet with changes not yet published."""
+        idle = self.IDLE_INTERVALS * self.interval_ns
         for key, chain in self.chains.items():
-            if chain.changed and chain.options and now_monotonic_ns - chain.published_ns >= self.interval_ns:
-                chain.changed = False
-                chain.published_ns = now_monotonic_ns
-                yield key, orjson.dumps(build(key, chain, ts_published, self.registry))
+            if chain.changed and chain.options and now_monotonic_ns - chain.touched_ns >= idle:
+                yield key, self._publish(key, chain, ts_published)
 
 
 def _forward(chain: Chain) -> tuple[float | None, str]:

@@ -182,3 +182,28 @@ def test_options_chains_carry_our_iv_beside_deribits(pipeline: Pipeline) -> None
                     assert abs(side["residual"]["delta"]) <= 1e-4, (chain["key"], row["strike"])
                     checked += 1
     assert checked >= 3
+
+
+def test_a_second_replay_into_a_fresh_app_publishes_the_same_chains(pipeline: Pipeline, ns: Namespace,
+                                                                    captures: Path) -> None:
+    """options.chain is computed in exchange time: the DERIBIT capture replayed into a fresh app
+    gives record for record the chains the module's app published (publication times aside)."""
+
+    def chains(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "ts_published"} for r in records
+                if r["key"].startswith("deribit:")]
+
+    first = chains(pipeline.topic("options.chain"))
+    assert len(first) >= 3
+    worker = Worker(ns, ns.tmp / "again")
+    with workers(worker):
+        worker.start()
+        ns.replay(str(captures / "cryptofeed" / "DERIBIT.ws.1.0"), "--format", "cryptofeed")
+
+        def again() -> list[dict[str, Any]] | None:
+            got = chains(values(consume(ns.bootstrap, ns.topic("options.chain"), idle_s=3)))
+            return got if len(got) >= len(first) else None
+
+        second = wait_for(again, 60, "the chains of the second replay", every=2)
+    key = lambda r: (r["key"], r["ts_exchange"])  # noqa: E731 - records of different chains interleave
+    assert sorted(second, key=key) == sorted(first, key=key)

@@ -231,3 +231,36 @@ def test_okx_opt_summary_is_keyed_per_chain_and_gives_each_option_its_ticker() -
             assert side["mark_iv"] == "0.5"
             assert abs(side["residual"]["mark_iv"]) < 1e-6
             assert abs(side["residual"]["delta"]) < 1e-6
+
+
+def test_chains_publish_in_exchange_time_so_a_replay_publishes_the_same_records() -> None:
+    from app.market.chain import ChainBuilder
+
+    def run() -> list[tuple[str, dict[str, Any]]]:
+        chains, out = ChainBuilder(1000), []
+        for i, ms in enumerate([0, 300, 900, 1000, 1500, 2100, 2200, 5000]):  # exchange times
+            symbol = f"BTC-25DEC26-{60000 + 5000 * (i % 2)}-C"
+            fields = {"mark": "0.05", "underlying_price": "65000", "mark_iv": "0.5"}
+            for key, body in chains.offer(f"deribit:{symbol}", fields, 1_766_000_000_000_000_000 + ms * 10**6,
+                                          i, {"offset": i}):
+                record = orjson.loads(body)
+                out.append((key, {k: v for k, v in record.items() if k != "ts_published"}))
+        return out
+
+    first = run()
+    # one record per 1 s bucket left behind: at 1000 ms (inputs 0–900), 2100 (1000–1500), 5000 (2100–2200)
+    assert [r["ts_exchange"] % 10**12 // 10**6 for _, r in first] == [900, 1500, 2200]
+    assert first == run()  # whatever the wall clock did
+
+
+def test_an_idle_chain_is_flushed_after_two_intervals_of_wall_time() -> None:
+    from app.market.chain import ChainBuilder
+
+    chains = ChainBuilder(1000)
+    assert chains.offer("deribit:BTC-25DEC26-60000-C", {"mark": "0.05", "underlying_price": "65000"},
+                        1_766_000_000_000_000_000, 1, {}) == []
+    (chain,) = chains.chains.values()
+    assert list(chains.due(chain.touched_ns + 1_999_000_000, 0)) == []
+    (flushed,) = chains.due(chain.touched_ns + 2_000_000_000, 0)
+    assert flushed[0] == "deribit:BTC-25DEC26"
+    assert list(chains.due(chain.touched_ns + 9_000_000_000, 0)) == []  # published once
