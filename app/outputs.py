@@ -194,7 +194,8 @@ class RecentMarket:
 
     def __init__(self) -> None:
         self.trades: dict[str, deque[bytes]] = {}
-        self.tickers: dict[str, Quote] = {}
+        self.tickers: dict[str, dict[str, tuple[dict[str, Any], int]]] = {}  # key → channel → (fields, ts)
+        self.recv: dict[str, int] = {}  # key → receive time of its latest ticker
         self.chains: dict[str, bytes] = {}  # chain key → latest options.chain record
 
     def trade(self, key: str, record: bytes) -> None:
@@ -204,16 +205,34 @@ class RecentMarket:
         tape.append(record)
 
     def ticker(self, key: str, ticker: Ticker, ts_recv: int) -> None:
-        quote = self.tickers.get(key)
-        if quote is None:
-            quote = self.tickers[key] = Quote()
-        quote.update({**ticker.fields, "channel": ticker.channel}, ticker.ts_exchange, ts_recv, {})
+        """Cheap on the hot path: a full ticker replaces its channel's fields, a partial one
+        (a delta) updates them; channels are merged when the web view reads (``merged``)."""
+        channels = self.tickers.get(key)
+        if channels is None:
+            channels = self.tickers[key] = {}
+        held = channels.get(ticker.channel)
+        if held is None or not ticker.partial:
+            channels[ticker.channel] = (dict(ticker.fields), ticker.ts_exchange)
+        else:
+            held[0].update(ticker.fields)
+            channels[ticker.channel] = (held[0], ticker.ts_exchange)
+        self.recv[key] = ts_recv
+
+    def merged(self, key: str) -> Quote | None:
+        """The latest value of each ticker field of ``key`` across its channels."""
+        channels = self.tickers.get(key)
+        if not channels:
+            return None
+        quote = Quote()
+        for channel, (fields, ts) in sorted(channels.items(), key=lambda kv: kv[1][1]):
+            quote.update({**fields, "channel": channel}, ts, self.recv[key], {})
+        return quote
 
     def chain(self, key: str, record: bytes) -> None:
         self.chains[key] = record
 
     def forget(self, keep: Callable[[str], bool]) -> None:
-        for table in (self.trades, self.tickers, self.chains):
+        for table in (self.trades, self.tickers, self.recv, self.chains):
             for key in [k for k in table if not keep(k)]:
                 del table[key]
 

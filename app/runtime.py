@@ -186,7 +186,7 @@ class BookRuntime:
         return list(self.publisher.recent.trades.get(key, ()))
 
     def ticker(self, key: str) -> dict[str, object] | None:
-        quote = self.publisher.recent.tickers.get(key)
+        quote = self.publisher.recent.merged(key)
         if quote is None:
             return None
         return {**quote.fields, "ts_exchange": quote.ts_exchange, "ts_recv": quote.ts_recv}

@@ -75,12 +75,16 @@ def trade_record(key: str, t: Trade, ts_recv: int, ts_published: int, src: dict[
     })
 
 
+#: A ticker record's fields before its frame's values: every field present, null.
+_TICKER_NULLS: dict[str, Any] = dict.fromkeys(TICKER_FIELDS)
+
+
 def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
-    body = {name: t.fields.get(name) for name in TICKER_FIELDS}
-    return orjson.dumps({
-        "key": key, "channel": t.channel, "partial": t.partial, **body,
-        "ts_exchange": t.ts_exchange, "ts_recv": ts_recv, "ts_published": ts_published, "source": src,
-    })
+    body = {"key": key, "channel": t.channel, "partial": t.partial, **_TICKER_NULLS}
+    body.update(t.fields)  # parsers give TICKER_FIELDS names only
+    body["ts_exchange"], body["ts_recv"], body["ts_published"], body["source"] = (
+        t.ts_exchange, ts_recv, ts_published, src)
+    return orjson.dumps(body)
 
 
 def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_recv: int,

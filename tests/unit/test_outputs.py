@@ -63,3 +63,24 @@ async def test_dead_letters_batch_over_a_longer_linger_than_the_books_topics() -
     assert len(dead) <= 0.5 / DEADLETTER_LINGER_S + 2  # dead letters: at most one batch per 100 ms
     gaps = [b - a for (_, a), (_, b) in zip(dead, dead[1:], strict=False)]
     assert min(gaps) >= DEADLETTER_LINGER_S * 0.95
+
+
+def test_recent_tickers_merge_deltas_and_channels_for_the_web_view() -> None:
+    from app.market.records import Ticker
+    from app.outputs import RecentMarket
+
+    recent = RecentMarket()
+    key = "bybit-linear:BTCUSDT"
+    recent.ticker(key, Ticker("tickers", 1, {"mark": "100", "bid": "99", "funding_rate": "0.0001"}), 10)
+    recent.ticker(key, Ticker("tickers", 2, {"bid": "98"}, partial=True), 11)  # a delta
+    recent.ticker(key, Ticker("other", 3, {"mark": "101", "bid": None}), 12)
+    quote = recent.merged(key)
+    assert quote is not None
+    assert quote.fields == {"mark": "101", "bid": "98", "funding_rate": "0.0001", "channel": "other"}
+    assert (quote.ts_exchange, quote.ts_recv) == (3, 12)
+    recent.ticker(key, Ticker("tickers", 4, {"mark": "102"}), 13)  # a full one replaces its channel's fields
+    merged = recent.merged(key)
+    assert merged is not None
+    assert merged.fields["mark"] == "102"
+    assert "funding_rate" not in {k for k, v in recent.tickers[key]["tickers"][0].items()}
+    assert recent.merged("nothing:here") is None
