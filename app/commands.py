@@ -218,6 +218,8 @@ def _expiry_day(text: str) -> str:
 async def instruments(self: AppCommand, venue: str | None, kind: str | None, expiry: str | None, at: str | None,
                       all_versions: bool, as_json: bool) -> None:
     """List the instrument registry (ref.instruments): contract terms per instrument, versioned in time."""
+    from dataclasses import asdict
+
     from app.market.instruments import KINDS, Registry
     from app.registry import RegistryReader
 
@@ -251,7 +253,7 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
             rows.append((spec, expiry_day))
     if as_json:
         for spec, _ in rows:
-            print(spec.encode().decode(), flush=True)
+            print(orjson.dumps(asdict(spec)).decode(), flush=True)
     else:
         head = ("instrument", "kind", "margin", "settle", "size", "tick", "lot", "min", "strike", "type", "expiry",
                 "state", "valid_from")

@@ -332,19 +332,19 @@ class Publisher:
             metrics.count("tickers", len(out.tickers))
         if out.trade_gaps and out.inst is not None and out.inst.trades is not None:
             cursor = out.inst.trades
-            for first, last in out.trade_gaps:
+            for first, last, ts_exchange in out.trade_gaps:
                 send(self.topics.feed_status, partition, key,
-                     gap_record(key, "trades", first, last, cursor.gaps, ts_recv, now, src))
+                     gap_record(key, "trades", first, last, cursor.gaps, ts_exchange, ts_recv, now, src))
                 log.warning("%s: trades %d..%d missing (trade gap %d)", key, first, last, cursor.gaps)
             metrics.count("trade_gaps", len(out.trade_gaps))
 
-    def instruments(self, specs: list[Spec], states: list[tuple[str, str]], ts_recv: int,
+    def instruments(self, specs: list[Spec], states: list[tuple[str, str, int]], ts_recv: int,
                     src: dict[str, Any]) -> None:
         """New versions of instrument specs (``ref.instruments``, keyed ``<key>|<valid_from>``)."""
         registry = self.registry
         for spec in registry.changed(specs, ts_recv, src) + registry.state_changed(states, ts_recv, src):
             self._send(self.topics.instruments, partition_for(spec.key, self.settings.partitions), spec.record_key(),
-                       spec.encode())
+                       spec.encode(time.time_ns()))
             metrics.count("instrument_versions")
 
     def _chain(self, key: str, body: bytes) -> None:

@@ -30,9 +30,9 @@ class Outcome:
     dead: tuple[str, str] | None = None  # (reason, detail) for raw.deadletter
     trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
     tickers: list[Ticker] = field(default_factory=list)
-    trade_gaps: list[tuple[int, int]] = field(default_factory=list)  # (first, last) missing trade sequence
+    trade_gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last missing, ts_exchange after)
     specs: list[Spec] = field(default_factory=list)  # a venue's instrument list (REST, or its WS channel)
-    states: list[tuple[str, str]] = field(default_factory=list)  # (instrument key, state) from a state channel
+    states: list[tuple[str, str, int]] = field(default_factory=list)  # (key, state, venue time) from a state channel
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
@@ -133,7 +133,7 @@ class Processor:
         for trade in trades:
             new, gap = cursor.admit(trade)
             if gap is not None:
-                out.trade_gaps.append(gap)
+                out.trade_gaps.append((gap[0], gap[1], trade.ts_exchange))
             if new:
                 out.trades.append(trade)
 

@@ -204,7 +204,8 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         "key": key, "venue": chain.venue, "chain": chain.name, "underlying": chain.underlying,
         "expiry": datetime.fromtimestamp(chain.expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "expiry_ns": chain.expiry_ns, "t_years": t, "forward": forward, "forward_source": forward_source,
-        "premium_currency": "coin" if chain.inverse else "quote", "ts_exchange": asof, "ts_published": ts_published,
+        "premium_currency": "coin" if chain.inverse else "quote", "ts_exchange": asof,
+        "ts_recv": max(q.ts_recv for _, (_, q) in items), "ts_published": ts_published,
         "strikes": [],
     }
     n = len(items)

@@ -21,7 +21,8 @@ import orjson
 
 KINDS = ("spot", "perpetual", "future", "option")
 #: Fields that are not the contract's terms: a change in them alone is not a new version.
-_NOT_TERMS = ("valid_from", "source")
+_NOT_TERMS = ("valid_from", "source", "ts_exchange")
+_FIELDS: tuple[str, ...] = ()  # Spec's field names (set below)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,9 @@ class Spec:
     underlying: str | None = None
     index: str | None = None
     state: str = "open"  # open | halted | settlement | delivered | closed … (the venue's word mapped)
-    valid_from: int = 0  # ns: the receive time of the REST response that first showed these terms
+    valid_from: int = 0  # ns: the receive time of the frame (REST list or push) that first showed these terms
     source: dict[str, Any] = field(default_factory=dict)  # raw topic, partition, offset, index
+    ts_exchange: int = 0  # the venue's time of that frame, when it gives one (Deribit state pushes); else 0
 
     def terms(self) -> dict[str, Any]:
         out = asdict(self)
@@ -57,12 +59,17 @@ class Spec:
     def record_key(self) -> str:
         return f"{self.key}|{self.valid_from}"
 
-    def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+    def encode(self, ts_published: int = 0) -> bytes:
+        """The ``ref.instruments`` record: the spec, ``ts_recv`` (= ``valid_from``) and ``ts_published``."""
+        return orjson.dumps({**asdict(self), "ts_recv": self.valid_from, "ts_published": ts_published})
 
     @classmethod
     def decode(cls, value: bytes) -> Spec:
-        return cls(**orjson.loads(value))
+        row = orjson.loads(value)
+        return cls(**{k: v for k, v in row.items() if k in _FIELDS})
+
+
+_FIELDS = tuple(Spec.__dataclass_fields__)
 
 
 class RegistryParser(Protocol):
@@ -76,9 +83,9 @@ class RegistryParser(Protocol):
         """The specs in a REST body; None when the body is not this venue's instrument list."""
         ...
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
-        """A WebSocket push about instruments: (full specs, (instrument key, new state) pairs);
-        None — cheaply — for any other frame."""
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
+        """A WebSocket push about instruments: (full specs, (instrument key, new state, the
+        venue's time or 0) of state changes); None — cheaply — for any other frame."""
         ...
 
 
@@ -101,16 +108,18 @@ class Registry:
 
     def changed(self, specs: list[Spec], valid_from: int, source: dict[str, Any]) -> list[Spec]:
         """The specs of one REST response that are new versions (and apply them)."""
-        return [s for s in (replace(s, valid_from=valid_from, source=source) for s in specs) if self.apply(s)]
+        return [s for s in (replace(s, valid_from=valid_from, source=source, ts_exchange=0) for s in specs)
+                if self.apply(s)]
 
-    def state_changed(self, states: list[tuple[str, str]], valid_from: int, source: dict[str, Any]) -> list[Spec]:
+    def state_changed(self, states: list[tuple[str, str, int]], valid_from: int,
+                      source: dict[str, Any]) -> list[Spec]:
         """New versions for instruments whose state changed (a venue's state channel); an
         instrument not in the registry yet waits for its REST list."""
         out = []
-        for key, state in states:
+        for key, state, ts_exchange in states:
             current = self.at(key, valid_from)
             if current is not None and current.state != state:
-                new = replace(current, state=state, valid_from=valid_from, source=source)
+                new = replace(current, state=state, valid_from=valid_from, source=source, ts_exchange=ts_exchange)
                 if self.apply(new):
                     out.append(new)
         return out

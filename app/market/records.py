@@ -87,11 +87,12 @@ def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: dic
     return orjson.dumps(body)
 
 
-def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_recv: int,
-               ts_published: int, src: dict[str, Any]) -> bytes:
-    """A ``feed.status`` record: trades ``first_missing..last_missing`` never arrived."""
+def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_exchange: int,
+               ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
+    """A ``feed.status`` record: trades ``first_missing..last_missing`` never arrived (seen when
+    the trade after them, of exchange time ``ts_exchange``, did)."""
     return orjson.dumps({
         "key": key, "feed": kind, "event": "gap", "first_missing": first_missing, "last_missing": last_missing,
-        "missing": last_missing - first_missing + 1, "gaps": gaps, "ts_recv": ts_recv,
+        "missing": last_missing - first_missing + 1, "gaps": gaps, "ts_exchange": ts_exchange, "ts_recv": ts_recv,
         "ts_published": ts_published, "source": src,
     })

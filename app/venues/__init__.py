@@ -104,7 +104,7 @@ class GuardedRegistry:
         except _SHAPE_ERRORS as exc:
             raise _malformed(exc) from exc
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
         try:
             return self._inner.parse_ws(frame)
         except _SHAPE_ERRORS as exc:

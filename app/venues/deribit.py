@@ -248,14 +248,14 @@ class DeribitInstruments:
 
     MARKS = (b'"channel":"instrument.state.',)
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
         if not channel_prefix(frame, self.MARKS, 100):
             return None
         data = obj(obj(obj(loads(frame), "frame").get("params"), "params").get("data"), "data")
         name, state = data.get("instrument_name"), data.get("state")
         if not isinstance(name, str) or not isinstance(state, str):
             raise FrameError("bad-shape", "instrument.state without instrument_name or state")
-        return [], [(f"deribit:{name}", _STATES.get(state, state))]
+        return [], [(f"deribit:{name}", _STATES.get(state, state), ms_to_ns(data.get("timestamp")))]
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         return [f"{api_url}/api/v2/public/get_instruments?currency={c}" for c in currencies(symbols)]

@@ -293,7 +293,7 @@ class OkxInstruments:
             return None
         return self._specs(msg.get("data"))
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str]]] | None:
+    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
         """The ``instruments`` channel: a snapshot of a type's instruments, then changes, in the
         REST list's shape."""
         if not channel_prefix(frame, (b'"channel":"instruments"',), 60):

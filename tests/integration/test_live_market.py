@@ -80,6 +80,8 @@ def test_a_skipped_trade_is_reported_as_a_gap_on_feed_status(market: SimSite) ->
         assert gaps[f"{venue}:{symbol}"] == 1
     for r in market.topic("feed.status"):
         assert (r["feed"], r["event"], r["missing"]) == ("trades", "gap", 1)
+        assert 0 < r["ts_exchange"] <= r["ts_recv"] + 10**9
+        assert r["ts_recv"] <= r["ts_published"]
         seqs = sorted(int(t["seq"]) for t in by_key(market.topic("trades"))[r["key"]])
         assert r["first_missing"] not in seqs  # the missing trade never appears
         assert seqs[-1] > r["first_missing"]  # and trades went on after it
@@ -100,6 +102,8 @@ def test_the_options_chain_carries_the_venues_numbers_and_ours(market: SimSite) 
     assert chain["forward_source"] == "venue-underlying-price"
     assert chain["premium_currency"] == "coin"
     assert chain["spec"]["key"] == f"deribit:{OPTIONS[0]}"
+    assert chain["ts_exchange"] > 0
+    assert 0 < chain["ts_recv"] <= chain["ts_published"]
     assert 0 < chain["t_years"] < 0.25
     assert [s["strike"] for s in chain["strikes"]] == ["55000", "65000", "75000"]
     for row in chain["strikes"]:
@@ -121,6 +125,7 @@ def test_the_registry_versions_a_spec_change_and_the_command_lists_it(market: Si
     assert (option["kind"], option["margin"], option["option_type"], option["strike"]) == ("option", "inverse",
                                                                                           "call", "55000")
     assert option["tick_size_steps"]
+    assert option["ts_recv"] == option["valid_from"] <= option["ts_published"]
     assert specs()["binance-usdm:BTCUSDT"][0]["kind"] == "perpetual"
     before = specs()["okx:BTC-USDT-SWAP"]
     assert len(before) == 1
@@ -197,8 +202,9 @@ def test_a_state_change_is_a_new_version_that_stays(market: SimSite) -> None:
     wait_for(lambda: len(versions()) == 2, 30, "a second version after the state change")
     old, new = versions()
     assert (old["state"], new["state"]) == ("open", "closed")
-    assert {k: v for k, v in old.items() if k not in ("state", "valid_from", "source")} == {
-        k: v for k, v in new.items() if k not in ("state", "valid_from", "source")}
+    moment = ("state", "valid_from", "source", "ts_exchange", "ts_recv", "ts_published")
+    assert {k: v for k, v in old.items() if k not in moment} == {k: v for k, v in new.items() if k not in moment}
+    assert new["ts_exchange"] > 0  # the venue's time of its state push
 
     def lists() -> int:
         return int(http_json(market.sim.url + "/control/status")[1]["instrument_lists"])

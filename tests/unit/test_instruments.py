@@ -112,11 +112,14 @@ def test_state_channels_version_the_instrument_they_name() -> None:
         "data": {"timestamp": 1, "state": "settled", "instrument_name": "BTC-27MAR26-60000-C"}}})
     assert deribit.parse_ws(b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.X.100ms"}}') is None
     specs, states = deribit.parse_ws(push)  # type: ignore[misc]
-    assert (specs, states) == ([], [("deribit:BTC-27MAR26-60000-C", "settlement")])
+    assert (specs, states) == ([], [("deribit:BTC-27MAR26-60000-C", "settlement", 1_000_000)])
     (new,) = reg.state_changed(states, 200, {})
-    assert (new.state, new.valid_from, new.strike) == ("settlement", 200, "60000")
+    assert (new.state, new.valid_from, new.strike, new.ts_exchange) == ("settlement", 200, "60000", 1_000_000)
     assert reg.state_changed(states, 300, {}) == []  # the same state again: no version
-    assert reg.state_changed([("deribit:UNKNOWN", "settlement")], 300, {}) == []  # waits for its REST list
+    assert reg.state_changed([("deribit:UNKNOWN", "settlement", 0)], 300, {}) == []  # waits for its REST list
+    record = orjson.loads(new.encode(ts_published=400))
+    assert (record["ts_exchange"], record["ts_recv"], record["ts_published"]) == (1_000_000, 200, 400)
+    assert Spec.decode(new.encode(400)) == new
     okx = REGISTRY_PARSERS["okx"]
     pushed = okx.parse_ws(orjson.dumps({"arg": {"channel": "instruments", "instType": "OPTION"}, "data": OKX["data"]}))
     assert pushed is not None
