@@ -194,10 +194,10 @@ def _when(text: str) -> int:
 
 def _expiry_day(text: str) -> str:
     """``--expiry``: 2026-12-25 or 25DEC26 → 2026-12-25."""
-    from app.market.symbols import _expiry_ns
+    from app.market.symbols import expiry_ns
 
     try:
-        ns = _expiry_ns(text.upper()) if not text[:4].isdigit() or len(text) == 6 else None
+        ns = expiry_ns(text.upper()) if not text[:4].isdigit() or len(text) == 6 else None
     except (KeyError, ValueError):
         ns = None
     if ns is not None:
@@ -244,7 +244,11 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
         return
     rows = []
     for key, versions in sorted(registry.versions.items()):
-        chosen = versions if all_versions else [v for v in [registry.at(key, moment) if moment else versions[-1]] if v]
+        if all_versions:
+            chosen = versions
+        else:
+            spec_then = versions[-1] if moment is None else registry.at(key, moment)
+            chosen = [spec_then] if spec_then is not None else []
         for spec in chosen:
             expiry_day = time.strftime("%Y-%m-%d", time.gmtime(spec.expiry_ns // 10**9)) if spec.expiry_ns else ""
             wrong_venue = venue is not None and not key.startswith(venue + ":")

@@ -94,8 +94,8 @@ class Processor:
                 out.dead = (exc.reason, exc.detail)
                 return out
             if trades:  # the instrument's trade cursor is part of its state
-                self._admit(self.instrument(key), trades, out)
-                out.inst = self.instruments[key]
+                out.inst = self.instrument(key)
+                self._admit(out.inst, trades, out)
             if trades or out.tickers:
                 return out  # no book update; a ticker changes no state (and makes no book appear)
         inst = out.inst = self.instrument(key)

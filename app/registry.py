@@ -26,7 +26,6 @@ class RegistryReader:
     def __init__(self, settings: Settings, topic: str, registry: Registry) -> None:
         self.settings, self.topic, self.registry = settings, topic, registry
         self.consumer: AIOKafkaConsumer | None = None
-        self.bad = 0
 
     async def start(self) -> None:
         consumer = self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
@@ -75,7 +74,6 @@ class RegistryReader:
                 try:
                     self.registry.apply(Spec.decode(msg.value))
                 except (ValueError, TypeError) as exc:
-                    self.bad += 1
                     log.warning("ref.instruments %d@%d: unreadable version (%s)", msg.partition, msg.offset, exc)
         return n
 

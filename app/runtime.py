@@ -13,8 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-import orjson
-
 from app import metrics
 from app.config import Settings
 from app.market.records import source
@@ -179,30 +177,6 @@ class BookRuntime:
         self.publisher.depth.forget(keys)
         self.publisher.chains.forget(self.owns)
         self.publisher.recent.forget(self.owns)
-
-    # -- market data for the web view --------------------------------------------------
-    def trades(self, key: str) -> list[bytes]:
-        """The latest trades of ``key`` published by this worker (oldest first)."""
-        return list(self.publisher.recent.trades.get(key, ()))
-
-    def ticker(self, key: str) -> dict[str, object] | None:
-        quote = self.publisher.recent.merged(key)
-        if quote is None:
-            return None
-        return {**quote.fields, "ts_exchange": quote.ts_exchange, "ts_recv": quote.ts_recv}
-
-    def chains(self, venue: str, underlying: str) -> list[bytes]:
-        """The latest options.chain record of every expiry of ``underlying`` on this worker."""
-        prefix = f"{venue}:{underlying}-"
-        return [body for key, body in sorted(self.publisher.recent.chains.items()) if key.startswith(prefix)]
-
-    def underlyings(self) -> list[tuple[str, str]]:
-        """(venue, underlying) of every chain on this worker."""
-        out = set()
-        for key, body in self.publisher.recent.chains.items():
-            venue = key.partition(":")[0]
-            out.add((venue, str(orjson.loads(body)["underlying"])))
-        return sorted(out)
         self._holes.clear()
 
     def on_assigned(self, actives: Iterable[int], standbys: Iterable[int]) -> None:
@@ -225,3 +199,25 @@ class BookRuntime:
         part = self.state.active.get(partition)
         if part is not None and (force or topic not in part.progress.next):
             part.progress.next[topic] = offset
+
+    # -- market data for the web view --------------------------------------------------
+    def trades(self, key: str) -> list[bytes]:
+        """The latest trades of ``key`` published by this worker (oldest first)."""
+        return list(self.publisher.recent.trades.get(key, ()))
+
+    def ticker(self, key: str) -> dict[str, object] | None:
+        quote = self.publisher.recent.merged(key)
+        if quote is None:
+            return None
+        return {**quote.fields, "ts_exchange": quote.ts_exchange, "ts_recv": quote.ts_recv}
+
+    def chains(self, venue: str, underlying: str) -> list[bytes]:
+        """The latest options.chain record of every expiry of ``underlying`` on this worker."""
+        built = self.publisher.chains.chains
+        return [body for key, body in sorted(self.publisher.recent.chains.items())
+                if (chain := built.get(key)) is not None and (chain.venue, chain.underlying) == (venue, underlying)]
+
+    def underlyings(self) -> list[tuple[str, str]]:
+        """(venue, underlying) of every chain published on this worker."""
+        built = self.publisher.chains.chains
+        return sorted({(c.venue, c.underlying) for key in self.publisher.recent.chains if (c := built.get(key))})

@@ -69,7 +69,7 @@ class Chain:
     name: str  # BTC-27MAR26
     underlying: str
     expiry_ns: int
-    inverse: bool  # premiums in coin: × forward to USD
+    inverse: bool  # premiums in coin (× forward to USD), by the venue's conventions; the registry's terms win
     options: dict[str, tuple[OptionSpec, Quote]] = field(default_factory=dict)  # symbol → (spec, quote)
     future: Quote | None = None
     changed: bool = False  # inputs arrived since the last publication
@@ -147,7 +147,7 @@ class ChainBuilder:
                 yield key, self._publish(key, chain, ts_published)
 
 
-def _forward(chain: Chain) -> tuple[float | None, str]:
+def _forward(chain: Chain, inverse: bool) -> tuple[float | None, str]:
     quotes = [q for _, q in chain.options.values()]
     latest = max(quotes, key=lambda q: q.ts_exchange)
     if latest.number("underlying_price"):
@@ -173,7 +173,7 @@ def _forward(chain: Chain) -> tuple[float | None, str]:
         if mids[0] is None or mids[1] is None:
             continue
         diff = mids[0] - mids[1]
-        if chain.inverse:  # C - P = (F - K) / F in coin
+        if inverse:  # C - P = (F - K) / F in coin
             if diff >= 1:
                 continue
             forward = strike / (1 - diff)
@@ -195,16 +195,17 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
     items = sorted(chain.options.items(), key=lambda kv: (kv[1][0].strike, not kv[1][0].call))
     asof = max(q.ts_exchange for _, (_, q) in items)
     terms = registry.at(f"{chain.venue}:{items[0][0]}", asof) if registry is not None else None
+    inverse, expiry_ns = chain.inverse, chain.expiry_ns  # from the symbol and the venue's conventions
     if terms is not None:
-        chain.inverse = bool(terms.settle) and terms.settle == terms.base
-        chain.expiry_ns = terms.expiry_ns or chain.expiry_ns
-    forward, forward_source = _forward(chain)
-    t = (chain.expiry_ns - asof) / YEAR_NS
+        inverse = bool(terms.settle) and terms.settle == terms.base
+        expiry_ns = terms.expiry_ns or expiry_ns
+    forward, forward_source = _forward(chain, inverse)
+    t = (expiry_ns - asof) / YEAR_NS
     record: dict[str, Any] = {
         "key": key, "venue": chain.venue, "chain": chain.name, "underlying": chain.underlying,
-        "expiry": datetime.fromtimestamp(chain.expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "expiry_ns": chain.expiry_ns, "t_years": t, "forward": forward, "forward_source": forward_source,
-        "premium_currency": "coin" if chain.inverse else "quote", "ts_exchange": asof,
+        "expiry": datetime.fromtimestamp(expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expiry_ns": expiry_ns, "t_years": t, "forward": forward, "forward_source": forward_source,
+        "premium_currency": "coin" if inverse else "quote", "ts_exchange": asof,
         "ts_recv": max(q.ts_recv for _, (_, q) in items), "ts_published": ts_published,
         "strikes": [],
     }
@@ -220,11 +221,11 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         # venue's underlying price and exchange time of that ticker; else the chain's forward
         f = np.array([q.number("underlying_price") or forward for q in quotes])
         ts = np.array([q.ts_exchange or asof for q in quotes], dtype=np.float64)
-        t_each = (chain.expiry_ns - ts) / YEAR_NS
+        t_each = (expiry_ns - ts) / YEAR_NS
         k = np.array([s.strike for s in specs])
         call = np.array([s.call for s in specs])
         df = np.exp(-rates * t_each)
-        scale = f if chain.inverse else 1.0
+        scale = f if inverse else 1.0
         for side in SIDES:
             px = np.array([np.nan if q.number(side) is None else q.number(side) for q in quotes], dtype=np.float64)
             iv, _ = black76.implied_vol(px * scale, f, k, t_each, call, df)

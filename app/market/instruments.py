@@ -132,10 +132,3 @@ class Registry:
     def at(self, key: str, ts: int) -> Spec | None:
         """The version of ``key`` in force at ``ts`` (None before its first)."""
         return self._at(self.versions.get(key, []), ts)
-
-    def latest(self, key: str) -> Spec | None:
-        versions = self.versions.get(key)
-        return versions[-1] if versions else None
-
-    def all_latest(self) -> list[Spec]:
-        return [v[-1] for v in self.versions.values() if v]

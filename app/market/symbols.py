@@ -38,7 +38,8 @@ class OptionSpec:
     call: bool
 
 
-def _expiry_ns(text: str) -> int:
+def expiry_ns(text: str) -> int:
+    """``27MAR26`` (Deribit, Bybit) or ``260327`` (OKX) → 08:00 UTC that day, in ns."""
     if text.isdigit():  # OKX YYMMDD
         year, month, day = 2000 + int(text[:2]), int(text[2:4]), int(text[4:])
     else:  # 27MAR26
@@ -53,7 +54,7 @@ def parse_option(symbol: str) -> OptionSpec | None:
     if m is None or (not m["expiry"].isdigit() and m["expiry"][-5:-2] not in _MONTHS):
         return None
     try:
-        expiry = _expiry_ns(m["expiry"])
+        expiry = expiry_ns(m["expiry"])
     except (ValueError, OverflowError):
         return None
     strike_text = m["strike"]
@@ -86,7 +87,7 @@ def monthly_expiries(now_ns: int, count: int, min_days: int = 14) -> list[str]:
         days = calendar.monthrange(year, month)[1]
         last_friday = max(d for d in range(days - 6, days + 1) if calendar.weekday(year, month, d) == calendar.FRIDAY)
         text = expiry_text(year, month, last_friday)
-        if _expiry_ns(text) - now_ns >= min_days * 86_400 * 1_000_000_000:
+        if expiry_ns(text) - now_ns >= min_days * 86_400 * 1_000_000_000:
             out.append(text)
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return out

@@ -166,7 +166,7 @@ class OkxProtocol(Protocol):
     def _args(self, symbols: list[str]) -> list[dict[str, str]]:
         args = [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
         if self.market_templates():  # options: the family's greeks and volatilities (one channel per family)
-            families = {f"{spec.underlying}" for s in symbols if (spec := parse_option(s)) is not None}
+            families = {spec.underlying for s in symbols if (spec := parse_option(s)) is not None}
             args += [{"channel": "opt-summary", "instFamily": f} for f in sorted(families)]
         return args
 
