@@ -31,6 +31,9 @@ ENV_VARS = (
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
     "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
     "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS", "INSTRUMENTS_REFRESH_S",
+    "RISK_ENABLED", "RISK_RULES_FILE", "RISK_INTERVAL_MS", "SCENARIO_INTERVAL_MS", "SCENARIO_VOL_SHIFT",
+    "RISK_MAX_INPUT_AGE_MS", "RISK_LATENESS_MS", "RISK_IDLE_MS", "RISK_LOOKBACK_S",
+    "ALERT_STALE_S", "ALERT_SPREAD_BPS", "ALERT_FUNDING_JUMP", "ALERT_DIVERGENCE_BPS",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
@@ -199,6 +202,45 @@ RAW_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
+class RiskSettings:
+    """The risk engine's settings (README "Risk")."""
+
+    enabled: bool = True
+    rules_file: Path | None = None
+    interval_ms: int = 250
+    scenario_interval_ms: int = 1000
+    vol_shift: float = 0.10  # vol points (decimal) of the scenario grid's down/up columns
+    max_input_age_ms: int = 30_000
+    lateness_ms: int = 500
+    idle_ms: int = 2000
+    lookback_s: float = 3600.0
+    alert_stale_s: float = 10.0
+    alert_spread_bps: float = 50.0
+    alert_funding_jump: float = 0.0005
+    alert_divergence_bps: float = 50.0
+
+
+def _risk() -> RiskSettings:
+    rules = _env_str("RISK_RULES_FILE", "")
+    interval = _env_int("RISK_INTERVAL_MS", 250, minimum=10, maximum=3_600_000)
+    return RiskSettings(
+        enabled=_env_bool("RISK_ENABLED", True),
+        rules_file=Path(rules).expanduser().resolve() if rules else None,
+        interval_ms=interval,
+        scenario_interval_ms=_env_int("SCENARIO_INTERVAL_MS", 1000, minimum=interval, maximum=3_600_000),
+        vol_shift=_env_float("SCENARIO_VOL_SHIFT", 0.10, minimum=0.0),
+        max_input_age_ms=_env_int("RISK_MAX_INPUT_AGE_MS", 30_000, minimum=1),
+        lateness_ms=_env_int("RISK_LATENESS_MS", 500, minimum=0),
+        idle_ms=_env_int("RISK_IDLE_MS", 2000, minimum=10),
+        lookback_s=_env_float("RISK_LOOKBACK_S", 3600.0, minimum=0.0),
+        alert_stale_s=_env_float("ALERT_STALE_S", 10.0, minimum=0.0),
+        alert_spread_bps=_env_float("ALERT_SPREAD_BPS", 50.0, minimum=0.0),
+        alert_funding_jump=_env_float("ALERT_FUNDING_JUMP", 0.0005, minimum=0.0),
+        alert_divergence_bps=_env_float("ALERT_DIVERGENCE_BPS", 50.0, minimum=0.0),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """All runtime settings. Construct with :func:`load`."""
 
@@ -242,6 +284,7 @@ class Settings:
     fetch_min_bytes: int = 1
     producer_max_batch_size: int = 16384
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    risk: RiskSettings = field(default_factory=RiskSettings)
 
     @property
     def broker_url(self) -> str:
@@ -313,4 +356,5 @@ def load() -> Settings:
         fetch_min_bytes=_env_int("CONSUMER_FETCH_MIN_BYTES", 1, minimum=1, maximum=64 * 1024 * 1024),
         producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1024),
         security=_security(),
+        risk=_risk(),
     )

@@ -201,6 +201,18 @@ async def seek_after_hole(app: Any, topic: str, partition: int, offset: int) -> 
                  offset, exc)
 
 
+def raw_caught_up(app: Any, slack: int = 2) -> bool:
+    """Every assigned raw partition's high watermark is known and applied to within ``slack``
+    records (the risk engine starts after a crash only then: see app.risk.service)."""
+    try:
+        raw = set(_runtime(app).topics.raw)
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in raw]
+    except Exception:  # noqa: BLE001 - no consumer yet
+        return False
+    lag = consumer_lag(app)
+    return bool(tps) and all((tp.topic, tp.partition) in lag and lag[(tp.topic, tp.partition)] <= slack for tp in tps)
+
+
 def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
     """(7) Raw records behind the end of each assigned partition: its high watermark minus the
     next offset its table partition will apply."""

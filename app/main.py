@@ -16,12 +16,14 @@ try:
     from agents import ingest
     from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
     from app import web
-    from app.faust_glue import consumer_lag
+    from app.faust_glue import consumer_lag, raw_caught_up
+    from app.risk import cli as _risk_cli  # noqa: F401  (faust -A app positions, rules)
     from app.worker import app, settings
 except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
+app.runtime.raw_caught_up = lambda: raw_caught_up(app)
 web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, lambda: consumer_lag(app),
              app.runtime.state.uncommitted)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka.errors import KafkaError
 
 from app import metrics
@@ -255,6 +256,9 @@ class Publisher:
         self.registry = Registry()  # every version of every instrument, fed by ``ref.instruments``
         self.chains = ChainBuilder(settings.chain_interval_ms, self.registry)
         self.recent = RecentMarket()  # what the web view shows: trades tape, ticker fields, chains
+        self.risk_depth_keys: set[str] = set()  # hedge instruments of the risk rules (risk.depth)
+        self.risk_interval_ns = settings.risk.interval_ms * 1_000_000
+        self._risk_bucket: dict[str, int] = {}
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
         self.sink.add(topic, partition, key.encode(), value)
@@ -275,22 +279,39 @@ class Publisher:
             metrics.count("book_top", len(fx.tops))
         for state, reason in fx.transitions:
             self._send(self.topics.status, partition, key,
-                       BookStatus(venue, symbol, state, reason, inst.seq, now, inst.counters).encode())
+                       BookStatus(venue, symbol, state, reason, inst.seq, now, inst.counters, ts_recv).encode())
             log.log(logging.WARNING if state == STALE else logging.INFO, "%s %s: %s", key, state, reason)
         if fx.resync is not None:
-            self.request_resync(partition, key, inst, fx.resync)
+            self.request_resync(partition, key, inst, fx.resync, ts_recv)
         elif inst.status == SYNCED:
             self.retry.done(key)
         if fx.applied and inst.status == SYNCED:
             self.depth.touch(key)
+            if key in self.risk_depth_keys:
+                self._risk_depth(partition, key, inst, ts_recv)
 
-    def request_resync(self, partition: int, key: str, inst: Instrument, reason: str) -> None:
+    def _risk_depth(self, partition: int, key: str, inst: Instrument, ts_recv: int) -> None:
+        """``risk.depth``: a hedge instrument's book after the first frame of each RISK_INTERVAL_MS
+        of receive time — in event time, unlike book.depth's wall-clock timer, so that the risk
+        engine walks the same book in every replay."""
+        bucket = ts_recv // self.risk_interval_ns
+        if self._risk_bucket.get(key) == bucket:
+            return
+        self._risk_bucket[key] = bucket
+        bids, asks = inst.book.levels(self.settings.depth_levels)
+        self._send(self.topics.risk_depth, partition, key, orjson.dumps({
+            "key": key, "bids": [list(x) for x in bids], "asks": [list(x) for x in asks], "seq": inst.seq,
+            "ts_exchange": inst.ts_exchange, "ts_recv": ts_recv, "ts_published": time.time_ns()}))
+
+    def request_resync(self, partition: int, key: str, inst: Instrument, reason: str,
+                       ts_recv: int | None = None) -> None:
         """Ask ingestion (control.resync) for a fresh snapshot of one instrument, and say so."""
         venue, symbol = split_key(key)
         now = time.time_ns()
         self._send(self.topics.resync, partition, key, ResyncRequest(venue, symbol, reason, inst.seq, now).encode())
         self._send(self.topics.status, partition, key,
-                   BookStatus(venue, symbol, "resync-requested", reason, inst.seq, now, inst.counters).encode())
+                   BookStatus(venue, symbol, "resync-requested", reason, inst.seq, now, inst.counters,
+                              ts_recv).encode())
         metrics.count("resyncs")
         self.retry.requested(key)
 

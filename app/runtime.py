@@ -19,6 +19,7 @@ from app.market.records import source
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
 from app.registry import RegistryReader
+from app.risk.service import RiskService, load_configured_rules
 from app.state.manager import PartitionState, Position, StateManager
 from app.sync import SYNCED, Effects, Instrument
 from app.venues import VENUES
@@ -42,6 +43,10 @@ class BookRuntime:
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)
         self._registry: RegistryReader | None = None
         self._registry_task: asyncio.Task[None] | None = None
+        self.rules = load_configured_rules(settings)  # RISK_RULES_FILE, checked before anything starts
+        self.publisher.risk_depth_keys = {rule.hedge for rule in self.rules}
+        self.risk: RiskService | None = None
+        self.raw_caught_up: Callable[[], bool] = lambda: True  # set by app.main (app.faust_glue.raw_caught_up)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -52,8 +57,15 @@ class BookRuntime:
         read = await self._registry.catch_up()
         log.info("instrument registry: %d versions read from %s", read, self.topics.instruments)
         self._registry_task = asyncio.create_task(self._registry.follow(), name="registry-follow")
+        if self.settings.risk.enabled:
+            self.risk = RiskService(self.settings, self.topics, self.rules,
+                                    lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
+                                    self.caught_up)
+            await self.risk.start()
 
     async def stop(self) -> None:
+        if self.risk is not None:
+            await self.risk.stop()
         if self._registry_task is not None:
             self._registry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,6 +91,10 @@ class BookRuntime:
 
     def ready(self) -> bool:
         return self.state.is_activated()
+
+    def caught_up(self) -> bool:
+        """Every assigned raw partition applied to (nearly) its end."""
+        return self.raw_caught_up()
 
     def local_copy(self, key: str) -> tuple[Instrument | None, str]:
         return self.state.local_copy(key, self.partition_of(key))

@@ -58,6 +58,9 @@ TICKER = "ticker"
 FEED_STATUS = "feed.status"
 OPTIONS_CHAIN = "options.chain"
 REF_INSTRUMENTS = "ref.instruments"
+POSITIONS, RISK_RULES, RISK_DEPTH = "positions", "risk.rules", "risk.depth"
+RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "risk.hedge"
+ALERTS, NBBO = "alerts", "nbbo"
 OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER, TRADES, TICKER, FEED_STATUS,
                  OPTIONS_CHAIN, REF_INSTRUMENTS)
 #: Compacted topics other than the changelog: one record per key is kept forever.
@@ -88,19 +91,25 @@ class Topics:
         self.chain, self.instruments = prefix + OPTIONS_CHAIN, prefix + REF_INSTRUMENTS
         self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter, self.trades, self.ticker,
                         self.feed_status, self.chain, self.instruments)
+        self.positions, self.rules, self.risk_depth = prefix + POSITIONS, prefix + RISK_RULES, prefix + RISK_DEPTH
+        self.exposure, self.scenarios, self.hedge = prefix + RISK_EXPOSURE, prefix + RISK_SCENARIOS, prefix + RISK_HEDGE
+        self.alerts, self.nbbo = prefix + ALERTS, prefix + NBBO
+        self.risk = (self.positions, self.rules, self.risk_depth, self.exposure, self.scenarios, self.hedge,
+                     self.alerts, self.nbbo)
         self.changelog = changelog_topic(app_id)
 
     def name(self, topic: str) -> str:
         return self.prefix + topic
 
     def compacted(self) -> dict[str, dict[str, str]]:
-        """Compacted output topics and their configs (``ref.instruments``: every version kept)."""
-        return {self.instruments: dict(COMPACTED)}
+        """Compacted topics and their configs (``ref.instruments``: every version kept; ``positions``
+        and ``risk.rules``: the latest per key)."""
+        return {self.instruments: dict(COMPACTED), self.positions: dict(COMPACTED), self.rules: dict(COMPACTED)}
 
     @property
     def all(self) -> list[str]:
         """Every topic bookstream reads or writes except the changelog (created compacted)."""
-        return [*self.raw, *self.outputs]
+        return [*self.raw, *self.outputs, *self.risk]
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -247,12 +256,14 @@ class BookStatus(NamedTuple):
     state: str
     reason: str
     seq: int | None
-    ts: int
+    ts: int  # ns: when it was published
     counters: Mapping[str, int]
+    ts_recv: int | None = None  # ns: receive time of the frame that caused it (None: a timer's retry)
 
     def encode(self) -> bytes:
         return orjson.dumps({"venue": self.venue, "instrument": self.instrument, "state": self.state,
-                             "reason": self.reason, "seq": self.seq, "ts": self.ts, "counters": dict(self.counters)})
+                             "reason": self.reason, "seq": self.seq, "ts": self.ts, "counters": dict(self.counters),
+                             "ts_recv": self.ts_recv})
 
 
 class BookDepth(NamedTuple):

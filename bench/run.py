@@ -329,6 +329,33 @@ class Bench:
                          f"options.chain every CHAIN_INTERVAL_MS)")
         self.figures["mixed"] = r
 
+    def scenarios(self) -> None:
+        """The scenario grid of a portfolio of 1,000 option positions (full Black-76 revaluation of
+        11 underlying moves × 3 vol shifts), in process: the median of 50 revaluations."""
+        import numpy as np
+
+        from app.risk import valuation
+
+        n = int(os.environ.get("BENCH_SCENARIO_OPTIONS", "1000"))
+        rng = np.random.default_rng(7)
+        legs = [valuation.Leg(f"deribit:BTC-X-{i}", "option", float(rng.integers(-50, 50)), 1.0, 65_000.0,
+                              float(rng.uniform(30_000, 120_000)), bool(i % 2), float(rng.uniform(0.01, 1.0)),
+                              float(rng.uniform(0.3, 1.2))) for i in range(n)]
+        moves, vols = np.array(valuation.DEFAULT_MOVES), np.array(valuation.DEFAULT_VOL_SHIFTS)
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            book = valuation.Book(legs)  # the arrays are built per revaluation, as the engine does
+            book.scenarios(moves, vols)
+            times.append((time.perf_counter() - t0) * 1000)
+        times.sort()
+        self.figures["scenarios"] = {
+            "options": n, "grid": [len(moves), len(vols)], "median_ms": round(times[len(times) // 2], 3),
+            "max_ms": round(times[-1], 3), "target_ms": 20,
+            "command": f"app.risk.valuation.Book(1 portfolio of {n} option legs).scenarios(11 moves × 3 vol shifts), "
+                       "50 times in one process"}
+        say(f"scenarios: {n} options, median {times[len(times) // 2]:.2f} ms, max {times[-1]:.2f} ms")
+
     def many(self) -> None:
         """1,000 light instruments from the simulator through `ingest` and one worker."""
         per_kind = int(os.environ.get("BENCH_MANY_PER_KIND", "250"))
@@ -802,13 +829,15 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("many_instruments_frames_per_s", lambda f: _get(f, "many", "frames_per_s")),
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
     ("mixed_options_frames_per_s", lambda f: _get(f, "mixed", "frames_per_s")),
+    ("scenario_grid_1000_options_ms", lambda f: _get(f, "scenarios", "median_ms")),
     ("recovery_restart_s", lambda f: _get(f, "recovery", "restart_to_ready_s")),
     ("recovery_new_worker_s", lambda f: _get(f, "recovery", "new_worker_to_ready_s")),
     ("changelog_bytes_per_update_50", lambda f: _get(f, "changelog", "by_depth", "50", "bytes_per_update")),
     ("changelog_bytes_per_update_5000", lambda f: _get(f, "changelog", "by_depth", "5000", "bytes_per_update")),
 ]
 
-STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "recovery", "changelog", "sweep"]
+STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "recovery", "changelog",
+         "sweep"]
 
 
 def machine() -> str:

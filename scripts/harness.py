@@ -354,6 +354,20 @@ class Simulator:
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local test URL
             assert resp.status == 200
 
+    def move(self, coin: str, pct: float, seconds: float) -> None:
+        """Move ``coin`` (its options' forward and its other books) by ``pct`` percent over ``seconds``."""
+        req = urllib.request.Request(f"{self.url}/control/move", method="POST",  # noqa: S310 - local URL
+                                     data=json.dumps({"coin": coin, "pct": pct, "seconds": seconds}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local test URL
+            assert resp.status == 200
+
+    def forward(self, coin: str) -> float:
+        """The simulator's current forward of ``coin``'s options."""
+        status, body = http_json(self.url + "/control/status")
+        assert status == 200, body
+        return float(body["forwards"][coin])
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

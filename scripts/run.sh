@@ -51,6 +51,8 @@ case "$FEED" in
     export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_SIM_FEEDS as f; print(f)')}
     "$FAUST" -A app simulate --port "$SIM_PORT" --rate "${SIM_RATE:-10}" &
     sim_pid=$!
+    export RISK_RULES_FILE=${RISK_RULES_FILE:-$ROOT/scripts/demo-rules.toml}
+    demo=${DEMO_POSITIONS:-1}
     ;;
   live)
     export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_LIVE_FEEDS as f; print(f)')}
@@ -63,8 +65,10 @@ run: worker starting, ingesting from the ${FEED} feeds: ${FEEDS}
 run: web           http://$WEB_HOST:$WEB_PORT/   (books: /api/books, health: /health, ready: /ready)
 run: topics        ${TOPIC_PREFIX:-}raw.<venue> → ${TOPIC_PREFIX:-}book.top, book.depth, book.status, control.resync, raw.deadletter
 run: tail book.top $FAUST -A app tail book.top
+run: risk          http://$WEB_HOST:$WEB_PORT/risk   (rules: ${RISK_RULES_FILE:-none}; $FAUST -A app positions list)
 run: Ctrl-C stops everything this command started
 MSG
 "$FAUST" -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
 worker_pid=$!
+if [ "${demo:-0}" = 1 ]; then scripts/demo-positions.sh & fi
 wait "$worker_pid" || true

@@ -114,3 +114,19 @@ def coinbase(symbols: list[str], factor: dict[str, int]) -> dict[str, Any]:
                          "quote_increment": tick, "base_increment": lot, "base_min_size": lot, "quote_min_size": "1",
                          "status": "online", "trading_disabled": False, "product_type": "SPOT"})
     return {"products": products, "num_products": len(products)}
+
+
+def deribit_listed(currency: str) -> list[str]:
+    """What the simulated Deribit lists for a currency whether or not anyone subscribed yet, as
+    the real one lists every instrument: the perpetual, the next three monthly futures and a
+    strike grid of calls and puts on each (BTC 40,000-100,000 by 5,000; ETH 1,000-4,000 by 250)."""
+    import time
+
+    from app.market.symbols import monthly_expiries
+
+    grids = {"BTC": range(40_000, 100_001, 5_000), "ETH": range(1_000, 4_001, 250)}
+    if currency not in grids:
+        return []
+    expiries = monthly_expiries(time.time_ns(), 3)
+    return [f"{currency}-PERPETUAL", *(f"{currency}-{e}" for e in expiries),
+            *(f"{currency}-{e}-{k}-{cp}" for e in expiries for k in grids[currency] for cp in "CP")]

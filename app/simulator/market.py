@@ -4,18 +4,21 @@ Every simulated instrument that a connection watches for trades or tickers produ
 book steps, a trade now and then (at the best bid or ask, numbered without holes per
 instrument, as Deribit ``trade_seq`` and Binance ``t`` are) and a ticker (best bid/ask from
 the true book, a mark near the mid, index, funding and open interest). Options get a forward
-per underlying (a slow random walk), a volatility smile, and Black-76 marks, IVs and greeks
-computed from them, so the venue-side numbers of an options chain are consistent and
-bookstream's own can be checked against them. The ``skip-trade`` fault consumes a trade
-number without sending the trade: a gap bookstream must report.
+per underlying (a slow random walk around a level that :meth:`Forwards.move` can move), a
+volatility smile, and Black-76 marks, IVs and greeks computed from them, so the venue-side
+numbers of an options chain are consistent and bookstream's own can be checked against them.
+The ``skip-trade`` fault consumes a trade number without sending the trade: a gap bookstream
+must report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,17 +48,58 @@ class MarketState:
 
 
 class Forwards:
-    """One forward per underlying coin, a slow random walk shared by its options."""
+    """One forward per underlying coin, shared by its options: a slow random walk around a level.
+
+    ``values[coin]`` is the current forward: ``levels[coin]`` (the coin's level, moved by
+    :meth:`move`) times ``exp(walk)``, the walk taking a tiny step on every :meth:`get`."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.values: dict[str, float] = {}
+        self.levels: dict[str, float] = {}
+        self.walks: dict[str, float] = {}  # log deviation of the forward from its level
+
+    def level(self, coin: str) -> float:
+        return self.levels.get(coin, _FORWARD0.get(coin, 100.0))
+
+    def peek(self, coin: str) -> float:
+        """The current forward, without stepping the walk."""
+        return self.values.get(coin, self.level(coin))
+
+    def coins(self) -> list[str]:
+        return sorted({*_FORWARD0, *self.values, *self.levels})
 
     def get(self, coin: str) -> float:
-        value = self.values.get(coin, _FORWARD0.get(coin, 100.0))
-        value *= math.exp(self.rng.gauss(0.0, 0.0002))
-        self.values[coin] = value
+        walk = self.walks.get(coin, 0.0) + self.rng.gauss(0.0, 0.0002)
+        self.walks[coin] = walk
+        value = self.values[coin] = self.level(coin) * math.exp(walk)
         return value
+
+    async def move(self, coin: str, pct: float, seconds: float, on_step: Callable[[float], None] | None = None,
+                   interval: float = 0.5) -> None:
+        """Move ``coin``'s level to (1 + pct/100) × the forward now, linearly in log price over
+        ``seconds``, a step at least every ``interval`` s; ``on_step(factor)`` after each step with
+        the factor moved so far (1 at the start, 1 + pct/100 at the end). Cancelling it leaves the
+        level where it got to."""
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"seconds must be a positive number, not {seconds!r}")
+        if not (pct > -100 and math.isfinite(pct)):
+            raise ValueError(f"pct must be a number above -100, not {pct!r}")
+        start = self.peek(coin)
+        self.levels[coin], self.walks[coin] = start, 0.0  # the walk so far becomes part of the level
+        total = math.log1p(pct / 100)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while True:
+            frac = min(1.0, (loop.time() - t0) / seconds)
+            factor = math.exp(total * frac)
+            self.levels[coin] = start * factor
+            self.values[coin] = self.levels[coin] * math.exp(self.walks.get(coin, 0.0))
+            if on_step is not None:
+                on_step(factor)
+            if frac >= 1.0:
+                return
+            await asyncio.sleep(min(interval, t0 + seconds - loop.time()))
 
 
 def smile(log_moneyness: float, t: float) -> float:

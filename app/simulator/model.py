@@ -3,7 +3,8 @@
 Prices and sizes are integers (ticks, lots) rendered as exact decimal strings. Each
 :meth:`TrueBook.step` applies a small burst of realistic events — cancels and new orders
 near the top, size changes, trades eating the best level, the occasional price move — and
-returns the absolute level changes, never crossing the book.
+returns the absolute level changes, never crossing the book. :meth:`TrueBook.shift` moves the
+whole book by a number of ticks (an underlying move) and returns its changes the same way.
 """
 
 from __future__ import annotations
@@ -120,6 +121,31 @@ class TrueBook:
                 best = best_bid if side == "b" else best_ask
                 self._set(side, best, book[best] - rng.randint(1, book[best]), out)
             self._refill(out)
+        return [(side, self.price(t), self.size(lots)) for (side, t), lots in out.items()]
+
+    def shift(self, ticks: int) -> list[Change]:
+        """Move every level of both sides by ``ticks`` (sizes unchanged); return the absolute
+        changes — vacated levels deleted with size "0", then the new levels — each level once.
+
+        A translation never crosses the book. Downwards it stops where the best bid would reach
+        zero (``ticks`` is clamped to ``1 - best bid``); levels pushed to or below zero are dropped
+        and the sides refilled."""
+        if not ticks:
+            return []
+        ticks = max(ticks, 1 - max(self.bids))
+        out: dict[tuple[str, int], int] = {}
+        for side, book in (("b", self.bids), ("a", self.asks)):
+            old = dict(book)
+            new = {p + ticks: lots for p, lots in old.items() if p + ticks > 0}
+            for p in old:
+                if p not in new:
+                    out[(side, p)] = 0
+            for p, lots in new.items():
+                if old.get(p) != lots:
+                    out[(side, p)] = lots
+            book.clear()
+            book.update(new)
+        self._refill(out)
         return [(side, self.price(t), self.size(lots)) for (side, t), lots in out.items()]
 
     def _refill(self, out: dict[tuple[str, int], int]) -> None:

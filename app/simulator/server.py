@@ -14,11 +14,19 @@ One aiohttp server on ``SIM_HOST:SIM_PORT`` (127.0.0.1:8765 by default):
     get  /rest/binance-coinm/dapi/v1/depth
     get  /control/truth/{venue}/{symbol}          ground truth: [seq, bid_px, bid_sz, ask_px, ask_sz, conn]
     post /control/fault                           {"venue","symbol","fault","seconds"}: see FAULTS
-    get  /control/status                          instruments, connections, counters
+    post /control/move                            {"coin","pct","seconds"}: move the underlying, see below
+    get  /control/status                          instruments, connections, counters, forwards per coin
 
 Every instrument is created on first subscription (or REST request) with a stochastic
 order-flow model seeded by its name; it steps at ``rate`` updates/s with bursts. The
 simulator serves full depth (it does not truncate books to the subscribed depth).
+
+``/control/move`` {"coin": "BTC", "pct": 5, "seconds": 60} moves the coin over ``seconds``,
+linearly in log price (a step at least every 0.5 s), to (1 + pct/100) × its level now: the
+options' forward (so their marks, IVs and greeks follow) and the books of every non-option
+instrument whose symbol starts with the coin, each shifted whole by ticks and sent as ordinary
+deltas. A new move of the same coin replaces a running one; books created later start at the
+moved level.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 import zlib
@@ -38,6 +47,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from app.market.symbols import parse_option
 from app.simulator import instruments as sim_instruments
 from app.simulator import market
 from app.simulator.market import Forwards, MarketState
@@ -74,6 +84,7 @@ class Instrument:
     driver: asyncio.Task[None] | None = None
     watchers: dict[Conn, set[str]] = field(default_factory=dict)  # trades/ticker channels per connection
     market: MarketState = field(default_factory=MarketState)
+    shifted: int = 0  # ticks the book has been shifted by underlying moves
 
     def active(self, fault: str) -> bool:
         return time.monotonic() < self.until.get(fault, 0)
@@ -133,6 +144,8 @@ class Simulator:
         self.forwards = Forwards(self.rng)
         self.tick_factor: dict[tuple[str, str], int] = {}  # spec-change: (venue, symbol) → tick multiplier
         self.closed: set[tuple[str, str]] = set()  # state-change: instruments the venue closed
+        self.book_factor: dict[str, float] = {}  # coin → how far moves have taken its books' level
+        self.moves: dict[str, asyncio.Task[None]] = {}  # coin → its running move
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -143,6 +156,9 @@ class Simulator:
             seed = zlib.crc32(f"{venue}:{symbol}".encode())  # same symbol, different venue: its own market
             inst = self.instruments[key] = Instrument(venue, symbol, TrueBook(symbol, seed=seed))
             inst.driver = asyncio.get_running_loop().create_task(self._drive(inst))
+            coin = _moved_coin(symbol, self.book_factor)
+            if coin is not None:  # born after a move: at the moved level
+                self._align(inst, coin)
             self._record_truth(inst, inst.seq, 0)
         return inst
 
@@ -156,8 +172,11 @@ class Simulator:
             await asyncio.sleep(rng.expovariate(rate))
             self.step(inst)
 
-    def step(self, inst: Instrument) -> None:
-        changes = inst.book.step()
+    def step(self, inst: Instrument, changes: list[Change] | None = None) -> None:
+        """One book update of ``inst`` (a model step, or ``changes`` already applied to its book)
+        sent to its subscribers in its venue's format, faults and all."""
+        if changes is None:
+            changes = inst.book.step()
         family = _family(inst.venue)
         fmt = FORMATTERS[family]
         prev = inst.seq
@@ -283,6 +302,44 @@ class Simulator:
         else:
             inst.faults[fault] = inst.faults.get(fault, 0) + 1
 
+    def move(self, coin: str, pct: float, seconds: float) -> None:
+        """Start moving ``coin`` by ``pct`` percent over ``seconds`` (replacing a running move of it)."""
+        coin = coin.upper()
+        if not coin:
+            raise ValueError("coin must be a non-empty string")
+        if not (math.isfinite(pct) and pct > -100):
+            raise ValueError(f"pct must be a number above -100, not {pct!r}")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a number above 0, not {seconds!r}")
+        running = self.moves.pop(coin, None)
+        if running is not None:
+            running.cancel()
+        start = self.book_factor.get(coin, 1.0)
+
+        def on_step(factor: float) -> None:
+            self.book_factor[coin] = start * factor
+            for inst in list(self.instruments.values()):
+                if _moved_coin(inst.symbol, self.book_factor) == coin:
+                    self._align(inst, coin, send=True)
+
+        log.info("move %s by %+g%% over %gs", coin, pct, seconds)
+        task = asyncio.get_running_loop().create_task(self.forwards.move(coin, pct, seconds, on_step))
+        task.add_done_callback(_log_failure)
+        self.moves[coin] = task
+
+    def _align(self, inst: Instrument, coin: str, send: bool = False) -> None:
+        """Shift ``inst``'s book to its coin's moved level: by the ticks that scale its starting mid
+        by the coin's factor (its own random walk around that level is kept)."""
+        book = inst.book
+        want = round(book.spec.mid_ticks * (self.book_factor[coin] - 1))
+        ticks = max(want - inst.shifted, 1 - max(book.bids))  # as TrueBook.shift clamps it
+        if not ticks:
+            return
+        changes = book.shift(ticks)
+        inst.shifted += ticks
+        if send:
+            self.step(inst, changes)
+
     # -- connections ----------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         venue = request.match_info.get("venue") or request.path.split("/")[2]
@@ -366,7 +423,8 @@ class Simulator:
             if not currency:
                 error = {"code": 10001, "message": "currency"}
                 return web.json_response({"jsonrpc": "2.0", "error": error}, status=400)
-            names = [s for s in known if s.split("-")[0].split("_")[-1] == currency or s.startswith(currency + "-")]
+            names = sorted({s for s in known if s.split("-")[0].split("_")[-1] == currency
+                            or s.startswith(currency + "-")} | set(sim_instruments.deribit_listed(currency)))
             body = sim_instruments.deribit(names, factor(names), closed)
         elif venue.startswith("binance"):
             names = orjson.loads(q["symbols"]) if "symbols" in q else known
@@ -397,11 +455,28 @@ class Simulator:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True})
 
+    async def post_move(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            coin, pct, seconds = body["coin"], body["pct"], body["seconds"]
+            if not isinstance(coin, str):
+                raise ValueError(f"coin must be a string, not {coin!r}")
+            for name, value in (("pct", pct), ("seconds", seconds)):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"{name} must be a number, not {value!r}")
+            self.move(coin, float(pct), float(seconds))
+        except KeyError as exc:
+            return web.json_response({"error": f"missing {exc}"}, status=400)
+        except (ValueError, TypeError) as exc:  # also a body that is no JSON object
+            return web.json_response({"error": str(exc).splitlines()[0] if str(exc) else "bad request"}, status=400)
+        return web.json_response({"ok": True})
+
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({
             "instruments": [{"venue": i.venue, "symbol": i.symbol, "seq": i.seq, "subscribers": len(i.subscribers)}
                             for i in self.instruments.values()],
             "connections": len(self.conns), **self.counters,
+            "forwards": {coin: self.forwards.peek(coin) for coin in self.forwards.coins()},
         })
 
     def app(self) -> web.Application:
@@ -421,17 +496,34 @@ class Simulator:
         app.router.add_get("/rest/coinbase/api/v3/brokerage/market/products", self.instrument_list)
         app.router.add_get("/control/truth/{venue}/{symbol}", self.truth)
         app.router.add_post("/control/fault", self.post_fault)
+        app.router.add_post("/control/move", self.post_move)
         app.router.add_get("/control/status", self.status)
         app.on_shutdown.append(self._shutdown)
         return app
 
     async def _shutdown(self, _app: web.Application) -> None:
+        for task in self.moves.values():
+            task.cancel()
         for inst in self.instruments.values():
             if inst.driver is not None:
                 inst.driver.cancel()
         for conn in list(self.conns):
             with contextlib.suppress(Exception):
                 await conn.ws.close()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("move failed", exc_info=task.exception())
+
+
+def _moved_coin(symbol: str, coins: dict[str, float]) -> str | None:
+    """The coin among ``coins`` whose moves shift ``symbol``'s book (the longest prefix), or None:
+    options (three or more dashes, or any option name) follow the forward instead."""
+    if symbol.count("-") >= 3 or parse_option(symbol) is not None:
+        return None
+    upper = symbol.upper()
+    return max((c for c in coins if upper.startswith(c)), key=len, default=None)
 
 
 def _family(venue: str) -> str:

@@ -4,6 +4,8 @@
   ``/api/venues``
 * :mod:`app.web.live`    — the dashboard and instrument pages, their static files, Server-Sent Events
 * :mod:`app.web.metrics` — ``/metrics`` (Prometheus) and ``/metrics/counters``
+* :mod:`app.web.risk`    — ``/risk`` (the risk page), ``/api/risk``, ``/api/risk/rules/{rule}/state``
+  (POST), ``/events/risk``: the worker's risk engine
 * :mod:`app.web.view`    — the :class:`~app.web.view.BookView` the pages read through, and the JSON
   shapes of a book
 
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.config import Settings
-from app.web import api, live, metrics
+from app.web import api, live, metrics, risk
 from app.web.view import BookView
 
 
@@ -28,3 +30,4 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
     api.register(app, books, settings, raw_topics, rates)
     live.register(app, books, rates)
     metrics.register(app, books, consumer_lag, uncommitted)
+    risk.register(app, books, settings)  # reads ``books.risk`` (the runtime's engine, or None) per request

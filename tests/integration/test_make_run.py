@@ -38,6 +38,16 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
                 row["call"] and row["call"].get("ours", {}).get("mark_iv") for c in chains for row in c["strikes"])
 
         wait_for(market, 90, "trades, a ticker and two BTC option chains with our IVs")
+
+        def demo_risk() -> bool:  # the demo portfolio: live exposure, the scenario grid, a hedge signal
+            risk = http_json(f"{web}/api/risk")[1]
+            exposure = [e for e in risk["exposure"] if e["portfolio"] == "demo" and e["underlying"] == "BTC"]
+            grids = [g for g in risk["scenarios"] if g["portfolio"] == "demo"]
+            signals = [h for h in risk["hedge"] if h["rule"] == "demo-btc-delta" and h["type"] == "signal"]
+            return bool(exposure and len(exposure[0]["positions"]) == 3 and grids
+                        and len(grids[0]["pnl_usd"]) == 11 and signals)
+
+        wait_for(demo_risk, 90, "the demo portfolio's exposure, scenarios and a hedge signal on /api/risk")
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(timeout=60) is not None

@@ -44,9 +44,9 @@ function renderVenues(venues) {
   }));
 }
 
-document.querySelectorAll("th").forEach(th => th.addEventListener("click", () => {
+document.querySelectorAll("#books th").forEach(th => th.addEventListener("click", () => {
   const k = th.dataset.k; asc = sortKey === k ? !asc : true; sortKey = k;
-  document.querySelectorAll("th").forEach(x => x.classList.remove("sorted", "asc"));
+  document.querySelectorAll("#books th").forEach(x => x.classList.remove("sorted", "asc"));
   th.classList.add("sorted"); if (asc) th.classList.add("asc"); render();
 }));
 venueSel.addEventListener("change", render);
@@ -78,3 +78,29 @@ function renderChains(chains) {
     return a;
   }));
 }
+
+// The cross-venue best bid/offer of the risk engine (/events/risk?only=nbbo); "risk disabled" without one.
+function renderNbbo(msg) {
+  const table = document.getElementById("nbbo"), status = document.getElementById("nbbo-status");
+  if (msg.error) {
+    table.hidden = true;
+    status.textContent = msg.error.startsWith("risk engine disabled") ? "risk disabled" : msg.error;
+    return;
+  }
+  const rows = msg.nbbo || [];
+  table.hidden = rows.length === 0;
+  status.textContent = rows.length ? "" : "no spot book quoted yet";
+  table.tBodies[0].replaceChildren(...rows.map(n => {
+    const tr = document.createElement("tr");
+    tr.dataset.key = n.pair;
+    if (n.bid >= n.ask) tr.className = "crossed"; // books on different venues may cross each other
+    const mid = (n.bid + n.ask) / 2, bps = mid ? (n.ask - n.bid) / mid * 1e4 : null;
+    tr.append(cell(n.pair, "l"), cell(n.bid, "bid"), cell(n.bid_venue, "l"), cell(n.bid_quote, "l"), cell(n.ask, "ask"),
+      cell(n.ask_venue, "l"), cell(n.ask_quote, "l"), cell(bps == null ? "" : bps.toFixed(2)), cell((n.venues || []).length));
+    tr.children[8].title = (n.venues || []).map(v => `${v.key} ${v.bid} / ${v.ask}`).join("\n");
+    return tr;
+  }));
+}
+const riskEs = new EventSource("/events/risk?only=nbbo");
+riskEs.onerror = () => { document.getElementById("nbbo-status").textContent = "reconnecting…"; };
+riskEs.addEventListener("risk", ev => renderNbbo(JSON.parse(ev.data)));

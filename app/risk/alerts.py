@@ -1,0 +1,148 @@
+"""Market alerts and the cross-venue best bid/offer, in event time (see :mod:`app.risk.engine`).
+
+Per instrument: ``stale`` (its book not synced for longer than ``ALERT_STALE_S``), ``crossed``
+(best bid ≥ best ask), ``spread`` (wider than ``ALERT_SPREAD_BPS``; not for options, whose
+spreads are wide in bps of their premium), ``funding-jump`` (the
+funding rate moved by more than ``ALERT_FUNDING_JUMP`` between two tickers). Across venues:
+spot books of one asset pair, mapped through the registry (base currency and a quote family:
+USD, USDT and USDC quote the same dollar; each venue's own quote is noted), give the **NBBO** on
+``nbbo``, and a ``divergence`` alert when one venue's mid is more than ``ALERT_DIVERGENCE_BPS``
+from the median of the others. Each alert is a transition: ``raised`` once, ``cleared`` once
+(``funding-jump`` is an event: raised only). Books that are stale or crossed are left out of the
+NBBO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+from typing import TYPE_CHECKING, Any
+
+from app import metrics
+from app.market.instruments import Registry
+from app.market.symbols import parse_option
+
+if TYPE_CHECKING:
+    from app.market.chain import Quote
+
+NS = 1_000_000_000
+USD_LIKE = {"USD", "USDT", "USDC"}
+
+Out = tuple[str, str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    stale_s: float = 10.0  # ALERT_STALE_S
+    spread_bps: float = 50.0  # ALERT_SPREAD_BPS
+    funding_jump: float = 0.0005  # ALERT_FUNDING_JUMP (absolute rate per funding period)
+    divergence_bps: float = 50.0  # ALERT_DIVERGENCE_BPS
+
+
+def pair_of(base: str, quote: str) -> str:
+    return f"{base}/{'USD' if quote.upper() in USD_LIKE else quote.upper()}"
+
+
+class Alerts:
+    def __init__(self, settings: AlertSettings, registry: Registry) -> None:
+        self.conf = settings
+        self.registry = registry
+        self.active: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, key) → the raised record
+        self.not_synced: dict[str, int] = {}  # key → event time it left synced
+        self.funding: dict[str, float] = {}
+        self.nbbo: dict[str, dict[str, Any]] = {}  # pair → last published body (sans ts)
+
+    def _raise(self, kind: str, key: str, t: int, value: Any, threshold: Any, detail: str) -> list[Out]:
+        if (kind, key) in self.active and kind != "funding-jump":
+            return []
+        body = {"kind": kind, "key": key, "state": "raised", "value": value, "threshold": threshold,
+                "detail": detail, "ts": t}
+        if kind != "funding-jump":
+            self.active[(kind, key)] = body
+        metrics.count(f"alerts.{kind}")
+        return [("alerts", f"{kind}|{key}", body)]
+
+    def _clear(self, kind: str, key: str, t: int, value: Any = None) -> list[Out]:
+        raised = self.active.pop((kind, key), None)
+        if raised is None:
+            return []
+        body = {**raised, "state": "cleared", "value": value, "ts": t, "raised_ts": raised["ts"]}
+        return [("alerts", f"{kind}|{key}", body)]
+
+    # -- per input ---------------------------------------------------------------------------
+    def on_top(self, key: str, bid: float | None, ask: float | None, t: int) -> list[Out]:
+        out: list[Out] = []
+        if bid is None or ask is None:
+            return out
+        if bid >= ask:
+            out += self._raise("crossed", key, t, [bid, ask], None, f"bid {bid:g} ≥ ask {ask:g}")
+        else:
+            out += self._clear("crossed", key, t, [bid, ask])
+            bps = (ask - bid) / ((ask + bid) / 2) * 1e4
+            if parse_option(key.partition(":")[2]) is not None:
+                return out  # an option's spread is wide in bps of its premium: not an alert
+            if bps > self.conf.spread_bps:
+                out += self._raise("spread", key, t, round(bps, 4), self.conf.spread_bps,
+                                   f"spread {bps:.1f} bps > {self.conf.spread_bps:g}")
+            else:
+                out += self._clear("spread", key, t, round(bps, 4))
+        return out
+
+    def on_status(self, key: str, state: str, reason: str, t: int) -> list[Out]:
+        if state == "synced":
+            self.not_synced.pop(key, None)
+            return self._clear("stale", key, t)
+        self.not_synced.setdefault(key, t)
+        return []
+
+    def on_ticker(self, key: str, quote: Quote, t: int) -> list[Out]:
+        rate = quote.number("funding_rate")
+        if rate is None:
+            return []
+        before = self.funding.get(key)
+        self.funding[key] = rate
+        if before is not None and abs(rate - before) > self.conf.funding_jump:
+            return self._raise("funding-jump", key, t, rate, self.conf.funding_jump,
+                               f"funding rate {before:g} → {rate:g}")
+        return []
+
+    # -- per tick ----------------------------------------------------------------------------
+    def tick(self, t: int, tops: dict[str, Any], status: dict[str, str], max_age_ns: int) -> list[Out]:
+        out: list[Out] = []
+        for key, since in sorted(self.not_synced.items()):
+            if t - since > self.conf.stale_s * NS:
+                out += self._raise("stale", key, t, round((t - since) / NS, 3), self.conf.stale_s,
+                                   f"{status.get(key)} for {(t - since) / NS:.1f} s")
+        pairs: dict[str, list[tuple[str, str, float, float]]] = {}
+        for key, top in tops.items():
+            if top.bid is None or top.ask is None or top.bid >= top.ask or status.get(key, "synced") != "synced":
+                continue
+            if t - top.ts_recv > max_age_ns:
+                continue
+            versions = self.registry.versions.get(key)
+            if not versions or versions[0].kind != "spot":
+                continue
+            spec = versions[-1]
+            pairs.setdefault(pair_of(spec.base, spec.quote), []).append((key, spec.quote, top.bid, top.ask))
+        for pair, books in sorted(pairs.items()):
+            books.sort()
+            best_bid = max(books, key=lambda b: (b[2], b[0]))
+            best_ask = min(books, key=lambda b: (b[3], b[0]))
+            body = {"pair": pair, "bid": best_bid[2], "bid_venue": best_bid[0], "bid_quote": best_bid[1],
+                    "ask": best_ask[3], "ask_venue": best_ask[0], "ask_quote": best_ask[1],
+                    "venues": [{"key": k, "quote": q, "bid": b, "ask": a, "mid": (a + b) / 2} for k, q, b, a in books]}
+            if self.nbbo.get(pair) != body:
+                self.nbbo[pair] = body
+                out.append(("nbbo", pair, {**body, "ts": t}))
+            if len(books) < 2:
+                continue
+            for key, _q, b, a in books:
+                mid = (a + b) / 2
+                others = median((ob + oa) / 2 for k, _, ob, oa in books if k != key)
+                bps = abs(mid - others) / others * 1e4
+                if bps > self.conf.divergence_bps:
+                    out += self._raise("divergence", key, t, round(bps, 4), self.conf.divergence_bps,
+                                       f"mid {mid:g} vs {others:g} elsewhere ({pair})")
+                else:
+                    out += self._clear("divergence", key, t, round(bps, 4))
+        return out

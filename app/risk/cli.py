@@ -1,0 +1,215 @@
+"""``faust -A app positions …`` and ``faust -A app rules …``: the desk's side of risk.
+
+``positions set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P]``, ``positions set --file BOOK``
+(TOML/YAML ``[[position]]`` or CSV ``portfolio,instrument,quantity[,avg_price]``; every row is
+checked, and every instrument looked up in the registry, before anything is written),
+``positions list [--portfolio P] [--json]``, ``positions clear PORTFOLIO [INSTRUMENT]``.
+``rules check``, ``rules list [--json]``, ``rules state RULE active|reduce-only|halted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.cli import AppCommand, argument, option
+
+from app.errors import BookstreamError, ConfigError
+from app.kafka import client_auth, producer, unreachable
+from app.market.instruments import Registry
+from app.registry import RegistryReader
+from app.risk import positions as pos
+from app.risk.rules import STATES, file_format
+from app.risk.service import load_configured_rules
+from app.wire import partition_for
+from app.worker import app, settings
+
+
+def _fail(message: str) -> None:
+    print(f"bookstream: error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+async def read_topic(topic: str) -> dict[bytes, bytes | None]:
+    """The latest value of every key of a (compacted) topic, read to its end now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                **client_auth(settings))
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            raise BookstreamError(f"topic {topic} does not exist yet: a worker creates it (faust -A app worker)")
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: dict[bytes, bytes | None] = {}
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:  # (a list: any() takes no async generator)
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                for msg in records:
+                    if msg.key is not None:
+                        out[msg.key] = msg.value
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _send(topic: str, records: list[tuple[str, bytes | None]]) -> None:
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for key, value in records:
+            await prod.send(topic, value, key=key.encode(), partition=partition_for(key, settings.partitions))
+        await prod.flush()
+    finally:
+        await prod.stop()
+
+
+async def _registry() -> Registry:
+    registry = Registry()
+    reader = RegistryReader(settings, settings.topic("ref.instruments"), registry)
+    try:
+        await reader.start()
+        await reader.catch_up()
+    finally:
+        await reader.stop()
+    return registry
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    table = [head, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
+    for r in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), flush=True)
+
+
+def _open(key: bytes, value: bytes) -> bool:
+    try:
+        return pos.parse(key, value) is not None
+    except pos.PositionError:
+        return False
+
+
+@app.command(
+    argument("action", type=str),
+    argument("args", nargs=-1, type=str),
+    option("--file", "book", type=str, default=None, help="set: a book of positions (.toml, .yaml, .csv)."),
+    option("--avg-price", type=str, default=None, help="set: the position's average price."),
+    option("--portfolio", type=str, default=None, help="list: only this portfolio."),
+    option("--force", is_flag=True, default=False, help="set: even for instruments the registry does not know."),
+    option("--json", "as_json", is_flag=True, default=False, help="list: one JSON object per line."),
+)
+async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: str | None, avg_price: str | None,
+                    portfolio: str | None, force: bool, as_json: bool) -> None:
+    """Positions of the desk's portfolios (the compacted `positions` topic): set | list | clear."""
+    topic = settings.topic("positions")
+    try:
+        if action == "set":
+            if book is not None:
+                if args:
+                    raise pos.PositionError("set --file takes no other arguments")
+                path = Path(book)
+                try:
+                    text = await asyncio.to_thread(path.read_text)
+                    rows = pos.load_file(text, file_format(path))
+                except OSError as exc:
+                    raise pos.PositionError(f"{path}: {exc.strerror}") from None
+            elif len(args) == 3:
+                rows = [pos.make(args[0], args[1], args[2], avg_price)]
+            else:
+                raise pos.PositionError("set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P], or set --file BOOK")
+            if not force:
+                registry = await _registry()
+                unknown = sorted({p.instrument for p in rows if p.instrument not in registry.versions})
+                if unknown:
+                    raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)}: not in ref.instruments "
+                                            "(a worker must have fetched the venue's instrument list; --force sets "
+                                            "them anyway)")
+            now = time.time_ns()  # a position applies at its ts: stamped as it is sent
+            await _send(topic, [(p.key, replace(p, ts=now).encode()) for p in rows])  # 0 closes it
+            print(f"{len(rows)} position(s) set", file=sys.stderr)
+        elif action == "list":
+            current = await read_topic(topic)
+            shown = []
+            for key, value in sorted(current.items()):
+                position = pos.parse(key, value) if value is not None else None
+                if position is not None and (portfolio is None or position.portfolio == portfolio):
+                    shown.append(position)
+            if as_json:
+                for p in shown:
+                    print(p.encode().decode(), flush=True)
+            else:
+                _table(("portfolio", "instrument", "quantity", "avg_price"),
+                       [(p.portfolio, p.instrument, str(p.quantity), "" if p.avg_price is None else str(p.avg_price))
+                        for p in shown])
+            print(f"{len(shown)} position(s)", file=sys.stderr)
+        elif action == "clear":
+            if len(args) not in (1, 2):
+                raise pos.PositionError("clear PORTFOLIO [INSTRUMENT]")
+            current = await read_topic(topic)
+            keys = [k.decode() for k, v in current.items() if v is not None and _open(k, v)
+                    and k.decode().partition("|")[0] == args[0]
+                    and (len(args) == 1 or k.decode().partition("|")[2] == args[1])]
+            closed = [pos.make(k.partition("|")[0], k.partition("|")[2], 0, ts=time.time_ns()) for k in sorted(keys)]
+            await _send(topic, [(p.key, p.encode()) for p in closed])
+            print(f"{len(keys)} position(s) cleared", file=sys.stderr)
+        else:
+            raise pos.PositionError(f"unknown action {action!r}: set, list or clear")
+    except BookstreamError as exc:
+        _fail(str(exc))
+    except (KafkaError, OSError) as exc:
+        _fail(str(unreachable(settings, exc)))
+
+
+@app.command(
+    argument("action", type=str),
+    argument("args", nargs=-1, type=str),
+    option("--json", "as_json", is_flag=True, default=False, help="list: one JSON object per line."),
+)
+async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: bool) -> None:
+    """Hedge rules (RISK_RULES_FILE) and their run-time state: check | list | state RULE STATE."""
+    try:
+        loaded = load_configured_rules(settings)
+        if action == "check":
+            print(f"{settings.risk.rules_file}: {len(loaded)} rule(s), no errors" if settings.risk.rules_file
+                  else "RISK_RULES_FILE is not set: no rules")
+            return
+        if settings.risk.rules_file is None:
+            raise ConfigError("RISK_RULES_FILE is not set: there are no rules")
+        by_id = {r.id: r for r in loaded}
+        if action == "list":
+            states = {k.decode(): orjson.loads(v) for k, v in (await read_topic(settings.topic("risk.rules"))).items()
+                      if v is not None}
+            rows = [{**r.as_dict(), "state": states.get(r.id, {}).get("state", r.state),
+                     "state_by": states.get(r.id, {}).get("by", "file")} for r in loaded]
+            if as_json:
+                for row in rows:
+                    print(orjson.dumps(row).decode(), flush=True)
+            else:
+                _table(("rule", "portfolio", "underlying", "greek", "band", "target", "hedge", "state"),
+                       [(r["id"], r["portfolio"], r["underlying"], r["greek"], f"±{r['trigger']:g}", f"{r['target']:g}",
+                         r["hedge"], r["state"]) for r in rows])
+        elif action == "state":
+            if len(args) != 2:
+                raise BookstreamError("state RULE active|reduce-only|halted")
+            rule_id, state = args
+            if rule_id not in by_id:
+                raise BookstreamError(f"no rule {rule_id!r} in {settings.risk.rules_file} "
+                                      f"(rules: {', '.join(sorted(by_id)) or 'none'})")
+            if state not in STATES:
+                raise BookstreamError(f"state {state!r} is not one of {', '.join(STATES)}")
+            await _send(settings.topic("risk.rules"), [(rule_id, orjson.dumps(
+                {"rule": rule_id, "state": state, "ts": time.time_ns(), "by": "command"}))])
+            print(f"rule {rule_id}: {state}", file=sys.stderr)
+        else:
+            raise BookstreamError(f"unknown action {action!r}: check, list or state")
+    except BookstreamError as exc:
+        _fail(str(exc))
+    except (KafkaError, OSError) as exc:
+        _fail(str(unreachable(settings, exc)))

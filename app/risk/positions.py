@@ -1,0 +1,151 @@
+"""The ``positions`` topic: what each portfolio holds, fed by the desk's own systems.
+
+Compacted, keyed ``<portfolio>|<instrument key>`` (``desk|deribit:BTC-PERPETUAL``); the value is
+JSON ``{"portfolio", "instrument", "quantity", "avg_price", "ts"}``: ``quantity`` a decimal
+string in the venue's contract units (Deribit inverse futures and perpetuals: USD, as Deribit
+sizes them; every other contract: contracts; spot: the base currency), signed (negative is
+short); ``avg_price`` optional; ``ts`` ns. A null value (tombstone) or a zero quantity closes the
+position. :func:`parse` checks one record whole; a bad one is never applied in part.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from app.errors import BookstreamError
+
+PORTFOLIO = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+INSTRUMENT = re.compile(r"^[a-z0-9\-]+:[A-Za-z0-9_.\-/]+$")
+
+
+class PositionError(BookstreamError):
+    """A position record that cannot be applied (the message says which field and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    portfolio: str
+    instrument: str  # <venue>:<symbol>
+    quantity: Decimal
+    avg_price: Decimal | None
+    ts: int
+
+    @property
+    def key(self) -> str:
+        return record_key(self.portfolio, self.instrument)
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"portfolio": self.portfolio, "instrument": self.instrument,
+                             "quantity": _text(self.quantity),
+                             "avg_price": None if self.avg_price is None else _text(self.avg_price), "ts": self.ts})
+
+
+def record_key(portfolio: str, instrument: str) -> str:
+    return f"{portfolio}|{instrument}"
+
+
+def _text(d: Decimal) -> str:
+    out = format(d, "f")
+    return out.rstrip("0").rstrip(".") if "." in out else out
+
+
+def _decimal(name: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise PositionError(f"{name}: {value!r} is not a number")
+    try:
+        out = Decimal(str(value))
+    except InvalidOperation:
+        raise PositionError(f"{name}: {value!r} is not a number") from None
+    if not out.is_finite():
+        raise PositionError(f"{name}: {value!r} is not a finite number")
+    return out
+
+
+def make(portfolio: str, instrument: str, quantity: Any, avg_price: Any = None, ts: int | None = None) -> Position:
+    """A checked position (PositionError naming the field otherwise)."""
+    if not isinstance(portfolio, str) or not PORTFOLIO.match(portfolio):
+        raise PositionError(f"portfolio: {portfolio!r} is not a portfolio name (letters, digits, _ . -; ≤ 64)")
+    if not isinstance(instrument, str) or not INSTRUMENT.match(instrument):
+        raise PositionError(f"instrument: {instrument!r} is not an instrument key (<venue>:<symbol>)")
+    qty = _decimal("quantity", quantity)
+    avg = None if avg_price in (None, "") else _decimal("avg_price", avg_price)
+    if avg is not None and avg <= 0:
+        raise PositionError(f"avg_price: {avg_price!r} must be positive")
+    when = time.time_ns() if ts is None else ts
+    if not isinstance(when, int) or isinstance(when, bool) or when < 0:
+        raise PositionError(f"ts: {ts!r} is not a time in ns")
+    return Position(portfolio, instrument, qty, avg, when)
+
+
+def parse(key: bytes | None, value: bytes | None) -> Position | None:
+    """A ``positions`` record → Position (None: the position is closed). PositionError if bad."""
+    if key is None:
+        raise PositionError("record has no key (expected <portfolio>|<instrument>)")
+    text = key.decode("utf-8", "replace")
+    portfolio, sep, instrument = text.partition("|")
+    if not sep:
+        raise PositionError(f"key {text!r} is not <portfolio>|<instrument>")
+    if value is None:
+        make(portfolio, instrument, 0)  # the key itself must be valid
+        return None
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PositionError(f"value is not JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise PositionError("value is not a JSON object")
+    if "quantity" not in row:
+        raise PositionError("quantity: missing")
+    for name, want in (("portfolio", portfolio), ("instrument", instrument)):
+        if row.get(name, want) != want:
+            raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
+    pos = make(portfolio, instrument, row["quantity"], row.get("avg_price"), row.get("ts", 0))
+    return None if pos.quantity == 0 else pos
+
+
+def load_file(text: str, fmt: str, ts: int | None = None) -> list[Position]:
+    """A book of positions (TOML or YAML ``[[position]]`` tables, or CSV
+    ``portfolio,instrument,quantity[,avg_price]``), every row checked before any is used."""
+    rows: list[dict[str, Any]]
+    if fmt == "csv":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#") or line.lower().startswith("portfolio,"):
+                continue
+            cells = [c.strip() for c in line.split(",")]
+            if len(cells) not in (3, 4):
+                raise PositionError(f"line {n}: expected portfolio,instrument,quantity[,avg_price]")
+            rows.append(dict(zip(("portfolio", "instrument", "quantity", "avg_price"), cells, strict=False)))
+    else:
+        from app.risk.rules import load_mapping  # TOML/YAML reading in one place
+
+        doc = load_mapping(text, fmt)
+        raw = doc.get("position", doc.get("positions", []))
+        if not isinstance(raw, list):
+            raise PositionError("position: expected a list of tables")
+        rows = raw
+    out: list[Position] = []
+    errors: list[str] = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            errors.append(f"position {n}: not a table")
+            continue
+        unknown = set(row) - {"portfolio", "instrument", "quantity", "avg_price"}
+        if unknown:
+            errors.append(f"position {n}: unknown field(s) {', '.join(sorted(unknown))}")
+            continue
+        try:
+            out.append(make(row.get("portfolio"), row.get("instrument"),  # type: ignore[arg-type]
+                            row.get("quantity"), row.get("avg_price"), ts))
+        except PositionError as exc:
+            errors.append(f"position {n}: {exc}")
+    if errors:
+        raise PositionError("; ".join(errors))
+    return out

@@ -1,0 +1,392 @@
+"""The risk engine inside the worker: topics in, ``risk.*``, ``alerts`` and ``nbbo`` out.
+
+A plain aiokafka consumer (no Faust events: ``book.top`` and ``ticker`` run at book rates)
+reads every partition of the engine's inputs. Start:
+
+1. its own outputs (``risk.hedge``, ``risk.exposure``, ``risk.scenarios``, ``alerts``, ``nbbo``)
+   to their end — what was already published is never published again, so a restarted or
+   redelivered computation adds no duplicate (signals carry deterministic ids);
+2. ``positions`` and ``risk.rules`` (compacted) to their end;
+3. the market inputs from ``RISK_LOOKBACK_S`` ago (0: from the beginning), recomputing the
+   engine's state from them — progress lives in the outputs, not in consumer commits.
+
+Market inputs wait in a heap until every input source (topic, partition, venue) has moved
+past them by ``RISK_LATENESS_MS`` of event time, or has been quiet for ``RISK_IDLE_MS`` of wall
+time; then they go to the engine in event-time order. Every worker computes every portfolio
+(its web view shows them all) and publishes those it owns: the partition of the portfolio's
+name (alerts: of the instrument; NBBO: of the pair) is active here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from app import metrics
+from app.config import Settings
+from app.kafka import client_auth
+from app.risk import positions as pos
+from app.risk.alerts import AlertSettings
+from app.risk.engine import EngineSettings, Out, RiskEngine
+from app.risk.rules import STATES, Rule, load_rules
+from app.wire import Topics, partition_for
+
+log = logging.getLogger(__name__)
+
+#: Tie-break of inputs at one event time: specs first, then status, books, tickers.
+RANK = {"ref.instruments": 0, "book.status": 1, "book.top": 2, "risk.depth": 3, "ticker": 4, "position": 5,
+        "rule-state": 6}
+OUTPUTS = ("risk.exposure", "risk.scenarios", "risk.hedge", "alerts", "nbbo")
+RECENT_HEDGE = 50
+CATCH_UP_S = 120
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    r = settings.risk
+    return EngineSettings(
+        interval_ms=r.interval_ms, scenario_interval_ms=r.scenario_interval_ms, max_input_age_ms=r.max_input_age_ms,
+        vol_shifts=(-r.vol_shift, 0.0, r.vol_shift),
+        alerts=AlertSettings(r.alert_stale_s, r.alert_spread_bps, r.alert_funding_jump, r.alert_divergence_bps))
+
+
+def load_configured_rules(settings: Settings) -> list[Rule]:
+    """RISK_RULES_FILE's rules (none without it); ConfigError listing every error."""
+    return load_rules(settings.risk.rules_file) if settings.risk.rules_file is not None else []
+
+
+def owner_key(topic: str, body: dict[str, Any]) -> str:
+    if topic == "nbbo":
+        return str(body["pair"])
+    if topic == "alerts":
+        return str(body["key"])
+    return str(body["portfolio"])
+
+
+class RiskService:
+    def __init__(self, settings: Settings, topics: Topics, rules: list[Rule], send: Callable[[str, int, str, bytes],
+                 None], owns: Callable[[str], bool], ready: Callable[[], bool],
+                 caught_up: Callable[[], bool] = lambda: True) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.rules = rules
+        self.send = send
+        self.owns = owns
+        self.ready = ready
+        self.caught_up = caught_up
+        self.task: asyncio.Task[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        settings, topics, rules = self.settings, self.topics, self.rules
+        self.engine = RiskEngine(engine_settings(settings), rules)
+        self.inputs = {topics.ticker: "ticker", topics.top: "book.top", topics.status: "book.status",
+                       topics.risk_depth: "risk.depth", topics.instruments: "ref.instruments"}
+        self.outputs = {topics.name(t): t for t in OUTPUTS}
+        self.consumer: AIOKafkaConsumer | None = None
+        self._end: dict[TopicPartition, int] = {}
+        self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) → offset of the last record read
+        self.heap: list[tuple[int, int, str, int, int, str, dict[str, Any]]] = []
+        self._n = 0
+        self.sources: dict[tuple[str, int, str], list[float]] = {}  # → [max event time, wall time last seen]
+        self.done_ids: set[str] = set()  # risk.hedge ids already published
+        self.restored_ts: dict[tuple[str, str], int] = {}  # (topic, key) → latest ts published before start
+        self.restoring = False
+        self.rule_states: dict[str, dict[str, Any]] = {r.id: {"state": r.state, "ts": 0, "by": "file"} for r in rules}
+        self.latest: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OUTPUTS}
+        self.hedge_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_HEDGE)
+        self.bad_positions: dict[str, str] = {}  # record key → reason (the latest bad record of each)
+        self.position_rows: dict[str, dict[str, Any]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="risk")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:
+                log.warning("risk: %s; starting again in 2 s", exc)
+            except Exception:
+                log.exception("risk engine failed; starting again in 5 s")
+                metrics.count("risk_errors")
+                await asyncio.sleep(3)
+            if self.consumer is not None:
+                with contextlib.suppress(Exception):
+                    await self.consumer.stop()
+                self.consumer = None
+            await asyncio.sleep(2)
+            self._reset()  # the state is recomputed from the topics
+    async def _serve(self) -> None:
+        consumer = self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, max_poll_records=5000,
+            **client_auth(self.settings))
+        await consumer.start()
+        parts = self.settings.partitions
+        tps = lambda topics: [TopicPartition(t, p) for t in topics for p in range(parts)]  # noqa: E731
+        # 1-2: what was published, the positions and the rule states — read to their end first
+        first = tps([*self.outputs, self.topics.positions, self.topics.rules])
+        consumer.assign(first)
+        await consumer.seek_to_beginning(*first)
+        self.restoring = True
+        await self._read_to_end(first)
+        self.restoring = False
+        await self._until(self.ready, None)  # owned partitions known: the worker's table is active
+        # After a crash the worker publishes again what it had not delivered (its outputs after
+        # the last table commit): start once those are out, or they would arrive behind the
+        # watermark. Bounded: a worker that cannot catch up must not stop risk forever.
+        if not await self._until(self.caught_up, CATCH_UP_S):
+            log.warning("risk: the worker is still behind its raw topics after %d s; starting anyway", CATCH_UP_S)
+        # 3: market inputs from the lookback
+        market = tps(self.inputs)
+        consumer.assign([*first, *market])
+        lookback = self.settings.risk.lookback_s
+        if lookback > 0:
+            since = int((time.time() - lookback) * 1000)
+            # the ends first: a partition with nothing since then is read from this end, not from
+            # its end after the search (a record written in between, e.g. ref.instruments, would be lost)
+            ends = await consumer.end_offsets(market)
+            offsets = await consumer.offsets_for_times(dict.fromkeys(market, since))
+            for tp in market:
+                found = offsets.get(tp)
+                if found is None:
+                    consumer.seek(tp, ends[tp])
+                else:
+                    consumer.seek(tp, found.offset)
+        else:
+            await consumer.seek_to_beginning(*market)
+        for tp in first:  # assign() forgot the positions reached
+            consumer.seek(tp, self._end[tp])
+        log.info("risk engine: %d rules, %d positions, %d signals already published", len(self.rules),
+                 sum(len(b) for b in self.engine.positions.values()), len(self.done_ids))
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now = time.monotonic()
+            for tp, records in batches.items():
+                for msg in records:
+                    self._record(tp.topic, tp.partition, msg.key, msg.value, now)
+                self.read_to[(tp.topic, tp.partition)] = records[-1].offset
+            self._release(now)
+
+    @staticmethod
+    async def _until(condition: Callable[[], bool], timeout_s: float | None) -> bool:
+        """Poll ``condition`` (a worker's state, no event to wait on) until true or the timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not condition():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polled: the worker's state has no event
+        return True
+
+    async def _read_to_end(self, tps: list[TopicPartition]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        end = await consumer.end_offsets(tps)
+        self._end = dict(end)
+        now = time.monotonic()
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:  # (a list: any() takes no async generator)
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
+                for msg in records:
+                    self._record(tp.topic, tp.partition, msg.key, msg.value, now)
+                    self._end[tp] = msg.offset + 1
+                    self.read_to[(tp.topic, tp.partition)] = msg.offset
+
+    # -- records ----------------------------------------------------------------------------
+    def _record(self, topic: str, partition: int, key: bytes | None, value: bytes | None, now: float) -> None:
+        kind = self.inputs.get(topic)
+        if kind is not None:
+            if value is None:
+                return
+            try:
+                body = orjson.loads(value)
+                ts = int(body.get("valid_from" if kind == "ref.instruments" else "ts_recv") or 0)
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                metrics.count("risk_bad_inputs")
+                return
+            if kind == "book.status" and body.get("ts_recv") is None:
+                return  # a timer's retry: says nothing new, and has no event time
+            inst = str(body.get("key") or f"{body.get('venue')}:{body.get('instrument')}")
+            self._push(topic, partition, kind, inst, ts, int(body.get("seq") or 0), body, now)
+            return
+        if topic == self.topics.positions:
+            self._position(key, value, partition, now)
+        elif topic == self.topics.rules:
+            self._rule_state(key, value, partition, now)
+        elif topic in self.outputs:
+            self._published(self.outputs[topic], value)
+
+    def _push(self, topic: str, partition: int, kind: str, key: str, ts: int, seq: int, body: dict[str, Any],
+              now: float) -> None:
+        source = self.sources.setdefault((topic, partition, key.partition(":")[0]), [0, now])
+        source[0] = max(source[0], ts)
+        source[1] = now
+        self._n += 1
+        heapq.heappush(self.heap, (ts, RANK[kind], key, seq, self._n, kind, body))
+
+    def _position(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
+        """A position applies at its own ``ts`` (event time), like market data: so a recomputation
+        after a restart puts it where it was. A tombstone has no time: it applies when read."""
+        text = key.decode("utf-8", "replace") if key else ""
+        try:
+            position = pos.parse(key, value)
+            ts = 0 if value is None else int(orjson.loads(value).get("ts") or 0)
+        except pos.PositionError as exc:
+            self.bad_positions[text] = str(exc)
+            metrics.count("risk_bad_positions")
+            log.warning("positions %r: %s (not applied)", text, exc)
+            return
+        self.bad_positions.pop(text, None)
+        if position is None:
+            self.position_rows.pop(text, None)
+        else:
+            self.position_rows[text] = orjson.loads(position.encode())
+        if value is None:
+            self._emit(self.engine.on_position(text, None))
+            return
+        self._push(self.topics.positions, partition, "position", text, ts, 0, {"key": text, "position": position,
+                                                                             "ts_recv": ts}, now)
+
+    def _rule_state(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
+        if key is None or value is None:
+            return
+        rule_id = key.decode("utf-8", "replace")
+        try:
+            row = orjson.loads(value)
+            state = row["state"]
+            ts = int(row.get("ts") or 0)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("risk.rules %r: unreadable record", rule_id)
+            return
+        if state not in STATES or rule_id not in self.engine.rules:
+            log.warning("risk.rules %r: unknown rule or state %r (ignored)", rule_id, state)
+            return
+        self.rule_states[rule_id] = {"state": state, "ts": ts, "by": row.get("by", "")}
+        self._push(self.topics.rules, partition, "rule-state", rule_id, ts, 0,
+                   {"key": rule_id, "state": state, "ts_recv": ts}, now)
+
+    def _published(self, topic: str, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            body = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+        self._remember(topic, body)
+
+    def _remember(self, topic: str, body: dict[str, Any]) -> None:
+        key = body.get("id") or body.get("pair") or (f"{body.get('kind')}|{body.get('key')}" if topic == "alerts"
+                                                     else f"{body.get('portfolio')}|{body.get('underlying')}")
+        if topic == "risk.hedge":
+            if body["id"] in self.done_ids:
+                return
+            self.done_ids.add(body["id"])
+            self.hedge_recent.append(body)
+            key = str(body.get("rule"))
+        ts = int(body.get("ts") or 0)
+        if self.restoring:
+            self.restored_ts[(topic, key)] = max(ts, self.restored_ts.get((topic, key), -1))
+        old = self.latest[topic].get(key)
+        if old is None or ts >= int(old.get("ts") or 0):
+            self.latest[topic][key] = body
+
+    # -- event time ---------------------------------------------------------------------------
+    def watermark(self, now: float) -> float:
+        """Event time (ns) no input still to come can be older than. Each source (topic,
+        partition, venue) counts with the newest event time read from it, except when it is read
+        to its end (the broker's high watermark):
+
+        * and its data is live (its newest input less than ``RISK_IDLE_MS`` old by the wall
+          clock): what it brings next are frames received no earlier than ``RISK_LATENESS_MS``
+          ago — they reach the engine within that;
+        * and its data is history (a replay, a restart's backlog): it holds the others back until
+          it has been quiet for ``RISK_IDLE_MS`` (no more data for that partition)."""
+        idle_s = self.settings.risk.idle_ms / 1000
+        wall = time.time_ns()
+        recent = wall - self.settings.risk.lateness_ms * 1_000_000
+        live_after = wall - self.settings.risk.idle_ms * 1_000_000
+        consumer = self.consumer
+        marks = []
+        for (topic, partition, _venue), (ts, seen) in self.sources.items():
+            high = consumer.highwater(TopicPartition(topic, partition)) if consumer is not None else None
+            if high is None or self.read_to.get((topic, partition), -1) + 1 < high:
+                marks.append(ts)  # behind: its next records may be older than what the others show
+            elif ts >= live_after:
+                marks.append(max(ts, recent))
+            elif now - seen < idle_s:
+                marks.append(ts)
+        return min(marks) if marks else float("inf")
+
+    def _release(self, now: float) -> None:
+        limit = self.watermark(now) - self.settings.risk.lateness_ms * 1_000_000
+        heap = self.heap
+        engine = self.engine
+        n = 0
+        while heap and heap[0][0] <= limit:
+            item = heapq.heappop(heap)
+            self._emit(engine.on_input(item[5], item[6]))
+            n += 1
+        metrics.count("risk_inputs", n)
+
+    def _emit(self, outs: list[Out]) -> None:
+        for topic, key, body in outs:
+            done = str(body["rule"]) if topic == "risk.hedge" else key
+            if topic == "risk.hedge" and body["id"] in self.done_ids:
+                continue  # published before (this worker before a restart, or another)
+            if int(body.get("ts") or 0) <= self.restored_ts.get((topic, done), -1):
+                continue  # a recomputation of what was published before the restart
+            self._remember(topic, body)
+            if not self.owns(owner_key(topic, body)):
+                continue
+            metrics.count(f"risk_out.{topic}")
+            self.send(self.topics.name(topic), partition_for(key, self.settings.partitions), key,
+                      orjson.dumps({**body, "ts_published": time.time_ns()}))
+
+    # -- the web view -------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        rules = []
+        for run in self.engine.rules.values():
+            rules.append({**run.rule.as_dict(), "state": run.rule.state,
+                          "state_by": self.rule_states.get(run.rule.id, {}).get("by"), "blocked": run.blocked})
+        return {
+            "exposure": sorted(self.latest["risk.exposure"].values(), key=lambda b: (b["portfolio"], b["underlying"])),
+            "scenarios": sorted(self.latest["risk.scenarios"].values(),
+                                key=lambda b: (b["portfolio"], b["underlying"])),
+            "rules": rules,
+            "hedge": list(reversed(self.hedge_recent)),
+            "alerts": sorted((b for b in self.latest["alerts"].values() if b.get("state") == "raised"),
+                             key=lambda b: (b["kind"], b["key"])),
+            "nbbo": sorted(self.latest["nbbo"].values(), key=lambda b: b["pair"]),
+            "positions": sorted(self.position_rows.values(), key=lambda r: (r["portfolio"], r["instrument"])),
+            "bad_positions": dict(sorted(self.bad_positions.items())),
+            "event_time": self.engine.now,
+            "pending_inputs": len(self.heap),
+        }
+
+    def set_rule_state(self, rule_id: str, state: str, by: str) -> None:
+        """Publish a rule's new state on ``risk.rules`` (it applies when read back, on every worker)."""
+        if rule_id not in self.engine.rules:
+            raise KeyError(f"no rule {rule_id!r} (rules: {', '.join(sorted(self.engine.rules)) or 'none'})")
+        if state not in STATES:
+            raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
+        self.send(self.topics.rules, partition_for(rule_id, self.settings.partitions), rule_id,
+                  orjson.dumps({"rule": rule_id, "state": state, "ts": time.time_ns(), "by": by}))

@@ -1,0 +1,264 @@
+"""Risk automation end to end: simulator → real WebSockets → worker → Kafka → risk engine.
+
+One scenario for the module: a desk long BTC calls and short the Deribit perpetual; the
+underlying moves 5 % (the simulator's ``move``) while the hedge rule watches delta. Midway the
+perpetual's feed goes silent (its inputs grow older than RISK_MAX_INPUT_AGE_MS), and later the
+worker is SIGKILLed and started again. Then:
+
+* the signals on ``risk.hedge`` are exactly those an in-process engine computes from the same
+  input topics in event time (ids, sizes, count): none lost, none duplicated across the kill;
+* no signal used a perpetual input older than the limit, and a ``blocked`` record said why;
+* the raw topics, replayed twice into fresh apps, give identical risk records.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.capture.formats import Record, write_native
+from app.market.symbols import monthly_expiries
+from app.risk import positions as pos
+from app.risk.engine import RiskEngine
+from app.risk.rules import load_rules
+from app.risk.service import RANK, engine_settings
+from app.wire import decode_record
+from tests.helpers import Namespace, SimSite, SimSiteFactory, Worker, consume, values, wait_for, workers
+
+EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
+CALL = f"BTC-{EXPIRY}-65000-C"
+FEEDS = {"deribit": ["BTC-PERPETUAL", CALL, f"BTC-{EXPIRY}-70000-C"]}
+PERP = "deribit:BTC-PERPETUAL"
+MAX_AGE_MS = 3000
+SILENCE_S = 8
+RULES = f"""
+[[rule]]
+id = "desk-btc-delta"
+portfolio = "desk"
+underlying = "BTC"
+greek = "delta"
+trigger = 0.5
+target = 0.1
+hedge = "{PERP}"
+cooldown_s = 2
+max_per_minute = 30
+"""
+BOOK = f"""
+[[position]]
+portfolio = "desk"
+instrument = "deribit:{CALL}"
+quantity = 6
+
+[[position]]
+portfolio = "desk"
+instrument = "{PERP}"
+quantity = -200000
+"""
+INPUTS = ("ticker", "book.top", "book.status", "risk.depth", "ref.instruments", "positions", "risk.rules")
+
+
+class Scenario:
+    def __init__(self, site: SimSite, rules: Path, t_silence: tuple[int, int], t_kill: int) -> None:
+        self.site, self.rules, self.t_silence, self.t_kill = site, rules, t_silence, t_kill
+
+    def topic(self, name: str, ns: Namespace | None = None) -> list[dict[str, Any]]:
+        return values(consume(self.site.ns.bootstrap, (ns or self.site.ns).topic(name), idle_s=2))
+
+
+def risk_env(rules: Path) -> dict[str, str]:
+    return {"RISK_RULES_FILE": str(rules), "RISK_MAX_INPUT_AGE_MS": str(MAX_AGE_MS)}
+
+
+@pytest.fixture(scope="module")
+def scenario(sim_site: SimSiteFactory, module_ns: Namespace) -> Scenario:
+    rules = module_ns.tmp / "rules.toml"
+    rules.write_text(RULES)
+    book = module_ns.tmp / "book.toml"
+    book.write_text(BOOK)
+    site = sim_site(FEEDS, data="risk", **risk_env(rules))
+
+    def set_book() -> bool:
+        proc = module_ns.faust("positions", "set", "--file", str(book), check=False)
+        assert proc.returncode == 0, proc.stderr[-500:]
+        return True
+
+    wait_for(set_book, 60, "positions accepted (the registry knows the instruments)", every=2)
+
+    def hedge() -> list[dict[str, Any]]:
+        return [r for r in site.topic("risk.hedge") if r["type"] == "signal"]
+
+    site.sim.move("BTC", 6, 40)
+    wait_for(lambda: len(hedge()) >= 2, 60, "hedge signals as the underlying moves", every=2)
+    silent_from = time.time_ns()
+    site.sim.fault("deribit", "BTC-PERPETUAL", "silence", SILENCE_S)  # the whole Deribit connection
+    silent_to = silent_from + SILENCE_S * 10**9
+    wait_for(lambda: any(r["type"] == "blocked" for r in site.topic("risk.hedge")), 30, "a blocked record", every=1)
+    n = len(hedge())
+    wait_for(lambda: len(hedge()) > n, 60, "signals again after the silence", every=2)
+    t_kill = time.time_ns()
+    site.worker.kill()  # mid-scenario: the move goes on
+    site.worker.start()
+    m = len(hedge())
+    wait_for(lambda: len(hedge()) > m + 1, 90, "signals after the restart", every=2)
+    return Scenario(site, rules, (silent_from, silent_to), t_kill)
+
+
+def reference(s: Scenario, ns: Namespace | None = None) -> list[dict[str, Any]]:
+    """The risk.hedge records an engine computes from the input topics, in event time."""
+    conf = replace(engine_settings(s.site.ns.settings()), max_input_age_ms=MAX_AGE_MS)  # the worker's risk_env
+    engine = RiskEngine(conf, load_rules(s.rules))
+    heap: list[tuple[Any, ...]] = []
+    n = 0
+    for name in INPUTS:
+        for r in s.topic(name, ns):
+            n += 1
+            if name == "positions":
+                p = pos.parse(f"{r['portfolio']}|{r['instrument']}".encode(), orjson.dumps(r))
+                item = ("position", {"key": f"{r['portfolio']}|{r['instrument']}", "position": p, "ts_recv": r["ts"]})
+                heapq.heappush(heap, (r["ts"], RANK["position"], item[1]["key"], 0, n, *item))
+            elif name == "risk.rules":
+                body = {"key": r["rule"], "state": r["state"], "ts_recv": r["ts"]}
+                heapq.heappush(heap, (r["ts"], RANK["rule-state"], r["rule"], 0, n, "rule-state", body))
+            else:
+                if name == "book.status" and r.get("ts_recv") is None:
+                    continue
+                ts = r["valid_from"] if name == "ref.instruments" else r["ts_recv"]
+                key = r.get("key") or f"{r['venue']}:{r['instrument']}"
+                heapq.heappush(heap, (ts, RANK[name], key, int(r.get("seq") or 0), n, name, r))
+    out = []
+    while heap:
+        item = heapq.heappop(heap)
+        out += [b for t, _, b in engine.on_input(item[5], item[6]) if t == "risk.hedge"]
+    return out
+
+
+def test_the_expected_signals_are_published_once_each_across_a_kill(scenario: Scenario) -> None:
+    published = scenario.topic("risk.hedge")
+    ids = Counter(r["id"] for r in published)
+    assert [i for i, c in ids.items() if c > 1] == []  # no duplicate, though the worker was killed
+    cut = max(r["ts"] for r in published)
+    want = [r for r in reference(scenario) if r["ts"] <= cut]
+    signals = [r for r in want if r["type"] == "signal"]
+    assert len([r for r in signals if r["ts"] > scenario.t_kill]) >= 2
+    assert len(signals) >= 6
+    got = {r["id"]: r for r in published}
+    table = "\n".join(f"{'ref' if r in want else '   '} {'pub' if r['id'] in got else '   '} {r['type']} {r['ts']} "
+                      f"{r.get('size')} {r.get('reason')}"
+                      for r in sorted(want + [p for p in published if p["id"] not in {w["id"] for w in want}],
+                                      key=lambda r: r["ts"]))
+    assert [r["id"] for r in want if r["id"] not in got] == [], table  # none lost
+    assert sorted(got) == sorted(r["id"] for r in want), table  # and none the inputs do not give
+    for r in signals:
+        assert (got[r["id"]]["side"], got[r["id"]]["size"]) == (r["side"], r["size"])
+        assert abs(r["exposure_after"]) <= 0.5 < abs(r["exposure_before"])
+
+
+def test_no_signal_from_a_stale_input_and_a_blocked_record_instead(scenario: Scenario) -> None:
+    published = scenario.topic("risk.hedge")
+    blocked = [r for r in published if r["type"] == "blocked"]
+    assert any(PERP in r["reason"] and "old" in r["reason"] for r in blocked), blocked
+    for r in published:
+        if r["type"] != "signal":
+            continue
+        hedge_input = next(i for i in r["inputs"] if i.get("key") == PERP)
+        assert r["ts"] - hedge_input["ts_recv"] <= MAX_AGE_MS * 1_000_000
+        assert r["ts"] - r["depth_ts_recv"] <= MAX_AGE_MS * 1_000_000
+    start, end = scenario.t_silence
+    inside = [r for r in published if r["type"] == "signal" and start + MAX_AGE_MS * 1_000_000 < r["ts"] < end]
+    assert inside == []
+
+
+def test_exposure_and_scenarios_are_published_with_their_inputs(scenario: Scenario) -> None:
+    exposure = scenario.topic("risk.exposure")
+    assert any(r["reason"] == "position" for r in exposure)
+    ok = [r for r in exposure if r["ok"] and r["reason"] == "interval"]
+    assert ok
+    assert all(len(r["positions"]) == 2 and r["inputs"] for r in ok)
+    gaps = sorted({b["ts"] - a["ts"] for a, b in zip(ok, ok[1:], strict=False) if b["reason"] == "interval"})
+    assert gaps[0] >= 250_000_000  # at most every RISK_INTERVAL_MS of event time
+    grids = scenario.topic("risk.scenarios")
+    assert grids
+    assert all(len(g["pnl_usd"]) == 11 and len(g["pnl_usd"][0]) == 3 for g in grids)
+    flagged = [r for r in exposure if PERP in r["flags"]]
+    assert any("old" in r["flags"][PERP] for r in flagged)  # the silence showed
+
+
+def _dump_raw(ns: Namespace, path: Path) -> int:
+    """The namespace's raw.deribit frames as a native capture (receive order); the last
+    frame's receive time."""
+    frames = []
+    for msg in consume(ns.bootstrap, ns.topic("raw.deribit"), idle_s=2):
+        for item in decode_record(msg.key, msg.value, msg.headers):
+            frames.append(Record(item.ts, "deribit", item.conn, item.kind, item.data,
+                                 symbol=item.key.partition(":")[2]))
+    frames.sort(key=lambda r: r.ts)
+    path.write_bytes(b"".join(write_native(r) for r in frames))
+    assert len(frames) > 1000
+    return frames[-1].ts
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k not in ("ts_published", "source")}
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
+def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: Scenario, tmp_path: Path,
+                                                                  kafka: str) -> None:
+    capture = tmp_path / "risk.jsonl"
+    end = _dump_raw(scenario.site.ns, capture)  # the receive time of its last frame
+    positions = consume(scenario.site.ns.bootstrap, scenario.site.ns.topic("positions"), idle_s=2)
+    outputs = []
+    for run in ("a", "b"):
+        ns = Namespace(f"r{run}{uuid.uuid4().hex[:10]}", kafka, tmp_path / run)
+        (tmp_path / run).mkdir()
+        worker = Worker(ns, tmp_path / run / "data", INGEST_IN_WORKER="false", **risk_env(scenario.rules))
+        with workers(worker):
+            worker.start()
+            _produce(ns, "positions", [(m.key, m.value) for m in positions])
+            ns.replay(str(capture))
+
+            def done(ns: Namespace = ns) -> list[dict[str, Any]] | None:
+                got = values(consume(kafka, ns.topic("risk.exposure"), idle_s=2))
+                return got if got and max(r["ts"] for r in got) >= end - 2 * 10**9 else None
+
+            wait_for(done, 120, f"run {run}: risk.exposure up to the end of the capture", every=3)
+            outputs.append({t: [_plain(r) for r in values(consume(kafka, ns.topic(t), idle_s=3))]
+                            for t in ("risk.exposure", "risk.scenarios", "risk.hedge")})
+    a, b = outputs
+    for topic in a:
+        key = lambda r: (r["ts"], orjson.dumps(r, option=orjson.OPT_SORT_KEYS))  # noqa: E731 - a total order
+        ra, rb = sorted(a[topic], key=key), sorted(b[topic], key=key)
+        assert len(ra) > 0, topic
+        for x, y in zip(ra, rb, strict=False):
+            assert x == y, (topic, x, y)
+        assert len(ra) == len(rb), topic
+    assert any(r["type"] == "signal" for r in a["risk.hedge"])
+
+
+def _produce(ns: Namespace, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from app.wire import partition_for
+
+    async def go() -> None:
+        prod = AIOKafkaProducer(bootstrap_servers=ns.bootstrap)
+        await prod.start()
+        try:
+            for key, value in records:
+                await prod.send_and_wait(ns.topic(topic), value, key=key,
+                                         partition=partition_for(key, ns.partitions))
+        finally:
+            await prod.stop()
+
+    asyncio.run(go())

@@ -1,0 +1,246 @@
+"""Risk: contract-spec valuation, the hedge decision's properties, rules and positions checking,
+and the engine's determinism on synthetic event-time inputs."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.errors import ConfigError
+from app.market.instruments import Spec
+from app.risk import positions as pos
+from app.risk import valuation
+from app.risk.engine import EngineSettings, RiskEngine, unit_size
+from app.risk.rules import Rule, Sizing, hedge_size, load_rules, parse_rules, walk
+from tests.helpers import examples
+
+EXPIRY = 1_900_000_000 * 10**9  # 2030
+T0 = 1_800_000_000 * 10**9
+
+
+# -- valuation ------------------------------------------------------------------------------
+@settings(max_examples=examples(200))
+@given(notional=st.floats(-1e7, 1e7).filter(lambda x: abs(x) > 1), price=st.floats(100, 200_000))
+def test_inverse_delta_is_the_finite_difference_of_its_usd_pnl_not_its_size(notional: float, price: float) -> None:
+    book = valuation.Book([valuation.Leg("deribit:BTC-PERPETUAL", "inverse", notional, 1.0, price)])
+    delta = book.exposure()["delta"]
+    h = price * 1e-6
+    up, down = valuation.pnl_inverse(notional, price, price + h), valuation.pnl_inverse(notional, price, price - h)
+    fd = (up - down) / (2 * h)
+    assert delta == pytest.approx(fd, rel=1e-6)
+    assert delta == pytest.approx(notional / price, rel=1e-12)
+    assert abs(delta) != pytest.approx(abs(notional))  # its size is USD, its delta coins
+    # the scenario grid's full revaluation is the same P&L function
+    moves = np.array([-0.5, -0.1, 0.0, 0.1, 1.0])
+    grid = book.scenarios(moves, np.array([0.0]))[:, 0]
+    want = [valuation.pnl_inverse(notional, price, price * (1 + m)) for m in moves]
+    assert grid == pytest.approx(want, rel=1e-9, abs=1e-6)
+
+
+def test_option_greeks_agree_with_finite_differences_of_the_scenario_revaluation() -> None:
+    leg = valuation.Leg("deribit:BTC-27MAR30-70000-C", "option", 10.0, 1.0, 65_000.0, 70_000.0, True, 0.25, 0.6)
+    book = valuation.Book([leg])
+    exp = book.exposure()
+    h = 1e-5
+    pnl = book.scenarios(np.array([-h, h]), np.array([-0.0001, 0.0, 0.0001]))
+    delta_fd = (pnl[1, 1] - pnl[0, 1]) / (2 * h * leg.price)
+    assert exp["delta"] == pytest.approx(delta_fd, rel=1e-5)
+    vega_fd = (book.scenarios(np.array([0.0]), np.array([0.0001]))[0, 0]
+               - book.scenarios(np.array([0.0]), np.array([-0.0001]))[0, 0]) / 0.02  # per vol point
+    assert exp["vega"] == pytest.approx(vega_fd, rel=1e-5)
+    assert exp["delta_usd"] == pytest.approx(exp["delta"] * 65_000.0)
+    # gamma per 1 %: how much the coin delta changes when the underlying rises 1 %
+    up = valuation.Book([valuation.Leg(leg.key, "option", 10.0, 1.0, 65_000.0 * 1.0001, 70_000.0, True, 0.25, 0.6)])
+    down = valuation.Book([valuation.Leg(leg.key, "option", 10.0, 1.0, 65_000.0 * 0.9999, 70_000.0, True, 0.25, 0.6)])
+    assert exp["gamma_1pct"] == pytest.approx((up.exposure()["delta"] - down.exposure()["delta"]) / 0.0002 * 0.01,
+                                              rel=1e-4)
+
+
+def test_unit_sizes_follow_the_contract_spec() -> None:
+    def spec(key: str, kind: str, margin: str, size: str | None, mult: str | None = None) -> Spec:
+        return Spec(key=key, kind=kind, margin=margin, base="BTC", quote="USD", settle="BTC", contract_size=size,
+                    multiplier=mult)
+
+    assert unit_size(spec("deribit:BTC-PERPETUAL", "perpetual", "inverse", "10")) == 1.0  # Deribit sizes in USD
+    assert unit_size(spec("binance-coinm:BTCUSD_PERP", "perpetual", "inverse", "100")) == 100.0  # USD per contract
+    assert unit_size(spec("okx:BTC-USDT-SWAP", "perpetual", "linear", "0.01")) == 0.01  # coins per contract
+    assert unit_size(spec("okx:BTC-USD-261225-60000-C", "option", "inverse", "0.01", "1")) == 0.01
+
+
+# -- hedge decision -----------------------------------------------------------------------------
+def _rule(trigger: float, target: float, state: str = "active") -> Rule:
+    return Rule("r", "desk", "BTC", "delta", trigger, "deribit:BTC-PERPETUAL", target, 0, 100, state)
+
+
+@settings(max_examples=examples(300))
+@given(exposure=st.floats(-1000, 1000), trigger=st.floats(0.5, 50), frac=st.floats(0, 0.9),
+       price=st.floats(1000, 200_000), lot=st.sampled_from(["10", "1", "100"]))
+def test_after_a_signal_the_exposure_is_inside_the_band_and_inside_it_nothing_fires(
+        exposure: float, trigger: float, frac: float, price: float, lot: str) -> None:
+    rule = _rule(trigger, trigger * frac)
+    per_unit = 1.0 / price  # one USD of a Deribit inverse perpetual, in coins
+    size, why = hedge_size(exposure, rule, Sizing(per_unit, Decimal(lot), Decimal(lot), Decimal(0)))
+    if abs(exposure) <= trigger:
+        assert (size, why) == (Decimal(0), None)  # hysteresis: no signal inside ±trigger
+        return
+    if why is not None:
+        assert size == 0
+        assert "too coarse" in why or "below the minimum" in why
+        assert float(lot) * per_unit / 2 > trigger - rule.target or abs(exposure) - rule.target < float(lot) * per_unit
+        return
+    after = exposure + float(size) * per_unit
+    assert abs(after) <= trigger
+    assert size % Decimal(lot) == 0
+    # and the hedged exposure, being inside the band, asks for nothing more
+    assert hedge_size(after, rule, Sizing(per_unit, Decimal(lot), Decimal(lot), Decimal(0))) == (Decimal(0), None)
+
+
+def test_reduce_only_never_grows_the_position() -> None:
+    rule = _rule(1.0, 0.0, "reduce-only")
+    sizing = Sizing(1.0, Decimal("1"), Decimal("1"), Decimal("-3"))  # short 3 already
+    assert hedge_size(5.0, rule, sizing)[0] == 0  # selling more would grow the short
+    assert hedge_size(-5.0, rule, sizing)[0] == Decimal(3)  # buying back: at most the 3
+
+
+def test_walking_the_book_averages_the_levels() -> None:
+    price, filled = walk([["100", "1"], ["101", "2"], ["105", "10"]], 2.0)
+    assert price == pytest.approx(100.5)
+    assert filled == 2.0
+    assert walk([["100", "1"]], 5.0) == (100.0, 1.0)
+
+
+# -- rules file and positions -------------------------------------------------------------------
+def test_rules_file_errors_name_the_rule_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text('[[rule]]\nid = "a"\nportfolio = "desk"\nunderlying = "BTC"\ngreek = "rho"\ntrigger = 1\n'
+                    'target = 2\nhedge = "nocolon"\nstate = "paused"\n'
+                    '[[rule]]\nid = "b"\nportfolio = "desk"\nunderlying = "BTC"\ngreek = "delta"\ntrigger = "x"\n'
+                    'hedge = "deribit:BTC-PERPETUAL"\nfoo = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    lines = str(err.value).splitlines()[1:]
+    assert {line.strip() for line in lines} == {
+        "rule 1 (a): greek: 'rho' is not one of delta, delta_usd, gamma_1pct, vega",
+        "rule 1 (a): target: 2.0 must be ≥ 0 and below trigger (1.0)",
+        "rule 1 (a): hedge: 'nocolon' is not an instrument key (<venue>:<symbol>)",
+        "rule 1 (a): state: 'paused' is not one of active, reduce-only, halted",
+        "rule 2 (b): unknown field 'foo'",
+        "rule 2 (b): trigger: 'x' is not a number",
+    }
+    yaml_path = tmp_path / "rules.yaml"
+    yaml_path.write_text("rule:\n  - id: c\n    portfolio: desk\n    underlying: BTC\n    greek: delta\n"
+                         "    trigger: 2\n    target: 0.5\n    hedge: deribit:BTC-PERPETUAL\n")
+    assert load_rules(yaml_path)[0] == Rule("c", "desk", "BTC", "delta", 2.0, "deribit:BTC-PERPETUAL", 0.5)
+    assert parse_rules({"rule": [{"id": "a"}] * 1})[1][0] == "rule 1 (a): portfolio: missing"
+
+
+@pytest.mark.parametrize(("key", "value", "error"), [
+    (b"desk|deribit:BTC-PERPETUAL", b'{"quantity": "ten"}', "quantity: 'ten' is not a number"),
+    (b"desk|deribit:BTC-PERPETUAL", b'{"quantity": true}', "quantity: True is not a number"),
+    (b"desk|deribit:BTC-PERPETUAL", b'{"avg_price": 1}', "quantity: missing"),
+    (b"desk", b'{"quantity": 1}', "not <portfolio>|<instrument>"),
+    (b"desk|BTC-PERPETUAL", b'{"quantity": 1}', "is not an instrument key"),
+    (b"desk|deribit:BTC-PERPETUAL", b"[1]", "not a JSON object"),
+    (b"desk|deribit:BTC-PERPETUAL", b'{"quantity": "1", "portfolio": "other"}', "does not match"),
+])
+def test_a_bad_position_record_is_refused_whole(key: bytes, value: bytes, error: str) -> None:
+    with pytest.raises(pos.PositionError, match=error):
+        pos.parse(key, value)
+
+
+def test_a_position_file_is_checked_before_any_row_is_used() -> None:
+    text = "portfolio,instrument,quantity\ndesk,deribit:BTC-PERPETUAL,1000\ndesk,deribit:X,abc\n"
+    with pytest.raises(pos.PositionError, match="position 2: quantity: 'abc'"):
+        pos.load_file(text, "csv")
+    got = pos.load_file('[[position]]\nportfolio = "desk"\ninstrument = "deribit:BTC-PERPETUAL"\nquantity = -2000\n',
+                        "toml", ts=5)
+    assert got == [pos.Position("desk", "deribit:BTC-PERPETUAL", Decimal(-2000), None, 5)]
+    assert pos.parse(got[0].key.encode(), got[0].encode()) == got[0]
+    assert pos.parse(got[0].key.encode(), None) is None
+
+
+# -- the engine -----------------------------------------------------------------------------------
+OPTION = "deribit:BTC-27MAR30-70000-C"
+
+
+def _spec_records() -> list[dict[str, Any]]:
+    perp = Spec(key="deribit:BTC-PERPETUAL", kind="perpetual", margin="inverse", base="BTC", quote="USD",
+                settle="BTC", contract_size="10", lot_size="10", min_size="10", valid_from=T0 - 10**9)
+    opt = Spec(key=OPTION, kind="option", margin="inverse", base="BTC", quote="USD", settle="BTC", contract_size="1",
+               strike="70000", option_type="call", expiry_ns=EXPIRY, valid_from=T0 - 10**9)
+    return [orjson.loads(s.encode()) for s in (perp, opt)]
+
+
+def _market(seconds: int, seed: int = 1, stale_at: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Synthetic inputs: the forward drifts up 5 % over the run; perp book, depth, option ticker."""
+    rng = random.Random(seed)
+    out: list[tuple[str, dict[str, Any]]] = [("ref.instruments", s) for s in _spec_records()]
+    for i in range(seconds * 10):
+        t = T0 + i * 100_000_000
+        f = 65_000 * (1 + 0.05 * i / (seconds * 10))
+        bid, ask = round(f - 0.5, 1), round(f + 0.5, 1)
+        if stale_at is not None and i == stale_at:
+            out.append(("book.status", {"venue": "deribit", "instrument": "BTC-PERPETUAL", "state": "stale",
+                                        "reason": "gap", "seq": i, "ts_recv": t}))
+        out.append(("book.top", {"venue": "deribit", "instrument": "BTC-PERPETUAL", "bid_px": str(bid),
+                                 "ask_px": str(ask), "seq": i + 1, "ts_recv": t}))
+        out.append(("risk.depth", {"key": "deribit:BTC-PERPETUAL", "bids": [[str(bid), "50000"], [str(bid - 1), "1e6"]],
+                                   "asks": [[str(ask), "50000"], [str(ask + 1), "1e6"]], "seq": i + 1, "ts_recv": t}))
+        if rng.random() < 0.8:
+            out.append(("ticker", {"key": OPTION, "mark": str(round(0.08 * (f / 65_000) ** 8, 6)),
+                                   "underlying_price": f, "mark_iv": "0.6", "delta": "0.4", "ts_recv": t + 1,
+                                   "source": {"topic": "raw.deribit", "partition": 0, "offset": i, "index": 0}}))
+    return out
+
+
+def _run(inputs: list[tuple[str, dict[str, Any]]], quantity: str = "20") -> list[tuple[str, str, dict[str, Any]]]:
+    rule = Rule("desk-delta", "desk", "BTC", "delta", 2.0, "deribit:BTC-PERPETUAL", 0.5, 5.0, 4)
+    engine = RiskEngine(EngineSettings(interval_ms=250, scenario_interval_ms=1000, max_input_age_ms=2000), [rule])
+    out = engine.on_position(f"desk|{OPTION}", pos.make("desk", OPTION, quantity, ts=0))
+    for kind, body in inputs:
+        out += engine.on_input(kind, body)
+    return out
+
+
+def _ordered(inputs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    rank = {"ref.instruments": 0, "book.status": 1, "book.top": 2, "risk.depth": 3, "ticker": 4}
+    return sorted(inputs, key=lambda kb: (kb[1].get("ts_recv", kb[1].get("valid_from")), rank[kb[0]]))
+
+
+def test_the_engine_signals_on_a_move_with_deterministic_ids_and_ignores_redelivery() -> None:
+    inputs = _market(60)
+    first = _run(inputs)
+    signals = [b for t, _, b in first if t == "risk.hedge" and b["type"] == "signal"]
+    assert signals, "a 5 % move of 20 calls must push delta out of ±2"
+    for s in signals:
+        assert s["side"] in ("buy", "sell")
+        assert Decimal(s["size"]) % 10 == 0  # the perpetual's lot
+        assert abs(s["exposure_after"]) <= 2.0 < abs(s["exposure_before"])
+        assert s["expected_price"] is not None
+        assert s["slippage_bps"] >= 0
+    gaps = [b - a for a, b in zip([s["ts"] for s in signals], [s["ts"] for s in signals][1:], strict=False)]
+    assert all(g >= 5 * 10**9 for g in gaps)  # cooldown
+    # redelivered inputs (the first half of them twice) change nothing
+    again = _run(_ordered(inputs + [(k, dict(b)) for k, b in inputs[: len(inputs) // 2]]))
+    assert [o for o in again if o[0] == "risk.hedge"] == [o for o in first if o[0] == "risk.hedge"]
+    exposures = [b for t, _, b in first if t == "risk.exposure"]
+    assert all(b["ok"] for b in exposures if b["ts"] > T0 + 10**9)
+    grids = [b for t, _, b in first if t == "risk.scenarios"]
+    assert grids
+    assert all(len(g["pnl_usd"]) == 11 and len(g["pnl_usd"][0]) == 3 for g in grids)
+
+
+def test_a_stale_hedge_book_blocks_once_and_never_signals() -> None:
+    inputs = _market(60, stale_at=0)
+    out = _run(inputs)
+    hedge = [b for t, _, b in out if t == "risk.hedge"]
+    assert [b["type"] for b in hedge] == ["blocked"]
+    assert "deribit:BTC-PERPETUAL stale" in hedge[0]["reason"]
