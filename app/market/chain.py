@@ -53,14 +53,18 @@ class Quote:
         self.ts_recv, self.source = ts_recv, source
 
     def number(self, name: str) -> float | None:
-        value = self.fields.get(name)
-        if value is None:
-            return None
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            return None
-        return out if math.isfinite(out) else None
+        return finite_number(self.fields.get(name))
+
+
+def finite_number(value: Any) -> float | None:
+    """A venue's number (text or number) as a float; None when absent, unreadable or not finite."""
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
 
 
 @dataclass(slots=True)

@@ -177,8 +177,16 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
     try:
         loaded = load_configured_rules(settings)
         if action == "check":
-            print(f"{settings.risk.rules_file}: {len(loaded)} rule(s), no errors" if settings.risk.rules_file
-                  else "RISK_RULES_FILE is not set: no rules")
+            if settings.risk.rules_file is None:
+                print("RISK_RULES_FILE is not set: no rules")
+                return
+            held = {k.decode().partition("|")[0] for k, v in (await read_topic(settings.topic("positions"))).items()
+                    if v is not None and _open(k, v)}
+            empty = sorted({r.portfolio for r in loaded} - held)
+            for name in empty:
+                print(f"warning: portfolio {name!r} holds no positions (its rules are blocked until it does)",
+                      file=sys.stderr)
+            print(f"{settings.risk.rules_file}: {len(loaded)} rule(s), no errors")
             return
         if settings.risk.rules_file is None:
             raise ConfigError("RISK_RULES_FILE is not set: there are no rules")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from app.market import black76
-from app.market.chain import Quote, coin_premium
+from app.market.chain import Quote, coin_premium, finite_number
 from app.market.instruments import Registry, Spec
 from app.market.symbols import parse_option
 from app.risk import valuation
@@ -142,7 +142,7 @@ class RiskEngine:
             quote.update(fields, int(record.get("ts_exchange") or 0), ts, record.get("source") or {})
             out += self.alerts.on_ticker(key, quote, ts)
         elif kind == "book.top":
-            top = Top(_num(record.get("bid_px")), _num(record.get("ask_px")), ts, seq)
+            top = Top(finite_number(record.get("bid_px")), finite_number(record.get("ask_px")), ts, seq)
             self.tops[key] = top
             out += self.alerts.on_top(key, top.bid, top.ask, ts)
         elif kind == "book.status":
@@ -199,6 +199,10 @@ class RiskEngine:
                 continue
             for underlying in self._underlyings(portfolio, t):
                 out += self._exposure(portfolio, underlying, t, "interval", scenarios)
+        for run in self.rules.values():  # a rule naming a portfolio that holds nothing
+            if not self.positions.get(run.rule.portfolio) and self.owns(run.rule.portfolio):
+                why = f"unknown portfolio {run.rule.portfolio!r}: it holds no positions"
+                out += self._blocked(run, t, 0.0, why, [])
         out += self.alerts.tick(t, self.tops, self.status, self.max_age)
         return out
 
@@ -456,16 +460,6 @@ class RiskEngine:
                           f"hedge to {math.copysign(rule.target, value):g}",
                 "ts": t, "inputs": [*refs, hedge_ref]}
         return "risk.hedge", body["id"], body
-
-
-def _num(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
 
 
 def _round(value: Any) -> Any:

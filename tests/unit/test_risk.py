@@ -244,3 +244,13 @@ def test_a_stale_hedge_book_blocks_once_and_never_signals() -> None:
     hedge = [b for t, _, b in out if t == "risk.hedge"]
     assert [b["type"] for b in hedge] == ["blocked"]
     assert "deribit:BTC-PERPETUAL stale" in hedge[0]["reason"]
+
+
+def test_a_rule_for_a_portfolio_without_positions_is_blocked_once() -> None:
+    rule = Rule("ghost", "nobody", "BTC", "delta", 1.0, "deribit:BTC-PERPETUAL")
+    engine = RiskEngine(EngineSettings(), [rule])
+    out = []
+    for kind, body in _market(5):
+        out += engine.on_input(kind, body)
+    blocked = [b for t, _, b in out if t == "risk.hedge"]
+    assert [b["reason"] for b in blocked] == ["unknown portfolio 'nobody': it holds no positions"]
