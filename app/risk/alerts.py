@@ -52,6 +52,12 @@ class Alerts:
         self.funding: dict[str, float] = {}
         self.nbbo: dict[str, dict[str, Any]] = {}  # pair → last published body (sans ts)
 
+    def active_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind, _key in self.active:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
     def _raise(self, kind: str, key: str, t: int, value: Any, threshold: Any, detail: str) -> list[Out]:
         if (kind, key) in self.active and kind != "funding-jump":
             return []
@@ -145,4 +151,8 @@ class Alerts:
                                        f"mid {mid:g} vs {others:g} elsewhere ({pair})")
                 else:
                     out += self._clear("divergence", key, t, round(bps, 4))
+        compared = {key for books in pairs.values() if len(books) >= 2 for key, *_ in books}
+        for kind, key in sorted(self.active):
+            if kind == "divergence" and key not in compared:  # left the NBBO (stale, old, alone)
+                out += self._clear(kind, key, t)
         return out

@@ -3,7 +3,8 @@
 ``positions set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P]``, ``positions set --file BOOK``
 (TOML/YAML ``[[position]]`` or CSV ``portfolio,instrument,quantity[,avg_price]``; every row is
 checked, and every instrument looked up in the registry, before anything is written),
-``positions list [--portfolio P] [--json]``, ``positions clear PORTFOLIO [INSTRUMENT]``.
+``positions play SCRIPT`` (a scripted book: each ``[[position]]`` with ``at_s``, applied that
+many seconds after the start), ``positions list [--portfolio P] [--json]``, ``positions clear PORTFOLIO [INSTRUMENT]``.
 ``rules check``, ``rules list [--json]``, ``rules state RULE active|reduce-only|halted``.
 """
 
@@ -107,7 +108,7 @@ def _open(key: bytes, value: bytes) -> bool:
 )
 async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: str | None, avg_price: str | None,
                     portfolio: str | None, force: bool, as_json: bool) -> None:
-    """Positions of the desk's portfolios (the compacted `positions` topic): set | list | clear."""
+    """Positions of the desk's portfolios (the compacted `positions` topic): set | play | list | clear."""
     topic = settings.topic("positions")
     try:
         if action == "set":
@@ -134,6 +135,25 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
             now = time.time_ns()  # a position applies at its ts: stamped as it is sent
             await _send(topic, [(p.key, replace(p, ts=now).encode()) for p in rows])  # 0 closes it
             print(f"{len(rows)} position(s) set", file=sys.stderr)
+        elif action == "play":
+            if len(args) != 1:
+                raise pos.PositionError("play SCRIPT (TOML/YAML [[position]] tables with at_s)")
+            path = Path(args[0])
+            try:
+                script = pos.load_script(await asyncio.to_thread(path.read_text), file_format(path))
+            except OSError as exc:
+                raise pos.PositionError(f"{path}: {exc.strerror}") from None
+            if not force:
+                registry = await _registry()
+                unknown = sorted({p.instrument for _, p in script if p.instrument not in registry.versions})
+                if unknown:
+                    raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)} (--force plays them anyway)")
+            start = time.monotonic()
+            for at, p in script:
+                await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+                await _send(topic, [(p.key, replace(p, ts=time.time_ns()).encode())])
+                print(f"{at:8.1f} s  {p.portfolio} {p.instrument} {p.quantity}", flush=True)
+            print(f"{len(script)} position change(s) played", file=sys.stderr)
         elif action == "list":
             current = await read_topic(topic)
             shown = []
@@ -160,7 +180,7 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
             await _send(topic, [(p.key, p.encode()) for p in closed])
             print(f"{len(keys)} position(s) cleared", file=sys.stderr)
         else:
-            raise pos.PositionError(f"unknown action {action!r}: set, list or clear")
+            raise pos.PositionError(f"unknown action {action!r}: set, play, list or clear")
     except BookstreamError as exc:
         _fail(str(exc))
     except (KafkaError, OSError) as exc:

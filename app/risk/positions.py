@@ -112,6 +112,18 @@ def parse(key: bytes | None, value: bytes | None) -> Position | None:
 def load_file(text: str, fmt: str, ts: int | None = None) -> list[Position]:
     """A book of positions (TOML or YAML ``[[position]]`` tables, or CSV
     ``portfolio,instrument,quantity[,avg_price]``), every row checked before any is used."""
+    return [p for _, p in _rows(text, fmt, ts, script=False)]
+
+
+def load_script(text: str, fmt: str) -> list[tuple[float, Position]]:
+    """A scripted book: ``[[position]]`` tables (TOML/YAML) each with ``at_s``, the seconds after
+    the start at which it applies (``positions play``), in time order; every row checked first."""
+    if fmt == "csv":
+        raise PositionError("a script is TOML or YAML ([[position]] tables with at_s)")
+    return sorted(_rows(text, fmt, 0, script=True), key=lambda r: r[0])
+
+
+def _rows(text: str, fmt: str, ts: int | None, script: bool) -> list[tuple[float, Position]]:
     rows: list[dict[str, Any]]
     if fmt == "csv":
         rows = []
@@ -131,19 +143,24 @@ def load_file(text: str, fmt: str, ts: int | None = None) -> list[Position]:
         if not isinstance(raw, list):
             raise PositionError("position: expected a list of tables")
         rows = raw
-    out: list[Position] = []
+    out: list[tuple[float, Position]] = []
     errors: list[str] = []
+    fields = {"portfolio", "instrument", "quantity", "avg_price"} | ({"at_s"} if script else set())
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             errors.append(f"position {n}: not a table")
             continue
-        unknown = set(row) - {"portfolio", "instrument", "quantity", "avg_price"}
+        unknown = set(row) - fields
         if unknown:
             errors.append(f"position {n}: unknown field(s) {', '.join(sorted(unknown))}")
             continue
+        at = row.get("at_s", 0.0)
+        if script and (isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0):
+            errors.append(f"position {n}: at_s: {at!r} is not a number of seconds ≥ 0")
+            continue
         try:
-            out.append(make(row.get("portfolio"), row.get("instrument"),  # type: ignore[arg-type]
-                            row.get("quantity"), row.get("avg_price"), ts))
+            out.append((float(at), make(row.get("portfolio"), row.get("instrument"),  # type: ignore[arg-type]
+                                        row.get("quantity"), row.get("avg_price"), ts)))
         except PositionError as exc:
             errors.append(f"position {n}: {exc}")
     if errors:

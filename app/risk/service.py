@@ -343,6 +343,8 @@ class RiskService:
         n = 0
         while heap and heap[0][0] <= limit:
             item = heapq.heappop(heap)
+            if item[0] < engine.now:
+                metrics.count("risk_late_inputs")  # behind the watermark: applied now, not in its place
             self._emit(engine.on_input(item[5], item[6]))
             n += 1
         metrics.count("risk_inputs", n)

@@ -13,10 +13,11 @@ from app.web.view import BookView
 
 
 def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[tuple[str, int], int],
-               uncommitted: int) -> str:
+               uncommitted: int, active_alerts: dict[str, int] | None = None) -> str:
     """The exposition text for the process counters, the books' counters, consumer lag and the
     table partitions with effects not committed yet."""
     lines: list[str] = []
+    active_alerts = active_alerts or {}
 
     def metric(name: str, kind: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
         lines.append(f"# HELP bookstream_{name} {help_}")
@@ -49,6 +50,17 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
     metric("options_chains_total", "counter", "options.chain records published.", [("", counters.get("chains", 0))])
     metric("instrument_versions_total", "counter", "New instrument spec versions published on ref.instruments.",
            [("", counters.get("instrument_versions", 0))])
+    alerts = [(f'{{kind="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items()) if k.startswith("alerts.")]
+    metric("alerts_total", "counter", "Alerts raised by the risk engine, per kind (stale, crossed, spread, "
+           "funding-jump, divergence).", alerts)
+    metric("alerts_active", "gauge", "Alerts raised and not cleared, per kind.",
+           [(f'{{kind="{k}"}}', n) for k, n in sorted(active_alerts.items())])
+    outs = [(f'{{topic="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items()) if k.startswith("risk_out.")]
+    metric("risk_records_total", "counter", "Records published by the risk engine, per topic.", outs)
+    metric("risk_bad_positions_total", "counter", "positions records refused (not applied).",
+           [("", counters.get("risk_bad_positions", 0))])
+    metric("risk_late_inputs_total", "counter", "Risk inputs that arrived behind the engine's watermark.",
+           [("", counters.get("risk_late_inputs", 0))])
     metric("state_commits_total", "counter", "Table commits (changelog transactions).",
            [("", counters.get("state_commits", 0))])
     metric("state_uncommitted_partitions", "gauge", "Table partitions holding effects not committed yet.",
@@ -75,5 +87,7 @@ def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[st
 
     @app.page("/metrics")
     async def exposition(self: View, request: Request) -> Response:
-        text = prometheus(dict(metrics.counters), books.books(), consumer_lag(), uncommitted())
+        risk = getattr(books, "risk", None)
+        active = risk.engine.alerts.active_by_kind() if risk is not None else {}
+        text = prometheus(dict(metrics.counters), books.books(), consumer_lag(), uncommitted(), active)
         return self.text(text, content_type="text/plain; version=0.0.4")

@@ -14,7 +14,9 @@ worker is SIGKILLed and started again. Then:
 from __future__ import annotations
 
 import heapq
+import re
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import replace
@@ -262,3 +264,36 @@ def _produce(ns: Namespace, topic: str, records: list[tuple[bytes, bytes]]) -> N
             await prod.stop()
 
     asyncio.run(go())
+
+
+def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
+    ns, worker = scenario.site.ns, scenario.site.worker
+    listed = [orjson.loads(line) for line in ns.faust("positions", "list", "--json").stdout.splitlines()]
+    assert {(p["instrument"], p["quantity"]) for p in listed if p["portfolio"] == "desk"} == {
+        (f"deribit:{CALL}", "6"), (PERP, "-200000")}
+    bad = ns.faust("positions", "set", "desk", PERP, "ten", check=False)
+    assert bad.returncode == 1
+    assert "quantity: 'ten' is not a number" in bad.stderr
+    unknown = ns.faust("positions", "set", "desk", "deribit:BTC-NOPE", "1", check=False)
+    assert "unknown instrument(s) deribit:BTC-NOPE" in unknown.stderr
+    ns.faust("positions", "set", "play", PERP, "--", "-5000")  # a short on the command line
+    script = ns.tmp / "script.toml"
+    script.write_text(f'[[position]]\nportfolio = "play"\ninstrument = "{PERP}"\nquantity = -7000\nat_s = 1\n')
+    played = ns.faust("positions", "play", str(script))
+    assert "1 position change(s) played" in played.stderr
+
+    def play_position() -> list[Any]:
+        rows = worker.get("/api/risk")[1]["positions"]
+        return [r for r in rows if r["portfolio"] == "play" and r["quantity"] == "-7000"]
+
+    wait_for(play_position, 30, "the played position on /api/risk")
+    rules = [orjson.loads(line) for line in ns.faust("rules", "list", "--json",
+                                                     env=risk_env(scenario.rules)).stdout.splitlines()]
+    assert [(r["id"], r["state"]) for r in rules] == [("desk-btc-delta", "active")]
+    ns.faust("rules", "state", "desk-btc-delta", "reduce-only", env=risk_env(scenario.rules))
+    wait_for(lambda: worker.get("/api/risk")[1]["rules"][0]["state"] == "reduce-only", 30, "reduce-only applied")
+    refused = ns.faust("rules", "state", "desk-btc-delta", "paused", check=False, env=risk_env(scenario.rules))
+    assert "state 'paused' is not one of active, reduce-only, halted" in refused.stderr
+    metrics = urllib.request.urlopen(worker.url + "/metrics", timeout=10).read().decode()  # noqa: S310 - local
+    assert re.search(r'^bookstream_risk_records_total\{topic="risk.hedge"\} [1-9]', metrics, re.M)
+    assert "# TYPE bookstream_alerts_total counter" in metrics

@@ -254,3 +254,77 @@ def test_a_rule_for_a_portfolio_without_positions_is_blocked_once() -> None:
         out += engine.on_input(kind, body)
     blocked = [b for t, _, b in out if t == "risk.hedge"]
     assert [b["reason"] for b in blocked] == ["unknown portfolio 'nobody': it holds no positions"]
+
+
+# -- alerts and NBBO ----------------------------------------------------------------------------
+def _spot(key: str, base: str, quote: str) -> Spec:
+    return Spec(key=key, kind="spot", margin="linear", base=base, quote=quote, settle=quote)
+
+
+def test_alerts_are_raised_once_and_cleared_once() -> None:
+    from app.market.instruments import Registry
+    from app.risk.alerts import Alerts, AlertSettings
+
+    alerts = Alerts(AlertSettings(stale_s=2, spread_bps=10, funding_jump=0.001), Registry())
+    s = 10**9
+    assert alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.05, s) == []  # 5 bps
+    crossed = alerts.on_top("okx:BTC-USDT-SWAP", 100.1, 100.0, 2 * s)
+    assert [(o[2]["kind"], o[2]["state"]) for o in crossed] == [("crossed", "raised")]
+    assert alerts.on_top("okx:BTC-USDT-SWAP", 100.2, 100.1, 3 * s) == []  # still crossed: nothing new
+    wide = alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.5, 4 * s)  # uncrossed, 50 bps wide
+    assert [(o[2]["kind"], o[2]["state"]) for o in wide] == [("crossed", "cleared"), ("spread", "raised")]
+    assert alerts.on_top("deribit:BTC-25DEC26-65000-C", 0.01, 0.02, 4 * s) == []  # options: no spread alert
+    assert [o[2]["state"] for o in alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.01, 5 * s)] == ["cleared"]
+    assert alerts.on_status("okx:BTC-USDT-SWAP", "stale", "gap", 6 * s) == []
+    assert alerts.tick(7 * s, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s) == []  # 1 s: not yet
+    stale = alerts.tick(8_500_000_000, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s)
+    assert [(o[2]["kind"], o[2]["state"]) for o in stale] == [("stale", "raised")]
+    assert alerts.tick(9 * s, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s) == []
+    assert [o[2]["state"] for o in alerts.on_status("okx:BTC-USDT-SWAP", "synced", "", 10 * s)] == ["cleared"]
+    from app.market.chain import Quote
+
+    q = Quote()
+    q.update({"funding_rate": "0.0001"}, 0, 0, {})
+    assert alerts.on_ticker("okx:BTC-USDT-SWAP", q, 11 * s) == []
+    q.update({"funding_rate": "0.0021"}, 0, 0, {})
+    jump = alerts.on_ticker("okx:BTC-USDT-SWAP", q, 12 * s)
+    assert [(o[2]["kind"], o[2]["value"]) for o in jump] == [("funding-jump", 0.0021)]
+    assert alerts.active_by_kind() == {}
+
+
+def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> None:
+    from app.market.instruments import Registry
+    from app.risk.alerts import Alerts, AlertSettings
+    from app.risk.engine import Top
+
+    registry = Registry()
+    for key, quote in (("binance:BTCUSDT", "USDT"), ("okx:BTC-USDT", "USDT"), ("coinbase:BTC-USD", "USD"),
+                       ("bybit-spot:BTCUSDT", "USDT")):
+        registry.apply(_spot(key, "BTC", quote))
+    alerts = Alerts(AlertSettings(divergence_bps=50), registry)
+    t = 10**12
+    tops = {"binance:BTCUSDT": Top(65_000.0, 65_001.0, t, 1), "okx:BTC-USDT": Top(65_000.5, 65_002.0, t, 1),
+            "coinbase:BTC-USD": Top(64_999.0, 65_000.8, t, 1), "bybit-spot:BTCUSDT": Top(65_500.0, 65_501.0, t, 1),
+            "deribit:BTC-PERPETUAL": Top(1.0, 2.0, t, 1)}  # not spot: not in the NBBO
+    out = alerts.tick(t + 1, tops, {}, 10**10)
+    nbbo = [o[2] for o in out if o[0] == "nbbo"]
+    assert len(nbbo) == 1
+    assert (nbbo[0]["pair"], nbbo[0]["bid"], nbbo[0]["bid_venue"]) == ("BTC/USD", 65_500.0, "bybit-spot:BTCUSDT")
+    assert (nbbo[0]["ask"], nbbo[0]["ask_venue"], nbbo[0]["ask_quote"]) == (65_000.8, "coinbase:BTC-USD", "USD")
+    diverging = [o[2]["key"] for o in out if o[0] == "alerts" and o[2]["kind"] == "divergence"]
+    assert diverging == ["bybit-spot:BTCUSDT"]  # ~77 bps from the median of the others
+    assert [o for o in alerts.tick(t + 2, tops, {}, 10**10) if o[0] == "nbbo"] == []  # unchanged: not again
+    stale = alerts.tick(t + 3, tops, {"bybit-spot:BTCUSDT": "stale"}, 10**10)  # a stale book leaves the NBBO
+    assert [o[2]["bid_venue"] for o in stale if o[0] == "nbbo"] == ["okx:BTC-USDT"]
+    assert [(o[2]["key"], o[2]["state"]) for o in stale if o[0] == "alerts"] == [("bybit-spot:BTCUSDT", "cleared")]
+
+
+def test_a_position_script_is_ordered_by_its_times_and_checked_whole() -> None:
+    text = ('[[position]]\nportfolio = "demo"\ninstrument = "deribit:BTC-PERPETUAL"\nquantity = -1000\nat_s = 5\n'
+            '[[position]]\nportfolio = "demo"\ninstrument = "deribit:BTC-PERPETUAL"\nquantity = 0\nat_s = 1.5\n')
+    script = pos.load_script(text, "toml")
+    assert [(at, str(p.quantity)) for at, p in script] == [(1.5, "0"), (5.0, "-1000")]
+    with pytest.raises(pos.PositionError, match="at_s: -1"):
+        pos.load_script(text.replace("at_s = 5", "at_s = -1"), "toml")
+    with pytest.raises(pos.PositionError, match="unknown field"):
+        pos.load_file(text, "toml")  # a book has no times
