@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -32,7 +33,15 @@ def _show_our_logs() -> None:
             handler.setLevel(level)
 
 
-def _fail(exc: BookstreamError) -> None:
+def print_table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Rows under a header, each column as wide as its widest cell."""
+    table = [head, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
+    for r in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), flush=True)
+
+
+def fail(exc: BookstreamError) -> None:
     print(f"bookstream: error: {exc}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -55,11 +64,11 @@ async def replay(self: AppCommand, paths: tuple[Path, ...], fmt: str, venue: str
     from app.replay import replay as run
 
     if speed is not None and max_:
-        _fail(BookstreamError("--speed and --max exclude each other"))
+        fail(BookstreamError("--speed and --max exclude each other"))
     try:
         summary = await run(settings, list(paths), fmt, venue, symbol, None if max_ else speed)
     except BookstreamError as exc:
-        _fail(exc)
+        fail(exc)
         return
     for line in summary.lines():
         print(line, file=sys.stderr)
@@ -88,7 +97,7 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
     try:
         await consumer.start()
     except (KafkaError, OSError) as exc:
-        _fail(unreachable(settings, exc))
+        fail(unreachable(settings, exc))
     seen = 0
     frames = topic.startswith("raw.") and topic != "raw.deadletter"
     try:
@@ -129,12 +138,12 @@ async def simulate(self: AppCommand, host: str, port: int, rate: float, seed: in
 
     _show_our_logs()
     if rate <= 0:
-        _fail(BookstreamError("--rate must be greater than 0"))
+        fail(BookstreamError("--rate must be greater than 0"))
     print(f"simulator: http://{host}:{port}/  (FEED=sim SIM_URL=http://{host}:{port})", file=sys.stderr, flush=True)
     try:
         await serve(host, port, rate, seed)
     except OSError as exc:
-        _fail(BookstreamError(f"cannot listen on {host}:{port}: {exc.strerror}"))
+        fail(BookstreamError(f"cannot listen on {host}:{port}: {exc.strerror}"))
 
 
 async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rotate_mb: float) -> None:
@@ -152,7 +161,7 @@ async def _ingest(feeds: str | None, produce: bool, record_dir: Path | None, rot
             await ensure_topics(settings, app.runtime.topics.all, compacted=app.runtime.topics.compacted())
         await service.run()
     except BookstreamError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command(
@@ -220,8 +229,8 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
     """List the instrument registry (ref.instruments): contract terms per instrument, versioned in time."""
     from dataclasses import asdict
 
-    from app.market.instruments import KINDS, Registry
-    from app.registry import RegistryReader
+    from app.market.instruments import KINDS
+    from app.registry import read_registry
 
     try:
         if venue is not None and venue not in VENUES:
@@ -230,17 +239,12 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
             raise BookstreamError(f"--kind {kind!r}: one of {', '.join(KINDS)}")
         day = _expiry_day(expiry) if expiry else None
         moment = _when(at) if at else None
-        registry = Registry()
-        reader = RegistryReader(settings, settings.topic("ref.instruments"), registry)
         try:
-            await reader.start()
-            await reader.catch_up()
+            registry = await read_registry(settings)
         except (KafkaError, OSError) as exc:
             raise unreachable(settings, exc) from exc
-        finally:
-            await reader.stop()
     except BookstreamError as exc:
-        _fail(exc)
+        fail(exc)
         return
     rows = []
     for key, versions in sorted(registry.versions.items()):
@@ -261,12 +265,9 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
     else:
         head = ("instrument", "kind", "margin", "settle", "size", "tick", "lot", "min", "strike", "type", "expiry",
                 "state", "valid_from")
-        table = [head] + [(s.key, s.kind, s.margin, s.settle, s.contract_size or "", s.tick_size or "",
-                           s.lot_size or "", s.min_size or "", s.strike or "", s.option_type or "", day_, s.state,
-                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.valid_from // 10**9)))
-                          for s, day_ in rows]
-        widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
-        for r in table:
-            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), flush=True)
+        print_table(head, [(s.key, s.kind, s.margin, s.settle, s.contract_size or "", s.tick_size or "",
+                            s.lot_size or "", s.min_size or "", s.strike or "", s.option_type or "", day_, s.state,
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.valid_from // 10**9)))
+                           for s, day_ in rows])
     print(f"{len(rows)} instrument versions ({sum(len(v) for v in registry.versions.values())} in the registry)",
           file=sys.stderr)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -18,6 +18,25 @@ from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings
 from app.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+async def read_to_end(consumer: Any, tps: list[Any], handle: Callable[[Any, Any], None],
+                      timeout_s: float | None = None) -> int:
+    """Read the assigned ``tps`` (positioned by the caller) up to their end offsets of now,
+    handing every record to ``handle(tp, record)``; the number of records read. With
+    ``timeout_s``, stops there even if behind."""
+    end = await consumer.end_offsets(tps) if tps else {}
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    read = 0
+    while deadline is None or loop.time() < deadline:
+        if not [tp for tp in tps if await consumer.position(tp) < end[tp]]:  # a list: any() takes no async generator
+            break
+        for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
+            for msg in records:
+                handle(tp, msg)
+            read += len(records)
+    return read
 
 
 class BrokerUnavailable(ConfigError):

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 
 from app.config import Settings
 from app.errors import BookstreamError
-from app.kafka import client_auth
+from app.kafka import client_auth, read_to_end
 from app.market.instruments import Registry, Spec
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,8 @@ class RegistryReader:
         """Read to the end offsets of now; the number of records read."""
         consumer = self.consumer
         assert consumer is not None
-        tps = list(consumer.assignment())
-        end = await consumer.end_offsets(tps) if tps else {}
-        read = 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            behind = [tp for tp in tps if await consumer.position(tp) < end[tp]]
-            if not behind:
-                break
-            read += self._apply(await consumer.getmany(timeout_ms=500, max_records=10_000))
-        return read
+        return await read_to_end(consumer, list(consumer.assignment()), lambda tp, msg: self._apply_one(msg),
+                                 timeout_s)
 
     async def follow(self) -> None:
         """Apply new versions as they are published (by this worker or another), until cancelled."""
@@ -71,12 +62,27 @@ class RegistryReader:
         for records in batches.values():
             for msg in records:
                 n += 1
-                try:
-                    self.registry.apply(Spec.decode(msg.value))
-                except (ValueError, TypeError) as exc:
-                    log.warning("ref.instruments %d@%d: unreadable version (%s)", msg.partition, msg.offset, exc)
+                self._apply_one(msg)
         return n
+
+    def _apply_one(self, msg: Any) -> None:
+        try:
+            self.registry.apply(Spec.decode(msg.value))
+        except (ValueError, TypeError) as exc:
+            log.warning("ref.instruments %d@%d: unreadable version (%s)", msg.partition, msg.offset, exc)
 
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+
+
+async def read_registry(settings: Settings) -> Registry:
+    """The whole registry as ``ref.instruments`` holds it now (for commands)."""
+    registry = Registry()
+    reader = RegistryReader(settings, settings.topic("ref.instruments"), registry)
+    try:
+        await reader.start()
+        await reader.catch_up()
+    finally:
+        await reader.stop()
+    return registry

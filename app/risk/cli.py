@@ -22,20 +22,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
+from app.commands import fail, print_table
 from app.errors import BookstreamError, ConfigError
-from app.kafka import client_auth, producer, unreachable
-from app.market.instruments import Registry
-from app.registry import RegistryReader
+from app.kafka import client_auth, producer, read_to_end, unreachable
+from app.registry import read_registry
 from app.risk import positions as pos
 from app.risk.rules import STATES, file_format
 from app.risk.service import load_configured_rules
 from app.wire import partition_for
 from app.worker import app, settings
-
-
-def _fail(message: str) -> None:
-    print(f"bookstream: error: {message}", file=sys.stderr)
-    raise SystemExit(1)
 
 
 async def read_topic(topic: str) -> dict[bytes, bytes | None]:
@@ -49,13 +44,13 @@ async def read_topic(topic: str) -> dict[bytes, bytes | None]:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
         out: dict[bytes, bytes | None] = {}
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:  # (a list: any() takes no async generator)
-            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
-                for msg in records:
-                    if msg.key is not None:
-                        out[msg.key] = msg.value
+
+        def keep(tp: TopicPartition, msg: Any) -> None:
+            if msg.key is not None:
+                out[msg.key] = msg.value
+
+        await read_to_end(consumer, tps, keep)
         return out
     finally:
         await consumer.stop()
@@ -70,24 +65,6 @@ async def _send(topic: str, records: list[tuple[str, bytes | None]]) -> None:
         await prod.flush()
     finally:
         await prod.stop()
-
-
-async def _registry() -> Registry:
-    registry = Registry()
-    reader = RegistryReader(settings, settings.topic("ref.instruments"), registry)
-    try:
-        await reader.start()
-        await reader.catch_up()
-    finally:
-        await reader.stop()
-    return registry
-
-
-def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    table = [head, *rows]
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
-    for r in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), flush=True)
 
 
 def _open(key: bytes, value: bytes) -> bool:
@@ -126,7 +103,7 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
             else:
                 raise pos.PositionError("set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P], or set --file BOOK")
             if not force:
-                registry = await _registry()
+                registry = await read_registry(settings)
                 unknown = sorted({p.instrument for p in rows if p.instrument not in registry.versions})
                 if unknown:
                     raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)}: not in ref.instruments "
@@ -144,7 +121,7 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
             except OSError as exc:
                 raise pos.PositionError(f"{path}: {exc.strerror}") from None
             if not force:
-                registry = await _registry()
+                registry = await read_registry(settings)
                 unknown = sorted({p.instrument for _, p in script if p.instrument not in registry.versions})
                 if unknown:
                     raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)} (--force plays them anyway)")
@@ -165,7 +142,7 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
                 for p in shown:
                     print(p.encode().decode(), flush=True)
             else:
-                _table(("portfolio", "instrument", "quantity", "avg_price"),
+                print_table(("portfolio", "instrument", "quantity", "avg_price"),
                        [(p.portfolio, p.instrument, str(p.quantity), "" if p.avg_price is None else str(p.avg_price))
                         for p in shown])
             print(f"{len(shown)} position(s)", file=sys.stderr)
@@ -182,9 +159,9 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
         else:
             raise pos.PositionError(f"unknown action {action!r}: set, play, list or clear")
     except BookstreamError as exc:
-        _fail(str(exc))
+        fail(exc)
     except (KafkaError, OSError) as exc:
-        _fail(str(unreachable(settings, exc)))
+        fail(unreachable(settings, exc))
 
 
 @app.command(
@@ -220,7 +197,7 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
                 for row in rows:
                     print(orjson.dumps(row).decode(), flush=True)
             else:
-                _table(("rule", "portfolio", "underlying", "greek", "band", "target", "hedge", "state"),
+                print_table(("rule", "portfolio", "underlying", "greek", "band", "target", "hedge", "state"),
                        [(r["id"], r["portfolio"], r["underlying"], r["greek"], f"±{r['trigger']:g}", f"{r['target']:g}",
                          r["hedge"], r["state"]) for r in rows])
         elif action == "state":
@@ -238,6 +215,6 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
         else:
             raise BookstreamError(f"unknown action {action!r}: check, list or state")
     except BookstreamError as exc:
-        _fail(str(exc))
+        fail(exc)
     except (KafkaError, OSError) as exc:
-        _fail(str(unreachable(settings, exc)))
+        fail(unreachable(settings, exc))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -30,7 +29,7 @@ from app.market.symbols import parse_option
 from app.risk import valuation
 from app.risk.alerts import Alerts, AlertSettings
 from app.risk.positions import Position
-from app.risk.rules import Rule, Sizing, hedge_size, signal_id, walk
+from app.risk.rules import Rule, Sizing, hedge_size, signal_id, walk, with_state
 
 NS_PER_MS = 1_000_000
 SYNCED = "synced"
@@ -86,8 +85,8 @@ def unit_size(spec: Spec) -> float:
 
 
 class RiskEngine:
-    def __init__(self, settings: EngineSettings, rules: list[Rule],
-                 owns: Callable[[str], bool] = lambda portfolio: True) -> None:
+    def __init__(self, settings: EngineSettings, rules: list[Rule]) -> None:
+        """Computes every portfolio: which worker publishes which is the service's choice."""
         self.conf = settings
         self.interval = settings.interval_ms * NS_PER_MS
         self.scenario_interval = settings.scenario_interval_ms * NS_PER_MS
@@ -95,7 +94,6 @@ class RiskEngine:
         self.moves = np.array(settings.moves)
         self.vol_shifts = np.array(settings.vol_shifts)
         self.rules = {r.id: RuleRun(r) for r in rules}
-        self.owns = owns
         self.registry = Registry()
         self.tickers: dict[str, Quote] = {}
         self.tops: dict[str, Top] = {}
@@ -108,7 +106,6 @@ class RiskEngine:
         self.next_scenario = 0
         self.published: dict[tuple[str, str], dict[str, Any]] = {}  # (topic, key) → last body (sans ts)
         self.alerts = Alerts(settings.alerts, self.registry)
-        self.latest: dict[str, dict[str, dict[str, Any]]] = {}  # topic → key → last record (web view)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_input(self, kind: str, record: dict[str, Any]) -> list[Out]:
@@ -162,17 +159,16 @@ class RiskEngine:
             book[instrument] = position
         if before == position:
             return []
-        if not self.owns(portfolio) or self.now == 0:
+        if self.now == 0:
             return []
-        spec = self.registry.at(instrument, self.now) or self._first(instrument)
-        underlyings = {spec.base} if spec is not None else set()
-        return [o for u in sorted(underlyings) for o in self._exposure(portfolio, u, self.now, "position")]
+        spec = self.spec(instrument, self.now)
+        return [] if spec is None else self._exposure(portfolio, spec.base, self.now, "position")
 
     def on_rule_state(self, rule_id: str, state: str) -> bool:
         run = self.rules.get(rule_id)
         if run is None:
             return False
-        run.rule = Rule(**{**run.rule.as_dict(), "state": state})
+        run.rule = with_state(run.rule, state)
         run.blocked = None
         return True
 
@@ -195,25 +191,20 @@ class RiskEngine:
     def tick(self, t: int, scenarios: bool) -> list[Out]:
         out: list[Out] = []
         for portfolio in sorted(self.positions):
-            if not self.owns(portfolio):
-                continue
             for underlying in self._underlyings(portfolio, t):
                 out += self._exposure(portfolio, underlying, t, "interval", scenarios)
         for run in self.rules.values():  # a rule naming a portfolio that holds nothing
-            if not self.positions.get(run.rule.portfolio) and self.owns(run.rule.portfolio):
+            if not self.positions.get(run.rule.portfolio):
                 why = f"unknown portfolio {run.rule.portfolio!r}: it holds no positions"
                 out += self._blocked(run, t, 0.0, why, [])
         out += self.alerts.tick(t, self.tops, self.status, self.max_age)
         return out
 
-    def _first(self, key: str) -> Spec | None:
-        versions = self.registry.versions.get(key)
-        return versions[0] if versions else None
-
     def spec(self, key: str, t: int) -> Spec | None:
         """The terms in force at t (the first version for times before it: a list fetched a
         moment after the first ticker still describes it)."""
-        return self.registry.at(key, t) or self._first(key)
+        versions = self.registry.versions.get(key)
+        return (self.registry.at(key, t) or versions[0]) if versions else None
 
     def _underlyings(self, portfolio: str, t: int) -> list[str]:
         names = set()
@@ -290,13 +281,19 @@ class RiskEngine:
         return {"f": f, "strike": strike, "t": years, "sigma": sigma, "call": call, "venue": venue}, flags, ref
 
     def legs(self, portfolio: str, underlying: str, t: int) -> tuple[list[valuation.Leg], dict[str, list[str]],
-                                                                   list[dict[str, Any]]]:
+                                                                   list[dict[str, Any]], list[str]]:
+        """The priced legs of ``underlying``, the flags of its inputs, their references, and the
+        portfolio's instruments the registry does not know."""
         legs: list[valuation.Leg] = []
         flags: dict[str, list[str]] = {}
         refs: list[dict[str, Any]] = []
+        unknown: list[str] = []
         for instrument, pos in sorted(self.positions.get(portfolio, {}).items()):
             spec = self.spec(instrument, t)
-            if spec is None or spec.base != underlying:
+            if spec is None:
+                unknown.append(instrument)
+                continue
+            if spec.base != underlying:
                 continue
             kind = leg_kind(spec)
             qty = float(pos.quantity)
@@ -312,11 +309,10 @@ class RiskEngine:
             refs.append(ref)
             if fl:
                 flags[instrument] = fl
-        return legs, flags, refs
+        return legs, flags, refs, unknown
 
     def _exposure(self, portfolio: str, underlying: str, t: int, reason: str, scenarios: bool = False) -> list[Out]:
-        legs, flags, refs = self.legs(portfolio, underlying, t)
-        unknown = sorted(i for i in self.positions.get(portfolio, {}) if self.spec(i, t) is None)
+        legs, flags, refs, unknown = self.legs(portfolio, underlying, t)
         book = valuation.Book(legs)
         exp = book.exposure()
         key = f"{portfolio}|{underlying}"

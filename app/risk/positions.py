@@ -40,10 +40,12 @@ class Position:
     def key(self) -> str:
         return record_key(self.portfolio, self.instrument)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"portfolio": self.portfolio, "instrument": self.instrument, "quantity": _text(self.quantity),
+                "avg_price": None if self.avg_price is None else _text(self.avg_price), "ts": self.ts}
+
     def encode(self) -> bytes:
-        return orjson.dumps({"portfolio": self.portfolio, "instrument": self.instrument,
-                             "quantity": _text(self.quantity),
-                             "avg_price": None if self.avg_price is None else _text(self.avg_price), "ts": self.ts})
+        return orjson.dumps(self.as_dict())
 
 
 def record_key(portfolio: str, instrument: str) -> str:
@@ -85,6 +87,13 @@ def make(portfolio: str, instrument: str, quantity: Any, avg_price: Any = None, 
 
 def parse(key: bytes | None, value: bytes | None) -> Position | None:
     """A ``positions`` record → Position (None: the position is closed). PositionError if bad."""
+    record = parse_record(key, value)
+    return None if record is None or record.quantity == 0 else record
+
+
+def parse_record(key: bytes | None, value: bytes | None) -> Position | None:
+    """A ``positions`` record as written, a zero quantity included (None: a tombstone); a
+    missing ``ts`` is 0 (in force from the start). PositionError if bad."""
     if key is None:
         raise PositionError("record has no key (expected <portfolio>|<instrument>)")
     text = key.decode("utf-8", "replace")
@@ -105,8 +114,7 @@ def parse(key: bytes | None, value: bytes | None) -> Position | None:
     for name, want in (("portfolio", portfolio), ("instrument", instrument)):
         if row.get(name, want) != want:
             raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
-    pos = make(portfolio, instrument, row["quantity"], row.get("avg_price"), row.get("ts", 0))
-    return None if pos.quantity == 0 else pos
+    return make(portfolio, instrument, row["quantity"], row.get("avg_price"), row.get("ts") or 0)
 
 
 def load_file(text: str, fmt: str, ts: int | None = None) -> list[Position]:

@@ -34,10 +34,10 @@ from aiokafka.errors import KafkaError
 
 from app import metrics
 from app.config import Settings
-from app.kafka import client_auth
+from app.kafka import client_auth, read_to_end
 from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
-from app.risk.engine import EngineSettings, Out, RiskEngine
+from app.risk.engine import EngineSettings, Out, RiskEngine, instrument_key
 from app.risk.rules import STATES, Rule, load_rules
 from app.wire import Topics, partition_for
 
@@ -143,6 +143,7 @@ class RiskService:
                 self.consumer = None
             await asyncio.sleep(2)
             self._reset()  # the state is recomputed from the topics
+
     async def _serve(self) -> None:
         # Fetches wait for FETCH_MIN_BYTES or FETCH_WAIT_MS: a few round trips a second. With the
         # default (answer as soon as one byte is there) this consumer's fetch requests over every
@@ -213,15 +214,14 @@ class RiskService:
     async def _read_to_end(self, tps: list[TopicPartition]) -> None:
         consumer = self.consumer
         assert consumer is not None
-        end = await consumer.end_offsets(tps)
-        self._end = dict(end)
         now = time.monotonic()
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:  # (a list: any() takes no async generator)
-            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).items():
-                for msg in records:
-                    self._record(tp.topic, tp.partition, msg.key, msg.value, now)
-                    self._end[tp] = msg.offset + 1
-                    self.read_to[(tp.topic, tp.partition)] = msg.offset
+
+        def handle(tp: TopicPartition, msg: Any) -> None:
+            self._record(tp.topic, tp.partition, msg.key, msg.value, now)
+            self.read_to[(tp.topic, tp.partition)] = msg.offset
+
+        await read_to_end(consumer, tps, handle)
+        self._end = {tp: await consumer.position(tp) for tp in tps}
 
     # -- records ----------------------------------------------------------------------------
     def _record(self, topic: str, partition: int, key: bytes | None, value: bytes | None, now: float) -> None:
@@ -237,8 +237,7 @@ class RiskService:
                 return
             if kind == "book.status" and body.get("ts_recv") is None:
                 return  # a timer's retry: says nothing new, and has no event time
-            inst = str(body.get("key") or f"{body.get('venue')}:{body.get('instrument')}")
-            self._push(topic, partition, kind, inst, ts, int(body.get("seq") or 0), body, now)
+            self._push(topic, partition, kind, instrument_key(body), ts, int(body.get("seq") or 0), body, now)
             return
         if topic == self.topics.positions:
             self._position(key, value, partition, now)
@@ -260,23 +259,23 @@ class RiskService:
         after a restart puts it where it was. A tombstone has no time: it applies when read."""
         text = key.decode("utf-8", "replace") if key else ""
         try:
-            position = pos.parse(key, value)
-            ts = 0 if value is None else int(orjson.loads(value).get("ts") or 0)
+            record = pos.parse_record(key, value)
         except pos.PositionError as exc:
             self.bad_positions[text] = str(exc)
             metrics.count("risk_bad_positions")
             log.warning("positions %r: %s (not applied)", text, exc)
             return
         self.bad_positions.pop(text, None)
+        position = record if record is not None and record.quantity != 0 else None
         if position is None:
             self.position_rows.pop(text, None)
         else:
-            self.position_rows[text] = orjson.loads(position.encode())
-        if value is None:
+            self.position_rows[text] = position.as_dict()
+        if record is None:  # a tombstone
             self._emit(self.engine.on_position(text, None))
             return
-        self._push(self.topics.positions, partition, "position", text, ts, 0, {"key": text, "position": position,
-                                                                             "ts_recv": ts}, now)
+        self._push(self.topics.positions, partition, "position", text, record.ts, 0,
+                   {"key": text, "position": position, "ts_recv": record.ts}, now)
 
     def _rule_state(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
         if key is None or value is None:

@@ -118,13 +118,13 @@ class Book:
             vega += row.get("vega", 0.0)
             theta += row.get("theta", 0.0)
             notional += row["notional_usd"]
+        # the venue's greeks where every option has them (futures' delta is the contract's own)
         venue: dict[str, float] = {}
+        futures_delta = sum(per[leg.key]["delta"] for leg in (*self.linear, *self.inverse))
         for name in ("delta", "gamma", "vega", "theta"):
             values = [leg.coins * v for leg in self.options if (v := leg.venue_greeks.get(name)) is not None]
             if len(values) == len(self.options):
-                venue[name] = float(sum(values)) + (sum(r["delta"] for k, r in per.items()
-                                                        if k not in {o.key for o in self.options})
-                                                    if name == "delta" else 0.0)
+                venue[name] = float(sum(values)) + (futures_delta if name == "delta" else 0.0)
         return {"delta": delta, "delta_usd": delta_usd, "gamma": gamma, "gamma_1pct": gamma_1pct, "vega": vega,
                 "theta": theta, "notional_usd": notional, "venue": venue, "legs": per}
 
