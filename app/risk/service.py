@@ -330,12 +330,15 @@ class RiskService:
           clock): what it brings next are frames received no earlier than ``RISK_LATENESS_MS``
           ago — they reach the engine within that;
         * and its data is history (a replay, a restart's backlog): it holds the others back until
-          it has been quiet for ``RISK_IDLE_MS`` (no more data for that partition)."""
+          it has been quiet for ``RISK_IDLE_MS`` with this worker caught up with its raw topics
+          (no more data for that partition) — a worker still applying a replay may simply not
+          have reached that partition's next records yet."""
         idle_s = self.settings.risk.idle_ms / 1000
         wall = time.time_ns()
         recent = wall - self.settings.risk.lateness_ms * 1_000_000
         live_after = wall - self.settings.risk.idle_ms * 1_000_000
         consumer = self.consumer
+        behind = not self.caught_up()  # this worker still applying its raw topics (a replay)
         marks = []
         for (topic, partition, _venue), (ts, seen) in self.sources.items():
             high = consumer.highwater(TopicPartition(topic, partition)) if consumer is not None else None
@@ -343,8 +346,8 @@ class RiskService:
                 marks.append(ts)  # behind: its next records may be older than what the others show
             elif ts >= live_after:
                 marks.append(max(ts, recent))
-            elif now - seen < idle_s:
-                marks.append(ts)
+            elif now - seen < idle_s or behind:
+                marks.append(ts)  # quiet only because the worker is busy elsewhere: it may come
         return min(marks) if marks else float("inf")
 
     async def _release(self, now: float) -> None:
