@@ -12,7 +12,8 @@ reads every partition of the engine's inputs. Start:
 
 Market inputs wait in a heap until every input source (topic, partition, venue) has moved
 past them by ``RISK_LATENESS_MS`` of event time, or has been quiet for ``RISK_IDLE_MS`` of wall
-time; then they go to the engine in event-time order. Every worker computes every portfolio
+time; then they go to the engine in event-time order. Positions and rule states also wait for
+the market inputs to reach their time. Every worker computes every portfolio
 (its web view shows them all) and publishes those it owns: the partition of the portfolio's
 name (alerts: of the instrument; NBBO: of the pair) is active here.
 """
@@ -104,6 +105,8 @@ class RiskService:
         self.heap: list[tuple[int, int, str, int, int, str, dict[str, Any]]] = []
         self._n = 0
         self.sources: dict[tuple[str, int, str], list[float]] = {}  # → [max event time, wall time last seen]
+        self.assigned: list[TopicPartition] = []  # every input partition read after the restore
+        self.market_max = float("-inf")  # the newest event time of a market input read
         self.done_ids: set[str] = set()  # risk.hedge ids already published
         self.restored_ts: dict[tuple[str, str], int] = {}  # (topic, key) → latest ts published before start
         self.restoring = False
@@ -185,9 +188,14 @@ class RiskService:
                 else:
                     consumer.seek(tp, found.offset)
         else:
-            await consumer.seek_to_beginning(*market)
+            starts = await consumer.beginning_offsets(market)
+            for tp in market:
+                consumer.seek(tp, starts[tp])
         for tp in first:  # assign() forgot the positions reached
             consumer.seek(tp, self._end[tp])
+        for tp in [*first, *market]:  # where each partition is read from: the watermark knows what is left
+            self.read_to[(tp.topic, tp.partition)] = await consumer.position(tp) - 1
+        self.assigned = [tp for tp in [*first, *market] if tp.topic not in self.outputs]
         log.info("risk engine: %d rules, %d positions, %d signals already published", len(self.rules),
                  sum(len(b) for b in self.engine.positions.values()), len(self.done_ids))
         while True:
@@ -251,6 +259,8 @@ class RiskService:
         source = self.sources.setdefault((topic, partition, key.partition(":")[0]), [0, now])
         source[0] = max(source[0], ts)
         source[1] = now
+        if topic in self.inputs:
+            self.market_max = max(self.market_max, ts)
         self._n += 1
         heapq.heappush(self.heap, (ts, RANK[kind], key, seq, self._n, kind, body))
 
@@ -332,17 +342,21 @@ class RiskService:
         * and its data is history (a replay, a restart's backlog): it holds the others back until
           it has been quiet for ``RISK_IDLE_MS`` with this worker caught up with its raw topics
           (no more data for that partition) — a worker still applying a replay may simply not
-          have reached that partition's next records yet."""
+          have reached that partition's next records yet.
+
+        A partition no record was read from yet holds everything while it has records (or its
+        end is not known yet): its first records may be older than all the others."""
         idle_s = self.settings.risk.idle_ms / 1000
         wall = time.time_ns()
         recent = wall - self.settings.risk.lateness_ms * 1_000_000
         live_after = wall - self.settings.risk.idle_ms * 1_000_000
-        consumer = self.consumer
         behind = not self.caught_up()  # this worker still applying its raw topics (a replay)
         marks = []
+        unread = {(tp.topic, tp.partition) for tp in self.assigned if self._behind(tp.topic, tp.partition)}
+        if unread - {(topic, partition) for topic, partition, _venue in self.sources}:
+            return float("-inf")  # a partition not read from yet has records: they may be the oldest
         for (topic, partition, _venue), (ts, seen) in self.sources.items():
-            high = consumer.highwater(TopicPartition(topic, partition)) if consumer is not None else None
-            if high is None or self.read_to.get((topic, partition), -1) + 1 < high:
+            if (topic, partition) in unread:
                 marks.append(ts)  # behind: its next records may be older than what the others show
             elif ts >= live_after:
                 marks.append(max(ts, recent))
@@ -350,8 +364,16 @@ class RiskService:
                 marks.append(ts)  # quiet only because the worker is busy elsewhere: it may come
         return min(marks) if marks else float("inf")
 
+    def _behind(self, topic: str, partition: int) -> bool:
+        """Records of the partition are still to be read (or its end is not known yet)."""
+        high = self.consumer.highwater(TopicPartition(topic, partition)) if self.consumer is not None else None
+        return high is None or self.read_to.get((topic, partition), -1) + 1 < high
+
     async def _release(self, now: float) -> None:
-        limit = self.watermark(now) - self.settings.risk.lateness_ms * 1_000_000
+        # Positions and rule states wait for the market to reach their time: the desk's
+        # instructions are sparse, and alone they do not say that no older market data is to
+        # come (positions restored at a start, or written before a replay of the day they belong to).
+        limit = min(self.watermark(now) - self.settings.risk.lateness_ms * 1_000_000, self.market_max)
         heap = self.heap
         engine = self.engine
         n = 0

@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from app.capture.formats import Record, write_native
+from app.config import RiskSettings
 from app.market.symbols import monthly_expiries
 from app.risk import positions as pos
 from app.risk.engine import RiskEngine
@@ -41,6 +42,7 @@ FEEDS = {"deribit": ["BTC-PERPETUAL", CALL, f"BTC-{EXPIRY}-70000-C"]}
 PERP = "deribit:BTC-PERPETUAL"
 MAX_AGE_MS = 3000
 SILENCE_S = 8
+IDLE_S = RiskSettings.idle_ms / 1000  # the workers run with the default
 RULES = f"""
 [[rule]]
 id = "desk-btc-delta"
@@ -226,6 +228,14 @@ def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: S
         with workers(worker):
             worker.start()
             _produce(ns, "positions", [(m.key, m.value) for m in positions])
+            if run == "b":  # the replay starts well after the positions: they must wait for its market data
+                def read(w: Worker = worker) -> bool:
+                    return len(w.get("/api/risk")[1]["positions"]) == len(positions)
+
+                wait_for(read, 60, "the engine read the positions")
+                time.sleep(3 * IDLE_S)  # the fault itself (a late replay), no condition to wait for
+                held = worker.get("/api/risk")[1]
+                assert (held["pending_inputs"], held["event_time"]) == (len(positions), 0), held
             ns.replay(str(capture))
 
             def done(ns: Namespace = ns) -> list[dict[str, Any]] | None:
