@@ -31,6 +31,7 @@ class Recorder:
         self._fh: IO[bytes] | None = None
         self._size = 0
         self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.failed: CaptureError | None = None  # once a write failed, the recorder stays failed
 
     def _rotate(self) -> None:
         self.close()
@@ -45,6 +46,10 @@ class Recorder:
         log.info("recording to %s", path)
 
     def write(self, rec: Record) -> None:
+        if self.failed is not None:
+            # No new file after a failed write: on a full disk it would fail too (or hold a few
+            # frames after a gap), and the error must keep naming the file that failed.
+            raise self.failed
         line = write_native(rec)
         if self._fh is None or (self._size and self._size + len(line) > self.limit):
             self._rotate()
@@ -57,6 +62,8 @@ class Recorder:
         self.records += 1
 
     def flush(self) -> None:
+        if self.failed is not None:
+            raise self.failed
         if self._fh is not None:
             try:
                 self._fh.flush()
@@ -88,8 +95,9 @@ class Recorder:
                     fh.truncate(0)
         except OSError as trim_exc:
             log.error("could not trim the partial last line of %s: %s", path, trim_exc)
-        return CaptureError(f"{path}: writing the capture failed ({exc.strerror}); free disk space or record to "
-                            "another folder (--out)")
+        self.failed = CaptureError(f"{path}: writing the capture failed ({exc.strerror}); free disk space or "
+                                   "record to another folder (--out)")
+        return self.failed
 
     def close(self) -> None:
         if self._fh is not None:

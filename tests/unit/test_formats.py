@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.capture.formats import Record, read, write_native
+from app.capture.recorder import Recorder
 from app.errors import CaptureError, ConfigError
 from app.venues.base import Kind
 from tests.helpers import examples
@@ -139,3 +142,34 @@ def test_importers_never_raise_anything_but_a_capture_error(tmp_path: Path, case
         assert all(r.venue for r in records)
     else:
         assert error.strip()
+
+
+class _FullDisk:
+    """A capture file whose writes fail as on a full disk (the real limit, RLIMIT_FSIZE, is in
+    tests/integration/test_data_dir.py)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[: len(data) // 2])  # part of the line landed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def test_a_recorder_whose_write_failed_stays_failed_and_opens_no_file(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path)
+    frame = Record(1, "okx", "c1", Kind.WS, b'{"arg":{}}', symbol="BTC-USDT")
+    rec.write(frame)
+    rec._fh = _FullDisk(rec._fh)  # type: ignore[assignment]
+    with pytest.raises(CaptureError, match=r"-0001\.jsonl: writing the capture failed \(No space left") as first:
+        rec.write(frame)
+    for again in (lambda: rec.write(frame), rec.flush):  # a frame or flush after the failure
+        with pytest.raises(CaptureError) as later:
+            again()
+        assert str(later.value) == str(first.value)
+    assert rec.files == sorted(tmp_path.glob("*.jsonl"))
+    assert len(rec.files) == 1  # no second file
+    assert [r.frame for r in read(rec.files, "native")] == [frame.frame]  # the partial line trimmed
