@@ -147,7 +147,14 @@ cmd_up() {
   local jvm_log=(-Dlog4j.configuration="file:$ROOT/kafka/log4j.properties" -Dkafka.logs.dir="$LOG_DIR")
   if [ ! -f "$KAFKA_DATA_DIR/kraft-logs/meta.properties" ]; then
     local cluster_id
-    cluster_id=$("$PYTHON" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+    # A random Kafka Uuid (base64url). Never one starting with '-' (1 in 64): the storage tool
+    # would read it as an option ("argument --cluster-id/-t: expected one argument"); Kafka's own
+    # Uuid.randomUuid() draws again for the same reason.
+    cluster_id=$("$PYTHON" -c '
+import base64, uuid
+while (u := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(u)')
     say "formatting storage in $KAFKA_DATA_DIR/kraft-logs (cluster id $cluster_id)"
     java "${jvm_log[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS" \
       >"$LOG_DIR/format.log" 2>&1 || { cat "$LOG_DIR/format.log" >&2; die "storage format failed"; }
