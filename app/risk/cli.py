@@ -11,6 +11,7 @@ many seconds after the start), ``positions list [--portfolio P] [--json]``, ``po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from dataclasses import replace
@@ -27,7 +28,7 @@ from app.errors import BookstreamError, ConfigError
 from app.kafka import client_auth, producer, read_to_end, unreachable
 from app.registry import read_registry
 from app.risk import positions as pos
-from app.risk.rules import STATES, file_format
+from app.risk.rules import file_format, state_record
 from app.risk.service import load_configured_rules
 from app.wire import partition_for
 from app.worker import app, settings
@@ -67,11 +68,30 @@ async def _send(topic: str, records: list[tuple[str, bytes | None]]) -> None:
         await prod.stop()
 
 
-def _open(key: bytes, value: bytes) -> bool:
+async def _read(path: Path) -> str:
     try:
-        return pos.parse(key, value) is not None
-    except pos.PositionError:
-        return False
+        return await asyncio.to_thread(path.read_text)
+    except OSError as exc:
+        raise pos.PositionError(f"{path}: {exc.strerror}") from None
+
+
+async def _require_known(rows: list[pos.Position], force_says: str) -> None:
+    """PositionError naming every instrument ``ref.instruments`` does not know."""
+    registry = await read_registry(settings)
+    unknown = sorted({p.instrument for p in rows if p.instrument not in registry.versions})
+    if unknown:
+        raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)}{force_says}")
+
+
+def _held(current: dict[bytes, bytes | None]) -> list[pos.Position]:
+    """The open positions among a ``positions`` topic's latest records (bad records left out)."""
+    out = []
+    for key, value in sorted(current.items()):
+        with contextlib.suppress(pos.PositionError):
+            position = pos.parse(key, value)
+            if position is not None:
+                out.append(position)
+    return out
 
 
 @app.command(
@@ -93,22 +113,14 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
                 if args:
                     raise pos.PositionError("set --file takes no other arguments")
                 path = Path(book)
-                try:
-                    text = await asyncio.to_thread(path.read_text)
-                    rows = pos.load_file(text, file_format(path))
-                except OSError as exc:
-                    raise pos.PositionError(f"{path}: {exc.strerror}") from None
+                rows = pos.load_file(await _read(path), file_format(path))
             elif len(args) == 3:
                 rows = [pos.make(args[0], args[1], args[2], avg_price)]
             else:
                 raise pos.PositionError("set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P], or set --file BOOK")
             if not force:
-                registry = await read_registry(settings)
-                unknown = sorted({p.instrument for p in rows if p.instrument not in registry.versions})
-                if unknown:
-                    raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)}: not in ref.instruments "
-                                            "(a worker must have fetched the venue's instrument list; --force sets "
-                                            "them anyway)")
+                await _require_known(rows, ": not in ref.instruments (a worker must have fetched the venue's "
+                                           "instrument list; --force sets them anyway)")
             now = time.time_ns()  # a position applies at its ts: stamped as it is sent
             await _send(topic, [(p.key, replace(p, ts=now).encode()) for p in rows])  # 0 closes it
             print(f"{len(rows)} position(s) set", file=sys.stderr)
@@ -116,15 +128,9 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
             if len(args) != 1:
                 raise pos.PositionError("play SCRIPT (TOML/YAML [[position]] tables with at_s)")
             path = Path(args[0])
-            try:
-                script = pos.load_script(await asyncio.to_thread(path.read_text), file_format(path))
-            except OSError as exc:
-                raise pos.PositionError(f"{path}: {exc.strerror}") from None
+            script = pos.load_script(await _read(path), file_format(path))
             if not force:
-                registry = await read_registry(settings)
-                unknown = sorted({p.instrument for _, p in script if p.instrument not in registry.versions})
-                if unknown:
-                    raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)} (--force plays them anyway)")
+                await _require_known([p for _, p in script], " (--force plays them anyway)")
             start = time.monotonic()
             for at, p in script:
                 await asyncio.sleep(max(0.0, start + at - time.monotonic()))
@@ -149,13 +155,11 @@ async def positions(self: AppCommand, action: str, args: tuple[str, ...], book: 
         elif action == "clear":
             if len(args) not in (1, 2):
                 raise pos.PositionError("clear PORTFOLIO [INSTRUMENT]")
-            current = await read_topic(topic)
-            keys = [k.decode() for k, v in current.items() if v is not None and _open(k, v)
-                    and k.decode().partition("|")[0] == args[0]
-                    and (len(args) == 1 or k.decode().partition("|")[2] == args[1])]
-            closed = [pos.make(k.partition("|")[0], k.partition("|")[2], 0, ts=time.time_ns()) for k in sorted(keys)]
+            now = time.time_ns()
+            closed = [pos.make(p.portfolio, p.instrument, 0, ts=now) for p in _held(await read_topic(topic))
+                      if p.portfolio == args[0] and (len(args) == 1 or p.instrument == args[1])]
             await _send(topic, [(p.key, p.encode()) for p in closed])
-            print(f"{len(keys)} position(s) cleared", file=sys.stderr)
+            print(f"{len(closed)} position(s) cleared", file=sys.stderr)
         else:
             raise pos.PositionError(f"unknown action {action!r}: set, play, list or clear")
     except BookstreamError as exc:
@@ -177,8 +181,7 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
             if settings.risk.rules_file is None:
                 print("RISK_RULES_FILE is not set: no rules")
                 return
-            held = {k.decode().partition("|")[0] for k, v in (await read_topic(settings.topic("positions"))).items()
-                    if v is not None and _open(k, v)}
+            held = {p.portfolio for p in _held(await read_topic(settings.topic("positions")))}
             empty = sorted({r.portfolio for r in loaded} - held)
             for name in empty:
                 print(f"warning: portfolio {name!r} holds no positions (its rules are blocked until it does)",
@@ -207,10 +210,11 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
             if rule_id not in by_id:
                 raise BookstreamError(f"no rule {rule_id!r} in {settings.risk.rules_file} "
                                       f"(rules: {', '.join(sorted(by_id)) or 'none'})")
-            if state not in STATES:
-                raise BookstreamError(f"state {state!r} is not one of {', '.join(STATES)}")
-            await _send(settings.topic("risk.rules"), [(rule_id, orjson.dumps(
-                {"rule": rule_id, "state": state, "ts": time.time_ns(), "by": "command"}))])
+            try:
+                record = state_record(rule_id, state, "command")
+            except ValueError as exc:
+                raise BookstreamError(str(exc)) from None
+            await _send(settings.topic("risk.rules"), [(rule_id, record)])
             print(f"rule {rule_id}: {state}", file=sys.stderr)
         else:
             raise BookstreamError(f"unknown action {action!r}: check, list or state")

@@ -8,8 +8,9 @@ is computed at **ticks**: the boundaries of ``RISK_INTERVAL_MS`` of event time (
 those of ``SCENARIO_INTERVAL_MS``); a tick at boundary b sees every input before b and is
 computed when the first input at or after b arrives. So the same raw topics give the same
 records, at any replay speed, on any worker. Positions and rule states are the desk's
-instructions, not market data: they apply when read, and a position change publishes the
-exposure at once (``reason: position``).
+instructions: they come in the same order, at their own ``ts`` (the service holds them until
+the market inputs reach it), and a position change publishes the exposure at once
+(``reason: position``).
 """
 
 from __future__ import annotations

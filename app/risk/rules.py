@@ -30,11 +30,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 import tomllib
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from app.errors import ConfigError
 
@@ -181,10 +184,21 @@ def load_rules(path: Path) -> list[Rule]:
     return rules
 
 
-def with_state(rule: Rule, state: str) -> Rule:
+def check_state(state: str) -> None:
+    """ValueError unless ``state`` is a rule state."""
     if state not in STATES:
         raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
+
+
+def with_state(rule: Rule, state: str) -> Rule:
+    check_state(state)
     return replace(rule, state=state)
+
+
+def state_record(rule_id: str, state: str, by: str) -> bytes:
+    """A ``risk.rules`` record (key: the rule id): the state set now, and who set it."""
+    check_state(state)
+    return orjson.dumps({"rule": rule_id, "state": state, "ts": time.time_ns(), "by": by})
 
 
 # -- the decision ----------------------------------------------------------------------

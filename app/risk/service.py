@@ -39,7 +39,7 @@ from app.kafka import client_auth, read_to_end
 from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
 from app.risk.engine import EngineSettings, Out, RiskEngine, instrument_key
-from app.risk.rules import STATES, Rule, load_rules
+from app.risk.rules import STATES, Rule, load_rules, state_record
 from app.wire import Topics, partition_for
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,5 @@ class RiskService:
         """Publish a rule's new state on ``risk.rules`` (it applies when read back, on every worker)."""
         if rule_id not in self.engine.rules:
             raise KeyError(f"no rule {rule_id!r} (rules: {', '.join(sorted(self.engine.rules)) or 'none'})")
-        if state not in STATES:
-            raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
         self.send(self.topics.rules, partition_for(rule_id, self.settings.partitions), rule_id,
-                  orjson.dumps({"rule": rule_id, "state": state, "ts": time.time_ns(), "by": by}))
+                  state_record(rule_id, state, by))

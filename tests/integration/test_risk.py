@@ -297,6 +297,10 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
         return [r for r in rows if r["portfolio"] == "play" and r["quantity"] == "-7000"]
 
     wait_for(play_position, 30, "the played position on /api/risk")
+    assert "1 position(s) cleared" in ns.faust("positions", "clear", "play").stderr
+    assert ns.faust("positions", "list", "--json", "--portfolio", "play").stdout.strip() == ""
+    checked = ns.faust("rules", "check", env=risk_env(scenario.rules))
+    assert f"{scenario.rules}: 1 rule(s), no errors" in checked.stdout
     rules = [orjson.loads(line) for line in ns.faust("rules", "list", "--json",
                                                      env=risk_env(scenario.rules)).stdout.splitlines()]
     assert [(r["id"], r["state"]) for r in rules] == [("desk-btc-delta", "active")]
