@@ -92,7 +92,8 @@ async def tail(self: AppCommand, topic: str, from_beginning: bool, count: int) -
 
     consumer = AIOKafkaConsumer(
         settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest", **client_auth(settings),
+        auto_offset_reset="earliest" if from_beginning else "latest", isolation_level="read_committed",
+        **client_auth(settings),
     )
     try:
         await consumer.start()

@@ -38,7 +38,16 @@ ENV_VARS = (
     "FEEDS", "FEEDS_FILE", "FEED", "SIM_URL", "CREDENTIALS_FILE",
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
     "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
+    "MIN_INSYNC_REPLICAS", "RAW_RETENTION_MS", "RAW_RETENTION_BYTES", "OUTPUT_RETENTION_MS", "PROCESSING_GUARANTEE",
 )
+
+#: PROCESSING_GUARANTEE values (Kafka Streams' names).
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+
+#: OUTPUT_RETENTION_MS default: 7 days, Kafka's own default. A consumer of the derived topics
+#: that is down over a long weekend still finds everything it missed, and any of them can be
+#: rebuilt from the raw topics, which keep everything by default.
+OUTPUT_RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -158,6 +167,56 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not true or false")
 
 
+def _env_auto_int(name: str, *, minimum: int = 1) -> int | None:
+    """An integer (at least ``minimum``), or None for ``auto`` (and unset)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not auto or a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be auto or at least {minimum}")
+    return value
+
+
+def _env_retention(name: str, default: int) -> int:
+    """Kafka's retention.ms / retention.bytes: -1 (no limit) or a positive number."""
+    value = _env_int(name, default, minimum=-1)
+    if value == 0:
+        raise ConfigError(f"{name}=0 would delete everything: use -1 (no limit) or a positive number")
+    return value
+
+
+def _processing_guarantee(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in PROCESSING_GUARANTEES:
+        raise ConfigError(f"PROCESSING_GUARANTEE={raw!r} must be {' or '.join(PROCESSING_GUARANTEES)}")
+    return value
+
+
+def resolve_replication(replication: int | None, min_insync: int | None, brokers: int) -> tuple[int, int]:
+    """The replication factor and ``min.insync.replicas`` of the topics bookstream creates on a
+    cluster of ``brokers`` brokers: ``TOPIC_REPLICATION`` (None: auto = min(3, brokers)) and
+    ``MIN_INSYNC_REPLICAS`` (None: auto = 2 with a factor of 3 or more, else 1). A factor the
+    cluster cannot hold, or a minimum above the factor, is a ConfigError."""
+    if replication is None:
+        factor = max(1, min(3, brokers))
+    elif replication > brokers:
+        raise ConfigError(f"TOPIC_REPLICATION={replication} but the cluster has {brokers} broker(s): "
+                          f"use at most {brokers}, or auto")
+    else:
+        factor = replication
+    if min_insync is None:
+        return factor, 2 if factor >= 3 else 1
+    if min_insync > factor:
+        said = "auto" if replication is None else str(replication)
+        raise ConfigError(f"MIN_INSYNC_REPLICAS={min_insync} is more than the replication factor {factor} "
+                          f"(TOPIC_REPLICATION={said}, {brokers} broker(s)): writes with acks=all would fail")
+    return factor, min_insync
+
+
 def _bootstrap(raw: str) -> str:
     servers = [s.strip() for s in raw.split(",") if s.strip()]
     if not servers:
@@ -248,7 +307,12 @@ class Settings:
     app_id: str = "bookstream"
     topic_prefix: str = ""
     partitions: int = 4
-    replication: int = 1
+    replication: int | None = None  # TOPIC_REPLICATION; None: auto, resolved by app.kafka.ensure_topics
+    min_insync_replicas: int | None = None  # MIN_INSYNC_REPLICAS; None: auto (resolve_replication)
+    raw_retention_ms: int = -1  # RAW_RETENTION_MS: -1 keeps raw records forever
+    raw_retention_bytes: int = -1  # RAW_RETENTION_BYTES: per partition; -1: no limit
+    output_retention_ms: int = OUTPUT_RETENTION_MS_DEFAULT  # OUTPUT_RETENTION_MS: derived, non-compacted topics
+    processing_guarantee: str = "at_least_once"  # PROCESSING_GUARANTEE
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     data_dir: Path = field(default_factory=lambda: ROOT / ".data" / "worker")
@@ -309,12 +373,22 @@ def load() -> Settings:
     prefix = os.environ.get("TOPIC_PREFIX", "").strip()
     if prefix and not all(c.isalnum() or c in "-_." for c in prefix):
         raise ConfigError(f"TOPIC_PREFIX={prefix!r} may only hold letters, digits, '-', '_', '.'")
+    replication = _env_auto_int("TOPIC_REPLICATION", minimum=1)
+    min_insync = _env_auto_int("MIN_INSYNC_REPLICAS", minimum=1)
+    if replication is not None and min_insync is not None and min_insync > replication:
+        raise ConfigError(f"MIN_INSYNC_REPLICAS={min_insync} is more than TOPIC_REPLICATION={replication}: "
+                          "writes with acks=all would fail")
     return Settings(
         kafka_bootstrap=_bootstrap(_env_str("KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
         app_id=app_id,
         topic_prefix=prefix,
         partitions=_env_int("TOPIC_PARTITIONS", 4, minimum=1, maximum=1024),
-        replication=_env_int("TOPIC_REPLICATION", 1, minimum=1),
+        replication=replication,
+        min_insync_replicas=min_insync,
+        raw_retention_ms=_env_retention("RAW_RETENTION_MS", -1),
+        raw_retention_bytes=_env_retention("RAW_RETENTION_BYTES", -1),
+        output_retention_ms=_env_retention("OUTPUT_RETENTION_MS", OUTPUT_RETENTION_MS_DEFAULT),
+        processing_guarantee=_processing_guarantee(_env_str("PROCESSING_GUARANTEE", "at_least_once")),
         web_host=_env_str("WEB_HOST", "127.0.0.1"),
         web_port=_env_int("WEB_PORT", 6066, minimum=1, maximum=65535),
         data_dir=Path(data_dir).expanduser().resolve(),

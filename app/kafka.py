@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.offset import OffsetRequest
 
-from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings
+from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings, resolve_replication
 from app.errors import ConfigError
+from app.wire import DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
 
@@ -85,58 +89,259 @@ def faust_credentials(settings: Settings) -> Any:
     return None
 
 
-async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping[str, dict[str, str]] | None = None
-                        ) -> None:
-    """Create missing topics with TOPIC_PARTITIONS partitions (``compacted`` ones with their
-    configs, which are also applied to them when they exist); refuse mismatched ones; return
-    once every topic has a leader for every partition, so a consumer subscribing next sees them."""
+def faust_leader_topic(app_id: str) -> str:
+    """Faust's leader-election topic (one partition), which the worker creates before Faust does."""
+    return f"{app_id}-__assignor-__leader"
+
+
+def is_raw_topic(settings: Settings, name: str) -> bool:
+    """A ``raw.<venue>`` topic (RAW_RETENTION_*): ingestion's input, everything else is derived
+    from it. ``raw.deadletter`` is the worker's output (a report of unusable frames, rebuilt by
+    processing the raw topics again), so it is derived."""
+    return name.startswith(settings.topic(raw_topic(""))) and name != settings.topic(DEADLETTER)
+
+
+def topic_configs(settings: Settings, name: str, min_insync: int,
+                  compacted: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every config bookstream sets on topic ``name``. AlterConfigs replaces a topic's whole set
+    of dynamic configs, so this is always sent whole: raw topics keep RAW_RETENTION_MS /
+    RAW_RETENTION_BYTES, derived ones OUTPUT_RETENTION_MS, compacted ones (``compacted``: their
+    configs) one record per key, however old."""
+    configs = {"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES), "min.insync.replicas": str(min_insync)}
+    if compacted is not None:
+        configs.update(compacted)
+    elif is_raw_topic(settings, name):
+        configs.update({"cleanup.policy": "delete", "retention.ms": str(settings.raw_retention_ms),
+                        "retention.bytes": str(settings.raw_retention_bytes)})
+    else:
+        configs.update({"cleanup.policy": "delete", "retention.ms": str(settings.output_retention_ms)})
+    return configs
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """What :func:`ensure_topics` resolved on the cluster: its broker count, and the replication
+    factor and ``min.insync.replicas`` of the topics it creates."""
+
+    brokers: int
+    replication: int
+    min_insync: int
+
+
+class TopicsNotReady(ConfigError):
+    """The topics were created but not every broker serves them in time."""
+
+
+async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping[str, dict[str, str]] | None = None,
+                        *, faust_leader: bool = False, ready_timeout_s: float = 30.0) -> TopicPlan:
+    """Create missing topics with TOPIC_PARTITIONS partitions, the resolved replication factor
+    (TOPIC_REPLICATION, MIN_INSYNC_REPLICAS) and :func:`topic_configs` (``compacted`` ones with
+    their configs); bring the configs of existing ones to the settings (retention follows
+    RAW_RETENTION_* / OUTPUT_RETENTION_MS; configs set by others are kept); refuse mismatched
+    partition counts. With ``faust_leader``, Faust's leader topic too (one partition). Returns
+    once every broker of the cluster serves every topic with a leader for each partition, so a
+    client asking any broker next sees them; raises :class:`TopicsNotReady` after ``ready_timeout_s``."""
     compacted = dict(compacted or {})
     names = [*names, *(n for n in compacted if n not in names)]
+    partitions = {n: settings.partitions for n in names}
+    if faust_leader:
+        partitions[faust_leader_topic(settings.app_id)] = 1
+    names = list(partitions)
+    client = AIOKafkaClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
+                            **client_auth(settings))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
                                 **client_auth(settings))
     try:
+        await client.bootstrap()
         await admin.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:
+        await asyncio.gather(client.close(), admin.close(), return_exceptions=True)
         raise unreachable(settings, exc) from exc
     try:
-        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
-                    if t.get("error_code", 0) == 0}
-        for name, count in existing.items():
-            if count != settings.partitions:
+        meta = await _metadata(client, client.get_random_node(), names)
+        brokers = sorted(b["node_id"] for b in meta["brokers"])
+        factor, min_insync = resolve_replication(settings.replication, settings.min_insync_replicas, len(brokers))
+        plan = TopicPlan(len(brokers), factor, min_insync)
+        existing: dict[str, int] = {}  # name → its replication factor
+        for t in meta["topics"]:
+            if t["error_code"] != 0 or not t["partitions"]:
+                continue
+            name, count = t["topic"], len(t["partitions"])
+            if count != partitions[name]:
                 raise ConfigError(
                     f"topic {name} has {count} partitions but TOPIC_PARTITIONS={settings.partitions}; "
                     "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
                     "worker, or a fresh TOPIC_PREFIX."
                 )
-        default = {"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES)}
-        missing = [NewTopic(n, settings.partitions, settings.replication, topic_configs=compacted.get(n, default))
-                   for n in names if n not in existing]
+            existing[name] = min(len(p["replicas"]) for p in t["partitions"])
+        wanted = {n: topic_configs(settings, n, min_insync, compacted.get(n)) for n in names}
+        missing = [n for n in names if n not in existing]
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another client
-                await admin.create_topics(missing)
-            log.info("created topics %s", ", ".join(t.name for t in missing))
-            await _wait_visible(admin, names)
-        kept = [ConfigResource(ConfigResourceType.TOPIC, n, configs) for n, configs in compacted.items()
-                if n in existing]
-        if kept:  # settings such as CHANGELOG_SEGMENT_MS apply to a topic created earlier too
-            await admin.alter_configs(kept)
+            await _create(admin, [NewTopic(n, partitions[n], factor, topic_configs=wanted[n]) for n in missing])
+            log.info("created topics %s (replication %d, min.insync.replicas %d, %d broker(s))", ", ".join(missing),
+                     factor, min_insync, len(brokers))
+        if existing:
+            await _update_configs(admin, settings, plan, existing, wanted, ready_timeout_s)
+        await _wait_served(client, brokers, partitions, ready_timeout_s)
+        return plan
     finally:
-        await admin.close()
+        await asyncio.gather(client.close(), admin.close(), return_exceptions=True)
 
 
-async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        described = await admin.describe_topics(names)
-        ready = {t["topic"] for t in described if t.get("error_code", 0) == 0 and t["partitions"]
-                 and all(p["leader"] >= 0 for p in t["partitions"])}
-        if ready >= set(names):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("topics still without a leader after %.0fs (slow broker?): %s; continuing", timeout_s,
-                        ", ".join(sorted(set(names) - ready)))
-            return
+async def _metadata(client: AIOKafkaClient, node_id: int, names: list[str]) -> dict[str, Any]:
+    """One broker's metadata of ``names`` (never auto-creating them: a broker with
+    auto.create.topics.enable would give them its default partition count)."""
+    response = await client.send(node_id, MetadataRequest(names, allow_auto_topic_creation=False))
+    obj: dict[str, Any] = response.to_object()
+    return obj
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    response = await admin.create_topics(topics)
+    for topic, code, *rest in response.topic_errors:
+        if code in (0, TopicAlreadyExistsError.errno):  # already exists: created meanwhile by another client
+            continue
+        detail = (rest[0] if rest else None) or for_code(code).description
+        raise ConfigError(f"cannot create topic {topic}: {for_code(code).message}: {detail}")
+
+
+async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: TopicPlan, existing: dict[str, int],
+                          wanted: dict[str, dict[str, str]], timeout_s: float) -> None:
+    """Bring existing topics' configs to ``wanted`` (retention follows the settings), keeping
+    configs others set on them. AlterConfigs replaces the whole set: it gets all of them."""
+    current = await _topic_overrides(admin, list(existing))
+    changes = []
+    for name, factor in existing.items():
+        target = dict(wanted[name])
+        if factor < plan.replication:
+            said = "auto" if settings.replication is None else str(settings.replication)
+            log.warning("topic %s has replication factor %d, below %d (TOPIC_REPLICATION=%s, %d broker(s)): a config "
+                        "cannot change it; reassign its partitions (kafka-reassign-partitions.sh) or recreate it",
+                        name, factor, plan.replication, said, plan.brokers)
+            target["min.insync.replicas"] = str(min(plan.min_insync, factor))  # more would refuse every write
+        merged = {**current.get(name, {}), **target}
+        if not _same_configs(merged, current.get(name, {})):
+            changed = {k: v for k, v in target.items() if not _same_value(current.get(name, {}).get(k), v)}
+            log.info("topic %s: setting %s", name, ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, name, merged))
+    if not changes:
+        return
+    for response in await admin.alter_configs(changes):
+        for code, message, _type, name in response.resources:
+            if code:
+                raise ConfigError(f"cannot set the configs of topic {name}: {for_code(code).message}: "
+                                  f"{message or for_code(code).description}")
+    # The controller has them; a broker applies them a moment later: return once they show.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    want = {c.name: c.configs for c in changes}
+    while stale := [n for n, configs in (await _topic_overrides(admin, list(want))).items()
+                    if not _same_configs(configs, want[n])]:
+        if loop.time() > deadline:
+            raise TopicsNotReady(f"configs of topic(s) {', '.join(stale)} set but still not in effect after "
+                                 f"{timeout_s:.0f}s. Check the brokers (their logs, kafka-metadata-quorum.sh)")
         await asyncio.sleep(0.1)
+
+
+def _same_value(a: str | None, b: str | None) -> bool:
+    """Equal config values, as the broker may spell a number its own way (0.00001 → 1.0E-5)."""
+    if a == b:
+        return True
+    try:
+        return a is not None and b is not None and float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def _same_configs(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+
+
+#: DescribeConfigs config_source of a topic's own (dynamic) config.
+_DYNAMIC_TOPIC_CONFIG = 1
+
+
+async def _topic_overrides(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """The configs set on each topic itself (not broker defaults), as AlterConfigs would replace them."""
+    out: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+        for code, message, _type, name, entries in response.resources:
+            if code:
+                raise ConfigError(f"cannot read the configs of topic {name}: {for_code(code).message}: "
+                                  f"{message or for_code(code).description}")
+            own: dict[str, str] = {}
+            for key, value, _read_only, source, *_ in entries:
+                # version 0 of the response says is_default (a bool) where later ones say config_source
+                dynamic = (not source) if response.API_VERSION == 0 else source == _DYNAMIC_TOPIC_CONFIG
+                if dynamic and value is not None:
+                    own[key] = value
+            out[name] = own
+    return out
+
+
+async def _wait_served(client: AIOKafkaClient, brokers: list[int], partitions: Mapping[str, int],
+                       timeout_s: float) -> None:
+    """Until every broker's own metadata has every topic with a leader for each partition, and
+    each leader answers for its partitions (a broker names itself leader in its metadata a
+    moment before it serves them): a client that asks any broker next sees the topics."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    names = list(partitions)
+    while True:
+        lagging: dict[int, str] = {}
+        leaders: dict[int, set[tuple[str, int]]] = {}  # as the brokers say (once they agree, one leader each)
+        for node in brokers:
+            try:
+                meta = await _metadata(client, node, names)
+            except (KafkaError, OSError) as exc:
+                lagging[node] = f"unreachable ({exc!r})"
+                continue
+            served = {t["topic"] for t in meta["topics"] if t["error_code"] == 0
+                      and len(t["partitions"]) == partitions[t["topic"]]
+                      and all(p["leader"] >= 0 for p in t["partitions"])}
+            if unserved := [n for n in names if n not in served]:
+                lagging[node] = f"{len(unserved)} topic(s) without a leader there yet, e.g. {', '.join(unserved[:3])}"
+            for t in meta["topics"]:
+                for p in t["partitions"]:
+                    leaders.setdefault(p["leader"], set()).add((t["topic"], p["partition"]))
+        if not lagging:
+            for node, tps in leaders.items():
+                if not_led := await _not_led(client, node, sorted(tps)):
+                    lagging[node] = f"not leading {len(not_led)} of its partitions yet, e.g. {', '.join(not_led[:3])}"
+        if not lagging:
+            return
+        if loop.time() > deadline:
+            raise TopicsNotReady(
+                f"topics still not served by every broker {timeout_s:.0f}s after creating them: "
+                + "; ".join(f"broker {node}: {why}" for node, why in sorted(lagging.items()))
+                + ". Check those brokers (their logs, kafka-metadata-quorum.sh describe --status)")
+        await asyncio.sleep(0.1)
+
+
+async def _not_led(client: AIOKafkaClient, node: int, tps: list[tuple[str, int]]) -> list[str]:
+    """The partitions of ``tps`` that broker ``node`` does not answer for as their leader yet
+    (a ListOffsets request for their end)."""
+    by_topic: dict[str, list[tuple[int, int]]] = {}
+    for topic, partition in tps:
+        by_topic.setdefault(topic, []).append((partition, -1))  # -1: the latest offset
+    try:
+        response = await client.send(node, OffsetRequest(-1, 0, list(by_topic.items())))
+    except (KafkaError, OSError) as exc:
+        return [f"all ({exc!r})"]
+    return [f"{t['topic']}-{p['partition']}" for t in response.to_object()["topics"] for p in t["partitions"]
+            if p["error_code"] != 0]
+
+
+async def wait_for_topic(consumer: Any, topic: str, timeout_s: float = 5.0) -> bool:
+    """Whether ``topic`` exists, asking the cluster again for up to ``timeout_s``: a topic
+    created a moment ago (by a fresh worker) may not have reached the broker asked first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while topic not in await consumer.topics():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

@@ -1,9 +1,21 @@
-"""In-process counters and a latency histogram (exposed by the web view)."""
+"""In-process counters and a latency histogram (exposed by the web view).
+
+Importing this module also installs :mod:`app.brokers` (once per process): broker
+reachability as one WARNING per transition and counters, instead of aiokafka's flood of
+connection-failure lines. Every entry point that talks to Kafka imports it (the worker through
+the runtime, ingestion and replay through the raw sink)."""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
+
+from app import brokers
+
+brokers.install()
+
+#: Broker reachability (``disconnects`` per node, ``unreachable``, ``suppressed`` log lines).
+broker_watch = brokers.WATCH
 
 counters: Counter[str] = Counter()
 

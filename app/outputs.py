@@ -3,15 +3,27 @@
 :class:`Publisher` turns what the processor did to a book into ``book.top``, ``book.status``,
 ``book.depth``, ``control.resync`` and ``raw.deadletter`` records (builders in ``app.wire``).
 :class:`OutputSink` sends them: one record per top-of-book change, as downstream consumers
-expect, but appended to an aiokafka ``BatchBuilder`` per topic partition rather than sent one
-by one (a Faust ``send_soon`` costs tens of microseconds per record). Batching is natural:
-a lane (topic partition) with nothing in flight that sent nothing in the last
-``PRODUCER_LINGER_MS`` sends at once; otherwise records gather until both hold.
+expect, but gathered per topic partition ("lane") and sent as one producer batch rather than
+one by one (a Faust ``send_soon`` costs tens of microseconds per record). Batching is natural:
+a lane with nothing in flight that sent nothing in the last ``PRODUCER_LINGER_MS`` sends at
+once; otherwise records gather until both hold.
 
-Output delivery is at-least-once across restarts (records after the last state commit are
-published again, with the same contents). A record whose delivery fails (broker unreachable
-beyond the request timeout) is counted (``outputs_failed``) and dropped: the books stay right
-and the next change publishes the current top again.
+Nothing is dropped (README "Delivery guarantees"):
+
+* **Flow control.** Past ``OUTPUT_BUFFER_MB`` of records waiting for Kafka, whoever adds them
+  waits (:meth:`OutputSink.room`): the book agent stops taking raw records, its stream buffer
+  fills and Faust stops fetching the raw partitions until half of the budget is delivered.
+  A slow or absent broker makes the worker late, never lossy.
+* **Commit after delivery.** A table partition's commit first waits until every output added
+  before it is acknowledged (:meth:`OutputSink.delivered`), so the progress it commits covers
+  only raw records whose outputs the broker holds; after a crash the rest is published again.
+* **Retries in order.** The producer is idempotent with ``acks=all``: aiokafka retries a batch
+  until it is delivered. A lane has one batch in flight; a failed one is sent again first. An
+  error that leaves aiokafka's idempotent producer unusable (``OutOfOrderSequenceNumber``,
+  ``UnknownProducerId``, fenced epoch: aiokafka has no KIP-360 epoch bump, aio-libs/aiokafka#1017)
+  replaces the producer, and every batch it had not delivered is sent again with the new one.
+  Only a record no retry can deliver (too large, not authorised) is given up, counted in
+  ``outputs_failed`` and logged as an error.
 """
 
 from __future__ import annotations
@@ -23,9 +35,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka import errors as Errors
 from aiokafka.errors import KafkaError
 
 from app import metrics
@@ -37,6 +50,9 @@ from app.market.records import Ticker, gap_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
 from app.sync import STALE, SYNCED, Instrument
+
+if TYPE_CHECKING:
+    from app.state.manager import PartitionState
 from app.venues import split_key
 from app.wire import BookDepth, BookStatus, BookTop, DeadLetter, RawFrame, ResyncRequest, Topics, partition_for
 
@@ -46,6 +62,12 @@ log = logging.getLogger(__name__)
 # ~1 ms); the rest go at the next tick.
 DEPTH_FLUSH_BUDGET_S = 0.005
 
+#: Bytes counted per record beside its key and value (batch overhead, roughly).
+RECORD_OVERHEAD = 24
+
+#: After a failed delivery a lane waits this long before sending the batch again.
+RETRY_BACKOFF_S = 0.25
+
 # Dead letters are for audit, not for trading: their lanes send at most one batch per 100 ms.
 # With the books' PRODUCER_LINGER_MS (5 ms) a flood of bad frames (1,000/s in `make chaos`) sent
 # ~200 produce requests a second per dead-letter partition, and on 2 cores those requests (a
@@ -53,19 +75,50 @@ DEPTH_FLUSH_BUDGET_S = 0.005
 DEADLETTER_LINGER_S = 0.1
 
 
+class OutputBatch:
+    """Records of one lane that travel as one producer batch; kept until acknowledged, so that a
+    batch whose delivery failed is built again and sent again in its place."""
+
+    __slots__ = ("records", "size")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+        self.size = 0
+
+
 @dataclass(slots=True)
 class _Lane:
     topic: str
     partition: int
-    open: Any = None  # the BatchBuilder gathering records
-    ready: deque[Any] = field(default_factory=deque)  # full builders waiting
-    inflight: bool = False
+    open: OutputBatch | None = None  # the batch gathering records
+    ready: deque[OutputBatch] = field(default_factory=deque)  # closed batches waiting, in order
+    inflight: OutputBatch | None = None
     last_sent: float = 0.0  # monotonic time of its last batch
     linger: float = 0.0  # it sends at most one batch per this many seconds
+    retry_at: float = 0.0  # monotonic: after a failed delivery, not before
+    added: int = 0  # records ever added to this lane
+    done: int = 0  # records acknowledged by the broker (or given up as undeliverable), in order
+    flush_to: int = 0  # a commit waits for the records up to here: they go without lingering
+
+
+#: Errors that no retry can mend: the batch is given up, counted (``outputs_failed``) and logged.
+UNDELIVERABLE: tuple[type[BaseException], ...] = (
+    Errors.MessageSizeTooLargeError, Errors.RecordListTooLargeError, Errors.InvalidTopicError,
+    Errors.TopicAuthorizationFailedError, Errors.ClusterAuthorizationFailedError, Errors.CorruptRecordException,
+    Errors.UnsupportedVersionError)
+
+
+def _sender_dead(producer: Any) -> bool:
+    """aiokafka's sender task ended (a fatal error): the producer delivers nothing more."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is not None and task.done()
 
 
 class OutputSink:
-    """Records to Kafka in batches per topic partition, within OUTPUT_BUFFER_MB."""
+    """Records to Kafka in batches per topic partition. Never drops a record: past
+    OUTPUT_BUFFER_MB of records waiting for Kafka, :meth:`room` holds back whoever adds them
+    (the book agent, so Faust stops fetching the raw partitions; the risk engine) until the
+    broker has taken half of them."""
 
     def __init__(self, settings: Settings, lingers: dict[str, float] | None = None) -> None:
         """``lingers``: topics whose lanes wait longer than PRODUCER_LINGER_MS between batches."""
@@ -73,119 +126,241 @@ class OutputSink:
         self.linger_s = settings.producer_linger_ms / 1000
         self.lingers = {topic: max(s, self.linger_s) for topic, s in (lingers or {}).items()}
         self.budget = int(settings.output_buffer_mb * 2**20)
+        self.batch_bytes = settings.producer_max_batch_size
         self.lanes: dict[tuple[str, int], _Lane] = {}
         self.pending_bytes = 0
+        self.peak_bytes = 0
         self.sent = 0
-        self.dropped = 0
-        self.failed = 0
+        self.failed = 0  # records given up: undeliverable whatever the retries (record too large…)
+        self.retried = 0  # batches sent again after a failed delivery
+        self.paused_s = 0.0  # time spent holding back the inputs
+        self.pauses = 0
+        self.producers = 0  # producers created (more than one: recreated after a fatal error)
         self._producer: Any = None
+        self._recreate = False
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()  # set whenever a delivery completes
         self._task: asyncio.Task[None] | None = None
         self._log = LogLimiter()
 
+    # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        self._producer = await self._new_producer()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="output-sink")
+
+    async def _new_producer(self) -> Any:
         delay = 0.5
         while True:
-            producer = make_producer(self.settings, enable_idempotence=False, acks=1, linger_ms=0,
-                                     max_batch_size=self.settings.producer_max_batch_size)
+            # acks=all with idempotence: a record is acknowledged once min.insync.replicas hold it,
+            # and aiokafka retries an idempotent batch until it is delivered (it never expires one).
+            # Its own client id (``<APP_ID>-outputs``): a broker quota or a client metric can name it.
+            producer = make_producer(self.settings, enable_idempotence=True, acks="all", linger_ms=0,
+                                     max_batch_size=self.batch_bytes, client_id=f"{self.settings.app_id}-outputs")
             try:
                 await asyncio.wait_for(producer.start(), timeout=15)
-                break
+                self.producers += 1
+                return producer
             except (KafkaError, OSError, TimeoutError) as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 log.warning("outputs: Kafka at %s unreachable (%s); retrying", self.settings.kafka_bootstrap, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self._producer = producer
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="output-sink")
 
     async def stop(self, grace_s: float = 10.0) -> None:
         if self._producer is None:
             return
-        deadline = time.monotonic() + grace_s
-        while self.pending_bytes and time.monotonic() < deadline:
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.delivered(), timeout=grace_s)
+        if self.pending_bytes:
+            log.warning("outputs: stopping with %d records not delivered; they are published again by whichever "
+                        "worker resumes these partitions", sum(lane.added - lane.done for lane in self.lanes.values()))
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._producer.stop(), timeout=grace_s)
         self._producer = None
 
+    # -- adding ------------------------------------------------------------------------
     def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        if self._producer is None:
-            self.dropped += 1
-            return
-        size = len(key) + len(value) + 24
-        if self.pending_bytes + size > self.budget:
-            self.dropped += 1
-            self._warn(f"outputs: {self.pending_bytes / 2**20:.1f} MiB waiting for Kafka; dropping records "
-                       f"({self.dropped:,} so far)")
-            return
+        """Queue one record; never drops it (see :meth:`room` for the bound)."""
+        size = len(key) + len(value) + RECORD_OVERHEAD
         lane = self.lanes.get((topic, partition))
         if lane is None:
             lane = self.lanes[(topic, partition)] = _Lane(topic, partition,
                                                           linger=self.lingers.get(topic, self.linger_s))
-        if lane.open is None:
-            lane.open = self._producer.create_batch()
-        if lane.open.append(key=key, value=value, timestamp=None) is None:
-            lane.ready.append(lane.open)
-            lane.open = self._producer.create_batch()
-            lane.open.append(key=key, value=value, timestamp=None)
+        batch = lane.open
+        if batch is None:
+            batch = lane.open = OutputBatch()
+        elif batch.size + size > self.batch_bytes:
+            lane.ready.append(batch)
+            batch = lane.open = OutputBatch()
+        batch.records.append((key, value))
+        batch.size += size
+        lane.added += 1
         self.pending_bytes += size
-        if not lane.inflight:
+        if self.pending_bytes > self.peak_bytes:
+            self.peak_bytes = self.pending_bytes
+        if lane.inflight is None:
             self._wake.set()
 
-    def _warn(self, message: str) -> None:
-        if self._log.allow("outputs")[0]:
-            log.error(message)
+    def hold(self, size: int) -> None:
+        """``size`` bytes of outputs held elsewhere until a commit (exactly_once: in their table
+        partition's next transaction) count against the same budget."""
+        self.pending_bytes += size
+        if self.pending_bytes > self.peak_bytes:
+            self.peak_bytes = self.pending_bytes
 
+    def release(self, size: int) -> None:
+        """Held bytes left memory (their transaction committed, or their partition was lost)."""
+        self.pending_bytes = max(0, self.pending_bytes - size)
+        self._progress.set()
+
+    def full(self) -> bool:
+        """More than OUTPUT_BUFFER_MB waits for Kafka: whoever adds records must wait (:meth:`room`)."""
+        return self.pending_bytes > self.budget
+
+    async def room(self) -> None:
+        """Until the records waiting for Kafka are back under half the budget (at once if under it).
+        The book agent waits here, so its stream's buffer fills and Faust stops fetching the raw
+        partitions (its own flow control) until the outputs drain: late, never lossy."""
+        if self.pending_bytes <= self.budget:
+            return
+        began = time.monotonic()
+        self.pauses += 1
+        metrics.count("outputs_paused")
+        if self._log.allow("outputs-paused")[0]:
+            log.warning("outputs: %.1f MiB waiting for Kafka (OUTPUT_BUFFER_MB=%g); raw partitions paused until "
+                        "half of it is delivered (nothing is dropped)", self.pending_bytes / 2**20,
+                        self.settings.output_buffer_mb)
+        try:
+            while self.pending_bytes > self.budget // 2:
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self.paused_s += time.monotonic() - began
+
+    async def delivered(self) -> None:
+        """Until every record added before this call is acknowledged by the broker (or given up
+        as undeliverable). The state commits wait here: progress is committed after the outputs
+        of the records it covers (flush, then commit — as Kafka Streams does)."""
+        marks = [(lane, lane.added) for lane in self.lanes.values() if lane.done < lane.added]
+        for lane, mark in marks:
+            lane.flush_to = max(lane.flush_to, mark)
+        if marks:
+            self._wake.set()
+        while True:
+            marks = [(lane, mark) for lane, mark in marks if lane.done < mark]
+            if not marks:
+                return
+            self._progress.clear()
+            await self._progress.wait()
+
+    # -- sending -----------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            if self._recreate or _sender_dead(self._producer):
+                await self._replace_producer()
             now = time.monotonic()
             next_due: float | None = None
             for lane in list(self.lanes.values()):
-                if lane.inflight or (lane.open is None and not lane.ready):
+                if lane.inflight is not None or (lane.open is None and not lane.ready):
                     continue
-                due = lane.last_sent + lane.linger  # a lane sends at most one batch per linger
-                if now < due and lane.open is not None and not lane.ready:
+                # a lane sends at most one batch per linger, unless a commit waits for it
+                due = max(lane.last_sent + lane.linger, lane.retry_at)
+                if lane.flush_to > lane.done and now >= lane.retry_at:
+                    due = now
+                if now < due and (lane.retry_at > now or (lane.open is not None and not lane.ready)):
                     next_due = due if next_due is None else min(next_due, due)
                     continue
                 if not lane.ready:
-                    lane.ready.append(lane.open)
+                    lane.ready.append(lane.open)  # type: ignore[arg-type]
                     lane.open = None
                 await self._send(lane, lane.ready.popleft())
-            if next_due is None:
-                await self._wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(next_due - time.monotonic(), 0.0005))
+            # at least once a second: a producer whose sender task died wakes nobody
+            timeout = 1.0 if next_due is None else min(max(next_due - time.monotonic(), 0.0005), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _send(self, lane: _Lane, batch: Any) -> None:
-        count, size = batch.record_count(), batch.size()
-        lane.inflight = True
+    async def _send(self, lane: _Lane, batch: OutputBatch) -> None:
+        producer = self._producer
+        built = producer.create_batch()
+        records = batch.records
+        for i, (key, value) in enumerate(records):
+            if built.append(key=key, value=value, timestamp=None) is None:
+                # larger than our estimate: the rest goes as the lane's next batch
+                rest = OutputBatch()
+                rest.records, batch.records = records[i:], records[:i]
+                rest.size = sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in rest.records)
+                batch.size -= rest.size
+                lane.ready.appendleft(rest)
+                break
+        lane.inflight = batch
         lane.last_sent = time.monotonic()
         try:
-            fut = await self._producer.send_batch(batch, lane.topic, partition=lane.partition)
+            fut = await producer.send_batch(built, lane.topic, partition=lane.partition)
         except (KafkaError, OSError) as exc:
-            self._delivered(lane, count, size, exc)
+            self._delivered(lane, batch, producer, exc)
             return
-        fut.add_done_callback(lambda f: self._delivered(lane, count, size, f.exception() if not f.cancelled()
+        fut.add_done_callback(lambda f: self._delivered(lane, batch, producer, f.exception() if not f.cancelled()
                                                         else asyncio.CancelledError()))
 
-    def _delivered(self, lane: _Lane, count: int, size: int, exc: BaseException | None) -> None:
-        lane.inflight = False
-        self.pending_bytes = max(0, self.pending_bytes - size - 24 * count)
-        if exc is None:
-            self.sent += count
+    def _delivered(self, lane: _Lane, batch: OutputBatch, producer: Any, exc: BaseException | None) -> None:
+        if lane.inflight is not batch:
+            return  # already sent again after its producer was replaced: a late word from the old one
+        lane.inflight = None
+        count = len(batch.records)
+        if exc is None or isinstance(exc, UNDELIVERABLE):
+            lane.done += count
+            self.pending_bytes = max(0, self.pending_bytes - batch.size)
+            if exc is None:
+                self.sent += count
+            else:
+                self.failed += count
+                metrics.count("outputs_failed", count)
+                log.error("outputs: %d records to %s:%d can never be delivered (%s: %s); given up", count,
+                          lane.topic, lane.partition, type(exc).__name__, exc)
         else:
-            self.failed += count
-            metrics.count("outputs_failed", count)
-            self._warn(f"outputs: delivery to {lane.topic}:{lane.partition} failed ({exc}); {self.failed:,} records "
-                       "lost so far (books are unaffected)")
+            # Sent again, first in its lane: the lane's order holds (one batch in flight per lane).
+            lane.ready.appendleft(batch)
+            lane.retry_at = time.monotonic() + RETRY_BACKOFF_S
+            self.retried += 1
+            metrics.count("outputs_retried")
+            fatal = not isinstance(exc, (asyncio.CancelledError, Errors.KafkaTimeoutError,
+                                         Errors.KafkaConnectionError)) \
+                and not getattr(exc, "retriable", False)
+            if fatal and producer is self._producer:
+                self._recreate = True
+            if self._log.allow("outputs-retry")[0]:
+                log.warning("outputs: delivery to %s:%d failed (%s: %s); sending it again%s", lane.topic,
+                            lane.partition, type(exc).__name__, exc,
+                            " with a new producer" if fatal else "")
+        self._progress.set()
         self._wake.set()
+
+    async def _replace_producer(self) -> None:
+        """After a fatal producer error (OutOfOrderSequenceNumber…): a new producer; batches the old
+        one still held fail with it and are sent again, each first in its lane."""
+        self._recreate = False
+        old, self._producer = self._producer, None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), timeout=5)
+        for lane in self.lanes.values():  # a batch the old producer never answered for goes again, first
+            if lane.inflight is not None:
+                lane.ready.appendleft(lane.inflight)
+                lane.inflight = None
+                self.retried += 1
+        self._producer = await self._new_producer()
+        log.warning("outputs: producer recreated after a fatal error; undelivered batches are sent again")
+
+    def stats(self) -> dict[str, Any]:
+        return {"pending_mb": round(self.pending_bytes / 2**20, 3), "peak_mb": round(self.peak_bytes / 2**20, 3),
+                "budget_mb": self.settings.output_buffer_mb, "sent": self.sent, "retried": self.retried,
+                "failed": self.failed, "pauses": self.pauses, "paused_s": round(self.paused_s, 3),
+                "producers": self.producers}
 
 
 class RecentMarket:
@@ -259,9 +434,16 @@ class Publisher:
         self.risk_depth_keys: set[str] = set()  # hedge instruments of the risk rules (risk.depth)
         self.risk_interval_ns = settings.risk.interval_ms * 1_000_000
         self._risk_bucket: dict[str, int] = {}
+        # PROCESSING_GUARANTEE=exactly_once: while the runtime applies a raw record, the table
+        # partition whose next transaction takes the record's outputs (None: the sink, at least once).
+        self.txn: PartitionState | None = None
 
     def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
-        self.sink.add(topic, partition, key.encode(), value)
+        txn = self.txn
+        if txn is None:
+            self.sink.add(topic, partition, key.encode(), value)
+        else:
+            self.sink.hold(txn.output(topic, partition, key.encode(), value))
 
     def outcome(self, partition: int, out: Outcome, inst: Instrument, ts_recv: int) -> None:
         key, fx = out.key, out.fx

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 
 from app.config import Settings
 from app.errors import BookstreamError
-from app.kafka import client_auth, read_to_end
+from app.kafka import client_auth, read_to_end, wait_for_topic
 from app.market.instruments import Registry, Spec
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,10 @@ class RegistryReader:
 
     async def start(self) -> None:
         consumer = self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                                    enable_auto_commit=False, **client_auth(self.settings))
+                                                    enable_auto_commit=False, isolation_level="read_committed",
+                                                    **client_auth(self.settings))
         await consumer.start()
-        if self.topic not in await consumer.topics():
+        if not await wait_for_topic(consumer, self.topic):  # a topic created a moment ago may still be on its way
             await consumer.stop()
             raise BookstreamError(f"topic {self.topic} does not exist yet: a worker creates it (faust -A app worker)")
         # every bookstream topic has TOPIC_PARTITIONS partitions (ensure_topics refuses others)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from app import metrics
 from app.config import Settings
@@ -36,8 +37,11 @@ class BookRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, VENUES, settings.app_id)
-        self.state = StateManager(settings, BOOKS, self.topics.changelog)
         self.sink = OutputSink(settings, {self.topics.deadletter: DEADLETTER_LINGER_S})
+        self.state = StateManager(settings, BOOKS, self.topics.changelog, self.sink.delivered, self.sink.release)
+        #: PROCESSING_GUARANTEE=exactly_once: a raw record's outputs go in its table partition's
+        #: next changelog transaction, with the rows and progress they come from.
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
         self.seek: Seek | None = None  # set by the glue once the consumer exists
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)
@@ -60,7 +64,7 @@ class BookRuntime:
         if self.settings.risk.enabled:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
-                                    self.caught_up)
+                                    self.caught_up, self.sink.room)
             await self.risk.start()
 
     async def stop(self) -> None:
@@ -120,6 +124,16 @@ class BookRuntime:
         metrics.count(f"frames.{topic.rpartition('raw.')[2]}", len(items))
         metrics.count("raw_records")
         publisher = self.publisher
+        if self.exactly_once:
+            publisher.txn = part
+        try:
+            self._apply(part, topic, partition, offset, items)
+        finally:
+            publisher.txn = None
+        progress.applied(topic, offset)
+
+    def _apply(self, part: PartitionState, topic: str, partition: int, offset: int, items: list[Any]) -> None:
+        publisher = self.publisher
         processor = part.processor
         for index, item in enumerate(items):
             if isinstance(item, BadFrame):
@@ -144,7 +158,6 @@ class BookRuntime:
                 publisher.dead(topic, partition, offset, item, index, item.key, "internal-error",
                                f"{type(exc).__name__}: {exc}", item.data)
                 self._stale_after_error(part, item.key, exc)
-        progress.applied(topic, offset)
 
     def _stale_after_error(self, part: PartitionState, key: str, exc: Exception) -> None:
         inst = part.books.get(key)

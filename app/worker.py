@@ -19,6 +19,7 @@ from typing import IO, Any, NoReturn
 import faust
 
 from app.config import Settings, load
+from app.errors import ConfigError
 from app.faust_glue import StateTableManager, StateTransport, install
 from app.kafka import ensure_topics, faust_credentials
 from app.runtime import BookRuntime
@@ -99,8 +100,12 @@ class BookstreamApp(faust.App):
         claim_data_dir(settings.data_dir)  # before anything touches the folder
         await super().on_first_start()
         topics = self.runtime.topics
-        await ensure_topics(settings, topics.all, compacted={**topics.compacted(),
-                                                             topics.changelog: settings.changelog.topic_configs()})
+        try:  # Faust's leader topic too: created here with the resolved replication factor, before Faust would
+            plan = await ensure_topics(settings, topics.all, faust_leader=True, compacted={
+                **topics.compacted(), topics.changelog: settings.changelog.topic_configs()})
+        except ConfigError as exc:  # TOPIC_REPLICATION above the brokers, topics not served in time …
+            _refuse(str(exc))
+        self.conf.topic_replication_factor = plan.replication  # any topic Faust declares from now on
         await self.runtime.start()
 
     async def on_stop(self) -> None:
@@ -110,6 +115,11 @@ class BookstreamApp(faust.App):
 
 app = BookstreamApp(
     settings.app_id,
+    # Faust reads its own settings from environment variables too, under names bookstream's
+    # settings share (PROCESSING_GUARANTEE would switch Faust's consumer to its own transactions,
+    # WEB_PORT, TOPIC_PARTITIONS…). Every Faust setting bookstream needs is passed below; Faust's
+    # own environment variables count only with the FAUST_ prefix (FAUST_BROKER_REQUEST_TIMEOUT…).
+    env_prefix="FAUST_",
     broker=settings.broker_url,
     broker_credentials=faust_credentials(settings),  # KAFKA_SECURITY_PROTOCOL, SASL, TLS
     store="memory://",  # no Faust tables: the books table is app.state
@@ -119,7 +129,8 @@ app = BookstreamApp(
     key_serializer="raw",
     value_serializer="raw",
     topic_partitions=settings.partitions,
-    topic_replication_factor=settings.replication,
+    # TOPIC_REPLICATION=auto is resolved against the cluster in on_first_start, which sets this again
+    topic_replication_factor=settings.replication or 1,
     table_standby_replicas=settings.standby_replicas,
     consumer_auto_offset_reset="earliest",
     consumer_group_instance_id=instance_id(settings),

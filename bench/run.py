@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -142,6 +143,48 @@ def level_updates(records: list[Record]) -> int:
     return n
 
 
+def reference_tops(records: list[Record]) -> int:
+    """Top-of-book changes the in-process reference publishes for ``records`` (the same router
+    and processor as the worker, no Kafka)."""
+    from app.processor import Processor
+    from app.router import Router
+
+    router, proc, tops = Router(), Processor(), 0
+    for rec in records:
+        for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
+            tops += len(proc.handle(raw).fx.tops)
+    return tops
+
+
+class TopCounter:
+    """Distinct ``book.top`` records of a namespace, read as they arrive: (instrument, epoch, seq)
+    once each, so at-least-once repeats count once. Runs on its own thread's event loop."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.seen: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._read()), daemon=True)
+        self._thread.start()
+
+    async def _read(self) -> None:
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
+                                    isolation_level="read_committed", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                for records in (await consumer.getmany(timeout_ms=200, max_records=50_000)).values():
+                    for msg in records:
+                        top = orjson.loads(msg.value)
+                        self.seen.add(b"%s|%d|%d" % (msg.key, top["epoch"], top["seq"]))
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 class Bench:
     def __init__(self) -> None:
         self.figures: dict[str, Any] = {}
@@ -185,17 +228,23 @@ class Bench:
 
     # -- workers over a loaded namespace ------------------------------------------------------
     def worker_run(self, ns: Namespace, frames: int, n_workers: int, env: dict[str, str],
-                   profile: Path | None = None) -> dict[str, Any]:
-        """Workers of a fresh app id over the loaded raw topics: time to apply every frame."""
+                   profile: Path | None = None, tops: int | None = None) -> dict[str, Any]:
+        """Workers of a fresh app id over the loaded raw topics: time to apply every frame and —
+        with ``tops``, the reference's count of top changes — to deliver every one of them to
+        ``book.top`` (a figure bought by dropping outputs is not a figure)."""
         run = Namespace(f"{ns.name}w{uuid.uuid4().hex[:4]}", BOOTSTRAP, ns.tmp, PARTITIONS)
         workers = [Worker(run, ns.tmp / f"data-{run.name}-{i}", TOPIC_PREFIX=f"{ns.name}.", **env)
                    for i in range(n_workers)]
+        counter: TopCounter | None = None
+        delivered = None
         spy = None
         try:
             for w in workers:
                 w.start(wait=False)
             for w in workers:
                 w.wait_ready(180)
+            if tops is not None:  # the workers created book.top; it is read from its start
+                counter = TopCounter(f"{ns.name}.book.top")
             cpu0 = sum(cpu_seconds(pid(w)) for w in workers)
             t0 = time.monotonic()
             if profile is not None and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
@@ -214,18 +263,31 @@ class Bench:
                 if now - t0 > 3600:
                     raise RuntimeError("workers did not finish within an hour")
                 time.sleep(0.2)
+            applied_s = time.monotonic() - t0
+            if counter is not None and tops is not None:
+                while len(counter.seen) < tops and time.monotonic() - t0 < 3600 + 600:
+                    time.sleep(0.05)
+                delivered = len(counter.seen)
+                if delivered != tops:
+                    raise RuntimeError(f"book.top holds {delivered:,} distinct top changes of the reference's "
+                                       f"{tops:,}: outputs were lost, the figure is void")
             seconds = time.monotonic() - t0
             cpu = sum(cpu_seconds(pid(w)) for w in workers) - cpu0
             rss = max(rss_mb(pid(w)) for w in workers)
             stale = sum(1 for w in workers for b in http_json(w.url + "/api/books")[1]["books"]
                         if b["state"] != "synced")
         finally:
+            if counter is not None:
+                counter.stop()
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
             for w in workers:
                 w.kill()
-        return {"seconds": round(seconds, 1), "frames": frames, "frames_per_s": round(frames / seconds),
+        checked = {} if tops is None else {
+            "tops_expected": tops, "tops_delivered": delivered, "applied_seconds": round(applied_s, 1),
+            "note": "seconds until every top change of the input was delivered to book.top"}
+        return checked | {"seconds": round(seconds, 1), "frames": frames, "frames_per_s": round(frames / seconds),
                 "cpu_ms_per_frame": round(cpu * 1000 / frames, 4), "cpu_seconds": round(cpu, 1),
                 "rss_mb": round(rss), "workers": n_workers, "books_not_synced": stale, "settings": env}
 
@@ -244,7 +306,7 @@ class Bench:
         ns, frames, replay = self.loaded(COPIES)
         say("throughput: one worker")
         raw = WORK / "profile.txt"
-        r = self.worker_run(ns, frames, 1, {}, profile=raw)
+        r = self.worker_run(ns, frames, 1, {}, profile=raw, tops=reference_tops(self.records) * COPIES)
         r["level_updates_per_s"] = round(level_updates(self.records) * COPIES / r["seconds"])
         r["profile"] = profile_top(raw)
         if raw.exists():  # py-spy's collapsed stacks, for flame graph tools
@@ -256,7 +318,7 @@ class Bench:
     def scaling(self) -> None:
         ns, frames, _ = self.loaded(COPIES)
         say("scaling: two workers")
-        r = self.worker_run(ns, frames, 2, {})
+        r = self.worker_run(ns, frames, 2, {}, tops=reference_tops(self.records) * COPIES)
         r["command"] = "two faust -A app worker processes, one consumer group, over the throughput topics"
         self.figures["scaling"] = r
 

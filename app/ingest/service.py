@@ -113,7 +113,8 @@ class Ingest:
         while True:
             consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.kafka_bootstrap,
                                         group_id=f"{self.settings.app_id}-ingest", auto_offset_reset="latest",
-                                        enable_auto_commit=True, **client_auth(self.settings))
+                                        enable_auto_commit=True, isolation_level="read_committed",
+                                        **client_auth(self.settings))
             try:
                 await consumer.start()
                 async for msg in consumer:

@@ -25,7 +25,7 @@ from faust.cli import AppCommand, argument, option
 
 from app.commands import fail, print_table
 from app.errors import BookstreamError, ConfigError
-from app.kafka import client_auth, producer, read_to_end, unreachable
+from app.kafka import client_auth, producer, read_to_end, unreachable, wait_for_topic
 from app.registry import read_registry
 from app.risk import positions as pos
 from app.risk.rules import file_format, state_record
@@ -37,10 +37,10 @@ from app.worker import app, settings
 async def read_topic(topic: str) -> dict[bytes, bytes | None]:
     """The latest value of every key of a (compacted) topic, read to its end now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                **client_auth(settings))
+                                isolation_level="read_committed", **client_auth(settings))
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
+        if not await wait_for_topic(consumer, topic):  # a topic created a moment ago may still be on its way
             raise BookstreamError(f"topic {topic} does not exist yet: a worker creates it (faust -A app worker)")
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)

@@ -37,6 +37,24 @@ TRANSACTION_TIMEOUT_MS = 30_000
 BATCH_BYTES = 1024 * 1024
 
 
+async def _send_outputs(producer: AIOKafkaProducer, outputs: Sequence[tuple[str, int, bytes, bytes]]) -> None:
+    """Downstream records into the open transaction, in order per topic partition, in batches."""
+    lanes: dict[tuple[str, int], Any] = {}
+    for topic, partition, key, value in outputs:
+        batch = lanes.get((topic, partition))
+        if batch is None:
+            batch = lanes[(topic, partition)] = producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            await producer.send_batch(batch, topic, partition=partition)
+            batch = lanes[(topic, partition)] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise CommitFailed(f"an output record of {len(key) + len(value)} bytes to {topic} exceeds "
+                                   f"{BATCH_BYTES} bytes")
+    for (topic, partition), batch in lanes.items():
+        if batch.record_count():
+            await producer.send_batch(batch, topic, partition=partition)
+
+
 class Fenced(Exception):
     """Another worker took this partition's transactional id: it owns the partition now."""
 
@@ -67,8 +85,14 @@ class ChangelogWriter:
         await self.close()
         self._producer = await _start(self._new_producer())
 
-    async def commit(self, records: Sequence[tuple[bytes, bytes | None]]) -> int:
-        """Write ``records`` in one transaction; returns the changelog offset after them."""
+    async def commit(self, records: Sequence[tuple[bytes, bytes | None]],
+                     outputs: Sequence[tuple[str, int, bytes, bytes]] = ()) -> int:
+        """Write ``records`` in one transaction; returns the changelog offset after them.
+
+        ``outputs`` (``PROCESSING_GUARANTEE=exactly_once``): downstream records ``(topic,
+        partition, key, value)`` of the raw records this commit covers, written in the same
+        transaction, so that a ``read_committed`` consumer sees them exactly when the state and
+        progress that produced them are committed, and never those of an aborted commit."""
         if self._producer is None:
             await self.start()
         producer = self._producer
@@ -76,6 +100,8 @@ class ChangelogWriter:
         try:
             await producer.begin_transaction()
             futures: list[tuple[asyncio.Future[Any], int]] = []
+            if outputs:
+                await _send_outputs(producer, outputs)
             batch = producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:

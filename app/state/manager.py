@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 
 from app import metrics
@@ -101,6 +101,8 @@ class PartitionState:
         self.unflushed: dict[bytes, bytes | None] = {}  # committed rows not in the local copy yet
         self.unflushed_end = 0  # the changelog position after the last commit
         self.flushed_at = time.monotonic()
+        self.outputs: list[tuple[str, int, bytes, bytes]] = []  # exactly_once: records for the next commit
+        self.outputs_bytes = 0
         self.progress = SourceProgress()  # in memory
         self.committed: dict[str, int] = {}  # raw topic → next offset, as committed
         self.current = False  # memory equals the local copy plus pending (False: reload)
@@ -136,17 +138,36 @@ class PartitionState:
                 self.pending[buffer_key(ik, seq)] = None
 
     def has_pending(self) -> bool:
-        return bool(self.levels or self.pending or self.dirty or self.progress.next != self.committed)
+        return bool(self.levels or self.pending or self.dirty or self.outputs or self.progress.next != self.committed)
+
+    def output(self, topic: str, partition: int, key: bytes, value: bytes) -> int:
+        """``exactly_once``: a downstream record of this partition's raw records, written in its
+        next commit's transaction. Returns the bytes it holds (flow control counts them)."""
+        self.outputs.append((topic, partition, key, value))
+        size = len(key) + len(value) + 24
+        self.outputs_bytes += size
+        return size
 
     # -- commits -----------------------------------------------------------------------
+    def take_outputs(self) -> tuple[list[tuple[str, int, bytes, bytes]], int]:
+        outputs, size = self.outputs, self.outputs_bytes
+        self.outputs, self.outputs_bytes = [], 0
+        return outputs, size
+
+    def untake_outputs(self, outputs: list[tuple[str, int, bytes, bytes]], size: int) -> None:
+        """A commit failed: its outputs go first in the next one (their order holds)."""
+        self.outputs[:0] = outputs
+        self.outputs_bytes += size
+
     def snapshot(self) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
         """Take the rows to commit now (level rows, then state rows, then progress rows)."""
-        rows: list[tuple[bytes, bytes | None]] = []
+        # Rows held back by a failed commit first: a level changed since is in ``levels`` and must
+        # come after its older value (the last row of a key wins, in the changelog and locally).
+        rows: list[tuple[bytes, bytes | None]] = list(self.pending.items())
         for prefix, changed in self.levels.items():
             start = prefix.encode()
             rows.extend((start + price.encode(), None if size is None else size.encode())
                         for price, size in changed.items())
-        rows.extend(self.pending.items())
         self.levels, self.pending = {}, {}
         rows.extend((state_key(k.encode()), encode_state(self.books[k])) for k in self.dirty if k in self.books)
         self.dirty.clear()
@@ -184,8 +205,16 @@ class PartitionState:
 class StateManager:
     """Every table partition this worker holds, and the commit loop."""
 
-    def __init__(self, settings: Settings, table: TableSpec, changelog_topic: str) -> None:
+    def __init__(self, settings: Settings, table: TableSpec, changelog_topic: str,
+                 outputs_delivered: Callable[[], Awaitable[None]] | None = None,
+                 released: Callable[[int], None] | None = None) -> None:
+        """``outputs_delivered``: waits until every downstream record published so far is
+        acknowledged; each commit waits for it before it writes the progress (commit after
+        delivery). ``released(n)``: ``n`` bytes of transactional outputs left memory (committed,
+        or dropped with a partition another worker fenced us out of)."""
         self.settings = settings
+        self.outputs_delivered = outputs_delivered
+        self.released = released
         self.topic = changelog_topic
         self.local = LocalStore(settings.data_dir, table)
         self.active: dict[int, PartitionState] = {}
@@ -250,7 +279,7 @@ class StateManager:
         began = time.monotonic()
         for p in list(self.suspended):
             if p not in actives:
-                self.suspended.pop(p)
+                self._release_outputs(self.suspended.pop(p).take_outputs()[1])
                 if p not in standbys:
                     self.local.close(p)
         self.standby_partitions = standbys - actives
@@ -276,6 +305,7 @@ class StateManager:
                 delay = min(delay * 2, 10.0)
         for part in parts.values():
             if applied.get(part.number) or not part.current:
+                self._release_outputs(part.take_outputs()[1])  # their records are applied again
                 part.load()
             self.restored_records += applied.get(part.number, 0)
         self.active = parts
@@ -329,13 +359,28 @@ class StateManager:
             if not part.has_pending():
                 return
             rows, progress = part.snapshot()
+            outputs, size = part.take_outputs()  # exactly_once: those of the records ``progress`` covers
+            if self.outputs_delivered is not None:
+                # Flush, then commit: the progress below covers records whose outputs Kafka holds.
+                try:
+                    await self.outputs_delivered()
+                except BaseException:  # cancelled (a rebalance's deadline): the rows stay pending
+                    part.unsnapshot(rows)
+                    part.untake_outputs(outputs, size)
+                    raise
             if part.writer is None:
                 part.writer = ChangelogWriter(self.settings, self.topic, part.number)
             try:
-                end = await part.writer.commit(rows)
-            except (CommitFailed, Fenced):
+                end = await part.writer.commit(rows, outputs)
+            except Fenced:
                 part.unsnapshot(rows)
+                self._release_outputs(size)  # the new owner publishes them again from the last commit
                 raise
+            except BaseException:
+                part.unsnapshot(rows)
+                part.untake_outputs(outputs, size)
+                raise
+            self._release_outputs(size)
             part.committed = progress
             part.commits += 1
             metrics.count("state_commits")
@@ -343,6 +388,10 @@ class StateManager:
             part.unflushed_end = end
             if time.monotonic() - part.flushed_at >= LOCAL_FLUSH_S:
                 await part.flush()
+
+    def _release_outputs(self, size: int) -> None:
+        if size and self.released is not None:
+            self.released(size)
 
     async def close(self) -> None:
         """Graceful stop: commit everything, release every transactional id."""

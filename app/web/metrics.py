@@ -13,7 +13,8 @@ from app.web.view import BookView
 
 
 def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[tuple[str, int], int],
-               uncommitted: int, active_alerts: dict[str, int] | None = None) -> str:
+               uncommitted: int, active_alerts: dict[str, int] | None = None,
+               outputs: dict[str, Any] | None = None) -> str:
     """The exposition text for the process counters, the books' counters, consumer lag and the
     table partitions with effects not committed yet."""
     lines: list[str] = []
@@ -69,6 +70,40 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
            [(f'{{state="{s}"}}', n) for s, n in sorted(states.items())])
     metric("consumer_lag", "gauge", "Records behind the end of each assigned partition.",
            [(f'{{topic="{t}",partition="{p}"}}', n) for (t, p), n in sorted(lag.items())])
+    if outputs is not None:  # the worker's output sink (app.outputs): late, never lossy
+        metric("outputs_pending_bytes", "gauge", "Downstream records waiting for Kafka (or, exactly_once, for their "
+               "transaction), in bytes.", [("", round(outputs["pending_mb"] * 2**20))])
+        metric("outputs_budget_bytes", "gauge", "OUTPUT_BUFFER_MB: past it the worker takes no more raw records.",
+               [("", round(outputs["budget_mb"] * 2**20))])
+        metric("outputs_delivered_total", "counter", "Downstream records acknowledged by the broker.",
+               [("", outputs["sent"])])
+        metric("outputs_paused_total", "counter", "Times the worker stopped taking raw records because its outputs "
+               "waited beyond OUTPUT_BUFFER_MB.", [("", outputs["pauses"])])
+        metric("outputs_paused_seconds_total", "counter", "Time spent paused on the outputs.",
+               [("", outputs["paused_s"])])
+        metric("outputs_retried_total", "counter", "Output batches sent again after a failed delivery.",
+               [("", outputs["retried"])])
+        metric("outputs_producer_restarts_total", "counter", "Output producers replaced after a fatal error "
+               "(OutOfOrderSequenceNumber…).", [("", max(0, outputs["producers"] - 1))])
+        metric("outputs_failed_total", "counter", "Output records given up: no retry can deliver them (too large, "
+               "not authorised).", [("", outputs["failed"])])
+    watch = metrics.broker_watch
+    metric("broker_disconnects_total", "counter", "Times a Kafka broker became unreachable (first failed "
+           "connection after it was reachable), per node.",
+           [(f'{{node="{node}"}}', n) for node, n in sorted(watch.disconnects.items())])
+    metric("brokers_unreachable", "gauge", "Kafka brokers unreachable now (a connection failed, none succeeded "
+           "since).", [("", watch.unreachable)])
+    metric("kafka_log_lines_suppressed_total", "counter", "aiokafka log lines dropped because they only repeated "
+           "a connection failure (see app/brokers.py).", [("", watch.suppressed)])
+    sink = [(f'{{error="{k.split(".", 1)[1]}"}}', v) for k, v in sorted(counters.items())
+            if k.startswith("raw_sink_refused.")]
+    metric("raw_sink_refused_total", "counter", "Raw records Kafka refused for good (never sent again; their "
+           "frames are lost and their books resync), per error.", sink)
+    metric("raw_sink_resent_total", "counter", "Raw records sent again after a failed or abandoned delivery.",
+           [("", counters.get("raw_sink_resent", 0))])
+    metric("raw_sink_producer_restarts_total", "counter", "Raw sink producers replaced after a producer-state "
+           "error (OutOfOrderSequenceNumber, UnknownProducerId, fenced) or a failed delivery.",
+           [("", counters.get("raw_sink_producer_restarts", 0))])
     cum = 0
     samples: list[tuple[str, float]] = []
     for bound, n in zip([*metrics.LATENCY_BUCKETS, "+Inf"], metrics.latency_counts, strict=True):
@@ -89,5 +124,7 @@ def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[st
     async def exposition(self: View, request: Request) -> Response:
         risk = getattr(books, "risk", None)
         active = risk.engine.alerts.active_by_kind() if risk is not None else {}
-        text = prometheus(dict(metrics.counters), books.books(), consumer_lag(), uncommitted(), active)
+        sink = getattr(books, "sink", None)
+        text = prometheus(dict(metrics.counters), books.books(), consumer_lag(), uncommitted(), active,
+                          sink.stats() if sink is not None else None)
         return self.text(text, content_type="text/plain; version=0.0.4")
