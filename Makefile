@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs run test soak chaos fuzz bench lint format clean
+.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,21 @@ kafka-status: ## Say whether the local broker runs and answers
 kafka-logs: ## Show the local broker's log
 	@scripts/kafka.sh logs
 
+# The replicated cluster: its own data dir and ports, beside `make kafka-up`'s single broker.
+CLUSTER_ENV = KAFKA_NODES=3 KAFKA_PORT=$${CLUSTER_PORT:-9192} KAFKA_DATA_DIR=$${CLUSTER_DATA_DIR:-$(CURDIR)/.data/kafka-cluster}
+
+cluster-up: ## Start a replicated 3-node KRaft cluster (127.0.0.1:9192,9202,9212) unless it runs
+	@$(CLUSTER_ENV) scripts/kafka.sh up && echo "KAFKA_BOOTSTRAP=$$($(CLUSTER_ENV) scripts/kafka.sh bootstrap)"
+
+cluster-down: ## Stop the 3-node cluster
+	@$(CLUSTER_ENV) scripts/kafka.sh down
+
+cluster-status: ## Say whether each node of the 3-node cluster runs and answers
+	@$(CLUSTER_ENV) scripts/kafka.sh status
+
+cluster-logs: ## Show the 3-node cluster's logs (NODE=2 for one node)
+	@$(CLUSTER_ENV) scripts/kafka.sh logs $(NODE)
+
 run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 (FEED=live: real venues); Ctrl-C stops all
 	@scripts/run.sh
 
@@ -68,4 +83,5 @@ format: install ## Apply ruff's fixes and formatting
 
 clean: ## Remove caches, data dirs and the virtualenv (stop the broker first)
 	@scripts/kafka.sh down || true
+	@$(CLUSTER_ENV) scripts/kafka.sh down || true
 	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

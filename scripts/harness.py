@@ -1,7 +1,8 @@
 """The process-level harness shared by the tests and the benchmarks (bench/run.py).
 
-A broker run by scripts/kafka.sh, isolated namespaces (app id, topic prefix, data dir, web
-port), real ``faust -A app worker`` and ``simulate`` processes, and reads of whole topics.
+A broker (or a replicated cluster: :class:`Cluster`) run by scripts/kafka.sh, isolated
+namespaces (app id, topic prefix, data dir, web port), real ``faust -A app worker`` and
+``simulate`` processes, and reads of whole topics.
 Nothing here asserts anything about bookstream: test-only helpers (references, truth
 checks) live in tests/helpers.py.
 """
@@ -102,6 +103,141 @@ class Broker:
     def down(self) -> None:
         proc = self.run("down")
         assert proc.returncode == 0, proc.stderr
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none comes twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    """A replicated KRaft cluster run by scripts/kafka.sh (``KAFKA_NODES``): ``nodes`` combined
+    broker+controller nodes (node ids 1..nodes) on free ports, one ``node-<i>/`` folder each
+    under ``data_dir``. ``sasl=True`` adds a SASL_PLAINTEXT listener per node (users from
+    ``KAFKA_SASL_USERS`` in ``env``). For fault tests: :meth:`kill` (SIGKILL), :meth:`stop`
+    (SIGTERM), :meth:`start` (back, and in the metadata) and :meth:`leader` (which node leads a
+    topic partition)."""
+
+    def __init__(self, data_dir: Path, nodes: int = 3, sasl: bool = False, **env: str) -> None:
+        self.data_dir = data_dir
+        self.nodes = nodes
+        ports = free_ports(nodes * (3 if sasl else 2))
+        self.ports = ports[:nodes]
+        self.controller_ports = ports[nodes:2 * nodes]
+        self.sasl_ports = ports[2 * nodes:]
+        base = {k: v for k, v in os.environ.items()
+                if k not in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_SASL_PORT", "KAFKA_SASL_PORTS",
+                             "KAFKA_PORTS", "KAFKA_CONTROLLER_PORTS")}
+        self.env = dict(base, KAFKA_NODES=str(nodes), KAFKA_DATA_DIR=str(data_dir),
+                        KAFKA_PORTS=",".join(map(str, self.ports)),
+                        KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)), **env)
+        if sasl:
+            self.env["KAFKA_SASL_PORTS"] = ",".join(map(str, self.sasl_ports))
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, ``127.0.0.1:p1,127.0.0.1:p2,…``."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.sasl_ports)
+
+    def address(self, node: int) -> str:
+        return f"127.0.0.1:{self.ports[node - 1]}"
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``scripts/kafka.sh <args>`` for this cluster (its output captured)."""
+        return subprocess.run([str(ROOT / "scripts" / "kafka.sh"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def _check(self, *args: str) -> None:
+        proc = self.run(*args)
+        if proc.returncode != 0:
+            raise AssertionError(f"scripts/kafka.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+
+    def up(self) -> Cluster:
+        """Start every node; return once each answers with all of them in its metadata."""
+        self._check("up")
+        return self
+
+    def down(self) -> None:
+        self._check("down")
+
+    def kill(self, node: int) -> None:
+        """SIGKILL node ``node`` (returns once the process is gone)."""
+        self._check("kill", str(node))
+
+    def stop(self, node: int) -> None:
+        """SIGTERM node ``node``: a controlled shutdown (its leaderships move first)."""
+        self._check("stop", str(node))
+
+    def start(self, node: int) -> None:
+        """Start node ``node`` again; return once it answers and the metadata lists every node."""
+        self._check("start", str(node))
+
+    def pid(self, node: int) -> int | None:
+        """The running JVM of node ``node``, or None."""
+        try:
+            pid = int((self.data_dir / f"node-{node}" / "kafka.pid").read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def running(self) -> list[int]:
+        """The nodes whose JVM runs."""
+        return [n for n in range(1, self.nodes + 1) if self.pid(n) is not None]
+
+    def java_pids(self) -> list[int]:
+        """Every process whose command line names this cluster's data dir (none after down)."""
+        out = []
+        needle = str(self.data_dir).encode()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if needle in (proc / "cmdline").read_bytes():
+                        out.append(int(proc.name))
+                except OSError:
+                    continue
+        return out
+
+    def metadata(self, topics: list[str] | None = None) -> Any:
+        """A Metadata answer (scripts.kafka_ready.Metadata) from the first running node that answers."""
+        from scripts.kafka_ready import metadata
+
+        errors = []
+        for node in self.running() or range(1, self.nodes + 1):
+            try:
+                return metadata("127.0.0.1", self.ports[node - 1], [] if topics is None else topics, timeout=5)
+            except OSError as exc:
+                errors.append(f"node {node}: {exc}")
+        raise OSError("no node answered a metadata request: " + "; ".join(errors))
+
+    def leader(self, topic: str, partition: int = 0, timeout: float = 60, exclude: int | None = None) -> int:
+        """The node leading ``topic``/``partition``: a running node, in the metadata of a running
+        node (right after a kill the metadata still names the dead node until the controller
+        fences it). ``exclude``: wait for a leader other than that node."""
+
+        def live_leader() -> int | None:
+            p = self.metadata([topic]).topics.get(topic, {}).get(partition)
+            if p is None or p.leader < 0 or p.leader == exclude or self.pid(p.leader) is None:
+                return None
+            return int(p.leader)
+
+        return int(wait_for(live_leader, timeout, f"a live leader of {topic}-{partition}"))
+
+    def isr(self, topic: str, partition: int = 0) -> list[int]:
+        """The in-sync replicas of ``topic``/``partition`` as the metadata says."""
+        p = self.metadata([topic]).topics.get(topic, {}).get(partition)
+        return [] if p is None else list(p.isr)
 
 
 class Namespace:

@@ -4,6 +4,10 @@ When ``KAFKA_BOOTSTRAP`` is unset the project's own broker is started through
 ``scripts/kafka.sh`` on its own port and data dir (``TEST_KAFKA_PORT``, default 19092,
 ``.data/kafka-test``), so a broker a developer already runs on 9092 is left alone; it is
 stopped at the end of the session if this session started it.
+
+``TEST_KAFKA_NODES=3`` runs the whole suite on a replicated three-node cluster instead (the
+``cluster`` fixture: free ports, ``.data/kafka-test-cluster``); tests that need a cluster
+(node kills, leader failover) ask for ``cluster`` themselves and get it in any case.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from scripts.harness import Cluster
 from tests.helpers import (
     CAPTURES,
     ROOT,
@@ -37,11 +42,40 @@ collect_ignore = [] if os.environ.get("CHAOS") else ["chaos"]
 TEST_PORT = os.environ.get("TEST_KAFKA_PORT", "19092")
 TEST_SASL_PORT = str(int(TEST_PORT) + 2)  # controller is TEST_PORT + 1
 SASL_USER, SASL_PASSWORD = "bookstream-test", "planted-sasl-password-4R"
+TEST_NODES = os.environ.get("TEST_KAFKA_NODES", "1")
+if TEST_NODES not in ("1", "3"):
+    raise pytest.UsageError(f"TEST_KAFKA_NODES={TEST_NODES!r}: 1 (one broker) or 3 (a replicated cluster)")
+CLUSTER_DIR = ROOT / ".data" / "kafka-test-cluster"
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[str]:
-    """Bootstrap address of a reachable broker (ours, started on demand, or KAFKA_BOOTSTRAP's)."""
+def cluster() -> Iterator[Cluster]:
+    """A replicated three-node KRaft cluster (scripts/kafka.sh, KAFKA_NODES=3) on free ports,
+    data under .data/kafka-test-cluster (wiped first), with a SASL listener per node; stopped at
+    the end of the session. A cluster that cannot start fails the test, never skips it."""
+    c = Cluster(CLUSTER_DIR, 3, sasl=True, KAFKA_SASL_USERS=f"{SASL_USER}:{SASL_PASSWORD}")
+    # A previous session killed before its teardown may have left this data dir's nodes running.
+    leftover = c.run("down")
+    if leftover.returncode != 0:
+        pytest.fail(f"could not stop the nodes left running from {CLUSTER_DIR}:\n{leftover.stderr}")
+    shutil.rmtree(CLUSTER_DIR, ignore_errors=True)
+    up = c.run("up")
+    if up.returncode != 0:
+        c.run("down")
+        pytest.fail(f"could not start the three-node test cluster (KAFKA_NODES=3 scripts/kafka.sh up):\n{up.stderr}")
+    try:
+        yield c
+    finally:
+        c.run("down")
+
+
+@pytest.fixture(scope="session")
+def kafka(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap address of a reachable broker (ours, started on demand, or KAFKA_BOOTSTRAP's);
+    with TEST_KAFKA_NODES=3, of the three-node ``cluster``."""
+    if TEST_NODES == "3" and not os.environ.get("KAFKA_BOOTSTRAP"):
+        yield request.getfixturevalue("cluster").bootstrap
+        return
     given = os.environ.get("KAFKA_BOOTSTRAP")
     if given:
         from scripts.kafka_ready import metadata_brokers
@@ -68,10 +102,12 @@ def kafka() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sasl_kafka(kafka: str) -> str:
+def sasl_kafka(kafka: str, request: pytest.FixtureRequest) -> str:
     """The test broker's SASL_PLAINTEXT (PLAIN) listener, user SASL_USER / SASL_PASSWORD."""
     if os.environ.get("KAFKA_BOOTSTRAP"):
         pytest.skip("KAFKA_BOOTSTRAP points at an outside broker: no SASL listener of ours to test")
+    if TEST_NODES == "3":
+        return str(request.getfixturevalue("cluster").sasl_bootstrap)
     return f"127.0.0.1:{TEST_SASL_PORT}"
 
 

@@ -17,7 +17,8 @@ from tests.helpers import ROOT
 def test_docker_compose_parses_and_names_the_settings_the_app_reads() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"kafka", "worker"}
+    assert set(services) == {"kafka", "worker", "kafka-1", "kafka-2", "kafka-3", "worker-cluster"}
+    assert all("profiles" not in services[s] for s in ("kafka", "worker"))  # `docker compose up`: as before
     assert re.fullmatch(r"apache/kafka:3\.9\.\d+", services["kafka"]["image"])
     kafka_env = services["kafka"]["environment"]
     assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -30,6 +31,34 @@ def test_docker_compose_parses_and_names_the_settings_the_app_reads() -> None:
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '"faust", "-A", "app", "worker"' in dockerfile
+
+
+def test_docker_compose_cluster_profile_is_three_replicating_nodes_and_a_worker_on_all() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nodes = {n: services[f"kafka-{n}"] for n in (1, 2, 3)}
+    voters = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"
+    for n, svc in nodes.items():
+        env = svc["environment"]
+        assert svc["profiles"] == ["cluster"]
+        assert svc["image"] == services["kafka"]["image"]
+        assert env["KAFKA_NODE_ID"] == str(n)
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert f"PLAINTEXT://kafka-{n}:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert (env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"],
+                env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == ("3", "3", "3")
+        assert (env["KAFKA_MIN_INSYNC_REPLICAS"], env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == ("2", "2")
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+        assert env["KAFKA_LOG_RETENTION_MS"] == "-1"
+    assert len({svc["environment"]["CLUSTER_ID"] for svc in nodes.values()}) == 1  # one cluster id
+    assert len({p for svc in nodes.values() for p in svc["ports"]}) == 3
+    assert len({v for svc in nodes.values() for v in svc["volumes"]}) == 3  # a volume each
+    worker = services["worker-cluster"]
+    assert worker["profiles"] == ["cluster"]
+    assert set(worker["depends_on"]) == set(f"kafka-{n}" for n in nodes)
+    assert set(worker["environment"]) <= set(settings_mod.ENV_VARS)
+    assert worker["environment"]["KAFKA_BOOTSTRAP"] == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
+    assert (worker["environment"]["TOPIC_REPLICATION"], worker["environment"]["MIN_INSYNC_REPLICAS"]) == ("3", "2")
 
 
 def test_readme_documents_every_setting_and_starts_with_the_two_commands() -> None:
