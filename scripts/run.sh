@@ -2,7 +2,8 @@
 # `make run`: the local broker (unless KAFKA_BOOTSTRAP names one), the venue simulator
 # (FEED=sim, the default) and `faust -A app worker` ingesting FEEDS with its web server.
 # `make run FEED=live` ingests the venues' real endpoints instead of the simulator.
-# Ctrl-C (or SIGTERM) stops the worker, the simulator, and the broker if this script started it.
+# Ctrl-C (or SIGTERM) stops the demo positions job, the worker, the simulator, and the broker if this
+# script started it, and the script returns only once they are gone.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -14,11 +15,13 @@ LOG_LEVEL=${LOG_LEVEL:-info}
 case "$LOG_LEVEL" in  # faust -l spells two levels its own way
   warning) FAUST_LEVEL=warn ;; critical) FAUST_LEVEL=crit ;; *) FAUST_LEVEL=$LOG_LEVEL ;;
 esac
-FAUST=.venv/bin/faust
+FAUST=${FAUST:-.venv/bin/faust}
+export FAUST
 
 started_kafka=0
 worker_pid=""
 sim_pid=""
+demo_pid=""
 
 stop_pid() {
   local pid=$1 name=$2
@@ -26,12 +29,20 @@ stop_pid() {
     echo "run: stopping $name (pid $pid)" >&2
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+      pkill -KILL -P "$pid" 2>/dev/null || true  # its own children too (the demo job's command)
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
   fi
 }
 
 cleanup() {
   trap - INT TERM EXIT
+  # What this script starts runs in the background, where bash makes it ignore SIGINT (a faust
+  # command handles it again once started; demo-positions.sh never does): Ctrl-C alone is not
+  # enough. The demo job first: it talks to the worker, and would retry for a minute without it.
+  stop_pid "$demo_pid" "demo positions job"
   stop_pid "$worker_pid" worker
   stop_pid "$sim_pid" simulator
   if [ "$started_kafka" = 1 ]; then scripts/kafka.sh down; fi
@@ -40,8 +51,9 @@ trap cleanup INT TERM EXIT
 
 if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   if ! scripts/kafka.sh status >/dev/null 2>&1; then started_kafka=1; fi
-  scripts/kafka.sh up
-  export KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT:-9092}"
+  scripts/kafka.sh up  # KAFKA_NODES=3: the replicated cluster (`make cluster-up`'s)
+  KAFKA_BOOTSTRAP=$(scripts/kafka.sh bootstrap)
+  export KAFKA_BOOTSTRAP
 fi
 
 case "$FEED" in
@@ -70,5 +82,8 @@ run: Ctrl-C stops everything this command started
 MSG
 "$FAUST" -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
 worker_pid=$!
-if [ "${demo:-0}" = 1 ]; then scripts/demo-positions.sh & fi
+if [ "${demo:-0}" = 1 ]; then
+  scripts/demo-positions.sh &
+  demo_pid=$!
+fi
 wait "$worker_pid" || true
