@@ -813,6 +813,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float) -> di
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
     stop = asyncio.Event()
     consumer = AIOKafkaConsumer(ns.topic("book.top"), bootstrap_servers=BOOTSTRAP, auto_offset_reset="latest",
+                                isolation_level="read_committed",
                                 group_id=f"{ns.name}-latency", fetch_max_wait_ms=5)
     await consumer.start()
     await consumer.getmany(timeout_ms=500)  # join and take positions before the flow starts
@@ -854,6 +855,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float) -> di
 async def watch_latency(ns: Namespace, seconds: float) -> dict[str, Any]:
     """Receive → book.top seen, over ``seconds`` of a live flow."""
     consumer = AIOKafkaConsumer(ns.topic("book.top"), bootstrap_servers=BOOTSTRAP, auto_offset_reset="latest",
+                                isolation_level="read_committed",
                                 group_id=f"{ns.name}-watch", fetch_max_wait_ms=5)
     await consumer.start()
     lat: list[float] = []
