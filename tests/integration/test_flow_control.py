@@ -51,6 +51,21 @@ def set_producer_quota(bootstrap: str, client_id: str, bytes_per_s: int | None) 
     assert proc.returncode == 0, proc.stderr
 
 
+def finished(worker: Worker, ns: Namespace, want_seq: int, want: set[tuple[int, str, str, str, str]]
+             ) -> set[tuple[int, str, str, str, str]]:
+    """Once the worker's book reached the reference's last seq: book.top, once it holds every top
+    change of the reference (what it holds then, to compare)."""
+
+    def done() -> bool:
+        status, body = worker.get("/api/books/binance-usdm/BTCUSDT")
+        return status == 200 and body["seq"] == want_seq
+
+    wait_for(done, 300, f"the book at seq {want_seq}", every=1)
+    got: set[tuple[int, str, str, str, str]] = wait_for(lambda: (g := published_tops(ns)) >= want and g, 300,
+                                                        "every top delivered", every=2)
+    return got
+
+
 def counters(worker: Worker) -> dict[str, Any]:
     status, body = worker.get("/metrics/counters")
     return body if status == 200 else {}
@@ -68,14 +83,7 @@ def test_a_throttled_output_producer_pauses_the_worker_and_every_top_is_delivere
         with workers(worker):
             worker.start()
             wait_for(lambda: counters(worker).get("outputs_paused", 0) > 0, 120, "the worker to pause on its outputs")
-            want_seq = ref.instruments[KEY].seq
-
-            def done() -> bool:
-                status, body = worker.get("/api/books/binance-usdm/BTCUSDT")
-                return status == 200 and body["seq"] == want_seq
-
-            wait_for(done, 300, f"the book at seq {want_seq}", every=1)
-            got = wait_for(lambda: (g := published_tops(ns)) >= want and g, 300, "every top delivered", every=2)
+            got = finished(worker, ns, ref.instruments[KEY].seq, want)
             log = worker.log_text()
     finally:
         set_producer_quota(ns.bootstrap, f"{ns.name}-outputs", None)
@@ -110,14 +118,7 @@ def test_a_broker_outage_longer_than_the_producer_timeout_loses_no_output(captur
             time.sleep(max(0.0, 35 - (time.monotonic() - outage_began)))
             broker.up()
             ns.replay(str(second), "--format", "native")
-            want_seq = ref.instruments[KEY].seq
-
-            def done() -> bool:
-                status, body = worker.get("/api/books/binance-usdm/BTCUSDT")
-                return status == 200 and body["seq"] == want_seq
-
-            wait_for(done, 300, f"the book at seq {want_seq}", every=1)
-            got = wait_for(lambda: (g := published_tops(ns)) >= want and g, 300, "every top delivered", every=2)
+            got = finished(worker, ns, ref.instruments[KEY].seq, want)
             log = worker.log_text()
     finally:
         broker.down()
