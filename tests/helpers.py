@@ -150,3 +150,101 @@ def match_truth(tops: list[dict[str, Any]], truth: list[list[Any]]) -> int:
     wrong = tops_matching_no_truth(tops, truth)
     assert not wrong, wrong[0]
     return len(tops)
+
+
+# -- replicated clusters: committed reads, the raw topics' own reference, replication --------------
+async def _read_committed_partitions(bootstrap: str, topic: str) -> dict[int, list[Any]]:
+    from aiokafka import AIOKafkaConsumer
+
+    from scripts.harness import topic_partitions
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                isolation_level="read_committed", max_partition_fetch_bytes=8 * 2**20)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        out: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)  # read_committed: the last stable offsets
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:  # a list: any() takes no async gen
+            for tp, msgs in (await consumer.getmany(timeout_ms=500, max_records=20_000)).items():
+                out[tp.partition].extend(msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def read_committed_partitions(bootstrap: str, topic: str) -> dict[int, list[Any]]:
+    """Every committed record of ``topic`` up to its last stable offset, per partition, in
+    offset order (an ``isolation_level="read_committed"`` consumer)."""
+    import asyncio
+
+    return asyncio.run(_read_committed_partitions(bootstrap, topic))
+
+
+TopChange = tuple[str, int, Any, Any, Any, Any]  # (instrument key, seq, bid px, bid size, ask px, ask size)
+
+
+def raw_topics_reference(bootstrap: str, topics: Iterable[str]) -> tuple[Any, set[TopChange], Any, int]:
+    """The worker's input as it is in the raw topics (read_committed), through the same processor
+    as the worker, partition by partition in offset order: (the Processor with every book, every
+    top change it publishes, a Counter of the frames found by (key, ts, kind, conn, data), how
+    many lines of a raw record were not frames)."""
+    from app.processor import Processor
+    from app.wire import RawFrame, decode_record
+
+    proc = Processor()
+    tops: set[TopChange] = set()
+    found: collections.Counter[tuple[Any, ...]] = collections.Counter()
+    bad = 0
+    for topic in topics:
+        for _, records in sorted(read_committed_partitions(bootstrap, topic).items()):
+            for r in records:
+                for f in decode_record(r.key, r.value, r.headers):
+                    if not isinstance(f, RawFrame):
+                        bad += 1
+                        continue
+                    found[(f.key, f.ts, f.kind, f.conn, f.data)] += 1
+                    out = proc.handle(f)
+                    tops.update((f.key, seq, *top) for seq, _, top in out.fx.tops)
+    return proc, tops, found, bad
+
+
+def published_top_changes(bootstrap: str, topic: str) -> tuple[set[TopChange], int, int]:
+    """``book.top`` read_committed: (its distinct top changes, how many records, how many were
+    repeats of an (instrument, epoch, seq) already read)."""
+    seen: set[tuple[str, int, int]] = set()
+    changes: set[TopChange] = set()
+    n = repeats = 0
+    import orjson
+
+    for _, records in read_committed_partitions(bootstrap, topic).items():
+        for r in records:
+            t = orjson.loads(r.value)
+            key = f"{t['venue']}:{t['instrument']}"
+            n += 1
+            at = (key, t["epoch"], t["seq"])
+            repeats += at in seen
+            seen.add(at)
+            changes.add((key, t["seq"], t["bid_px"], t["bid_sz"], t["ask_px"], t["ask_sz"]))
+    return changes, n, repeats
+
+
+def under_replicated(cluster: Any, replicas: int = 3) -> list[str]:
+    """``topic-partition (isr [..])`` for every partition of the cluster (internal topics
+    included) whose in-sync replicas are fewer than ``replicas``, from one node's metadata."""
+    from scripts.kafka_ready import metadata
+
+    last: Exception | None = None
+    for node in cluster.running():
+        try:
+            meta = metadata("127.0.0.1", cluster.ports[node - 1], None, timeout=10)
+        except OSError as exc:
+            last = exc
+            continue
+        return [f"{t}-{p} (isr {m.isr}, leader {m.leader})" for t, parts in sorted(meta.topics.items())
+                for p, m in sorted(parts.items()) if len(m.isr) < replicas or m.leader < 0]
+    raise OSError(f"no node answered a metadata request: {last!r}")

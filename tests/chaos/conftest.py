@@ -87,6 +87,7 @@ def total(figure: str, *scenarios: str) -> Any:
     return row
 
 
+CLUSTER_SCENARIOS = ("catchup", "leader_kills", "rolling_restart")
 ROWS = [
     ("kills survived", total("kills", "kills")),
     ("broker outages survived", total("outages", "outage")),
@@ -105,6 +106,21 @@ ROWS = [
     ("frames ingestion dropped in the takeovers", total("ingest_frames_dropped", "takeover")),
     ("deliveries failed for good in the takeovers", total("ingest_deliveries_failed", "takeover")),
     ("book.top at-least-once duplicates", total("book_top_duplicates")),
+    # the three-node cluster scenarios (tests/chaos/test_cluster_chaos.py)
+    ("worker kills in the catch-up on three brokers", total("worker_kills", "catchup")),
+    ("broker leader kills survived", total("broker_kills", "leader_kills")),
+    ("broker rolling restarts survived (nodes)", total("broker_restarts", "rolling_restart")),
+    ("frames sent missing from the raw topics (cluster)",
+     total("raw_frames_missing", *CLUSTER_SCENARIOS)),
+    ("books differing from the reference (cluster)", total("books_differing", *CLUSTER_SCENARIOS)),
+    ("reference top changes missing from book.top (cluster)", total("book_tops_missing", *CLUSTER_SCENARIOS)),
+    ("under-replicated partitions at the end (cluster)",
+     total("under_replicated_partitions", *CLUSTER_SCENARIOS)),
+    ("broker unreachable / back WARNING lines (cluster workers)",
+     lambda r: "/".join(str(total(f, *CLUSTER_SCENARIOS)(r)) for f in
+                        ("worker_log_broker_unreachable_lines", "worker_log_broker_back_lines"))),
+    ("replays stopped by an error and run again (cluster)",
+     lambda r: sum(len(v.get("replay_errors") or []) for k, v in r.items() if k in CLUSTER_SCENARIOS)),
     ("data lost (measured; see each scenario's `lost`)", total("lost")),
     ("scenarios failed", lambda r: ", ".join(sorted(k for k, v in r.items() if v.get("status") == "failed"))
      or "none"),
