@@ -160,11 +160,7 @@ async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping
     try:
         meta = await _metadata(client, client.get_random_node(), names)
         brokers = sorted(b["node_id"] for b in meta["brokers"])
-        # The metadata lists the brokers alive now: with one of three down, its topics still have
-        # three replicas, and a restart then must neither refuse TOPIC_REPLICATION=3 nor lower
-        # min.insync.replicas (auto) of the existing topics. The cluster is as large as either says.
-        size = max([len(brokers)] + [len(p["replicas"]) for t in meta["topics"] if t["error_code"] == 0
-                                     for p in t["partitions"]])
+        size = len(brokers)
         factor, min_insync = resolve_replication(settings.replication, settings.min_insync_replicas, size)
         plan = TopicPlan(size, factor, min_insync)
         existing: dict[str, int] = {}  # name → its replication factor
