@@ -33,6 +33,7 @@ from enum import StrEnum
 from app import metrics
 from app.book import ASK, BID
 from app.config import Settings
+from app.outputs import RECORD_OVERHEAD
 from app.processor import Processor, new_instrument, parse_buffered
 from app.state import changelog
 from app.state.changelog import ChangelogWriter, CommitFailed, Fenced, StandbyReplicator
@@ -144,7 +145,7 @@ class PartitionState:
         """``exactly_once``: a downstream record of this partition's raw records, written in its
         next commit's transaction. Returns the bytes it holds (flow control counts them)."""
         self.outputs.append((topic, partition, key, value))
-        size = len(key) + len(value) + 24
+        size = len(key) + len(value) + RECORD_OVERHEAD  # as the output sink counts a record
         self.outputs_bytes += size
         return size
 
