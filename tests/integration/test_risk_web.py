@@ -158,10 +158,13 @@ def test_the_risk_page_shows_exposure_scenarios_the_rule_and_its_signal_and_halt
     # the scenario heat map: 11 moves × 3 vol shifts, gains green, losses red, scaled by size
     grid = "#scenarios table[data-key='desk|BTC']"
     page.wait_for_selector(grid, timeout=30_000)
-    heat = page.eval_on_selector_all(f"{grid} td[data-pnl]", """tds => tds.map(td => {
+    # one evaluation, so one rendering: eval_on_selector_all queries the cells and evaluates on them in
+    # two round trips, and a new computation between them replaces the table (its cells, detached, have
+    # no computed style)
+    heat = page.evaluate("""grid => [...document.querySelectorAll(`${grid} td[data-pnl]`)].map(td => {
         const [r, g, b, a] = getComputedStyle(td).backgroundColor.match(/[\\d.]+/g).map(Number);
         return {pnl: parseFloat(td.dataset.pnl), r, g, a: a ?? 1};
-    })""")
+    })""", grid)
     assert len(heat) == 33
     assert len(page.query_selector_all(f"{grid} tbody tr")) == 11
     assert len(page.query_selector_all(f"{grid} thead th")) == 4
