@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -158,35 +159,46 @@ async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping
         await asyncio.gather(client.close(), admin.close(), return_exceptions=True)
         raise unreachable(settings, exc) from exc
     try:
-        meta = await _metadata(client, client.get_random_node(), names)
-        brokers = sorted(b["node_id"] for b in meta["brokers"])
-        size = len(brokers)
+        meta = await _any_metadata(client, names)
+        brokers = sorted(b["node_id"] for b in meta["brokers"])  # those alive now
+        # With one broker of three down, its topics still have three replicas: a restart then must
+        # neither refuse TOPIC_REPLICATION=3 nor lower min.insync.replicas (auto) of the existing
+        # topics. The cluster is as large as either says.
+        size = max([len(brokers)] + [len(p["replicas"]) for t in meta["topics"] if t["error_code"] == 0
+                                     for p in t["partitions"]])
         factor, min_insync = resolve_replication(settings.replication, settings.min_insync_replicas, size)
         plan = TopicPlan(size, factor, min_insync)
-        existing: dict[str, int] = {}  # name → its replication factor
-        for t in meta["topics"]:
-            if t["error_code"] != 0 or not t["partitions"]:
-                continue
-            name, count = t["topic"], len(t["partitions"])
-            if count != partitions[name]:
-                raise ConfigError(
-                    f"topic {name} has {count} partitions but TOPIC_PARTITIONS={settings.partitions}; "
-                    "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
-                    "worker, or a fresh TOPIC_PREFIX."
-                )
-            existing[name] = min(len(p["replicas"]) for p in t["partitions"])
+        existing = _existing(settings, meta, partitions)  # name → its replication factor
         wanted = {n: topic_configs(settings, n, min_insync, compacted.get(n)) for n in names}
         missing = [n for n in names if n not in existing]
         if missing:
-            await _create(admin, [NewTopic(n, partitions[n], factor, topic_configs=wanted[n]) for n in missing])
-            log.info("created topics %s (replication %d, min.insync.replicas %d, %d broker(s))", ", ".join(missing),
-                     factor, min_insync, len(brokers))
+            raced = await _create(admin, [NewTopic(n, partitions[n], factor, topic_configs=wanted[n]) for n in missing])
+            if created := [n for n in missing if n not in raced]:
+                log.info("created topics %s (replication %d, min.insync.replicas %d, %d broker(s))",
+                         ", ".join(created), factor, min_insync, len(brokers))
+            if raced:
+                # Created meanwhile by another client (or known to the controller before the broker
+                # we asked): created with its settings, not ours — it is an existing topic.
+                existing.update(await _known(client, settings, brokers, {n: partitions[n] for n in raced},
+                                             ready_timeout_s))
         if existing:
             await _update_configs(admin, settings, plan, existing, wanted, ready_timeout_s)
         await _wait_served(client, brokers, partitions, ready_timeout_s)
         return plan
     finally:
         await asyncio.gather(client.close(), admin.close(), return_exceptions=True)
+
+
+async def _any_metadata(client: AIOKafkaClient, names: list[str]) -> dict[str, Any]:
+    """:func:`_metadata` from the first broker that answers (one of them may be down)."""
+    nodes = [b.nodeId for b in client.cluster.brokers()]
+    random.shuffle(nodes)
+    for node in nodes[:-1]:
+        try:
+            return await _metadata(client, node, names)
+        except (KafkaError, OSError) as exc:
+            log.info("broker %d did not answer (%r); asking another", node, exc)
+    return await _metadata(client, nodes[-1], names)
 
 
 async def _metadata(client: AIOKafkaClient, node_id: int, names: list[str]) -> dict[str, Any]:
@@ -197,13 +209,54 @@ async def _metadata(client: AIOKafkaClient, node_id: int, names: list[str]) -> d
     return obj
 
 
-async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
-    response = await admin.create_topics(topics)
-    for topic, code, *rest in response.topic_errors:
-        if code in (0, TopicAlreadyExistsError.errno):  # already exists: created meanwhile by another client
+def _existing(settings: Settings, meta: Mapping[str, Any], partitions: Mapping[str, int]) -> dict[str, int]:
+    """The topics of a metadata response that exist, with their replication factor; refuses a
+    partition count other than TOPIC_PARTITIONS."""
+    existing: dict[str, int] = {}
+    for t in meta["topics"]:
+        if t["error_code"] != 0 or not t["partitions"]:
             continue
-        detail = (rest[0] if rest else None) or for_code(code).description
-        raise ConfigError(f"cannot create topic {topic}: {for_code(code).message}: {detail}")
+        name, count = t["topic"], len(t["partitions"])
+        if count != partitions[name]:
+            raise ConfigError(
+                f"topic {name} has {count} partitions but TOPIC_PARTITIONS={settings.partitions}; "
+                "books are co-partitioned with their topics. Use the same TOPIC_PARTITIONS as the "
+                "worker, or a fresh TOPIC_PREFIX."
+            )
+        existing[name] = min(len(p["replicas"]) for p in t["partitions"])
+    return existing
+
+
+async def _known(client: AIOKafkaClient, settings: Settings, brokers: list[int], partitions: Mapping[str, int],
+                 timeout_s: float) -> dict[str, int]:
+    """:func:`_existing` of topics the controller says exist, once a broker's metadata has them all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        for node in brokers:
+            try:
+                found = _existing(settings, await _metadata(client, node, list(partitions)), partitions)
+            except (KafkaError, OSError):
+                continue
+            if found.keys() == partitions.keys():
+                return found
+        if loop.time() > deadline:
+            raise TopicsNotReady(f"topic(s) {', '.join(partitions)} exist (the controller refused to create them "
+                                 f"again) but no broker lists them after {timeout_s:.0f}s. Check the brokers")
+        await asyncio.sleep(0.1)
+
+
+async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> list[str]:
+    """Create ``topics``; returns those that already existed."""
+    response = await admin.create_topics(topics)
+    raced = []
+    for topic, code, *rest in response.topic_errors:
+        if code == TopicAlreadyExistsError.errno:
+            raced.append(topic)
+        elif code:
+            detail = (rest[0] if rest else None) or for_code(code).description
+            raise ConfigError(f"cannot create topic {topic}: {for_code(code).message}: {detail}")
+    return raced
 
 
 async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: TopicPlan, existing: dict[str, int],
@@ -288,6 +341,7 @@ async def _wait_served(client: AIOKafkaClient, brokers: list[int], partitions: M
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     names = list(partitions)
+    down: set[int] = set()
     while True:
         lagging: dict[int, str] = {}
         leaders: dict[int, set[tuple[str, int]]] = {}  # as the brokers say (once they agree, one leader each)
@@ -295,7 +349,11 @@ async def _wait_served(client: AIOKafkaClient, brokers: list[int], partitions: M
             try:
                 meta = await _metadata(client, node, names)
             except (KafkaError, OSError) as exc:
-                lagging[node] = f"unreachable ({exc!r})"
+                # Down (listed until the controller fences it): it serves no one, stale or not. A
+                # restart with one broker of three down goes on with the other two.
+                if node not in down:
+                    log.warning("broker %d unreachable (%r): not waiting for it to serve the topics", node, exc)
+                    down.add(node)
                 continue
             served = {t["topic"] for t in meta["topics"] if t["error_code"] == 0
                       and len(t["partitions"]) == partitions[t["topic"]]
@@ -309,7 +367,7 @@ async def _wait_served(client: AIOKafkaClient, brokers: list[int], partitions: M
             for node, tps in leaders.items():
                 if not_led := await _not_led(client, node, sorted(tps)):
                     lagging[node] = f"not leading {len(not_led)} of its partitions yet, e.g. {', '.join(not_led[:3])}"
-        if not lagging:
+        if not lagging and len(down) < len(brokers):
             return
         if loop.time() > deadline:
             raise TopicsNotReady(

@@ -184,6 +184,43 @@ def test_a_topic_created_by_an_earlier_release_gets_the_whole_set(ns: Namespace)
     assert effective[topics.instruments]["cleanup.policy"] == "compact"
 
 
+def test_a_topic_the_broker_asked_did_not_know_yet_still_gets_the_settings(ns: Namespace,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker that answers the first metadata request may not know a topic the controller
+    has just created (another client's, or one created a moment ago): the creation then says
+    TopicAlreadyExists, and the topic is an existing one whose configs must follow the settings —
+    not be left as that other client made it (min.insync.replicas 2 on one copy refuses writes)."""
+    import app.kafka
+
+    s = settings_of(ns)
+    topics = topics_of(s)
+
+    async def other_client() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=ns.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topics.trades, s.partitions, 1,
+                                                topic_configs={"retention.ms": "1000"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(other_client())
+    real, asked = app.kafka._metadata, []
+
+    async def lagging_first(client: AIOKafkaClient, node_id: int, names: list[str]) -> dict[str, Any]:
+        meta = await real(client, node_id, names)
+        if not asked:  # the first answer, from a broker behind the controller
+            meta["topics"] = [t for t in meta["topics"] if t["topic"] != topics.trades]
+        asked.append(node_id)
+        return meta
+
+    monkeypatch.setattr(app.kafka, "_metadata", lagging_first)
+    ensure_all(s)
+    effective, _, _ = describe(ns.bootstrap, [topics.trades])
+    assert effective[topics.trades]["retention.ms"] == str(s.output_retention_ms)
+    assert effective[topics.trades]["max.message.bytes"] == str(RAW_MAX_MESSAGE_BYTES)
+
+
 def test_a_replication_factor_above_the_brokers_is_refused_before_anything_is_created(ns: Namespace) -> None:
     s = settings_of(ns, replication=2)
     with pytest.raises(ConfigError, match=r"TOPIC_REPLICATION=2 but the cluster has 1 broker\(s\)"):
@@ -303,6 +340,21 @@ def test_auto_on_three_brokers_is_three_replicas_min_insync_two_served_by_every_
                                   replication=2)) == TopicPlan(3, 2, 1)
     assert ensure_all(settings_of(Namespace(f"e{uuid.uuid4().hex[:10]}", cluster.bootstrap, tmp_path),
                                   min_insync_replicas=3)) == TopicPlan(3, 3, 3)
+
+    # a restart with one broker of three down: the topics still have three copies — neither a
+    # refusal of TOPIC_REPLICATION=3 nor min.insync.replicas lowered to what two brokers would get
+    s = settings_of(Namespace(f"f{uuid.uuid4().hex[:10]}", cluster.bootstrap, tmp_path))
+    topics = topics_of(s)
+    ensure_all(s)
+    cluster.kill(3)
+    try:
+        assert ensure_all(dataclasses.replace(s, replication=3)) == TopicPlan(brokers=3, replication=3, min_insync=2)
+        assert ensure_all(s) == TopicPlan(brokers=3, replication=3, min_insync=2)
+        effective, _, _ = describe(cluster.bootstrap, [topics.top, topics.changelog])
+        assert effective[topics.top]["min.insync.replicas"] == "2"
+        assert effective[topics.changelog]["min.insync.replicas"] == "2"
+    finally:
+        cluster.start(3)
 
 
 def test_a_number_the_broker_spells_its_own_way_is_not_altered_again(ns: Namespace,
