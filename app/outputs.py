@@ -139,6 +139,7 @@ class OutputSink:
         self._producer: Any = None
         self._recreate = False
         self._wake = asyncio.Event()
+        self._due_at = 0.0  # monotonic time the sender looks at the lanes next (0: it is looking now)
         self._progress = asyncio.Event()  # set whenever a delivery completes
         self._task: asyncio.Task[None] | None = None
         self._log = LogLimiter()
@@ -204,7 +205,12 @@ class OutputSink:
         if self.pending_bytes > self.peak_bytes:
             self.peak_bytes = self.pending_bytes
         if lane.inflight is None:
-            self._wake.set()
+            # Woken when this lane is due before the sender looks anyway (or while it is looking: it
+            # may have passed this lane): a wake for every record, each a pass over every lane, cost
+            # as much CPU as the books (bench latency p50 78 ms → 15.6 s at 5,000 frames/s).
+            due = lane.retry_at if lane.ready else max(lane.last_sent + lane.linger, lane.retry_at)
+            if self._due_at == 0.0 or due < self._due_at:
+                self._wake.set()
 
     def hold(self, size: int) -> None:
         """``size`` bytes of outputs held elsewhere until a commit (exactly_once: in their table
@@ -282,8 +288,10 @@ class OutputSink:
                 await self._send(lane, lane.ready.popleft())
             # at least once a second: a producer whose sender task died wakes nobody
             timeout = 1.0 if next_due is None else min(max(next_due - time.monotonic(), 0.0005), 1.0)
+            self._due_at = time.monotonic() + timeout
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            self._due_at = 0.0
 
     async def _send(self, lane: _Lane, batch: OutputBatch) -> None:
         producer = self._producer

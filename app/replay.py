@@ -24,8 +24,11 @@ from app.wire import RawFrame
 
 #: Frames replay may have waiting for Kafka (it waits for room rather than dropping).
 REPLAY_BUFFER_BYTES = 64 * 1024 * 1024
-#: Kafka unreachable this long during a replay ends it with an error.
-REPLAY_STALL_S = 30.0
+#: Nothing acknowledged this long during a replay ends it with an error. Four times the sink's
+#: own stall limit (RawSink.stall_s, 30 s: it then abandons its producer and sends every record
+#: not acknowledged again with a new one): at 30 s, as before, a replay gave up at the very moment
+#: the sink recovered from an aiokafka producer wedged by a broker failover.
+REPLAY_STALL_S = 120.0
 
 
 @dataclass
