@@ -266,12 +266,13 @@ class Namespace:
         env.update(extra)
         return env
 
-    def settings(self) -> Any:
-        """bookstream's settings in this namespace (for a sink producing into its raw topics)."""
+    def settings(self, **extra: str) -> Any:
+        """bookstream's settings in this namespace (for a sink producing into its raw topics);
+        ``extra``: more environment, e.g. a :class:`Worker`'s own (``worker.extra_env``)."""
         from app.config import load
 
         saved = dict(os.environ)
-        os.environ.update(self.env())
+        os.environ.update(self.env(**extra))
         try:
             return load()
         finally:

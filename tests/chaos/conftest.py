@@ -114,6 +114,9 @@ ROWS = [
      total("raw_frames_missing", *CLUSTER_SCENARIOS)),
     ("books differing from the reference (cluster)", total("books_differing", *CLUSTER_SCENARIOS)),
     ("reference top changes missing from book.top (cluster)", total("book_tops_missing", *CLUSTER_SCENARIOS)),
+    ("reference risk.hedge records missing / repeated / unexpected (cluster)",
+     lambda r: "/".join(str(total(f, *CLUSTER_SCENARIOS)(r)) for f in
+                        ("hedge_missing", "hedge_duplicates", "hedge_unexpected"))),
     ("under-replicated partitions at the end (cluster)",
      total("under_replicated_partitions", *CLUSTER_SCENARIOS)),
     ("broker unreachable / back WARNING lines (cluster workers)",
