@@ -36,10 +36,12 @@ from typing import Any
 
 import orjson
 
+from app.capture.formats import Record
 from app.risk import positions as pos
 from app.risk.engine import EngineSettings, RiskEngine, instrument_key
 from app.risk.rules import STATES, Rule
 from app.risk.service import RANK
+from app.venues.base import Kind
 from tests.helpers import read_committed_partitions
 
 #: The market inputs of the risk engine (topic names without the prefix; each is also its kind).
@@ -76,6 +78,77 @@ def desk_positions() -> list[pos.Position]:
     a record the live engine publishes or not depending on whether the capture's inputs reach it
     before or after the live feed's (behind its watermark: late, never ticking)."""
     return [pos.make("chaos", DESK_HEDGE, "200000", ts=0)]
+
+
+#: The catch-up scenario's desk (tests/chaos/test_cluster_chaos.py), on copies of the Binance USD-M
+#: capture (bench.run.copies: copy k is instrument BTC<k>USDT, its frames the capture's renamed):
+#: long 3 BTC of copy 0 — a linear perpetual of contract size 1, so its delta is its quantity,
+#: outside ±1 whatever the price — hedged in copy 0 itself. A hedge signal changes no position: the
+#: rule fires at every tick its cooldown allows once the copy's book is synced (one every 5 s of
+#: event time, 12 a minute, under its 30): 69 over the capture's 345 s, the first at its first tick
+#: after the snapshot, 0.47 s in (tests/unit/test_risk_reference.py computes them).
+COPY_HEDGE = "binance-usdm:BTC0USDT"
+COPY_RULES = f"""
+[[rule]]
+id = "catchup-btc-delta"
+portfolio = "catchup"
+underlying = "BTC"
+greek = "delta"
+trigger = 1.0
+target = 0.2
+hedge = "{COPY_HEDGE}"
+cooldown_s = 5
+max_per_minute = 30
+"""
+#: Where ingestion fetches the USD-M instrument list (app.venues.binance.BinanceInstruments.urls).
+USDM_EXCHANGE_INFO = "https://fapi.binance.com/fapi/v1/exchangeInfo"
+
+
+def copy_positions() -> list[pos.Position]:
+    """The catch-up desk's book, in force from the start (``ts`` 0, as :func:`desk_positions`)."""
+    return [pos.make("catchup", COPY_HEDGE, "3", ts=0)]
+
+
+def copies_exchange_info(n: int, ts: int) -> bytes:
+    """``GET /fapi/v1/exchangeInfo`` as Binance USD-M answers it at ``ts`` (ns), listing the ``n``
+    copies of the capture as it listed BTCUSDT in August 2024 (the capture's day): USDT-margined
+    perpetuals on BTC, tick 0.10, lot and minimum 0.001 BTC, minimum notional 100 USDT. Each copy
+    is its own contract (its own ``pair``); bench.run.copies names them."""
+    symbols = [{
+        "symbol": f"BTC{k}USDT", "pair": f"BTC{k}USDT", "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
+        "onboardDate": 1569398400000, "status": "TRADING", "maintMarginPercent": "2.5000",
+        "requiredMarginPercent": "5.0000", "baseAsset": "BTC", "quoteAsset": "USDT", "marginAsset": "USDT",
+        "pricePrecision": 2, "quantityPrecision": 3, "baseAssetPrecision": 8, "quotePrecision": 8,
+        "underlyingType": "COIN", "underlyingSubType": ["PoW"], "settlePlan": 0, "triggerProtect": "0.0500",
+        "liquidationFee": "0.012500", "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "556.80", "maxPrice": "4529764", "tickSize": "0.10"},
+            {"filterType": "LOT_SIZE", "stepSize": "0.001", "maxQty": "1000", "minQty": "0.001"},
+            {"filterType": "MARKET_LOT_SIZE", "stepSize": "0.001", "maxQty": "120", "minQty": "0.001"},
+            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MIN_NOTIONAL", "notional": "100"},
+            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500",
+             "multiplierDecimal": "4"}],
+        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
+                       "TRAILING_STOP_MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"]} for k in range(n)]
+    return orjson.dumps({
+        "timezone": "UTC", "serverTime": ts // 1_000_000, "futuresType": "U_MARGINED",
+        "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+                       {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200}],
+        "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
+        "symbols": symbols})
+
+
+def copies_instruments(n: int, ts: int) -> Record:
+    """The USD-M instrument list naming the ``n`` copies as ingestion writes it into
+    ``raw.binance-usdm`` (app.ingest.service: a REST frame, verbatim, received at ``ts``, on
+    connection ``binance-usdm-instruments``; app.router.Router keys it ``binance-usdm:``). The
+    worker parses it with the venue's registry parser into one ``ref.instruments`` spec a copy,
+    valid from ``ts``."""
+    return Record(ts, "binance-usdm", "binance-usdm-instruments", Kind.REST, copies_exchange_info(n, ts),
+                  USDM_EXCHANGE_INFO)
 
 
 @dataclass

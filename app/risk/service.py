@@ -406,7 +406,11 @@ class RiskService:
             if not self.owns(owner_key(topic, body)):
                 continue
             metrics.count(f"risk_out.{topic}")
-            self.send(self.topics.name(topic), partition_for(key, self.settings.partitions), key,
+            # A rule's hedge records share one partition (of the rule id; their key is their own
+            # id): delivered in order, so a restart that skips what is at or before the newest one
+            # published (restored_ts) skips only records that were delivered.
+            send_key = done if topic == "risk.hedge" else key
+            self.send(self.topics.name(topic), partition_for(send_key, self.settings.partitions), key,
                       orjson.dumps({**body, "ts_published": time.time_ns()}))
 
     # -- the web view -------------------------------------------------------------------------

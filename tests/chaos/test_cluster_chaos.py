@@ -2,9 +2,10 @@
 min.insync.replicas 2, acks=all everywhere.
 
 * ``catchup``: the raw topics hold CHAOS_CATCHUP_COPIES copies of the Binance USD-M capture
-  (each copy its own instrument: 93,954 frames a copy, 11 copies ≥ 1,000,000 frames); one
-  worker catches up, SIGKILLed CHAOS_CATCHUP_KILLS times mid-way and restarted, until it
-  finishes.
+  (each copy its own instrument: 93,954 frames a copy, 11 copies ≥ 1,000,000 frames), after
+  the copies' instrument list; one worker catches up, SIGKILLed CHAOS_CATCHUP_KILLS times mid-way
+  and restarted, then once more as soon as its risk engine publishes (CHAOS_CATCHUP_HEDGE_KILL),
+  until it finishes.
 * ``leader_kills``: the simulator feeds live (``faust -A app ingest``, FEED=sim) and the USD-M
   capture is replayed (``faust -A app replay``, paced over CHAOS_REPLAY_S) while the node
   leading the instrument's raw, changelog and ``book.top`` partitions (in turn) is SIGKILLed
@@ -36,9 +37,19 @@ capture's inputs there are (older than the live feed's: late whenever the live f
 and valuing nothing the desk holds), how many records were computed from other inputs than the
 reference's, how often the engine restarted and the partitions were activated. Records of the
 same id and type whose contents differ are counted (``hedge_bodies_differing``,
-``hedge_from_other_inputs``), not failed. The catch-up has no such check: the copies of the
-capture are instruments no instrument list names (the capture holds none), so the engine has no
-spec to value them with (see the test).
+``hedge_from_other_inputs``), not failed.
+
+The catch-up checks ``risk.hedge`` the same way, on a desk of its own (tests/risk_reference.py:
+long 3 BTC of the capture's copy 0, binance-usdm:BTC0USDT, from ts 0; a delta rule hedging in it
+with a 5 s cooldown: 69 signals over the capture's 345 s). The copies are instruments no venue
+lists and the capture holds no instrument list, so raw.binance-usdm gets one before the capture,
+as ingestion writes it (a venue-keyed REST frame of the USD-M ``exchangeInfo`` listing each copy
+as a linear perpetual, received a second before the capture's first frame): the worker derives
+the copies' ``ref.instruments`` specs from it, as from a live venue's list. It is a frame of the
+raw topic like the others (in the frames sent and found). The engine releases no input while the
+worker is behind its raw topics, so it publishes only once the worker has caught up, after the
+kills that test the books: the last SIGKILL comes as soon as it has sent its first record, and
+the next engine must publish exactly what is left.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -66,7 +78,7 @@ from app.risk.rules import load_rules
 from app.risk.service import engine_settings
 from app.router import Router
 from app.venues import VENUES
-from app.wire import changelog_topic, partition_for
+from app.wire import Topics, changelog_topic, partition_for
 from bench.run import copies
 from scripts.harness import Cluster
 from tests.helpers import (
@@ -83,8 +95,12 @@ from tests.helpers import (
     wait_for,
 )
 from tests.risk_reference import (
+    COPY_HEDGE,
+    COPY_RULES,
     DESK_RULES,
     compare_hedge,
+    copies_instruments,
+    copy_positions,
     desk_positions,
     hedge_reference,
     published_hedge,
@@ -96,6 +112,12 @@ from tests.unit.test_captures import hft
 
 CATCHUP_COPIES = int(os.environ.get("CHAOS_CATCHUP_COPIES", "11"))
 CATCHUP_KILLS = int(os.environ.get("CHAOS_CATCHUP_KILLS", "3"))
+#: The catch-up's worker is SIGKILLed once more, caught up, as soon as its risk engine has sent its
+#: first risk.hedge record (0: not). The kills while it catches up come before the engine publishes
+#: anything: while the worker is behind its raw topics, every input source holds the engine's
+#: watermark at its newest input (app.risk.service.RiskService.watermark), and the desk's position
+#: (ts 0) and the instrument list hold it before the capture's first frame.
+CATCHUP_HEDGE_KILL = os.environ.get("CHAOS_CATCHUP_HEDGE_KILL", "1") != "0"
 BROKER_KILLS = int(os.environ.get("CHAOS_BROKER_KILLS", "10"))
 BROKER_DOWN_S = float(os.environ.get("CHAOS_BROKER_DOWN_S", "3"))
 REPLAY_S = float(os.environ.get("CHAOS_REPLAY_S", "180"))
@@ -250,39 +272,55 @@ def test_catchup_of_a_million_frames_with_sigkills_on_three_brokers(
         cns: Namespace, chaos_cluster: Cluster, captures: Path, tmp_path: Path, report: dict[str, Any]) -> None:
     from app.kafka import ensure_topics
 
-    # No risk.hedge check here (the risk engine stays off, as the cns fixture sets it): the capture
-    # holds depth, bookTicker and trade frames of binance-usdm BTCUSDT and no instrument list, and
-    # each copy is an instrument no venue lists (BTC<k>USDT), so no ref.instruments spec ever exists
-    # for them. The engine values a position only with its spec: `positions set` refuses one on an
-    # instrument ref.instruments does not know, and one forced in is "unknown" with no delta — inside
-    # any band, so a rule on it never fires, not even a blocked record. A meaningful check needs an
-    # instrument list for the copies put into raw.binance-usdm before the capture.
+    # The risk.hedge check (check_hedge) needs specs of the copies: the capture holds depth,
+    # bookTicker and trade frames of binance-usdm BTCUSDT and no instrument list, and each copy is an
+    # instrument no venue lists (BTC<k>USDT); without a spec the engine values nothing (a position is
+    # "unknown", no delta: a rule on it never fires). So raw.binance-usdm gets, before the capture,
+    # the copies' instrument list as ingestion writes one (tests/risk_reference.copies_instruments:
+    # a venue-keyed REST frame of exchangeInfo, received a second before the capture's first frame,
+    # through the same router and sink, counted in ``want`` like every frame). The worker parses it
+    # with the venue's registry parser into ref.instruments, one spec a copy (a USDT-margined linear
+    # perpetual, contract size 1) valid from its receive time; the desk (long 3 BTC of copy 0, in
+    # force from ts 0, on ``positions`` before the worker starts) and its rule (delta outside ±1 →
+    # hedge in copy 0, cooldown 5 s of event time) give a signal every 5 s once copy 0's book is
+    # synced: 69 over the capture's 345 s.
     ns, cluster = cns, chaos_cluster
     began = time.monotonic()
     records = list(read(hft(captures, "usdm"), "hftbacktest"))
+    listing = copies_instruments(CATCHUP_COPIES, records[0].ts - 10**9)
     want: collections.Counter[Any] = collections.Counter()
     router = Router()
 
     def frames() -> Iterator[Any]:
-        for rec in copies(records, CATCHUP_COPIES):
+        for rec in itertools.chain([listing], copies(records, CATCHUP_COPIES)):
             for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
                 want[(raw.key, raw.ts, raw.kind, raw.conn, raw.data)] += 1
                 yield raw
 
     settings = ns.settings()
-    asyncio.run(ensure_topics(settings, raw_topics(ns)))
+    topics = Topics(settings.topic_prefix, VENUES, settings.app_id)
+    # the raw topics, and the compacted ones (positions) as the worker makes them: the desk goes in first
+    asyncio.run(ensure_topics(settings, raw_topics(ns), topics.compacted()))
     t0 = time.monotonic()
     sent = asyncio.run(produce_frames(settings, frames()))
     report.update(copies=CATCHUP_COPIES, instruments=CATCHUP_COPIES, frames=sent,
-                  produce_s=round(time.monotonic() - t0, 1), guarantee=GUARANTEE)
+                  produce_s=round(time.monotonic() - t0, 1), guarantee=GUARANTEE,
+                  capture_span_s=round((records[-1].ts - records[0].ts) / 1e9, 1), hedge_instrument=COPY_HEDGE)
     print(f"  {sent:,} frames in the raw topics in {report['produce_s']}s", flush=True)
+    book = copy_positions()
+    write_positions(ns.bootstrap, topics.positions, ns.partitions, book)
 
     # the reference over the raw topics (final now), computed while the worker catches up
     pool = concurrent.futures.ThreadPoolExecutor(1)
     ref = pool.submit(raw_topics_reference, ns.bootstrap, raw_topics(ns))
-    worker = Worker(ns, tmp_path / "data")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(COPY_RULES)
+    # The risk engine on, with the desk's rule, from the beginning of its inputs at every (re)start
+    # as the reference reads them, RISK_LATENESS_MS behind.
+    worker = Worker(ns, tmp_path / "data", RISK_ENABLED="true", RISK_RULES_FILE=str(rules), RISK_LOOKBACK_S="0",
+                    RISK_LATENESS_MS=str(RISK_LATENESS_MS))
     chunk = sent // (CATCHUP_KILLS + 1)
-    report["worker_kills"] = 0
+    report.update(worker_kills=0, hedge_kills=0)
     logs: list[str] = []
     failures: list[str] = []
     try:
@@ -301,8 +339,28 @@ def test_catchup_of_a_million_frames_with_sigkills_on_three_brokers(
             report["worker_kills"] += 1
             print(f"  worker kill {i + 1}/{CATCHUP_KILLS} done ({time.monotonic() - t0:.0f}s)", flush=True)
         worker.start(wait=False)
+        if CATCHUP_HEDGE_KILL:
+            # Caught up, the engine releases its inputs in event-time order and publishes as it goes
+            # (the first signal half a second into the capture): SIGKILLed now, the next engine must
+            # publish exactly the rest — what it recomputes and finds published, it skips.
+            def publishing(w: Worker = worker) -> bool:
+                assert w.proc is not None
+                if w.proc.poll() is not None:
+                    raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.tail()}")
+                report["hedge_sent_before_kill"] = counters(w).get("risk_out.risk.hedge", 0)
+                return report["hedge_sent_before_kill"] >= 1
+
+            wait_for(publishing, 1800, "the risk engine publishing risk.hedge", every=0.5)
+            worker.kill()
+            report["hedge_kills"] += 1
+            report["hedge_records_at_kill"] = len(published_hedge(ns.bootstrap, topics.hedge))
+            print(f"  worker kill while the risk engine publishes, {report['hedge_records_at_kill']} risk.hedge "
+                  f"records then ({time.monotonic() - t0:.0f}s)", flush=True)
+            worker.start(wait=False)
         failures += check_outputs(ns, worker, want, report, cluster, settle_s=1200, ref=ref)
         report["catchup_s"] = round(time.monotonic() - t0, 1)
+        del ref  # the raw topics' reference (a million frames): not kept while the hedge's is computed
+        failures += check_hedge(ns, worker, rules, report, settle_s=900)
         logs.append(worker.log_text())
     finally:
         worker.kill()
@@ -428,17 +486,19 @@ def prometheus_value(worker: Worker, name: str) -> float | None:
     return sum(found) if found else None
 
 
-def check_hedge(site: LiveSite, figures: dict[str, Any], settle_s: float = 300) -> list[str]:
+def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, Any], settle_s: float = 300,
+                replayed: str | None = None) -> list[str]:
     """``risk.hedge`` (read_committed) against the reference over the risk engine's input topics
-    as they are now (tests/risk_reference.py), once the worker's engine has applied them all:
-    every record of the reference there exactly once (by id), none it does not give, each of the
-    same type (signal or blocked). Fills ``figures``; returns a line for each failed check."""
-    ns, worker = site.ns, site.worker
+    as they are now (tests/risk_reference.py), once the worker's engine (its rules file ``rules``)
+    has applied them all: every record of the reference there exactly once (by id), none it does
+    not give, each of the same type (signal or blocked). ``replayed``: the instrument of a capture
+    replayed alongside a live feed (its inputs counted). Fills ``figures``; returns a line for each
+    failed check."""
     failures: list[str] = []
     t0 = time.monotonic()
     settings = ns.settings(**worker.extra_env)
     ref = hedge_reference(read_inputs(ns.bootstrap, settings.topic_prefix), engine_settings(settings),
-                          load_rules(site.rules))
+                          load_rules(rules))
     figures["hedge_reference_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     state: dict[str, Any] = {}
@@ -458,15 +518,17 @@ def check_hedge(site: LiveSite, figures: dict[str, Any], settle_s: float = 300) 
     c = compare_hedge(ref, published_hedge(ns.bootstrap, ns.topic("risk.hedge")))
     log = worker.log_text()
     late = counters(worker).get("risk_late_inputs", 0)
-    replayed = ref.inputs[REPLAYED]
+    n_replayed = ref.inputs[replayed] if replayed is not None else None
     restarts = len(re.findall(r"risk: .*starting again|risk engine failed", log))
     activations = len(re.findall(r"partitions \[[\d, ]*\] active", log))
     producers = prometheus_value(worker, "outputs_producer_restarts_total")
     behind = round((ref.event_time - state["event_time"]) / 1e9, 1) if "event_time" in state else None
     figures.update(c.figures(), hedge_settle_s=round(time.monotonic() - t0, 1), risk_late_inputs=late,
-                   risk_inputs_replayed=replayed, risk_engine_restarts=restarts,
+                   risk_inputs=ref.inputs.total(), risk_engine_restarts=restarts,
                    worker_partition_activations=activations, outputs_producer_restarts=producers,
                    risk_pending_inputs=state.get("pending"), risk_event_time_behind_reference_s=behind)
+    if replayed is not None:
+        figures["risk_inputs_replayed"] = n_replayed
     figures["lost"] = figures.get("lost", 0) + len(c.missing)
     for what, ids in (("missing", c.missing), ("unexpected", c.unexpected), ("of another type", c.type_differing),
                       ("with other contents", c.bodies_differing)):
@@ -481,11 +543,12 @@ def check_hedge(site: LiveSite, figures: dict[str, Any], settle_s: float = 300) 
         failures.append(f"the reference holds {signals} hedge signals ({ref.types()}), fewer than "
                         f"{MIN_HEDGE_SIGNALS}: the desk's rule did not fire, the risk.hedge check proves nothing")
     # Why records can differ, said with every difference (never passed over): an input behind the
-    # engine's watermark is applied when it comes, not in its place (README "Status and known limits"). The
-    # replayed capture's inputs are older than the live feed's: late whenever the live feed's reached
+    # engine's watermark is applied when it comes, not in its place (README "Status and known limits"). A
+    # replayed capture's inputs are older than a live feed's: late whenever the live feed's reached
     # the engine first, and harmless (the desk holds nothing they value). Late inputs of the desk's
     # instrument show as published records computed from other inputs than the reference's.
-    why = (f" [the worker counted {late} late inputs, the replayed capture has {replayed}; "
+    has = f", the replayed capture has {n_replayed}" if replayed is not None else ""
+    why = (f" [the worker counted {late} late inputs (the reference has {ref.inputs.total()}{has}); "
            f"{len(c.other_inputs)} records published were computed from other inputs than the reference's "
            f"(RISK_LATENESS_MS {RISK_LATENESS_MS}); the risk engine restarted {restarts} time(s); partitions were "
            f"activated {activations} time(s) (what the engine computes while the desk's partition is not "
@@ -515,7 +578,7 @@ def live_checks(site: LiveSite, cluster: Cluster, figures: dict[str, Any]) -> li
         failures.append(f"ingestion dropped {figures['ingest_frames_dropped']} frames and failed "
                         f"{figures['ingest_deliveries_failed']} deliveries")
     failures += check_outputs(site.ns, site.worker, site.want, figures, cluster)
-    failures += check_hedge(site, figures)
+    failures += check_hedge(site.ns, site.worker, site.rules, figures, replayed=REPLAYED)
     figures["frames"] = figures["frames_in_raw_topics"]
     live = figures["frames_in_raw_topics"] - sum(site.want.values())
     figures["live_frames_in_raw_topics"] = live
