@@ -554,15 +554,11 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
            f"activated {activations} time(s) (what the engine computes while the desk's partition is not "
            f"active here is never published); at the end the engine was {behind} s of event time behind the "
            f"reference's last input, {state.get('pending')} inputs pending]")
-    if c.missing:
-        failures.append(f"{len(c.missing)} of {len(ref.records)} risk.hedge records of the reference are not "
-                        f"published, e.g. {c.describe(c.missing[0])}{why}")
-    if c.unexpected:
-        failures.append(f"{len(c.unexpected)} risk.hedge records are not the reference's, e.g. "
-                        f"{c.describe(c.unexpected[0])}{why}")
-    if c.type_differing:
-        failures.append(f"{len(c.type_differing)} risk.hedge records are of another type than the reference's, "
-                        f"e.g. {c.describe(c.type_differing[0])}{why}")
+    for found, what in ((c.missing, f"of {len(ref.records)} risk.hedge records of the reference are not published"),
+                        (c.unexpected, "risk.hedge records are not the reference's"),
+                        (c.type_differing, "risk.hedge records are of another type than the reference's")):
+        if found:
+            failures.append(f"{len(found)} {what}, e.g. {c.describe(found[0])}{why}")
     if c.duplicates:
         failures.append(f"{c.duplicates} risk.hedge records repeat an id published before ({len(c.duplicated)} ids, "
                         f"e.g. {c.duplicated[0]}; output producers replaced {producers} time(s))")

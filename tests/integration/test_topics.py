@@ -48,6 +48,19 @@ def ensure_all(s: Settings, **kwargs: Any) -> TopicPlan:
                                      **kwargs))
 
 
+def create_by_hand(bootstrap: str, topics: list[NewTopic]) -> None:
+    """Create ``topics`` as another client (or an earlier release) would, without bookstream."""
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(topics)
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
 async def _describe(bootstrap: str, names: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]],
                                                                dict[str, list[int]]]:
     """Each topic's effective configs, its own (dynamic) configs, and its partitions' replica counts."""
@@ -164,18 +177,9 @@ def test_a_topic_created_by_an_earlier_release_gets_the_whole_set(ns: Namespace)
     s = settings_of(ns)
     topics = topics_of(s)
 
-    async def old_release() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=ns.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topics.top, s.partitions, 1,
-                                                topic_configs={"max.message.bytes": "1000"}),
-                                       NewTopic(topics.instruments, s.partitions, 1,
-                                                topic_configs={"cleanup.policy": "compact"})])
-        finally:
-            await admin.close()
-
-    asyncio.run(old_release())
+    create_by_hand(ns.bootstrap, [NewTopic(topics.top, s.partitions, 1, topic_configs={"max.message.bytes": "1000"}),
+                                  NewTopic(topics.instruments, s.partitions, 1,
+                                           topic_configs={"cleanup.policy": "compact"})])
     ensure_all(s)
     effective, _, _ = describe(ns.bootstrap, [topics.top, topics.instruments])
     assert effective[topics.top]["max.message.bytes"] == str(RAW_MAX_MESSAGE_BYTES)
@@ -195,16 +199,7 @@ def test_a_topic_the_broker_asked_did_not_know_yet_still_gets_the_settings(ns: N
     s = settings_of(ns)
     topics = topics_of(s)
 
-    async def other_client() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=ns.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topics.trades, s.partitions, 1,
-                                                topic_configs={"retention.ms": "1000"})])
-        finally:
-            await admin.close()
-
-    asyncio.run(other_client())
+    create_by_hand(ns.bootstrap, [NewTopic(topics.trades, s.partitions, 1, topic_configs={"retention.ms": "1000"})])
     real, asked = app.kafka._metadata, []
 
     async def lagging_first(client: AIOKafkaClient, node_id: int, names: list[str]) -> dict[str, Any]:
@@ -297,15 +292,7 @@ def test_auto_on_three_brokers_is_three_replicas_min_insync_two_served_by_every_
     s = settings_of(ns)
     topics = topics_of(s)
 
-    async def old_single_copy_topic() -> None:  # created by hand (or an earlier release) with one copy
-        admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topics.trades, s.partitions, 1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(old_single_copy_topic())
+    create_by_hand(cluster.bootstrap, [NewTopic(topics.trades, s.partitions, 1)])  # one copy
     assert ensure_all(s) == TopicPlan(brokers=3, replication=3, min_insync=2)
     names = [*topics.all, topics.changelog, faust_leader_topic(s.app_id)]
 
