@@ -38,9 +38,9 @@ import orjson
 
 from app.capture.formats import Record
 from app.risk import positions as pos
-from app.risk.engine import EngineSettings, RiskEngine, instrument_key
+from app.risk.engine import EngineSettings, RiskEngine
 from app.risk.rules import STATES, Rule
-from app.risk.service import RANK
+from app.risk.service import RANK, BadInput, market_input
 from app.venues.base import Kind
 from tests.helpers import read_committed_partitions
 
@@ -186,13 +186,12 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
             if value is None:
                 continue
             try:
-                body = orjson.loads(value)
-                ts = int(body.get("valid_from" if kind == "ref.instruments" else "ts_recv") or 0)
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                found = market_input(kind, value)
+            except BadInput:
                 continue
-            if kind == "book.status" and body.get("ts_recv") is None:
-                continue  # a timer's retry: no event time
-            push(ts, kind, instrument_key(body), int(body.get("seq") or 0), body)
+            if found is not None:  # None: a timer's retry, no event time
+                ts, instrument, seq, body = found
+                push(ts, kind, instrument, seq, body)
     for key, value in records.get("positions", ()):  # RiskService._position
         text = key.decode("utf-8", "replace") if key else ""
         try:

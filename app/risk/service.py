@@ -79,6 +79,24 @@ def owner_key(topic: str, body: dict[str, Any]) -> str:
     return str(body["portfolio"])
 
 
+class BadInput(ValueError):
+    """A market input record that cannot be read (counted, ``risk_bad_inputs``)."""
+
+
+def market_input(kind: str, value: bytes) -> tuple[int, str, int, dict[str, Any]] | None:
+    """A market input record of ``kind`` as the engine takes it: (event time, instrument key,
+    seq, body); None for one that says nothing (a ``book.status`` timer's retry, which has no
+    event time). Raises :class:`BadInput` for one that cannot be read."""
+    try:
+        body = orjson.loads(value)
+        ts = int(body.get("valid_from" if kind == "ref.instruments" else "ts_recv") or 0)
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(str(exc)) from exc
+    if kind == "book.status" and body.get("ts_recv") is None:
+        return None
+    return ts, instrument_key(body), int(body.get("seq") or 0), body
+
+
 class RiskService:
     def __init__(self, settings: Settings, topics: Topics, rules: list[Rule], send: Callable[[str, int, str, bytes],
                  None], owns: Callable[[str], bool], ready: Callable[[], bool],
@@ -246,14 +264,13 @@ class RiskService:
             if value is None:
                 return
             try:
-                body = orjson.loads(value)
-                ts = int(body.get("valid_from" if kind == "ref.instruments" else "ts_recv") or 0)
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                found = market_input(kind, value)
+            except BadInput:
                 metrics.count("risk_bad_inputs")
                 return
-            if kind == "book.status" and body.get("ts_recv") is None:
-                return  # a timer's retry: says nothing new, and has no event time
-            self._push(topic, partition, kind, instrument_key(body), ts, int(body.get("seq") or 0), body, now)
+            if found is not None:
+                ts, instrument, seq, body = found
+                self._push(topic, partition, kind, instrument, ts, seq, body, now)
             return
         if topic == self.topics.positions:
             self._position(key, value, partition, now)
