@@ -20,8 +20,8 @@ handshake) succeeded: a client's, or a probe's that retries an unreachable broke
 moment is still seen back. A :class:`logging.Filter` on aiokafka's loggers drops the lines
 that only repeat a connection failure (their exception is a connection error, or they follow
 from a broker being unreachable or restarting: coordinator lost, session expired, leaders not
-elected yet — up to :data:`RECOVERY_S` after it is back) and counts them; every other aiokafka
-line, and every real error, stays visible.
+elected yet — up to :data:`RECOVERY_S` after it is back or after a line said a connection
+broke) and counts them; every other aiokafka line, and every real error, stays visible.
 Counters: :data:`WATCH` (``disconnects`` per broker, ``unreachable``, ``suppressed``), shown by
 ``/metrics`` as ``bookstream_broker_disconnects_total{node}``, ``bookstream_brokers_unreachable``
 and ``bookstream_kafka_log_lines_suppressed_total``.
@@ -130,6 +130,7 @@ class BrokerWatch:
     disconnects: collections.Counter[str] = field(default_factory=collections.Counter)  # node → times it went
     suppressed: int = 0  # aiokafka log lines dropped
     last_back: float | None = None  # monotonic time the last unreachable broker came back
+    last_broken: float | None = None  # monotonic time a line said a connection failed
 
     @property
     def unreachable(self) -> int:
@@ -167,20 +168,25 @@ class BrokerWatch:
             return False
         if record.name.startswith("faust."):
             return self.recovering() and any(m in msg for m in _FAUST_WHILE_UNREACHABLE)
-        if msg in _ALWAYS:
-            return True
         args = record.args if isinstance(record.args, tuple) else ()
+        if msg in _ALWAYS or (msg in _IF_CONNECTION_ERROR and any(connection_error(a) for a in args)):
+            # An open connection that breaks (a broker shutting down) fails the requests in flight
+            # before any new connection attempt can: their consequences are the restart's too.
+            self.last_broken = self.clock()
+            return True
         if msg in _IF_CONNECTION_ERROR:
-            return any(connection_error(a) for a in args) or (self.recovering() and not any(
-                isinstance(a, BaseException) for a in args))
+            return self.recovering() and not any(isinstance(a, BaseException) for a in args)
         return msg in _WHILE_UNREACHABLE and self.recovering()
 
     def recovering(self) -> bool:
-        """A broker is unreachable, or one came back less than RECOVERY_S ago."""
-        return bool(self.down) or (self.last_back is not None and self.clock() - self.last_back < RECOVERY_S)
+        """A broker is unreachable, or one came back or a connection broke less than RECOVERY_S ago."""
+        now = self.clock()
+        recent = (t for t in (self.last_back, self.last_broken) if t is not None)
+        return bool(self.down) or any(now - t < RECOVERY_S for t in recent)
 
     def reset(self) -> None:
         self.last_back = None
+        self.last_broken = None
         self.nodes.clear()
         self.down.clear()
         self.disconnects.clear()

@@ -6,15 +6,22 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 
@@ -23,6 +30,7 @@ from app.errors import ConfigError
 from app.wire import DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def read_to_end(consumer: Any, tps: list[Any], handle: Callable[[Any, Any], None],
@@ -248,7 +256,7 @@ async def _known(client: AIOKafkaClient, settings: Settings, brokers: list[int],
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> list[str]:
     """Create ``topics``; returns those that already existed."""
-    response = await admin.create_topics(topics)
+    response = await _on_a_live_broker(admin, lambda: admin.create_topics(topics), "creating topics")
     raced = []
     for topic, code, *rest in response.topic_errors:
         if code == TopicAlreadyExistsError.errno:
@@ -280,7 +288,7 @@ async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: 
             changes.append(ConfigResource(ConfigResourceType.TOPIC, name, merged))
     if not changes:
         return
-    for response in await admin.alter_configs(changes):
+    for response in await _on_a_live_broker(admin, lambda: admin.alter_configs(changes), "setting topic configs"):
         for code, message, _type, name in response.resources:
             if code:
                 raise ConfigError(f"cannot set the configs of topic {name}: {for_code(code).message}: "
@@ -295,6 +303,29 @@ async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: 
             raise TopicsNotReady(f"configs of topic(s) {', '.join(stale)} set but still not in effect after "
                                  f"{timeout_s:.0f}s. Check the brokers (their logs, kafka-metadata-quorum.sh)")
         await asyncio.sleep(0.1)
+
+
+async def _on_a_live_broker(admin: AIOKafkaAdminClient, call: Callable[[], Awaitable[T]], what: str,
+                            timeout_s: float = 30.0) -> T:
+    """``call`` (an admin request aiokafka sends to a broker of its choosing: at random, or the
+    one the metadata names controller) again while the broker it chose does not answer. A broker
+    killed a moment ago stays in the metadata until the controller fences it (seconds): a
+    restart with one of three down must not fail on it. Safe to repeat: describing is, altering
+    sets the same values, creating again says "already exists" (taken as existing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            return await call()
+        except (NodeNotReadyError, KafkaConnectionError, RequestTimedOutError, TimeoutError) as exc:
+            # (TimeoutError: the controller did not answer within the admin's request timeout)
+            if loop.time() > deadline:
+                raise TopicsNotReady(f"{what}: no broker answered for {timeout_s:.0f}s (last: {exc!r}). "
+                                     "Check the brokers") from exc
+            log.info("%s: the broker asked did not answer (%r); asking again", what, exc)
+            await asyncio.sleep(0.2)
+            # a fresh view of the cluster: the controller may have moved off a dead broker
+            await admin._client.force_metadata_update()  # noqa: SLF001
 
 
 def _same_value(a: str | None, b: str | None) -> bool:
@@ -318,7 +349,8 @@ _DYNAMIC_TOPIC_CONFIG = 1
 async def _topic_overrides(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
     """The configs set on each topic itself (not broker defaults), as AlterConfigs would replace them."""
     out: dict[str, dict[str, str]] = {}
-    for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names]):
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+    for response in await _on_a_live_broker(admin, lambda: admin.describe_configs(resources), "reading topic configs"):
         for code, message, _type, name, entries in response.resources:
             if code:
                 raise ConfigError(f"cannot read the configs of topic {name}: {for_code(code).message}: "
