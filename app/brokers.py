@@ -70,6 +70,12 @@ _IF_CONNECTION_ERROR = frozenset({
     "OffsetCommit failed before join, ignoring: %s",
     "Failed to commit on finallization: %s",
 })
+#: Templates logged with a traceback (``log.exception``): dropped when a connection error caused
+#: it (a transactional producer's sender gives up when its coordinator's connection breaks — the
+#: owner of that producer replaces it and says so).
+_IF_CAUSED_BY_CONNECTION_ERROR = frozenset({
+    "Unexpected error in sender routine",
+})
 #: Templates that follow from a broker being unreachable (coordinator lost, leaders moving, the
 #: group's session expired, retried produce requests): dropped while one is, and for
 #: :data:`RECOVERY_S` after the last one is back (the cluster elects leaders and reloads groups).
@@ -103,6 +109,16 @@ def connection_error(value: Any) -> bool:
     if isinstance(value, type):
         return issubclass(value, kinds)
     return isinstance(value, kinds)
+
+
+def caused_by_connection_error(exc: BaseException | None) -> bool:
+    """Is ``exc``, or an exception it was raised from, a connection error?"""
+    seen = 0
+    while exc is not None and seen < 10:
+        if connection_error(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def reason(exc: BaseException) -> str:
@@ -176,6 +192,8 @@ class BrokerWatch:
             return True
         if msg in _IF_CONNECTION_ERROR:
             return self.recovering() and not any(isinstance(a, BaseException) for a in args)
+        if msg in _IF_CAUSED_BY_CONNECTION_ERROR:
+            return caused_by_connection_error(record.exc_info[1] if record.exc_info else None)
         return msg in _WHILE_UNREACHABLE and self.recovering()
 
     def recovering(self) -> bool:

@@ -227,6 +227,20 @@ def read_inputs(bootstrap: str, prefix: str) -> dict[str, list[KV]]:
                    for r in part] for name in INPUTS}
 
 
+def input_delays(records: Mapping[str, Iterable[KV]], keys: set[str]) -> list[tuple[int, int, str]]:
+    """(ts_recv, ts_published - ts_recv, topic) of every ``book.top`` and ``ticker`` record of
+    the instruments ``keys``: how long after receiving its frame the worker published it."""
+    out = []
+    for topic in ("book.top", "ticker"):
+        for _key, value in records.get(topic, ()):
+            if value is None:
+                continue
+            body = orjson.loads(value)
+            if body.get("key") in keys and body.get("ts_published") and body.get("ts_recv"):
+                out.append((int(body["ts_recv"]), int(body["ts_published"]) - int(body["ts_recv"]), topic))
+    return out
+
+
 def published_hedge(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every committed record of ``risk.hedge``, partition by partition in offset order."""
     return [orjson.loads(r.value) for _, part in sorted(read_committed_partitions(bootstrap, topic).items())
@@ -295,7 +309,10 @@ class HedgeComparison:
         ref = self.reference.records.get(hid)
         got = next((b for b in self.published if b.get("id") == hid), None)
         ts = (ref or got or {}).get("ts")
-        return f"{hid} at {ts}: reference {short(ref)}; published {short(got)}"
+        line = f"{hid} at {ts}: reference {short(ref)}; published {short(got)}"
+        if ref is not None and got is not None and _inputs(ref) != _inputs(got):
+            line += f"; inputs: reference {_inputs(ref)}, published {_inputs(got)}"
+        return line
 
 
 def compare_hedge(reference: HedgeReference, published: list[dict[str, Any]]) -> HedgeComparison:

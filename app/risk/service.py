@@ -361,13 +361,18 @@ class RiskService:
         partition, venue) counts with the newest event time read from it, except when it is read
         to its end (the broker's high watermark):
 
-        * and its data is live (its newest input less than ``RISK_IDLE_MS`` old by the wall
-          clock): what it brings next are frames received no earlier than ``RISK_LATENESS_MS``
-          ago — they reach the engine within that;
-        * and its data is history (a replay, a restart's backlog): it holds the others back until
-          it has been quiet for ``RISK_IDLE_MS`` with this worker caught up with its raw topics
-          (no more data for that partition) — a worker still applying a replay may simply not
-          have reached that partition's next records yet.
+        * and its data is history (a replay, a restart's backlog: its newest input more than
+          ``RISK_IDLE_MS`` old by the wall clock) and it was read from less than ``RISK_IDLE_MS``
+          ago, or this worker is still behind its raw topics: it holds the others back at its
+          newest event time — a worker still applying a replay may simply not have reached that
+          partition's next records yet;
+        * otherwise (live data, or quiet: its history done, or a live source the pipeline holds
+          up — a partition leader moving, a producer retrying): what it brings next are frames
+          received no earlier than ``RISK_LATENESS_MS`` ago — they reach the engine within that.
+          It counts with that (or its newest event time, if later): a quiet source never lets the
+          watermark run ahead of the wall clock. (Dropping quiet sources did: when the whole
+          pipeline stalled a few seconds under a broker failover, every source was quiet, the
+          watermark infinite, every input held was released, and the stalled ones came late.)
 
         A partition no record was read from yet holds everything while it has records (or its
         end is not known yet): its first records may be older than all the others."""
@@ -383,10 +388,10 @@ class RiskService:
         for (topic, partition, _venue), (ts, seen) in self.sources.items():
             if (topic, partition) in unread:
                 marks.append(ts)  # behind: its next records may be older than what the others show
-            elif ts >= live_after:
+            elif ts < live_after and (now - seen < idle_s or behind):
+                marks.append(ts)  # history, quiet only because the worker is busy elsewhere: it may come
+            else:
                 marks.append(max(ts, recent))
-            elif now - seen < idle_s or behind:
-                marks.append(ts)  # quiet only because the worker is busy elsewhere: it may come
         return min(marks) if marks else float("inf")
 
     def _behind(self, topic: str, partition: int) -> bool:

@@ -37,6 +37,14 @@ TRANSACTION_TIMEOUT_MS = 30_000
 BATCH_BYTES = 1024 * 1024
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """``fut``, its outcome read when it comes: a commit that fails leaves its batches' futures
+    unawaited (the transaction is abandoned whole), and asyncio would log each failed one as
+    "Future exception was never retrieved"."""
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut
+
+
 async def _send_outputs(producer: AIOKafkaProducer, outputs: Sequence[tuple[str, int, bytes, bytes]]) -> None:
     """Downstream records into the open transaction, in order per topic partition, in batches."""
     lanes: dict[tuple[str, int], Any] = {}
@@ -45,14 +53,14 @@ async def _send_outputs(producer: AIOKafkaProducer, outputs: Sequence[tuple[str,
         if batch is None:
             batch = lanes[(topic, partition)] = producer.create_batch()
         if batch.append(key=key, value=value, timestamp=None) is None:
-            await producer.send_batch(batch, topic, partition=partition)
+            _retrieved(await producer.send_batch(batch, topic, partition=partition))
             batch = lanes[(topic, partition)] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
                 raise CommitFailed(f"an output record of {len(key) + len(value)} bytes to {topic} exceeds "
                                    f"{BATCH_BYTES} bytes")
     for (topic, partition), batch in lanes.items():
         if batch.record_count():
-            await producer.send_batch(batch, topic, partition=partition)
+            _retrieved(await producer.send_batch(batch, topic, partition=partition))
 
 
 class Fenced(Exception):
@@ -105,14 +113,14 @@ class ChangelogWriter:
             batch = producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append((await producer.send_batch(batch, self.topic, partition=self.partition),
+                    futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
                                     batch.record_count()))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise CommitFailed(f"a changelog row of {len(key) + len(value or b'')} bytes exceeds "
                                            f"{BATCH_BYTES} bytes")
             if batch.record_count():
-                futures.append((await producer.send_batch(batch, self.topic, partition=self.partition),
+                futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
                                 batch.record_count()))
             await producer.commit_transaction()
             last = -1

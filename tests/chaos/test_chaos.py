@@ -139,6 +139,10 @@ async def flood(ns: Namespace, frames: list[tuple[str, bytes]], per_s: float) ->
     return time.monotonic() - began
 
 
+#: What a flood of bad frames may add to the good books' p99 latency (queueing behind them).
+FLOOD_EXTRA_P99_MS = 250.0
+
+
 def latencies_ms(tops: dict[str, list[dict[str, Any]]], since_ns: int, until_ns: int) -> list[float]:
     return sorted((t["ts_published"] - t["ts_recv"]) / 1e6 for stream in tops.values() for t in stream
                   if since_ns <= t["ts_recv"] < until_ns)
@@ -171,6 +175,8 @@ def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_p
             assert all(api_book(worker, k)[1]["state"] == "synced" for k in keys), "a good book went stale"
             tops = {k: v for k, v in tops_by_key(ns).items() if k in keys}
             base, during = latencies_ms(tops, t0, t1), latencies_ms(tops, t1, t2)
+            mid = (t1 + t2) // 2
+            early, late = latencies_ms(tops, t1, mid), latencies_ms(tops, mid, t2)
             log_lines = worker.log_text().count("dead letter ")
     finally:
         sim.kill()
@@ -180,11 +186,16 @@ def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_p
         "good_latency_ms_baseline": {"p50": percentile(base, .5), "p99": percentile(base, .99), "n": len(base)},
         "good_latency_ms_during_flood": {"p50": percentile(during, .5), "p99": percentile(during, .99),
                                          "n": len(during)},
+        "good_latency_ms_p99_flood_halves": [percentile(early, .99), percentile(late, .99)],
         # lost: frames a parser rejects that are not in raw.deadletter
         "lost": max(0, expected_dead - len(dead)),
     })
     assert len(dead) == expected_dead
     assert log_lines < 200, "dead letters must not flood the log"
     # bad frames cost the worker what good ones cost (one Kafka record each): a flood at 1,000/s
-    # may add queueing delay, but bounded — never a backlog that grows
-    assert percentile(during, .99) <= max(2.5 * percentile(base, .99), percentile(base, .99) + 50), report
+    # may add queueing delay, but bounded — never a backlog that grows. Bounded: a quarter of a
+    # second over the baseline at the 99th percentile (the baseline's own p99 varies 30-110 ms
+    # from run to run on 2 cores, so a multiple of it is no bound). Not growing: the flood's
+    # second half no slower than its first, up to the same noise.
+    assert percentile(during, .99) <= percentile(base, .99) + FLOOD_EXTRA_P99_MS, report
+    assert percentile(late, .99) <= max(2 * percentile(early, .99), percentile(early, .99) + 50), report

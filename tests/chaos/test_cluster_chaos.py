@@ -103,6 +103,7 @@ from tests.risk_reference import (
     copy_positions,
     desk_positions,
     hedge_reference,
+    input_delays,
     published_hedge,
     read_inputs,
     write_positions,
@@ -497,8 +498,16 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
     failures: list[str] = []
     t0 = time.monotonic()
     settings = ns.settings(**worker.extra_env)
-    ref = hedge_reference(read_inputs(ns.bootstrap, settings.topic_prefix), engine_settings(settings),
-                          load_rules(rules))
+    inputs = read_inputs(ns.bootstrap, settings.topic_prefix)
+    ref = hedge_reference(inputs, engine_settings(settings), load_rules(rules))
+    hedged = {r.hedge for r in load_rules(rules)}
+    delays = sorted(input_delays(inputs, hedged), key=lambda d: d[1], reverse=True)
+    late_desk = [d for d in delays if d[1] > RISK_LATENESS_MS * 1_000_000]
+    figures.update(desk_input_delay_s_max=round(delays[0][1] / 1e9, 1) if delays else None,
+                   desk_inputs_later_than_lateness=len(late_desk))
+    for recv, delay, topic in late_desk[:5]:
+        print(f"  {topic} of the hedge instrument received at {time.strftime('%H:%M:%S', time.gmtime(recv / 1e9))} "
+              f"published {delay / 1e9:.1f}s later", flush=True)
     figures["hedge_reference_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
     state: dict[str, Any] = {}
@@ -549,6 +558,8 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
     # instrument show as published records computed from other inputs than the reference's.
     has = f", the replayed capture has {n_replayed}" if replayed is not None else ""
     why = (f" [the worker counted {late} late inputs (the reference has {ref.inputs.total()}{has}); "
+           f"{len(late_desk)} inputs of the hedge instrument were published more than RISK_LATENESS_MS after they "
+           f"were received (at most {figures['desk_input_delay_s_max']} s); "
            f"{len(c.other_inputs)} records published were computed from other inputs than the reference's "
            f"(RISK_LATENESS_MS {RISK_LATENESS_MS}); the risk engine restarted {restarts} time(s); partitions were "
            f"activated {activations} time(s) (what the engine computes while the desk's partition is not "

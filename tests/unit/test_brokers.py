@@ -115,6 +115,24 @@ def test_only_connection_failure_lines_are_dropped() -> None:
     assert not watch.drop(record("aiokafka.cluster", logging.ERROR, "Topic %s not found in cluster metadata", "t"))
 
 
+def test_a_sender_that_died_of_a_broken_connection_is_not_a_traceback_in_the_log() -> None:
+    watch = brokers.BrokerWatch(clock=Clock())
+
+    def died(cause: BaseException) -> logging.LogRecord:
+        try:
+            try:
+                raise cause
+            except Exception as exc:
+                raise aiokafka.errors.KafkaError(repr(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - as aiokafka's sender logs it
+            rec = record("aiokafka.producer.sender", logging.ERROR, "Unexpected error in sender routine")
+            rec.exc_info = (type(exc), exc, exc.__traceback__)
+            return rec
+
+    assert watch.drop(died(KafkaConnectionError("Connection at 127.0.0.1:9092 closed")))
+    assert not watch.drop(died(ValueError("a bug")))  # a real error keeps its traceback
+
+
 def test_the_dropped_templates_are_aiokafkas_own() -> None:
     """The filter matches aiokafka's message templates verbatim: an aiokafka upgrade that reworded
     one would silently bring the flood back."""
@@ -126,7 +144,8 @@ def test_the_dropped_templates_are_aiokafkas_own() -> None:
                     and node.func.attr in ("error", "warning", "info", "exception")
                     and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
                 said.add(node.args[0].value)
-    templates = brokers._ALWAYS | brokers._IF_CONNECTION_ERROR | brokers._WHILE_UNREACHABLE  # noqa: SLF001
+    templates = (brokers._ALWAYS | brokers._IF_CONNECTION_ERROR | brokers._WHILE_UNREACHABLE  # noqa: SLF001
+                 | brokers._IF_CAUSED_BY_CONNECTION_ERROR)  # noqa: SLF001
     assert templates <= said, templates - said
     import faust.transport.drivers.aiokafka as driver
 
