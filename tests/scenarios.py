@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,21 +312,28 @@ def owned(worker: Worker) -> set[str]:
 
 
 def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int = 1, rate: float = 20.0,
-             figures: dict[str, Any] | None = None) -> dict[str, Any]:
+             figures: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+             started: Callable[[Worker], None] | None = None,
+             check: Callable[[Worker], list[str]] | None = None) -> dict[str, Any]:
     """Two workers (standby replicas 1), ingestion from the simulator; kill one, the other
     serves every book; start it again, partitions come back; books equal the truth. Fills
-    ``figures`` as it goes."""
+    ``figures`` as it goes. ``env``: more settings for both workers; ``started(worker)``: called
+    once both run, before ingestion; ``check(worker)``: more checks at the end (a line for each
+    failure), with both workers running."""
     keys = sorted(f"{v}:{s}" for v, syms in feeds.items() for s in syms)
     spec = feeds_spec(feeds)
     sim = Simulator(tmp, rate=rate).start()
-    common = {"TABLE_STANDBY_REPLICAS": "1", "INGEST_IN_WORKER": "false"}
+    common = {"TABLE_STANDBY_REPLICAS": "1", "INGEST_IN_WORKER": "false", **(env or {})}
     a, b = Worker(ns, tmp / "a", **common), Worker(ns, tmp / "b", **common)
-    ingest = start_ingest(ns, sim, spec, tmp / "ingest.log")
     figures = {} if figures is None else figures
     figures["takeovers"] = 0
+    ingest: subprocess.Popen[bytes] | None = None
     try:
         a.start()
         b.start()
+        if started is not None:
+            started(b)
+        ingest = start_ingest(ns, sim, spec, tmp / "ingest.log")
 
         def split_and_synced() -> bool:
             mine_a, mine_b = owned(a), owned(b)
@@ -369,14 +376,18 @@ def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int 
         assert not wrong, "\n".join(wrong)
         for w in (a, b):
             assert "Traceback" not in w.log_text(), w.tail()
+        if check is not None:
+            failures = check(b)
+            assert not failures, "; ".join(failures)
     finally:
         for w in (a, b):
             w.kill()
-        ingest.send_signal(signal.SIGTERM)
-        try:
-            ingest.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            ingest.kill()
+        if ingest is not None:
+            ingest.send_signal(signal.SIGTERM)
+            try:
+                ingest.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                ingest.kill()
         sim.kill()
     figures["books_compared"] = len(keys)
     return figures

@@ -15,7 +15,11 @@ past them by ``RISK_LATENESS_MS`` of event time, or has been quiet for ``RISK_ID
 time; then they go to the engine in event-time order. Positions and rule states also wait for
 the market inputs to reach their time. Every worker computes every portfolio
 (its web view shows them all) and publishes those it owns: the partition of the portfolio's
-name (alerts: of the instrument; NBBO: of the pair) is active here.
+name (alerts: of the instrument; NBBO: of the pair) is active here. What it computes for a
+partition it does not own is held until read back from the owner's output; if the partition
+comes here first (a handover: the old owner stopped publishing, or no one owned it a moment),
+this worker publishes it, once it has read its outputs to their end — nothing computed during
+a rebalance is lost.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ FETCH_RECORDS = 1000
 SLICE = 100
 FETCH_MIN_BYTES = 256 * 1024
 FETCH_WAIT_MS = 100
+#: Seconds between two looks for held records of partitions that came here.
+HELD_CHECK_S = 0.5
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -131,6 +137,12 @@ class RiskService:
         self.market_max = float("-inf")  # the newest event time of a market input read
         self.done_ids: set[str] = set()  # risk.hedge ids already published
         self.restored_ts: dict[tuple[str, str], int] = {}  # (topic, key) → latest ts published before start
+        # (topic, rule or key) → records computed while another worker owns their partition (or
+        # none does, in a rebalance), in order: published here if the partition comes here before
+        # they are read back from the owner's output (the alerts and signals each; of the other
+        # topics the latest only)
+        self.unowned: dict[tuple[str, str], list[tuple[int, str, dict[str, Any]]]] = {}
+        self._held_check_at = 0.0
         self.restoring = False
         self.rule_states: dict[str, dict[str, Any]] = {r.id: {"state": r.state, "ts": 0, "by": "file"} for r in rules}
         self.latest: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OUTPUTS}
@@ -234,6 +246,9 @@ class RiskService:
                         await asyncio.sleep(0)  # the books' agent shares this event loop
                 self.read_to[(tp.topic, tp.partition)] = records[-1].offset
             await self._release(now)
+            if self.unowned and now >= self._held_check_at:
+                self._held_check_at = now + HELD_CHECK_S
+                self._publish_held()
 
     @staticmethod
     async def _until(condition: Callable[[], bool], timeout_s: float | None) -> bool:
@@ -277,7 +292,7 @@ class RiskService:
         elif topic == self.topics.rules:
             self._rule_state(key, value, partition, now)
         elif topic in self.outputs:
-            self._published(self.outputs[topic], value)
+            self._published(self.outputs[topic], key, value)
 
     def _push(self, topic: str, partition: int, kind: str, key: str, ts: int, seq: int, body: dict[str, Any],
               now: float) -> None:
@@ -330,13 +345,23 @@ class RiskService:
         self._push(self.topics.rules, partition, "rule-state", rule_id, ts, 0,
                    {"key": rule_id, "state": state, "ts_recv": ts}, now)
 
-    def _published(self, topic: str, value: bytes | None) -> None:
+    def _published(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             return
         try:
             body = orjson.loads(value)
         except orjson.JSONDecodeError:
             return
+        if self.unowned:
+            slot = (topic, str(body.get("rule")) if topic == "risk.hedge" else (key or b"").decode("utf-8", "replace"))
+            held = self.unowned.get(slot)
+            if held is not None:
+                # the owner publishes a rule's (a key's) records in order: what it published up to
+                # this one is out, or was not to be
+                ts = int(body.get("ts") or 0)
+                held[:] = [h for h in held if h[0] > ts]
+                if not held:
+                    del self.unowned[slot]
         self._remember(topic, body)
 
     def _remember(self, topic: str, body: dict[str, Any]) -> None:
@@ -422,18 +447,50 @@ class RiskService:
             done = str(body["rule"]) if topic == "risk.hedge" else key
             if topic == "risk.hedge" and body["id"] in self.done_ids:
                 continue  # published before (this worker before a restart, or another)
-            if int(body.get("ts") or 0) <= self.restored_ts.get((topic, done), -1):
+            ts = int(body.get("ts") or 0)
+            if ts <= self.restored_ts.get((topic, done), -1):
                 continue  # a recomputation of what was published before the restart
             self._remember(topic, body)
-            if not self.owns(owner_key(topic, body)):
+            slot = (topic, done)
+            if slot in self.unowned or not self.owns(owner_key(topic, body)):
+                # Another worker's to publish — or no one's at this moment (a rebalance): held
+                # until read back from the owner's output, or published here if the partition
+                # comes here first. (Behind earlier held ones of its rule: in order.)
+                held = self.unowned.setdefault(slot, [])
+                if topic not in ("risk.hedge", "alerts"):
+                    held.clear()  # a latest value: only the latest matters
+                held.append((ts, key, body))
                 continue
-            metrics.count(f"risk_out.{topic}")
-            # A rule's hedge records share one partition (of the rule id; their key is their own
-            # id): delivered in order, so a restart that skips what is at or before the newest one
-            # published (restored_ts) skips only records that were delivered.
-            send_key = done if topic == "risk.hedge" else key
-            self.send(self.topics.name(topic), partition_for(send_key, self.settings.partitions), key,
-                      orjson.dumps({**body, "ts_published": time.time_ns()}))
+            self._send(topic, key, body)
+
+    def _send(self, topic: str, key: str, body: dict[str, Any]) -> None:
+        metrics.count(f"risk_out.{topic}")
+        # A rule's hedge records share one partition (of the rule id; their key is their own
+        # id): delivered in order, so a restart that skips what is at or before the newest one
+        # published (restored_ts) skips only records that were delivered.
+        send_key = str(body["rule"]) if topic == "risk.hedge" else key
+        self.send(self.topics.name(topic), partition_for(send_key, self.settings.partitions), key,
+                  orjson.dumps({**body, "ts_published": time.time_ns()}))
+
+    def _publish_held(self) -> None:
+        """Publish the held records of partitions this worker owns now, once it has read every
+        output partition to its end (what the previous owner delivered is read back by then,
+        and not published again)."""
+        ready = None
+        for slot in list(self.unowned):
+            held = self.unowned[slot]
+            topic = slot[0]
+            if not self.owns(owner_key(topic, held[0][2])):
+                continue
+            if ready is None:
+                ready = not any(self._behind(self.topics.name(t), p) for t in OUTPUTS
+                                for p in range(self.settings.partitions))
+            if not ready:
+                return
+            del self.unowned[slot]
+            for _ts, key, body in held:
+                self._send(topic, key, body)
+            metrics.count("risk_held_published", len(held))
 
     # -- the web view -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
            [("", counters.get("risk_bad_positions", 0))])
     metric("risk_late_inputs_total", "counter", "Risk inputs that arrived behind the engine's watermark.",
            [("", counters.get("risk_late_inputs", 0))])
+    metric("risk_held_published_total", "counter", "Risk records computed while another worker (or none) owned "
+           "their partition, published here once it came here.", [("", counters.get("risk_held_published", 0))])
     metric("state_commits_total", "counter", "Table commits (changelog transactions).",
            [("", counters.get("state_commits", 0))])
     metric("state_uncommitted_partitions", "gauge", "Table partitions holding effects not committed yet.",

@@ -18,6 +18,7 @@ from app.errors import FrameError
 from app.venues import adapter
 from app.venues.base import Kind
 from app.wire import RawFrame
+from tests.chaos.test_cluster_chaos import RISK_LATENESS_MS, check_hedge
 from tests.helpers import (
     Namespace,
     Simulator,
@@ -31,6 +32,7 @@ from tests.helpers import (
     wait_for,
     workers,
 )
+from tests.risk_reference import DESK_RULES, desk_positions, write_positions
 from tests.scenarios import (
     api_book,
     broker_outage,
@@ -80,7 +82,23 @@ def test_broker_outage_with_a_worker_ingesting(tmp_path: Path, report: dict[str,
 
 @pytest.mark.scenario("takeover")
 def test_two_workers_kill_and_takeover_under_load(ns: Namespace, tmp_path: Path, report: dict[str, Any]) -> None:
-    takeover(ns, tmp_path, FEEDS, rounds=3, rate=50, figures=report)  # measures `lost` (see there)
+    """Also ``risk.hedge``: both workers run the desk's rule (tests/risk_reference.py); the
+    desk's partition moves at every takeover, and every reference record must be published
+    (those computed while no worker owned it by the worker it comes to), none other; the
+    same id published by both workers at a handover is counted, not failed."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(DESK_RULES)
+    env = {"RISK_ENABLED": "true", "RISK_RULES_FILE": str(rules), "RISK_LOOKBACK_S": "0",
+           "RISK_LATENESS_MS": str(RISK_LATENESS_MS)}
+
+    def desk(worker: Worker) -> None:
+        book = desk_positions()
+        write_positions(ns.bootstrap, ns.topic("positions"), ns.partitions, book)
+        wait_for(lambda: len(worker.get("/api/risk")[1].get("positions") or []) == len(book), 180,
+                 "the risk engine holding the desk's positions", every=1)
+
+    takeover(ns, tmp_path, FEEDS, rounds=3, rate=50, figures=report, env=env, started=desk,  # measures `lost`
+             check=lambda worker: check_hedge(ns, worker, rules, report, repeats_fail=False))
 
 
 # -- a flood of bad frames ------------------------------------------------------------

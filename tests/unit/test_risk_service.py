@@ -1,0 +1,120 @@
+"""app.risk.service.RiskService: how far the engine may compute (the watermark, per input
+source), and what it publishes of partitions it does not own (held records)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+
+from app.config import Settings
+from app.risk.service import RiskService
+from app.venues import VENUES
+from app.wire import Topics
+
+DAY_NS = 86_400 * 10**9
+
+
+def service(caught_up: bool = True) -> tuple[RiskService, int]:
+    settings = Settings()
+    svc = RiskService(settings, Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True,
+                      caught_up=lambda: caught_up)
+    return svc, settings.risk.lateness_ms * 1_000_000
+
+
+def test_quiet_live_sources_hold_the_engine_at_the_lateness_bound_not_past_the_wall_clock() -> None:
+    """A broker failover stalls the whole pipeline for seconds: every source is quiet. The
+    engine must not run ahead (an infinite watermark released every input held, and the
+    stalled ones came late): what they bring next was received no earlier than RISK_LATENESS_MS ago."""
+    svc, lateness = service()
+    now, wall = time.monotonic(), time.time_ns()
+    for p in range(4):
+        svc.sources[("book.top", p, "deribit")] = [wall - 10 * 10**9, now - 10]  # quiet for 10 s
+    mark = svc.watermark(now)
+    assert wall - lateness <= mark <= time.time_ns() - lateness
+
+
+def test_a_live_source_counts_with_its_newest_input_when_later_than_the_bound() -> None:
+    svc, lateness = service()
+    now, wall = time.monotonic(), time.time_ns()
+    svc.sources[("book.top", 0, "deribit")] = [wall + 5 * 10**9, now]  # a clock ahead: its own time
+    svc.sources[("ticker", 0, "okx")] = [wall - 10 * 10**9, now - 10]
+    mark = svc.watermark(now)
+    assert wall - lateness <= mark <= time.time_ns() - lateness
+
+
+def test_history_holds_the_engine_while_read_recently_or_while_the_worker_is_behind() -> None:
+    svc, _ = service()
+    now, wall = time.monotonic(), time.time_ns()
+    svc.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now]  # a replay, read a moment ago
+    svc.sources[("book.top", 1, "deribit")] = [wall, now]
+    assert svc.watermark(now) == wall - DAY_NS
+    svc.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now - 10]  # quiet: its replay done
+    assert svc.watermark(now) > wall - DAY_NS
+    behind, _ = service(caught_up=False)
+    behind.sources = svc.sources  # quiet only because the worker is still applying its raw topics
+    assert behind.watermark(now) == wall - DAY_NS
+
+
+class Outputs:
+    """The consumer's view of the output partitions: read to their end unless told otherwise."""
+
+    def __init__(self) -> None:
+        self.high: dict[tuple[str, int], int] = {}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.high.get((tp.topic, tp.partition), 0)
+
+
+def signal(n: int, ts: int) -> dict[str, Any]:
+    return {"type": "signal", "id": f"s{n}", "rule": "r1", "portfolio": "desk", "underlying": "BTC", "ts": ts}
+
+
+def held_service() -> tuple[RiskService, set[str], list[str], Outputs]:
+    owned: set[str] = set()
+    sent: list[str] = []
+    svc = RiskService(Settings(), Topics("", VENUES, "unit"), [],
+                      lambda topic, p, key, value: sent.append(orjson.loads(value).get("id") or key),
+                      lambda key: key in owned, lambda: True)
+    outputs = Outputs()
+    svc.consumer = outputs  # type: ignore[assignment]
+    return svc, owned, sent, outputs
+
+
+def test_signals_computed_while_no_one_owns_the_partition_are_published_when_it_comes_here() -> None:
+    """A rebalance: the desk's partition is nobody's for a moment (or another worker's that stops
+    publishing). What this worker computed meanwhile is not lost: held, and published in order
+    once the partition is here and the outputs are read to their end — except what the owner
+    published (read back)."""
+    svc, owned, sent, outputs = held_service()
+    svc._emit([("risk.hedge", "s1", signal(1, 100)), ("risk.hedge", "s2", signal(2, 200))])  # noqa: SLF001
+    assert sent == []
+    svc._published("risk.hedge", b"s1", orjson.dumps(signal(1, 100)))  # noqa: SLF001 - the old owner's, read back
+    svc._publish_held()  # noqa: SLF001
+    assert sent == []  # still not ours
+    owned.add("desk")
+    svc._emit([("risk.hedge", "s3", signal(3, 300))])  # noqa: SLF001 - behind the held one: in order
+    assert sent == []
+    outputs.high[("risk.hedge", 0)] = 5  # an output partition not read to its end: the old owner's may be there
+    svc._publish_held()  # noqa: SLF001
+    assert sent == []
+    outputs.high.clear()
+    svc._publish_held()  # noqa: SLF001
+    assert sent == ["s2", "s3"]
+    svc._emit([("risk.hedge", "s4", signal(4, 400))])  # noqa: SLF001
+    assert sent == ["s2", "s3", "s4"]
+    assert not svc.unowned
+
+
+def test_of_a_latest_value_only_the_latest_is_held_and_the_owners_publication_clears_it() -> None:
+    svc, owned, sent, _ = held_service()
+    exposure = lambda ts: {"portfolio": "desk", "underlying": "BTC", "ts": ts, "delta": ts}  # noqa: E731
+    svc._emit([("risk.exposure", "desk|BTC", exposure(1)), ("risk.exposure", "desk|BTC", exposure(2))])  # noqa: SLF001
+    assert [h[0] for h in svc.unowned[("risk.exposure", "desk|BTC")]] == [2]
+    svc._published("risk.exposure", b"desk|BTC", orjson.dumps(exposure(2)))  # noqa: SLF001
+    assert not svc.unowned
+    owned.add("desk")
+    svc._publish_held()  # noqa: SLF001
+    assert sent == []
