@@ -185,6 +185,11 @@ class OutputSink:
         self._producer = None
 
     # -- adding ------------------------------------------------------------------------
+    def undelivered(self, topic: str, partition: int) -> bool:
+        """Records added for this topic partition that the broker has not acknowledged yet."""
+        lane = self.lanes.get((topic, partition))
+        return lane is not None and lane.done < lane.added
+
     def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """Queue one record; never drops it (see :meth:`room` for the bound)."""
         size = len(key) + len(value) + RECORD_OVERHEAD

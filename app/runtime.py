@@ -64,7 +64,7 @@ class BookRuntime:
         if self.settings.risk.enabled:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
-                                    self.caught_up, self.sink.room)
+                                    self.caught_up, self.sink.room, self.sink.undelivered)
             await self.risk.start()
 
     async def stop(self) -> None:

@@ -107,9 +107,11 @@ class RiskService:
     def __init__(self, settings: Settings, topics: Topics, rules: list[Rule], send: Callable[[str, int, str, bytes],
                  None], owns: Callable[[str], bool], ready: Callable[[], bool],
                  caught_up: Callable[[], bool] = lambda: True,
-                 room: Callable[[], Awaitable[None]] | None = None) -> None:
+                 room: Callable[[], Awaitable[None]] | None = None,
+                 undelivered: Callable[[str, int], bool] = lambda topic, partition: False) -> None:
         """``room``: waits while the worker's outputs are over their budget (flow control: the
-        engine reads no more inputs until Kafka has taken what it published)."""
+        engine reads no more inputs until Kafka has taken what it published). ``undelivered(topic,
+        partition)``: whether this worker has records for it that Kafka has not acknowledged yet."""
         self.settings = settings
         self.topics = topics
         self.rules = rules
@@ -118,6 +120,7 @@ class RiskService:
         self.ready = ready
         self.caught_up = caught_up
         self.room = room
+        self.undelivered = undelivered
         self.task: asyncio.Task[None] | None = None
         self._reset()
 
@@ -420,9 +423,22 @@ class RiskService:
         return min(marks) if marks else float("inf")
 
     def _behind(self, topic: str, partition: int) -> bool:
-        """Records of the partition are still to be read (or its end is not known yet)."""
-        high = self.consumer.highwater(TopicPartition(topic, partition)) if self.consumer is not None else None
-        return high is None or self.read_to.get((topic, partition), -1) + 1 < high
+        """Records of the partition are still to be read, or may be: its end is not known, or
+        not known lately (no fetch answered for it in ``RISK_IDLE_MS``: its leader is moving),
+        or this worker still has records for it that Kafka has not acknowledged (its producer
+        waits for a new leader). A broker failover holds the engine instead of making the
+        inputs it delays late."""
+        consumer = self.consumer
+        if consumer is None:
+            return True
+        tp = TopicPartition(topic, partition)
+        high = consumer.highwater(tp)
+        if high is None or self.read_to.get((topic, partition), -1) + 1 < high:
+            return True
+        polled = consumer.last_poll_timestamp(tp)
+        if polled is None or time.time() * 1000 - polled > self.settings.risk.idle_ms:
+            return True
+        return self.undelivered(topic, partition)
 
     async def _release(self, now: float) -> None:
         # Positions and rule states wait for the market to reach their time: the desk's

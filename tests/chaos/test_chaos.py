@@ -98,7 +98,7 @@ def test_two_workers_kill_and_takeover_under_load(ns: Namespace, tmp_path: Path,
                  "the risk engine holding the desk's positions", every=1)
 
     takeover(ns, tmp_path, FEEDS, rounds=3, rate=50, figures=report, env=env, started=desk,  # measures `lost`
-             check=lambda worker: check_hedge(ns, worker, rules, report, repeats_fail=False))
+             check=lambda worker: check_hedge(ns, worker, rules, report, repeats_fail=False, live=True))
 
 
 # -- a flood of bad frames ------------------------------------------------------------

@@ -488,12 +488,13 @@ def prometheus_value(worker: Worker, name: str) -> float | None:
 
 
 def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, Any], settle_s: float = 300,
-                replayed: str | None = None, repeats_fail: bool = True) -> list[str]:
+                replayed: str | None = None, repeats_fail: bool = True, live: bool = False) -> list[str]:
     """``risk.hedge`` (read_committed) against the reference over the risk engine's input topics
     as they are now (tests/risk_reference.py), once the worker's engine (its rules file ``rules``)
     has applied them all: every record of the reference there exactly once (by id), none it does
     not give, each of the same type (signal or blocked). ``replayed``: the instrument of a capture
-    replayed alongside a live feed (its inputs counted). ``repeats_fail``: an id published twice is
+    replayed alongside a live feed (its inputs counted). ``live``: the desk's inputs come from a
+    live feed (how long after receipt they were published is reported). ``repeats_fail``: an id published twice is
     a failure (else counted only: two workers may both publish at a handover). Fills ``figures``;
     returns a line for each failed check."""
     failures: list[str] = []
@@ -502,7 +503,7 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
     inputs = read_inputs(ns.bootstrap, settings.topic_prefix)
     ref = hedge_reference(inputs, engine_settings(settings), load_rules(rules))
     hedged = {r.hedge for r in load_rules(rules)}
-    delays = sorted(input_delays(inputs, hedged), key=lambda d: d[1], reverse=True)
+    delays = sorted(input_delays(inputs, hedged), key=lambda d: d[1], reverse=True) if live else []
     late_desk = [d for d in delays if d[1] > RISK_LATENESS_MS * 1_000_000]
     figures.update(desk_input_delay_s_max=round(delays[0][1] / 1e9, 1) if delays else None,
                    desk_inputs_later_than_lateness=len(late_desk))
@@ -558,13 +559,12 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
     # the engine first, and harmless (the desk holds nothing they value). Late inputs of the desk's
     # instrument show as published records computed from other inputs than the reference's.
     has = f", the replayed capture has {n_replayed}" if replayed is not None else ""
-    why = (f" [the worker counted {late} late inputs (the reference has {ref.inputs.total()}{has}); "
-           f"{len(late_desk)} inputs of the hedge instrument were published more than RISK_LATENESS_MS after they "
-           f"were received (at most {figures['desk_input_delay_s_max']} s); "
+    delayed = (f"{len(late_desk)} inputs of the hedge instrument were published more than RISK_LATENESS_MS after "
+               f"they were received (at most {figures['desk_input_delay_s_max']} s); " if live else "")
+    why = (f" [the worker counted {late} late inputs (the reference has {ref.inputs.total()}{has}); {delayed}"
            f"{len(c.other_inputs)} records published were computed from other inputs than the reference's "
            f"(RISK_LATENESS_MS {RISK_LATENESS_MS}); the risk engine restarted {restarts} time(s); partitions were "
-           f"activated {activations} time(s) (what the engine computes while the desk's partition is not "
-           f"active here is never published); at the end the engine was {behind} s of event time behind the "
+           f"activated {activations} time(s); at the end the engine was {behind} s of event time behind the "
            f"reference's last input, {state.get('pending')} inputs pending]")
     for found, what in ((c.missing, f"of {len(ref.records)} risk.hedge records of the reference are not published"),
                         (c.unexpected, "risk.hedge records are not the reference's"),
@@ -586,7 +586,7 @@ def live_checks(site: LiveSite, cluster: Cluster, figures: dict[str, Any]) -> li
         failures.append(f"ingestion dropped {figures['ingest_frames_dropped']} frames and failed "
                         f"{figures['ingest_deliveries_failed']} deliveries")
     failures += check_outputs(site.ns, site.worker, site.want, figures, cluster)
-    failures += check_hedge(site.ns, site.worker, site.rules, figures, replayed=REPLAYED)
+    failures += check_hedge(site.ns, site.worker, site.rules, figures, replayed=REPLAYED, live=True)
     figures["frames"] = figures["frames_in_raw_topics"]
     live = figures["frames_in_raw_topics"] - sum(site.want.values())
     figures["live_frames_in_raw_topics"] = live

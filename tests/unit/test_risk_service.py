@@ -63,9 +63,13 @@ class Outputs:
 
     def __init__(self) -> None:
         self.high: dict[tuple[str, int], int] = {}
+        self.polled: dict[tuple[str, int], float] = {}  # wall ms of the last fetch answer (default: now)
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.high.get((tp.topic, tp.partition), 0)
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> float:
+        return self.polled.get((tp.topic, tp.partition), time.time() * 1000)
 
 
 def signal(n: int, ts: int) -> dict[str, Any]:
@@ -118,3 +122,25 @@ def test_of_a_latest_value_only_the_latest_is_held_and_the_owners_publication_cl
     owned.add("desk")
     svc._publish_held()  # noqa: SLF001
     assert sent == []
+
+
+def test_a_partition_is_read_to_its_end_only_if_a_fetch_said_so_lately_and_nothing_of_it_waits_here() -> None:
+    """A failover: no fetch answers for a partition whose leader is moving, and this worker's
+    own records for it wait for the new leader. Either way its end is not known: it holds the
+    engine at its newest input, instead of the engine running on and its inputs coming late."""
+    pending: set[tuple[str, int]] = set()
+    svc = RiskService(Settings(), Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True,
+                      undelivered=lambda topic, partition: (topic, partition) in pending)
+    outputs = Outputs()
+    svc.consumer = outputs  # type: ignore[assignment]
+    svc.read_to[("ticker", 1)] = 9
+    outputs.high[("ticker", 1)] = 10
+    assert not svc._behind("ticker", 1)  # noqa: SLF001
+    outputs.polled[("ticker", 1)] = time.time() * 1000 - svc.settings.risk.idle_ms - 1000
+    assert svc._behind("ticker", 1)  # noqa: SLF001
+    outputs.polled.clear()
+    pending.add(("ticker", 1))
+    assert svc._behind("ticker", 1)  # noqa: SLF001
+    pending.clear()
+    outputs.high[("ticker", 1)] = 11
+    assert svc._behind("ticker", 1)  # noqa: SLF001 - records still to read
