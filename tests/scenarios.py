@@ -280,6 +280,17 @@ class Poller:
             self._thread.join(timeout=30)
 
 
+def stop_ingest(ingest: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (it flushes its buffer to Kafka), SIGKILL if it has not exited within 20 s."""
+    if ingest.poll() is not None:
+        return
+    ingest.send_signal(signal.SIGTERM)
+    try:
+        ingest.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        ingest.kill()
+
+
 def start_ingest(ns: Namespace, sim: Simulator, feeds: str, log: Path) -> subprocess.Popen[bytes]:
     env = ns.env(FEED="sim", SIM_URL=sim.url, FEEDS=feeds, INGEST_STATUS_S="1")
     return subprocess.Popen([*FAUST, "ingest"], env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT,
@@ -377,17 +388,14 @@ def takeover(ns: Namespace, tmp: Path, feeds: dict[str, list[str]], rounds: int 
         for w in (a, b):
             assert "Traceback" not in w.log_text(), w.tail()
         if check is not None:
+            stop_ingest(ingest)  # its inputs final: the checks compare with what is in the topics
             failures = check(b)
             assert not failures, "; ".join(failures)
     finally:
         for w in (a, b):
             w.kill()
         if ingest is not None:
-            ingest.send_signal(signal.SIGTERM)
-            try:
-                ingest.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                ingest.kill()
+            stop_ingest(ingest)
         sim.kill()
     figures["books_compared"] = len(keys)
     return figures
