@@ -85,6 +85,13 @@ def owner_key(topic: str, body: dict[str, Any]) -> str:
     return str(body["portfolio"])
 
 
+def order_key(topic: str, key: str, body: dict[str, Any]) -> str:
+    """What a record is ordered under: a rule's hedge records (each keyed by its own id) share
+    the rule's partition and are published in order; any other output record is ordered by
+    its key (a latest value)."""
+    return str(body.get("rule")) if topic == "risk.hedge" else key
+
+
 class BadInput(ValueError):
     """A market input record that cannot be read (counted, ``risk_bad_inputs``)."""
 
@@ -356,7 +363,7 @@ class RiskService:
         except orjson.JSONDecodeError:
             return
         if self.unowned:
-            slot = (topic, str(body.get("rule")) if topic == "risk.hedge" else (key or b"").decode("utf-8", "replace"))
+            slot = (topic, order_key(topic, (key or b"").decode("utf-8", "replace"), body))
             held = self.unowned.get(slot)
             if held is not None:
                 # the owner publishes a rule's (a key's) records in order: what it published up to
@@ -460,7 +467,7 @@ class RiskService:
 
     def _emit(self, outs: list[Out]) -> None:
         for topic, key, body in outs:
-            done = str(body["rule"]) if topic == "risk.hedge" else key
+            done = order_key(topic, key, body)
             if topic == "risk.hedge" and body["id"] in self.done_ids:
                 continue  # published before (this worker before a restart, or another)
             ts = int(body.get("ts") or 0)
@@ -484,8 +491,7 @@ class RiskService:
         # A rule's hedge records share one partition (of the rule id; their key is their own
         # id): delivered in order, so a restart that skips what is at or before the newest one
         # published (restored_ts) skips only records that were delivered.
-        send_key = str(body["rule"]) if topic == "risk.hedge" else key
-        self.send(self.topics.name(topic), partition_for(send_key, self.settings.partitions), key,
+        self.send(self.topics.name(topic), partition_for(order_key(topic, key, body), self.settings.partitions), key,
                   orjson.dumps({**body, "ts_published": time.time_ns()}))
 
     def _publish_held(self) -> None:
