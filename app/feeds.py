@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.config import Secret
 from app.errors import ConfigError
 from app.market.symbols import monthly_expiries
 from app.venues import REGISTRY, VENUES
-from app.venues.session import Endpoint
+from app.venues.session import Endpoint, Limits
 
 #: Each venue's live endpoint and simulator (WebSocket, REST) paths, from its module.
 LIVE: dict[str, Endpoint] = {venue: v.endpoint for venue, v in REGISTRY.items()}
@@ -52,6 +53,25 @@ DEFAULT_SIM_FEEDS = (
 )
 
 
+def sim_feeds(n: int) -> str:
+    """``DEFAULT_SIM_FEEDS`` and ``n`` more instruments per venue (``4 n`` for Binance spot): the
+    universe `make run SIM_INSTRUMENTS=n` ingests, to see the venues' limits kept at a desk's size."""
+    if n <= 0:
+        return DEFAULT_SIM_FEEDS
+    expiry = monthly_expiries(time.time_ns(), 1)[0]
+    strikes = [40000 + 1000 * (i // 2) for i in range(n)]
+    names = {
+        "deribit": [f"BTC-{expiry}-{k}-{'CP'[i % 2]}" for i, k in enumerate(strikes)],
+        "binance": [f"C{i}USDT" for i in range(4 * n)], "binance-usdm": [f"C{i}USDT" for i in range(n)],
+        "binance-coinm": [f"C{i}USD_PERP" for i in range(n)], "okx": [f"C{i}-USDT-SWAP" for i in range(n)],
+        "bybit-spot": [f"C{i}USDT" for i in range(n)], "bybit-linear": [f"C{i}USDT" for i in range(n)],
+        "bybit-inverse": [f"C{i}USD" for i in range(n)],
+        "bybit-option": [f"ETH-{expiry}-{k // 20}-{'CP'[i % 2]}" for i, k in enumerate(strikes)],
+        "coinbase": [f"C{i}-USD" for i in range(n)],
+    }
+    return DEFAULT_SIM_FEEDS + "".join(f";{venue}:{','.join(symbols)}" for venue, symbols in names.items())
+
+
 #: What `make run FEED=live` ingests unless FEEDS says otherwise.
 DEFAULT_LIVE_FEEDS = (
     "deribit:BTC-PERPETUAL,ETH-PERPETUAL;binance:BTCUSDT;binance-usdm:BTCUSDT;binance-coinm:BTCUSD_PERP;"
@@ -66,9 +86,54 @@ def sim_endpoints(base_url: str) -> dict[str, Endpoint]:
     out = {}
     for venue, (ws_path, rest_path) in SIM_PATHS.items():
         live = LIVE[venue]
+        # a channel the venue serves elsewhere: the same path under the simulator's venue prefix
+        moved = tuple((t, f"{ws_base}/ws/{venue}{urlsplit(url).path}") for t, url in live.ws_urls)
+        limits = dataclasses.replace(live.limits, ack_s=min(live.limits.ack_s, 5.0),
+                                     first_s=min(live.limits.first_s, 5.0), retry_s=min(live.limits.retry_s, 3.0))
         out[venue] = dataclasses.replace(live, ws_url=ws_base + ws_path, rest_url=base + rest_path if rest_path else "",
-                                         silence_s=min(live.silence_s, 10.0), api_url=f"{base}/rest/{venue}")
+                                         silence_s=min(live.silence_s, 10.0), api_url=f"{base}/rest/{venue}",
+                                         ws_urls=moved, limits=limits)
     return out
+
+
+def _endpoint_fields(venue: str, fields: Any, current: Endpoint) -> dict[str, Any]:
+    """A ``FEEDS_FILE`` endpoint override, checked: ``market`` a list of templates, ``ws_urls`` an
+    object {template: URL}, ``limits`` an object of :class:`Limits` fields (rates as [n, seconds])."""
+    what = f"FEEDS_FILE endpoints for {venue}"
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{what}: expected a JSON object")
+    fields = dict(fields)
+    if "market" in fields:
+        market = fields["market"]
+        if not isinstance(market, list) or not all(isinstance(c, str) for c in market):
+            raise ConfigError(f"{what}: market must be a list of channel templates")
+        fields["market"] = tuple(market)
+    if "ws_urls" in fields:
+        urls = fields["ws_urls"]
+        if not isinstance(urls, dict) or not all(isinstance(v, str) and v.startswith(("ws://", "wss://"))
+                                                  for v in urls.values()):
+            raise ConfigError(f"{what}: ws_urls must map channel templates to ws:// or wss:// URLs")
+        fields["ws_urls"] = tuple(urls.items())
+    if "limits" in fields:
+        limits = fields["limits"]
+        if not isinstance(limits, dict):
+            raise ConfigError(f"{what}: limits must be a JSON object")
+        given: dict[str, Any] = {}
+        for name, value in limits.items():
+            default = getattr(Limits(), name, None)
+            if default is None:
+                raise ConfigError(f"{what}: limits has no field {name!r}; known: "
+                                  f"{', '.join(f.name for f in dataclasses.fields(Limits))}")
+            if isinstance(default, tuple):
+                ok = isinstance(value, list) and all(isinstance(x, list | str | int | float) for x in value)
+                value = tuple(tuple(x) if isinstance(x, list) else x for x in value) if ok else value
+            else:
+                ok = isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+            if not ok or isinstance(value, bool):
+                raise ConfigError(f"{what}: limits.{name} = {value!r} is not a {type(default).__name__}")
+            given[name] = value
+        fields["limits"] = dataclasses.replace(current.limits, **given)
+    return fields
 
 
 def parse_feeds(spec: str) -> dict[str, list[str]]:
@@ -143,13 +208,9 @@ def load(env: dict[str, str] | None = None, feeds_override: str | None = None) -
         for venue, fields in (data.get("endpoints") or {}).items():
             if venue not in endpoints:
                 raise ConfigError(f"FEEDS_FILE endpoints name unknown venue {venue!r}")
-            if isinstance(fields, dict) and "market" in fields:
-                market = fields["market"]
-                if not isinstance(market, list) or not all(isinstance(c, str) for c in market):
-                    raise ConfigError(f"FEEDS_FILE endpoints for {venue}: market must be a list of channel templates")
-                fields = {**fields, "market": tuple(market)}
             try:
-                endpoints[venue] = dataclasses.replace(endpoints[venue], **fields)
+                endpoints[venue] = dataclasses.replace(endpoints[venue],
+                                                       **_endpoint_fields(venue, fields, endpoints[venue]))
             except TypeError as exc:
                 raise ConfigError(f"FEEDS_FILE endpoints for {venue}: {exc}") from exc
     return FeedConfig(feeds=feeds, endpoints=endpoints, credentials=credentials(env), mode=mode)

@@ -18,6 +18,8 @@ brokers.install()
 broker_watch = brokers.WATCH
 
 counters: Counter[str] = Counter()
+#: Values set, not counted (``feed_channels.<venue>.<state>``: ingestion's channels by state).
+gauges: dict[str, float] = {}
 
 #: Upper bounds (seconds) of the receive → book.top published latency histogram.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

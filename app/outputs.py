@@ -46,7 +46,7 @@ from app.config import Settings
 from app.kafka import producer as make_producer
 from app.market.chain import ChainBuilder, Quote
 from app.market.instruments import Registry, Spec
-from app.market.records import Ticker, gap_record, ticker_record, trade_record
+from app.market.records import Ticker, gap_record, subscription_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
 from app.sync import STALE, SYNCED, Instrument
@@ -553,6 +553,8 @@ class Publisher:
                      gap_record(key, "trades", first, last, cursor.gaps, ts_exchange, ts_recv, now, src))
                 log.warning("%s: trades %d..%d missing (trade gap %d)", key, first, last, cursor.gaps)
             metrics.count("trade_gaps", len(out.trade_gaps))
+        for event in out.feed_events:
+            send(self.topics.feed_status, partition, key, subscription_record(key, event, ts_recv, now, src))
 
     def instruments(self, specs: list[Spec], states: list[tuple[str, str, int]], ts_recv: int,
                     src: dict[str, Any]) -> None:

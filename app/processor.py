@@ -9,6 +9,7 @@ class to build reference books in-process.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -33,6 +34,7 @@ class Outcome:
     trade_gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last missing, ts_exchange after)
     specs: list[Spec] = field(default_factory=list)  # a venue's instrument list (REST, or its WS channel)
     states: list[tuple[str, str, int]] = field(default_factory=list)  # (key, state, venue time) from a state channel
+    feed_events: list[dict[str, Any]] = field(default_factory=list)  # subscriptions failed or recovered (feed.status)
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:
@@ -73,6 +75,8 @@ class Processor:
             out.dead = ("unknown-venue", venue)
             return out
         kind, value = frame.kind, frame.data
+        if kind is Kind.CONN:
+            return self._conn(out, symbol, value)
         if not symbol:  # venue-level frame (acks, heartbeats, instrument lists): audit, and the registry
             try:
                 registry = REGISTRY_PARSERS.get(venue)
@@ -100,13 +104,6 @@ class Processor:
                 return out  # no book update; a ticker changes no state (and makes no book appear)
         inst = out.inst = self.instrument(key)
         fx = out.fx
-        if kind is Kind.CONN:
-            try:
-                event = orjson.loads(value)
-                inst.connection_event(str(event["event"]), str(event.get("detail", "")), fx)
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                out.dead = ("bad-conn-event", value[:200].decode("utf-8", "replace"))
-            return out
         try:
             updates = ad.parse(kind, value, symbol)
         except FrameError as exc:
@@ -121,6 +118,25 @@ class Processor:
                 out.dead = (exc.reason, exc.detail)
                 inst.connection_event("bad frame", exc.reason, fx)
                 break
+        return out
+
+    def _conn(self, out: Outcome, symbol: str, value: bytes) -> Outcome:
+        """A connection event (gap, reset: the book resyncs) or a subscription's (refused,
+        unconfirmed, silent, recovered: ``feed.status``; a book's failure makes it stale)."""
+        try:
+            event = orjson.loads(value)
+            name, detail = str(event["event"]), str(event.get("detail", ""))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            out.dead = ("bad-conn-event", value[:200].decode("utf-8", "replace"))
+            return out
+        feed = event.get("feed")
+        if feed is not None:
+            out.feed_events.append(event)
+            if feed != "book" or name == "recovered":
+                return out
+        if symbol:
+            out.inst = self.instrument(out.key)
+            out.inst.connection_event(name, detail, out.fx)
         return out
 
     @staticmethod

@@ -143,7 +143,7 @@ class BookRuntime:
                 out = processor.handle(item)
                 if out.dead is not None:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
-                if out.trades or out.tickers or out.trade_gaps:
+                if out.trades or out.tickers or out.trade_gaps or out.feed_events:
                     publisher.market(partition, out, item.ts, source(topic, partition, offset, index))
                 elif out.specs or out.states:
                     publisher.instruments(out.specs, out.states, item.ts, source(topic, partition, offset, index))

@@ -39,6 +39,8 @@ class BookState(enum.StrEnum):
 
 
 WAITING, SYNCED, STALE = BookState.WAITING, BookState.SYNCED, BookState.STALE
+#: A book channel's subscription failed (``app.ingest.connection``).
+SUBSCRIPTION_FAILURES = frozenset({"refused", "unconfirmed", "silent"})
 COUNTERS = ("applied", "levels", "gaps", "resyncs", "duplicates", "skipped", "buffered", "dropped", "epoch")
 
 
@@ -118,9 +120,13 @@ class Instrument:
             self.fresh = False
 
     def connection_event(self, event: str, detail: str, fx: Effects) -> None:
-        """A gap or reset on the connection that carries this instrument."""
+        """A gap or reset on the connection that carries this instrument, or its book channel
+        failed (refused, unconfirmed, silent: then a book not synced says why, too)."""
+        reason = f"{event}: {detail}" if detail else event
         if self.status == BookState.SYNCED:
-            self._go(fx, BookState.STALE, f"{event}: {detail}" if detail else event)
+            self._go(fx, BookState.STALE, reason)
+        elif event in SUBSCRIPTION_FAILURES:
+            self._go(fx, self.status, reason)
 
     def request_resync(self, reason: str, fx: Effects) -> None:
         fx.resync = reason

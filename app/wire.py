@@ -320,6 +320,8 @@ class DeadLetter(NamedTuple):
             "headers": dict(self.headers), "frame": self.frame.decode("utf-8", "replace")})
 
 
-def conn_event(event: str, detail: str) -> bytes:
-    """The value of a ``conn`` frame written by ingestion/replay: ``gap`` or ``reset``."""
-    return orjson.dumps({"event": event, "detail": detail})
+def conn_event(event: str, detail: str, **extra: str) -> bytes:
+    """The value of a ``conn`` frame written by ingestion/replay: ``gap`` or ``reset`` of the
+    connection, or a subscription's ``refused``, ``unconfirmed``, ``silent`` or ``recovered``
+    (with its ``feed`` — book, or the channel's name — and ``channel``)."""
+    return orjson.dumps({"event": event, "detail": detail, **extra})

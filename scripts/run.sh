@@ -60,7 +60,12 @@ case "$FEED" in
   sim)
     SIM_PORT=${SIM_PORT:-8765}
     export SIM_URL=${SIM_URL:-http://127.0.0.1:$SIM_PORT}
-    export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_SIM_FEEDS as f; print(f)')}
+    SIM_INSTRUMENTS=${SIM_INSTRUMENTS:-0}
+    if ! [[ "$SIM_INSTRUMENTS" =~ ^[0-9]+$ ]]; then
+      echo "run: SIM_INSTRUMENTS must be a whole number (instruments per venue to add), not '$SIM_INSTRUMENTS'" >&2
+      exit 2
+    fi
+    export FEEDS=${FEEDS:-$(.venv/bin/python -c "from app.feeds import sim_feeds; print(sim_feeds($SIM_INSTRUMENTS))")}
     "$FAUST" -A app simulate --port "$SIM_PORT" --rate "${SIM_RATE:-10}" &
     sim_pid=$!
     export RISK_RULES_FILE=${RISK_RULES_FILE:-$ROOT/scripts/demo-rules.toml}

@@ -1,11 +1,29 @@
 """One venue WebSocket connection carrying a group of instruments, kept alive forever.
 
-Connect → send the protocol's opening frames → read frames verbatim (receive time taken
-first) → hand each to ``emit``. Around it: the venue's keepalive, a watchdog that
-reconnects a feed silent beyond ``Endpoint.silence_s``, Binance REST snapshots after
-subscribing, and per-instrument resync. On any disconnect every instrument of the
-connection gets a ``conn`` reset record (its book resyncs), then the loop reconnects with
-capped, jittered exponential backoff.
+Connect (paced: the venue's connection opens per IP) → log in and wait for the venue's answer
+(where credentials are configured) → subscribe, every request paced by the venue's limits
+(:mod:`app.ingest.limits`) → read frames verbatim (receive time taken first) → hand each to
+``emit``.
+
+Every subscription is followed, per channel and instrument, until the venue shows it works:
+
+* *queued* (waiting for the venue's request budget) → *pending* once sent → *confirmed* by
+  the venue's acknowledgement (``Protocol.ack``), or *refused*
+  (the venue said no), or *unconfirmed* (no answer within ``Limits.ack_s``);
+* *confirmed* → *live* on its first data frame (``Protocol.data_channels``: answers,
+  heartbeats and pongs never count), or *silent* when a book channel (or one with a push
+  cadence) sends nothing within ``Limits.first_s``;
+* *live* → *silent* when a channel with a push cadence (``Limits.cadence``) misses it.
+
+Each failure is one WARNING line, a counter, and a ``conn`` record for the instrument (its book
+goes stale and ``feed.status`` says why); the channel is subscribed again after
+``Limits.retry_s``, doubling to 10 minutes. Data flowing again reports *recovered*.
+
+Around it: the venue's keepalive, a watchdog that reconnects a connection that delivers no data
+for ``Endpoint.silence_s``, Binance REST snapshots within the venue's REST weight budget, and
+per-instrument resync. On any disconnect every instrument of the connection gets a ``conn``
+reset record (its book resyncs), then the loop reconnects with capped, jittered exponential
+backoff.
 """
 
 from __future__ import annotations
@@ -22,8 +40,11 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from app import metrics
+from app.errors import FrameError
+from app.ingest.limits import Pacing, Window, acquire, retry_after
 from app.venues.base import Kind
-from app.venues.session import Protocol
+from app.venues.session import Ack, Protocol, Request, Sub
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +52,13 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Kind, bytes, int, str, str, str], None]
 #: reset(conn_id, reason) — the connection ended; its instruments must resync.
 Reset = Callable[[str, str], None]
+#: report(sub, event, detail, conn_id) — a subscription failed or recovered.
+Report = Callable[[Sub, str, str, str], None]
 
 _numbers = itertools.count(1)
 RETRIABLE = (OSError, TimeoutError, websockets.exceptions.WebSocketException, aiohttp.ClientError)
+FAILED = ("refused", "unconfirmed", "silent")
+MAX_RETRY_S = 600.0
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
@@ -47,18 +72,45 @@ class ConnStats:
     frames: int = 0
     reconnects: int = 0
     watchdog: int = 0
-    last_frame: float = 0.0  # monotonic
+    last_frame: float = 0.0  # monotonic: the last data frame
     errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Channel:
+    """One subscription's state (see the module)."""
+
+    sub: Sub
+    state: str = "queued"
+    since: float = 0.0  # monotonic: when it entered this state
+    last: float = 0.0  # monotonic: its last data frame
+    reason: str = ""
+    failures: int = 0
+    next_try: float = 0.0
+    cadence: float = 0.0  # its push interval allows no longer silence (0: it pushes on change)
 
 
 class FeedConnection:
     def __init__(self, venue: str, symbols: list[str], proto: Protocol, emit: Emit, reset: Reset,
-                 http: aiohttp.ClientSession) -> None:
+                 http: aiohttp.ClientSession, pacing: Pacing | None = None, report: Report | None = None) -> None:
         self.venue, self.symbols, self.proto = venue, symbols, proto
         self.emit, self.reset, self.http = emit, reset, http
+        self.pacing = pacing or Pacing()
+        self.report = report or (lambda sub, event, detail, conn: None)
         self.conn_id = ""
         self.stats = ConnStats()
+        self.channels: dict[str, Channel] = {}
+        self.books = bool(proto.endpoint.channel)  # this connection carries books (not market data only)
         self._ws: ClientConnection | None = None
+        self._out: asyncio.Queue[Request] = asyncio.Queue()
+        self._inflight: dict[str, Request] = {}
+        self._auth: asyncio.Future[Ack] | None = None
+        limits = proto.endpoint.limits
+        scope = limits.scope or venue
+        self._conns = [self.pacing.shared(scope, "conns", limits.conns)]
+        self._ip_msgs = self.pacing.shared(scope, "msgs", limits.ip_msgs)
+        self._ip_ops = self.pacing.shared(scope, "ops", limits.ip_ops)
+        self.rest = self.pacing.rest(scope, limits.rest_weight)
 
     async def run(self) -> None:
         attempt = 0
@@ -85,67 +137,285 @@ class FeedConnection:
 
     async def _session(self) -> None:
         url = self.proto.url(self.symbols)
+        await acquire(self._conns, counter=f"limit_waits.{self.venue}")
         async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
                                       max_size=None, max_queue=None) as ws:
             self._ws = ws
             self.stats.connected = True
             self.stats.last_frame = time.monotonic()
+            self._out = asyncio.Queue()
+            self._inflight.clear()
+            self.channels.clear()
             log.info("%s %s: connected to %s (%d instruments)", self.venue, self.conn_id, url, len(self.symbols))
-            for text in self.proto.on_open(self.symbols):
-                await ws.send(text)
-            tasks = [asyncio.create_task(self._keepalive(ws)), asyncio.create_task(self._watchdog(ws))]
-            if self.proto.snapshot_url(self.symbols[0]):
-                tasks.append(asyncio.create_task(self._snapshots(self.symbols)))
+            tasks = [asyncio.create_task(self._sender(ws)), asyncio.create_task(self._open()),
+                     asyncio.create_task(self._keepalive()), asyncio.create_task(self._watch(ws))]
             try:
                 async for frame in ws:
                     ts = time.time_ns()
-                    self.stats.last_frame = time.monotonic()
                     self.stats.frames += 1
                     data = frame.encode() if isinstance(frame, str) else frame
-                    text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-                    for answer in self.proto.reply(text):
-                        await ws.send(answer)
+                    self._read(frame, data)
                     self.emit(Kind.WS, data, ts, url, "", self.conn_id)
             finally:
                 for task in tasks:
                     task.cancel()
+                if self._auth is not None and not self._auth.done():
+                    self._auth.cancel()
 
-    async def _keepalive(self, ws: ClientConnection) -> None:
+    # -- sending ----------------------------------------------------------------------
+    def send(self, request: Request | str) -> None:
+        """Queue a frame: the sender paces it within the venue's limits."""
+        self._out.put_nowait(request if isinstance(request, Request) else Request(request))
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        limits = self.proto.endpoint.limits
+        msgs, ops = Window(limits.msgs), Window(limits.ops)  # this connection's own budgets
+        while True:
+            request = await self._out.get()
+            windows = [msgs, self._ip_msgs]
+            if request.op in ("subscribe", "unsubscribe", "auth"):
+                windows.append(ops)
+                if request.op != "auth":
+                    windows.append(self._ip_ops)
+            await acquire(windows, counter=f"limit_waits.{self.venue}")
+            now = time.monotonic()
+            if request.op == "subscribe":
+                # nothing is due before the venue had the request: the data watchdog counts from it
+                self.stats.last_frame = max(self.stats.last_frame, now)
+                for cid in request.channels:
+                    channel = self.channels.get(cid)
+                    if channel is not None and channel.state != "live":
+                        channel.state, channel.since = "pending", now  # the ack timeout runs from its sending
+            if request.id and request.op != "other":
+                self._inflight[request.id] = request
+            try:
+                await ws.send(request.text)
+            except websockets.exceptions.ConnectionClosed:
+                return  # the session ends: the next one subscribes everything again
+
+    async def _open(self) -> None:
+        """Log in (and wait for the answer), then subscribe everything."""
+        proto = self.proto
+        login = proto.auth()
+        if login is not None:
+            self._auth = asyncio.get_running_loop().create_future()
+            self.send(login)
+            try:
+                answer = await asyncio.wait_for(self._auth, proto.endpoint.limits.ack_s)
+                ok, reason = bool(answer.auth) and answer.failed is None, answer.failed or "refused"
+            except TimeoutError:
+                ok, reason = False, f"no answer within {proto.endpoint.limits.ack_s:.0f}s"
+            if ok:
+                log.info("%s %s: logged in", self.venue, self.conn_id)
+            else:
+                log.warning("%s %s: login refused (%s); subscribing to the public channels instead", self.venue,
+                            self.conn_id, reason)
+                metrics.count(f"feed_auth_failed.{self.venue}")
+                proto.auth_failed(reason)
+        for request in proto.setup():
+            self.send(request)
+        now = time.monotonic()
+        for sub in proto.subs(self.symbols):
+            cadence = proto.endpoint.cadence_of(sub.template)
+            self.channels[sub.id] = Channel(sub, since=now, cadence=cadence)
+        for request in proto.subscribe(self.symbols):
+            self.send(request)
+        if self.books and proto.snapshot_url(self.symbols[0]):
+            queued = len(self.symbols)  # the snapshots to come: their depth is chosen against them all
+            self.rest.waiting += queued
+            try:
+                for symbol in self.symbols:  # one after another, within the REST budget
+                    self.rest.waiting -= 1
+                    queued -= 1
+                    await self.fetch_snapshot(symbol)
+            finally:
+                self.rest.waiting -= queued
+
+    async def _keepalive(self) -> None:
         message = self.proto.ping()
         if message is None:
             return
         while True:
             await asyncio.sleep(self.proto.endpoint.ping_s)
-            await ws.send(message)
+            self.send(message)
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
-        limit = self.proto.endpoint.silence_s
+    # -- reading ----------------------------------------------------------------------
+    def _read(self, frame: str | bytes, data: bytes) -> None:
+        proto = self.proto
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        for answer in proto.reply(text):
+            self.send(answer)
+        ids = proto.data_channels(data)
+        if ids:
+            now = time.monotonic()
+            self.stats.last_frame = now
+            for cid in ids:
+                channel = self.channels.get(cid)
+                if channel is not None:
+                    channel.last = now
+                    if channel.state != "live":
+                        self._live(channel, now)
+            return
+        try:
+            ack = proto.ack(data)
+        except (FrameError, ValueError, TypeError, AttributeError) as exc:  # an answer we cannot read
+            log.debug("%s %s: unreadable answer %r (%s)", self.venue, self.conn_id, data[:200], exc)
+            return
+        if ack is not None:
+            self._answer(ack)
+
+    def _live(self, channel: Channel, now: float) -> None:
+        if channel.failures:
+            log.warning("%s %s: subscription %s recovered (data flows again)", self.venue, self.conn_id, channel.sub.id)
+            self._report(channel, "recovered", f"data flows again after {channel.reason or channel.state}")
+        channel.state, channel.since, channel.failures, channel.reason = "live", now, 0, ""
+
+    def _answer(self, ack: Ack) -> None:
+        request = self._inflight.get(ack.id) if ack.id else None
+        login = request is not None and request.op == "auth" or request is None and ack.auth is False
+        if login and self._auth is not None and not self._auth.done():
+            self._inflight.pop(ack.id, None)
+            self._auth.set_result(ack)
+            return
+        if request is not None and request.op == "unsubscribe":
+            del self._inflight[ack.id]
+            return
+        now = time.monotonic()
+        if ack.failed is None:
+            ok = ack.ok or (request.channels if request is not None and ack.complete else ())
+            for cid in ok:
+                self._confirm(cid, now)
+            if request is not None and ack.complete:
+                for cid in request.channels:
+                    if cid not in ok:  # answered, but the venue left it out: not subscribed
+                        self._fail(cid, "refused", "not in the venue's list of channels subscribed", now)
+            self._answered(request, ack.complete)
+            return
+        named = set(ack.refused) | {cid for cid, c in self.channels.items()
+                                    if c.sub.symbol and c.sub.symbol in ack.symbols and c.state == "pending"}
+        if not named and request is not None:
+            named = set(request.channels)
+        if not named:
+            log.warning("%s %s: the venue refused a request (%s)", self.venue, self.conn_id, ack.failed)
+            return
+        for cid in named:
+            self._fail(cid, "refused", ack.failed, now)
+        if request is not None and ack.complete:
+            rest = [self.channels[c].sub for c in request.channels if c not in named and c in self.channels]
+            for again in self.proto.requests("subscribe", rest):  # the others of a request refused whole
+                self.send(again)
+        self._answered(request, ack.complete)
+
+    def _answered(self, request: Request | None, complete: bool) -> None:
+        """Forget a request answered whole, or whose channels are all answered one by one (OKX)."""
+        if request is None:
+            return
+        if complete or all(c not in self.channels or self.channels[c].state != "pending" for c in request.channels):
+            self._inflight.pop(request.id, None)
+
+    def _confirm(self, cid: str, now: float) -> None:
+        channel = self.channels.get(cid)
+        if channel is not None and channel.state in ("pending", "refused", "unconfirmed"):
+            channel.state, channel.since = "confirmed", now
+            metrics.count(f"feed_subscriptions.{self.venue}.confirmed")
+
+    def _fail(self, cid: str, event: str, reason: str, now: float) -> None:
+        channel = self.channels.get(cid)
+        if channel is None or channel.state == event:
+            return
+        channel.failures += 1
+        channel.state, channel.since, channel.reason = event, now, reason
+        retry = min(MAX_RETRY_S, self.proto.endpoint.limits.retry_s * 2 ** (channel.failures - 1))
+        channel.next_try = now + retry
+        log.warning("%s %s: subscription %s %s (%s); subscribing again in %.0f s", self.venue, self.conn_id, cid,
+                    event, reason, retry)
+        self._report(channel, event, reason)
+
+    def _report(self, channel: Channel, event: str, detail: str) -> None:
+        metrics.count(f"feed_subscriptions.{self.venue}.{event}")
+        self.report(channel.sub, event, detail, self.conn_id)
+
+    # -- watching -----------------------------------------------------------------------
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Every channel's confirmation and liveness (see the module), and the connection's data."""
+        endpoint = self.proto.endpoint
+        limits = endpoint.limits
         while True:
-            await asyncio.sleep(min(1.0, limit / 4))
-            silent = time.monotonic() - self.stats.last_frame
-            if silent > limit:
+            await asyncio.sleep(min(0.5, endpoint.silence_s / 4))
+            now = time.monotonic()
+            for cid, channel in list(self.channels.items()):
+                state, age = channel.state, now - channel.since
+                if state == "pending" and age > limits.ack_s:
+                    self._fail(cid, "unconfirmed", f"no answer within {limits.ack_s:.0f}s", now)
+                elif state == "confirmed" and (channel.sub.book or channel.cadence) and age > limits.first_s:
+                    self._fail(cid, "silent", f"confirmed, but no data within {limits.first_s:.0f}s", now)
+                elif state == "live" and channel.cadence and now - channel.last > channel.cadence:
+                    self._fail(cid, "silent", f"no data for {now - channel.last:.1f}s (pushed every "
+                                              f"{channel.cadence:.0f}s at most)", now)
+                elif state in FAILED and now >= channel.next_try:
+                    self._again(channel, now)
+            silent = now - self.stats.last_frame
+            if silent > endpoint.silence_s:
                 self.stats.watchdog += 1
-                log.warning("%s %s: no frame for %.1fs (limit %.0fs), reconnecting", self.venue, self.conn_id,
-                            silent, limit)
+                log.warning("%s %s: no data for %.1fs (limit %.0fs), reconnecting", self.venue, self.conn_id,
+                            silent, endpoint.silence_s)
                 await ws.close(code=4000, reason="silent feed")
                 return
 
-    async def _snapshots(self, symbols: list[str]) -> None:
-        for symbol in symbols:
-            await self.fetch_snapshot(symbol)
+    def _again(self, channel: Channel, now: float) -> None:
+        """Subscribe a failed channel again (a silent one is unsubscribed first)."""
+        channel.next_try = now + MAX_RETRY_S  # until this attempt fails or works
+        channel.since = now
+        requests = self.proto.requests("subscribe", [channel.sub])
+        if channel.state == "silent":
+            requests = self.proto.requests("unsubscribe", [channel.sub]) + requests
+        for request in requests:
+            self.send(request)
+        if channel.sub.book and self.proto.snapshot_url(channel.sub.symbol):
+            asyncio.get_running_loop().create_task(self.fetch_snapshot(channel.sub.symbol))
+
+    # -- REST snapshots -----------------------------------------------------------------
+    def snapshot_depth(self) -> int:
+        """The deepest snapshot the REST budget affords for every snapshot queued now: at most
+        half the budget's window for them (the rest for instrument lists and what is to come)."""
+        limits = self.proto.endpoint.limits
+        weights = limits.rest_weights
+        if not weights or not limits.rest_weight[0]:
+            return self.proto.endpoint.depth
+        queued = max(1, self.rest.waiting)
+        fits = [depth for depth, weight in weights
+                if depth <= self.proto.endpoint.depth and weight * queued <= limits.rest_weight[0] / 2]
+        return fits[-1] if fits else min(self.proto.endpoint.depth, weights[0][0])
+
+    def snapshot_weight(self, depth: int) -> int:
+        return next((w for d, w in self.proto.endpoint.limits.rest_weights if depth <= d), 1)
 
     async def fetch_snapshot(self, symbol: str) -> None:
-        """GET the venue's REST depth snapshot and emit it into the same raw topic."""
-        url = self.proto.snapshot_url(symbol)
-        assert url is not None
+        """GET the venue's REST depth snapshot (within its weight budget, as deep as the queue
+        allows) and emit it into the same raw topic."""
+        budget = self.rest
         for attempt in range(5):
+            budget.waiting += 1
+            try:
+                depth = self.snapshot_depth()
+                await acquire([budget], self.snapshot_weight(depth), counter=f"limit_waits.{self.venue}")
+            finally:
+                budget.waiting -= 1
+            url = self.proto.snapshot_url(symbol, depth)
+            assert url is not None
             try:
                 async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     body = await resp.read()
                     ts = time.time_ns()
+                    used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+                    if used and used.isdigit():
+                        budget.observe(int(used))
                     if resp.status == 200:
                         self.emit(Kind.REST, body, ts, url, symbol, f"{self.conn_id}/rest")
                         return
+                    if resp.status in (418, 429):
+                        budget.throttled(resp.status, retry_after(resp.headers.get("Retry-After"), 60.0))
+                        continue  # the budget holds the next try until the venue's time
                     log.warning("%s %s: snapshot HTTP %d: %s", self.venue, symbol, resp.status, body[:200])
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("%s %s: snapshot request failed (%s)", self.venue, symbol, exc)
@@ -155,13 +425,18 @@ class FeedConnection:
 
     async def resync(self, symbol: str) -> bool:
         """Fresh snapshot for one instrument without touching the others on this connection."""
-        ws = self._ws
-        if ws is None:
+        if self._ws is None:
             return False  # reconnecting: every instrument resyncs on the new connection anyway
         if self.proto.snapshot_url(symbol):
             await self.fetch_snapshot(symbol)
         else:
-            for text in self.proto.resubscribe(symbol):
-                await ws.send(text)
+            for request in self.proto.resubscribe(symbol):
+                self.send(request)
         log.info("%s %s: resync of %s requested", self.venue, self.conn_id, symbol)
         return True
+
+    def channel_states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for channel in self.channels.values():
+            counts[channel.state] = counts.get(channel.state, 0) + 1
+        return counts

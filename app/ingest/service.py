@@ -18,21 +18,37 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from app import metrics
 from app.capture.formats import Record
 from app.capture.recorder import Recorder
 from app.config import Settings
 from app.errors import BookstreamError, CaptureError
 from app.feeds import FeedConfig
-from app.ingest.connection import Emit, FeedConnection, Reset
+from app.ingest.connection import FAILED, Emit, FeedConnection, Report, Reset
+from app.ingest.limits import Pacing, acquire, retry_after
 from app.ingest.sink import RawSink
 from app.kafka import client_auth
 from app.router import Router
 from app.venues import REGISTRY_PARSERS, protocol, split_key
 from app.venues.base import Kind
+from app.venues.session import Protocol, Sub
+from app.wire import RawFrame, conn_event
 
 log = logging.getLogger(__name__)
 
 RESYNC_MIN_INTERVAL_S = 1.0
+LIST_WEIGHT = 20  # REST weight of an instrument list (Binance spot exchangeInfo: 20; futures: 1)
+
+
+def group_size(proto: Protocol, symbol: str) -> int:
+    """Instruments per connection: ``Endpoint.max_per_conn``, fewer when the venue's streams per
+    connection would not hold all their channels (Binance futures: 200 streams)."""
+    endpoint = proto.endpoint
+    size = max(1, endpoint.max_per_conn)
+    streams = endpoint.limits.streams_per_conn
+    if streams:
+        size = min(size, max(1, streams // max(1, len(proto.subs([symbol])))))
+    return size
 
 
 class Ingest:
@@ -49,6 +65,7 @@ class Ingest:
         self.by_key: dict[str, FeedConnection] = {}
         self._last_resync: dict[str, float] = {}
         self._deferred: set[str] = set()
+        self.pacing = Pacing()  # the venues' per-IP budgets, shared by all connections of this process
         self._tasks: list[asyncio.Task[Any]] = []
         self.failure: BaseException | None = None
 
@@ -68,19 +85,33 @@ class Ingest:
             self.emit(venue, kind, frame, ts, url, symbol, conn)
         return emit
 
-    def _resetter(self, venue: str) -> Reset:
+    def _resetter(self, venue: str, books: bool) -> Reset:
         def reset(conn: str, reason: str) -> None:
-            self.reset(venue, conn, reason)
+            self.reset(venue, conn, reason, books)
         return reset
 
-    def reset(self, venue: str, conn: str, reason: str) -> None:
-        for raw in self.router.reset(venue, conn, time.time_ns(), reason):
+    def reset(self, venue: str, conn: str, reason: str, books: bool = True) -> None:
+        frames = self.router.reset(venue, conn, time.time_ns(), reason)
+        if books:  # a connection of market data only ending says nothing about the books
+            self._conn_frames(venue, conn, frames)
+
+    def _conn_frames(self, venue: str, conn: str, frames: list[RawFrame]) -> None:
+        for raw in frames:
             if self.recorder is not None:
                 with contextlib.suppress(CaptureError):
                     self.recorder.write(Record(raw.ts, venue, conn, Kind.CONN, raw.data,
                                                symbol=raw.key.partition(":")[2]))
             if self.sink is not None:
                 self.sink.put(raw)
+
+    def _reporter(self, venue: str) -> Report:
+        def report(sub: Sub, event: str, detail: str, conn: str) -> None:
+            """A subscription failed or recovered: a ``conn`` record for its instrument (the
+            worker marks its book stale and publishes ``feed.status``), or for the venue."""
+            feed = "book" if sub.book else sub.template or sub.id
+            data = conn_event(event, detail, feed=feed, channel=sub.id)
+            self._conn_frames(venue, conn, [RawFrame(f"{venue}:{sub.symbol}", time.time_ns(), Kind.CONN, conn, data)])
+        return report
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -133,16 +164,18 @@ class Ingest:
         """Until cancelled (or a recording error): connections, sink, resync consumer."""
         async with aiohttp.ClientSession() as http:
             for venue, symbols in self.feeds.feeds.items():
-                endpoint = self.feeds.endpoints[venue]
-                proto = protocol(venue, endpoint, self.feeds.credentials.get(venue.split("-")[0]))
-                size = max(1, endpoint.max_per_conn)
-                for i in range(0, len(symbols), size):
-                    group = symbols[i : i + size]
-                    conn = FeedConnection(venue, group, proto, emit=self._emitter(venue),
-                                          reset=self._resetter(venue), http=http)
-                    self.connections.append(conn)
-                    for symbol in group:
-                        self.by_key[f"{venue}:{symbol}"] = conn
+                creds = self.feeds.credentials.get(venue.split("-")[0])
+                for endpoint in self.feeds.endpoints[venue].parts():  # one per WebSocket URL
+                    size = group_size(protocol(venue, endpoint, creds), symbols[0])
+                    for i in range(0, len(symbols), size):
+                        group = symbols[i : i + size]
+                        conn = FeedConnection(venue, group, protocol(venue, endpoint, creds), emit=self._emitter(venue),
+                                              reset=self._resetter(venue, bool(endpoint.channel)), http=http,
+                                              pacing=self.pacing, report=self._reporter(venue))
+                        self.connections.append(conn)
+                        if conn.books:
+                            for symbol in group:
+                                self.by_key[f"{venue}:{symbol}"] = conn
             log.info("ingesting %d instruments over %d connections (%s endpoints)", len(self.by_key),
                      len(self.connections), self.feeds.mode)
             if self.sink is not None:
@@ -176,12 +209,18 @@ class Ingest:
     async def _instruments(self, venue: str, symbols: list[str], http: aiohttp.ClientSession) -> None:
         """The venue's REST instrument lists, at start and every INSTRUMENTS_REFRESH_S, into the raw
         topic verbatim (venue-keyed REST frames): the worker derives ``ref.instruments`` from them."""
-        urls = REGISTRY_PARSERS[venue].urls(self.feeds.endpoints[venue].api_url, symbols)
+        endpoint = self.feeds.endpoints[venue]
+        urls = REGISTRY_PARSERS[venue].urls(endpoint.api_url, symbols)
+        limits = endpoint.limits
+        budget = self.pacing.rest(limits.scope or venue, limits.rest_weight)  # the venue's REST weight, shared
         while True:
             for url in urls:
+                await acquire([budget], LIST_WEIGHT, counter=f"limit_waits.{venue}")
                 try:
                     async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
                         body = await resp.read()
+                        if resp.status in (418, 429):
+                            budget.throttled(resp.status, retry_after(resp.headers.get("Retry-After"), 60.0))
                         if resp.status != 200:
                             log.warning("%s instruments: HTTP %d from %s", venue, resp.status, url)
                             continue
@@ -199,13 +238,32 @@ class Ingest:
             await asyncio.sleep(self.settings.ingest_status_s)
             last, last_t = self.report(last, last_t)
 
+    def channel_gauges(self) -> dict[str, dict[str, int]]:
+        """Channels by venue and state, also set as the ``feed_channels`` gauges of ``/metrics``."""
+        counts: dict[str, dict[str, int]] = {}
+        for conn in self.connections:
+            venue = counts.setdefault(conn.venue, {})
+            for state, n in conn.channel_states().items():
+                venue[state] = venue.get(state, 0) + n
+        for key in [k for k in metrics.gauges if k.startswith("feed_channels.")]:
+            metrics.gauges[key] = 0
+        for venue_id, states in counts.items():
+            for state, n in states.items():
+                metrics.gauges[f"feed_channels.{venue_id}.{state}"] = n
+        return counts
+
     def report(self, last: int = 0, last_t: float = 0.0) -> tuple[int, float]:
         """Log the status line (frames and rate since ``last``/``last_t``); returns the new marks."""
         frames = sum(c.stats.frames for c in self.connections)
         now = time.monotonic()
         rate = (frames - last) / max(now - last_t, 1e-9)
         connected = sum(c.stats.connected for c in self.connections)
-        line = f"ingest: {frames:,} frames ({rate:,.0f}/s), {connected}/{len(self.connections)} connections up"
+        channels: dict[str, int] = {}
+        for states in self.channel_gauges().values():
+            for state, n in states.items():
+                channels[state] = channels.get(state, 0) + n
+        line = (f"ingest: {frames:,} frames ({rate:,.0f}/s), {connected}/{len(self.connections)} connections up, "
+                f"channels {', '.join(f'{n:,} {s}' for s, n in sorted(channels.items())) or 'none'}")
         if self.sink is not None:
             s = self.sink
             dropped, failed = sum(s.dropped.values()), sum(s.failed.values())
@@ -230,9 +288,13 @@ class Ingest:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         venues: dict[str, dict[str, Any]] = {}
+        gauges = self.channel_gauges()
         for conn in self.connections:
             v = venues.setdefault(conn.venue, {"connections": 0, "connected": 0, "frames": 0, "reconnects": 0,
-                                               "watchdog": 0, "last_frame_age_s": None})
+                                               "watchdog": 0, "last_frame_age_s": None,
+                                               "channels": gauges.get(conn.venue, {}), "failed": []})
+            v["failed"] += [{"channel": cid, "state": c.state, "reason": c.reason, "connection": conn.conn_id}
+                            for cid, c in conn.channels.items() if c.state in FAILED][:50 - len(v["failed"])]
             v["connections"] += 1
             v["connected"] += int(conn.stats.connected)
             v["frames"] += conn.stats.frames

@@ -87,6 +87,17 @@ def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: dic
     return orjson.dumps(body)
 
 
+def subscription_record(key: str, event: dict[str, Any], ts_recv: int, ts_published: int,
+                        src: dict[str, Any]) -> bytes:
+    """A ``feed.status`` record: a subscription of ``key`` (``<venue>:`` for a venue-wide
+    channel) ``refused``, ``unconfirmed``, ``silent`` or ``recovered`` (``app.ingest.connection``)."""
+    return orjson.dumps({
+        "key": key, "feed": str(event.get("feed", "")), "event": str(event.get("event", "")),
+        "channel": str(event.get("channel", "")), "detail": str(event.get("detail", ""))[:300], "ts_recv": ts_recv,
+        "ts_published": ts_published, "source": src,
+    })
+
+
 def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_exchange: int,
                ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
     """A ``feed.status`` record: trades ``first_missing..last_missing`` never arrived (seen when

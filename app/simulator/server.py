@@ -4,22 +4,55 @@ One aiohttp server on ``SIM_HOST:SIM_PORT`` (127.0.0.1:8765 by default):
 
     ws   /ws/deribit                              JSON-RPC 2.0, book.{instrument}.{100ms|raw}
     ws   /ws/binance/stream                       SUBSCRIBE, combined-stream frames, depth@100ms
-    ws   /ws/binance-usdm/public/stream           (the 2026 futures path)   + pu
+    ws   /ws/binance-usdm/public/stream           (the 2026 futures split) depth and bookTicker only, + pu
+    ws   /ws/binance-usdm/market/stream           trade, aggTrade, markPrice[@1s] only
     ws   /ws/binance-coinm/stream
-    ws   /ws/okx/ws/v5/public                     books, seqId/prevSeqId, CRC32 checksum, ping/pong
+    ws   /ws/okx/ws/v5/public                     books, seqId/prevSeqId, checksum 0, ping/pong, login
     ws   /ws/bybit/v5/public/{category}           orderbook.{depth}.{symbol}, {"op":"ping"}
     ws   /ws/coinbase                             level2 + heartbeats, sequence_num per connection
-    get  /rest/binance/api/v3/depth               REST depth snapshots (lastUpdateId)
+    get  /rest/binance/api/v3/depth               REST depth snapshots (lastUpdateId), weighed
     get  /rest/binance-usdm/fapi/v1/depth
     get  /rest/binance-coinm/dapi/v1/depth
     get  /control/truth/{venue}/{symbol}          ground truth: [seq, bid_px, bid_sz, ask_px, ask_sz, conn]
     post /control/fault                           {"venue","symbol","fault","seconds"}: see FAULTS
     post /control/move                            {"coin","pct","seconds"}: move the underlying, see below
+    get  /control/limits                          the venue limits (SimLimits) in force
+    post /control/limits                          {field: value, ...}: change them (400 on a bad one)
     get  /control/status                          instruments, connections, counters, forwards per coin
 
 Every instrument is created on first subscription (or REST request) with a stochastic
 order-flow model seeded by its name; it steps at ``rate`` updates/s with bursts. The
 simulator serves full depth (it does not truncate books to the subscribed depth).
+
+Limits (app.simulator.limits.SimLimits; the real venues' by default; "per IP" is per simulator
+process), each refusal counted in ``counters`` (/control/status):
+
+* Binance: 5 messages per connection per sliding second, the 6th closes it (1008 "Too many
+  requests"; closed_rate); 1024 streams per connection on spot, 200 on futures: a SUBSCRIBE over
+  it gets ``{"error":{"code":-1,"msg":"too many streams"},"id":N}`` and subscribes nothing
+  (refused_args); USD-M streams asked on the path that does not serve them are acknowledged and
+  never sent (refused_path). REST weight (depth by limit, exchangeInfo 20 spot / 1 futures) per
+  calendar minute, 6000 spot, 2400 USD-M and COIN-M together, reported in X-MBX-USED-WEIGHT-1M:
+  over it 429 with Retry-After (rest_429), a request before that 418 with a 120 s ban doubling
+  on each request while banned (rest_418).
+* Bybit: at most 10 args per spot subscribe/unsubscribe (``"success":false``, "args size >10";
+  refused_args).
+* OKX: 3 connection opens per sliding second (then HTTP 429 before the upgrade; refused_rate);
+  480 subscribe/unsubscribe/login per connection per sliding hour (then error 60014 and close;
+  closed_rate); a request's ``id`` is echoed; login with apiKey "bad" fails (60009), the
+  books-l2-tbt channels need a login (60011; refused_auth).
+* Deribit: subscribe/unsubscribe credit 10 refilling 3.3/s (then error 10028 and close;
+  closed_rate); public/auth with client_id "bad" fails (13004; refused_auth).
+* Coinbase: 8 client messages per sliding second (then an error and close; closed_rate), 8
+  connection opens per sliding second (then HTTP 429; refused_rate).
+
+``subscriptions_confirmed`` counts the channels acknowledged as subscribed.
+
+Faults beyond the stream faults: "ignore" (once) acknowledges the next subscription of an
+instrument's book as a success but never serves it (ignored_subscriptions); "refuse" unlists an
+instrument for ``seconds``: its subscriptions are refused the venue's way (Binance: acknowledged
+and never sent, REST depth 400 -1121; Bybit: the whole request; OKX 60018 and Coinbase an error
+per instrument, the others subscribed; Deribit: left out of the result; refused_symbol).
 
 ``/control/move`` {"coin": "BTC", "pct": 5, "seconds": 60} moves the coin over ``seconds``,
 linearly in log price (a step at least every 0.5 s), to (1 + pct/100) × its level now: the
@@ -39,7 +72,7 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,15 +83,20 @@ from aiohttp import WSMsgType, web
 from app.market.symbols import parse_option
 from app.simulator import instruments as sim_instruments
 from app.simulator import market
+from app.simulator.limits import Bucket, SimLimits, WeightBudget, Window, depth_limit, rest_weight
 from app.simulator.market import Forwards, MarketState
 from app.simulator.model import Change, TrueBook
-from app.venues.okx import okx_checksum
 
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
-          "okx-reset", "bybit-restart", "skip-trade", "spec-change", "state-change")
+          "okx-reset", "bybit-restart", "skip-trade", "spec-change", "state-change", "ignore", "refuse")
 TRUTH_KEEP = 200_000
+REFUSALS = ("refused_rate", "refused_args", "refused_symbol", "refused_path", "refused_auth", "rest_429", "rest_418",
+            "closed_rate", "ignored_subscriptions")  # counters of what the venue limits refused
+CONN_LIMITS = {"okx": "okx_conns_per_s", "coinbase": "coinbase_conns_per_s"}  # SimLimits fields
+USDM_PATHS = {"public": ("depth", "bookTicker"), "market": ("trade", "aggTrade", "markPrice")}  # streams served
 
 
 def _ms() -> int:
@@ -99,10 +137,14 @@ class Instrument:
 class Conn:
     """One client connection: an ordered send queue drained by its own task."""
 
-    def __init__(self, sim: Simulator, ws: web.WebSocketResponse, venue: str, number: int) -> None:
-        self.sim, self.ws, self.venue, self.number = sim, ws, venue, number
-        self.queue: asyncio.Queue[tuple[str, Instrument | None]] = asyncio.Queue()
+    def __init__(self, sim: Simulator, ws: web.WebSocketResponse, venue: str, number: int, path: str = "") -> None:
+        self.sim, self.ws, self.venue, self.number, self.path = sim, ws, venue, number, path
+        self.queue: asyncio.Queue[tuple[str | None, Instrument | None]] = asyncio.Queue()  # None: close
         self.subs: set[str] = set()
+        self.aliases: dict[str, tuple[str, str]] = {}  # symbol → (book channel as sent, as subscribed)
+        self.streams: set[str] = set()  # Binance: the streams subscribed
+        self.window = Window()  # Binance messages, OKX operations
+        self.closing: tuple[int, str] | None = None  # the close code and reason once asked to close
         self.seq = 0  # Coinbase sequence_num
         self.authed = False
         self.heartbeats = False
@@ -115,14 +157,27 @@ class Conn:
         return seq
 
     def send(self, text: str, inst: Instrument | None = None) -> None:
+        alias = self.aliases.get(inst.symbol) if inst is not None and self.aliases else None
+        if alias is not None:  # the book channel as this connection subscribed it (OKX tbt, Deribit raw)
+            text = text.replace(alias[0], alias[1], 1)
         self.queue.put_nowait((text, inst))
 
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection once what is queued is sent; what the client sends meanwhile is ignored."""
+        self.closing = (code, reason)
+        self.queue.put_nowait((None, None))
+
     def silenced(self) -> bool:
-        return any(i.active("silence") for i in self.sim.instruments.values() if self in i.subscribers)
+        quiet = self.sim.silenced  # instruments told to go silent (most of the time none: no scan)
+        return bool(quiet) and any(i.active("silence") for i in quiet if self in i.subscribers)
 
     async def drain(self) -> None:
         while True:
             text, inst = await self.queue.get()
+            if text is None:
+                code, reason = self.closing or (1000, "")
+                await self.ws.close(code=code, message=reason.encode())
+                return
             if self.silenced():
                 continue  # the venue went quiet on this connection: nothing at all arrives
             if inst is not None and inst.active("slow"):
@@ -134,16 +189,24 @@ class Conn:
 
 
 class Simulator:
-    def __init__(self, rate: float = 10.0, seed: int = 0) -> None:
+    def __init__(self, rate: float = 10.0, seed: int = 0, limits: SimLimits | None = None) -> None:
         self.rate = rate
+        self.limits = limits or SimLimits()
+        self.wall: Callable[[], float] = time.time  # the clock of Binance's weight minutes
+        self.conn_windows = {"okx": Window(), "coinbase": Window()}  # connection opens per IP
+        self.coinbase_messages = Window()
+        self.deribit_credit = Bucket()
+        self.budgets = {"binance": WeightBudget(), "binance-futures": WeightBudget()}
         self.rng = random.Random(seed)
         self.instruments: dict[tuple[str, str], Instrument] = {}
         self.conns: set[Conn] = set()
         self.counters: dict[str, int] = {"connections": 0, "frames_sent": 0, "faults": 0, "trades": 0,
-                                         "trades_skipped": 0, "tickers": 0, "instrument_lists": 0}
+                                         "trades_skipped": 0, "tickers": 0, "instrument_lists": 0,
+                                         "subscriptions_confirmed": 0, **dict.fromkeys(REFUSALS, 0)}
         self.forwards = Forwards(self.rng)
         self.tick_factor: dict[tuple[str, str], int] = {}  # spec-change: (venue, symbol) → tick multiplier
         self.closed: set[tuple[str, str]] = set()  # state-change: instruments the venue closed
+        self.silenced: list[Instrument] = []  # instruments given the "silence" fault
         self.book_factor: dict[str, float] = {}  # coin → how far moves have taken its books' level
         self.moves: dict[str, asyncio.Task[None]] = {}  # coin → its running move
         self._conn_numbers = 0
@@ -252,7 +315,7 @@ class Simulator:
                             if family == "coinbase" else
                             market.trade_message(family, inst.venue, inst.symbol, seq, price, size, buy))
                 else:
-                    if not ticker:
+                    if not ticker or channel.endswith("@markPrice@1s"):  # that one on its clock (_mark_prices)
                         continue
                     text = (market.coinbase_ticker(inst.symbol, top, conn.next_seq()) if family == "coinbase" else
                             market.ticker_message(family, inst.venue, inst.symbol, top, inst.seq, inst.market,
@@ -294,7 +357,9 @@ class Simulator:
                     "channel": f"instrument.state.any.{currency}", "data": data}}).decode()
                 for conn in [c for c in self.conns if c.venue == "deribit" and currency in c.state_channels]:
                     conn.send(push)
-        elif fault in ("silence", "slow", "burst"):
+        elif fault in ("silence", "slow", "burst", "refuse"):
+            if fault == "silence":
+                self.silenced.append(inst)
             inst.until[fault] = time.monotonic() + seconds
         elif fault == "disconnect":
             for conn in list(inst.subscribers):
@@ -341,22 +406,26 @@ class Simulator:
             self.step(inst, changes)
 
     # -- connections ----------------------------------------------------------------
-    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
         venue = request.match_info.get("venue") or request.path.split("/")[2]
         if venue == "bybit":
             venue = f"bybit-{request.match_info['category']}"
+        family = _family(venue)
+        if family in CONN_LIMITS and not self.conn_windows[family].allow(getattr(self.limits, CONN_LIMITS[family])):
+            self.counters["refused_rate"] += 1  # too many connection opens: refused before the upgrade
+            return web.Response(status=429, text="Too Many Requests")
         ws = web.WebSocketResponse(heartbeat=20.0 if venue.startswith("binance") else None)
         await ws.prepare(request)
         self._conn_numbers += 1
-        conn = Conn(self, ws, venue, self._conn_numbers)
+        conn = Conn(self, ws, venue, self._conn_numbers, request.path)
         self.conns.add(conn)
         self.counters["connections"] += 1
         drain = asyncio.get_running_loop().create_task(conn.drain())
         beat = asyncio.get_running_loop().create_task(self._heartbeats(conn))
-        handler = HANDLERS[_family(venue)]
+        handler = HANDLERS[family]
         try:
             async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
+                if msg.type != WSMsgType.TEXT or conn.closing or self._over_message_rate(conn, family):
                     continue
                 handler(self, conn, msg.data)
         finally:
@@ -368,6 +437,37 @@ class Simulator:
                 inst.watchers.pop(conn, None)
         return ws
 
+    def _over_message_rate(self, conn: Conn, family: str) -> bool:
+        """Whether this message from ``conn`` broke its venue's message rate (and closed it)."""
+        if family == "binance":
+            return self.over_rate(conn, conn.window.allow(self.limits.binance_msgs_per_s))
+        if family == "coinbase":
+            return self.over_rate(conn, self.coinbase_messages.allow(self.limits.coinbase_msgs_per_s),
+                                  '{"type":"error","message":"rate limit exceeded"}')
+        return False
+
+    def over_rate(self, conn: Conn, allowed: bool, reply: str | None = None) -> bool:
+        """False if ``allowed``; else ``conn`` gets the venue's ``reply`` (if any) and is closed."""
+        if allowed:
+            return False
+        self.counters["closed_rate"] += 1
+        log.warning("%s connection %d: over the venue's request rate, closed", conn.venue, conn.number)
+        if reply is not None:
+            conn.send(reply)
+        conn.close(1008, "Too many requests")
+        return True
+
+    def refuses(self, venue: str, symbol: str) -> bool:
+        """Whether ``symbol`` is unlisted on ``venue`` (the "refuse" fault), counting the refusal."""
+        inst = self.instruments.get((venue, symbol))
+        if inst is None or not inst.active("refuse"):
+            return False
+        self.counters["refused_symbol"] += 1
+        return True
+
+    def confirmed(self, channels: int) -> None:
+        self.counters["subscriptions_confirmed"] += channels
+
     async def _heartbeats(self, conn: Conn) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -376,9 +476,27 @@ class Simulator:
                                         "events": [{"current_time": _iso(), "heartbeat_counter": conn.seq}]}).decode())
             elif conn.venue == "deribit" and conn.heartbeats:
                 conn.send('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}')
+            elif conn.venue in ("binance-usdm", "binance-coinm"):
+                self._mark_prices(conn)
 
-    def subscribe(self, conn: Conn, symbol: str, snapshot: Callable[[Instrument], str] | None) -> Instrument:
+    def _mark_prices(self, conn: Conn) -> None:
+        """Binance pushes ``<s>@markPrice@1s`` every second, changed or not."""
+        for inst in list(self.instruments.values()):
+            for channel in inst.watchers.get(conn, ()):
+                if channel.endswith("@markPrice@1s"):
+                    conn.send(market.ticker_message("binance", inst.venue, inst.symbol, inst.book.top(), inst.seq,
+                                                    inst.market, self.forwards, channel), inst)
+
+    def subscribe(self, conn: Conn, symbol: str, snapshot: Callable[[Instrument], str] | None,
+                  alias: tuple[str, str] | None = None) -> Instrument:
+        """Serve ``symbol``'s book on ``conn`` (``alias``: its channel named as the connection
+        subscribed it, when not as the book frames name it)."""
         inst = self.instrument(conn.venue, symbol)
+        if alias is not None and alias[0] != alias[1]:
+            conn.aliases[symbol] = alias
+        if inst.take("ignore"):  # acknowledged by the caller, never served
+            self.counters["ignored_subscriptions"] += 1
+            return inst
         conn.subs.add(symbol)
         if snapshot is not None:
             conn.send(snapshot(inst), inst)
@@ -392,13 +510,44 @@ class Simulator:
             inst.subscribers.discard(conn)
 
     # -- HTTP -----------------------------------------------------------------------
+    @web.middleware
+    async def weigh(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Binance's REST weight: charged per calendar minute in the request's scope, reported in
+        X-MBX-USED-WEIGHT-1M; 429, then 418 (a ban), past the budget."""
+        venue = request.path.split("/")[2] if request.path.startswith("/rest/binance") else ""
+        try:
+            weight = rest_weight(venue, request.path, request.query.get("limit", "1000")) if venue else None
+        except ValueError as exc:
+            return web.json_response({"code": -1100, "msg": str(exc)}, status=400)
+        if weight is None:
+            return await handler(request)
+        spot = venue == "binance"
+        scope = self.budgets["binance" if spot else "binance-futures"]
+        budget = self.limits.binance_spot_weight_per_min if spot else self.limits.binance_futures_weight_per_min
+        now = self.wall()
+        refused = scope.charge(weight, budget, self.limits.binance_ban_s, now)
+        if refused is None:
+            response = await handler(request)
+        else:
+            status, retry = refused
+            self.counters[f"rest_{status}"] += 1
+            msg = (f"Too many requests; current limit of IP request weight per minute is {budget}. Please use "
+                   "WebSocket Streams for live updates to avoid polling the API." if status == 429 else
+                   f"Way too many requests; IP banned until {int((now + retry) * 1000)}.")
+            response = web.json_response({"code": -1003, "msg": msg}, status=status,
+                                         headers={"Retry-After": str(max(1, math.ceil(retry)))})
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(scope.used(now))
+        return response
+
     async def depth(self, request: web.Request) -> web.Response:
         venue = request.path.split("/")[2]
         symbol = request.query.get("symbol", "").upper()
         if not symbol:
             return web.json_response({"code": -1102, "msg": "Mandatory parameter 'symbol' was not sent"}, status=400)
+        if self.refuses(venue, symbol):
+            return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
         inst = self.instrument(venue, symbol)
-        limit = int(request.query.get("limit", "1000"))
+        limit, _ = depth_limit(venue, request.query.get("limit", "1000"))  # weigh() answered a bad one
         bids, asks = inst.book.levels(limit)
         body: dict[str, Any] = {"lastUpdateId": inst.seq, "bids": bids, "asks": asks}
         if venue != "binance":
@@ -471,6 +620,16 @@ class Simulator:
             return web.json_response({"error": str(exc).splitlines()[0] if str(exc) else "bad request"}, status=400)
         return web.json_response({"ok": True})
 
+    async def get_limits(self, request: web.Request) -> web.Response:
+        return web.json_response(self.limits.as_dict())
+
+    async def post_limits(self, request: web.Request) -> web.Response:
+        try:
+            self.limits.update(await request.json())
+        except ValueError as exc:  # also a body that is no JSON
+            return web.json_response({"error": str(exc).splitlines()[0] if str(exc) else "bad request"}, status=400)
+        return web.json_response(self.limits.as_dict())
+
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({
             "instruments": [{"venue": i.venue, "symbol": i.symbol, "seq": i.seq, "subscribers": len(i.subscribers)}
@@ -480,9 +639,10 @@ class Simulator:
         })
 
     def app(self) -> web.Application:
-        app = web.Application()
-        for path in ("/ws/deribit", "/ws/binance/stream", "/ws/binance-usdm/public/stream", "/ws/binance-usdm/stream",
-                     "/ws/binance-coinm/stream", "/ws/okx/ws/v5/public", "/ws/coinbase"):
+        app = web.Application(middlewares=[self.weigh])
+        for path in ("/ws/deribit", "/ws/binance/stream", "/ws/binance-usdm/public/stream",
+                     "/ws/binance-usdm/market/stream", "/ws/binance-coinm/stream", "/ws/okx/ws/v5/public",
+                     "/ws/coinbase"):
             app.router.add_get(path, self.websocket)
         app.router.add_get("/ws/bybit/v5/public/{category}", self.websocket)
         app.router.add_get("/rest/binance/api/v3/depth", self.depth)
@@ -498,6 +658,8 @@ class Simulator:
         app.router.add_post("/control/fault", self.post_fault)
         app.router.add_post("/control/move", self.post_move)
         app.router.add_get("/control/status", self.status)
+        app.router.add_get("/control/limits", self.get_limits)
+        app.router.add_post("/control/limits", self.post_limits)
         app.on_shutdown.append(self._shutdown)
         return app
 
@@ -566,7 +728,7 @@ def _binance_update(inst: Instrument, changes: list[Change], first: int, prev: i
 def _okx_message(inst: Instrument, action: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
                  seq: int, prev: int) -> str:
     item = {"asks": [[p, s, "0", "1"] for p, s in asks], "bids": [[p, s, "0", "1"] for p, s in bids],
-            "ts": str(_ms()), "checksum": okx_checksum(*inst.book.levels(25)), "seqId": seq, "prevSeqId": prev}
+            "ts": str(_ms()), "checksum": 0, "seqId": seq, "prevSeqId": prev}
     return orjson.dumps({"arg": {"channel": "books", "instId": inst.symbol}, "action": action, "data": [item]}).decode()
 
 
@@ -615,43 +777,72 @@ FORMATTERS: dict[str, Callable[..., str]] = {
 def _deribit(sim: Simulator, conn: Conn, text: str) -> None:
     msg = orjson.loads(text)
     method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+
+    def reply(key: str, value: Any) -> str:
+        return orjson.dumps({"jsonrpc": "2.0", "id": rid, key: value}).decode()
+
     if method == "public/auth":
+        if params.get("client_id") == "bad":
+            sim.counters["refused_auth"] += 1
+            conn.send(reply("error", {"code": 13004, "message": "invalid_credentials"}))
+            return
         conn.authed = True
-        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"access_token": "sim-token",
-                                                                       "expires_in": 900}}).decode())
+        conn.send(reply("result", {"access_token": "sim-token", "expires_in": 900}))
     elif method == "public/set_heartbeat":
         conn.heartbeats = True
-        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": "ok"}).decode())
+        conn.send(reply("result", "ok"))
     elif method == "public/test":
-        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"version": "sim"}}).decode())
+        conn.send(reply("result", {"version": "sim"}))
     elif method in ("public/subscribe", "private/subscribe", "public/unsubscribe", "private/unsubscribe"):
-        channels = params.get("channels", [])
-        if any(c.endswith(".raw") for c in channels) and not conn.authed:
-            error = {"code": 13778, "message": "raw_subscriptions_not_available_for_unauthorized"}
-            conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).decode())
+        limits = sim.limits
+        if sim.over_rate(conn, sim.deribit_credit.allow(limits.deribit_sub_burst, limits.deribit_sub_per_s),
+                         reply("error", {"code": 10028, "message": "too_many_requests"})):
             return
-        conn.send(orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": channels}).decode())
+        channels, on = params.get("channels", []), not method.endswith("unsubscribe")
+        if any(c.endswith(".raw") for c in channels) and not conn.authed:
+            sim.counters["refused_auth"] += 1
+            conn.send(reply("error", {"code": 13778, "message": "raw_subscriptions_not_available_for_unauthorized"}))
+            return
+        if on:  # an unlisted instrument's channels are left out of the result
+            channels = [c for c in channels if not (c.startswith(("book.", "trades.", "ticker."))
+                                                    and sim.refuses("deribit", c.split(".")[1]))]
+            sim.confirmed(len(channels))
+        conn.send(reply("result", channels))
         for channel in channels:
             parts = channel.split(".")
             if parts[0] == "book" and len(parts) == 3:
-                if method.endswith("unsubscribe"):
-                    sim.unsubscribe(conn, parts[1])
+                if on:
+                    sim.subscribe(conn, parts[1], _deribit_snapshot,
+                                  (f'"channel":"book.{parts[1]}.100ms"', f'"channel":"{channel}"'))
                 else:
-                    sim.subscribe(conn, parts[1], _deribit_snapshot)
+                    sim.unsubscribe(conn, parts[1])
             elif parts[:2] == ["instrument", "state"] and len(parts) == 4:
-                (conn.state_channels.discard if method.endswith("unsubscribe") else conn.state_channels.add)(parts[3])
+                (conn.state_channels.add if on else conn.state_channels.discard)(parts[3])
             elif parts[0] in ("trades", "ticker") and len(parts) == 3:
-                sim.watch(conn, parts[1], channel, not method.endswith("unsubscribe"))
+                sim.watch(conn, parts[1], channel, on)
 
 
 def _binance(sim: Simulator, conn: Conn, text: str) -> None:
     msg = orjson.loads(text)
-    method, params = msg.get("method"), msg.get("params") or []
-    conn.send(orjson.dumps({"result": None, "id": msg.get("id")}).decode())
+    method, params, rid = msg.get("method"), msg.get("params") or [], msg.get("id")
+    if method == "SUBSCRIBE":
+        limit = sim.limits.binance_spot_streams if conn.venue == "binance" else sim.limits.binance_futures_streams
+        if len(conn.streams | set(params)) > limit:
+            sim.counters["refused_args"] += 1
+            conn.send(orjson.dumps({"error": {"code": -1, "msg": "too many streams"}, "id": rid}).decode())
+            return
+        conn.streams.update(params)
+        sim.confirmed(len(params))
+    elif method == "UNSUBSCRIBE":
+        conn.streams.difference_update(params)
+    conn.send(orjson.dumps({"result": None, "id": rid}).decode())
     for stream in params:
-        symbol = stream.split("@")[0].upper()
-        if "@depth" not in stream:
-            if stream.split("@")[1] in ("trade", "markPrice", "bookTicker"):
+        symbol, _, kind = stream.partition("@")
+        symbol = symbol.upper()
+        if method == "SUBSCRIBE" and not _binance_serves(sim, conn, symbol, kind):
+            continue  # acknowledged, never sent
+        if "depth" not in kind:
+            if kind.split("@")[0] in ("trade", "markPrice", "bookTicker"):
                 sim.watch(conn, symbol, stream, method == "SUBSCRIBE")
         elif method == "SUBSCRIBE":
             sim.subscribe(conn, symbol, None)  # Binance sends no snapshot: the client GETs it
@@ -659,39 +850,83 @@ def _binance(sim: Simulator, conn: Conn, text: str) -> None:
             sim.unsubscribe(conn, symbol)
 
 
+def _binance_serves(sim: Simulator, conn: Conn, symbol: str, kind: str) -> bool:
+    """Whether ``conn`` is sent ``symbol``'s streams of ``kind``: not if its path does not serve them
+    (USD-M splits them by path), nor while the symbol is unlisted; refusals counted."""
+    part = conn.path.split("/")[3] if conn.venue == "binance-usdm" else ""
+    if part in USDM_PATHS and not kind.startswith(USDM_PATHS[part]):
+        sim.counters["refused_path"] += 1
+        return False
+    return not sim.refuses(conn.venue, symbol)
+
+
 def _okx(sim: Simulator, conn: Conn, text: str) -> None:
     if text == "ping":
         conn.send("pong")
         return
     msg = orjson.loads(text)
-    op = msg.get("op")
+    op, rid = msg.get("op"), msg.get("id")
+
+    def frame(event: str, **fields: Any) -> str:
+        head = {"id": rid} if rid is not None else {}
+        return orjson.dumps({**head, "event": event, **fields, "connId": f"sim{conn.number}"}).decode()
+
+    if op in ("subscribe", "unsubscribe", "login") and sim.over_rate(
+            conn, conn.window.allow(sim.limits.okx_ops_per_hour, 3600.0),
+            frame("error", code="60014", msg="Requests too frequent.")):
+        return
     if op == "login":
-        conn.authed = True
-        conn.send(orjson.dumps({"event": "login", "code": "0", "msg": "", "connId": f"sim{conn.number}"}).decode())
+        if (msg.get("args") or [{}])[0].get("apiKey") == "bad":
+            sim.counters["refused_auth"] += 1
+            conn.send(frame("error", code="60009", msg="Login failed."))
+        else:
+            conn.authed = True
+            conn.send(frame("login", code="0", msg=""))
         return
     for arg in msg.get("args", []):
-        conn.send(orjson.dumps({"event": op, "arg": arg, "connId": f"sim{conn.number}"}).decode())
-        if arg.get("channel") in ("books", "books-l2-tbt", "books50-l2-tbt"):
+        channel, inst_id = arg.get("channel"), arg.get("instId")
+        if op == "subscribe":
+            if channel in ("books-l2-tbt", "books50-l2-tbt") and not conn.authed:
+                sim.counters["refused_auth"] += 1
+                conn.send(frame("error", code="60011", msg="Please log in"))
+                continue
+            if inst_id is not None and sim.refuses("okx", inst_id):
+                conn.send(frame("error", code="60018", msg=f"Wrong URL or channel:{channel},instId:{inst_id} "
+                                                           "doesn't exist"))
+                continue
+            sim.confirmed(1)
+        conn.send(frame(op, arg=arg))
+        if channel in ("books", "books-l2-tbt", "books50-l2-tbt"):
             if op == "subscribe":
-                sim.subscribe(conn, arg["instId"], _okx_snapshot)
+                sim.subscribe(conn, inst_id, _okx_snapshot, ('"channel":"books"', f'"channel":"{channel}"'))
             elif op == "unsubscribe":
-                sim.unsubscribe(conn, arg["instId"])
-        elif arg.get("channel") == "instruments":
+                sim.unsubscribe(conn, inst_id)
+        elif channel == "instruments":
             conn.instrument_channel = op == "subscribe"
-        elif arg.get("channel") in ("trades", "tickers") and op in ("subscribe", "unsubscribe"):
-            sim.watch(conn, arg["instId"], arg["channel"], op == "subscribe")
+        elif channel in ("trades", "tickers") and op in ("subscribe", "unsubscribe"):
+            sim.watch(conn, inst_id, channel, op == "subscribe")
 
 
 def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
     msg = orjson.loads(text)
-    op = msg.get("op")
+    op, topics = msg.get("op"), msg.get("args", [])
     ack = {"success": True, "ret_msg": "pong" if op == "ping" else "", "conn_id": f"sim{conn.number}", "op": op}
     if op != "ping":
         ack["req_id"] = msg.get("req_id", "")
+    limit = sim.limits.bybit_spot_args
+    if op in ("subscribe", "unsubscribe") and conn.venue == "bybit-spot" and len(topics) > limit:
+        sim.counters["refused_args"] += 1
+        ack.update(success=False, ret_msg=f"args size >{limit}")
+    elif op == "subscribe":
+        refused = [t for t in topics if sim.refuses(conn.venue, t.rsplit(".", 1)[-1])]
+        if refused:  # the whole request is refused
+            ack.update(success=False, ret_msg=f"Invalid symbol :[{','.join(refused)}]")
+        else:
+            sim.confirmed(len(topics))
     conn.send(orjson.dumps(ack).decode())
-    if op == "ping":
+    if op == "ping" or not ack["success"]:
         return
-    for topic in msg.get("args", []):
+    for topic in topics:
         if conn.venue == "bybit-option" and topic.startswith("publicTrade.") and "-" not in topic:
             coins = conn.coin_trades  # option trades: one topic per base coin
             (coins.add if op == "subscribe" else coins.discard)(topic.split(".", 1)[1])
@@ -703,7 +938,8 @@ def _bybit(sim: Simulator, conn: Conn, text: str) -> None:
             continue
         symbol = topic.rsplit(".", 1)[1]
         if op == "subscribe":
-            sim.subscribe(conn, symbol, lambda inst: _bybit_message(inst, *inst.book.levels(), "snapshot"))
+            sim.subscribe(conn, symbol, lambda inst: _bybit_message(inst, *inst.book.levels(), "snapshot"),
+                          (f'"topic":"orderbook.200.{symbol}"', f'"topic":"{topic}"'))
         elif op == "unsubscribe":
             sim.unsubscribe(conn, symbol)
 
@@ -713,6 +949,13 @@ def _coinbase(sim: Simulator, conn: Conn, text: str) -> None:
     kind, channel, products = msg.get("type"), msg.get("channel"), msg.get("product_ids", [])
     if channel == "heartbeats":
         conn.heartbeats = kind == "subscribe"
+    if kind == "subscribe":
+        refused = [p for p in products if sim.refuses("coinbase", p)]
+        for product in refused:
+            conn.send(orjson.dumps({"type": "error", "message": "Failed to subscribe",
+                                    "reason": f"{product} is not a valid product"}).decode())
+        products = [p for p in products if p not in refused]
+        sim.confirmed(len(products) or 1)
     conn.send(orjson.dumps({"channel": "subscriptions", "timestamp": _iso(), "sequence_num": conn.next_seq(),
                             "events": [{"subscriptions": {channel: products}}]}).decode())
     if channel in ("market_trades", "ticker"):

@@ -15,6 +15,8 @@ fresh REST snapshot (the stream continues).
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -37,7 +39,7 @@ from app.venues.base import (
     num_str,
     opt_str,
 )
-from app.venues.session import Endpoint, Protocol, dumps, next_id
+from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, dumps, next_id
 
 
 class BinanceAdapter:
@@ -147,20 +149,40 @@ class BinanceFuturesRule(_BinanceRule, ChainedRule):
 
 
 class BinanceProtocol(Protocol):
-    def _request(self, method: str, symbols: list[str]) -> list[str]:
-        return [dumps({"method": method, "params": [c for s in symbols for c in self.channels(s)], "id": next_id()})]
+    """``SUBSCRIBE``/``UNSUBSCRIBE`` of stream names, answered ``{"result":null,"id":N}`` or
+    ``{"error":{…},"id":N}``. The venue says nothing about a stream it does not serve (an unknown
+    symbol, a channel on the wrong endpoint): only its silence tells (``Limits.first_s``,
+    ``Limits.cadence``)."""
 
-    def subscribe(self, symbols: list[str]) -> list[str]:
-        return self._request("SUBSCRIBE", symbols)
+    def request(self, op: str, subs: list[Sub]) -> Request:
+        rid = next_id()
+        return Request(dumps({"method": op.upper(), "params": [s.arg for s in subs], "id": rid}), op,
+                       tuple(s.id for s in subs), str(rid))
 
-    def unsubscribe(self, symbols: list[str]) -> list[str]:
-        return self._request("UNSUBSCRIBE", symbols)
-
-    def resubscribe(self, symbol: str) -> list[str]:
+    def resubscribe(self, symbol: str) -> list[Request]:
         return []  # the stream continues; a resync is a fresh REST snapshot
 
-    def snapshot_url(self, symbol: str) -> str | None:
-        return f"{self.endpoint.rest_url}?{urlencode({'symbol': symbol.upper(), 'limit': self.endpoint.depth})}"
+    def snapshot_url(self, symbol: str, depth: int = 0) -> str | None:
+        if not self.endpoint.rest_url:
+            return None  # a connection for market data only
+        limit = depth or self.endpoint.depth
+        return f"{self.endpoint.rest_url}?{urlencode({'symbol': symbol.upper(), 'limit': limit})}"
+
+    def ack(self, frame: bytes) -> Ack | None:
+        if b'"stream"' in frame[:12] or b'"id"' not in frame:
+            return None
+        msg = loads(frame)
+        if not isinstance(msg, dict) or "id" not in msg or ("result" not in msg and "error" not in msg):
+            return None
+        error = msg.get("error")
+        return Ack(str(msg["id"]), failed=None if error is None else str(error)[:200], complete=True)
+
+    def data_channels(self, frame: bytes) -> tuple[str, ...]:
+        found = _STREAM.match(frame)
+        return (found.group(1).decode(),) if found else ()
+
+
+_STREAM = re.compile(rb'\{"stream":"([^"]+)"')
 
 
 class BinanceMarket:
@@ -267,21 +289,34 @@ def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_
 _DEPTH = "{symbol_lower}@depth@100ms"
 _SPOT_MARKET = ("{symbol_lower}@trade", "{symbol_lower}@bookTicker")
 _FUTURES_MARKET = ("{symbol_lower}@trade", "{symbol_lower}@markPrice@1s")
+#: Binance's limits (docs as of 2026-11: "WebSocket Limits", "LIMITS" of each API, the USD-M
+#: "Important WebSocket Change Notice" of 2026-03-06): 5 messages a second per connection
+#: (spot; futures 10: 5 kept for both), 300 connection opens per 5 minutes per IP, 1,024 streams per
+#: spot connection and 200 per futures one; REST weight 6,000 a minute (spot) and 2,400 shared by
+#: USD-M and COIN-M since 2026-06-30. Depth snapshot weight by ``limit`` (the depths used).
+_SPOT_LIMITS = Limits(scope="binance", streams_per_conn=1024, rest_weight=(6000, 60.0),
+                      rest_weights=((100, 5), (500, 25), (1000, 50), (5000, 250)),
+                      msgs=(5, 1.0), conns=(300, 300.0), first_s=30.0)
+_FUTURES_LIMITS = dataclasses.replace(_SPOT_LIMITS, scope="binance-futures", streams_per_conn=200,
+                                      rest_weight=(2400, 60.0), rest_weights=((50, 2), (100, 5), (500, 10), (1000, 20)),
+                                      cadence=(("{symbol_lower}@markPrice@1s", 5.0),))
 VENUES = (
     _venue("binance", False,
            Endpoint("wss://stream.binance.com:9443/stream", _DEPTH, "https://api.binance.com/api/v3/depth",
                     depth=5000, max_per_conn=200, silence_s=15, market=_SPOT_MARKET,
-                    api_url="https://api.binance.com"),
+                    api_url="https://api.binance.com", limits=_SPOT_LIMITS),
            "/ws/binance/stream", "/rest/binance/api/v3/depth"),
-    # since 2026 the futures depth streams are served under /public
+    # since 2026 the USD-M streams are split: depth and book tickers under /public, mark price,
+    # trades and the rest of the market data under /market (the legacy paths were retired 2026-04-23)
     _venue("binance-usdm", True,
            Endpoint("wss://fstream.binance.com/public/stream", _DEPTH, "https://fapi.binance.com/fapi/v1/depth",
                     depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET,
-                    api_url="https://fapi.binance.com"),
+                    api_url="https://fapi.binance.com", limits=_FUTURES_LIMITS,
+                    ws_urls=tuple((t, "wss://fstream.binance.com/market/stream") for t in _FUTURES_MARKET)),
            "/ws/binance-usdm/public/stream", "/rest/binance-usdm/fapi/v1/depth"),
     _venue("binance-coinm", True,
            Endpoint("wss://dstream.binance.com/stream", _DEPTH, "https://dapi.binance.com/dapi/v1/depth",
                     depth=1000, max_per_conn=200, silence_s=15, market=_FUTURES_MARKET,
-                    api_url="https://dapi.binance.com"),
+                    api_url="https://dapi.binance.com", limits=_FUTURES_LIMITS),
            "/ws/binance-coinm/stream", "/rest/binance-coinm/dapi/v1/depth"),
 )

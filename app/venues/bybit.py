@@ -9,6 +9,8 @@ per category, each with its own endpoint. The session pings with ``{"op":"ping"}
 
 from __future__ import annotations
 
+import re
+
 from app.errors import FrameError
 from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
@@ -27,7 +29,7 @@ from app.venues.base import (
     num_str,
     opt_str,
 )
-from app.venues.session import Endpoint, Protocol, dumps, next_id
+from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, dumps, next_id
 
 CATEGORIES = ("spot", "linear", "inverse", "option")
 
@@ -85,20 +87,44 @@ class BybitRule(SequenceRule):
 
 
 class BybitProtocol(Protocol):
-    def _op(self, op: str, symbols: list[str]) -> list[str]:
-        args = [c for s in symbols for c in self.channels(s)]
-        if self.venue == "bybit-option" and self.market_templates():  # option trades come per base coin
-            args += [f"publicTrade.{coin}" for coin in sorted({s.split("-")[0] for s in symbols})]
-        return [dumps({"op": op, "args": args, "req_id": str(next_id())})]
+    """``{"op":"subscribe","args":[topic…],"req_id":…}``, answered ``{"success":…,"ret_msg":…,
+    "req_id":…,"op":…}`` for the whole request; a refusal names the topics it refuses
+    (``Invalid symbol :[orderbook.200.X,…]``). Spot takes at most 10 args a request."""
 
-    def subscribe(self, symbols: list[str]) -> list[str]:
-        return self._op("subscribe", symbols)
+    def aux(self, symbols: list[str]) -> list[Sub]:
+        if self.venue != "bybit-option" or not self.market_templates():
+            return []
+        # option trades come per base coin
+        return [Sub("", t, t) for t in (f"publicTrade.{c}" for c in sorted({s.split("-")[0] for s in symbols}))]
 
-    def unsubscribe(self, symbols: list[str]) -> list[str]:
-        return self._op("unsubscribe", symbols)
+    def request(self, op: str, subs: list[Sub]) -> Request:
+        rid = str(next_id())
+        return Request(dumps({"op": op, "args": [s.arg for s in subs], "req_id": rid}), op, tuple(s.id for s in subs),
+                       rid)
 
     def ping(self) -> str | None:
         return '{"op":"ping"}'
+
+    def ack(self, frame: bytes) -> Ack | None:
+        if b'"success"' not in frame[:200]:
+            return None
+        msg = loads(frame)
+        if not isinstance(msg, dict) or msg.get("op") not in ("subscribe", "unsubscribe"):
+            return None  # pong
+        if msg.get("success") is True:
+            return Ack(str(msg.get("req_id", "")), complete=True)
+        reason = str(msg.get("ret_msg", ""))[:200] or "refused"
+        named = _NAMED.search(reason)
+        refused = tuple(t.strip() for t in named.group(1).split(",") if t.strip()) if named else ()
+        return Ack(str(msg.get("req_id", "")), failed=reason, refused=refused, complete=True)
+
+    def data_channels(self, frame: bytes) -> tuple[str, ...]:
+        found = _TOPIC.search(frame, 0, 120)
+        return (found.group(1).decode(),) if found else ()
+
+
+_TOPIC = re.compile(rb'"topic":"([^"]+)"')
+_NAMED = re.compile(r"\[([^\]]*)\]")
 
 
 #: ``tickers`` data field → normalised field (``app.market.records.TICKER_FIELDS``); option IVs
@@ -200,12 +226,19 @@ class BybitInstruments:
         return out
 
 
+def _limits(category: str) -> Limits:
+    """Bybit v5 "Connect" (2026-11): spot takes at most 10 args per subscribe request (the other
+    categories limit a request's length, not its args: 10 kept for all); at most 500 connection
+    opens per 5 minutes per IP."""
+    return Limits(scope="bybit", args_per_request=10, conns=(500, 300.0))
+
+
 def _venue(category: str) -> Venue:
     live = Endpoint(f"wss://stream.bybit.com/v5/public/{category}", "orderbook.{depth}.{symbol}",
                     depth=100 if category == "option" else 200, max_per_conn=10 if category == "spot" else 50,
                     market=("publicTrade.{symbol}", "tickers.{symbol}") if category != "option"
                     else ("tickers.{symbol}",),  # option trades: publicTrade.<coin>, added once per coin
-                    api_url="https://api.bybit.com")
+                    api_url="https://api.bybit.com", limits=_limits(category))
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
                  sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category),
                  registry=BybitInstruments(category))

@@ -11,6 +11,7 @@ The session also subscribes to ``heartbeats``, which keep ``sequence_num`` movin
 from __future__ import annotations
 
 import calendar
+import re
 from typing import Any
 
 from app.errors import FrameError
@@ -30,7 +31,7 @@ from app.venues.base import (
     num_str,
     opt_str,
 )
-from app.venues.session import Endpoint, Protocol, dumps
+from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, chunks, dumps
 
 
 def rfc3339_ns(text: Any) -> int:
@@ -129,20 +130,60 @@ class CoinbaseRule(SequenceRule):
 
 
 class CoinbaseProtocol(Protocol):
-    def on_open(self, symbols: list[str]) -> list[str]:
-        heartbeats = dumps({"type": "subscribe", "product_ids": symbols, "channel": "heartbeats"})
-        return [heartbeats, *self.subscribe(symbols)]
+    """One message per channel for its products (``{"type":"subscribe","product_ids":[…],
+    "channel":…}``), plus ``heartbeats``. The venue answers with a ``subscriptions`` message
+    listing everything the connection is subscribed to, and refuses a product with
+    ``{"type":"error","message":…,"reason":"X is not a valid product"}``."""
 
-    def _each(self, kind: str, symbols: list[str]) -> list[str]:
-        """One message per channel (book, then market data) for all ``symbols``."""
-        channels = [self.endpoint.channel, *self.market_templates()]
-        return [dumps({"type": kind, "product_ids": symbols, "channel": c}) for c in channels]
+    def channel_id(self, symbol: str, name: str) -> str:
+        return f"{name}:{symbol}"
 
-    def subscribe(self, symbols: list[str]) -> list[str]:
-        return self._each("subscribe", symbols)
+    def arg(self, symbol: str, name: str) -> tuple[str, tuple[str, ...]]:
+        return name, (symbol,)
 
-    def unsubscribe(self, symbols: list[str]) -> list[str]:
-        return self._each("unsubscribe", symbols)
+    def aux(self, symbols: list[str]) -> list[Sub]:
+        return [] if self._book_only else [Sub("", "heartbeats", ("heartbeats", tuple(symbols)))]
+
+    def requests(self, op: str, subs: list[Sub]) -> list[Request]:
+        """One message per channel, heartbeats first (they keep ``sequence_num`` moving)."""
+        by_channel: dict[str, list[Sub]] = {}
+        for sub in sorted(subs, key=lambda s: s.arg[0] != "heartbeats"):
+            by_channel.setdefault(sub.arg[0], []).append(sub)
+        size = self.endpoint.limits.args_per_request
+        return [Request(dumps({"type": op, "product_ids": [p for s in part for p in s.arg[1]], "channel": channel}),
+                        op, tuple(s.id for s in part))
+                for channel, group in by_channel.items() for part in chunks(group, size)]
+
+    def ack(self, frame: bytes) -> Ack | None:
+        head = frame[:40]
+        if b'"channel":"subscriptions"' in head:
+            msg = obj(loads(frame), "frame")
+            ok: list[str] = []
+            for event in _array(msg.get("events"), "events"):
+                for channel, products in (obj(event, "event").get("subscriptions") or {}).items():
+                    name = _CHANNELS.get(channel, channel)
+                    ok += [f"{name}:{p}" for p in products or []] + ([name] if name == "heartbeats" else [])
+            return Ack(ok=tuple(ok))
+        if b'"type":"error"' in frame[:60]:
+            msg = obj(loads(frame), "frame")
+            reason = str(msg.get("reason") or msg.get("message") or "error")[:200]
+            product = reason.split(" ", 1)[0] if "not a valid product" in reason else ""
+            return Ack(failed=reason, symbols=(product,) if product else ())
+        return None
+
+    def data_channels(self, frame: bytes) -> tuple[str, ...]:
+        found = _DATA.match(frame)
+        if found is None:
+            return ()
+        name = _CHANNELS[found.group(1).decode()]
+        return tuple(dict.fromkeys(f"{name}:{p.decode()}" for p in _PRODUCT.findall(frame, 0, 600)))
+
+
+#: the channel a message names → the channel subscribed
+_CHANNELS = {"l2_data": "level2", "level2": "level2", "market_trades": "market_trades", "ticker": "ticker",
+             "heartbeats": "heartbeats"}
+_DATA = re.compile(rb'\{"channel":"(l2_data|market_trades|ticker)"')
+_PRODUCT = re.compile(rb'"product_id":"([^"]+)"')
 
 
 class CoinbaseMarket:
@@ -216,6 +257,10 @@ VENUE = Venue(
     "coinbase", CoinbaseAdapter(), CoinbaseRule(), CoinbaseProtocol,
     # one product per connection: sequence_num is per connection, so a gap then names one book
     endpoint=Endpoint("wss://advanced-trade-ws.coinbase.com", "level2", max_per_conn=1,
-                      market=("market_trades", "ticker"), api_url="https://api.coinbase.com"),
+                      market=("market_trades", "ticker"), api_url="https://api.coinbase.com",
+                      # Advanced Trade "WebSocket Rate Limits" (2026-11): 8 unauthenticated
+                      # messages a second per IP; connections 8 a second per IP (one page of the
+                      # docs says 750: the stricter kept)
+                      limits=Limits(scope="coinbase", ip_msgs=(8, 1.0), conns=(8, 1.0))),
     sim_ws_path="/ws/coinbase", market=CoinbaseMarket(), registry=CoinbaseInstruments(),
 )

@@ -9,6 +9,7 @@ Wire schema: ``{"jsonrpc":"2.0","method":"subscription","params":{"channel":…,
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from app.config import Secret
@@ -28,7 +29,7 @@ from app.venues.base import (
     num_str,
     opt_str,
 )
-from app.venues.session import Endpoint, Protocol, dumps, next_id
+from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, dumps, next_id
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ class DeribitRule(ChainedRule):
 
 
 class DeribitProtocol(Protocol):
-    """Public ``100ms`` channels, or ``raw`` ones after ``public/auth`` with an API key; answers
-    the venue's heartbeat ``test_request`` with ``public/test``."""
+    """Public ``100ms`` channels, or ``raw`` ones after ``public/auth`` with an API key (awaited:
+    a refused login falls back to ``100ms``); answers the venue's heartbeat ``test_request`` with
+    ``public/test``. A subscribe is answered with the list of channels subscribed: one left out
+    was refused."""
 
     def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
         super().__init__(venue, endpoint, creds)
@@ -113,40 +116,70 @@ class DeribitProtocol(Protocol):
     def channel(self, symbol: str) -> str:
         return self._interval(super().channel(symbol))
 
+    def _name(self, template: str, symbol: str, book: bool) -> str:
+        return self._interval(super()._name(template, symbol, book))
+
     def market_channels(self, symbol: str) -> list[str]:
         return [self._interval(c) for c in super().market_channels(symbol)]
 
     def _interval(self, name: str) -> str:
         return name.rsplit(".", 1)[0] + ".raw" if self.authed else name
 
-    def _call(self, method: str, params: dict[str, object]) -> str:
-        return dumps({"jsonrpc": "2.0", "id": next_id(), "method": method, "params": params})
+    def _call(self, method: str, params: dict[str, object], op: str = "other",
+              channels: tuple[str, ...] = ()) -> Request:
+        rid = next_id()
+        return Request(dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}), op, channels, str(rid))
 
-    def on_open(self, symbols: list[str]) -> list[str]:
-        out = []
-        if self.authed:
-            out.append(self._call("public/auth", {
-                "grant_type": "client_credentials", "client_id": self.creds["client_id"].reveal(),
-                "client_secret": self.creds["client_secret"].reveal()}))
-        out.append(self._call("public/set_heartbeat", {"interval": max(10, int(self.endpoint.ping_s))}))
-        out += self.subscribe(symbols)
-        if self.market_templates():  # the registry's state changes (with market data: not for books only)
-            states = [f"instrument.state.any.{c}" for c in currencies(symbols)]
-            out.append(self._call("public/subscribe", {"channels": states}))
-        return out
+    def auth(self) -> Request | None:
+        if not self.authed:
+            return None
+        return self._call("public/auth", {
+            "grant_type": "client_credentials", "client_id": self.creds["client_id"].reveal(),
+            "client_secret": self.creds["client_secret"].reveal()}, "auth")
 
-    def subscribe(self, symbols: list[str]) -> list[str]:
-        method = "private/subscribe" if self.authed else "public/subscribe"
-        return [self._call(method, {"channels": [c for s in symbols for c in self.channels(s)]})]
+    def auth_failed(self, reason: str) -> None:
+        self.authed = False
 
-    def unsubscribe(self, symbols: list[str]) -> list[str]:
-        method = "private/unsubscribe" if self.authed else "public/unsubscribe"
-        return [self._call(method, {"channels": [c for s in symbols for c in self.channels(s)]})]
+    def setup(self) -> list[Request]:
+        return [self._call("public/set_heartbeat", {"interval": max(10, int(self.endpoint.ping_s))})]
+
+    def aux(self, symbols: list[str]) -> list[Sub]:
+        if not self.market_templates():  # the registry's state changes (with market data: not for books only)
+            return []
+        return [Sub("", c, c) for c in (f"instrument.state.any.{cur}" for cur in currencies(symbols))]
+
+    def request(self, op: str, subs: list[Sub]) -> Request:
+        scope = "public" if not self.authed or all(s.id.startswith("instrument.") for s in subs) else "private"
+        return self._call(f"{scope}/{op}", {"channels": [s.arg for s in subs]}, op, tuple(s.id for s in subs))
 
     def reply(self, frame: str) -> list[str]:
         if '"test_request"' in frame:
-            return [self._call("public/test", {})]
+            return [self._call("public/test", {}).text]
         return []
+
+    def ack(self, frame: bytes) -> Ack | None:
+        if b'"method"' in frame[:40] or b'"id"' not in frame:
+            return None
+        msg = loads(frame)
+        if not isinstance(msg, dict) or "id" not in msg:
+            return None
+        rid, error, result = str(msg["id"]), msg.get("error"), msg.get("result")
+        if error is not None:
+            reason = f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else str(error)
+            return Ack(rid, failed=reason[:200], complete=True, auth=False,
+                       extra={"code": error.get("code") if isinstance(error, dict) else None})
+        if isinstance(result, list):
+            return Ack(rid, ok=tuple(c for c in result if isinstance(c, str)), complete=True)
+        return Ack(rid, auth=isinstance(result, dict) and "access_token" in result, complete=True)
+
+    def data_channels(self, frame: bytes) -> tuple[str, ...]:
+        if b'"method":"subscription"' not in frame[:60]:
+            return ()
+        found = _CHANNEL.search(frame, 0, 200)
+        return (found.group(1).decode(),) if found else ()
+
+
+_CHANNEL = re.compile(rb'"channel":"([^"]+)"')
 
 
 def trade_unit(symbol: str) -> str:
@@ -292,6 +325,10 @@ VENUE = Venue(
     "deribit", DeribitAdapter(), DeribitRule(), DeribitProtocol,
     endpoint=Endpoint("wss://www.deribit.com/ws/api/v2", "book.{symbol}.100ms", max_per_conn=100, ping_s=10,
                       api_url="https://www.deribit.com",
-                      market=("trades.{symbol}.100ms", "ticker.{symbol}.100ms")),
+                      market=("trades.{symbol}.100ms", "ticker.{symbol}.100ms"),
+                      # Deribit "Rate Limits" (2026-11): a subscribe costs 3,000 of 30,000 credits
+                      # refilled at 10,000 a second: a burst of 10, then 3.3 a second; a request
+                      # without credit is refused (10028) and the session closed. 32 connections per IP.
+                      limits=Limits(scope="deribit", ip_ops=(10, 3.0))),
     sim_ws_path="/ws/deribit", market=DeribitMarket(), registry=DeribitInstruments(),
 )

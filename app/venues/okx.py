@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import time
 import zlib
 
@@ -40,7 +41,7 @@ from app.venues.base import (
     num_str,
     opt_str,
 )
-from app.venues.session import Endpoint, Protocol, dumps
+from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, dumps, next_id
 
 log = logging.getLogger(__name__)
 
@@ -141,43 +142,96 @@ class OkxRule(SequenceRule):
 
 
 class OkxProtocol(Protocol):
+    """``{"id":…,"op":"subscribe","args":[{"channel":…,"instId":…}…]}``; each arg is answered on
+    its own (``{"event":"subscribe","arg":{…},"id":…}``), a refused one with ``{"event":"error",
+    "code":…,"msg":"… channel:books,instId:X doesn't exist","id":…}``. With an API key the
+    connection logs in first (``{"op":"login"}`` → ``{"event":"login","code":"0"}``) and
+    subscribes only once the venue accepted it; a refused login falls back to public ``books``."""
+
     def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
         super().__init__(venue, endpoint, creds)
         self.authed = all(self.creds.get(k) for k in ("key", "secret", "passphrase"))
         if self.endpoint.channel.endswith("-tbt") and not self.authed:
             log.info("okx: no OKX_API_KEY/SECRET/PASSPHRASE, using the public 'books' channel")
-            self.endpoint = dataclasses.replace(self.endpoint, channel="books")
+            self._public()
 
-    def on_open(self, symbols: list[str]) -> list[str]:
-        out = []
-        if self.authed:
-            ts = str(int(time.time()))
-            sign = base64.b64encode(hmac.new(self.creds["secret"].reveal().encode(),
-                                             f"{ts}GET/users/self/verify".encode(), hashlib.sha256).digest()).decode()
-            out.append(dumps({"op": "login", "args": [{"apiKey": self.creds["key"].reveal(),
-                                                        "passphrase": self.creds["passphrase"].reveal(),
-                                                        "timestamp": ts, "sign": sign}]}))
-        out += self.subscribe(symbols)
-        if self.market_templates():  # the registry's changes between two REST lists
-            types = sorted({okx_inst_type(s)[0] for s in symbols})
-            out.append(dumps({"op": "subscribe", "args": [{"channel": "instruments", "instType": t} for t in types]}))
-        return out
+    def _public(self) -> None:
+        self.endpoint = dataclasses.replace(self.endpoint, channel="books")
 
-    def _args(self, symbols: list[str]) -> list[dict[str, str]]:
-        args = [{"channel": c, "instId": s} for s in symbols for c in self.channels(s)]
-        if self.market_templates():  # options: the family's greeks and volatilities (one channel per family)
-            families = {spec.underlying for s in symbols if (spec := parse_option(s)) is not None}
-            args += [{"channel": "opt-summary", "instFamily": f} for f in sorted(families)]
-        return args
+    def auth(self) -> Request | None:
+        if not self.authed:
+            return None
+        ts = str(int(time.time()))
+        sign = base64.b64encode(hmac.new(self.creds["secret"].reveal().encode(),
+                                         f"{ts}GET/users/self/verify".encode(), hashlib.sha256).digest()).decode()
+        rid = next_id()
+        return Request(dumps({"id": str(rid), "op": "login", "args": [{
+            "apiKey": self.creds["key"].reveal(), "passphrase": self.creds["passphrase"].reveal(),
+            "timestamp": ts, "sign": sign}]}), "auth", (), str(rid))
 
-    def subscribe(self, symbols: list[str]) -> list[str]:
-        return [dumps({"op": "subscribe", "args": self._args(symbols)})]
+    def auth_failed(self, reason: str) -> None:
+        self.authed = False
+        if self.endpoint.channel.endswith("-tbt"):
+            self._public()
 
-    def unsubscribe(self, symbols: list[str]) -> list[str]:
-        return [dumps({"op": "unsubscribe", "args": self._args(symbols)})]
+    def channel_id(self, symbol: str, name: str) -> str:
+        return f"{name}:{symbol}"
+
+    def arg(self, symbol: str, name: str) -> dict[str, str]:
+        return {"channel": name, "instId": symbol}
+
+    def aux(self, symbols: list[str]) -> list[Sub]:
+        if not self.market_templates():
+            return []
+        # options: the family's greeks and volatilities (one channel per family); the registry's
+        # changes between two REST lists (one channel per instrument type)
+        families = sorted({spec.underlying for s in symbols if (spec := parse_option(s)) is not None})
+        types = sorted({okx_inst_type(s)[0] for s in symbols})
+        return ([Sub("", f"opt-summary:{f}", {"channel": "opt-summary", "instFamily": f}) for f in families]
+                + [Sub("", f"instruments:{t}", {"channel": "instruments", "instType": t}) for t in types])
+
+    def request(self, op: str, subs: list[Sub]) -> Request:
+        rid = next_id()
+        return Request(dumps({"id": str(rid), "op": op, "args": [s.arg for s in subs]}), op,
+                       tuple(s.id for s in subs), str(rid))
 
     def ping(self) -> str | None:
         return "ping"  # OKX closes a connection that sends nothing for 30 s
+
+    def ack(self, frame: bytes) -> Ack | None:
+        if b'"event"' not in frame[:80]:
+            return None
+        msg = loads(frame)
+        if not isinstance(msg, dict):
+            return None
+        event, rid = msg.get("event"), str(msg.get("id", ""))
+        if event == "login":
+            return Ack(rid, auth=str(msg.get("code", "0")) == "0", failed=None if str(msg.get("code", "0")) == "0"
+                       else f"{msg.get('code')}: {msg.get('msg')}")
+        if event == "unsubscribe":
+            return Ack(rid)
+        if event == "subscribe":
+            arg = msg.get("arg") or {}
+            target = arg.get("instId") or arg.get("instFamily") or arg.get("instType") or ""
+            return Ack(rid, ok=(f"{arg.get('channel')}:{target}",))
+        if event == "error":
+            reason = f"{msg.get('code')}: {msg.get('msg')}"[:200]
+            named = _NAMED.search(str(msg.get("msg", "")))
+            refused = (f"{named.group(1)}:{named.group(2)}",) if named else ()
+            return Ack(rid, failed=reason, refused=refused, auth=False if str(msg.get("code")) in _LOGIN_ERRORS
+                       else None)
+        return None
+
+    def data_channels(self, frame: bytes) -> tuple[str, ...]:
+        found = _ARG.search(frame, 0, 160)
+        return (f"{found.group(1).decode()}:{found.group(2).decode()}",) if found and b'"event"' not in frame[:40] \
+            else ()
+
+
+_ARG = re.compile(rb'"arg":\{"channel":"([^"]+)","inst(?:Id|Family|Type)":"([^"]+)"')
+_NAMED = re.compile(r"channel:([^,]+),inst(?:Id|Family|Type):([^ ]+)")
+#: login refusals (API key, passphrase, timestamp, signature)
+_LOGIN_ERRORS = frozenset({"60004", "60005", "60006", "60007", "60008", "60009", "60022", "60024"})
 
 
 #: OKX market channel → {data field: normalised field} (``app.market.records.TICKER_FIELDS``).
@@ -334,6 +388,9 @@ class OkxInstruments:
 VENUE = Venue(
     "okx", OkxAdapter(), OkxRule(), OkxProtocol,
     endpoint=Endpoint("wss://ws.okx.com:8443/ws/v5/public", "books", max_per_conn=100, ping_s=20,
-                      market=("trades", "tickers"), api_url="https://www.okx.com"),
+                      market=("trades", "tickers"), api_url="https://www.okx.com",
+                      # OKX v5 "WebSocket" overview (2026-11): 3 connection requests a second per
+                      # IP; 480 subscribe/unsubscribe/login requests an hour per connection
+                      limits=Limits(scope="okx", conns=(3, 1.0), ops=(480, 3600.0))),
     sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(), registry=OkxInstruments(),
 )

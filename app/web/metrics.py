@@ -106,6 +106,26 @@ def prometheus(counters: dict[str, int], books: Iterable[Instrument], lag: dict[
     metric("raw_sink_producer_restarts_total", "counter", "Raw sink producers replaced after a producer-state "
            "error (OutOfOrderSequenceNumber, UnknownProducerId, fenced) or a failed delivery.",
            [("", counters.get("raw_sink_producer_restarts", 0))])
+    def labelled(prefix: str, names: tuple[str, ...]) -> list[tuple[str, float]]:
+        """Counters ``<prefix>.<a>.<b>…`` as samples labelled ``names``."""
+        out = []
+        for k, v in sorted({**counters, **metrics.gauges}.items()):
+            if k.startswith(prefix + "."):
+                parts = k[len(prefix) + 1:].rsplit(".", len(names) - 1)
+                out.append(("{" + ",".join(f'{n}="{p}"' for n, p in zip(names, parts, strict=True)) + "}", v))
+        return out
+
+    metric("feed_subscriptions_total", "counter", "Venue subscriptions by what became of them: confirmed, refused, "
+           "unconfirmed (no answer), silent (no data), recovered.", labelled("feed_subscriptions", ("venue", "event")))
+    metric("feed_channels", "gauge", "Subscribed channels by state (queued, pending, confirmed, live, refused, "
+           "unconfirmed, silent), per venue, on this process's connections.", labelled("feed_channels",
+                                                                                      ("venue", "state")))
+    metric("feed_limit_waits_total", "counter", "Requests held back to keep a venue's limits (messages, "
+           "subscriptions, connection opens, REST weight).", labelled("limit_waits", ("venue",)))
+    metric("feed_rest_throttled_total", "counter", "REST answers 429 (slow down) and 418 (IP banned), per limit scope.",
+           labelled("rest_throttled", ("scope", "status")))
+    metric("feed_auth_failed_total", "counter", "Logins the venue refused (the feed fell back to public channels).",
+           labelled("feed_auth_failed", ("venue",)))
     cum = 0
     samples: list[tuple[str, float]] = []
     for bound, n in zip([*metrics.LATENCY_BUCKETS, "+Inf"], metrics.latency_counts, strict=True):

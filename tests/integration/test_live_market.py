@@ -75,10 +75,11 @@ def test_a_skipped_trade_is_reported_as_a_gap_on_feed_status(market: SimSite) ->
         return {r["key"] for r in market.topic("feed.status")} >= {f"{v}:{s}" for v, s in SKIPPED}
 
     wait_for(reported, 60, "a feed.status gap for each skipped trade")
-    gaps = Counter(r["key"] for r in market.topic("feed.status"))
+    trade_gaps = [r for r in market.topic("feed.status") if r["feed"] == "trades"]
+    gaps = Counter(r["key"] for r in trade_gaps)
     for venue, symbol in SKIPPED:
         assert gaps[f"{venue}:{symbol}"] == 1
-    for r in market.topic("feed.status"):
+    for r in trade_gaps:
         assert (r["feed"], r["event"], r["missing"]) == ("trades", "gap", 1)
         assert 0 < r["ts_exchange"] <= r["ts_recv"] + 10**9
         assert r["ts_recv"] <= r["ts_published"]
@@ -212,3 +213,27 @@ def test_a_state_change_is_a_new_version_that_stays(market: SimSite) -> None:
     served = lists()
     wait_for(lambda: lists() >= served + 3, 30, "three more REST instrument lists served")
     assert len(versions()) == 2  # later REST lists say the same: no flapping
+
+
+def test_a_refused_book_subscription_is_on_feed_status_and_the_book_says_why(market: SimSite) -> None:
+    """The venue stops listing an instrument and the connection drops: its book subscription
+    is refused on the new connection — one feed.status record, the book not synced with that
+    reason on book.status — and subscribed again once the venue lists it again."""
+    venue, symbol = "okx", "BTC-USDT-SWAP"
+    key = f"{venue}:{symbol}"
+    market.sim.fault(venue, symbol, "refuse", seconds=8.0)
+    market.sim.fault(venue, symbol, "disconnect")
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [r for r in market.topic("feed.status") if r["key"] == key and r["feed"] == "book"
+                and r["event"] == name]
+
+    wait_for(lambda: events("refused"), 30, f"{key}'s refused book subscription on feed.status")
+    refused = events("refused")[0]
+    assert refused["channel"] == f"books:{symbol}"
+    assert "60018" in refused["detail"]  # the venue's own refusal, verbatim
+    assert refused["ts_recv"] <= refused["ts_published"]
+    reasons = [s["reason"] for s in market.topic("book.status") if f"{s['venue']}:{s['instrument']}" == key]
+    assert any(r.startswith("refused") for r in reasons), reasons
+    wait_for(lambda: events("recovered") and market.books()[key]["state"] == "synced", 60,
+             f"{key} subscribed again and synced once listed again")

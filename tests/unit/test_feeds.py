@@ -70,7 +70,7 @@ def test_secrets_never_print(tmp_path: Path) -> None:
 def test_protocols_resync_one_instrument_only() -> None:
     eps = feeds.LIVE
     deribit = protocol("deribit", eps["deribit"])
-    frames = [orjson.loads(f) for f in deribit.resubscribe("BTC-PERPETUAL")]
+    frames = [orjson.loads(f.text) for f in deribit.resubscribe("BTC-PERPETUAL")]
     assert [f["method"] for f in frames] == ["public/unsubscribe", "public/subscribe"]
     assert all(f["params"]["channels"] == ["book.BTC-PERPETUAL.100ms"] for f in frames)
     assert deribit.reply('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}')
@@ -78,30 +78,31 @@ def test_protocols_resync_one_instrument_only() -> None:
     assert binance.resubscribe("BTCUSDT") == []  # a resync is a REST snapshot
     assert binance.snapshot_url("btcusdt") == "https://fapi.binance.com/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
     bybit = protocol("bybit-linear", eps["bybit-linear"])
-    assert orjson.loads(bybit.subscribe(["BTCUSDT"])[0])["args"] == ["orderbook.200.BTCUSDT", "publicTrade.BTCUSDT",
-                                                                    "tickers.BTCUSDT"]
-    assert orjson.loads(bybit.resubscribe("BTCUSDT")[1])["args"] == ["orderbook.200.BTCUSDT"]
+    assert orjson.loads(bybit.subscribe(["BTCUSDT"])[0].text)["args"] == [
+        "orderbook.200.BTCUSDT", "publicTrade.BTCUSDT", "tickers.BTCUSDT"]
+    assert orjson.loads(bybit.resubscribe("BTCUSDT")[1].text)["args"] == ["orderbook.200.BTCUSDT"]
     option = protocol("bybit-option", eps["bybit-option"])
-    assert orjson.loads(option.subscribe(["BTC-25DEC26-60000-C", "BTC-25DEC26-60000-P"])[0])["args"] == [
+    assert orjson.loads(option.subscribe(["BTC-25DEC26-60000-C", "BTC-25DEC26-60000-P"])[0].text)["args"] == [
         "orderbook.100.BTC-25DEC26-60000-C", "tickers.BTC-25DEC26-60000-C", "orderbook.100.BTC-25DEC26-60000-P",
         "tickers.BTC-25DEC26-60000-P", "publicTrade.BTC"]
     coinbase = protocol("coinbase", eps["coinbase"])
-    assert [orjson.loads(f)["channel"] for f in coinbase.subscribe(["BTC-USD"])] == ["level2", "market_trades",
-                                                                                     "ticker"]
-    assert [orjson.loads(f)["channel"] for f in coinbase.resubscribe("BTC-USD")] == ["level2", "level2"]
+    assert [orjson.loads(f.text)["channel"] for f in coinbase.subscribe(["BTC-USD"])] == [
+        "heartbeats", "level2", "market_trades", "ticker"]
+    assert [orjson.loads(f.text)["channel"] for f in coinbase.resubscribe("BTC-USD")] == ["level2", "level2"]
     okx = protocol("okx", eps["okx"])
     assert okx.ping() == "ping"
-    args = orjson.loads(okx.subscribe(["BTC-USD-261225-60000-C", "BTC-USD-261225-60000-P"])[0])["args"]
+    args = orjson.loads(okx.subscribe(["BTC-USD-261225-60000-C", "BTC-USD-261225-60000-P"])[0].text)["args"]
     assert {"channel": "opt-summary", "instFamily": "BTC-USD"} in args  # once per option family
     assert sum(a["channel"] == "opt-summary" for a in args) == 1
-    assert all(a["channel"] == "books" for a in orjson.loads(okx.resubscribe("BTC-USD-261225-60000-C")[1])["args"])
+    assert all(a["channel"] == "books" for a in orjson.loads(okx.resubscribe("BTC-USD-261225-60000-C")[1].text)["args"])
 
 
 def test_deribit_with_credentials_uses_raw_channels_and_authenticates_first() -> None:
     creds = feeds.credentials({"DERIBIT_CLIENT_ID": "id", "DERIBIT_CLIENT_SECRET": "sec"})["deribit"]
     deribit = protocol("deribit", feeds.LIVE["deribit"], creds)
-    first, _, subscribe, states = (orjson.loads(f) for f in deribit.on_open(["BTC-PERPETUAL"]))
+    first, _, subscribe = (orjson.loads(f.text) for f in deribit.on_open(["BTC-PERPETUAL"]))
     assert first["method"] == "public/auth"
+    assert subscribe["method"] == "private/subscribe"
     assert subscribe["params"]["channels"] == ["book.BTC-PERPETUAL.raw", "trades.BTC-PERPETUAL.raw",
-                                               "ticker.BTC-PERPETUAL.raw"]
-    assert states["params"]["channels"] == ["instrument.state.any.BTC"]  # the registry's state changes
+                                               "ticker.BTC-PERPETUAL.raw",
+                                               "instrument.state.any.BTC"]  # the registry's state changes

@@ -82,7 +82,7 @@ def test_every_registered_venue_has_every_part(venue: str) -> None:
     proto = entry.protocol(venue, entry.endpoint)
     for frames in (proto.subscribe([symbol]), proto.unsubscribe([symbol])):
         assert frames
-        assert all(symbol.lower() in orjson.dumps(orjson.loads(f)).decode().lower() for f in frames)
+        assert all(symbol.lower() in orjson.dumps(orjson.loads(f.text)).decode().lower() for f in frames)
     assert proto.on_open([symbol])
     # endpoints: live and simulator
     assert entry.endpoint.ws_url.startswith("wss://")
