@@ -105,6 +105,7 @@ class FeedConnection:
         self._out: asyncio.Queue[Request] = asyncio.Queue()
         self._inflight: dict[str, Request] = {}
         self._auth: asyncio.Future[Ack] | None = None
+        self._opening: asyncio.Lock | None = None  # held from connecting until subscribed
         limits = proto.endpoint.limits
         scope = limits.scope or venue
         self._conns = [self.pacing.shared(scope, "conns", limits.conns)]
@@ -137,6 +138,23 @@ class FeedConnection:
 
     async def _session(self) -> None:
         url = self.proto.url(self.symbols)
+        # Connections of one scope open one after another, each once the one before has sent its
+        # subscriptions: with many (Coinbase: one per product) sharing one message budget, each
+        # subscribes right after it opens instead of all opening first and waiting idle.
+        self._opening = self.pacing.opening(self.proto.endpoint.limits.scope or self.venue)
+        await self._opening.acquire()
+        try:
+            await self._connected(url)
+        finally:
+            self._opened()
+
+    def _opened(self) -> None:
+        """This connection has sent its subscriptions (or ended): the next of its scope may open."""
+        lock, self._opening = self._opening, None
+        if lock is not None:
+            lock.release()
+
+    async def _connected(self, url: str) -> None:
         await acquire(self._conns, counter=f"limit_waits.{self.venue}")
         async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
                                       max_size=None, max_queue=None) as ws:
@@ -192,6 +210,8 @@ class FeedConnection:
                 await ws.send(request.text)
             except websockets.exceptions.ConnectionClosed:
                 return  # the session ends: the next one subscribes everything again
+            finally:
+                self._out.task_done()
 
     async def _open(self) -> None:
         """Log in (and wait for the answer), then subscribe everything."""
@@ -220,6 +240,8 @@ class FeedConnection:
             self.channels[sub.id] = Channel(sub, since=now, cadence=cadence)
         for request in proto.subscribe(self.symbols):
             self.send(request)
+        await self._out.join()
+        self._opened()
         if self.books and proto.snapshot_url(self.symbols[0]):
             queued = len(self.symbols)  # the snapshots to come: their depth is chosen against them all
             self.rest.waiting += queued

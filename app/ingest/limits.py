@@ -71,7 +71,7 @@ class Window:
 
 async def acquire(windows: list[Window], units: int = 1, counter: str = "") -> float:
     """Wait until ``units`` fit in every window, then take them; returns the seconds waited
-    (counted under ``counter`` when it waited)."""
+    (a wait is counted under ``counter`` when it starts)."""
     waited = 0.0
     while True:
         now = time.monotonic()
@@ -79,9 +79,9 @@ async def acquire(windows: list[Window], units: int = 1, counter: str = "") -> f
         if wait <= 0:
             for w in windows:
                 w.add(now, units)
-            if waited and counter:
-                metrics.count(counter)
             return waited
+        if not waited and counter:
+            metrics.count(counter)
         waited += wait
         await asyncio.sleep(wait)
 
@@ -122,6 +122,11 @@ class Pacing:
 
     def __init__(self) -> None:
         self.windows: dict[tuple[str, str], Window] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def opening(self, scope: str) -> asyncio.Lock:
+        """Held by a connection of ``scope`` from connecting until it has sent its subscriptions."""
+        return self.locks.setdefault(scope, asyncio.Lock())
 
     def shared(self, scope: str, what: str, rate: Rate) -> Window:
         window = self.windows.get((scope, what))

@@ -287,3 +287,24 @@ async def test_many_instruments_per_venue_start_and_reconnect_inside_every_limit
                 "every connection dropped")
     await until(everything, 150, "every book channel live again after the reconnect storm")
     await run.no_limit_tripped()
+
+
+async def test_okx_subscription_requests_wait_for_the_hourly_budget(run: Run) -> None:
+    """The venue closes a connection past its subscription requests per hour (480; here 5):
+    resyncs beyond the budget wait for it instead of costing the connection."""
+    from app import metrics
+
+    async with run.http.post(f"{run.base}/control/limits", data=orjson.dumps({"okx_ops_per_hour": 5})) as resp:
+        assert resp.status == 200
+    limits = dataclasses.replace(sim_endpoints(run.base)["okx"].limits, ops=(4, 3600.0))
+    ingest = await run.start({"okx": ["BTC-USDT"]}, {"okx": {"limits": limits}})
+    await until(lambda: run.books_live("okx", ["BTC-USDT"]), 20, "the OKX book live")
+    waits = metrics.counters["limit_waits.okx"]
+    for _ in range(3):  # each an unsubscribe and a subscribe: 1 + 6 requests, 4 allowed an hour
+        await ingest.resync("okx:BTC-USDT")
+        await asyncio.sleep(1.1)  # resyncs of one instrument closer than 1 s are coalesced
+    await until(lambda: metrics.counters["limit_waits.okx"] > waits, 10, "a request held back")
+    conn = ingest.connections[0]
+    assert conn._out.qsize() + 1 >= 3  # the rest wait in the queue (one waits in the sender)
+    await run.no_limit_tripped()
+    assert conn.stats.reconnects == 0
