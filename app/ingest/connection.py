@@ -106,6 +106,7 @@ class FeedConnection:
         self._inflight: dict[str, Request] = {}
         self._auth: asyncio.Future[Ack] | None = None
         self._opening: asyncio.Lock | None = None  # held from connecting until subscribed
+        self._fetching: set[str] = set()  # REST snapshots queued or in flight
         limits = proto.endpoint.limits
         scope = limits.scope or venue
         self._conns = [self.pacing.shared(scope, "conns", limits.conns)]
@@ -414,16 +415,31 @@ class FeedConnection:
 
     async def fetch_snapshot(self, symbol: str) -> None:
         """GET the venue's REST depth snapshot (within its weight budget, as deep as the queue
-        allows) and emit it into the same raw topic."""
+        allows when it goes) and emit it into the same raw topic. A request for a snapshot
+        already queued or in flight joins it."""
+        if symbol in self._fetching:
+            return
+        self._fetching.add(symbol)
+        try:
+            await self._fetch(symbol)
+        finally:
+            self._fetching.discard(symbol)
+
+    async def _fetch(self, symbol: str) -> None:
         budget = self.rest
+        chosen = [self.proto.endpoint.depth]
+
+        def weight() -> int:  # asked when the budget has room: the depth fits the queue then
+            chosen[0] = self.snapshot_depth()
+            return self.snapshot_weight(chosen[0])
+
         for attempt in range(5):
             budget.waiting += 1
             try:
-                depth = self.snapshot_depth()
-                await acquire([budget], self.snapshot_weight(depth), counter=f"limit_waits.{self.venue}")
+                await acquire([budget], weight, counter=f"limit_waits.{self.venue}")
             finally:
                 budget.waiting -= 1
-            url = self.proto.snapshot_url(symbol, depth)
+            url = self.proto.snapshot_url(symbol, chosen[0])
             assert url is not None
             try:
                 async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as resp:

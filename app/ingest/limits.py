@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from app import metrics
 from app.venues.session import Rate
@@ -69,17 +70,19 @@ class Window:
             self.used += units
 
 
-async def acquire(windows: list[Window], units: int = 1, counter: str = "") -> float:
-    """Wait until ``units`` fit in every window, then take them; returns the seconds waited
-    (a wait is counted under ``counter`` when it starts)."""
+async def acquire(windows: list[Window], units: int | Callable[[], int] = 1, counter: str = "") -> int:
+    """Wait until ``units`` fit in every window, then take them; returns the units taken. ``units``
+    may be a function, asked again after each wait (a snapshot's weight follows the queue at
+    the moment it goes). A wait is counted under ``counter`` when it starts."""
     waited = 0.0
     while True:
         now = time.monotonic()
-        wait = max((w.delay(now, units) for w in windows), default=0.0)
+        n = units() if callable(units) else units
+        wait = max((w.delay(now, n) for w in windows), default=0.0)
         if wait <= 0:
             for w in windows:
-                w.add(now, units)
-            return waited
+                w.add(now, n)
+            return n
         if not waited and counter:
             metrics.count(counter)
         waited += wait
