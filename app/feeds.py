@@ -66,7 +66,7 @@ def sim_feeds(n: int) -> str:
         "binance-coinm": [f"C{i}USD_PERP" for i in range(n)], "okx": [f"C{i}-USDT-SWAP" for i in range(n)],
         "bybit-spot": [f"C{i}USDT" for i in range(n)], "bybit-linear": [f"C{i}USDT" for i in range(n)],
         "bybit-inverse": [f"C{i}USD" for i in range(n)],
-        "bybit-option": [f"ETH-{expiry}-{k // 20}-{'CP'[i % 2]}" for i, k in enumerate(strikes)],
+        "bybit-option": [f"BTC-{expiry}-{50000 + 500 * (i // 2)}-{'CP'[i % 2]}" for i in range(n)],
         "coinbase": [f"C{i}-USD" for i in range(n)],
     }
     return DEFAULT_SIM_FEEDS + "".join(f";{venue}:{','.join(symbols)}" for venue, symbols in names.items())

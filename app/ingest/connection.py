@@ -467,11 +467,17 @@ class FeedConnection:
             return False  # reconnecting: every instrument resyncs on the new connection anyway
         if self.proto.snapshot_url(symbol):
             await self.fetch_snapshot(symbol)
+        elif self._subscribing(symbol):
+            return True  # its subscription, under way, brings a snapshot: asking again only costs requests
         else:
             for request in self.proto.resubscribe(symbol):
                 self.send(request)
         log.info("%s %s: resync of %s requested", self.venue, self.conn_id, symbol)
         return True
+
+    def _subscribing(self, symbol: str) -> bool:
+        channel = self.channels.get(self.proto.channel_id(symbol, self.proto.channel(symbol)))
+        return channel is not None and channel.state in ("queued", "pending", "confirmed")
 
     def channel_states(self) -> dict[str, int]:
         counts: dict[str, int] = {}

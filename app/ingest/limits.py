@@ -2,10 +2,10 @@
 
 A :class:`Window` allows at most ``n`` units (messages, connection opens, REST weight) in any
 window of ``seconds`` — a sliding log, stricter than a venue's token bucket or fixed minute —
-counted over a window 10 % longer than the venue's; and a short window (10 s or less) spaces
-its units evenly (``seconds / n`` apart) instead of sending ``n`` at once: a loaded event loop,
-here or at the venue, bunches frames sent in a burst on their way, and a venue that counts
-them in a sliding second then sees more than the burst allows.
+counted over a window 10 % longer than the venue's (50 % for a window of 2 s or less: a loaded
+event loop, here or at the venue, can stall for a moment and then pass on frames sent apart all
+at once, and a venue that counts a sliding second sees them together); and a short window
+(10 s or less) spaces its units evenly (``seconds / n`` apart) instead of sending ``n`` at once.
 
 :class:`Pacing` holds the windows shared by every connection of one scope (one IP: all Binance
 USD-M and COIN-M connections share one REST budget); :func:`acquire` waits on several at once.
@@ -28,6 +28,7 @@ from app.venues.session import Rate
 log = logging.getLogger(__name__)
 
 SAFETY = 1.1  # a window counted this much longer than the venue's
+SHORT_SAFETY = 1.5  # a window of 2 s or less: half as long again (a stall of a loop, here or there)
 SPACED = 10.0  # windows this short (seconds) space their units evenly
 
 
@@ -35,7 +36,7 @@ class Window:
     """At most ``n`` units in any ``seconds`` (``n`` 0: no limit)."""
 
     def __init__(self, rate: Rate) -> None:
-        self.n, self.seconds = int(rate[0]), float(rate[1]) * SAFETY
+        self.n, self.seconds = int(rate[0]), float(rate[1]) * (SHORT_SAFETY if 0 < rate[1] <= 2 else SAFETY)
         self.log: deque[tuple[float, int]] = deque()
         self.used = 0
         self.blocked_until = 0.0  # the venue said to wait (Retry-After)
@@ -50,7 +51,7 @@ class Window:
         wait = max(0.0, self.blocked_until - now)
         if self.n <= 0:
             return wait
-        if self.log and self.seconds <= SPACED * SAFETY:
+        if self.log and self.seconds <= SPACED * SAFETY:  # (a short window: spaced)
             wait = max(wait, self.log[-1][0] + self.seconds / self.n - now)
         self._expire(now)
         units = min(units, self.n)  # a request heavier than the whole budget waits for an empty window
