@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from sortedcontainers import SortedDict
 
+from app.decimals import decimal_text
 from app.errors import FrameError
 from app.venues.base import Level
 
@@ -190,18 +191,18 @@ class OrderBook:
             bid_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, bids)), Decimal(0))
             ask_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, asks)), Decimal(0))
             if bid_sum + ask_sum > 0:
-                out["imbalance"] = _fmt((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
+                out["imbalance"] = decimal_text((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
             if not bids or not asks:
                 return out
             bpx, bsz = Decimal(bids[0][0]), Decimal(bids[0][1])
             apx, asz = Decimal(asks[0][0]), Decimal(asks[0][1])
             mid = (bpx + apx) / 2
             out["mid"], out["spread"], out["spread_bps"] = mid_spread(bids[0][0], asks[0][0])
-            out["microprice"] = _fmt((bpx * asz + apx * bsz) / (bsz + asz), 12)
+            out["microprice"] = decimal_text((bpx * asz + apx * bsz) / (bsz + asz), 12)
             widths = sorted(BANDS_BPS)
             bid_cum = _band_sums(self.bids, [mid * (1 - Decimal(b) / 10_000) for b in widths], bids_side=True)
             ask_cum = _band_sums(self.asks, [mid * (1 + Decimal(b) / 10_000) for b in widths], bids_side=False)
-            out["bands_bps"] = {str(b): {"bid": _fmt(bc), "ask": _fmt(ac)}
+            out["bands_bps"] = {str(b): {"bid": decimal_text(bc), "ask": decimal_text(ac)}
                                 for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
         return out
 
@@ -212,7 +213,7 @@ def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
         ctx.prec = 34
         bid, ask = Decimal(bid_px), Decimal(ask_px)
         mid = (bid + ask) / 2
-        return _fmt(mid), _fmt(ask - bid), _fmt((ask - bid) / mid * 10_000, 4)
+        return decimal_text(mid), decimal_text(ask - bid), decimal_text((ask - bid) / mid * 10_000, 4)
 
 
 def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
@@ -275,11 +276,3 @@ _DECIMALS = _Decimals()
 _SIZE = operator.itemgetter(1)
 
 
-def _fmt(value: Decimal, places: int | None = None) -> str:
-    """Plain decimal text (no exponent), optionally rounded, trailing zeros removed."""
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places))
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text

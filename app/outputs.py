@@ -49,6 +49,7 @@ from app.market.instruments import Registry, Spec
 from app.market.records import Ticker, gap_record, subscription_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
+from app.retry import Backoff
 from app.sync import STALE, SYNCED, Instrument
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class OutputSink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="output-sink")
 
     async def _new_producer(self) -> Any:
-        delay = 0.5
+        retry = Backoff(cap=5.0)
         while True:
             # acks=all with idempotence: a record is acknowledged once min.insync.replicas hold it,
             # and aiokafka retries an idempotent batch until it is delivered (it never expires one).
@@ -165,8 +166,7 @@ class OutputSink:
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 log.warning("outputs: Kafka at %s unreachable (%s); retrying", self.settings.kafka_bootstrap, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await retry.sleep()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         if self._producer is None:

@@ -21,7 +21,7 @@ from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
 from app.registry import RegistryReader
 from app.risk.service import RiskService, load_configured_rules
-from app.state.manager import PartitionState, Position, StateManager
+from app.state.manager import PartitionState, Standing, StateManager
 from app.sync import SYNCED, Effects, Instrument
 from app.venues import VENUES
 from app.wire import BadFrame, Topics, decode_record, partition_for
@@ -113,10 +113,10 @@ class BookRuntime:
             return
         progress = part.progress
         position = progress.position(topic, offset)
-        if position is Position.SEEN:
+        if position is Standing.SEEN:
             metrics.count("redelivered")
             return
-        if position is Position.AHEAD:
+        if position is Standing.AHEAD:
             self._hole(topic, partition, progress.next[topic], offset)
             return
         self._holes.pop((topic, partition), None)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from websockets.asyncio.client import ClientConnection
 from app import metrics
 from app.errors import FrameError
 from app.ingest.limits import Pacing, Window, acquire, retry_after
+from app.retry import backoff
 from app.venues.base import Kind
 from app.venues.session import Ack, Protocol, Request, Sub
 
@@ -59,11 +59,6 @@ _numbers = itertools.count(1)
 RETRIABLE = (OSError, TimeoutError, websockets.exceptions.WebSocketException, aiohttp.ClientError)
 FAILED = ("refused", "unconfirmed", "silent")
 MAX_RETRY_S = 600.0
-
-
-def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Capped exponential backoff with full jitter (attempt 0 → up to `base` seconds)."""
-    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 @dataclass

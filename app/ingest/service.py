@@ -28,6 +28,7 @@ from app.ingest.connection import FAILED, Emit, FeedConnection, Report, Reset
 from app.ingest.limits import Pacing, acquire, retry_after
 from app.ingest.sink import RawSink
 from app.kafka import client_auth
+from app.retry import Backoff
 from app.router import Router
 from app.venues import REGISTRY_PARSERS, protocol, split_key
 from app.venues.base import Kind
@@ -141,6 +142,7 @@ class Ingest:
 
     async def _resync_consumer(self) -> None:
         topic = self.settings.topic("control.resync")
+        retry = Backoff(base=1.0, cap=30.0)
         while True:
             consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.settings.kafka_bootstrap,
                                         group_id=f"{self.settings.app_id}-ingest", auto_offset_reset="latest",
@@ -148,13 +150,14 @@ class Ingest:
                                         **client_auth(self.settings))
             try:
                 await consumer.start()
+                retry.reset()
                 async for msg in consumer:
                     key = msg.key.decode("utf-8", "replace") if msg.key else ""
                     if key in self.by_key:
                         asyncio.get_running_loop().create_task(self.resync(key))
             except (KafkaError, OSError) as exc:
                 log.warning("control.resync consumer: %s; retrying", exc)
-                await asyncio.sleep(2)
+                await retry.sleep()
             finally:
                 with contextlib.suppress(Exception):
                     await consumer.stop()

@@ -61,6 +61,7 @@ from app import metrics
 from app.config import Settings
 from app.kafka import producer as make_producer
 from app.publishing import LogLimiter
+from app.retry import Backoff
 from app.venues.base import Kind
 from app.wire import V2_HEADERS, RawFrame, conn_event, encode_frame, encode_record, partition_for, record_key
 
@@ -264,7 +265,7 @@ class RawSink:
                              acks="all", linger_ms=0, max_batch_size=max(2 * self.max_bytes, 256 * 1024))
 
     async def _connect(self) -> Any:
-        delay = 0.5
+        retry = Backoff(cap=5.0)
         began = time.monotonic()
         said = 0.0  # when the last "no producer" line was logged (once, then once a minute)
         while True:
@@ -291,8 +292,7 @@ class RawSink:
                     log.warning("raw sink: no producer for %.0fs, Kafka at %s unreachable (%s); buffering up to "
                                 "%.1f MiB, retrying", now - began, self.settings.kafka_bootstrap,
                                 str(exc) or type(exc).__name__, self.budget / 2**20)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await retry.sleep()
 
     # -- sending ------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from app.decimals import decimal_text
+
 #: Units of a trade size: contracts, the base currency, or the quote currency (Deribit
 #: perpetuals and inverse futures trade amounts in USD).
 UNITS = ("contracts", "base", "quote")
@@ -58,9 +60,7 @@ def percent_to_decimal(text: str | None) -> str | None:
     """``"120.74"`` (percent) → ``"1.2074"``, exactly."""
     if text is None:
         return None
-    value = Decimal(text) / 100
-    out = format(value, "f")
-    return out.rstrip("0").rstrip(".") if "." in out else out
+    return decimal_text(Decimal(text) / 100)
 
 
 def source(topic: str, partition: int, offset: int, index: int) -> dict[str, Any]:

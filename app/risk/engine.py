@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from app.decimals import decimal_text
 from app.market import black76
 from app.market.chain import Quote, coin_premium, finite_number
 from app.market.instruments import Registry, Spec
@@ -50,7 +51,7 @@ class EngineSettings:
 
 
 @dataclass(slots=True)
-class Top:
+class MarketTop:
     bid: float | None
     ask: float | None
     ts_recv: int
@@ -97,7 +98,7 @@ class RiskEngine:
         self.rules = {r.id: RuleRun(r) for r in rules}
         self.registry = Registry()
         self.tickers: dict[str, Quote] = {}
-        self.tops: dict[str, Top] = {}
+        self.tops: dict[str, MarketTop] = {}
         self.status: dict[str, str] = {}
         self.depth: dict[str, tuple[list[list[str]], list[list[str]], int]] = {}
         self.positions: dict[str, dict[str, Position]] = {}  # portfolio → instrument → position
@@ -140,7 +141,7 @@ class RiskEngine:
             quote.update(fields, int(record.get("ts_exchange") or 0), ts, record.get("source") or {})
             out += self.alerts.on_ticker(key, quote, ts)
         elif kind == "book.top":
-            top = Top(finite_number(record.get("bid_px")), finite_number(record.get("ask_px")), ts, seq)
+            top = MarketTop(finite_number(record.get("bid_px")), finite_number(record.get("ask_px")), ts, seq)
             self.tops[key] = top
             out += self.alerts.on_top(key, top.bid, top.ask, ts)
         elif kind == "book.status":
@@ -449,7 +450,7 @@ class RiskEngine:
         after = value + float(size) * per_unit
         body = {"type": "signal", "id": signal_id(rule, t), "rule": rule.id, "portfolio": rule.portfolio,
                 "underlying": rule.underlying, "greek": rule.greek, "instrument": rule.hedge, "side": side,
-                "size": format(abs(size), "f"), "exposure_before": _round(value), "exposure_after": _round(after),
+                "size": decimal_text(abs(size)), "exposure_before": _round(value), "exposure_after": _round(after),
                 "band": [-rule.trigger, rule.trigger], "target": rule.target, "state": rule.state,
                 "expected_price": _round(price), "mid": _round(mid), "slippage_bps": _round(slippage),
                 "fillable": _round(filled), "depth_ts_recv": depth_ts,

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from app.decimals import decimal_text
 from app.errors import BookstreamError
 
 PORTFOLIO = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -41,8 +42,8 @@ class Position:
         return record_key(self.portfolio, self.instrument)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"portfolio": self.portfolio, "instrument": self.instrument, "quantity": _text(self.quantity),
-                "avg_price": None if self.avg_price is None else _text(self.avg_price), "ts": self.ts}
+        return {"portfolio": self.portfolio, "instrument": self.instrument, "quantity": decimal_text(self.quantity),
+                "avg_price": None if self.avg_price is None else decimal_text(self.avg_price), "ts": self.ts}
 
     def encode(self) -> bytes:
         return orjson.dumps(self.as_dict())
@@ -50,11 +51,6 @@ class Position:
 
 def record_key(portfolio: str, instrument: str) -> str:
     return f"{portfolio}|{instrument}"
-
-
-def _text(d: Decimal) -> str:
-    out = format(d, "f")
-    return out.rstrip("0").rstrip(".") if "." in out else out
 
 
 def _decimal(name: str, value: Any) -> Decimal:

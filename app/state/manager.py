@@ -35,6 +35,7 @@ from app.book import ASK, BID
 from app.config import Settings
 from app.outputs import RECORD_OVERHEAD
 from app.processor import Processor, new_instrument, parse_buffered
+from app.retry import Backoff, backoff
 from app.state import changelog
 from app.state.changelog import ChangelogWriter, CommitFailed, Fenced, StandbyReplicator
 from app.state.layout import (
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 #: commits is written once). A restart reads the changelog tail since the local checkpoint.
 LOCAL_FLUSH_S = 1.0
 
-class Position(StrEnum):
+class Standing(StrEnum):
     """Where a raw record stands against what the table partition covers."""
 
     NEXT = "next"  # exactly the next record: apply it
@@ -74,11 +75,11 @@ class SourceProgress:
     def __init__(self, committed: dict[str, int] | None = None) -> None:
         self.next: dict[str, int] = dict(committed or {})  # raw topic → next offset to apply
 
-    def position(self, topic: str, offset: int) -> Position:
+    def position(self, topic: str, offset: int) -> Standing:
         expected = self.next.get(topic)
         if expected is None or offset == expected:
-            return Position.NEXT
-        return Position.SEEN if offset < expected else Position.AHEAD
+            return Standing.NEXT
+        return Standing.SEEN if offset < expected else Standing.AHEAD
 
     def applied(self, topic: str, offset: int) -> None:
         """The record at ``offset`` is applied (its effects recorded): the next one is due."""
@@ -290,7 +291,7 @@ class StateManager:
         for p in sorted(actives):
             kept = self.suspended.pop(p, None)
             parts[p] = kept if kept is not None else PartitionState(p, self.local.open(p), limit)
-        delay = 0.5
+        retry = Backoff(cap=10.0)
         while True:
             try:
                 await asyncio.gather(*(self._fence(part) for part in parts.values()))
@@ -302,8 +303,7 @@ class StateManager:
             except Exception as exc:  # noqa: BLE001 - broker unreachable, leader moving: try again
                 log.warning("restoring partitions %s failed (%s: %s); retrying", sorted(parts),
                             type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await retry.sleep()
         for part in parts.values():
             if applied.get(part.number) or not part.current:
                 self._release_outputs(part.take_outputs()[1])  # their records are applied again
@@ -341,7 +341,7 @@ class StateManager:
                     part.failures = 0
                     continue
                 part.failures += 1
-                part.retry_at = time.monotonic() + min(0.25 * 2 ** part.failures, 10.0)
+                part.retry_at = time.monotonic() + backoff(part.failures, base=0.25, cap=10.0)
                 if isinstance(result, Fenced):
                     log.warning("partition %d was taken over by another worker (%s); dropping it until the "
                                 "rebalance", part.number, result)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from app.decimals import decimal_text
 from app.errors import FrameError
 from app.market.instruments import RegistryParser
 from app.market.records import Ticker, Trade
@@ -95,7 +96,7 @@ def channel_prefix(frame: bytes, marks: tuple[bytes, ...], window: int = 160) ->
     return any(m in head for m in marks)
 
 
-class BookView(Protocol):
+class LevelsView(Protocol):
     """What a rule may read of a book (``app.book.OrderBook``)."""
 
     def levels(self, n: int) -> tuple[list[Level], list[Level]]:
@@ -134,7 +135,7 @@ class SyncRule(Protocol):
         """Is the snapshot older than the buffered ``upd`` it does not contain (fetch again)?"""
         ...
 
-    def checksum(self, book: BookView) -> int | None:
+    def checksum(self, book: LevelsView) -> int | None:
         """The venue's checksum of ``book``, compared with ``BookUpdate.checksum``; None if it
         sends none."""
         ...
@@ -161,7 +162,7 @@ class SequenceRule:
     def snapshot_older(self, snapshot_id: int, upd: BookUpdate) -> bool:
         return self.continuity(snapshot_id, upd) is Continuity.GAP
 
-    def checksum(self, book: BookView) -> int | None:
+    def checksum(self, book: LevelsView) -> int | None:
         return None
 
     def __repr__(self) -> str:
@@ -255,10 +256,7 @@ MAX_EXPONENT = 64
 def _plain(d: Decimal) -> str:
     if not d.is_finite() or abs(d.adjusted()) > MAX_EXPONENT:
         raise FrameError("bad-number", str(d)[:40])
-    text = format(d, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
+    return decimal_text(d)
 
 
 def levels(raw: Any, what: str) -> list[Level]:

@@ -28,10 +28,10 @@ from app.market.symbols import parse_option
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
-    BookView,
     Continuity,
     Kind,
     Level,
+    LevelsView,
     SequenceRule,
     Venue,
     as_int,
@@ -137,7 +137,7 @@ class OkxRule(SequenceRule):
             return Continuity.OK
         return Continuity.DUPLICATE if self.repeated(last, upd) else Continuity.GAP
 
-    def checksum(self, book: BookView) -> int:
+    def checksum(self, book: LevelsView) -> int:
         return okx_checksum(*book.levels(25))
 
 

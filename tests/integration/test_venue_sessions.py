@@ -42,8 +42,12 @@ class Run:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, feeds: dict[str, list[str]], endpoints: dict[str, dict[str, Any]] | None = None,
-                    creds: dict[str, dict[str, str]] | None = None) -> Ingest:
+                    creds: dict[str, dict[str, str]] | None = None, quick: bool = True) -> Ingest:
         eps = sim_endpoints(self.base)
+        if quick:  # answers, first data and retries timed for a test (the simulator answers at once)
+            eps = {v: dataclasses.replace(e, limits=dataclasses.replace(e.limits, ack_s=3.0, first_s=3.0,
+                                                                        retry_s=1.5))
+                   for v, e in eps.items()}
         for venue, fields in (endpoints or {}).items():
             eps[venue] = dataclasses.replace(eps[venue], **fields)
         cfg = FeedConfig(feeds, eps, {v: {k: Secret(x) for k, x in c.items()} for v, c in (creds or {}).items()}, "sim")
@@ -276,7 +280,7 @@ async def test_many_instruments_per_venue_start_and_reconnect_inside_every_limit
     assert all(len(s) >= 50 for s in feeds.values())
     assert len(feeds["binance"]) >= 200
     run.sim.rate = 2.0  # a light market (each book still moves every few seconds): this is about sessions
-    ingest = await run.start(feeds)
+    ingest = await run.start(feeds, quick=False)
     everything = lambda: all(run.books_live(v, s) for v, s in feeds.items())  # noqa: E731
     await until(everything, 150, "every book channel of every venue live")
     confirmed = sum(1 for state in run.channels().values() if state in ("confirmed", "live"))

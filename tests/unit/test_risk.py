@@ -295,7 +295,7 @@ def test_alerts_are_raised_once_and_cleared_once() -> None:
 def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> None:
     from app.market.instruments import Registry
     from app.risk.alerts import Alerts, AlertSettings
-    from app.risk.engine import Top
+    from app.risk.engine import MarketTop
 
     registry = Registry()
     for key, quote in (("binance:BTCUSDT", "USDT"), ("okx:BTC-USDT", "USDT"), ("coinbase:BTC-USD", "USD"),
@@ -303,9 +303,11 @@ def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> N
         registry.apply(_spot(key, "BTC", quote))
     alerts = Alerts(AlertSettings(divergence_bps=50), registry)
     t = 10**12
-    tops = {"binance:BTCUSDT": Top(65_000.0, 65_001.0, t, 1), "okx:BTC-USDT": Top(65_000.5, 65_002.0, t, 1),
-            "coinbase:BTC-USD": Top(64_999.0, 65_000.8, t, 1), "bybit-spot:BTCUSDT": Top(65_500.0, 65_501.0, t, 1),
-            "deribit:BTC-PERPETUAL": Top(1.0, 2.0, t, 1)}  # not spot: not in the NBBO
+    tops = {"binance:BTCUSDT": MarketTop(65_000.0, 65_001.0, t, 1),
+            "okx:BTC-USDT": MarketTop(65_000.5, 65_002.0, t, 1),
+            "coinbase:BTC-USD": MarketTop(64_999.0, 65_000.8, t, 1),
+            "bybit-spot:BTCUSDT": MarketTop(65_500.0, 65_501.0, t, 1),
+            "deribit:BTC-PERPETUAL": MarketTop(1.0, 2.0, t, 1)}  # not spot: not in the NBBO
     out = alerts.tick(t + 1, tops, {}, 10**10)
     nbbo = [o[2] for o in out if o[0] == "nbbo"]
     assert len(nbbo) == 1

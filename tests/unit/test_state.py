@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.state.layout import Checkpoint, LayoutError, decode_state, encode_state
-from app.state.manager import PartitionState, Position, SourceProgress
+from app.state.manager import PartitionState, SourceProgress, Standing
 from app.state.store import LocalStore
 from app.venues.base import Kind
 from app.wire import RawFrame
@@ -119,12 +119,12 @@ def test_what_one_update_writes_does_not_grow_with_depth(tmp_path: Path) -> None
 
 def test_a_record_applies_only_at_the_next_offset_of_its_partition() -> None:
     progress = SourceProgress({"raw.okx": 10})
-    assert progress.position("raw.okx", 9) is Position.SEEN  # a redelivery
-    assert progress.position("raw.okx", 11) is Position.AHEAD  # a hole: record 10 never arrived
-    assert progress.position("raw.okx", 10) is Position.NEXT
+    assert progress.position("raw.okx", 9) is Standing.SEEN  # a redelivery
+    assert progress.position("raw.okx", 11) is Standing.AHEAD  # a hole: record 10 never arrived
+    assert progress.position("raw.okx", 10) is Standing.NEXT
     progress.applied("raw.okx", 10)
-    assert progress.position("raw.okx", 10) is Position.SEEN
-    assert progress.position("raw.deribit", 0) is Position.NEXT  # a topic with no progress yet
+    assert progress.position("raw.okx", 10) is Standing.SEEN
+    assert progress.position("raw.deribit", 0) is Standing.NEXT  # a topic with no progress yet
 
 
 def test_the_state_row_has_a_version_and_readable_keys_and_reads_the_old_row(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from app.capture.formats import read
 from app.processor import Processor
 from app.router import Router
-from app.state.manager import Position, SourceProgress
+from app.state.manager import SourceProgress, Standing
 from app.sync import SYNCED
 from app.wire import RawFrame
 from tests.unit.test_captures import CRYPTOFEED, hft
@@ -49,7 +49,7 @@ def run(deliveries: list[tuple[str, int, RawFrame]]) -> Processor:
     the next one of its partition (each instrument its own partition here)."""
     proc, progress = Processor(), SourceProgress()
     for key, offset, raw in deliveries:
-        if progress.position(key, offset) is Position.NEXT:
+        if progress.position(key, offset) is Standing.NEXT:
             proc.handle(raw)
             progress.applied(key, offset)
     return proc
