@@ -119,9 +119,6 @@ class DeribitProtocol(Protocol):
     def _name(self, template: str, symbol: str, book: bool) -> str:
         return self._interval(super()._name(template, symbol, book))
 
-    def market_channels(self, symbol: str) -> list[str]:
-        return [self._interval(c) for c in super().market_channels(symbol)]
-
     def _interval(self, name: str) -> str:
         return name.rsplit(".", 1)[0] + ".raw" if self.authed else name
 

@@ -159,15 +159,6 @@ class Protocol:
     def market_templates(self) -> tuple[str, ...]:
         return () if self._book_only else self.endpoint.market
 
-    def market_channels(self, symbol: str) -> list[str]:
-        """The trades and ticker channels of ``symbol`` (``Endpoint.market``)."""
-        return [t.format(symbol=symbol, symbol_lower=symbol.lower()) for t in self.market_templates()]
-
-    def channels(self, symbol: str) -> list[str]:
-        """Every channel a connection subscribes for ``symbol``: its book, then its market data."""
-        book = [self.channel(symbol)] if self.endpoint.channel else []
-        return book + self.market_channels(symbol)
-
     # -- subscriptions --------------------------------------------------------------------
     def channel_id(self, symbol: str, name: str) -> str:
         """How the venue names this channel in its data frames and answers."""
