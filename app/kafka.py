@@ -22,6 +22,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+from aiokafka.protocol.admin import DescribeConfigsRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 
@@ -190,7 +191,7 @@ async def ensure_topics(settings: Settings, names: list[str], compacted: Mapping
                 existing.update(await _known(client, settings, brokers, {n: partitions[n] for n in raced},
                                              ready_timeout_s))
         if existing:
-            await _update_configs(admin, settings, plan, existing, wanted, ready_timeout_s)
+            await _update_configs(admin, client, brokers, settings, plan, existing, wanted, ready_timeout_s)
         await _wait_served(client, brokers, partitions, ready_timeout_s)
         return plan
     finally:
@@ -267,8 +268,9 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> list[st
     return raced
 
 
-async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: TopicPlan, existing: dict[str, int],
-                          wanted: dict[str, dict[str, str]], timeout_s: float) -> None:
+async def _update_configs(admin: AIOKafkaAdminClient, client: AIOKafkaClient, brokers: list[int], settings: Settings,
+                          plan: TopicPlan, existing: dict[str, int], wanted: dict[str, dict[str, str]],
+                          timeout_s: float) -> None:
     """Bring existing topics' configs to ``wanted`` (retention follows the settings), keeping
     configs others set on them. AlterConfigs replaces the whole set: it gets all of them."""
     current = await _topic_overrides(admin, list(existing))
@@ -293,16 +295,32 @@ async def _update_configs(admin: AIOKafkaAdminClient, settings: Settings, plan: 
             if code:
                 raise ConfigError(f"cannot set the configs of topic {name}: {for_code(code).message}: "
                                   f"{message or for_code(code).description}")
-    # The controller has them; a broker applies them a moment later: return once they show.
+    # The controller has them; each broker applies them from the metadata log a moment later, and
+    # a partition's leader enforces them (min.insync.replicas): return once every live broker has.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     want = {c.name: c.configs for c in changes}
-    while stale := [n for n, configs in (await _topic_overrides(admin, list(want))).items()
-                    if not _same_configs(configs, want[n])]:
+    while stale := await _configs_lagging(client, brokers, want):
         if loop.time() > deadline:
-            raise TopicsNotReady(f"configs of topic(s) {', '.join(stale)} set but still not in effect after "
+            raise TopicsNotReady(f"configs of topic(s) {stale} set but still not in effect after "
                                  f"{timeout_s:.0f}s. Check the brokers (their logs, kafka-metadata-quorum.sh)")
         await asyncio.sleep(0.1)
+
+
+async def _configs_lagging(client: AIOKafkaClient, brokers: list[int], want: Mapping[str, Mapping[str, str]]) -> str:
+    """Which live brokers do not have ``want`` in effect yet ("" when all have); a broker that
+    does not answer is down and serves no one (as in :func:`_wait_served`)."""
+    resources = [(int(ConfigResourceType.TOPIC), name, None) for name in want]
+    lagging = []
+    for node in brokers:
+        try:
+            response = await client.send(node, DescribeConfigsRequest(resources, False))
+        except (KafkaError, OSError):
+            continue
+        own = _own_configs([response])
+        if stale := [n for n in want if not _same_configs(own.get(n, {}), want[n])]:
+            lagging.append(f"{', '.join(stale)} on broker {node}")
+    return "; ".join(lagging)
 
 
 async def _on_a_live_broker(admin: AIOKafkaAdminClient, call: Callable[[], Awaitable[T]], what: str,
@@ -348,9 +366,15 @@ _DYNAMIC_TOPIC_CONFIG = 1
 
 async def _topic_overrides(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
     """The configs set on each topic itself (not broker defaults), as AlterConfigs would replace them."""
-    out: dict[str, dict[str, str]] = {}
     resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-    for response in await _on_a_live_broker(admin, lambda: admin.describe_configs(resources), "reading topic configs"):
+    return _own_configs(await _on_a_live_broker(admin, lambda: admin.describe_configs(resources),
+                                                "reading topic configs"))
+
+
+def _own_configs(responses: list[Any]) -> dict[str, dict[str, str]]:
+    """Per topic of DescribeConfigs responses, the configs set on the topic itself."""
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
         for code, message, _type, name, entries in response.resources:
             if code:
                 raise ConfigError(f"cannot read the configs of topic {name}: {for_code(code).message}: "
