@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from app.capture.formats import read
+from app.capture.formats import read, write_native
 from app.errors import FrameError
 from app.venues import adapter
 from app.venues.base import Kind
 from app.wire import RawFrame
 from tests.chaos.test_cluster_chaos import RISK_LATENESS_MS, check_hedge
 from tests.helpers import (
+    Broker,
     Namespace,
     Simulator,
     Worker,
@@ -32,6 +33,9 @@ from tests.helpers import (
     wait_for,
     workers,
 )
+from tests.integration.test_flow_control import KEY, counters, finished
+from tests.integration.test_flow_control import reference_tops as flow_reference_tops
+from tests.integration.test_kills_two_workers import kill_the_busy_worker
 from tests.risk_reference import DESK_RULES, desk_positions, write_positions
 from tests.scenarios import (
     api_book,
@@ -217,3 +221,49 @@ def test_a_flood_of_bad_frames_lands_in_dead_letters_and_good_books_keep_their_p
     # second half no slower than its first, up to the same noise.
     assert percentile(during, .99) <= percentile(base, .99) + FLOOD_EXTRA_P99_MS, report
     assert percentile(late, .99) <= max(2 * percentile(early, .99), percentile(early, .99) + 50), report
+
+
+@pytest.mark.captures
+@pytest.mark.scenario("output-outage")
+def test_a_broker_outage_longer_than_the_producer_timeout_loses_no_output(captures: Path, tmp_path: Path,
+                                                                          report: dict[str, Any]) -> None:
+    """Late, never lossy: the worker's outputs wait out a 35 s outage; every top change of the
+    reference reaches book.top (tests/integration/test_flow_control.py has the throttled case)."""
+    broker = Broker(tmp_path / "kafka").up()
+    ns = Namespace(f"outage{int(time.time())}", broker.bootstrap, tmp_path)
+    paths = hft(captures, "usdm")
+    ref, want = flow_reference_tops(paths)
+    records = list(read(paths, "hftbacktest"))
+    half = len(records) // 2
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_bytes(b"".join(write_native(r) for r in records[:half]))
+    second.write_bytes(b"".join(write_native(r) for r in records[half:]))
+    # a slow output producer keeps outputs waiting when the broker goes away
+    worker = Worker(ns, tmp_path / "data", OUTPUT_BUFFER_MB="1", RISK_ENABLED="false", PRODUCER_LINGER_MS="50")
+    try:
+        with workers(worker):
+            ns.replay(str(first), "--format", "native")
+            worker.start()
+            wait_for(lambda: counters(worker).get("frames.binance-usdm", 0) > half // 4, 120, "the worker midway")
+            broker.down()
+            outage_began = time.monotonic()
+            wait_for(lambda: counters(worker).get("outputs_retried", 0) > 0, 60, "a failed delivery to retry")
+            # longer than the output producer's request timeout (30 s): today's producer gives up there
+            time.sleep(max(0.0, 35 - (time.monotonic() - outage_began)))
+            broker.up()
+            ns.replay(str(second), "--format", "native")
+            got = finished(worker, ns, ref.instruments[KEY].seq, want)
+            log = worker.log_text()
+    finally:
+        broker.down()
+    report.update(top_changes=len(want), missing=len(want - got), outage_s=35)
+    assert got == want, f"{len(want - got)} top changes missing, {len(got - want)} not in the reference"
+    assert not re.search(r"dropping records|given up|lost so far", log)
+
+
+@pytest.mark.captures
+@pytest.mark.scenario("kills-two-workers")
+def test_one_of_two_workers_killed_twelve_times(ns: Namespace, captures: Path, tmp_path: Path,
+                                                report: dict[str, Any]) -> None:
+    """tests/integration/test_kills_two_workers.py with three kills of each kind instead of one."""
+    report.update(kill_the_busy_worker(ns, captures, tmp_path, 12))

@@ -33,7 +33,7 @@ from tests.scenarios import (
 )
 from tests.unit.test_captures import CRYPTOFEED, hft
 
-KILLS = 12  # three of each (moment, restart) pair
+KILLS = 4  # one of each (moment, restart) pair; `make chaos` runs 12 (tests/chaos/test_chaos.py)
 SEED = 20261130
 # The capture is replayed in PARTS: the first before the workers start, the others one after the
 # other from the first kill on, each paced (--speed) over about PACE_S, so that records keep coming.
@@ -98,13 +98,18 @@ def ready(worker: Worker) -> bool:
 @pytest.mark.captures
 def test_one_of_two_workers_killed_again_and_again_loses_nothing_and_every_top_is_the_reference(
         ns: Namespace, captures: Path, tmp_path: Path) -> None:
+    kill_the_busy_worker(ns, captures, tmp_path, KILLS)
+
+
+def kill_the_busy_worker(ns: Namespace, captures: Path, tmp_path: Path, kills: int) -> dict[str, Any]:
+    """The scenario with ``kills`` kills (a multiple of 4); its figures."""
     began = time.monotonic()
     sources = [([captures / "cryptofeed" / n], "cryptofeed") for n in CRYPTOFEED]
     sources.append((hft(captures, "usdm")[:1], "hftbacktest"))
     parts = native_capture(sources, tmp_path / "capture.jsonl", PARTS)
     ref, ref_tops = reference_tops(parts)
     rng = random.Random(SEED)
-    plan = [(moment, restart) for moment in MOMENTS for restart in RESTARTS] * (KILLS // 4)
+    plan = [(moment, restart) for moment in MOMENTS for restart in RESTARTS] * (kills // 4)
     rng.shuffle(plan)
     processing = next(i for i, (moment, _) in enumerate(plan) if moment == "processing")
     plan.insert(0, plan.pop(processing))  # the victim is up and processing when the kills begin
@@ -161,7 +166,7 @@ def test_one_of_two_workers_killed_again_and_again_loses_nothing_and_every_top_i
                 figures["served_books_taken_over"] += bool(mine)  # seen on both workers' /api/books
                 quick_from = None
                 after_late = True
-            print(f"  kill {i + 1}/{KILLS} ({moment}, {restart} restart) at {time.monotonic() - began:.0f}s",
+            print(f"  kill {i + 1}/{kills} ({moment}, {restart} restart) at {time.monotonic() - began:.0f}s",
                   flush=True)
         victim.start()
         wait_for(lambda: owned(victim), 120, "the victim serving books again", every=0.5)
@@ -179,10 +184,11 @@ def test_one_of_two_workers_killed_again_and_again_loses_nothing_and_every_top_i
             assert "Traceback" not in w.log_text(), f"a Traceback in {w.log_path}:\n{w.tail()}"
     figures["seconds"] = round(time.monotonic() - began)
     print("figures:", figures, flush=True)
-    assert figures["kills"] == KILLS
+    assert figures["kills"] == kills
     assert figures["takeovers"] >= 1, figures
     assert figures["moved_back"] >= 1, figures
     assert figures["killed_while_applying"] >= 1, figures
     assert figures["reference_tops_not_published"] == 0, (
         f"book.top is at-least-once, but {figures['reference_tops_not_published']} of the reference's tops were never "
         f"published: {figures}")
+    return figures
