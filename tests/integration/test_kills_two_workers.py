@@ -35,9 +35,9 @@ from tests.unit.test_captures import CRYPTOFEED, hft
 
 KILLS = 4  # one of each (moment, restart) pair; `make chaos` runs 12 (tests/chaos/test_chaos.py)
 SEED = 20261130
-# The capture is replayed in PARTS: the first before the workers start, the others one after the
-# other from the first kill on, each paced (--speed) over about PACE_S, so that records keep coming.
-PARTS = 8
+# The capture is replayed in parts: the first before the workers start, the others one after the
+# other from the first kill on, each paced (--speed) over about PACE_S, so that records keep coming
+# (more kills, more parts).
 PACE_S = 10
 MOMENTS = ("start-up", "processing")
 RESTARTS = ("quick", "late")
@@ -106,7 +106,7 @@ def kill_the_busy_worker(ns: Namespace, captures: Path, tmp_path: Path, kills: i
     began = time.monotonic()
     sources = [([captures / "cryptofeed" / n], "cryptofeed") for n in CRYPTOFEED]
     sources.append((hft(captures, "usdm")[:1], "hftbacktest"))
-    parts = native_capture(sources, tmp_path / "capture.jsonl", PARTS)
+    parts = native_capture(sources, tmp_path / "capture.jsonl", 1 + max(4, kills * 7 // 12))
     ref, ref_tops = reference_tops(parts)
     rng = random.Random(SEED)
     plan = [(moment, restart) for moment in MOMENTS for restart in RESTARTS] * (kills // 4)
