@@ -6,9 +6,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+#: Prometheus' promtool, for the /metrics check (tests/helpers.py promtool_check reads PROMTOOL).
+export PROMTOOL ?= $(CURDIR)/.cache/promtool/promtool
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install browser kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
+.PHONY: help install browser promtool kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +27,11 @@ install: $(STAMP) ## Create .venv and install bookstream with its dev tools
 
 browser: ## Install Debian's Chromium for the web view tests (needs root or sudo, once)
 	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium.sh
+
+promtool: $(PROMTOOL) ## Fetch promtool (Debian's prometheus package, no root needed) into .cache/ for the /metrics check
+
+$(PROMTOOL):
+	@scripts/promtool.sh $@
 
 kafka-libs: ## Resolve the Apache Kafka jars from Maven Central (once)
 	@scripts/kafka.sh libs
@@ -59,7 +66,7 @@ cluster-logs: ## Show the 3-node cluster's logs (NODE=2 for one node)
 run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 (FEED=live: real venues); Ctrl-C stops all
 	@scripts/run.sh
 
-test: install browser ## Run the whole test suite (starts and stops its own broker)
+test: install browser promtool ## Run the whole test suite (starts and stops its own broker)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 soak: install ## Takeover tests SOAK_N (20) times, each a fresh pytest run; pass/fail counts → bench/soak-results.json

@@ -9,9 +9,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from scripts.harness import (
     CAPTURES,
@@ -35,9 +38,23 @@ from scripts.harness import (
 __all__ = [
     "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
     "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
-    "match_truth", "percentile", "produce_frames", "reference", "rss_mb", "tops_matching_no_truth", "values",
-    "wait_for", "workers",
+    "match_truth", "percentile", "produce_frames", "promtool_check", "reference", "rss_mb", "tops_matching_no_truth",
+    "values", "wait_for", "workers",
 ]
+
+
+def promtool_check(text: str) -> str:
+    """What ``promtool check metrics`` says of a Prometheus text exposition: parse errors and lint
+    problems with its exit status, or "" when it exits 0 saying nothing. Fails the calling test
+    when promtool is not there (PROMTOOL, else .cache/promtool/promtool: `make promtool`, run by
+    `make test`, fetches it)."""
+    promtool = Path(os.environ.get("PROMTOOL") or ROOT / ".cache/promtool/promtool")
+    if not os.access(promtool, os.X_OK):
+        pytest.fail(f"promtool not found at {promtool}: `make promtool` (run by `make test`) fetches it")
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,  # noqa: S603 - our tool
+                          timeout=60, check=False)
+    said = (done.stdout + done.stderr).strip()
+    return f"exit {done.returncode}: {said}" if done.returncode or said else ""
 
 
 def examples(default: int) -> int:

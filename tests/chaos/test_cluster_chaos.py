@@ -545,7 +545,7 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
     n_replayed = ref.inputs[replayed] if replayed is not None else None
     restarts = len(re.findall(r"risk: .*starting again|risk engine failed", log))
     activations = len(re.findall(r"partitions \[[\d, ]*\] active", log))
-    producers = prometheus_value(worker, "outputs_producer_restarts_total")
+    producers = prometheus_value(worker, "bookstream_outputs_producer_restarts_total")
     behind = round((ref.event_time - state["event_time"]) / 1e9, 1) if "event_time" in state else None
     figures.update(c.figures(), hedge_settle_s=round(time.monotonic() - t0, 1), risk_late_inputs=late,
                    risk_inputs=ref.inputs.total(), risk_engine_restarts=restarts,

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ARTIFACTS
-from tests.helpers import SimSite, SimSiteFactory, Worker, wait_for, workers
+from tests.helpers import SimSite, SimSiteFactory, Worker, promtool_check, wait_for, workers
 
 
 def _misrouted_options(n: int) -> list[str]:
@@ -89,6 +91,25 @@ def test_health_ready_venues_and_metrics(site: SimSite) -> None:
     assert float(samples['bookstream_top_latency_seconds_bucket{le="+Inf"}']) > 0
     assert "# TYPE bookstream_top_latency_seconds histogram" in text
     assert "bookstream_consumer_lag{" in text
+
+
+def test_metrics_pass_promtool_check(site: SimSite) -> None:
+    """The real /metrics of a worker that ingests, publishes and has books: promtool (Prometheus' own
+    linter) finds nothing wrong, and prometheus_client's process metrics are there beside ours."""
+    wait_for(lambda: site.worker.get("/metrics/counters")[1].get("book_top", 0) > 0, 60, "book.top published")
+    with urllib.request.urlopen(site.worker.url + "/metrics", timeout=5) as resp:  # noqa: S310 - local URL
+        assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        text = resp.read().decode()
+    assert promtool_check(text) == ""
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types["bookstream_top_latency_seconds"] == "histogram"
+    assert types["bookstream_outputs_delivered"] == "counter"
+    assert types["bookstream_books"] == "gauge"
+    books = {s.labels["state"]: s.value for f in text_string_to_metric_families(text) if f.name == "bookstream_books"
+             for s in f.samples}
+    assert books.get("synced", 0) > 0  # by state, counted in the same pass as the books' counters
+    assert types["process_cpu_seconds"] == "counter"
+    assert types["python_info"] == "gauge"
 
 
 def test_second_worker_answers_for_every_instrument_through_table_routing(site: SimSite, tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import aiokafka
 import pytest
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, StaleMetadata
+from prometheus_client import generate_latest
 
 from app import brokers, metrics
-from app.web.metrics import prometheus
+from app.web.metrics import registry
 
 
 class Clock:
@@ -183,9 +184,9 @@ def test_installed_a_real_client_failing_to_connect_says_it_once(caplog: pytest.
         assert warnings == [f"kafka: broker 127.0.0.1:{port} unreachable: Connection refused"]
         assert not [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.ERROR]
         assert brokers.WATCH.suppressed >= before + 3
-        text = prometheus({}, [], {}, 0)
-        assert f'bookstream_broker_disconnects_total{{node="127.0.0.1:{port}"}} 1' in text
-        assert f"bookstream_brokers_unreachable {down_before + 1}" in text
+        text = generate_latest(registry()).decode()
+        assert f'bookstream_broker_disconnects_total{{node="127.0.0.1:{port}"}} 1.0' in text
+        assert f"bookstream_brokers_unreachable {down_before + 1}.0" in text
     finally:
         brokers.WATCH.down.pop(f"127.0.0.1:{port}", None)
         brokers.WATCH.disconnects.pop(f"127.0.0.1:{port}", None)

@@ -162,17 +162,22 @@ def test_a_window_never_lets_more_than_n_through_in_any_window() -> None:
     assert weights.delay(1.0, 500) == pytest.approx(65.0)  # heavier than the budget: waits for it empty
 
 
-def test_metrics_name_venue_and_state_of_every_subscription_figure() -> None:
-    from app import metrics
-    from app.web.metrics import prometheus
+def test_metrics_name_venue_and_state_of_every_subscription_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
 
-    metrics.gauges["feed_channels.bybit-spot.live"] = 27
-    counters = {"feed_subscriptions.okx.refused": 2, "limit_waits.coinbase": 5, "rest_throttled.binance-futures.429": 1}
-    try:
-        text = prometheus(counters, [], {}, 0)
-    finally:
-        del metrics.gauges["feed_channels.bybit-spot.live"]
-    assert 'bookstream_feed_subscriptions_total{venue="okx",event="refused"} 2' in text
-    assert 'bookstream_feed_channels{venue="bybit-spot",state="live"} 27' in text
-    assert 'bookstream_feed_limit_waits_total{venue="coinbase"} 5' in text
-    assert 'bookstream_feed_rest_throttled_total{scope="binance-futures",status="429"} 1' in text
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from app import metrics
+    from app.web.metrics import registry
+
+    monkeypatch.setitem(metrics.gauges, "feed_channels.bybit-spot.live", 27)
+    monkeypatch.setattr(metrics, "counters", Counter({"feed_subscriptions.okx.refused": 2, "limit_waits.coinbase": 5,
+                                                      "rest_throttled.binance-futures.429": 1}))
+    text = generate_latest(registry()).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got["bookstream_feed_subscriptions_total", (("event", "refused"), ("venue", "okx"))] == 2
+    assert got["bookstream_feed_channels", (("state", "live"), ("venue", "bybit-spot"))] == 27
+    assert got["bookstream_feed_limit_waits_total", (("venue", "coinbase"),)] == 5
+    assert got["bookstream_feed_rest_throttled_total", (("scope", "binance-futures"), ("status", "429"))] == 1
