@@ -15,12 +15,13 @@ import math
 import operator
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, localcontext
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
 from app.decimals import decimal_text
 from app.errors import FrameError
+from app.records.book import Aggregates, Band
 from app.venues.base import Level
 
 BID, ASK = "b", "a"
@@ -173,37 +174,28 @@ class OrderBook:
         asks = [self.asks[k] for k in self.asks.islice(0, n)]
         return bids, asks
 
-    def aggregates(self, n: int) -> dict[str, Any]:
+    def aggregates(self, n: int) -> Aggregates:
         """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
         bids, asks = self.levels(n)
-        out: dict[str, Any] = {
-            "bids": [list(x) for x in bids],
-            "asks": [list(x) for x in asks],
-            "mid": None,
-            "spread": None,
-            "spread_bps": None,
-            "microprice": None,
-            "imbalance": None,
-            "bands_bps": {},
-        }
+        out = Aggregates(bids=bids, asks=asks)
         with localcontext() as ctx:
             ctx.prec = 34
             bid_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, bids)), Decimal(0))
             ask_sum = sum(map(_DECIMALS.__getitem__, map(_SIZE, asks)), Decimal(0))
             if bid_sum + ask_sum > 0:
-                out["imbalance"] = decimal_text((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
+                out.imbalance = decimal_text((bid_sum - ask_sum) / (bid_sum + ask_sum), 8)
             if not bids or not asks:
                 return out
             bpx, bsz = Decimal(bids[0][0]), Decimal(bids[0][1])
             apx, asz = Decimal(asks[0][0]), Decimal(asks[0][1])
             mid = (bpx + apx) / 2
-            out["mid"], out["spread"], out["spread_bps"] = mid_spread(bids[0][0], asks[0][0])
-            out["microprice"] = decimal_text((bpx * asz + apx * bsz) / (bsz + asz), 12)
+            out.mid, out.spread, out.spread_bps = mid_spread(bids[0][0], asks[0][0])
+            out.microprice = decimal_text((bpx * asz + apx * bsz) / (bsz + asz), 12)
             widths = sorted(BANDS_BPS)
             bid_cum = _band_sums(self.bids, [mid * (1 - Decimal(b) / 10_000) for b in widths], bids_side=True)
             ask_cum = _band_sums(self.asks, [mid * (1 + Decimal(b) / 10_000) for b in widths], bids_side=False)
-            out["bands_bps"] = {str(b): {"bid": decimal_text(bc), "ask": decimal_text(ac)}
-                                for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
+            out.bands_bps = {str(b): Band(bid=decimal_text(bc), ask=decimal_text(ac))
+                             for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
         return out
 
 

@@ -15,6 +15,7 @@ from faust.cli import AppCommand, argument, option
 from app.capture.formats import FORMATS
 from app.errors import BookstreamError
 from app.kafka import unreachable
+from app.records import encode
 from app.venues import VENUES
 from app.wire import BadFrame, RawFrame, decode_record
 from app.worker import app, settings
@@ -74,6 +75,26 @@ async def replay(self: AppCommand, paths: tuple[Path, ...], fmt: str, venue: str
         print(line, file=sys.stderr)
 
 
+
+
+@app.command(
+    option("--out", type=Path, default=Path("schemas"), help="Directory to write into (default: schemas)."),
+    option("--check", is_flag=True, default=False,
+           help="Write nothing; exit 1 naming every file that differs from the record definitions."),
+)
+async def schemas(self: AppCommand, out: Path, check: bool) -> None:
+    """Write the JSON Schema of every topic's records (app.records) into schemas/<topic>.json."""
+    from app import records
+
+    if check:
+        stale = records.stale_schemas(out)
+        if stale:
+            print(f"bookstream: {out}: out of date: {', '.join(stale)} (run `faust -A app schemas`)", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"{out}: {len(records.TOPICS)} schemas, up to date", file=sys.stderr)
+        return
+    for path in records.write_schemas(out):
+        print(path, flush=True)
 
 
 @app.command(
@@ -228,7 +249,6 @@ def _expiry_day(text: str) -> str:
 async def instruments(self: AppCommand, venue: str | None, kind: str | None, expiry: str | None, at: str | None,
                       all_versions: bool, as_json: bool) -> None:
     """List the instrument registry (ref.instruments): contract terms per instrument, versioned in time."""
-    from dataclasses import asdict
 
     from app.market.instruments import KINDS
     from app.registry import read_registry
@@ -262,7 +282,7 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
             rows.append((spec, expiry_day))
     if as_json:
         for spec, _ in rows:
-            print(orjson.dumps(asdict(spec)).decode(), flush=True)
+            print(encode(spec.record()).decode(), flush=True)
     else:
         head = ("instrument", "kind", "margin", "settle", "size", "tick", "lot", "min", "strike", "type", "expiry",
                 "state", "valid_from")

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
+import msgspec
 from aiokafka import errors as Errors
 from aiokafka.errors import KafkaError
 
@@ -54,8 +54,9 @@ from app.sync import STALE, SYNCED, Instrument
 
 if TYPE_CHECKING:
     from app.state.manager import PartitionState
+from app.records import BookDepth, BookStatus, BookTop, DeadLetter, ResyncRequest, RiskDepth, Source, encode
 from app.venues import split_key
-from app.wire import BookDepth, BookStatus, BookTop, DeadLetter, RawFrame, ResyncRequest, Topics, partition_for
+from app.wire import RawFrame, Topics, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,7 @@ class RecentMarket:
             return None
         quote = Quote()
         for channel, (fields, ts) in sorted(channels.items(), key=lambda kv: kv[1][1]):
-            quote.update({**fields, "channel": channel}, ts, self.recv[key], {})
+            quote.update({**fields, "channel": channel}, ts, self.recv[key], None)
         return quote
 
     def chain(self, key: str, record: bytes) -> None:
@@ -465,16 +466,17 @@ class Publisher:
         if fx.tops:
             epoch = inst.counters["epoch"]
             for seq, ts_exchange, top in fx.tops:
-                record = BookTop(venue, symbol, top[0], top[1], top[2], top[3], seq, epoch, ts_exchange, ts_recv, now)
+                record = BookTop(venue=venue, instrument=symbol, bid_px=top[0], bid_sz=top[1], ask_px=top[2],
+                                 ask_sz=top[3], seq=seq, epoch=epoch, ts_exchange=ts_exchange, ts_recv=ts_recv,
+                                 ts_published=now)
                 if self.conflater is not None:
                     self.conflater.offer(key, (partition, record))
                     continue
-                self._send(self.topics.top, partition, key, record.encode())
+                self._send(self.topics.top, partition, key, encode(record))
                 metrics.observe_latency(now - ts_recv)
             metrics.count("book_top", len(fx.tops))
         for state, reason in fx.transitions:
-            self._send(self.topics.status, partition, key,
-                       BookStatus(venue, symbol, state, reason, inst.seq, now, inst.counters, ts_recv).encode())
+            self._status(partition, key, state, reason, inst, now, ts_recv)
             log.log(logging.WARNING if state == STALE else logging.INFO, "%s %s: %s", key, state, reason)
         if fx.resync is not None:
             self.request_resync(partition, key, inst, fx.resync, ts_recv)
@@ -494,19 +496,25 @@ class Publisher:
             return
         self._risk_bucket[key] = bucket
         bids, asks = inst.book.levels(self.settings.depth_levels)
-        self._send(self.topics.risk_depth, partition, key, orjson.dumps({
-            "key": key, "bids": [list(x) for x in bids], "asks": [list(x) for x in asks], "seq": inst.seq,
-            "ts_exchange": inst.ts_exchange, "ts_recv": ts_recv, "ts_published": time.time_ns()}))
+        self._send(self.topics.risk_depth, partition, key, encode(RiskDepth(
+            key=key, bids=bids, asks=asks, seq=inst.seq, ts_exchange=inst.ts_exchange, ts_recv=ts_recv,
+            ts_published=time.time_ns())))
+
+    def _status(self, partition: int, key: str, state: str, reason: str, inst: Instrument, now: int,
+                ts_recv: int | None) -> None:
+        venue, symbol = split_key(key)
+        self._send(self.topics.status, partition, key, encode(BookStatus(
+            venue=venue, instrument=symbol, state=state, reason=reason, seq=inst.seq, ts=now,
+            counters=dict(inst.counters), ts_recv=ts_recv)))
 
     def request_resync(self, partition: int, key: str, inst: Instrument, reason: str,
                        ts_recv: int | None = None) -> None:
         """Ask ingestion (control.resync) for a fresh snapshot of one instrument, and say so."""
         venue, symbol = split_key(key)
         now = time.time_ns()
-        self._send(self.topics.resync, partition, key, ResyncRequest(venue, symbol, reason, inst.seq, now).encode())
-        self._send(self.topics.status, partition, key,
-                   BookStatus(venue, symbol, "resync-requested", reason, inst.seq, now, inst.counters,
-                              ts_recv).encode())
+        self._send(self.topics.resync, partition, key,
+                   encode(ResyncRequest(venue=venue, instrument=symbol, reason=reason, seq=inst.seq, ts=now)))
+        self._status(partition, key, "resync-requested", reason, inst, now, ts_recv)
         metrics.count("resyncs")
         self.retry.requested(key)
 
@@ -522,10 +530,12 @@ class Publisher:
                         detail[:200], more)
         headers = ({"ts": str(frame.ts), "kind": frame.kind.value, "conn": frame.conn} if frame is not None else {})
         instrument = symbol if symbol and symbol != "*" else None  # "<venue>:*": a record of several instruments
-        record = DeadLetter(venue, instrument, reason, detail, topic, partition, offset, index, headers, data)
-        self._send(self.topics.deadletter, partition, key, record.encode())
+        record = DeadLetter(venue=venue, instrument=instrument, reason=reason, detail=detail, topic=topic,
+                            partition=partition, offset=offset, index=index, headers=headers,
+                            frame=data.decode("utf-8", "replace"))
+        self._send(self.topics.deadletter, partition, key, encode(record))
 
-    def market(self, partition: int, out: Outcome, ts_recv: int, src: dict[str, Any]) -> None:
+    def market(self, partition: int, out: Outcome, ts_recv: int, src: Source) -> None:
         """``trades``, ``ticker`` and ``feed.status`` (trade gaps) records of one frame; option and
         future tickers also feed the options chains."""
         key = out.key
@@ -557,7 +567,7 @@ class Publisher:
             send(self.topics.feed_status, partition, key, subscription_record(key, event, ts_recv, now, src))
 
     def instruments(self, specs: list[Spec], states: list[tuple[str, str, int]], ts_recv: int,
-                    src: dict[str, Any]) -> None:
+                    src: Source) -> None:
         """New versions of instrument specs (``ref.instruments``, keyed ``<key>|<valid_from>``)."""
         registry = self.registry
         for spec in registry.changed(specs, ts_recv, src) + registry.state_changed(states, ts_recv, src):
@@ -576,9 +586,10 @@ class Publisher:
             return
         published = time.time_ns()  # the moment DepthPublisher spaces records from, before the aggregates
         venue, symbol = split_key(key)
-        record = BookDepth(venue, symbol, inst.book.aggregates(self.settings.depth_levels), inst.seq,
-                           inst.counters["epoch"], inst.ts_exchange, inst.ts_recv, published)
-        self._send(self.topics.depth, partition_for(key, self.settings.partitions), key, record.encode())
+        record = BookDepth(**msgspec.structs.asdict(inst.book.aggregates(self.settings.depth_levels)), venue=venue,
+                           instrument=symbol, seq=inst.seq, epoch=inst.counters["epoch"], ts_exchange=inst.ts_exchange,
+                           ts_recv=inst.ts_recv, ts_published=published)
+        self._send(self.topics.depth, partition_for(key, self.settings.partitions), key, encode(record))
 
     def tick(self) -> None:
         """Timers: pending book.depth, conflated tops, options chains due."""
@@ -590,5 +601,5 @@ class Publisher:
             now = time.time_ns()
             for partition, record in self.conflater.due():
                 self._send(self.topics.top, partition, f"{record.venue}:{record.instrument}",
-                           record._replace(ts_published=now).encode())
+                           encode(msgspec.structs.replace(record, ts_published=now)))
                 metrics.observe_latency(now - record.ts_recv)

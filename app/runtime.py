@@ -16,9 +16,9 @@ from typing import Any
 
 from app import metrics
 from app.config import Settings
-from app.market.records import source
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
+from app.records import source
 from app.registry import RegistryReader
 from app.risk.service import RiskService, load_configured_rules
 from app.state.manager import PartitionState, Standing, StateManager

@@ -24,8 +24,7 @@ Read one with ``kcat -C -t raw.okx -f '%s\\n' | jq -c .`` or, in Python,
 **Version 1** (still read; anything may keep producing it): one frame per record, the value
 is the frame verbatim, the key its instrument key, headers ``ts``, ``kind`` and ``conn``.
 
-Downstream records are JSON objects built by the typed builders below (``BookTop`` …);
-nothing else in bookstream builds them as dict literals.
+Every record's definition (raw lines included) is in :mod:`app.records`.
 """
 
 from __future__ import annotations
@@ -34,12 +33,14 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import orjson
+import msgspec
 from aiokafka.partitioner import murmur2
+from msgspec import UNSET, UnsetType
 
 from app.market.symbols import partition_key
+from app.records import ConnEvent, RawLine, encode
 from app.venues.base import Kind
 
 #: Header and value of a version-2 raw record.
@@ -150,11 +151,11 @@ class BadFrame(NamedTuple):
 def encode_frame(frame: RawFrame) -> bytes:
     """One JSON line of a v2 record (no newline)."""
     try:
-        return orjson.dumps({"key": frame.key, "ts": frame.ts, "kind": frame.kind.value, "conn": frame.conn,
-                             "frame": frame.data.decode()})
+        return encode(RawLine(key=frame.key, ts=frame.ts, kind=frame.kind.value, conn=frame.conn,
+                              frame=frame.data.decode()))
     except UnicodeDecodeError:
-        return orjson.dumps({"key": frame.key, "ts": frame.ts, "kind": frame.kind.value, "conn": frame.conn,
-                             "frame_b64": base64.b64encode(frame.data).decode()})
+        return encode(RawLine(key=frame.key, ts=frame.ts, kind=frame.kind.value, conn=frame.conn,
+                              frame_b64=base64.b64encode(frame.data).decode()))
 
 
 def record_key(keys: Iterable[str]) -> bytes:
@@ -213,115 +214,26 @@ def _decode_v1(key: str, data: bytes, hdrs: dict[str, bytes]) -> RawFrame | BadF
 _KINDS = {k.value: k for k in Kind}
 
 
+_RAW_LINE = msgspec.json.Decoder(RawLine)
+
+
 def _decode_line(index: int, line: bytes, record_key_text: str) -> RawFrame | BadFrame:
     try:
-        obj = orjson.loads(line)
-        key, ts, conn, text = obj["key"], obj["ts"], obj["conn"], obj.get("frame")
-        if type(key) is not str or type(ts) is not int or type(conn) is not str:
-            raise TypeError("key, ts or conn of the wrong type")
-        data = text.encode() if type(text) is str else base64.b64decode(obj["frame_b64"], validate=True)
-        return RawFrame(key, ts, _KINDS[obj["kind"]], conn, data)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+        obj = _RAW_LINE.decode(line)
+        if isinstance(obj.frame, str):
+            data = obj.frame.encode()
+        elif isinstance(obj.frame_b64, str):
+            data = base64.b64decode(obj.frame_b64, validate=True)
+        else:
+            raise ValueError("neither frame nor frame_b64")
+        return RawFrame(obj.key, obj.ts, _KINDS[obj.kind], obj.conn, data)
+    except (msgspec.DecodeError, TypeError, ValueError, binascii.Error) as exc:
         return BadFrame(index, record_key_text, "bad-record-line", f"{type(exc).__name__}: {exc}"[:200], line)
 
 
-# -- downstream records ------------------------------------------------------------------
-class BookTop(NamedTuple):
-    """``book.top``: one record per change of the best bid or ask (price or size)."""
-
-    venue: str
-    instrument: str
-    bid_px: str | None
-    bid_sz: str | None
-    ask_px: str | None
-    ask_sz: str | None
-    seq: int  # venue sequence of the update that produced it
-    epoch: int  # (epoch, seq) only grows per instrument
-    ts_exchange: int  # ns
-    ts_recv: int  # ns
-    ts_published: int  # ns
-
-    def encode(self) -> bytes:
-        return orjson.dumps({
-            "venue": self.venue, "instrument": self.instrument, "bid_px": self.bid_px, "bid_sz": self.bid_sz,
-            "ask_px": self.ask_px, "ask_sz": self.ask_sz, "seq": self.seq, "epoch": self.epoch,
-            "ts_exchange": self.ts_exchange, "ts_recv": self.ts_recv, "ts_published": self.ts_published})
-
-
-class BookStatus(NamedTuple):
-    """``book.status``: every state transition (``synced``, ``stale``, ``resync-requested``)."""
-
-    venue: str
-    instrument: str
-    state: str
-    reason: str
-    seq: int | None
-    ts: int  # ns: when it was published
-    counters: Mapping[str, int]
-    ts_recv: int | None = None  # ns: receive time of the frame that caused it (None: a timer's retry)
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"venue": self.venue, "instrument": self.instrument, "state": self.state,
-                             "reason": self.reason, "seq": self.seq, "ts": self.ts, "counters": dict(self.counters),
-                             "ts_recv": self.ts_recv})
-
-
-class BookDepth(NamedTuple):
-    """``book.depth``: top DEPTH_LEVELS levels per side with aggregates (``OrderBook.aggregates``)."""
-
-    venue: str
-    instrument: str
-    aggregates: Mapping[str, Any]  # bids, asks, mid, spread, spread_bps, microprice, imbalance, bands_bps
-    seq: int | None
-    epoch: int
-    ts_exchange: int
-    ts_recv: int
-    ts_published: int
-
-    def encode(self) -> bytes:
-        body = dict(self.aggregates)
-        body.update(venue=self.venue, instrument=self.instrument, seq=self.seq, epoch=self.epoch,
-                    ts_exchange=self.ts_exchange, ts_recv=self.ts_recv, ts_published=self.ts_published)
-        return orjson.dumps(body)
-
-
-class ResyncRequest(NamedTuple):
-    """``control.resync``: ask ingestion for a fresh snapshot of one instrument."""
-
-    venue: str
-    instrument: str
-    reason: str
-    seq: int | None
-    ts: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"venue": self.venue, "instrument": self.instrument, "reason": self.reason,
-                             "seq": self.seq, "ts": self.ts})
-
-
-class DeadLetter(NamedTuple):
-    """``raw.deadletter``: input that could not be used, with where it came from."""
-
-    venue: str
-    instrument: str | None
-    reason: str
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    frame_index: int  # position of the frame in its raw record (0 for a v1 record)
-    headers: Mapping[str, str]
-    frame: bytes
-
-    def encode(self) -> bytes:
-        return orjson.dumps({
-            "venue": self.venue, "instrument": self.instrument, "reason": self.reason, "detail": self.detail,
-            "topic": self.topic, "partition": self.partition, "offset": self.offset, "index": self.frame_index,
-            "headers": dict(self.headers), "frame": self.frame.decode("utf-8", "replace")})
-
-
-def conn_event(event: str, detail: str, **extra: str) -> bytes:
+# -- downstream records: app.records ---------------------------------------------------------
+def conn_event(event: str, detail: str, feed: str | UnsetType = UNSET, channel: str | UnsetType = UNSET) -> bytes:
     """The value of a ``conn`` frame written by ingestion/replay: ``gap`` or ``reset`` of the
     connection, or a subscription's ``refused``, ``unconfirmed``, ``silent`` or ``recovered``
     (with its ``feed`` — book, or the channel's name — and ``channel``)."""
-    return orjson.dumps({"event": event, "detail": detail, **extra})
+    return encode(ConnEvent(event=event, detail=detail, feed=feed, channel=channel))

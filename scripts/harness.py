@@ -408,18 +408,71 @@ async def _consume(bootstrap: str, topic: str, idle_s: float, stop: Callable[[li
         await consumer.stop()
 
 
+#: Records per topic read by :func:`consume` that are checked against the published schema.
+SCHEMA_SAMPLE = 200
+_VALIDATORS: dict[str, Any] = {}
+
+
+def published_schema(topic: str) -> tuple[str, Any] | None:
+    """(schema name, a jsonschema validator of the committed ``schemas/<name>.json``) of a
+    topic bookstream writes, named with any TOPIC_PREFIX; None for a topic it does not define."""
+    from app.records import TOPICS, schema_file
+
+    name = next((t for t in sorted(TOPICS, key=len, reverse=True) if "<" not in t and topic.endswith(t)), None)
+    if name is None and ".raw." in f".{topic}" and not topic.endswith("raw.deadletter"):
+        name = "raw.<venue>"
+    if name is None:
+        return None
+    if name not in _VALIDATORS:
+        import jsonschema  # an independent validator of the files as published
+
+        schema = json.loads((ROOT / "schemas" / schema_file(name)).read_text())
+        _VALIDATORS[name] = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    return name, _VALIDATORS[name]
+
+
+def check_schema(topic: str, records: list[Any], sample: int = SCHEMA_SAMPLE) -> int:
+    """Validate up to ``sample`` records of ``topic`` (spread over all of them; every line of a
+    raw record) against its published JSON Schema; AssertionError naming the first record that
+    does not match. Returns how many values were checked."""
+    found = published_schema(topic)
+    if found is None or not records:
+        return 0
+    name, validator = found
+    step = max(1, len(records) // sample)
+    checked = 0
+    for r in records[::step]:
+        if r.value is None:  # a tombstone
+            continue
+        lines = [r.value]
+        if name == "raw.<venue>":
+            if dict(r.headers or ()).get("v") != b"2":
+                continue  # a version-1 raw record: the frame itself, verbatim
+            lines = [line for line in r.value.split(b"\n") if line]
+        for line in lines:
+            errors = sorted(validator.iter_errors(json.loads(line)), key=lambda e: list(e.path))
+            assert not errors, (f"{topic} {r.partition}@{r.offset} does not match schemas/{name}: "
+                                f"{errors[0].message} at {list(errors[0].path)}: {line[:300]!r}")
+            checked += 1
+    return checked
+
+
 def consume(bootstrap: str, topic: str, idle_s: float = 2.0, stop: Callable[[list[Any]], bool] | None = None,
             timeout: float = 60) -> list[Any]:
     """Every record of ``topic`` from the beginning: until ``stop(records)`` or ``idle_s`` of silence.
+    A sample of them is checked against the topic's published schema (:func:`check_schema`).
 
     Callable where an event loop already runs in this thread (Playwright's sync API keeps one
     for a module's browser): the consumer then runs on a thread of its own."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, _consume(bootstrap, topic, idle_s, stop, timeout)).result()
+        out = asyncio.run(_consume(bootstrap, topic, idle_s, stop, timeout))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            out = pool.submit(asyncio.run, _consume(bootstrap, topic, idle_s, stop, timeout)).result()
+    check_schema(topic, out)  # every topic a test reads matches its published schema
+    return out
 
 
 def values(records: Iterable[Any]) -> list[dict[str, Any]]:

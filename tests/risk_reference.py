@@ -34,17 +34,40 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
+from app import records
 from app.capture.formats import Record
 from app.risk import positions as pos
-from app.risk.engine import EngineSettings, RiskEngine
+from app.risk.engine import DeskEvent, EngineSettings, RiskEngine
 from app.risk.rules import STATES, Rule
 from app.risk.service import RANK, BadInput, market_input
 from app.venues.base import Kind
 from tests.helpers import read_committed_partitions
 
 #: The market inputs of the risk engine (topic names without the prefix; each is also its kind).
+#: Fields the engine's unit tests leave out of their inputs, per kind (:func:`typed`).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "book.top": {"bid_sz": None, "ask_sz": None, "epoch": 0, "ts_exchange": 0, "ts_published": 0},
+    "book.status": {"counters": {}, "ts": 0},
+    "risk.depth": {"seq": None, "ts_exchange": 0, "ts_published": 0},
+    "ticker": {"channel": "ticker", "partial": False, "ts_exchange": 0, "ts_published": 0,
+               "source": {"topic": "raw.test", "partition": 0, "offset": 0, "index": 0}},
+    "ref.instruments": {},
+}
+
+
+def typed(kind: str, body: Mapping[str, Any]) -> Any:
+    """A test's input of ``kind`` (the fields it cares about) as the record the engine takes."""
+    return msgspec.convert({**_DEFAULTS[kind], **body}, records.spec_of(kind).type)
+
+
+def plain(outs: Iterable[tuple[str, str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """The engine's (topic, key, record) outputs with each record as JSON-ready values."""
+    return [(topic, key, msgspec.to_builtins(body)) for topic, key, body in outs]
+
+
 MARKET = ("ref.instruments", "book.status", "book.top", "risk.depth", "ticker")
 #: Every topic the engine reads: the market inputs and the desk's instructions.
 INPUTS = (*MARKET, "positions", "risk.rules")
@@ -167,19 +190,19 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
     """``records``: each input topic's records (by topic name without the prefix, see
     :data:`INPUTS`), partition by partition in offset order."""
     engine = RiskEngine(conf, rules)
-    heap: list[tuple[int, int, str, int, int, str, dict[str, Any]]] = []
+    heap: list[tuple[int, int, str, int, int, str, Any]] = []
     order = itertools.count()
     inputs: collections.Counter[str] = collections.Counter()
     hedge: dict[str, dict[str, Any]] = {}
 
-    def push(ts: int, kind: str, key: str, seq: int, body: dict[str, Any]) -> None:
+    def push(ts: int, kind: str, key: str, seq: int, body: Any) -> None:
         inputs[key] += 1
         heapq.heappush(heap, (ts, RANK[kind], key, seq, next(order), kind, body))
 
-    def emit(outs: list[tuple[str, str, dict[str, Any]]]) -> None:
-        for topic, _key, body in outs:
+    def emit(outs: list[tuple[str, str, Any]]) -> None:
+        for topic, _key, body in plain(outs):
             if topic == "risk.hedge" and body["id"] not in hedge:  # the service publishes an id once
-                hedge[body["id"]] = orjson.loads(orjson.dumps(body))
+                hedge[body["id"]] = body
 
     for kind in MARKET:  # RiskService._record
         for _key, value in records.get(kind, ()):
@@ -202,18 +225,17 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
             emit(engine.on_position(text, None))
             continue
         position = record if record.quantity != 0 else None
-        push(record.ts, "position", text, 0, {"key": text, "position": position, "ts_recv": record.ts})
+        push(record.ts, "position", text, 0, DeskEvent(text, record.ts, position=position))
     for key, value in records.get("risk.rules", ()):  # RiskService._rule_state
         if key is None or value is None:
             continue
         rule_id = key.decode("utf-8", "replace")
         try:
-            row = orjson.loads(value)
-            state, ts = row["state"], int(row.get("ts") or 0)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            row = records.decode("risk.rules", value)
+        except msgspec.DecodeError:
             continue
-        if state in STATES and rule_id in engine.rules:
-            push(ts, "rule-state", rule_id, 0, {"key": rule_id, "state": state, "ts_recv": ts})
+        if row.state in STATES and rule_id in engine.rules:
+            push(row.ts, "rule-state", rule_id, 0, DeskEvent(rule_id, row.ts, state=row.state))
     while heap:
         item = heapq.heappop(heap)
         emit(engine.on_input(item[5], item[6]))

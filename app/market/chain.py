@@ -27,11 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 
 from app.market import black76
 from app.market.instruments import Registry
 from app.market.symbols import OptionSpec, parse_option
+from app.records import OptionsChain, Source, encode
+from app.records.market import ChainOption, ChainStrike, OursGreeks, Residuals, SpecRef
 
 YEAR_NS = 365 * 86_400 * 1_000_000_000
 SIDES = ("bid", "ask", "mark")
@@ -45,9 +46,9 @@ class Quote:
     fields: dict[str, Any] = field(default_factory=dict)
     ts_exchange: int = 0
     ts_recv: int = 0
-    source: dict[str, Any] = field(default_factory=dict)
+    source: Source | None = None
 
-    def update(self, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any]) -> None:
+    def update(self, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: Source | None) -> None:
         self.fields.update((k, v) for k, v in fields.items() if v is not None)
         self.ts_exchange = max(self.ts_exchange, ts_exchange)
         self.ts_recv, self.source = ts_recv, source
@@ -102,7 +103,7 @@ class ChainBuilder:
         self.chains: dict[str, Chain] = {}  # chain key (venue:BTC-27MAR26) → chain
         self.registry = registry  # the contract terms in force, where the registry has them
 
-    def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: dict[str, Any],
+    def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: Source,
               ts_published: int = 0) -> list[tuple[str, bytes]]:
         """A ticker of ``key`` (an option, or an expiry's future): the chain records it closes
         (the chain as it stood before this input, when this input starts a later bucket)."""
@@ -136,7 +137,7 @@ class ChainBuilder:
 
     def _publish(self, key: str, chain: Chain, ts_published: int) -> bytes:
         chain.changed = False
-        return orjson.dumps(build(key, chain, ts_published, self.registry))
+        return encode(build(key, chain, ts_published, self.registry))
 
     def forget(self, keep: Any) -> None:
         """Drop chains whose key ``keep(key)`` rejects (partitions no longer owned)."""
@@ -190,7 +191,7 @@ def _forward(chain: Chain, inverse: bool) -> tuple[float | None, str]:
     return None, "none"
 
 
-def build(key: str, chain: Chain, ts_published: int, registry: Registry | None = None) -> dict[str, Any]:
+def build(key: str, chain: Chain, ts_published: int, registry: Registry | None = None) -> OptionsChain:
     """The ``options.chain`` record of ``chain``, our numbers computed in one vectorised pass.
 
     Where the registry holds the options' spec in force at the chain's time, its terms decide
@@ -205,14 +206,6 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         expiry_ns = terms.expiry_ns or expiry_ns
     forward, forward_source = _forward(chain, inverse)
     t = (expiry_ns - asof) / YEAR_NS
-    record: dict[str, Any] = {
-        "key": key, "venue": chain.venue, "chain": chain.name, "underlying": chain.underlying,
-        "expiry": datetime.fromtimestamp(expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "expiry_ns": expiry_ns, "t_years": t, "forward": forward, "forward_source": forward_source,
-        "premium_currency": "coin" if inverse else "quote", "ts_exchange": asof,
-        "ts_recv": max(q.ts_recv for _, (_, q) in items), "ts_published": ts_published,
-        "strikes": [],
-    }
     n = len(items)
     specs = [s for _, (s, _) in items]
     quotes = [q for _, (_, q) in items]
@@ -236,24 +229,33 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
             ours[f"{side}_iv"] = iv
         ours.update(black76.greeks(f, k, t_each, ours["mark_iv"], call, df, rates))
         ours["forward"] = f
-    strikes: dict[str, dict[str, Any]] = {}
+    strikes: dict[str, ChainStrike] = {}
     for i in range(n):
         spec, q = specs[i], quotes[i]
-        row = strikes.setdefault(spec.strike_text, {"strike": spec.strike_text, "call": None, "put": None})
-        venue_side = {name: q.fields.get(name) for name in (*SIDES, "bid_iv", "ask_iv", "mark_iv", *GREEKS)}
-        entry: dict[str, Any] = {"instrument": f"{chain.venue}:{items[i][0]}", **venue_side,
-                                 "ts_exchange": q.ts_exchange, "source": q.source}
+        row = strikes.setdefault(spec.strike_text, ChainStrike(strike=spec.strike_text, call=None, put=None))
+        got = q.fields.get
+        entry = ChainOption(instrument=f"{chain.venue}:{items[i][0]}", bid=got("bid"), ask=got("ask"),
+                            mark=got("mark"), bid_iv=got("bid_iv"), ask_iv=got("ask_iv"), mark_iv=got("mark_iv"),
+                            delta=got("delta"), gamma=got("gamma"), vega=got("vega"), theta=got("theta"),
+                            ts_exchange=q.ts_exchange, source=q.source)
         if usable:
-            mine = {name: _num(ours[name][i]) for name in ("forward", "bid_iv", "ask_iv", "mark_iv", *GREEKS)}
-            entry["ours"] = mine
-            entry["residual"] = {name: _residual(mine[name], q.number(name))
-                                 for name in ("bid_iv", "ask_iv", "mark_iv", "delta")}
-            entry["undetermined"] = [f"{s}_iv" for s in SIDES if q.number(s) is not None and mine[f"{s}_iv"] is None]
-        row["call" if spec.call else "put"] = entry
-    record["strikes"] = list(strikes.values())
-    record["missing_forward"] = not usable
-    record["spec"] = None if terms is None else {"key": terms.key, "valid_from": terms.valid_from}
-    return record
+            mine = OursGreeks(**{name: _num(ours[name][i]) for name in OursGreeks.__struct_fields__})
+            entry.ours = mine
+            entry.residual = Residuals(**{name: _residual(getattr(mine, name), q.number(name))
+                                          for name in Residuals.__struct_fields__})
+            entry.undetermined = [f"{s}_iv" for s in SIDES
+                                  if q.number(s) is not None and getattr(mine, f"{s}_iv") is None]
+        if spec.call:
+            row.call = entry
+        else:
+            row.put = entry
+    return OptionsChain(
+        key=key, venue=chain.venue, chain=chain.name, underlying=chain.underlying,
+        expiry=datetime.fromtimestamp(expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), expiry_ns=expiry_ns,
+        t_years=t, forward=forward, forward_source=forward_source, premium_currency="coin" if inverse else "quote",
+        ts_exchange=asof, ts_recv=max(q.ts_recv for _, (_, q) in items), ts_published=ts_published,
+        strikes=list(strikes.values()), missing_forward=not usable,
+        spec=None if terms is None else SpecRef(key=terms.key, valid_from=terms.valid_from))
 
 
 def _num(x: float) -> float | None:

@@ -17,8 +17,11 @@ import bisect
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-import orjson
+import msgspec
 
+from app.records import InstrumentRecord, Source, decode, encode
+
+REF_INSTRUMENTS = "ref.instruments"
 KINDS = ("spot", "perpetual", "future", "option")
 #: Fields that are not the contract's terms: a change in them alone is not a new version.
 _NOT_TERMS = ("valid_from", "source", "ts_exchange")
@@ -47,7 +50,7 @@ class Spec:
     index: str | None = None
     state: str = "open"  # open | halted | settlement | delivered | closed … (the venue's word mapped)
     valid_from: int = 0  # ns: the receive time of the frame (REST list or push) that first showed these terms
-    source: dict[str, Any] = field(default_factory=dict)  # raw topic, partition, offset, index
+    source: Source | None = None  # raw topic, partition, offset, index
     ts_exchange: int = 0  # the venue's time of that frame, when it gives one (Deribit state pushes); else 0
 
     def terms(self) -> dict[str, Any]:
@@ -61,12 +64,24 @@ class Spec:
 
     def encode(self, ts_published: int = 0) -> bytes:
         """The ``ref.instruments`` record: the spec, ``ts_recv`` (= ``valid_from``) and ``ts_published``."""
-        return orjson.dumps({**asdict(self), "ts_recv": self.valid_from, "ts_published": ts_published})
+        return encode(self.record(ts_published))
+
+    def record(self, ts_published: int = 0) -> InstrumentRecord:
+        """The ``ref.instruments`` record of this version."""
+        record = msgspec.convert(self, InstrumentRecord, from_attributes=True)
+        record.ts_recv, record.ts_published = self.valid_from, ts_published
+        return record
 
     @classmethod
     def decode(cls, value: bytes) -> Spec:
-        row = orjson.loads(value)
-        return cls(**{k: v for k, v in row.items() if k in _FIELDS})
+        """A ``ref.instruments`` record's spec (``msgspec.ValidationError`` when it is not one)."""
+        return cls.from_record(decode(REF_INSTRUMENTS, value))
+
+    @classmethod
+    def from_record(cls, record: InstrumentRecord) -> Spec:
+        fields = {k: getattr(record, k) for k in _FIELDS}
+        fields["tick_size_steps"] = [msgspec.structs.asdict(step) for step in record.tick_size_steps]
+        return cls(**fields)
 
 
 _FIELDS = tuple(Spec.__dataclass_fields__)
@@ -106,13 +121,13 @@ class Registry:
         bisect.insort(versions, spec, key=lambda v: v.valid_from)
         return True
 
-    def changed(self, specs: list[Spec], valid_from: int, source: dict[str, Any]) -> list[Spec]:
+    def changed(self, specs: list[Spec], valid_from: int, source: Source) -> list[Spec]:
         """The specs of one REST response that are new versions (and apply them)."""
         return [s for s in (replace(s, valid_from=valid_from, source=source, ts_exchange=0) for s in specs)
                 if self.apply(s)]
 
     def state_changed(self, states: list[tuple[str, str, int]], valid_from: int,
-                      source: dict[str, Any]) -> list[Spec]:
+                      source: Source) -> list[Spec]:
         """New versions for instruments whose state changed (a venue's state channel); an
         instrument not in the registry yet waits for its REST list."""
         out = []

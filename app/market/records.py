@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from app.decimals import decimal_text
+from app.records import FeedStatus, Source, TickerRecord, TradeRecord, encode
 
 #: Units of a trade size: contracts, the base currency, or the quote currency (Deribit
 #: perpetuals and inverse futures trade amounts in USD).
@@ -35,16 +34,13 @@ class Trade:
     liquidation: str | None = None  # the venue's liquidation flag (Deribit M/T/MT, Binance LIQUIDATION…)
     block_trade_id: str | None = None
     combo_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # venue fields kept as sent (mark, index, iv)
+    extra: dict[str, Any] = field(default_factory=dict)  # venue fields kept as sent: app.records.market.TRADE_EXTRA
 
 
-#: Ticker fields, all optional (None where the venue does not give them in this frame).
-TICKER_FIELDS = (
-    "last", "mark", "index", "bid", "bid_size", "ask", "ask_size", "open_interest", "funding_rate",
-    "funding_8h", "next_funding_ts", "predicted_funding", "settlement_price", "estimated_delivery_price", "state",
-    "underlying_price", "underlying_index", "interest_rate", "bid_iv", "ask_iv", "mark_iv",
-    "delta", "gamma", "vega", "theta", "rho", "delta_pa", "gamma_pa", "vega_pa", "theta_pa",
-)
+#: Ticker fields, all optional (None where the venue does not give them in this frame): those of
+#: the ``ticker`` record (app.records.market.TickerRecord) between its head and its times.
+TICKER_FIELDS = tuple(f for f in TickerRecord.__struct_fields__ if f not in (
+    "key", "channel", "partial", "ts_exchange", "ts_recv", "ts_published", "source"))
 
 
 @dataclass(slots=True)
@@ -63,47 +59,32 @@ def percent_to_decimal(text: str | None) -> str | None:
     return decimal_text(Decimal(text) / 100)
 
 
-def source(topic: str, partition: int, offset: int, index: int) -> dict[str, Any]:
-    return {"topic": topic, "partition": partition, "offset": offset, "index": index}
+def trade_record(key: str, t: Trade, ts_recv: int, ts_published: int, src: Source) -> bytes:
+    return encode(TradeRecord(
+        key=key, trade_id=t.trade_id, price=t.price, size=t.size, unit=t.unit, side=t.side, liquidation=t.liquidation,
+        block_trade_id=t.block_trade_id, combo_id=t.combo_id, seq=t.seq, **t.extra, ts_exchange=t.ts_exchange,
+        ts_recv=ts_recv, ts_published=ts_published, source=src))
 
 
-def trade_record(key: str, t: Trade, ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
-    return orjson.dumps({
-        "key": key, "trade_id": t.trade_id, "price": t.price, "size": t.size, "unit": t.unit, "side": t.side,
-        "liquidation": t.liquidation, "block_trade_id": t.block_trade_id, "combo_id": t.combo_id, "seq": t.seq,
-        **t.extra, "ts_exchange": t.ts_exchange, "ts_recv": ts_recv, "ts_published": ts_published, "source": src,
-    })
+def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: Source) -> bytes:
+    return encode(TickerRecord(key=key, channel=t.channel, partial=t.partial, **t.fields, ts_exchange=t.ts_exchange,
+                               ts_recv=ts_recv, ts_published=ts_published, source=src))
 
 
-#: A ticker record's fields before its frame's values: every field present, null.
-_TICKER_NULLS: dict[str, Any] = dict.fromkeys(TICKER_FIELDS)
-
-
-def ticker_record(key: str, t: Ticker, ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
-    body = {"key": key, "channel": t.channel, "partial": t.partial, **_TICKER_NULLS}
-    body.update(t.fields)  # parsers give TICKER_FIELDS names only
-    body["ts_exchange"], body["ts_recv"], body["ts_published"], body["source"] = (
-        t.ts_exchange, ts_recv, ts_published, src)
-    return orjson.dumps(body)
-
-
-def subscription_record(key: str, event: dict[str, Any], ts_recv: int, ts_published: int,
-                        src: dict[str, Any]) -> bytes:
+def subscription_record(key: str, event: dict[str, Any], ts_recv: int, ts_published: int, src: Source) -> bytes:
     """A ``feed.status`` record: a subscription of ``key`` (``<venue>:`` for a venue-wide
     channel) ``refused``, ``unconfirmed``, ``silent`` or ``recovered`` (``app.ingest.connection``)."""
-    return orjson.dumps({
-        "key": key, "feed": str(event.get("feed", "")), "event": str(event.get("event", "")),
-        "channel": str(event.get("channel", "")), "detail": str(event.get("detail", ""))[:300], "ts_recv": ts_recv,
-        "ts_published": ts_published, "source": src,
-    })
+    return encode(FeedStatus(
+        key=key, feed=str(event.get("feed", "")), event=str(event.get("event", "")),
+        channel=str(event.get("channel", "")), detail=str(event.get("detail", ""))[:300], ts_recv=ts_recv,
+        ts_published=ts_published, source=src))
 
 
 def gap_record(key: str, kind: str, first_missing: int, last_missing: int, gaps: int, ts_exchange: int,
-               ts_recv: int, ts_published: int, src: dict[str, Any]) -> bytes:
+               ts_recv: int, ts_published: int, src: Source) -> bytes:
     """A ``feed.status`` record: trades ``first_missing..last_missing`` never arrived (seen when
     the trade after them, of exchange time ``ts_exchange``, did)."""
-    return orjson.dumps({
-        "key": key, "feed": kind, "event": "gap", "first_missing": first_missing, "last_missing": last_missing,
-        "missing": last_missing - first_missing + 1, "gaps": gaps, "ts_exchange": ts_exchange, "ts_recv": ts_recv,
-        "ts_published": ts_published, "source": src,
-    })
+    return encode(FeedStatus(
+        key=key, feed=kind, event="gap", first_missing=first_missing, last_missing=last_missing,
+        missing=last_missing - first_missing + 1, gaps=gaps, ts_exchange=ts_exchange, ts_recv=ts_recv,
+        ts_published=ts_published, source=src))

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from app import metrics
 from app.market.instruments import Registry
 from app.market.symbols import parse_option
+from app.records.risk import Alert, Nbbo, NbboVenue, RiskRecord
 
 if TYPE_CHECKING:
     from app.market.chain import Quote
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 NS = 1_000_000_000
 USD_LIKE = {"USD", "USDT", "USDC"}
 
-Out = tuple[str, str, dict[str, Any]]
+Out = tuple[str, str, RiskRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +50,10 @@ class Alerts:
     def __init__(self, settings: AlertSettings, registry: Registry) -> None:
         self.conf = settings
         self.registry = registry
-        self.active: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, key) → the raised record
+        self.active: dict[tuple[str, str], Alert] = {}  # (kind, key) → the raised record
         self.not_synced: dict[str, int] = {}  # key → event time it left synced
         self.funding: dict[str, float] = {}
-        self.nbbo: dict[str, dict[str, Any]] = {}  # pair → last published body (sans ts)
+        self.nbbo: dict[str, Nbbo] = {}  # pair → last published body (sans ts)
 
     def active_by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -61,8 +64,7 @@ class Alerts:
     def _raise(self, kind: str, key: str, t: int, value: Any, threshold: Any, detail: str) -> list[Out]:
         if (kind, key) in self.active and kind != "funding-jump":
             return []
-        body = {"kind": kind, "key": key, "state": "raised", "value": value, "threshold": threshold,
-                "detail": detail, "ts": t}
+        body = Alert(kind=kind, key=key, state="raised", value=value, threshold=threshold, detail=detail, ts=t)
         if kind != "funding-jump":
             self.active[(kind, key)] = body
         metrics.count(f"alerts.{kind}")
@@ -72,7 +74,7 @@ class Alerts:
         raised = self.active.pop((kind, key), None)
         if raised is None:
             return []
-        body = {**raised, "state": "cleared", "value": value, "ts": t, "raised_ts": raised["ts"]}
+        body = msgspec.structs.replace(raised, state="cleared", value=value, ts=t, raised_ts=raised.ts)
         return [("alerts", f"{kind}|{key}", body)]
 
     # -- per input ---------------------------------------------------------------------------
@@ -134,12 +136,12 @@ class Alerts:
             books.sort()
             best_bid = max(books, key=lambda b: (b[2], b[0]))
             best_ask = min(books, key=lambda b: (b[3], b[0]))
-            body = {"pair": pair, "bid": best_bid[2], "bid_venue": best_bid[0], "bid_quote": best_bid[1],
-                    "ask": best_ask[3], "ask_venue": best_ask[0], "ask_quote": best_ask[1],
-                    "venues": [{"key": k, "quote": q, "bid": b, "ask": a, "mid": (a + b) / 2} for k, q, b, a in books]}
+            body = Nbbo(pair=pair, bid=best_bid[2], bid_venue=best_bid[0], bid_quote=best_bid[1], ask=best_ask[3],
+                        ask_venue=best_ask[0], ask_quote=best_ask[1], ts=0,  # compared without its time
+                        venues=[NbboVenue(key=k, quote=q, bid=b, ask=a, mid=(a + b) / 2) for k, q, b, a in books])
             if self.nbbo.get(pair) != body:
                 self.nbbo[pair] = body
-                out.append(("nbbo", pair, {**body, "ts": t}))
+                out.append(("nbbo", pair, msgspec.structs.replace(body, ts=t)))
             if len(books) < 2:
                 continue
             for key, _q, b, a in books:

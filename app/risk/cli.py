@@ -18,14 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
+from app import records
 from app.commands import fail, print_table
 from app.errors import BookstreamError, ConfigError
 from app.kafka import client_auth, producer, read_to_end, unreachable, wait_for_topic
+from app.records import RuleState
 from app.registry import read_registry
 from app.risk import positions as pos
 from app.risk.rules import file_format, state_record
@@ -192,10 +195,13 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
             raise ConfigError("RISK_RULES_FILE is not set: there are no rules")
         by_id = {r.id: r for r in loaded}
         if action == "list":
-            states = {k.decode(): orjson.loads(v) for k, v in (await read_topic(settings.topic("risk.rules"))).items()
-                      if v is not None}
-            rows = [{**r.as_dict(), "state": states.get(r.id, {}).get("state", r.state),
-                     "state_by": states.get(r.id, {}).get("by", "file")} for r in loaded]
+            states: dict[str, RuleState] = {}
+            for k, v in (await read_topic(settings.topic("risk.rules"))).items():
+                if v is not None:
+                    with contextlib.suppress(msgspec.DecodeError):  # an unreadable one: the file's state
+                        states[k.decode()] = records.decode("risk.rules", v)
+            rows = [{**r.as_dict(), "state": s.state if (s := states.get(r.id)) else r.state,
+                     "state_by": s.by if (s := states.get(r.id)) else "file"} for r in loaded]
             if as_json:
                 for row in rows:
                     print(orjson.dumps(row).decode(), flush=True)

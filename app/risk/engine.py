@@ -19,15 +19,19 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from msgspec import UNSET
 
 from app.decimals import decimal_text
 from app.market import black76
 from app.market.chain import Quote, coin_premium, finite_number
 from app.market.instruments import Registry, Spec
+from app.market.records import TICKER_FIELDS
 from app.market.symbols import parse_option
+from app.records import BookStatus, BookTop, InstrumentRecord, RiskDepth, TickerRecord
+from app.records.risk import Exposure, ExposureLeg, HedgeBlocked, HedgeSignal, InputRef, RiskRecord, Scenarios
 from app.risk import valuation
 from app.risk.alerts import Alerts, AlertSettings
 from app.risk.positions import Position
@@ -37,7 +41,9 @@ NS_PER_MS = 1_000_000
 SYNCED = "synced"
 
 #: An output: (topic name without prefix, record key, record body).
-Out = tuple[str, str, dict[str, Any]]
+Out = tuple[str, str, RiskRecord]
+#: Fields of a record that do not make it news: it is published again only when another changed.
+_NOT_NEWS = ("inputs", "reason", "ts", "ts_published")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +74,21 @@ class RuleRun:
     blocked: str | None = None  # the reason of the blocked record last published (once per reason)
 
 
-def instrument_key(record: dict[str, Any]) -> str:
-    return record.get("key") or f"{record['venue']}:{record['instrument']}"
+class DeskEvent(NamedTuple):
+    """A position (None: gone) or a rule's state, set at ``ts_recv`` (event time)."""
+
+    key: str  # <portfolio>|<instrument> or the rule id
+    ts_recv: int
+    position: Position | None = None
+    state: str | None = None  # a rule's new state; None: a position
+
+
+#: What the engine takes, in event-time order.
+Input = InstrumentRecord | TickerRecord | BookTop | BookStatus | RiskDepth | DeskEvent
+
+
+def instrument_key(record: TickerRecord | BookTop | BookStatus | RiskDepth) -> str:
+    return record.key if isinstance(record, TickerRecord | RiskDepth) else f"{record.venue}:{record.instrument}"
 
 
 def leg_kind(spec: Spec) -> str:
@@ -100,55 +119,53 @@ class RiskEngine:
         self.tickers: dict[str, Quote] = {}
         self.tops: dict[str, MarketTop] = {}
         self.status: dict[str, str] = {}
-        self.depth: dict[str, tuple[list[list[str]], list[list[str]], int]] = {}
+        self.depth: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]], int]] = {}
         self.positions: dict[str, dict[str, Position]] = {}  # portfolio → instrument → position
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # (input kind, key) → latest (ts_recv, seq)
         self.now = 0  # event time of the latest input
         self.next_tick = 0
         self.next_scenario = 0
-        self.published: dict[tuple[str, str], dict[str, Any]] = {}  # (topic, key) → last body (sans ts)
+        self.published: dict[tuple[str, str], tuple[Any, ...]] = {}  # (topic, key) → last body's news
         self.alerts = Alerts(settings.alerts, self.registry)
 
     # -- inputs ----------------------------------------------------------------------------
-    def on_input(self, kind: str, record: dict[str, Any]) -> list[Out]:
-        """One market input (in event-time order): ticks due before it, then its effects."""
-        if kind == "ref.instruments":
-            spec = Spec(**{k: v for k, v in record.items() if k in Spec.__dataclass_fields__})
-            self.registry.apply(spec)
+    def on_input(self, kind: str, record: Input) -> list[Out]:
+        """One input (in event-time order): ticks due before it, then its effects."""
+        if isinstance(record, InstrumentRecord):
+            self.registry.apply(Spec.from_record(record))
             return []
-        ts = int(record.get("ts_recv") or 0)
-        if kind in ("position", "rule-state"):  # the desk's instructions, at their own time
+        ts = record.ts_recv or 0
+        if isinstance(record, DeskEvent):  # the desk's instructions, at their own time
             out = self._ticks(ts)
             self.now = max(self.now, ts)
-            if kind == "position":
-                return out + self.on_position(record["key"], record["position"])
-            self.on_rule_state(record["key"], record["state"])
+            if record.state is None:
+                return out + self.on_position(record.key, record.position)
+            self.on_rule_state(record.key, record.state)
             return out
         key = instrument_key(record)
-        seq = int(record.get("seq") or (record.get("source") or {}).get("offset") or 0)
+        seq = record.seq if not isinstance(record, TickerRecord) else record.source.offset
         last = self.seen.get((kind, key))
-        if last is not None and (ts, seq) <= last:
+        if last is not None and (ts, seq or 0) <= last:
             return []  # redelivered or republished: this instrument's inputs only move forward
-        self.seen[(kind, key)] = (ts, seq)
+        self.seen[(kind, key)] = (ts, seq or 0)
         out = self._ticks(ts)
         self.now = max(self.now, ts)
-        if kind == "ticker":
+        if isinstance(record, TickerRecord):
             quote = self.tickers.get(key)
             if quote is None:
                 quote = self.tickers[key] = Quote()
-            fields = {k: v for k, v in record.items()
-                      if k not in ("key", "channel", "partial", "ts_exchange", "ts_recv", "ts_published", "source")}
-            quote.update(fields, int(record.get("ts_exchange") or 0), ts, record.get("source") or {})
+            quote.update({name: getattr(record, name) for name in TICKER_FIELDS}, record.ts_exchange, ts,
+                         record.source)
             out += self.alerts.on_ticker(key, quote, ts)
-        elif kind == "book.top":
-            top = MarketTop(finite_number(record.get("bid_px")), finite_number(record.get("ask_px")), ts, seq)
+        elif isinstance(record, BookTop):
+            top = MarketTop(finite_number(record.bid_px), finite_number(record.ask_px), ts, seq or 0)
             self.tops[key] = top
             out += self.alerts.on_top(key, top.bid, top.ask, ts)
-        elif kind == "book.status":
-            self.status[key] = record["state"]
-            out += self.alerts.on_status(key, record["state"], record.get("reason", ""), ts)
-        elif kind == "risk.depth":
-            self.depth[key] = (record.get("bids") or [], record.get("asks") or [], ts)
+        elif isinstance(record, BookStatus):
+            self.status[key] = record.state
+            out += self.alerts.on_status(key, record.state, record.reason, ts)
+        elif isinstance(record, RiskDepth):
+            self.depth[key] = (record.bids, record.asks, ts)
         return out
 
     def on_position(self, key: str, position: Position | None) -> list[Out]:
@@ -218,22 +235,22 @@ class RiskEngine:
         return sorted(names)
 
     # -- exposure ----------------------------------------------------------------------------
-    def _price(self, key: str, spec: Spec, t: int) -> tuple[float | None, list[str], dict[str, Any]]:
+    def _price(self, key: str, spec: Spec, t: int) -> tuple[float | None, list[str], InputRef]:
         """(USD price, flags, input reference) of a future, perpetual or spot instrument."""
         flags: list[str] = []
         quote = self.tickers.get(key)
         top = self.tops.get(key)
         price = quote.number("mark") if quote is not None else None
-        ref: dict[str, Any]
+        ref: InputRef
         if price is not None and quote is not None:
-            ref = {"key": key, "input": "ticker", "field": "mark", "ts_recv": quote.ts_recv, "source": quote.source}
+            ref = InputRef(key=key, input="ticker", field="mark", ts_recv=quote.ts_recv, source=quote.source or UNSET)
             age_from = quote.ts_recv
         elif top is not None and top.bid is not None and top.ask is not None:
             price = (top.bid + top.ask) / 2
-            ref = {"key": key, "input": "book.top", "field": "mid", "ts_recv": top.ts_recv, "seq": top.seq}
+            ref = InputRef(key=key, input="book.top", field="mid", ts_recv=top.ts_recv, seq=top.seq)
             age_from = top.ts_recv
         else:
-            return None, ["missing"], {"key": key, "input": None}
+            return None, ["missing"], InputRef(key=key)
         flags += self._book_flags(key, t, age_from)
         return price, flags, ref
 
@@ -249,11 +266,11 @@ class RiskEngine:
             flags.append("old")
         return flags
 
-    def _option(self, key: str, spec: Spec, t: int) -> tuple[dict[str, Any] | None, list[str], dict[str, Any]]:
+    def _option(self, key: str, spec: Spec, t: int) -> tuple[dict[str, Any] | None, list[str], InputRef]:
         quote = self.tickers.get(key)
         if quote is None:
-            return None, ["missing"], {"key": key, "input": None}
-        ref = {"key": key, "input": "ticker", "ts_recv": quote.ts_recv, "source": quote.source}
+            return None, ["missing"], InputRef(key=key)
+        ref = InputRef(key=key, input="ticker", ts_recv=quote.ts_recv, source=quote.source or UNSET)
         f = quote.number("underlying_price") or quote.number("index")
         strike = float(spec.strike) if spec.strike else None
         expiry = spec.expiry_ns
@@ -283,12 +300,12 @@ class RiskEngine:
         return {"f": f, "strike": strike, "t": years, "sigma": sigma, "call": call, "venue": venue}, flags, ref
 
     def legs(self, portfolio: str, underlying: str, t: int) -> tuple[list[valuation.Leg], dict[str, list[str]],
-                                                                   list[dict[str, Any]], list[str]]:
+                                                                   list[InputRef], list[str]]:
         """The priced legs of ``underlying``, the flags of its inputs, their references, and the
         portfolio's instruments the registry does not know."""
         legs: list[valuation.Leg] = []
         flags: dict[str, list[str]] = {}
-        refs: list[dict[str, Any]] = []
+        refs: list[InputRef] = []
         unknown: list[str] = []
         for instrument, pos in sorted(self.positions.get(portfolio, {}).items()):
             spec = self.spec(instrument, t)
@@ -318,31 +335,33 @@ class RiskEngine:
         book = valuation.Book(legs)
         exp = book.exposure()
         key = f"{portfolio}|{underlying}"
-        body = {"portfolio": portfolio, "underlying": underlying, **{k: _round(v) for k, v in exp.items()
-                                                                    if k not in ("legs", "venue")},
-                "venue": {k: _round(v) for k, v in exp["venue"].items()},
-                "positions": [{"instrument": leg.key, "quantity": str(self.positions[portfolio][leg.key].quantity),
-                               "price": _round(leg.price), **{k: _round(v) for k, v in exp["legs"][leg.key].items()}}
-                              for leg in legs],
-                "flags": flags, "unknown": unknown, "ok": not flags and not unknown, "inputs": refs}
+        body = Exposure(
+            portfolio=portfolio, underlying=underlying,
+            **{k: _round(v) for k, v in exp.items() if k not in ("legs", "venue")},
+            venue={k: _round(v) for k, v in exp["venue"].items()},
+            positions=[ExposureLeg(instrument=leg.key, quantity=str(self.positions[portfolio][leg.key].quantity),
+                                   price=_round(leg.price), **{k: _round(v) for k, v in exp["legs"][leg.key].items()})
+                       for leg in legs],
+            flags=flags, unknown=unknown, ok=not flags and not unknown, inputs=refs, reason=reason, ts=t)
         out: list[Out] = []
         if self._changed("risk.exposure", key, body) or reason == "position":
-            out.append(("risk.exposure", key, {**body, "reason": reason, "ts": t}))
+            out.append(("risk.exposure", key, body))
         if scenarios:
             grid = book.scenarios(self.moves, self.vol_shifts)
-            sbody = {"portfolio": portfolio, "underlying": underlying, "moves": list(self.conf.moves),
-                     "vol_shifts": list(self.conf.vol_shifts),
-                     "pnl_usd": [[_round(float(v)) for v in row] for row in grid],
-                     "worst_usd": _round(float(grid.min())) if grid.size else 0.0, "flags": flags,
-                     "ok": not flags and not unknown, "inputs": refs}
+            sbody = Scenarios(portfolio=portfolio, underlying=underlying, moves=list(self.conf.moves),
+                              vol_shifts=list(self.conf.vol_shifts),
+                              pnl_usd=[[_round(float(v)) for v in row] for row in grid],
+                              worst_usd=_round(float(grid.min())) if grid.size else 0.0, flags=flags,
+                              ok=not flags and not unknown, inputs=refs, ts=t)
             if self._changed("risk.scenarios", key, sbody):
-                out.append(("risk.scenarios", key, {**sbody, "ts": t}))
+                out.append(("risk.scenarios", key, sbody))
         if reason == "interval":
             out += self._rules(portfolio, underlying, t, exp, flags, unknown, refs)
         return out
 
-    def _changed(self, topic: str, key: str, body: dict[str, Any]) -> bool:
-        plain = {k: v for k, v in body.items() if k != "inputs"}
+    def _changed(self, topic: str, key: str, body: Exposure | Scenarios) -> bool:
+        """Whether ``body`` says something new (its inputs, cause and time aside)."""
+        plain = tuple(getattr(body, f) for f in body.__struct_fields__ if f not in _NOT_NEWS)
         if self.published.get((topic, key)) == plain:
             return False
         self.published[(topic, key)] = plain
@@ -350,7 +369,7 @@ class RiskEngine:
 
     # -- hedge rules ---------------------------------------------------------------------------
     def _rules(self, portfolio: str, underlying: str, t: int, exp: dict[str, Any], flags: dict[str, list[str]],
-               unknown: list[str], refs: list[dict[str, Any]]) -> list[Out]:
+               unknown: list[str], refs: list[InputRef]) -> list[Out]:
         out: list[Out] = []
         for run in self.rules.values():
             rule = run.rule
@@ -371,7 +390,7 @@ class RiskEngine:
             reasons = [f"{k} {','.join(v)}" for k, v in sorted(flags.items())]
             reasons += [f"{k} unknown instrument" for k in unknown]
             hedge = self.spec(rule.hedge, t)
-            hedge_ref: dict[str, Any] = {"key": rule.hedge}
+            hedge_ref = InputRef(key=rule.hedge)
             per_unit = None
             if hedge is None:
                 reasons.append(f"{rule.hedge} unknown instrument")
@@ -397,7 +416,7 @@ class RiskEngine:
             out.append(self._signal(run, t, value, size, per_unit, refs, hedge_ref))
         return out
 
-    def _per_unit(self, rule: Rule, hedge: Spec, t: int) -> tuple[float | None, list[str], dict[str, Any]]:
+    def _per_unit(self, rule: Rule, hedge: Spec, t: int) -> tuple[float | None, list[str], InputRef]:
         """The rule's greek per unit of the hedge instrument now, and the hedge book's flags."""
         if leg_kind(hedge) == "option":
             priced, flags, ref = self._option(rule.hedge, hedge, t)
@@ -420,24 +439,23 @@ class RiskEngine:
             flags = [*flags, "old-depth"]
         return value, flags, ref
 
-    def _blocked(self, run: RuleRun, t: int, value: float, reason: str, refs: list[dict[str, Any]]) -> list[Out]:
+    def _blocked(self, run: RuleRun, t: int, value: float, reason: str, refs: list[InputRef]) -> list[Out]:
         if run.blocked == reason:
             return []
         run.blocked = reason
         rule = run.rule
-        body = {"type": "blocked", "id": signal_id(rule, t), "rule": rule.id, "portfolio": rule.portfolio,
-                "underlying": rule.underlying, "greek": rule.greek, "exposure": _round(value), "reason": reason,
-                "state": rule.state, "band": [-rule.trigger, rule.trigger], "target": rule.target, "ts": t,
-                "inputs": refs}
-        return [("risk.hedge", body["id"], body)]
+        body = HedgeBlocked(id=signal_id(rule, t), rule=rule.id, portfolio=rule.portfolio, underlying=rule.underlying,
+                            greek=rule.greek, exposure=_round(value), reason=reason, state=rule.state,
+                            band=[-rule.trigger, rule.trigger], target=rule.target, ts=t, inputs=refs)
+        return [("risk.hedge", body.id, body)]
 
     def _signal(self, run: RuleRun, t: int, value: float, size: Decimal, per_unit: float,
-                refs: list[dict[str, Any]], hedge_ref: dict[str, Any]) -> Out:
+                refs: list[InputRef], hedge_ref: InputRef) -> Out:
         rule = run.rule
         run.last_signal = t
         run.recent.append(t)
         run.blocked = None
-        side = "buy" if size > 0 else "sell"
+        side: Literal["buy", "sell"] = "buy" if size > 0 else "sell"
         bids, asks, depth_ts = self.depth[rule.hedge]
         levels = asks if side == "buy" else bids
         price, filled = walk(levels, float(abs(size)))
@@ -448,16 +466,16 @@ class RiskEngine:
         if price is not None and mid:
             slippage = (price - mid) / mid * 1e4 * (1 if side == "buy" else -1)
         after = value + float(size) * per_unit
-        body = {"type": "signal", "id": signal_id(rule, t), "rule": rule.id, "portfolio": rule.portfolio,
-                "underlying": rule.underlying, "greek": rule.greek, "instrument": rule.hedge, "side": side,
-                "size": decimal_text(abs(size)), "exposure_before": _round(value), "exposure_after": _round(after),
-                "band": [-rule.trigger, rule.trigger], "target": rule.target, "state": rule.state,
-                "expected_price": _round(price), "mid": _round(mid), "slippage_bps": _round(slippage),
-                "fillable": _round(filled), "depth_ts_recv": depth_ts,
-                "reason": f"{rule.greek} {value:.6g} outside ±{rule.trigger:g}: "
-                          f"hedge to {math.copysign(rule.target, value):g}",
-                "ts": t, "inputs": [*refs, hedge_ref]}
-        return "risk.hedge", body["id"], body
+        body = HedgeSignal(
+            id=signal_id(rule, t), rule=rule.id, portfolio=rule.portfolio, underlying=rule.underlying, greek=rule.greek,
+            instrument=rule.hedge, side=side, size=decimal_text(abs(size)), exposure_before=_round(value),
+            exposure_after=_round(after), band=[-rule.trigger, rule.trigger], target=rule.target, state=rule.state,
+            expected_price=_round(price), mid=_round(mid), slippage_bps=_round(slippage), fillable=_round(filled),
+            depth_ts_recv=depth_ts,
+            reason=(f"{rule.greek} {value:.6g} outside ±{rule.trigger:g}: "
+                    f"hedge to {math.copysign(rule.target, value):g}"),
+            ts=t, inputs=[*refs, hedge_ref])
+        return "risk.hedge", body.id, body
 
 
 def _round(value: Any) -> Any:

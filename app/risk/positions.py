@@ -20,6 +20,7 @@ import orjson
 
 from app.decimals import decimal_text
 from app.errors import BookstreamError
+from app.records import PositionRecord, encode
 
 PORTFOLIO = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 INSTRUMENT = re.compile(r"^[a-z0-9\-]+:[A-Za-z0-9_.\-/]+$")
@@ -41,12 +42,14 @@ class Position:
     def key(self) -> str:
         return record_key(self.portfolio, self.instrument)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"portfolio": self.portfolio, "instrument": self.instrument, "quantity": decimal_text(self.quantity),
-                "avg_price": None if self.avg_price is None else decimal_text(self.avg_price), "ts": self.ts}
+    def record(self) -> PositionRecord:
+        """The ``positions`` record."""
+        return PositionRecord(portfolio=self.portfolio, instrument=self.instrument,
+                              quantity=decimal_text(self.quantity),
+                              avg_price=None if self.avg_price is None else decimal_text(self.avg_price), ts=self.ts)
 
     def encode(self) -> bytes:
-        return orjson.dumps(self.as_dict())
+        return encode(self.record())
 
 
 def record_key(portfolio: str, instrument: str) -> str:

@@ -32,14 +32,14 @@ import math
 import re
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from app.errors import ConfigError
+from app.records import RuleState, encode
 
 GREEKS = ("delta", "delta_usd", "gamma_1pct", "vega")
 STATES = ("active", "reduce-only", "halted")
@@ -198,7 +198,7 @@ def with_state(rule: Rule, state: str) -> Rule:
 def state_record(rule_id: str, state: str, by: str) -> bytes:
     """A ``risk.rules`` record (key: the rule id): the state set now, and who set it."""
     check_state(state)
-    return orjson.dumps({"rule": rule_id, "state": state, "ts": time.time_ns(), "by": by})
+    return encode(RuleState(rule=rule_id, state=state, ts=time.time_ns(), by=by))
 
 
 # -- the decision ----------------------------------------------------------------------
@@ -246,7 +246,7 @@ def signal_id(rule: Rule, ts: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def walk(levels: list[list[str]], size: float) -> tuple[float | None, float]:
+def walk(levels: Sequence[Sequence[str]], size: float) -> tuple[float | None, float]:
     """Average fill price of ``size`` against ``levels`` ([[price, size], …] best first) and the
     size the levels could fill."""
     left, cost = size, 0.0

@@ -33,16 +33,18 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from app import metrics
+from app import metrics, records
 from app.config import Settings
 from app.kafka import client_auth, read_to_end
+from app.records import InstrumentRecord, PositionRecord, RuleState, TickerRecord
+from app.records.risk import Alert, HedgeBlocked, HedgeSignal, Nbbo, RiskRecord
 from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
-from app.risk.engine import EngineSettings, Out, RiskEngine, instrument_key
+from app.risk.engine import DeskEvent, EngineSettings, Input, Out, RiskEngine, instrument_key
 from app.risk.rules import STATES, Rule, load_rules, state_record
 from app.wire import Topics, partition_for
 
@@ -77,37 +79,53 @@ def load_configured_rules(settings: Settings) -> list[Rule]:
     return load_rules(settings.risk.rules_file) if settings.risk.rules_file is not None else []
 
 
-def owner_key(topic: str, body: dict[str, Any]) -> str:
-    if topic == "nbbo":
-        return str(body["pair"])
-    if topic == "alerts":
-        return str(body["key"])
-    return str(body["portfolio"])
+def owner_key(body: RiskRecord) -> str:
+    """What decides which worker publishes ``body``: the partition of its portfolio, its
+    instrument (alerts) or its pair (NBBO)."""
+    if isinstance(body, Nbbo):
+        return body.pair
+    if isinstance(body, Alert):
+        return body.key
+    return body.portfolio
 
 
-def order_key(topic: str, key: str, body: dict[str, Any]) -> str:
+def order_key(key: str, body: RiskRecord) -> str:
     """What a record is ordered under: a rule's hedge records (each keyed by its own id) share
     the rule's partition and are published in order; any other output record is ordered by
     its key (a latest value)."""
-    return str(body.get("rule")) if topic == "risk.hedge" else key
+    return body.rule if isinstance(body, HedgeSignal | HedgeBlocked) else key
+
+
+def latest_key(body: RiskRecord) -> str:
+    """The key of the latest record of its kind that the web view shows (a rule's for hedges)."""
+    if isinstance(body, HedgeSignal | HedgeBlocked):
+        return body.rule
+    if isinstance(body, Nbbo):
+        return body.pair
+    if isinstance(body, Alert):
+        return f"{body.kind}|{body.key}"
+    return f"{body.portfolio}|{body.underlying}"
 
 
 class BadInput(ValueError):
     """A market input record that cannot be read (counted, ``risk_bad_inputs``)."""
 
 
-def market_input(kind: str, value: bytes) -> tuple[int, str, int, dict[str, Any]] | None:
-    """A market input record of ``kind`` as the engine takes it: (event time, instrument key,
-    seq, body); None for one that says nothing (a ``book.status`` timer's retry, which has no
-    event time). Raises :class:`BadInput` for one that cannot be read."""
+def market_input(kind: str, value: bytes) -> tuple[int, str, int, Input] | None:
+    """A market input record of ``kind`` (its topic, decoded with its definition) as the engine
+    takes it: (event time, instrument key, seq, record); None for one that says nothing (a
+    ``book.status`` timer's retry, which has no event time). Raises :class:`BadInput` for one
+    that does not match its definition."""
     try:
-        body = orjson.loads(value)
-        ts = int(body.get("valid_from" if kind == "ref.instruments" else "ts_recv") or 0)
-    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        body = records.decode(kind, value)
+    except msgspec.DecodeError as exc:
         raise BadInput(str(exc)) from exc
-    if kind == "book.status" and body.get("ts_recv") is None:
+    if isinstance(body, InstrumentRecord):
+        return body.valid_from, body.key, 0, body
+    if body.ts_recv is None:  # book.status
         return None
-    return ts, instrument_key(body), int(body.get("seq") or 0), body
+    seq = 0 if isinstance(body, TickerRecord) else body.seq or 0
+    return body.ts_recv, instrument_key(body), seq, body
 
 
 class RiskService:
@@ -140,7 +158,7 @@ class RiskService:
         self.consumer: AIOKafkaConsumer | None = None
         self._end: dict[TopicPartition, int] = {}
         self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) → offset of the last record read
-        self.heap: list[tuple[int, int, str, int, int, str, dict[str, Any]]] = []
+        self.heap: list[tuple[int, int, str, int, int, str, Input]] = []
         self._n = 0
         self.sources: dict[tuple[str, int, str], list[float]] = {}  # → [max event time, wall time last seen]
         self.assigned: list[TopicPartition] = []  # every input partition read after the restore
@@ -151,14 +169,14 @@ class RiskService:
         # none does, in a rebalance), in order: published here if the partition comes here before
         # they are read back from the owner's output (the alerts and signals each; of the other
         # topics the latest only)
-        self.unowned: dict[tuple[str, str], list[tuple[int, str, dict[str, Any]]]] = {}
+        self.unowned: dict[tuple[str, str], list[tuple[int, str, RiskRecord]]] = {}
         self._held_check_at = 0.0
         self.restoring = False
-        self.rule_states: dict[str, dict[str, Any]] = {r.id: {"state": r.state, "ts": 0, "by": "file"} for r in rules}
-        self.latest: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OUTPUTS}
-        self.hedge_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_HEDGE)
+        self.rule_states = {r.id: RuleState(rule=r.id, state=r.state, ts=0, by="file") for r in rules}
+        self.latest: dict[str, dict[str, RiskRecord]] = {t: {} for t in OUTPUTS}
+        self.hedge_recent: deque[HedgeSignal | HedgeBlocked] = deque(maxlen=RECENT_HEDGE)
         self.bad_positions: dict[str, str] = {}  # record key → reason (the latest bad record of each)
-        self.position_rows: dict[str, dict[str, Any]] = {}
+        self.position_rows: dict[str, PositionRecord] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,12 +267,12 @@ class RiskService:
                 await self.room()
             batches = await consumer.getmany(timeout_ms=200, max_records=FETCH_RECORDS)
             now = time.monotonic()
-            for tp, records in batches.items():
-                for i, msg in enumerate(records, 1):
+            for tp, msgs in batches.items():
+                for i, msg in enumerate(msgs, 1):
                     self._record(tp.topic, tp.partition, msg.key, msg.value, now)
                     if i % SLICE == 0:
                         await asyncio.sleep(0)  # the books' agent shares this event loop
-                self.read_to[(tp.topic, tp.partition)] = records[-1].offset
+                self.read_to[(tp.topic, tp.partition)] = msgs[-1].offset
             await self._release(now)
             if self.unowned and now >= self._held_check_at:
                 self._held_check_at = now + HELD_CHECK_S
@@ -304,7 +322,7 @@ class RiskService:
         elif topic in self.outputs:
             self._published(self.outputs[topic], key, value)
 
-    def _push(self, topic: str, partition: int, kind: str, key: str, ts: int, seq: int, body: dict[str, Any],
+    def _push(self, topic: str, partition: int, kind: str, key: str, ts: int, seq: int, body: Input,
               now: float) -> None:
         source = self.sources.setdefault((topic, partition, key.partition(":")[0]), [0, now])
         source[0] = max(source[0], ts)
@@ -330,64 +348,59 @@ class RiskService:
         if position is None:
             self.position_rows.pop(text, None)
         else:
-            self.position_rows[text] = position.as_dict()
+            self.position_rows[text] = position.record()
         if record is None:  # a tombstone
             self._emit(self.engine.on_position(text, None))
             return
         self._push(self.topics.positions, partition, "position", text, record.ts, 0,
-                   {"key": text, "position": position, "ts_recv": record.ts}, now)
+                   DeskEvent(text, record.ts, position=position), now)
 
     def _rule_state(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
         if key is None or value is None:
             return
         rule_id = key.decode("utf-8", "replace")
         try:
-            row = orjson.loads(value)
-            state = row["state"]
-            ts = int(row.get("ts") or 0)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("risk.rules %r: unreadable record", rule_id)
+            row: RuleState = records.decode("risk.rules", value)
+        except msgspec.DecodeError as exc:
+            log.warning("risk.rules %r: unreadable record (%s)", rule_id, exc)
             return
-        if state not in STATES or rule_id not in self.engine.rules:
-            log.warning("risk.rules %r: unknown rule or state %r (ignored)", rule_id, state)
+        if row.state not in STATES or rule_id not in self.engine.rules:
+            log.warning("risk.rules %r: unknown rule or state %r (ignored)", rule_id, row.state)
             return
-        self.rule_states[rule_id] = {"state": state, "ts": ts, "by": row.get("by", "")}
-        self._push(self.topics.rules, partition, "rule-state", rule_id, ts, 0,
-                   {"key": rule_id, "state": state, "ts_recv": ts}, now)
+        self.rule_states[rule_id] = row
+        self._push(self.topics.rules, partition, "rule-state", rule_id, row.ts, 0,
+                   DeskEvent(rule_id, row.ts, state=row.state), now)
 
     def _published(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             return
         try:
-            body = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            body: RiskRecord = records.decode(topic, value)
+        except msgspec.DecodeError as exc:
+            log.warning("%s: a record this engine cannot read (%s)", topic, exc)
             return
         if self.unowned:
-            slot = (topic, order_key(topic, (key or b"").decode("utf-8", "replace"), body))
+            slot = (topic, order_key((key or b"").decode("utf-8", "replace"), body))
             held = self.unowned.get(slot)
             if held is not None:
                 # the owner publishes a rule's (a key's) records in order: what it published up to
                 # this one is out, or was not to be
-                ts = int(body.get("ts") or 0)
-                held[:] = [h for h in held if h[0] > ts]
+                held[:] = [h for h in held if h[0] > body.ts]
                 if not held:
                     del self.unowned[slot]
         self._remember(topic, body)
 
-    def _remember(self, topic: str, body: dict[str, Any]) -> None:
-        key = body.get("id") or body.get("pair") or (f"{body.get('kind')}|{body.get('key')}" if topic == "alerts"
-                                                     else f"{body.get('portfolio')}|{body.get('underlying')}")
-        if topic == "risk.hedge":
-            if body["id"] in self.done_ids:
+    def _remember(self, topic: str, body: RiskRecord) -> None:
+        if isinstance(body, HedgeSignal | HedgeBlocked):
+            if body.id in self.done_ids:
                 return
-            self.done_ids.add(body["id"])
+            self.done_ids.add(body.id)
             self.hedge_recent.append(body)
-            key = str(body.get("rule"))
-        ts = int(body.get("ts") or 0)
+        key = latest_key(body)
         if self.restoring:
-            self.restored_ts[(topic, key)] = max(ts, self.restored_ts.get((topic, key), -1))
+            self.restored_ts[(topic, key)] = max(body.ts, self.restored_ts.get((topic, key), -1))
         old = self.latest[topic].get(key)
-        if old is None or ts >= int(old.get("ts") or 0):
+        if old is None or body.ts >= old.ts:
             self.latest[topic][key] = body
 
     # -- event time ---------------------------------------------------------------------------
@@ -467,15 +480,15 @@ class RiskService:
 
     def _emit(self, outs: list[Out]) -> None:
         for topic, key, body in outs:
-            done = order_key(topic, key, body)
-            if topic == "risk.hedge" and body["id"] in self.done_ids:
+            done = order_key(key, body)
+            if isinstance(body, HedgeSignal | HedgeBlocked) and body.id in self.done_ids:
                 continue  # published before (this worker before a restart, or another)
-            ts = int(body.get("ts") or 0)
+            ts = body.ts
             if ts <= self.restored_ts.get((topic, done), -1):
                 continue  # a recomputation of what was published before the restart
             self._remember(topic, body)
             slot = (topic, done)
-            if slot in self.unowned or not self.owns(owner_key(topic, body)):
+            if slot in self.unowned or not self.owns(owner_key(body)):
                 # Another worker's to publish — or no one's at this moment (a rebalance): held
                 # until read back from the owner's output, or published here if the partition
                 # comes here first. (Behind earlier held ones of its rule: in order.)
@@ -486,13 +499,13 @@ class RiskService:
                 continue
             self._send(topic, key, body)
 
-    def _send(self, topic: str, key: str, body: dict[str, Any]) -> None:
+    def _send(self, topic: str, key: str, body: RiskRecord) -> None:
         metrics.count(f"risk_out.{topic}")
         # A rule's hedge records share one partition (of the rule id; their key is their own
         # id): delivered in order, so a restart that skips what is at or before the newest one
         # published (restored_ts) skips only records that were delivered.
-        self.send(self.topics.name(topic), partition_for(order_key(topic, key, body), self.settings.partitions), key,
-                  orjson.dumps({**body, "ts_published": time.time_ns()}))
+        self.send(self.topics.name(topic), partition_for(order_key(key, body), self.settings.partitions), key,
+                  records.encode(msgspec.structs.replace(body, ts_published=time.time_ns())))
 
     def _publish_held(self) -> None:
         """Publish the held records of partitions this worker owns now, once it has read every
@@ -502,7 +515,7 @@ class RiskService:
         for slot in list(self.unowned):
             held = self.unowned[slot]
             topic = slot[0]
-            if not self.owns(owner_key(topic, held[0][2])):
+            if not self.owns(owner_key(held[0][2])):
                 continue
             if ready is None:
                 ready = not any(self._behind(self.topics.name(t), p) for t in OUTPUTS
@@ -516,20 +529,22 @@ class RiskService:
 
     # -- the web view -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
+        """``/api/risk``: what the engine computed last, as JSON-ready values."""
         rules = []
         for run in self.engine.rules.values():
-            rules.append({**run.rule.as_dict(), "state": run.rule.state,
-                          "state_by": self.rule_states.get(run.rule.id, {}).get("by"), "blocked": run.blocked})
+            state = self.rule_states.get(run.rule.id)
+            rules.append({**run.rule.as_dict(), "state": run.rule.state, "state_by": state.by if state else None,
+                          "blocked": run.blocked})
+        latest = {topic: sorted(bodies.items()) for topic, bodies in self.latest.items()}
+        raised = [b for _, b in latest["alerts"] if isinstance(b, Alert) and b.state == "raised"]
         return {
-            "exposure": sorted(self.latest["risk.exposure"].values(), key=lambda b: (b["portfolio"], b["underlying"])),
-            "scenarios": sorted(self.latest["risk.scenarios"].values(),
-                                key=lambda b: (b["portfolio"], b["underlying"])),
+            "exposure": msgspec.to_builtins([b for _, b in latest["risk.exposure"]]),
+            "scenarios": msgspec.to_builtins([b for _, b in latest["risk.scenarios"]]),
             "rules": rules,
-            "hedge": list(reversed(self.hedge_recent)),
-            "alerts": sorted((b for b in self.latest["alerts"].values() if b.get("state") == "raised"),
-                             key=lambda b: (b["kind"], b["key"])),
-            "nbbo": sorted(self.latest["nbbo"].values(), key=lambda b: b["pair"]),
-            "positions": sorted(self.position_rows.values(), key=lambda r: (r["portfolio"], r["instrument"])),
+            "hedge": msgspec.to_builtins(list(reversed(self.hedge_recent))),
+            "alerts": msgspec.to_builtins(raised),
+            "nbbo": msgspec.to_builtins([b for _, b in latest["nbbo"]]),
+            "positions": msgspec.to_builtins([r for _, r in sorted(self.position_rows.items())]),
             "bad_positions": dict(sorted(self.bad_positions.items())),
             "event_time": self.engine.now,
             "pending_inputs": len(self.heap),

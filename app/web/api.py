@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaClient
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 
+from app import records
 from app.config import Settings
 from app.kafka import client_auth
 from app.market.symbols import partition_key
@@ -187,3 +188,19 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
         key = f"{venue}:{instrument}"
         body = {"key": key, "ticker": books.ticker(key), "trades": [orjson.Fragment(t) for t in books.trades(key)]}
         return self.bytes(orjson.dumps(body), content_type="application/json")
+
+    @app.page("/api/schemas")
+    async def api_schemas(self: View, request: Request) -> Response:
+        """Every topic's record definition: its key, producer and schema address (app.records)."""
+        return self.json({"version": records.SCHEMA_VERSION, "topics": [
+            {"topic": t.topic, "key": t.key, "producer": t.producer, "compacted": t.compacted, "description": t.doc,
+             "schema": f"/api/schemas/{t.topic.replace('<venue>', 'venue')}"} for t in records.TOPICS.values()]})
+
+    @app.page("/api/schemas/{topic}")
+    async def api_schema(self: View, request: Request, topic: str) -> Response:
+        """The JSON Schema of ``topic``'s records (without TOPIC_PREFIX; any raw.<venue> is raw.venue)."""
+        try:
+            spec = records.spec_of("raw.<venue>" if topic == "raw.venue" else topic)
+        except KeyError:
+            return self.json({"error": f"no topic {topic!r}; GET /api/schemas lists them"}, status=404)
+        return self.bytes(records.schema_text(spec.topic).encode(), content_type="application/schema+json")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
@@ -89,7 +90,7 @@ def register(app: Any, books: BookView, rates: VenueRates) -> None:
                 if inst is None:
                     return {"state": "unknown", "reason": "not on this worker", "seq": None, "bids": [], "asks": []}
                 body = summary(inst)
-                body.update(inst.book.aggregates(25))
+                body.update(msgspec.to_builtins(inst.book.aggregates(25)))
                 body["ticker"] = books.ticker(key)
                 body["trades"] = [orjson.Fragment(t) for t in books.trades(key)]
                 return body

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import msgspec
+
 from app.book import mid_spread
 from app.sync import SYNCED, Instrument
 from app.venues import split_key
@@ -71,7 +73,7 @@ def detail(inst: Instrument, depth: int, source: str) -> dict[str, Any]:
     """``source``: ``owner`` (the live book), or a copy while the owner cannot answer:
     ``standby`` (this worker's standby replica) or ``recovering`` (being restored here)."""
     body = summary(inst)
-    body.update(inst.book.aggregates(depth))
+    body.update(msgspec.to_builtins(inst.book.aggregates(depth)))
     body["synced"] = inst.status == SYNCED and source == "owner"
     body["source"] = source
     return body

@@ -30,11 +30,12 @@ from app.capture.formats import Record, write_native
 from app.config import RiskSettings
 from app.market.symbols import monthly_expiries
 from app.risk import positions as pos
-from app.risk.engine import RiskEngine
+from app.risk.engine import DeskEvent, RiskEngine
 from app.risk.rules import load_rules
 from app.risk.service import RANK, engine_settings
 from app.wire import decode_record
 from tests.helpers import Namespace, SimSite, SimSiteFactory, Worker, consume, values, wait_for, workers
+from tests.risk_reference import plain, typed
 
 EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
 CALL = f"BTC-{EXPIRY}-65000-C"
@@ -126,21 +127,21 @@ def reference(s: Scenario, ns: Namespace | None = None) -> list[dict[str, Any]]:
             n += 1
             if name == "positions":
                 p = pos.parse(f"{r['portfolio']}|{r['instrument']}".encode(), orjson.dumps(r))
-                item = ("position", {"key": f"{r['portfolio']}|{r['instrument']}", "position": p, "ts_recv": r["ts"]})
-                heapq.heappush(heap, (r["ts"], RANK["position"], item[1]["key"], 0, n, *item))
+                event = DeskEvent(f"{r['portfolio']}|{r['instrument']}", r["ts"], position=p)
+                heapq.heappush(heap, (r["ts"], RANK["position"], event.key, 0, n, "position", event))
             elif name == "risk.rules":
-                body = {"key": r["rule"], "state": r["state"], "ts_recv": r["ts"]}
-                heapq.heappush(heap, (r["ts"], RANK["rule-state"], r["rule"], 0, n, "rule-state", body))
+                event = DeskEvent(r["rule"], r["ts"], state=r["state"])
+                heapq.heappush(heap, (r["ts"], RANK["rule-state"], r["rule"], 0, n, "rule-state", event))
             else:
                 if name == "book.status" and r.get("ts_recv") is None:
                     continue
                 ts = r["valid_from"] if name == "ref.instruments" else r["ts_recv"]
                 key = r.get("key") or f"{r['venue']}:{r['instrument']}"
-                heapq.heappush(heap, (ts, RANK[name], key, int(r.get("seq") or 0), n, name, r))
+                heapq.heappush(heap, (ts, RANK[name], key, int(r.get("seq") or 0), n, name, typed(name, r)))
     out = []
     while heap:
         item = heapq.heappop(heap)
-        out += [b for t, _, b in engine.on_input(item[5], item[6]) if t == "risk.hedge"]
+        out += [b for t, _, b in plain(engine.on_input(item[5], item[6])) if t == "risk.hedge"]
     return out
 
 

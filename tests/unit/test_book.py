@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -60,8 +61,8 @@ def test_bad_prices_and_sizes_are_frame_errors(price: str, size: str) -> None:
 def test_aggregates_are_exact_decimal_strings() -> None:
     book = OrderBook()
     book.apply([("99.5", "2"), ("99", "3"), ("90", "100")], [("100.5", "1"), ("101", "4")])
-    agg = book.aggregates(2)
-    assert agg["bids"] == [["99.5", "2"], ["99", "3"]]
+    agg = msgspec.to_builtins(book.aggregates(2))
+    assert agg["bids"] == [("99.5", "2"), ("99", "3")]
     assert agg["mid"] == "100"
     assert agg["spread"] == "1"
     assert agg["spread_bps"] == "100"
@@ -88,7 +89,7 @@ def test_depth_bands_equal_a_level_by_level_sum(bids: dict[int, int], asks: dict
 
     book = OrderBook()
     book.replace([(f"{p / 100}", str(s)) for p, s in bids.items()], [(f"{p / 100}", str(s)) for p, s in asks.items()])
-    agg = book.aggregates(5)
+    agg = msgspec.to_builtins(book.aggregates(5))
     mid = (Decimal(str(max(bids) / 100)) + Decimal(str(min(asks) / 100))) / 2
     for bps, band in agg["bands_bps"].items():
         lo, hi = mid * (1 - Decimal(bps) / 10_000), mid * (1 + Decimal(bps) / 10_000)

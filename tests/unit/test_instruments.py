@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from app.market.instruments import Registry, Spec
+from app.records import source
 from app.venues import REGISTRY_PARSERS
 
 # Bodies in each venue's documented shape (fields as the venues' API references list them).
@@ -45,6 +46,8 @@ COINBASE = {"products": [{"product_id": "BTC-USD", "base_currency_id": "BTC", "q
                           "quote_increment": "0.01", "base_increment": "0.00000001", "base_min_size": "0.00000001",
                           "quote_min_size": "1", "status": "online", "trading_disabled": False,
                           "product_type": "SPOT"}]}
+
+SRC = source("raw.test", 0, 0, 0)
 
 
 def parse(venue: str, body: dict) -> list[Spec]:  # type: ignore[type-arg]
@@ -89,10 +92,10 @@ def test_other_bodies_are_not_instrument_lists(venue: str) -> None:
 def test_a_changed_spec_is_a_new_version_never_an_overwrite() -> None:
     reg = Registry()
     (perp,) = parse("bybit-linear", BYBIT)
-    assert reg.changed([perp], 100, {}) == [replace(perp, valid_from=100)]
-    assert reg.changed([perp], 200, {}) == []  # the same terms again: no version
+    assert reg.changed([perp], 100, SRC) == [replace(perp, valid_from=100, source=SRC)]
+    assert reg.changed([perp], 200, SRC) == []  # the same terms again: no version
     wider = replace(perp, tick_size="0.20")
-    (new,) = reg.changed([wider], 300, {"offset": 7})
+    (new,) = reg.changed([wider], 300, source("raw.bybit-linear", 0, 7, 0))
     assert new.valid_from == 300
     assert [v.tick_size for v in reg.versions[perp.key]] == ["0.10", "0.20"]
     assert reg.at(perp.key, 99) is None
@@ -106,17 +109,17 @@ def test_state_channels_version_the_instrument_they_name() -> None:
     deribit = REGISTRY_PARSERS["deribit"]
     reg = Registry()
     option, _ = parse("deribit", DERIBIT)
-    reg.changed([option], 100, {})
+    reg.changed([option], 100, SRC)
     push = orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": {
         "channel": "instrument.state.any.BTC",
         "data": {"timestamp": 1, "state": "settled", "instrument_name": "BTC-27MAR26-60000-C"}}})
     assert deribit.parse_ws(b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.X.100ms"}}') is None
     specs, states = deribit.parse_ws(push)  # type: ignore[misc]
     assert (specs, states) == ([], [("deribit:BTC-27MAR26-60000-C", "settlement", 1_000_000)])
-    (new,) = reg.state_changed(states, 200, {})
+    (new,) = reg.state_changed(states, 200, SRC)
     assert (new.state, new.valid_from, new.strike, new.ts_exchange) == ("settlement", 200, "60000", 1_000_000)
-    assert reg.state_changed(states, 300, {}) == []  # the same state again: no version
-    assert reg.state_changed([("deribit:UNKNOWN", "settlement", 0)], 300, {}) == []  # waits for its REST list
+    assert reg.state_changed(states, 300, SRC) == []  # the same state again: no version
+    assert reg.state_changed([("deribit:UNKNOWN", "settlement", 0)], 300, SRC) == []  # waits for its REST list
     record = orjson.loads(new.encode(ts_published=400))
     assert (record["ts_exchange"], record["ts_recv"], record["ts_published"]) == (1_000_000, 200, 400)
     assert Spec.decode(new.encode(400)) == new

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -15,6 +16,7 @@ from app.capture.formats import Record
 from app.market.cursor import TradeCursor
 from app.market.records import Trade
 from app.market.symbols import parse_option, partition_key
+from app.records import source
 from app.venues.base import Kind
 from tests.helpers import reference
 
@@ -220,11 +222,11 @@ def test_okx_opt_summary_is_keyed_per_chain_and_gives_each_option_its_ticker() -
         for t in out.tickers:
             key = f"okx:{t.symbol}" if t.symbol else out.key
             per_option[key] += 1
-            chains.offer(key, t.fields, t.ts_exchange, 1, {})
+            chains.offer(key, t.fields, t.ts_exchange, 1, source("raw.okx", 0, 0, 0))
     assert len(per_option) == 8
     assert proc.instruments == {}  # tickers make no book appear (the chain key is a future's name)
     assert set(per_option.values()) == {2}  # one opt-summary ticker and one mark-price each
-    chain = build(f"okx:BTC-USD-{yymmdd[near]}", chains.chains[f"okx:BTC-USD-{yymmdd[near]}"], 0)
+    chain = msgspec.to_builtins(build(f"okx:BTC-USD-{yymmdd[near]}", chains.chains[f"okx:BTC-USD-{yymmdd[near]}"], 0))
     assert chain["premium_currency"] == "coin"
     assert chain["forward"] == f
     for row in chain["strikes"]:
@@ -259,7 +261,7 @@ def test_an_idle_chain_is_flushed_after_two_intervals_of_wall_time() -> None:
 
     chains = ChainBuilder(1000)
     assert chains.offer("deribit:BTC-25DEC26-60000-C", {"mark": "0.05", "underlying_price": "65000"},
-                        1_766_000_000_000_000_000, 1, {}) == []
+                        1_766_000_000_000_000_000, 1, source("raw.okx", 0, 0, 0)) == []
     (chain,) = chains.chains.values()
     assert list(chains.due(chain.touched_ns + 1_999_000_000, 0)) == []
     (flushed,) = chains.due(chain.touched_ns + 2_000_000_000, 0)

@@ -21,6 +21,7 @@ from app.risk import valuation
 from app.risk.engine import EngineSettings, RiskEngine, unit_size
 from app.risk.rules import Rule, Sizing, hedge_size, load_rules, parse_rules, walk
 from tests.helpers import examples
+from tests.risk_reference import plain, typed
 
 EXPIRY = 1_900_000_000 * 10**9  # 2030
 T0 = 1_800_000_000 * 10**9
@@ -196,7 +197,7 @@ def _market(seconds: int, seed: int = 1, stale_at: int | None = None) -> list[tu
                                    "asks": [[str(ask), "50000"], [str(ask + 1), "1e6"]], "seq": i + 1, "ts_recv": t}))
         if rng.random() < 0.8:
             out.append(("ticker", {"key": OPTION, "mark": str(round(0.08 * (f / 65_000) ** 8, 6)),
-                                   "underlying_price": f, "mark_iv": "0.6", "delta": "0.4", "ts_recv": t + 1,
+                                   "underlying_price": str(f), "mark_iv": "0.6", "delta": "0.4", "ts_recv": t + 1,
                                    "source": {"topic": "raw.deribit", "partition": 0, "offset": i, "index": 0}}))
     return out
 
@@ -206,8 +207,8 @@ def _run(inputs: list[tuple[str, dict[str, Any]]], quantity: str = "20") -> list
     engine = RiskEngine(EngineSettings(interval_ms=250, scenario_interval_ms=1000, max_input_age_ms=2000), [rule])
     out = engine.on_position(f"desk|{OPTION}", pos.make("desk", OPTION, quantity, ts=0))
     for kind, body in inputs:
-        out += engine.on_input(kind, body)
-    return out
+        out += engine.on_input(kind, typed(kind, body))
+    return plain(out)
 
 
 def _ordered(inputs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -251,9 +252,9 @@ def test_a_rule_for_a_portfolio_without_positions_is_blocked_once() -> None:
     engine = RiskEngine(EngineSettings(), [rule])
     out = []
     for kind, body in _market(5):
-        out += engine.on_input(kind, body)
+        out += engine.on_input(kind, typed(kind, body))
     blocked = [b for t, _, b in out if t == "risk.hedge"]
-    assert [b["reason"] for b in blocked] == ["unknown portfolio 'nobody': it holds no positions"]
+    assert [b.reason for b in blocked] == ["unknown portfolio 'nobody': it holds no positions"]
 
 
 # -- alerts and NBBO ----------------------------------------------------------------------------
@@ -269,26 +270,26 @@ def test_alerts_are_raised_once_and_cleared_once() -> None:
     s = 10**9
     assert alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.05, s) == []  # 5 bps
     crossed = alerts.on_top("okx:BTC-USDT-SWAP", 100.1, 100.0, 2 * s)
-    assert [(o[2]["kind"], o[2]["state"]) for o in crossed] == [("crossed", "raised")]
+    assert [(o[2].kind, o[2].state) for o in crossed] == [("crossed", "raised")]
     assert alerts.on_top("okx:BTC-USDT-SWAP", 100.2, 100.1, 3 * s) == []  # still crossed: nothing new
     wide = alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.5, 4 * s)  # uncrossed, 50 bps wide
-    assert [(o[2]["kind"], o[2]["state"]) for o in wide] == [("crossed", "cleared"), ("spread", "raised")]
+    assert [(o[2].kind, o[2].state) for o in wide] == [("crossed", "cleared"), ("spread", "raised")]
     assert alerts.on_top("deribit:BTC-25DEC26-65000-C", 0.01, 0.02, 4 * s) == []  # options: no spread alert
-    assert [o[2]["state"] for o in alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.01, 5 * s)] == ["cleared"]
+    assert [o[2].state for o in alerts.on_top("okx:BTC-USDT-SWAP", 100.0, 100.01, 5 * s)] == ["cleared"]
     assert alerts.on_status("okx:BTC-USDT-SWAP", "stale", "gap", 6 * s) == []
     assert alerts.tick(7 * s, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s) == []  # 1 s: not yet
     stale = alerts.tick(8_500_000_000, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s)
-    assert [(o[2]["kind"], o[2]["state"]) for o in stale] == [("stale", "raised")]
+    assert [(o[2].kind, o[2].state) for o in stale] == [("stale", "raised")]
     assert alerts.tick(9 * s, {}, {"okx:BTC-USDT-SWAP": "stale"}, 10 * s) == []
-    assert [o[2]["state"] for o in alerts.on_status("okx:BTC-USDT-SWAP", "synced", "", 10 * s)] == ["cleared"]
+    assert [o[2].state for o in alerts.on_status("okx:BTC-USDT-SWAP", "synced", "", 10 * s)] == ["cleared"]
     from app.market.chain import Quote
 
     q = Quote()
-    q.update({"funding_rate": "0.0001"}, 0, 0, {})
+    q.update({"funding_rate": "0.0001"}, 0, 0, None)
     assert alerts.on_ticker("okx:BTC-USDT-SWAP", q, 11 * s) == []
-    q.update({"funding_rate": "0.0021"}, 0, 0, {})
+    q.update({"funding_rate": "0.0021"}, 0, 0, None)
     jump = alerts.on_ticker("okx:BTC-USDT-SWAP", q, 12 * s)
-    assert [(o[2]["kind"], o[2]["value"]) for o in jump] == [("funding-jump", 0.0021)]
+    assert [(o[2].kind, o[2].value) for o in jump] == [("funding-jump", 0.0021)]
     assert alerts.active_by_kind() == {}
 
 
@@ -311,14 +312,14 @@ def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> N
     out = alerts.tick(t + 1, tops, {}, 10**10)
     nbbo = [o[2] for o in out if o[0] == "nbbo"]
     assert len(nbbo) == 1
-    assert (nbbo[0]["pair"], nbbo[0]["bid"], nbbo[0]["bid_venue"]) == ("BTC/USD", 65_500.0, "bybit-spot:BTCUSDT")
-    assert (nbbo[0]["ask"], nbbo[0]["ask_venue"], nbbo[0]["ask_quote"]) == (65_000.8, "coinbase:BTC-USD", "USD")
-    diverging = [o[2]["key"] for o in out if o[0] == "alerts" and o[2]["kind"] == "divergence"]
+    assert (nbbo[0].pair, nbbo[0].bid, nbbo[0].bid_venue) == ("BTC/USD", 65_500.0, "bybit-spot:BTCUSDT")
+    assert (nbbo[0].ask, nbbo[0].ask_venue, nbbo[0].ask_quote) == (65_000.8, "coinbase:BTC-USD", "USD")
+    diverging = [o[2].key for o in out if o[0] == "alerts" and o[2].kind == "divergence"]
     assert diverging == ["bybit-spot:BTCUSDT"]  # ~77 bps from the median of the others
     assert [o for o in alerts.tick(t + 2, tops, {}, 10**10) if o[0] == "nbbo"] == []  # unchanged: not again
     stale = alerts.tick(t + 3, tops, {"bybit-spot:BTCUSDT": "stale"}, 10**10)  # a stale book leaves the NBBO
-    assert [o[2]["bid_venue"] for o in stale if o[0] == "nbbo"] == ["okx:BTC-USDT"]
-    assert [(o[2]["key"], o[2]["state"]) for o in stale if o[0] == "alerts"] == [("bybit-spot:BTCUSDT", "cleared")]
+    assert [o[2].bid_venue for o in stale if o[0] == "nbbo"] == ["okx:BTC-USDT"]
+    assert [(o[2].key, o[2].state) for o in stale if o[0] == "alerts"] == [("bybit-spot:BTCUSDT", "cleared")]
 
 
 def test_a_position_script_is_ordered_by_its_times_and_checked_whole() -> None:

@@ -19,17 +19,17 @@ import pytest
 
 from app.capture.formats import Record, read
 from app.config import Settings
-from app.outputs import Publisher
 from app.processor import Processor
+from app.records import encode
 from app.risk.engine import EngineSettings, RiskEngine, leg_kind, unit_size
 from app.risk.rules import Rule, parse_rules
 from app.risk.service import engine_settings
 from app.router import Router
 from app.simulator import instruments as sim_instruments
-from app.venues import REGISTRY_PARSERS, VENUES
+from app.venues import REGISTRY_PARSERS
 from app.venues.base import Kind
-from app.wire import Topics, partition_for
 from bench.run import copies
+from tests.helpers import publish
 from tests.risk_reference import (
     COPY_HEDGE,
     COPY_RULES,
@@ -41,6 +41,7 @@ from tests.risk_reference import (
     copy_positions,
     desk_positions,
     hedge_reference,
+    typed,
 )
 from tests.unit.test_captures import hft
 
@@ -59,8 +60,9 @@ def _engine_conf() -> EngineSettings:
     return engine_settings(Settings())
 
 
-def _kv(key: str, body: dict[str, Any]) -> KV:
-    return key.encode(), orjson.dumps(body)
+def _kv(kind: str, key: str, body: dict[str, Any]) -> KV:
+    """A record of ``kind`` as the worker writes it (the fields the test leaves out at their defaults)."""
+    return key.encode(), encode(typed(kind, body))
 
 
 def _topics(seconds: int = 60) -> dict[str, list[KV]]:
@@ -72,23 +74,23 @@ def _topics(seconds: int = 60) -> dict[str, list[KV]]:
     perp = replace(specs[0], valid_from=T0)
     out: dict[str, list[KV]] = {"ref.instruments": [(perp.record_key().encode(), perp.encode())], "book.top": [],
                                 "risk.depth": [], "ticker": [], "risk.rules": [],
-                                "book.status": [_kv(DESK_HEDGE, {"venue": "deribit", "instrument": "BTC-PERPETUAL",
-                                                                 "state": "synced", "reason": "", "seq": 1,
-                                                                 "ts_recv": T0})],
+                                "book.status": [_kv("book.status", DESK_HEDGE, {
+                                    "venue": "deribit", "instrument": "BTC-PERPETUAL", "state": "synced",
+                                    "reason": "", "seq": 1, "ts_recv": T0})],
                                 "positions": [(p.key.encode(), p.encode()) for p in desk_positions()]}
     for i in range(300):
-        out["book.top"].append(_kv("binance-usdm:BTCUSDT", {
+        out["book.top"].append(_kv("book.top", "binance-usdm:BTCUSDT", {
             "venue": "binance-usdm", "instrument": "BTCUSDT", "bid_px": "61000.0", "ask_px": "61000.1",
             "seq": i + 1, "epoch": 1, "ts_recv": HISTORY + i * 100 * MS}))
     for i in range(seconds * 10):
         t, mid = T0 + i * 100 * MS, 65_000 + (i % 50) * 10
-        out["book.top"].append(_kv(DESK_HEDGE, {"venue": "deribit", "instrument": "BTC-PERPETUAL",
+        out["book.top"].append(_kv("book.top", DESK_HEDGE, {"venue": "deribit", "instrument": "BTC-PERPETUAL",
                                                 "bid_px": str(mid - 0.5), "ask_px": str(mid + 0.5), "seq": i + 2,
                                                 "epoch": 1, "ts_recv": t}))
         if i % 3 == 0:
-            out["risk.depth"].append(_kv(DESK_HEDGE, {"key": DESK_HEDGE, "bids": [[str(mid - 0.5), "500000"]],
-                                                      "asks": [[str(mid + 0.5), "500000"]], "seq": i + 2,
-                                                      "ts_recv": t}))
+            out["risk.depth"].append(_kv("risk.depth", DESK_HEDGE, {
+                "key": DESK_HEDGE, "bids": [[str(mid - 0.5), "500000"]], "asks": [[str(mid + 0.5), "500000"]],
+                "seq": i + 2, "ts_recv": t}))
     return out
 
 
@@ -152,44 +154,15 @@ def test_the_comparison_counts_missing_unexpected_repeated_and_differing_records
 
 
 # -- the catch-up's desk, on copies of a Binance USD-M feed ----------------------------------------
-class _Outputs:
-    """The worker's output sink, kept in memory: (topic, partition, key, value) in the order sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, int, bytes, bytes]] = []
-
-    def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        self.sent.append((topic, partition, key, value))
-
-
 def _worker_topics(records: Iterable[Record], partitions: int = 4) -> dict[str, list[KV]]:
-    """What a worker with the catch-up's rule publishes for ``records`` (raw frames through
-    app.router.Router, one Processor, and the Publisher as app.runtime.BookRuntime._apply hands it
-    each outcome), by topic name without the prefix, partition by partition in order: the risk
-    engine's market inputs, as tests/risk_reference.read_inputs reads them."""
-    settings = Settings()
-    topics = Topics("", VENUES, "unit")
-    sink = _Outputs()
-    publisher = Publisher(settings, topics, sink, lambda key: None)  # type: ignore[arg-type]
-    publisher.risk_depth_keys = {rule.hedge for rule in _rules(COPY_RULES)}
-    router, proc = Router(), Processor()
-    offsets: collections.Counter[int] = collections.Counter()  # one frame a raw record
-    for rec in records:
-        for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            partition = partition_for(raw.key, partitions)
-            out = proc.handle(raw)
-            assert out.dead is None, out.dead
-            src = {"topic": f"raw.{rec.venue}", "partition": partition, "offset": offsets[partition], "index": 0}
-            offsets[partition] += 1
-            if out.trades or out.tickers or out.trade_gaps:
-                publisher.market(partition, out, raw.ts, src)
-            elif out.specs or out.states:
-                publisher.instruments(out.specs, out.states, raw.ts, src)
-            if out.inst is not None and out.fx.changed():
-                publisher.outcome(partition, out, out.inst, raw.ts)
+    """What a worker with the catch-up's rule publishes for ``records`` (tests.helpers.publish),
+    by topic name without the prefix, partition by partition in order: the risk engine's
+    market inputs, as tests/risk_reference.read_inputs reads them."""
+    sent = publish(records, partitions, risk_depth_keys={rule.hedge for rule in _rules(COPY_RULES)})
     by_topic: dict[str, list[tuple[int, KV]]] = collections.defaultdict(list)
-    for topic, partition, key, value in sink.sent:
+    for topic, partition, key, value in sent:
         by_topic[topic].append((partition, (key, value)))
+    assert "raw.deadletter" not in by_topic, by_topic["raw.deadletter"]
     out_topics = {name: [kv for _, kv in sorted(rows, key=lambda row: row[0])] for name, rows in by_topic.items()}
     out_topics["positions"] = [(p.key.encode(), p.encode()) for p in copy_positions()]
     return out_topics
@@ -243,7 +216,7 @@ def test_the_copies_instrument_list_is_parsed_into_a_linear_perpetual_spec_for_e
         assert (s["valid_from"], s["ts_recv"], s["expiry_ns"]) == (T0 - 10**9, T0 - 10**9, None)
     engine = RiskEngine(_engine_conf(), _rules(COPY_RULES))
     for s in specs:
-        engine.on_input("ref.instruments", s)
+        engine.on_input("ref.instruments", typed("ref.instruments", s))
     spec = engine.spec(COPY_HEDGE, T0)
     assert spec is not None
     assert (leg_kind(spec), unit_size(spec)) == ("linear", 1.0)  # a position's delta is its quantity

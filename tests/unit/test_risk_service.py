@@ -4,12 +4,12 @@ source), and what it publishes of partitions it does not own (held records)."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
 
 from app.config import Settings
+from app.records import Exposure, HedgeSignal, encode
 from app.risk.service import RiskService
 from app.venues import VENUES
 from app.wire import Topics
@@ -72,8 +72,17 @@ class Outputs:
         return self.polled.get((tp.topic, tp.partition), time.time() * 1000)
 
 
-def signal(n: int, ts: int) -> dict[str, Any]:
-    return {"type": "signal", "id": f"s{n}", "rule": "r1", "portfolio": "desk", "underlying": "BTC", "ts": ts}
+def signal(n: int, ts: int) -> HedgeSignal:
+    return HedgeSignal(id=f"s{n}", rule="r1", portfolio="desk", underlying="BTC", greek="delta", band=[-1.0, 1.0],
+                       target=0.0, state="active", reason="test", ts=ts, inputs=[], instrument="deribit:BTC-PERPETUAL",
+                       side="buy", size="10", exposure_before=2.0, exposure_after=0.0, expected_price=None, mid=None,
+                       slippage_bps=None, fillable=None, depth_ts_recv=None)
+
+
+def exposure(ts: int) -> Exposure:
+    return Exposure(portfolio="desk", underlying="BTC", delta=float(ts), delta_usd=None, gamma=None, gamma_1pct=None,
+                    vega=None, theta=None, notional_usd=None, venue={}, positions=[], flags={}, unknown=[], ok=True,
+                    inputs=[], reason="interval", ts=ts)
 
 
 def held_service() -> tuple[RiskService, set[str], list[str], Outputs]:
@@ -95,7 +104,7 @@ def test_signals_computed_while_no_one_owns_the_partition_are_published_when_it_
     svc, owned, sent, outputs = held_service()
     svc._emit([("risk.hedge", "s1", signal(1, 100)), ("risk.hedge", "s2", signal(2, 200))])  # noqa: SLF001
     assert sent == []
-    svc._published("risk.hedge", b"s1", orjson.dumps(signal(1, 100)))  # noqa: SLF001 - the old owner's, read back
+    svc._published("risk.hedge", b"s1", encode(signal(1, 100)))  # noqa: SLF001 - the old owner's, read back
     svc._publish_held()  # noqa: SLF001
     assert sent == []  # still not ours
     owned.add("desk")
@@ -114,10 +123,9 @@ def test_signals_computed_while_no_one_owns_the_partition_are_published_when_it_
 
 def test_of_a_latest_value_only_the_latest_is_held_and_the_owners_publication_clears_it() -> None:
     svc, owned, sent, _ = held_service()
-    exposure = lambda ts: {"portfolio": "desk", "underlying": "BTC", "ts": ts, "delta": ts}  # noqa: E731
     svc._emit([("risk.exposure", "desk|BTC", exposure(1)), ("risk.exposure", "desk|BTC", exposure(2))])  # noqa: SLF001
     assert [h[0] for h in svc.unowned[("risk.exposure", "desk|BTC")]] == [2]
-    svc._published("risk.exposure", b"desk|BTC", orjson.dumps(exposure(2)))  # noqa: SLF001
+    svc._published("risk.exposure", b"desk|BTC", encode(exposure(2)))  # noqa: SLF001
     assert not svc.unowned
     owned.add("desk")
     svc._publish_held()  # noqa: SLF001

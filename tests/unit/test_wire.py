@@ -8,11 +8,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.records import BookTop, DeadLetter, encode
 from app.venues.base import Kind
 from app.wire import (
     BadFrame,
-    BookTop,
-    DeadLetter,
     RawFrame,
     decode_record,
     encode_frame,
@@ -84,8 +83,10 @@ def test_partition_for_is_kafkas_default_partitioner_of_the_partition_key() -> N
 
 
 def test_downstream_records_keep_their_public_field_names() -> None:
-    top = orjson.loads(BookTop("okx", "BTC-USDT", "1", "2", "3", "4", 9, 1, 10, 11, 12).encode())
+    top = orjson.loads(encode(BookTop(venue="okx", instrument="BTC-USDT", bid_px="1", bid_sz="2", ask_px="3",
+                                      ask_sz="4", seq=9, epoch=1, ts_exchange=10, ts_recv=11, ts_published=12)))
     assert list(top) == ["venue", "instrument", "bid_px", "bid_sz", "ask_px", "ask_sz", "seq", "epoch",
                          "ts_exchange", "ts_recv", "ts_published"]
-    dead = orjson.loads(DeadLetter("okx", "BTC-USDT", "bad-json", "x", "raw.okx", 1, 2, 3, {}, b"{").encode())
+    dead = orjson.loads(encode(DeadLetter(venue="okx", instrument="BTC-USDT", reason="bad-json", detail="x",
+                                          topic="raw.okx", partition=1, offset=2, index=3, headers={}, frame="{")))
     assert (dead["index"], dead["offset"], dead["frame"]) == (3, 2, "{")
