@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 #: Prometheus' promtool, for the /metrics check (tests/helpers.py promtool_check reads PROMTOOL).
 export PROMTOOL ?= $(CURDIR)/.cache/promtool/promtool
+#: kcat, for the README's kcat + jq example (tests/integration/test_readme_examples.py reads KCAT).
+export KCAT ?= $(CURDIR)/.cache/kcat/kcat
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install browser promtool kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
+.PHONY: help install browser promtool kcat schemas kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +34,11 @@ promtool: $(PROMTOOL) ## Fetch promtool (Debian's prometheus package, no root ne
 
 $(PROMTOOL):
 	@scripts/promtool.sh $@
+
+kcat: $(KCAT) ## Fetch kcat (Debian's, with its librdkafka; no root needed) into .cache/ for the README's examples
+
+$(KCAT):
+	@scripts/kcat.sh $@
 
 kafka-libs: ## Resolve the Apache Kafka jars from Maven Central (once)
 	@scripts/kafka.sh libs
@@ -66,7 +73,7 @@ cluster-logs: ## Show the 3-node cluster's logs (NODE=2 for one node)
 run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 (FEED=live: real venues); Ctrl-C stops all
 	@scripts/run.sh
 
-test: install browser promtool ## Run the whole test suite (starts and stops its own broker)
+test: install browser promtool kcat ## Run the whole test suite (starts and stops its own broker)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 soak: install ## Takeover tests SOAK_N (20) times, each a fresh pytest run; pass/fail counts → bench/soak-results.json
@@ -80,6 +87,9 @@ fuzz: install ## Property-based fuzzing of every parser and importer with FUZZ_E
 
 bench: install ## Benchmarks on a broker of their own; table + bench/results.json (BENCH_ONLY=step,… for some)
 	$(BIN)/python bench/run.py
+
+schemas: install ## Write schemas/<topic>.json from the record definitions (app/records); commit them
+	$(BIN)/faust -A app schemas
 
 lint: install ## ruff and mypy
 	$(BIN)/ruff check .

@@ -50,6 +50,7 @@ from app.market.symbols import monthly_expiries  # noqa: E402
 from app.venues.base import Kind  # noqa: E402
 from app.wire import RawFrame, v1_headers  # noqa: E402
 from bench.profile import profile_top  # noqa: E402
+from bench.serialization import measure as measure_serialization  # noqa: E402
 from scripts.harness import (  # noqa: E402
     CAPTURES,
     FAUST,
@@ -508,6 +509,10 @@ class Bench:
                            "→ /ready (BENCH_BOOKS, BENCH_LEVELS, BENCH_HISTORIES)")
         self.figures["recovery"] = out
 
+    def serialization(self) -> None:
+        """µs per record to encode and decode each hot topic: msgspec (app.records) against orjson."""
+        self.figures["serialization"] = measure_serialization(CAPTURES)
+
     def changelog(self) -> None:
         """Changelog bytes per applied level update on a 50- and a 5,000-level book."""
         out = {}
@@ -925,10 +930,12 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("recovery_new_worker_s", lambda f: _get(f, "recovery", "new_worker_to_ready_s")),
     ("changelog_bytes_per_update_50", lambda f: _get(f, "changelog", "by_depth", "50", "bytes_per_update")),
     ("changelog_bytes_per_update_5000", lambda f: _get(f, "changelog", "by_depth", "5000", "bytes_per_update")),
+    ("book_top_encode_us_msgspec", lambda f: _get(f, "serialization", "book.top", "encode_msgspec_struct_us")),
+    ("book_top_encode_us_orjson_dict", lambda f: _get(f, "serialization", "book.top", "encode_orjson_dict_us")),
 ]
 
 STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "recovery", "changelog",
-         "sweep"]
+         "serialization", "sweep"]
 
 
 def machine() -> str:

@@ -85,15 +85,15 @@ TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec("feed.status", FeedStatus, "instrument key (<venue>: for a venue-wide channel)", "worker"),
     TopicSpec("ref.instruments", InstrumentRecord, "<instrument key>|<valid_from>", "worker", compacted=True),
     TopicSpec("options.chain", OptionsChain, "<venue>:<chain>", "worker"),
-    TopicSpec("positions", PositionRecord, "<portfolio>|<instrument key>", "risk positions, the desk", compacted=True),
-    TopicSpec("risk.rules", RuleState, "rule id", "risk rule, POST /api/risk/rules/{rule}/state", compacted=True),
+    TopicSpec("positions", PositionRecord, "<portfolio>|<instrument key>", "positions set, the desk's tools", compacted=True),
+    TopicSpec("risk.rules", RuleState, "rule id", "rules state, POST /api/risk/rules/{rule}/state", compacted=True),
     TopicSpec("risk.depth", RiskDepth, "instrument key", "worker"),
     TopicSpec("risk.exposure", Exposure, "<portfolio>|<underlying>", "worker (risk engine)"),
     TopicSpec("risk.scenarios", Scenarios, "<portfolio>|<underlying>", "worker (risk engine)"),
     TopicSpec("risk.hedge", HedgeSignal | HedgeBlocked, "the record's id (partition: of its rule)",
               "worker (risk engine)"),
     TopicSpec("alerts", Alert, "<kind>|<instrument key or pair>", "worker (risk engine)"),
-    TopicSpec("nbbo", Nbbo, "pair, e.g. BTC-USD", "worker (risk engine)"),
+    TopicSpec("nbbo", Nbbo, "pair, e.g. BTC/USD", "worker (risk engine)"),
 )}
 
 _ENCODER = msgspec.json.Encoder()

@@ -175,7 +175,7 @@ class NbboVenue(Record, kw_only=True):
 
 
 class Nbbo(Record, kw_only=True):
-    """The best bid and ask of one pair across venues, on every change. Key: the pair (BTC-USD)."""
+    """The best bid and ask of one pair across venues, on every change. Key: the pair (BTC/USD)."""
 
     pair: str
     bid: float | None

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ARTIFACTS
-from tests.helpers import SimSite, SimSiteFactory, Worker, promtool_check, wait_for, workers
+from tests.helpers import ROOT, SimSite, SimSiteFactory, Worker, promtool_check, wait_for, workers
 
 
 def _misrouted_options(n: int) -> list[str]:
@@ -91,6 +91,24 @@ def test_health_ready_venues_and_metrics(site: SimSite) -> None:
     assert float(samples['bookstream_top_latency_seconds_bucket{le="+Inf"}']) > 0
     assert "# TYPE bookstream_top_latency_seconds histogram" in text
     assert "bookstream_consumer_lag{" in text
+
+
+def test_schemas_are_served_as_committed(site: SimSite) -> None:
+    """GET /api/schemas lists every topic's definition; /api/schemas/{topic} is the committed file."""
+    from app import records
+
+    status, index = site.worker.get("/api/schemas")
+    assert status == 200
+    assert index["version"] == records.SCHEMA_VERSION
+    assert [t["topic"] for t in index["topics"]] == list(records.TOPICS)
+    for entry in index["topics"]:
+        with urllib.request.urlopen(site.worker.url + entry["schema"], timeout=5) as resp:  # noqa: S310 - local URL
+            assert resp.headers["Content-Type"].startswith("application/schema+json")
+            assert resp.read().decode() == (ROOT / "schemas" / records.schema_file(entry["topic"])).read_text()
+    assert site.worker.get("/api/schemas/raw.okx")[0] == 200  # any raw.<venue>
+    status, body = site.worker.get("/api/schemas/book.nope")
+    assert status == 404
+    assert "GET /api/schemas" in body["error"]
 
 
 def test_metrics_pass_promtool_check(site: SimSite) -> None:
