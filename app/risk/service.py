@@ -46,6 +46,7 @@ from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
 from app.risk.engine import DeskEvent, EngineSettings, Input, Out, RiskEngine, instrument_key
 from app.risk.rules import STATES, Rule, load_rules, state_record
+from app.risk.watermark import Watermark
 from app.wire import Topics, partition_for
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class RiskService:
         self.read_to: dict[tuple[str, int], int] = {}  # (topic, partition) → offset of the last record read
         self.heap: list[tuple[int, int, str, int, int, str, Input]] = []
         self._n = 0
-        self.sources: dict[tuple[str, int, str], list[float]] = {}  # → [max event time, wall time last seen]
+        self.marks = Watermark(settings.risk.lateness_ms * 1_000_000, settings.risk.idle_ms * 1_000_000)
         self.assigned: list[TopicPartition] = []  # every input partition read after the restore
         self.market_max = float("-inf")  # the newest event time of a market input read
         self.done_ids: set[str] = set()  # risk.hedge ids already published
@@ -324,9 +325,7 @@ class RiskService:
 
     def _push(self, topic: str, partition: int, kind: str, key: str, ts: int, seq: int, body: Input,
               now: float) -> None:
-        source = self.sources.setdefault((topic, partition, key.partition(":")[0]), [0, now])
-        source[0] = max(source[0], ts)
-        source[1] = now
+        self.marks.observe((topic, partition, key.partition(":")[0]), ts, now)
         if topic in self.inputs:
             self.market_max = max(self.market_max, ts)
         self._n += 1
@@ -405,42 +404,10 @@ class RiskService:
 
     # -- event time ---------------------------------------------------------------------------
     def watermark(self, now: float) -> float:
-        """Event time (ns) no input still to come can be older than. Each source (topic,
-        partition, venue) counts with the newest event time read from it, except when it is read
-        to its end (the broker's high watermark):
-
-        * and its data is history (a replay, a restart's backlog: its newest input more than
-          ``RISK_IDLE_MS`` old by the wall clock) and it was read from less than ``RISK_IDLE_MS``
-          ago, or this worker is still behind its raw topics: it holds the others back at its
-          newest event time — a worker still applying a replay may simply not have reached that
-          partition's next records yet;
-        * otherwise (live data, or quiet: its history done, or a live source the pipeline holds
-          up — a partition leader moving, a producer retrying): what it brings next are frames
-          received no earlier than ``RISK_LATENESS_MS`` ago — they reach the engine within that.
-          It counts with that (or its newest event time, if later): a quiet source never lets the
-          watermark run ahead of the wall clock. (Dropping quiet sources did: when the whole
-          pipeline stalled a few seconds under a broker failover, every source was quiet, the
-          watermark infinite, every input held was released, and the stalled ones came late.)
-
-        A partition no record was read from yet holds everything while it has records (or its
-        end is not known yet): its first records may be older than all the others."""
-        idle_s = self.settings.risk.idle_ms / 1000
-        wall = time.time_ns()
-        recent = wall - self.settings.risk.lateness_ms * 1_000_000
-        live_after = wall - self.settings.risk.idle_ms * 1_000_000
-        behind = not self.caught_up()  # this worker still applying its raw topics (a replay)
-        marks = []
+        """Event time (ns) no input still to come can be older than (:class:`Watermark`), from
+        the partitions still to be read (:meth:`_behind`) and the worker's progress on its raw topics."""
         unread = {(tp.topic, tp.partition) for tp in self.assigned if self._behind(tp.topic, tp.partition)}
-        if unread - {(topic, partition) for topic, partition, _venue in self.sources}:
-            return float("-inf")  # a partition not read from yet has records: they may be the oldest
-        for (topic, partition, _venue), (ts, seen) in self.sources.items():
-            if (topic, partition) in unread:
-                marks.append(ts)  # behind: its next records may be older than what the others show
-            elif ts < live_after and (now - seen < idle_s or behind):
-                marks.append(ts)  # history, quiet only because the worker is busy elsewhere: it may come
-            else:
-                marks.append(max(ts, recent))
-        return min(marks) if marks else float("inf")
+        return self.marks.at(now, time.time_ns(), unread, behind=not self.caught_up())
 
     def _behind(self, topic: str, partition: int) -> bool:
         """Records of the partition are still to be read, or may be: its end is not known, or

@@ -31,7 +31,7 @@ def test_quiet_live_sources_hold_the_engine_at_the_lateness_bound_not_past_the_w
     svc, lateness = service()
     now, wall = time.monotonic(), time.time_ns()
     for p in range(4):
-        svc.sources[("book.top", p, "deribit")] = [wall - 10 * 10**9, now - 10]  # quiet for 10 s
+        svc.marks.sources[("book.top", p, "deribit")] = [wall - 10 * 10**9, now - 10]  # quiet for 10 s
     mark = svc.watermark(now)
     assert wall - lateness <= mark <= time.time_ns() - lateness
 
@@ -39,8 +39,8 @@ def test_quiet_live_sources_hold_the_engine_at_the_lateness_bound_not_past_the_w
 def test_a_live_source_counts_with_its_newest_input_when_later_than_the_bound() -> None:
     svc, lateness = service()
     now, wall = time.monotonic(), time.time_ns()
-    svc.sources[("book.top", 0, "deribit")] = [wall + 5 * 10**9, now]  # a clock ahead: its own time
-    svc.sources[("ticker", 0, "okx")] = [wall - 10 * 10**9, now - 10]
+    svc.marks.sources[("book.top", 0, "deribit")] = [wall + 5 * 10**9, now]  # a clock ahead: its own time
+    svc.marks.sources[("ticker", 0, "okx")] = [wall - 10 * 10**9, now - 10]
     mark = svc.watermark(now)
     assert wall - lateness <= mark <= time.time_ns() - lateness
 
@@ -48,13 +48,13 @@ def test_a_live_source_counts_with_its_newest_input_when_later_than_the_bound() 
 def test_history_holds_the_engine_while_read_recently_or_while_the_worker_is_behind() -> None:
     svc, _ = service()
     now, wall = time.monotonic(), time.time_ns()
-    svc.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now]  # a replay, read a moment ago
-    svc.sources[("book.top", 1, "deribit")] = [wall, now]
+    svc.marks.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now]  # a replay, read a moment ago
+    svc.marks.sources[("book.top", 1, "deribit")] = [wall, now]
     assert svc.watermark(now) == wall - DAY_NS
-    svc.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now - 10]  # quiet: its replay done
+    svc.marks.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now - 10]  # quiet: its replay done
     assert svc.watermark(now) > wall - DAY_NS
     behind, _ = service(caught_up=False)
-    behind.sources = svc.sources  # quiet only because the worker is still applying its raw topics
+    behind.marks.sources = svc.marks.sources  # quiet only because the worker is still applying its raw topics
     assert behind.watermark(now) == wall - DAY_NS
 
 
