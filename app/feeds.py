@@ -28,12 +28,12 @@ from urllib.parse import urlsplit
 from app.config import Secret
 from app.errors import ConfigError
 from app.market.symbols import monthly_expiries
-from app.venues import REGISTRY, VENUES
+from app.venues import VENUE_TABLE, VENUES
 from app.venues.session import Endpoint, Limits
 
 #: Each venue's live endpoint and simulator (WebSocket, REST) paths, from its module.
-LIVE: dict[str, Endpoint] = {venue: v.endpoint for venue, v in REGISTRY.items()}
-SIM_PATHS: dict[str, tuple[str, str]] = {venue: (v.sim_ws_path, v.sim_rest_path) for venue, v in REGISTRY.items()}
+LIVE: dict[str, Endpoint] = {venue: v.endpoint for venue, v in VENUE_TABLE.items()}
+SIM_PATHS: dict[str, tuple[str, str]] = {venue: (v.sim_ws_path, v.sim_rest_path) for venue, v in VENUE_TABLE.items()}
 
 def _sim_options() -> str:
     """Two live chains for the simulator: the next two monthly expiries (14+ days away), BTC

@@ -18,7 +18,7 @@ from app.market.cursor import TradeCursor
 from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, MARKETS, REGISTRY_PARSERS, rule, split_key
+from app.venues import ADAPTERS, INSTRUMENT_LISTS, MARKETS, rule, split_key
 from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
@@ -79,7 +79,7 @@ class Processor:
             return self._conn(out, symbol, value)
         if not symbol:  # venue-level frame (acks, heartbeats, instrument lists): audit, and the registry
             try:
-                registry = REGISTRY_PARSERS.get(venue)
+                registry = INSTRUMENT_LISTS.get(venue)
                 if kind is Kind.WS:
                     ad.route(kind, value)
                     pushed = registry.parse_ws(value) if registry is not None else None

@@ -30,7 +30,7 @@ from app.ingest.sink import RawSink
 from app.kafka import client_auth
 from app.retry import Backoff
 from app.router import Router
-from app.venues import REGISTRY_PARSERS, protocol, split_key
+from app.venues import INSTRUMENT_LISTS, protocol, split_key
 from app.venues.base import Kind
 from app.venues.session import Protocol, Sub
 from app.wire import RawFrame, conn_event
@@ -191,7 +191,7 @@ class Ingest:
             if self.settings.instruments_refresh_s > 0:
                 self._tasks += [asyncio.create_task(self._instruments(venue, symbols, http), name=f"{venue}-specs")
                                 for venue, symbols in self.feeds.feeds.items()
-                                if venue in REGISTRY_PARSERS and self.feeds.endpoints[venue].api_url]
+                                if venue in INSTRUMENT_LISTS and self.feeds.endpoints[venue].api_url]
             try:
                 await asyncio.gather(*self._tasks)
             except asyncio.CancelledError:
@@ -213,7 +213,7 @@ class Ingest:
         """The venue's REST instrument lists, at start and every INSTRUMENTS_REFRESH_S, into the raw
         topic verbatim (venue-keyed REST frames): the worker derives ``ref.instruments`` from them."""
         endpoint = self.feeds.endpoints[venue]
-        urls = REGISTRY_PARSERS[venue].urls(endpoint.api_url, symbols)
+        urls = INSTRUMENT_LISTS[venue].urls(endpoint.api_url, symbols)
         limits = endpoint.limits
         budget = self.pacing.rest(limits.scope or venue, limits.rest_weight)  # the venue's REST weight, shared
         while True:

@@ -87,8 +87,8 @@ class Spec:
 _FIELDS = tuple(Spec.__dataclass_fields__)
 
 
-class RegistryParser(Protocol):
-    """A venue's REST instrument lists → specs (``Venue.registry``)."""
+class InstrumentListParser(Protocol):
+    """A venue's REST instrument lists → specs (``Venue.instrument_lists``)."""
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         """The REST requests that list ``symbols``' instruments (at ``api_url``, live or simulator)."""

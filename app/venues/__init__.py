@@ -1,28 +1,28 @@
 """The venues, registered by venue id (the public identifiers, see README).
 
 A venue is one module under ``app/venues/`` (its adapter, sync rule, session protocol and
-endpoints) and its :class:`~app.venues.base.Venue` entries in :data:`REGISTRY`. Callers
+endpoints) and its :class:`~app.venues.base.Venue` entries in :data:`VENUE_TABLE`. Callers
 reach an adapter through :func:`adapter` (guarded: bad frames fail only with FrameError),
 a sync rule through :func:`rule` and a session protocol through :func:`protocol`;
-``app.feeds`` builds its endpoint tables from the registry.
+``app.feeds`` builds its endpoint tables from the venue table.
 """
 
 from __future__ import annotations
 
 from app.config import Secret
 from app.errors import ConfigError, FrameError
-from app.market.instruments import RegistryParser, Spec
+from app.market.instruments import InstrumentListParser, Spec
 from app.market.records import Ticker, Trade
 from app.venues import binance, bybit, coinbase, deribit, okx
 from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, MarketParser, SyncRule, Venue
 from app.venues.session import Endpoint, Protocol
 
 #: venue id → everything about that venue. Adding a venue adds its module's entries here.
-REGISTRY: dict[str, Venue] = {
+VENUE_TABLE: dict[str, Venue] = {
     v.id: v for v in (deribit.VENUE, *binance.VENUES, okx.VENUE, *bybit.VENUES, coinbase.VENUE)
 }
 
-VENUES: tuple[str, ...] = tuple(REGISTRY)
+VENUES: tuple[str, ...] = tuple(VENUE_TABLE)
 
 
 class Guarded:
@@ -69,7 +69,7 @@ def _malformed(exc: Exception) -> FrameError:
     return FrameError("malformed", f"{type(exc).__name__}: {exc}"[:200])
 
 
-ADAPTERS: dict[str, Adapter] = {venue: Guarded(v.adapter) for venue, v in REGISTRY.items()}
+ADAPTERS: dict[str, Adapter] = {venue: Guarded(v.adapter) for venue, v in VENUE_TABLE.items()}
 
 
 class GuardedMarket:
@@ -87,12 +87,12 @@ class GuardedMarket:
             raise _malformed(exc) from exc
 
 
-class GuardedRegistry:
-    """A registry parser whose ``parse`` fails only with FrameError (as :class:`Guarded`)."""
+class GuardedInstrumentList:
+    """An instrument-list parser whose ``parse`` fails only with FrameError (as :class:`Guarded`)."""
 
     __slots__ = ("_inner",)
 
-    def __init__(self, inner: RegistryParser) -> None:
+    def __init__(self, inner: InstrumentListParser) -> None:
         self._inner = inner
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
@@ -112,19 +112,20 @@ class GuardedRegistry:
 
 
 #: venue id → its REST instrument-list parser.
-REGISTRY_PARSERS: dict[str, RegistryParser] = {
-    venue: GuardedRegistry(v.registry) for venue, v in REGISTRY.items() if v.registry is not None
+INSTRUMENT_LISTS: dict[str, InstrumentListParser] = {
+    venue: GuardedInstrumentList(v.instrument_lists) for venue, v in VENUE_TABLE.items()
+    if v.instrument_lists is not None
 }
 
 #: venue id → its trades/tickers parser (venues without one are absent).
 MARKETS: dict[str, MarketParser] = {
-    venue: GuardedMarket(v.market) for venue, v in REGISTRY.items() if v.market is not None
+    venue: GuardedMarket(v.market) for venue, v in VENUE_TABLE.items() if v.market is not None
 }
 
 
 def _entry(venue: str) -> Venue:
     try:
-        return REGISTRY[venue]
+        return VENUE_TABLE[venue]
     except KeyError:
         raise ConfigError(f"unknown venue {venue!r}; known venues: {', '.join(VENUES)}") from None
 
@@ -153,7 +154,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "ADAPTERS", "MARKETS", "REGISTRY", "REGISTRY_PARSERS", "VENUES", "Adapter", "BookUpdate", "Continuity",
+    "ADAPTERS", "MARKETS", "VENUE_TABLE", "INSTRUMENT_LISTS", "VENUES", "Adapter", "BookUpdate", "Continuity",
     "Endpoint", "Guarded", "Kind",
     "Level", "MarketParser", "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
 ]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from app.decimals import decimal_text
 from app.errors import FrameError
-from app.market.instruments import RegistryParser
+from app.market.instruments import InstrumentListParser
 from app.market.records import Ticker, Trade
 from app.venues import session
 
@@ -64,7 +64,7 @@ class BookUpdate:
 
 
 class Adapter(Protocol):
-    """Frames to normalised updates, pure (registered in ``app.venues.REGISTRY``)."""
+    """Frames to normalised updates, pure (registered in ``app.venues.VENUE_TABLE``)."""
 
     venue: str
 
@@ -186,7 +186,7 @@ class ChainedRule(SequenceRule):
 
 @dataclass(frozen=True, slots=True)
 class Venue:
-    """Everything about one venue id, as registered in ``app.venues.REGISTRY``."""
+    """Everything about one venue id, as registered in ``app.venues.VENUE_TABLE``."""
 
     id: str  # the venue id: raw topic ``raw.<id>``, instrument keys ``<id>:<symbol>``
     adapter: Adapter  # the pure adapter (callers use ``app.venues.adapter(id)``: it is guarded)
@@ -196,7 +196,7 @@ class Venue:
     sim_ws_path: str  # the simulator's WebSocket path (``FEED=sim``)
     sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
     market: MarketParser | None = None  # trades and tickers (``app.market``)
-    registry: RegistryParser | None = None  # REST instrument lists (``app.market.instruments``)
+    instrument_lists: InstrumentListParser | None = None  # REST instrument lists (``app.market.instruments``)
 
 
 def opt_str(value: Any) -> str | None:

@@ -283,7 +283,7 @@ def _venue(venue: str, futures: bool, endpoint: Endpoint, sim_ws_path: str, sim_
     rule = BinanceFuturesRule() if futures else BinanceSpotRule()
     market = BinanceMarket("contracts" if venue == "binance-coinm" else "base")
     return Venue(venue, BinanceAdapter(venue, futures), rule, BinanceProtocol, endpoint, sim_ws_path, sim_rest_path,
-                 market=market, registry=BinanceInstruments(venue))
+                 market=market, instrument_lists=BinanceInstruments(venue))
 
 
 _DEPTH = "{symbol_lower}@depth@100ms"

@@ -241,7 +241,7 @@ def _venue(category: str) -> Venue:
                     api_url="https://api.bybit.com", limits=_limits(category))
     return Venue(f"bybit-{category}", BybitAdapter(f"bybit-{category}"), RULE, BybitProtocol, live,
                  sim_ws_path=f"/ws/bybit/v5/public/{category}", market=BybitMarket(category),
-                 registry=BybitInstruments(category))
+                 instrument_lists=BybitInstruments(category))
 
 
 RULE = BybitRule()

@@ -262,5 +262,5 @@ VENUE = Venue(
                       # messages a second per IP; connections 8 a second per IP (one page of the
                       # docs says 750: the stricter kept)
                       limits=Limits(scope="coinbase", ip_msgs=(8, 1.0), conns=(8, 1.0))),
-    sim_ws_path="/ws/coinbase", market=CoinbaseMarket(), registry=CoinbaseInstruments(),
+    sim_ws_path="/ws/coinbase", market=CoinbaseMarket(), instrument_lists=CoinbaseInstruments(),
 )

@@ -327,5 +327,5 @@ VENUE = Venue(
                       # refilled at 10,000 a second: a burst of 10, then 3.3 a second; a request
                       # without credit is refused (10028) and the session closed. 32 connections per IP.
                       limits=Limits(scope="deribit", ip_ops=(10, 3.0))),
-    sim_ws_path="/ws/deribit", market=DeribitMarket(), registry=DeribitInstruments(),
+    sim_ws_path="/ws/deribit", market=DeribitMarket(), instrument_lists=DeribitInstruments(),
 )

@@ -392,5 +392,5 @@ VENUE = Venue(
                       # OKX v5 "WebSocket" overview (2026-11): 3 connection requests a second per
                       # IP; 480 subscribe/unsubscribe/login requests an hour per connection
                       limits=Limits(scope="okx", conns=(3, 1.0), ops=(480, 3600.0))),
-    sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(), registry=OkxInstruments(),
+    sim_ws_path="/ws/okx/ws/v5/public", market=OkxMarket(), instrument_lists=OkxInstruments(),
 )

@@ -9,7 +9,7 @@ import pytest
 
 from app.market.instruments import Registry, Spec
 from app.records import source
-from app.venues import REGISTRY_PARSERS
+from app.venues import INSTRUMENT_LISTS
 
 # Bodies in each venue's documented shape (fields as the venues' API references list them).
 DERIBIT = {"jsonrpc": "2.0", "result": [
@@ -51,7 +51,7 @@ SRC = source("raw.test", 0, 0, 0)
 
 
 def parse(venue: str, body: dict) -> list[Spec]:  # type: ignore[type-arg]
-    specs = REGISTRY_PARSERS[venue].parse(orjson.dumps(body))
+    specs = INSTRUMENT_LISTS[venue].parse(orjson.dumps(body))
     assert specs is not None
     return specs
 
@@ -84,9 +84,9 @@ def test_bybit_and_coinbase() -> None:
     assert (spot.kind, spot.tick_size, spot.min_notional, spot.state) == ("spot", "0.01", "1", "open")
 
 
-@pytest.mark.parametrize("venue", sorted(REGISTRY_PARSERS))
+@pytest.mark.parametrize("venue", sorted(INSTRUMENT_LISTS))
 def test_other_bodies_are_not_instrument_lists(venue: str) -> None:
-    assert REGISTRY_PARSERS[venue].parse(b'{"lastUpdateId":1,"bids":[],"asks":[]}') is None
+    assert INSTRUMENT_LISTS[venue].parse(b'{"lastUpdateId":1,"bids":[],"asks":[]}') is None
 
 
 def test_a_changed_spec_is_a_new_version_never_an_overwrite() -> None:
@@ -106,7 +106,7 @@ def test_a_changed_spec_is_a_new_version_never_an_overwrite() -> None:
 
 
 def test_state_channels_version_the_instrument_they_name() -> None:
-    deribit = REGISTRY_PARSERS["deribit"]
+    deribit = INSTRUMENT_LISTS["deribit"]
     reg = Registry()
     option, _ = parse("deribit", DERIBIT)
     reg.changed([option], 100, SRC)
@@ -123,7 +123,7 @@ def test_state_channels_version_the_instrument_they_name() -> None:
     record = orjson.loads(new.encode(ts_published=400))
     assert (record["ts_exchange"], record["ts_recv"], record["ts_published"]) == (1_000_000, 200, 400)
     assert Spec.decode(new.encode(400)) == new
-    okx = REGISTRY_PARSERS["okx"]
+    okx = INSTRUMENT_LISTS["okx"]
     pushed = okx.parse_ws(orjson.dumps({"arg": {"channel": "instruments", "instType": "OPTION"}, "data": OKX["data"]}))
     assert pushed is not None
     assert [s.key for s in pushed[0]] == ["okx:BTC-USD-260327-60000-C", "okx:BTC-USD-SWAP"]

@@ -26,7 +26,7 @@ from app.risk.rules import Rule, parse_rules
 from app.risk.service import engine_settings
 from app.router import Router
 from app.simulator import instruments as sim_instruments
-from app.venues import REGISTRY_PARSERS
+from app.venues import INSTRUMENT_LISTS
 from app.venues.base import Kind
 from bench.run import copies
 from tests.helpers import publish
@@ -69,7 +69,7 @@ def _topics(seconds: int = 60) -> dict[str, list[KV]]:
     """The perpetual's spec (the simulator's Deribit list through the venue's parser, as ingestion
     fetches it), its book and depth from T0, a replayed book of another instrument from HISTORY,
     and the desk's positions."""
-    specs = REGISTRY_PARSERS["deribit"].parse(orjson.dumps(sim_instruments.deribit(["BTC-PERPETUAL"], {})))
+    specs = INSTRUMENT_LISTS["deribit"].parse(orjson.dumps(sim_instruments.deribit(["BTC-PERPETUAL"], {})))
     assert specs is not None
     perp = replace(specs[0], valid_from=T0)
     out: dict[str, list[KV]] = {"ref.instruments": [(perp.record_key().encode(), perp.encode())], "book.top": [],

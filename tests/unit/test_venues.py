@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from app.book import OrderBook
 from app.errors import FrameError
 from app.processor import Processor
-from app.venues import REGISTRY, VENUES, Guarded, adapter, rule
+from app.venues import VENUE_TABLE, VENUES, Guarded, adapter, rule
 from app.venues.base import BookUpdate, Continuity, Kind
 from app.venues.coinbase import rfc3339_ns
 from app.venues.okx import okx_checksum
@@ -66,7 +66,7 @@ def test_real_shaped_frames_parse_and_route(venue: str) -> None:
 @pytest.mark.parametrize("venue", VENUES)
 def test_every_registered_venue_has_every_part(venue: str) -> None:
     """Adapter, rule, session protocol, endpoints, checksum: a venue missing one fails here."""
-    entry = REGISTRY[venue]
+    entry = VENUE_TABLE[venue]
     assert entry.id == entry.adapter.venue == venue
     # adapter: a real-shaped frame of this venue (add one to FRAMES) routes and parses
     assert venue in FRAMES, f"add a real-shaped frame of {venue} to FRAMES"
@@ -111,9 +111,9 @@ def test_every_registered_venue_has_every_part(venue: str) -> None:
     # market data: trades and tickers (a book frame is none of them), and the instrument registry
     assert entry.market is not None, f"{venue}: no market parser (trades, tickers)"
     assert entry.market.parse_market(Kind.WS, frame.encode(), symbol) == ([], [])
-    assert entry.registry is not None, f"{venue}: no registry parser (REST instrument lists)"
+    assert entry.instrument_lists is not None, f"{venue}: no registry parser (REST instrument lists)"
     assert entry.endpoint.api_url.startswith("https://")
-    urls = entry.registry.urls(entry.endpoint.api_url, [symbol])
+    urls = entry.instrument_lists.urls(entry.endpoint.api_url, [symbol])
     assert urls
     assert all(u.startswith(entry.endpoint.api_url) for u in urls)
 
@@ -222,7 +222,7 @@ def _cases(venue: str) -> st.SearchStrategy[tuple[bytes, str]]:
 @pytest.mark.parametrize("venue", VENUES)
 def test_adapters_themselves_raise_nothing_but_frame_error(venue: str) -> None:
     """The adapters, not the Guarded safety net: any bad shape is their own FrameError."""
-    ad = REGISTRY[venue].adapter
+    ad = VENUE_TABLE[venue].adapter
 
     @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(case=_cases(venue), kind=st.sampled_from([Kind.WS, Kind.REST]))
