@@ -39,12 +39,11 @@ def _per_record_us(fn: Callable[[Any], Any], items: list[Any], repeat: int = 5) 
 def measure(captures: Path = ROOT.parent / "shared" / "captures") -> dict[str, Any]:
     from app import records
     from app.capture.formats import read
-    from tests.helpers import publish
-    from tests.unit.test_market import CAPTURES, paths
+    from scripts.harness import CRYPTOFEED_FILES, publish
 
     sent: list[tuple[str, int, bytes, bytes]] = []
-    for name, fmt in CAPTURES.items():
-        sent += publish(read(paths(captures, name), fmt))
+    for name in CRYPTOFEED_FILES:
+        sent += publish(read([captures / "cryptofeed" / name], "cryptofeed"))
     out: dict[str, Any] = {}
     for topic in TOPICS:
         values = [v for t, _, _, v in sent if t == topic]

@@ -30,6 +30,7 @@ from scripts.harness import (
     http_json,
     percentile,
     produce_frames,
+    publish,
     rss_mb,
     values,
     wait_for,
@@ -38,8 +39,8 @@ from scripts.harness import (
 __all__ = [
     "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
     "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
-    "match_truth", "percentile", "produce_frames", "promtool_check", "reference", "rss_mb", "tops_matching_no_truth",
-    "values", "wait_for", "workers",
+    "match_truth", "percentile", "produce_frames", "promtool_check", "publish", "reference", "rss_mb",
+    "tops_matching_no_truth", "values", "wait_for", "workers",
 ]
 
 
@@ -83,57 +84,6 @@ def reference(paths: list[Path], fmt: str, drop: Callable[[int, Any], bool] | No
             if on_outcome is not None:
                 on_outcome(raw, out)
     return proc
-
-
-class MemorySink:
-    """The worker's output sink, kept in memory: (topic, partition, key, value) in the order sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, int, bytes, bytes]] = []
-
-    def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        self.sent.append((topic, partition, key, value))
-
-
-def publish(records: Iterable[Any], partitions: int = 4, risk_depth_keys: Iterable[str] = (),
-            settings: Any = None) -> list[tuple[str, int, bytes, bytes]]:
-    """What a worker publishes for capture ``records`` (raw frames through app.router.Router,
-    one Processor, and app.outputs.Publisher as app.runtime.BookRuntime hands it each outcome),
-    in the order sent; one frame a raw record. At the end its timers fire once (book.depth due,
-    options chains flushed)."""
-    from app.config import Settings
-    from app.outputs import Publisher
-    from app.processor import Processor
-    from app.records import source
-    from app.router import Router
-    from app.venues import VENUES
-    from app.wire import Topics, partition_for
-
-    sink = MemorySink()
-    router, proc = Router(), Processor()
-    publisher = Publisher(settings or Settings(), Topics("", VENUES, "unit"), sink,  # type: ignore[arg-type]
-                          proc.instruments.get)
-    publisher.risk_depth_keys = set(risk_depth_keys)
-    offsets: collections.Counter[int] = collections.Counter()
-    for rec in records:
-        for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol):
-            partition = partition_for(raw.key, partitions)
-            out = proc.handle(raw)
-            src = source(f"raw.{rec.venue}", partition, offsets[partition], 0)
-            offsets[partition] += 1
-            if out.dead is not None:
-                publisher.dead(src.topic, partition, src.offset, raw, 0, raw.key, *out.dead, raw.data)
-                continue
-            if out.trades or out.tickers or out.trade_gaps or out.feed_events:
-                publisher.market(partition, out, raw.ts, src)
-            elif out.specs or out.states:
-                publisher.instruments(out.specs, out.states, raw.ts, src)
-            if out.inst is not None and out.fx.changed():
-                publisher.outcome(partition, out, out.inst, raw.ts)
-    publisher.depth.flush(budget_s=60)
-    for key, body in publisher.chains.due(2**62, 0):
-        publisher._chain(key, body)  # noqa: SLF001 - the timer's flush of every chain
-    return sink.sent
 
 
 def book_levels(proc: Any, key: str) -> tuple[list[list[str]], list[list[str]]]:

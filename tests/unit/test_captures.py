@@ -15,12 +15,12 @@ import pytest
 
 from app.capture.formats import Record
 from app.sync import STALE, SYNCED
+from scripts.harness import CRYPTOFEED_FILES
 from tests.helpers import reference
 
 pytestmark = pytest.mark.captures
 
-CRYPTOFEED = ["BINANCE.ws.1.0", "BINANCE_FUTURES.ws.1.0", "BINANCE_DELIVERY.ws.1.0", "DERIBIT.ws.1.0",
-              "OKX.ws.1.0", "BYBIT.jsonl", "COINBASE.jsonl"]
+CRYPTOFEED = list(CRYPTOFEED_FILES)
 
 
 def hft(captures: Path, market: str) -> list[Path]:

@@ -18,11 +18,10 @@ from app.market.records import Trade
 from app.market.symbols import parse_option, partition_key
 from app.records import source
 from app.venues.base import Kind
+from scripts.harness import CRYPTOFEED_FILES
 from tests.helpers import reference
 
-CAPTURES = {"BINANCE.ws.1.0": "cryptofeed", "BINANCE_FUTURES.ws.1.0": "cryptofeed",
-            "BINANCE_DELIVERY.ws.1.0": "cryptofeed", "DERIBIT.ws.1.0": "cryptofeed", "OKX.ws.1.0": "cryptofeed",
-            "BYBIT.jsonl": "cryptofeed", "COINBASE.jsonl": "cryptofeed"}
+CAPTURES = dict.fromkeys(CRYPTOFEED_FILES, "cryptofeed")
 
 
 def paths(captures: Path, name: str) -> list[Path]:
