@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -18,6 +19,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     NodeNotReadyError,
+    ProducerClosed,
     RequestTimedOutError,
     TopicAlreadyExistsError,
     for_code,
@@ -484,3 +486,29 @@ async def start_producer(settings: Settings, **overrides: Any) -> AIOKafkaProduc
         await prod.stop()
         raise unreachable(settings, exc) from exc
     return prod
+
+
+async def close_hard(producer: Any, within_s: float = 5.0) -> None:
+    """Close an aiokafka producer without delivering what it still holds: its pending batches
+    are failed first (they are sent again by a new producer), so ``stop`` has nothing to flush."""
+    with contextlib.suppress(Exception):
+        sender = producer._sender  # noqa: SLF001
+        if sender.sender_task is not None:  # aiokafka's own callback fails for an idempotent producer
+            sender.sender_task.remove_done_callback(sender._fail_all)  # noqa: SLF001
+    with contextlib.suppress(Exception):
+        producer._message_accumulator.fail_all(ProducerClosed())  # noqa: SLF001 - no public "abort"
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=within_s)
+    except Exception:  # noqa: BLE001 - a producer being discarded: any failure to close is only logged
+        log.debug("closing a discarded producer failed", exc_info=True)
+        with contextlib.suppress(Exception):
+            sender = producer._sender  # noqa: SLF001
+            if sender.sender_task is not None:
+                sender.sender_task.cancel()
+            await asyncio.wait_for(producer.client.close(), timeout=within_s)
+
+
+def producer_dead(producer: Any) -> bool:
+    """Has this aiokafka producer been stopped, or its sender task ended (it delivers nothing more)?"""
+    task = producer._sender.sender_task  # noqa: SLF001
+    return bool(producer._closed or task is None or task.done())  # noqa: SLF001

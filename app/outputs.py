@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 from app import metrics
 from app.config import Settings
 from app.kafka import producer as make_producer
+from app.kafka import producer_dead
 from app.market.chain import ChainBuilder, Quote
 from app.market.instruments import Registry, Spec
 from app.market.records import Ticker, gap_record, subscription_record, ticker_record, trade_record
@@ -108,12 +109,6 @@ UNDELIVERABLE: tuple[type[BaseException], ...] = (
     Errors.MessageSizeTooLargeError, Errors.RecordListTooLargeError, Errors.InvalidTopicError,
     Errors.TopicAuthorizationFailedError, Errors.ClusterAuthorizationFailedError, Errors.CorruptRecordException,
     Errors.UnsupportedVersionError)
-
-
-def _sender_dead(producer: Any) -> bool:
-    """aiokafka's sender task ended (a fatal error): the producer delivers nothing more."""
-    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    return task is not None and task.done()
 
 
 class OutputSink:
@@ -274,7 +269,7 @@ class OutputSink:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            if self._recreate or _sender_dead(self._producer):
+            if self._recreate or producer_dead(self._producer):
                 await self._replace_producer()
             now = time.monotonic()
             next_due: float | None = None

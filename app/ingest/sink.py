@@ -59,6 +59,7 @@ from aiokafka.errors import (
 
 from app import metrics
 from app.config import Settings
+from app.kafka import close_hard, producer_dead
 from app.kafka import producer as make_producer
 from app.publishing import LogLimiter
 from app.retry import Backoff
@@ -78,32 +79,6 @@ NO_IDEMPOTENCE_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: A record failed by producer-state errors this many times in a row is refused for good.
 MAX_RESENDS = 8
-
-
-async def close_hard(producer: Any, within_s: float = 5.0) -> None:
-    """Close an aiokafka producer without delivering what it still holds: its pending batches
-    are failed first (they are sent again by a new producer), so ``stop`` has nothing to flush."""
-    with contextlib.suppress(Exception):
-        sender = producer._sender  # noqa: SLF001
-        if sender.sender_task is not None:  # aiokafka's own callback fails for an idempotent producer
-            sender.sender_task.remove_done_callback(sender._fail_all)  # noqa: SLF001
-    with contextlib.suppress(Exception):
-        producer._message_accumulator.fail_all(ProducerClosed())  # noqa: SLF001 - no public "abort"
-    try:
-        await asyncio.wait_for(producer.stop(), timeout=within_s)
-    except Exception:  # noqa: BLE001 - a producer being discarded: any failure to close is only logged
-        log.debug("raw sink: closing the old producer failed", exc_info=True)
-        with contextlib.suppress(Exception):
-            sender = producer._sender  # noqa: SLF001
-            if sender.sender_task is not None:
-                sender.sender_task.cancel()
-            await asyncio.wait_for(producer.client.close(), timeout=within_s)
-
-
-def _dead(producer: Any) -> bool:
-    """Has this aiokafka producer been stopped, or its sender task ended (it delivers nothing more)?"""
-    task = producer._sender.sender_task  # noqa: SLF001
-    return bool(producer._closed or task is None or task.done())  # noqa: SLF001
 
 
 @dataclass(slots=True)
@@ -344,7 +319,7 @@ class RawSink:
     async def _send(self, lane: _Lane) -> None:
         batch = lane.ready.popleft()
         producer = self._producer
-        if _dead(producer):  # stopped or its sender died: it would never deliver (nor always say so)
+        if producer_dead(producer):  # stopped or its sender died: it would never deliver (nor always say so)
             lane.ready.appendleft(batch)
             self._request_replace("the producer stopped")
             return
@@ -357,7 +332,7 @@ class RawSink:
             # Not queued in the producer: no sequence number was taken, so the same producer may
             # send it again, unless the producer itself is dead. (aiokafka asserts that the
             # partition exists: a topic with fewer partitions than TOPIC_PARTITIONS is refused.)
-            self._failed(lane, batch, exc, producer_broken=_dead(producer))
+            self._failed(lane, batch, exc, producer_broken=producer_dead(producer))
             return
         lane.inflight += 1
         lane.last_sent = time.monotonic()
@@ -371,7 +346,7 @@ class RawSink:
             if not self._inflight:
                 self._stalled_since = time.monotonic()
                 continue
-            if self._producer is not None and _dead(self._producer) and self._replace is None:
+            if self._producer is not None and producer_dead(self._producer) and self._replace is None:
                 self._request_replace("the producer stopped")  # what it holds is never delivered
                 continue
             quiet = time.monotonic() - max(self.last_delivery, self._stalled_since)
