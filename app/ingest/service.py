@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from app import metrics
+from app import metrics, records
 from app.capture.formats import Record
 from app.capture.recorder import Recorder
 from app.config import Settings
@@ -28,12 +29,13 @@ from app.ingest.connection import FAILED, Emit, FeedConnection, Report, Reset
 from app.ingest.limits import Pacing, acquire, retry_after
 from app.ingest.sink import RawSink
 from app.kafka import client_auth
+from app.records import ResyncRequest
 from app.retry import Backoff
 from app.router import Router
 from app.venues import INSTRUMENT_LISTS, protocol, split_key
 from app.venues.base import Kind
 from app.venues.session import Protocol, Sub
-from app.wire import RawFrame, conn_event
+from app.wire import CONTROL_RESYNC, RawFrame, conn_event
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +154,14 @@ class Ingest:
                 await consumer.start()
                 retry.reset()
                 async for msg in consumer:
-                    key = msg.key.decode("utf-8", "replace") if msg.key else ""
+                    try:
+                        request: ResyncRequest = records.decode(CONTROL_RESYNC, msg.value or b"")
+                    except msgspec.DecodeError as exc:
+                        log.warning("control.resync %d@%d: not a resync request (%s)", msg.partition, msg.offset, exc)
+                        continue
+                    key = f"{request.venue}:{request.instrument}"
                     if key in self.by_key:
+                        log.debug("%s: resync asked (%s)", key, request.reason)
                         asyncio.get_running_loop().create_task(self.resync(key))
             except (KafkaError, OSError) as exc:
                 log.warning("control.resync consumer: %s; retrying", exc)
