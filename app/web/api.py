@@ -149,6 +149,10 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
                 return copy_or_503(self, key, depth, f"the worker owning {key} does not answer (rebalancing)")
         if not recovered():
             return copy_or_503(self, key, depth, "table recovery in progress")
+        if not books.owns(key):
+            # Faust's assignment names this worker (SameNode) a moment before the partition is
+            # restored and active here (app.state.manager): a copy, or 503 — never "unknown"
+            return copy_or_503(self, key, depth, f"the partition of {key} is being taken over here")
         inst = books.find(key)
         if inst is None:
             return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)

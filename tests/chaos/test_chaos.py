@@ -35,6 +35,7 @@ from tests.helpers import (
 )
 from tests.integration.test_flow_control import KEY, counters, finished
 from tests.integration.test_flow_control import reference_tops as flow_reference_tops
+from tests.integration.test_ingest_outage import ingest_outage_keeps_memory_bounded
 from tests.integration.test_kills_two_workers import kill_the_busy_worker
 from tests.risk_reference import DESK_RULES, desk_positions, write_positions
 from tests.scenarios import (
@@ -267,3 +268,10 @@ def test_one_of_two_workers_killed_twelve_times(ns: Namespace, captures: Path, t
                                                 report: dict[str, Any]) -> None:
     """tests/integration/test_kills_two_workers.py with three kills of each kind instead of one."""
     report.update(kill_the_busy_worker(ns, captures, tmp_path, 12))
+
+
+@pytest.mark.scenario("ingest-outage")
+def test_ingest_through_a_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(
+        tmp_path: Path, report: dict[str, Any]) -> None:
+    """tests/integration/test_ingest_outage.py's long scenario: a standalone ingest process."""
+    report.update(ingest_outage_keeps_memory_bounded(tmp_path))

@@ -18,7 +18,9 @@ from app.wire import RawFrame
 from tests.helpers import FAUST, ROOT, Broker, Namespace, Simulator, consume, frames, rss_mb, wait_for
 
 
-def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path: Path) -> None:
+def ingest_outage_keeps_memory_bounded(tmp_path: Path) -> dict[str, Any]:
+    """`faust -A app ingest` through a broker outage: memory bounded, losses counted, recovery.
+    A long fault scenario: run by `make chaos` (tests/chaos/test_chaos.py)."""
     broker = Broker(tmp_path / "kafka").up()
     sim = Simulator(tmp_path, rate=200).start()
     ns = Namespace("outage", broker.bootstrap, tmp_path)
@@ -48,6 +50,7 @@ def test_broker_outage_keeps_memory_bounded_counts_losses_and_recovers(tmp_path:
         assert {f.key for f in gaps} <= {"bybit-linear:BTCUSDT", "bybit-linear:ETHUSDT"}
         assert ingest.poll() is None, "ingestion must survive the outage"
         assert "Traceback" not in log_path.read_text()
+        return {"rss_growth_mb": round(peak - baseline, 1), "frames_dropped_counted": dropped, "gap_frames": len(gaps)}
     finally:
         ingest.terminate()
         try:
