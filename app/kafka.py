@@ -509,6 +509,10 @@ async def close_hard(producer: Any, within_s: float = 5.0) -> None:
 
 
 def producer_dead(producer: Any) -> bool:
-    """Has this aiokafka producer been stopped, or its sender task ended (it delivers nothing more)?"""
-    task = producer._sender.sender_task  # noqa: SLF001
+    """Has this aiokafka producer been stopped, or its sender task ended or never started (it
+    delivers nothing more)? An object without aiokafka's sender (a test's stand-in) is not dead."""
+    sender = getattr(producer, "_sender", None)
+    if sender is None:
+        return bool(getattr(producer, "_closed", False))
+    task = sender.sender_task
     return bool(producer._closed or task is None or task.done())  # noqa: SLF001
