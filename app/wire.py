@@ -40,7 +40,29 @@ from aiokafka.partitioner import murmur2
 from msgspec import UNSET, UnsetType
 
 from app.market.symbols import partition_key
-from app.records import ConnEvent, RawLine, encode
+from app.records import (  # the topic names (without TOPIC_PREFIX) live with their records
+    ALERTS,
+    BOOK_DEPTH,
+    BOOK_STATUS,
+    BOOK_TOP,
+    CONTROL_RESYNC,
+    DEADLETTER,
+    FEED_STATUS,
+    NBBO,
+    OPTIONS_CHAIN,
+    POSITIONS,
+    REF_INSTRUMENTS,
+    RISK_DEPTH,
+    RISK_EXPOSURE,
+    RISK_HEDGE,
+    RISK_RULES,
+    RISK_SCENARIOS,
+    TICKER,
+    TRADES,
+    ConnEvent,
+    RawLine,
+    encode,
+)
 from app.venues.base import Kind
 
 #: Header and value of a version-2 raw record.
@@ -48,20 +70,6 @@ FORMAT_HEADER = "v"
 FORMAT_V2 = b"2"
 V2_HEADERS: list[tuple[str, bytes]] = [(FORMAT_HEADER, FORMAT_V2)]
 
-#: Topic names without TOPIC_PREFIX.
-BOOK_TOP = "book.top"
-BOOK_DEPTH = "book.depth"
-BOOK_STATUS = "book.status"
-CONTROL_RESYNC = "control.resync"
-DEADLETTER = "raw.deadletter"
-TRADES = "trades"
-TICKER = "ticker"
-FEED_STATUS = "feed.status"
-OPTIONS_CHAIN = "options.chain"
-REF_INSTRUMENTS = "ref.instruments"
-POSITIONS, RISK_RULES, RISK_DEPTH = "positions", "risk.rules", "risk.depth"
-RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "risk.hedge"
-ALERTS, NBBO = "alerts", "nbbo"
 OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER, TRADES, TICKER, FEED_STATUS,
                  OPTIONS_CHAIN, REF_INSTRUMENTS)
 #: Compacted topics other than the changelog: one record per key is kept forever.

@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from app.records import InstrumentRecord, Source, decode, encode
+from app.records import REF_INSTRUMENTS, InstrumentRecord, Source, decode, encode
 
-REF_INSTRUMENTS = "ref.instruments"
 KINDS = ("spot", "perpetual", "future", "option")
 #: Fields that are not the contract's terms: a change in them alone is not a new version.
 _NOT_TERMS = ("valid_from", "source", "ts_exchange")

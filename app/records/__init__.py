@@ -45,7 +45,19 @@ from app.records.risk import (
 #: Bumped on an incompatible change (see the module's docstring).
 SCHEMA_VERSION = 1
 
+#: Topic names without TOPIC_PREFIX (``app.wire.Topics`` applies it).
+BOOK_TOP, BOOK_DEPTH, BOOK_STATUS = "book.top", "book.depth", "book.status"
+CONTROL_RESYNC, DEADLETTER = "control.resync", "raw.deadletter"
+TRADES, TICKER, FEED_STATUS = "trades", "ticker", "feed.status"
+OPTIONS_CHAIN, REF_INSTRUMENTS = "options.chain", "ref.instruments"
+POSITIONS, RISK_RULES, RISK_DEPTH = "positions", "risk.rules", "risk.depth"
+RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "risk.hedge"
+ALERTS, NBBO = "alerts", "nbbo"
+
 __all__ = [
+    "ALERTS", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER", "FEED_STATUS", "NBBO",
+    "OPTIONS_CHAIN", "POSITIONS", "REF_INSTRUMENTS", "RISK_DEPTH", "RISK_EXPOSURE", "RISK_HEDGE", "RISK_RULES",
+    "RISK_SCENARIOS", "TICKER", "TRADES",
     "SCHEMA_VERSION", "TOPICS", "Alert", "BookDepth", "BookStatus", "BookTop", "ConnEvent", "DeadLetter", "Exposure",
     "FeedStatus", "HedgeBlocked", "HedgeSignal", "InputRef", "InstrumentRecord", "Nbbo", "OptionsChain",
     "PositionRecord", "RawLine", "ResyncRequest", "RiskDepth", "RuleState", "Scenarios", "Source", "TickerRecord",
@@ -75,26 +87,26 @@ RAW = "raw.<venue>"
 TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec(RAW, RawLine, "the instrument key, or <venue>:* for frames of several instruments (per-frame key inside)",
               "ingest, record --produce, replay"),
-    TopicSpec("book.top", BookTop, "instrument key", "worker"),
-    TopicSpec("book.depth", BookDepth, "instrument key", "worker"),
-    TopicSpec("book.status", BookStatus, "instrument key", "worker"),
-    TopicSpec("control.resync", ResyncRequest, "instrument key", "worker"),
-    TopicSpec("raw.deadletter", DeadLetter, "instrument key (or the raw record's key)", "worker"),
-    TopicSpec("trades", TradeRecord, "instrument key", "worker"),
-    TopicSpec("ticker", TickerRecord, "instrument key", "worker"),
-    TopicSpec("feed.status", FeedStatus, "instrument key (<venue>: for a venue-wide channel)", "worker"),
-    TopicSpec("ref.instruments", InstrumentRecord, "<instrument key>|<valid_from>", "worker", compacted=True),
-    TopicSpec("options.chain", OptionsChain, "<venue>:<chain>", "worker"),
-    TopicSpec("positions", PositionRecord, "<portfolio>|<instrument key>", "positions set, the desk's tools",
+    TopicSpec(BOOK_TOP, BookTop, "instrument key", "worker"),
+    TopicSpec(BOOK_DEPTH, BookDepth, "instrument key", "worker"),
+    TopicSpec(BOOK_STATUS, BookStatus, "instrument key", "worker"),
+    TopicSpec(CONTROL_RESYNC, ResyncRequest, "instrument key", "worker"),
+    TopicSpec(DEADLETTER, DeadLetter, "instrument key (or the raw record's key)", "worker"),
+    TopicSpec(TRADES, TradeRecord, "instrument key", "worker"),
+    TopicSpec(TICKER, TickerRecord, "instrument key", "worker"),
+    TopicSpec(FEED_STATUS, FeedStatus, "instrument key (<venue>: for a venue-wide channel)", "worker"),
+    TopicSpec(REF_INSTRUMENTS, InstrumentRecord, "<instrument key>|<valid_from>", "worker", compacted=True),
+    TopicSpec(OPTIONS_CHAIN, OptionsChain, "<venue>:<chain>", "worker"),
+    TopicSpec(POSITIONS, PositionRecord, "<portfolio>|<instrument key>", "positions set, the desk's tools",
               compacted=True),
-    TopicSpec("risk.rules", RuleState, "rule id", "rules state, POST /api/risk/rules/{rule}/state", compacted=True),
-    TopicSpec("risk.depth", RiskDepth, "instrument key", "worker"),
-    TopicSpec("risk.exposure", Exposure, "<portfolio>|<underlying>", "worker (risk engine)"),
-    TopicSpec("risk.scenarios", Scenarios, "<portfolio>|<underlying>", "worker (risk engine)"),
-    TopicSpec("risk.hedge", HedgeSignal | HedgeBlocked, "the record's id (partition: of its rule)",
+    TopicSpec(RISK_RULES, RuleState, "rule id", "rules state, POST /api/risk/rules/{rule}/state", compacted=True),
+    TopicSpec(RISK_DEPTH, RiskDepth, "instrument key", "worker"),
+    TopicSpec(RISK_EXPOSURE, Exposure, "<portfolio>|<underlying>", "worker (risk engine)"),
+    TopicSpec(RISK_SCENARIOS, Scenarios, "<portfolio>|<underlying>", "worker (risk engine)"),
+    TopicSpec(RISK_HEDGE, HedgeSignal | HedgeBlocked, "the record's id (partition: of its rule)",
               "worker (risk engine)"),
-    TopicSpec("alerts", Alert, "<kind>|<instrument key or pair>", "worker (risk engine)"),
-    TopicSpec("nbbo", Nbbo, "pair, e.g. BTC/USD", "worker (risk engine)"),
+    TopicSpec(ALERTS, Alert, "<kind>|<instrument key or pair>", "worker (risk engine)"),
+    TopicSpec(NBBO, Nbbo, "pair, e.g. BTC/USD", "worker (risk engine)"),
 )}
 
 _ENCODER = msgspec.json.Encoder()

@@ -28,7 +28,7 @@ from app import records
 from app.commands import fail, print_table
 from app.errors import BookstreamError, ConfigError
 from app.kafka import client_auth, producer, read_to_end, unreachable, wait_for_topic
-from app.records import RuleState
+from app.records import RISK_RULES, RuleState
 from app.registry import read_registry
 from app.risk import positions as pos
 from app.risk.rules import file_format, state_record
@@ -199,7 +199,7 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
             for k, v in (await read_topic(settings.topic("risk.rules"))).items():
                 if v is not None:
                     with contextlib.suppress(msgspec.DecodeError):  # an unreadable one: the file's state
-                        states[k.decode()] = records.decode("risk.rules", v)
+                        states[k.decode()] = records.decode(RISK_RULES, v)
             rows = [{**r.as_dict(), "state": s.state if (s := states.get(r.id)) else r.state,
                      "state_by": s.by if (s := states.get(r.id)) else "file"} for r in loaded]
             if as_json:

@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 from app import metrics, records
 from app.config import Settings
 from app.kafka import client_auth, read_to_end
-from app.records import InstrumentRecord, PositionRecord, RuleState, TickerRecord
+from app.records import RISK_RULES, InstrumentRecord, PositionRecord, RuleState, TickerRecord
 from app.records.risk import Alert, HedgeBlocked, HedgeSignal, Nbbo, RiskRecord
 from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
@@ -359,7 +359,7 @@ class RiskService:
             return
         rule_id = key.decode("utf-8", "replace")
         try:
-            row: RuleState = records.decode("risk.rules", value)
+            row: RuleState = records.decode(RISK_RULES, value)
         except msgspec.DecodeError as exc:
             log.warning("risk.rules %r: unreadable record (%s)", rule_id, exc)
             return
