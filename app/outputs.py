@@ -1,12 +1,13 @@
 """Downstream records to Kafka: built from each frame's effects, sent in producer batches.
 
 :class:`Publisher` turns what the processor did to a book into ``book.top``, ``book.status``,
-``book.depth``, ``control.resync`` and ``raw.deadletter`` records (builders in ``app.wire``).
+``book.depth``, ``control.resync`` and ``raw.deadletter`` records (definitions in ``app.records``).
 :class:`OutputSink` sends them: one record per top-of-book change, as downstream consumers
-expect, but gathered per topic partition ("lane") and sent as one producer batch rather than
-one by one (a Faust ``send_soon`` costs tens of microseconds per record). Batching is natural:
-a lane with nothing in flight that sent nothing in the last ``PRODUCER_LINGER_MS`` sends at
-once; otherwise records gather until both hold.
+expect, but gathered per topic partition in the lanes of the shared batching producer
+(``app.lanes``: a lane with nothing in flight that sent nothing in the last ``PRODUCER_LINGER_MS``
+sends at once; otherwise records gather, and a lane sends at most one batch per linger) and sent
+as one producer batch rather than one by one (a Faust ``send_soon`` costs tens of microseconds per
+record).
 
 Nothing is dropped (README "Delivery guarantees"):
 
@@ -17,40 +18,30 @@ Nothing is dropped (README "Delivery guarantees"):
 * **Commit after delivery.** A table partition's commit first waits until every output added
   before it is acknowledged (:meth:`OutputSink.delivered`), so the progress it commits covers
   only raw records whose outputs the broker holds; after a crash the rest is published again.
-* **Retries in order.** The producer is idempotent with ``acks=all``: aiokafka retries a batch
-  until it is delivered. A lane has one batch in flight; a failed one is sent again first. An
-  error that leaves aiokafka's idempotent producer unusable (``OutOfOrderSequenceNumber``,
-  ``UnknownProducerId``, fenced epoch: aiokafka has no KIP-360 epoch bump, aio-libs/aiokafka#1017)
-  replaces the producer, and every batch it had not delivered is sent again with the new one.
-  Only a record no retry can deliver (too large, not authorised) is given up, counted in
+* **Retries in order.** The lanes' (``app.lanes``): one batch in flight per lane, a failed one
+  sent again first, the producer replaced after an error it cannot go on from. A record is
+  given up only when no retry can deliver it (too large, not authorised): counted in
   ``outputs_failed`` and logged as an error.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiokafka import errors as Errors
-from aiokafka.errors import KafkaError
 
 from app import metrics
 from app.config import Settings
-from app.kafka import producer as make_producer
-from app.kafka import producer_dead
+from app.lanes import Batch, Lane, LaneProducer
 from app.market.chain import ChainBuilder, Quote
 from app.market.instruments import Registry, Spec
 from app.market.records import Ticker, gap_record, subscription_record, ticker_record, trade_record
 from app.processor import Outcome
 from app.publishing import DepthPublisher, LogLimiter, ResyncRetry, TopConflater
-from app.retry import Backoff
 from app.sync import STALE, SYNCED, Instrument
 
 if TYPE_CHECKING:
@@ -68,9 +59,6 @@ DEPTH_FLUSH_BUDGET_S = 0.005
 #: Bytes counted per record beside its key and value (batch overhead, roughly).
 RECORD_OVERHEAD = 24
 
-#: After a failed delivery a lane waits this long before sending the batch again.
-RETRY_BACKOFF_S = 0.25
-
 # Dead letters are for audit, not for trading: their lanes send at most one batch per 100 ms.
 # With the books' PRODUCER_LINGER_MS (5 ms) a flood of bad frames (1,000/s in `make chaos`) sent
 # ~200 produce requests a second per dead-letter partition, and on 2 cores those requests (a
@@ -78,140 +66,71 @@ RETRY_BACKOFF_S = 0.25
 DEADLETTER_LINGER_S = 0.1
 
 
-class OutputBatch:
-    """Records of one lane that travel as one producer batch; kept until acknowledged, so that a
-    batch whose delivery failed is built again and sent again in its place."""
+class OutputBatch(Batch):
+    """Downstream records of one lane that travel as one producer batch."""
 
-    __slots__ = ("records", "size")
+    __slots__ = ("records",)
 
-    def __init__(self) -> None:
+    def __init__(self, began: float) -> None:
+        super().__init__(began)
         self.records: list[tuple[bytes, bytes]] = []
-        self.size = 0
+
+    def build(self, producer: Any) -> tuple[Any, Batch | None]:
+        built = producer.create_batch()
+        records = self.records
+        for i, (key, value) in enumerate(records):
+            if built.append(key=key, value=value, timestamp=None) is None:
+                rest = OutputBatch(self.began)
+                rest.records, self.records = records[i:], records[:i]
+                rest.size = sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in rest.records)
+                rest.count, self.count = len(rest.records), i
+                self.size -= rest.size
+                return built, rest
+        return built, None
 
 
-@dataclass(slots=True)
-class _Lane:
-    topic: str
-    partition: int
-    open: OutputBatch | None = None  # the batch gathering records
-    ready: deque[OutputBatch] = field(default_factory=deque)  # closed batches waiting, in order
-    inflight: OutputBatch | None = None
-    last_sent: float = 0.0  # monotonic time of its last batch
-    linger: float = 0.0  # it sends at most one batch per this many seconds
-    retry_at: float = 0.0  # monotonic: after a failed delivery, not before
-    added: int = 0  # records ever added to this lane
-    done: int = 0  # records acknowledged by the broker (or given up as undeliverable), in order
-    flush_to: int = 0  # a commit waits for the records up to here: they go without lingering
-
-
-#: Errors that no retry can mend: the batch is given up, counted (``outputs_failed``) and logged.
-UNDELIVERABLE: tuple[type[BaseException], ...] = (
-    Errors.MessageSizeTooLargeError, Errors.RecordListTooLargeError, Errors.InvalidTopicError,
-    Errors.TopicAuthorizationFailedError, Errors.ClusterAuthorizationFailedError, Errors.CorruptRecordException,
-    Errors.UnsupportedVersionError)
-
-
-class OutputSink:
+class OutputSink(LaneProducer):
     """Records to Kafka in batches per topic partition. Never drops a record: past
     OUTPUT_BUFFER_MB of records waiting for Kafka, :meth:`room` holds back whoever adds them
     (the book agent, so Faust stops fetching the raw partitions; the risk engine) until the
     broker has taken half of them."""
 
+    name = "outputs"
+    metric_retried = "outputs_retried"
+    metric_restarts = "outputs_producer_restarts"
+    undelivered_note = "; they are published again by whichever worker resumes these partitions"
+
     def __init__(self, settings: Settings, lingers: dict[str, float] | None = None) -> None:
         """``lingers``: topics whose lanes wait longer than PRODUCER_LINGER_MS between batches."""
-        self.settings = settings
-        self.linger_s = settings.producer_linger_ms / 1000
-        self.lingers = {topic: max(s, self.linger_s) for topic, s in (lingers or {}).items()}
-        self.budget = int(settings.output_buffer_mb * 2**20)
-        self.batch_bytes = settings.producer_max_batch_size
-        self.lanes: dict[tuple[str, int], _Lane] = {}
-        self.pending_bytes = 0
-        self.peak_bytes = 0
+        # Its own client id (``<APP_ID>-outputs``): a broker quota or a client metric can name it.
+        super().__init__(settings, budget=int(settings.output_buffer_mb * 2**20),
+                         linger_s=settings.producer_linger_ms / 1000, batch_bytes=settings.producer_max_batch_size,
+                         lingers=lingers, client_id=f"{settings.app_id}-outputs")
         self.sent = 0
         self.failed = 0  # records given up: undeliverable whatever the retries (record too large…)
-        self.retried = 0  # batches sent again after a failed delivery
         self.paused_s = 0.0  # time spent holding back the inputs
         self.pauses = 0
-        self.producers = 0  # producers created (more than one: recreated after a fatal error)
-        self._producer: Any = None
-        self._recreate = False
-        self._wake = asyncio.Event()
-        self._due_at = 0.0  # monotonic time the sender looks at the lanes next (0: it is looking now)
-        self._progress = asyncio.Event()  # set whenever a delivery completes
-        self._task: asyncio.Task[None] | None = None
-        self._log = LogLimiter()
 
-    # -- lifecycle ---------------------------------------------------------------------
-    async def start(self) -> None:
-        self._producer = await self._new_producer()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="output-sink")
-
-    async def _new_producer(self) -> Any:
-        retry = Backoff(cap=5.0)
-        while True:
-            # acks=all with idempotence: a record is acknowledged once min.insync.replicas hold it,
-            # and aiokafka retries an idempotent batch until it is delivered (it never expires one).
-            # Its own client id (``<APP_ID>-outputs``): a broker quota or a client metric can name it.
-            producer = make_producer(self.settings, enable_idempotence=True, acks="all", linger_ms=0,
-                                     max_batch_size=self.batch_bytes, client_id=f"{self.settings.app_id}-outputs")
-            try:
-                await asyncio.wait_for(producer.start(), timeout=15)
-                self.producers += 1
-                return producer
-            except (KafkaError, OSError, TimeoutError) as exc:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                log.warning("outputs: Kafka at %s unreachable (%s); retrying", self.settings.kafka_bootstrap, exc)
-                await retry.sleep()
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        if self._producer is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.delivered(), timeout=grace_s)
-        if self.pending_bytes:
-            log.warning("outputs: stopping with %d records not delivered; they are published again by whichever "
-                        "worker resumes these partitions", sum(lane.added - lane.done for lane in self.lanes.values()))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._producer.stop(), timeout=grace_s)
-        self._producer = None
+    async def start(self) -> None:  # type: ignore[override]
+        """Start sending, once a producer has started (retrying while Kafka is unreachable)."""
+        super().start()
+        await self.connected()
 
     # -- adding ------------------------------------------------------------------------
-    def undelivered(self, topic: str, partition: int) -> bool:
-        """Records added for this topic partition that the broker has not acknowledged yet."""
-        lane = self.lanes.get((topic, partition))
-        return lane is not None and lane.done < lane.added
-
     def add(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
         """Queue one record; never drops it (see :meth:`room` for the bound)."""
         size = len(key) + len(value) + RECORD_OVERHEAD
-        lane = self.lanes.get((topic, partition))
-        if lane is None:
-            lane = self.lanes[(topic, partition)] = _Lane(topic, partition,
-                                                          linger=self.lingers.get(topic, self.linger_s))
+        lane = self.lanes.get((topic, partition)) or self.lane(topic, partition)
         batch = lane.open
         if batch is None:
-            batch = lane.open = OutputBatch()
+            batch = lane.open = OutputBatch(time.monotonic())
         elif batch.size + size > self.batch_bytes:
             lane.ready.append(batch)
-            batch = lane.open = OutputBatch()
-        batch.records.append((key, value))
+            batch = lane.open = OutputBatch(time.monotonic())
+        batch.records.append((key, value))  # type: ignore[attr-defined]
         batch.size += size
-        lane.added += 1
-        self.pending_bytes += size
-        if self.pending_bytes > self.peak_bytes:
-            self.peak_bytes = self.pending_bytes
-        if lane.inflight is None:
-            # Woken when this lane is due before the sender looks anyway (or while it is looking: it
-            # may have passed this lane): a wake for every record, each a pass over every lane, cost
-            # as much CPU as the books (bench latency p50 78 ms → 15.6 s at 5,000 frames/s).
-            due = lane.retry_at if lane.ready else max(lane.last_sent + lane.linger, lane.retry_at)
-            if self._due_at == 0.0 or due < self._due_at:
-                self._wake.set()
+        batch.count += 1
+        self._added(lane, size, 1)
 
     def hold(self, size: int) -> None:
         """``size`` bytes of outputs held elsewhere until a commit (exactly_once: in their table
@@ -222,8 +141,7 @@ class OutputSink:
 
     def release(self, size: int) -> None:
         """Held bytes left memory (their transaction committed, or their partition was lost)."""
-        self.pending_bytes = max(0, self.pending_bytes - size)
-        self._progress.set()
+        self._release(size)
 
     def full(self) -> bool:
         """More than OUTPUT_BUFFER_MB waits for Kafka: whoever adds records must wait (:meth:`room`)."""
@@ -249,127 +167,22 @@ class OutputSink:
         finally:
             self.paused_s += time.monotonic() - began
 
-    async def delivered(self) -> None:
-        """Until every record added before this call is acknowledged by the broker (or given up
-        as undeliverable). The state commits wait here: progress is committed after the outputs
-        of the records it covers (flush, then commit — as Kafka Streams does)."""
-        marks = [(lane, lane.added) for lane in self.lanes.values() if lane.done < lane.added]
-        for lane, mark in marks:
-            lane.flush_to = max(lane.flush_to, mark)
-        if marks:
-            self._wake.set()
-        while True:
-            marks = [(lane, mark) for lane, mark in marks if lane.done < mark]
-            if not marks:
-                return
-            self._progress.clear()
-            await self._progress.wait()
+    # -- outcomes ----------------------------------------------------------------------
+    def _delivered(self, lane: Lane, batch: Batch) -> None:
+        self.sent += batch.count
 
-    # -- sending -----------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            if self._recreate or producer_dead(self._producer):
-                await self._replace_producer()
-            now = time.monotonic()
-            next_due: float | None = None
-            for lane in list(self.lanes.values()):
-                if lane.inflight is not None or (lane.open is None and not lane.ready):
-                    continue
-                # a lane sends at most one batch per linger, unless a commit waits for it
-                due = max(lane.last_sent + lane.linger, lane.retry_at)
-                if lane.flush_to > lane.done and now >= lane.retry_at:
-                    due = now
-                if now < due and (lane.retry_at > now or (lane.open is not None and not lane.ready)):
-                    next_due = due if next_due is None else min(next_due, due)
-                    continue
-                if not lane.ready:
-                    lane.ready.append(lane.open)  # type: ignore[arg-type]
-                    lane.open = None
-                await self._send(lane, lane.ready.popleft())
-            # at least once a second: a producer whose sender task died wakes nobody
-            timeout = 1.0 if next_due is None else min(max(next_due - time.monotonic(), 0.0005), 1.0)
-            self._due_at = time.monotonic() + timeout
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            self._due_at = 0.0
-
-    async def _send(self, lane: _Lane, batch: OutputBatch) -> None:
-        producer = self._producer
-        built = producer.create_batch()
-        records = batch.records
-        for i, (key, value) in enumerate(records):
-            if built.append(key=key, value=value, timestamp=None) is None:
-                # larger than our estimate: the rest goes as the lane's next batch
-                rest = OutputBatch()
-                rest.records, batch.records = records[i:], records[:i]
-                rest.size = sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in rest.records)
-                batch.size -= rest.size
-                lane.ready.appendleft(rest)
-                break
-        lane.inflight = batch
-        lane.last_sent = time.monotonic()
-        try:
-            fut = await producer.send_batch(built, lane.topic, partition=lane.partition)
-        except (KafkaError, OSError) as exc:
-            self._delivered(lane, batch, producer, exc)
-            return
-        fut.add_done_callback(lambda f: self._delivered(lane, batch, producer, f.exception() if not f.cancelled()
-                                                        else asyncio.CancelledError()))
-
-    def _delivered(self, lane: _Lane, batch: OutputBatch, producer: Any, exc: BaseException | None) -> None:
-        if lane.inflight is not batch:
-            return  # already sent again after its producer was replaced: a late word from the old one
-        lane.inflight = None
-        count = len(batch.records)
-        if exc is None or isinstance(exc, UNDELIVERABLE):
-            lane.done += count
-            self.pending_bytes = max(0, self.pending_bytes - batch.size)
-            if exc is None:
-                self.sent += count
-            else:
-                self.failed += count
-                metrics.count("outputs_failed", count)
-                log.error("outputs: %d records to %s:%d can never be delivered (%s: %s); given up", count,
-                          lane.topic, lane.partition, type(exc).__name__, exc)
-        else:
-            # Sent again, first in its lane: the lane's order holds (one batch in flight per lane).
-            lane.ready.appendleft(batch)
-            lane.retry_at = time.monotonic() + RETRY_BACKOFF_S
-            self.retried += 1
-            metrics.count("outputs_retried")
-            fatal = not isinstance(exc, (asyncio.CancelledError, Errors.KafkaTimeoutError,
-                                         Errors.KafkaConnectionError)) \
-                and not getattr(exc, "retriable", False)
-            if fatal and producer is self._producer:
-                self._recreate = True
-            if self._log.allow("outputs-retry")[0]:
-                log.warning("outputs: delivery to %s:%d failed (%s: %s); sending it again%s", lane.topic,
-                            lane.partition, type(exc).__name__, exc,
-                            " with a new producer" if fatal else "")
-        self._progress.set()
-        self._wake.set()
-
-    async def _replace_producer(self) -> None:
-        """After a fatal producer error (OutOfOrderSequenceNumber…): a new producer; batches the old
-        one still held fail with it and are sent again, each first in its lane."""
-        self._recreate = False
-        old, self._producer = self._producer, None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(old.stop(), timeout=5)
-        for lane in self.lanes.values():  # a batch the old producer never answered for goes again, first
-            if lane.inflight is not None:
-                lane.ready.appendleft(lane.inflight)
-                lane.inflight = None
-                self.retried += 1
-        self._producer = await self._new_producer()
-        log.warning("outputs: producer recreated after a fatal error; undelivered batches are sent again")
+    def _given_up(self, lane: Lane, batch: Batch, exc: BaseException) -> None:
+        self.failed += batch.count
+        metrics.count("outputs_failed", batch.count)
+        log.error("outputs: %d records to %s:%d can never be delivered (%s: %s); given up", batch.count,
+                  lane.topic, lane.partition, type(exc).__name__, exc)
 
     def stats(self) -> dict[str, Any]:
         return {"pending_mb": round(self.pending_bytes / 2**20, 3), "peak_mb": round(self.peak_bytes / 2**20, 3),
                 "budget_mb": self.settings.output_buffer_mb, "sent": self.sent, "retried": self.retried,
                 "failed": self.failed, "pauses": self.pauses, "paused_s": round(self.paused_s, 3),
-                "producers": self.producers}
+                "producers": self.producers, "producer_restarts": self.producer_restarts,
+                "idempotent": self.idempotent}
 
 
 class RecentMarket:

@@ -1,9 +1,11 @@
-"""OutputSink's lanes: how often each topic partition sends a producer batch."""
+"""The batching producer's lanes (app.lanes), through both of its sinks: how often each topic
+partition sends a batch, order and retries across failed deliveries and new producers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -45,8 +47,8 @@ class _Producer:
 async def test_dead_letters_batch_over_a_longer_linger_than_the_books_topics() -> None:
     settings = dataclasses.replace(load(), producer_linger_ms=5)
     sink = OutputSink(settings, {"raw.deadletter": DEADLETTER_LINGER_S})
-    sink._producer = producer = _Producer()
-    sink._task = asyncio.get_running_loop().create_task(sink._run())
+    producer = _Producer()
+    await _running(sink, producer)
     began = time.monotonic()
     try:
         # Up to 1,000 records a second to each lane, counted rather than timed: a loaded machine
@@ -134,14 +136,18 @@ class _FlakyProducer(_Producer):
 
 
 async def _running(sink: OutputSink, producer: _Producer, replacement: _Producer | None = None) -> None:
-    sink._producer = producer
+    """The sink sending with ``producer``, and with ``replacement`` if it replaces it."""
+    producers = [producer, replacement]
 
-    async def new_producer() -> _Producer:
-        assert replacement is not None, "the sink replaced a producer that had no fatal error"
-        return replacement
+    async def connect() -> _Producer:
+        assert producers, "the sink replaced a producer that had no fatal error"
+        given = producers.pop(0)
+        assert given is not None, "the sink replaced a producer that had no fatal error"
+        return given
 
-    sink._new_producer = new_producer  # type: ignore[method-assign]
+    sink._connect = connect  # type: ignore[method-assign]
     sink._task = asyncio.get_running_loop().create_task(sink._run())
+    await sink.connected()
 
 
 async def test_a_fatal_producer_error_recreates_the_producer_and_sends_everything_again_in_order() -> None:
@@ -190,3 +196,112 @@ async def test_over_budget_room_waits_until_half_is_delivered_and_nothing_is_dro
     assert len(producer.records) == n > 1000  # every record delivered
     assert sink.failed == 0
     assert sink.pauses == 1
+
+
+async def test_an_accepted_batch_that_fails_gets_a_new_idempotent_producer_even_for_a_retriable_error() -> None:
+    """aiokafka fails an expired batch of a partition without a leader (NotLeaderForPartition, retriable)
+    after it may have taken a sequence number: the next batch of that partition would fail with
+    OutOfOrderSequenceNumber for good. So any failed delivery of an idempotent producer replaces it."""
+    from aiokafka.errors import NotLeaderForPartitionError
+
+    sink = OutputSink(dataclasses.replace(load(), producer_linger_ms=1))
+    first, second = _FlakyProducer(NotLeaderForPartitionError(), fail=1), _FlakyProducer()
+    await _running(sink, first, second)
+    try:
+        for i in range(50):
+            sink.add("book.top", 1, b"k", str(i).encode())
+        await asyncio.wait_for(sink.delivered(), timeout=10)
+    finally:
+        assert sink._task is not None
+        sink._task.cancel()
+    assert first.stopped
+    assert sink.producer_restarts == 1
+    assert [i for _, i in first.records + second.records] == list(range(50))
+
+
+async def test_an_undeliverable_batch_is_given_up_and_the_lane_goes_on() -> None:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    sink = OutputSink(dataclasses.replace(load(), producer_linger_ms=1))
+    producer = _FlakyProducer(MessageSizeTooLargeError(), fail=1)
+    await _running(sink, producer)
+    try:
+        sink.add("book.top", 0, b"k", b"0")
+        await asyncio.wait_for(sink.delivered(), timeout=10)
+        sink.add("book.top", 0, b"k", b"1")
+        await asyncio.wait_for(sink.delivered(), timeout=10)
+    finally:
+        assert sink._task is not None
+        sink._task.cancel()
+    assert (sink.failed, sink.sent, sink.producer_restarts) == (1, 1, 0)
+    assert producer.records == [("book.top", 1)]
+    assert sink.pending_bytes == 0
+
+
+class _RawProducer(_FlakyProducer):
+    """Keeps the raw records it delivers (their values), failing the first ``fail`` with ``error``."""
+
+    def create_batch(self) -> _Batch:
+        batch = _Batch()
+        batch.values = []  # type: ignore[attr-defined]
+
+        def keep(key: bytes, value: bytes, timestamp: Any, headers: Any = ()) -> object:
+            assert list(headers) == [("v", b"2")]
+            batch.values.append(value)  # type: ignore[attr-defined]
+            batch.records += 1
+            return object()
+
+        batch.append = keep  # type: ignore[method-assign]
+        return batch
+
+    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        values = list(batch.values)  # type: ignore[attr-defined]
+
+        async def deliver() -> None:
+            await self.hold.wait()
+            if self.fail:
+                self.fail -= 1
+                fut.set_exception(self.error or RuntimeError("no error given"))
+                return
+            self.raw.extend((topic, v) for v in values)
+            fut.set_result(None)
+
+        self.raw: list[tuple[str, bytes]] = getattr(self, "raw", [])
+        asyncio.get_running_loop().create_task(deliver())
+        return fut
+
+
+async def test_raw_sink_resends_in_order_with_a_new_producer_after_a_producer_state_error() -> None:
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from app.ingest.sink import RawSink
+    from app.venues.base import Kind
+    from app.wire import RawFrame, decode_record
+
+    settings = dataclasses.replace(load(), raw_batch_linger_ms=50)
+    sink = RawSink(settings, 2**20)
+    first, second = _RawProducer(OutOfOrderSequenceNumber(), fail=1), _RawProducer()
+    sink._connect = _connector([first, second])  # type: ignore[method-assign]
+    sink.start()
+    await sink.connected()
+    try:
+        for n in range(200):
+            sink.put(RawFrame("okx:BTC-USDT", n, Kind.WS, "c1", b'{"n":%d}' % n))
+        assert await sink.flush(within_s=10)
+    finally:
+        await sink.stop(grace_s=1)
+    values = [value for _, value in first.raw + second.raw]
+    got = [json.loads(f.data)["n"] for value in values for f in decode_record(None, value, [("v", b"2")])]
+    assert got == list(range(200))  # in order, nothing lost, nothing twice
+    assert sink.stats()["producer_restarts"] == 1
+    assert sink.sent == 200
+    assert sink.records < 200  # frames gather into fewer records
+
+
+def _connector(producers: list[Any]) -> Any:
+    async def connect() -> Any:
+        assert producers, "a producer replaced more often than expected"
+        return producers.pop(0)
+
+    return connect
