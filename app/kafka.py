@@ -478,16 +478,6 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**conf)
 
 
-async def start_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    prod = producer(settings, **overrides)
-    try:
-        await asyncio.wait_for(prod.start(), timeout=30)
-    except (KafkaConnectionError, KafkaError, OSError, TimeoutError) as exc:
-        await prod.stop()
-        raise unreachable(settings, exc) from exc
-    return prod
-
-
 async def close_hard(producer: Any, within_s: float = 5.0) -> None:
     """Close an aiokafka producer without delivering what it still holds: its pending batches
     are failed first (they are sent again by a new producer), so ``stop`` has nothing to flush."""

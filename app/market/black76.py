@@ -21,8 +21,6 @@ precision — are NaN and flagged (:data:`UNDETERMINED`), never invented.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
@@ -131,8 +129,3 @@ def implied_vol(prices: ArrayLike, f: ArrayLike, k: ArrayLike, t: ArrayLike, is_
         relative_vega = f_ * _pdf(d1) * s / target
     determined = ok & np.isfinite(sigma) & (relative_vega > 1e-8)
     return np.where(determined, sigma, np.nan), determined
-
-
-def as_list(values: Any) -> list[float | None]:
-    """A float array as JSON-ready numbers (None for NaN)."""
-    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=np.float64).ravel()]

@@ -65,10 +65,6 @@ def per_unit_delta(kind: str, size: float, price: float, option_delta: float = 0
     return size
 
 
-def pnl_linear(n: float, price: float, new_price: float) -> float:
-    return n * (new_price - price)
-
-
 def pnl_inverse(notional_usd: float, price: float, new_price: float) -> float:
     """USD P&L of N USD of an inverse contract when its price moves from price to new_price,
     the coin P&L valued at the new price."""

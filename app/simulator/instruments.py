@@ -24,14 +24,6 @@ def terms(symbol: str, tick_factor: int) -> tuple[str, str]:
     return _text(spec.tick * tick_factor), _text(spec.lot)
 
 
-def _kind(symbol: str) -> str:
-    if parse_option(symbol) is not None:
-        return "option"
-    if symbol.endswith(("PERPETUAL", "-SWAP", "_PERP")) or symbol in ("BTCUSD", "ETHUSD"):
-        return "perpetual"
-    return "spot"
-
-
 def deribit(symbols: list[str], factor: dict[str, int], closed: set[str] | None = None) -> dict[str, Any]:
     closed = closed or set()
     result = []

@@ -53,13 +53,9 @@ def state_key(instrument: bytes) -> bytes:
     return instrument + SEP + STATE
 
 
-def level_key(instrument: bytes, side: str, price: str) -> bytes:
-    return instrument + SEP + side.encode() + price.encode()
-
-
 def level_prefix(instrument: str, side: str) -> str:
-    """The text of a level row key before its price (``level_prefix(k, s) + price`` encodes to
-    ``level_key(k, s, price)``)."""
+    """The text of a level row key before its price (a level row's key is
+    ``(level_prefix(k, s) + price).encode()``)."""
     return instrument + _SEP_TEXT + side
 
 
