@@ -221,24 +221,32 @@ def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: S
     capture = tmp_path / "risk.jsonl"
     end = _dump_raw(scenario.site.ns, capture)  # the receive time of its last frame
     positions = consume(scenario.site.ns.bootstrap, scenario.site.ns.topic("positions"), idle_s=2)
-    outputs = []
+    # Two namespaces, two workers started together: run a replays as soon as its positions are in,
+    # run b only once its engine has held the positions for a while (the late replay).
+    runs = []
     for run in ("a", "b"):
         ns = Namespace(f"r{run}{uuid.uuid4().hex[:10]}", kafka, tmp_path / run)
         (tmp_path / run).mkdir()
-        worker = Worker(ns, tmp_path / run / "data", INGEST_IN_WORKER="false", **risk_env(scenario.rules))
-        with workers(worker):
-            worker.start()
+        runs.append((ns, Worker(ns, tmp_path / run / "data", INGEST_IN_WORKER="false", **risk_env(scenario.rules))))
+    (ns_a, worker_a), (ns_b, worker_b) = runs
+    with workers(worker_a, worker_b):
+        for _, worker in runs:
+            worker.start(wait=False)
+        for ns, worker in runs:
+            worker.wait_ready()
             _produce(ns, "positions", [(m.key, m.value) for m in positions])
-            if run == "b":  # the replay starts well after the positions: they must wait for its market data
-                def read(w: Worker = worker) -> bool:
-                    return len(w.get("/api/risk")[1]["positions"]) == len(positions)
+        ns_a.replay(str(capture))
 
-                wait_for(read, 60, "the engine read the positions")
-                time.sleep(3 * IDLE_S)  # the fault itself (a late replay), no condition to wait for
-                held = worker.get("/api/risk")[1]
-                assert (held["pending_inputs"], held["event_time"]) == (len(positions), 0), held
-            ns.replay(str(capture))
+        def read() -> bool:
+            return len(worker_b.get("/api/risk")[1]["positions"]) == len(positions)
 
+        wait_for(read, 60, "the engine read the positions")
+        time.sleep(3 * IDLE_S)  # the fault itself (a late replay), no condition to wait for
+        held = worker_b.get("/api/risk")[1]
+        assert (held["pending_inputs"], held["event_time"]) == (len(positions), 0), held
+        ns_b.replay(str(capture))
+        outputs = []
+        for run, (ns, _) in zip(("a", "b"), runs, strict=True):
             def done(ns: Namespace = ns) -> list[dict[str, Any]] | None:
                 got = values(consume(kafka, ns.topic("risk.exposure"), idle_s=2))
                 return got if got and max(r["ts"] for r in got) >= end - 2 * 10**9 else None
