@@ -207,8 +207,8 @@ async def record(self: AppCommand, out: Path, rotate_mb: float, feeds: str | Non
     await _ingest(feeds, produce, out, rotate_mb)
 
 
-def _when(text: str) -> int:
-    """``--at``: ns since the epoch, or an ISO-8601 time (UTC when it names no zone)."""
+def _when(text: str, option: str = "--at") -> int:
+    """A time option: ns since the epoch, or an ISO-8601 time (UTC when it names no zone)."""
     from datetime import UTC, datetime
 
     if text.isdigit():
@@ -216,8 +216,8 @@ def _when(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise BookstreamError(f"--at {text!r}: expected an ISO time (2026-12-01T08:00:00Z) or ns since the epoch"
-                              ) from None
+        raise BookstreamError(f"{option} {text!r}: expected an ISO time (2026-12-01T08:00:00Z) or ns since the "
+                              "epoch") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1e9)
@@ -292,3 +292,73 @@ async def instruments(self: AppCommand, venue: str | None, kind: str | None, exp
                            for s, day_ in rows])
     print(f"{len(rows)} instrument versions ({sum(len(v) for v in registry.versions.values())} in the registry)",
           file=sys.stderr)
+
+
+@app.command(
+    option("--topic", "topics", type=str, multiple=True,
+           help="raw.<venue> to check (repeatable; default: every raw topic of TOPIC_PREFIX)."),
+    option("--from", "from_", type=str, default=None, help="Records written at or after this time (ISO or ns)."),
+    option("--to", type=str, default=None, help="Records written at or before this time (ISO or ns)."),
+    option("--expect", type=str, default=None, help="The end digest an earlier run printed for this range."),
+)
+async def verify(self: AppCommand, topics: tuple[str, ...], from_: str | None, to: str | None,
+                 expect: str | None) -> None:
+    """Walk the raw topics' hash chains: report every record altered, removed, inserted or reordered,
+    or say the range is clean, with its counts and the digest of its end."""
+    from app.audit import verify_topics
+
+    try:
+        from_ns = _when(from_, "--from") if from_ else None
+        to_ns = _when(to, "--to") if to else None
+        for topic in topics:
+            if not topic.startswith("raw.") or topic == "raw.deadletter":
+                raise BookstreamError(f"--topic {topic!r}: expected a raw topic, raw.<venue> (e.g. raw.okx)")
+        names = [settings.topic(t) for t in topics] or await _raw_topics()
+    except BookstreamError as exc:
+        fail(exc)
+        return
+    last = [time.monotonic()]
+
+    def progress(records: int) -> None:
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            print(f"verify: {records:,} records read…", file=sys.stderr, flush=True)
+
+    try:
+        report = await verify_topics(settings, names, from_ns, to_ns, progress)
+    except (KafkaError, OSError) as exc:
+        fail(unreachable(settings, exc))
+        return
+    for line in report.lines():
+        print(line, flush=True)
+    bad = bool(report.findings)
+    if expect is not None:
+        if report.digest() != expect.strip().lower():
+            print(f"verify: END DIGEST DIFFERS: expected {expect}, got {report.digest()} (records after the range's "
+                  "end were changed, or the range is not the one the digest was written for)", flush=True)
+            bad = True
+        else:
+            print("verify: end digest as expected", flush=True)
+    if bad:
+        raise SystemExit(1)
+
+
+async def _raw_topics() -> list[str]:
+    """Every raw.<venue> topic of TOPIC_PREFIX on the cluster."""
+    from aiokafka import AIOKafkaConsumer
+
+    from app.kafka import client_auth
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **client_auth(settings))
+    try:
+        await consumer.start()
+        names = await consumer.topics()
+    except (KafkaError, OSError) as exc:
+        raise unreachable(settings, exc) from exc
+    finally:
+        await consumer.stop()
+    prefix = settings.topic("raw.")
+    found = sorted(t for t in names if t.startswith(prefix) and t != settings.topic("raw.deadletter"))
+    if not found:
+        raise BookstreamError(f"no raw topics ({prefix}<venue>) on {settings.kafka_bootstrap}")
+    return found

@@ -93,8 +93,9 @@ class Batch:
         self.count = 0  # Kafka records
         self.resends = 0  # failures in a row that needed a new producer
 
-    def build(self, producer: Any) -> tuple[Any, Batch | None]:
-        """An aiokafka batch of these records, and the records that did not fit (sent next)."""
+    def build(self, producer: Any, lane: Lane) -> tuple[Any, Batch | None]:
+        """An aiokafka batch of these records for ``lane``, and the records that did not fit (sent next).
+        Called again for every retry of the batch."""
         raise NotImplementedError
 
 
@@ -365,7 +366,7 @@ class LaneProducer:
             lane.ready.appendleft(batch)
             self._request_replace("the producer stopped")
             return
-        built, rest = batch.build(producer)
+        built, rest = batch.build(producer, lane)
         if rest is not None:  # larger than estimated: the rest goes as the lane's next batch
             lane.ready.appendleft(rest)
         lane.inflight, lane.producer, lane.last_sent = batch, producer, time.monotonic()

@@ -75,7 +75,7 @@ class OutputBatch(Batch):
         super().__init__(began)
         self.records: list[tuple[bytes, bytes]] = []
 
-    def build(self, producer: Any) -> tuple[Any, Batch | None]:
+    def build(self, producer: Any, lane: Lane) -> tuple[Any, Batch | None]:
         built = producer.create_batch()
         records = self.records
         for i, (key, value) in enumerate(records):

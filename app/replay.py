@@ -81,7 +81,7 @@ async def replay(
     if total == 0:
         raise CaptureError(f"no frames found in {', '.join(map(str, plist))} (format {fmt})")
     await ensure_topics(settings, [settings.topic(f"raw.{v}") for v in VENUES])
-    sink = RawSink(settings, REPLAY_BUFFER_BYTES)
+    sink = RawSink(settings, REPLAY_BUFFER_BYTES, role="replay")
     sink.start()
     summary = Summary()
     router = Router()

@@ -826,7 +826,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     consumer reads book.top; latency = seen − ts_recv. Raises unless the ``tops`` top changes of
     the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none."""
     settings = ns.settings()
-    sink = RawSink(settings, 64 * 2**20)
+    sink = RawSink(settings, 64 * 2**20, role="bench")
     sink.start()
     warmup_ns = int(float(os.environ.get("BENCH_LATENCY_WARMUP_S", "10")) * 1e9)
     measure_from = time.time_ns() + warmup_ns

@@ -550,7 +550,7 @@ async def produce_frames(settings: Any, items: Iterable[Any], per_s: float | Non
     possible. Returns how many were put."""
     from app.ingest.sink import RawSink
 
-    sink = RawSink(settings, 64 * 2**20)
+    sink = RawSink(settings, 64 * 2**20, role="harness")
     sink.start()
     n = 0
     began = time.monotonic()

@@ -63,7 +63,8 @@ class Ingest:
         self.settings, self.feeds, self.produce = settings, feeds, produce
         self.router = Router()
         self.recorder = Recorder(record_dir, rotate_mb) if record_dir is not None else None
-        self.sink = RawSink(settings, int(buffer_mb * 1024 * 1024), on_lost=self._resync_later) if produce else None
+        self.sink = (RawSink(settings, int(buffer_mb * 1024 * 1024), on_lost=self._resync_later,
+                             role="record" if record_dir is not None else "ingest") if produce else None)
         self.connections: list[FeedConnection] = []
         self.by_key: dict[str, FeedConnection] = {}
         self._last_resync: dict[str, float] = {}

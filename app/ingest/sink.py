@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app import metrics
+from app.audit import ChainWriter, writer_name
 from app.config import Settings
 from app.lanes import Batch, Lane, LaneProducer
 from app.venues.base import Kind
@@ -42,19 +43,28 @@ MAX_RESENDS = 8
 class RawBatch(Batch):
     """Frames of one lane that travel as one raw record."""
 
-    __slots__ = ("gap", "keys", "lines", "venues")
+    __slots__ = ("chain", "gap", "keys", "lines", "sealed", "venues")
 
-    def __init__(self, began: float, gap: bool = False) -> None:
+    def __init__(self, began: float, chain: ChainWriter, gap: bool = False) -> None:
         super().__init__(began)
         self.count = 1  # one Kafka record
         self.lines: list[bytes] = []
         self.keys: list[str] = []
         self.venues: list[str] = []
         self.gap = gap  # a gap frame of ingestion's own
+        self.chain = chain
+        # Value, headers and the chain state before it, fixed when first sent (in the partition's
+        # order: one record in flight per lane) and kept for every retry.
+        self.sealed: tuple[bytes, list[tuple[str, bytes]], tuple[int, bytes]] | None = None
 
-    def build(self, producer: Any) -> tuple[Any, Batch | None]:
+    def build(self, producer: Any, lane: Lane) -> tuple[Any, Batch | None]:
+        if self.sealed is None:
+            value = encode_record(self.lines)
+            headers, before = self.chain.headers(lane.topic, lane.partition, value)
+            self.sealed = (value, [*V2_HEADERS, *headers], before)
+        value, headers, _ = self.sealed
         built = producer.create_batch()
-        built.append(key=record_key(self.keys), value=encode_record(self.lines), timestamp=None, headers=V2_HEADERS)
+        built.append(key=record_key(self.keys), value=value, timestamp=None, headers=headers)
         return built, None
 
 
@@ -64,7 +74,9 @@ class RawSink(LaneProducer):
     metric_restarts = "raw_sink_producer_restarts"
     undelivered_note = "; their frames are lost (their books resync from a snapshot)"
 
-    def __init__(self, settings: Settings, budget_bytes: int, on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, budget_bytes: int, on_lost: Callable[[str], None] | None = None,
+                 role: str = "ingest") -> None:
+        """``role`` names the writer of the raw records' hash chain (app.audit): ingest, replay, record …"""
         self.max_frames = settings.raw_batch_max_frames
         self.max_bytes = settings.raw_batch_max_bytes
         super().__init__(settings, budget=budget_bytes, linger_s=settings.raw_batch_linger_ms / 1000,
@@ -77,6 +89,7 @@ class RawSink(LaneProducer):
         self.failed: collections.Counter[str] = collections.Counter()  # frames refused by Kafka, per venue
         self.refused: collections.Counter[str] = collections.Counter()  # records refused for good, per error
         self.lost_keys: set[str] = set()
+        self.chain = ChainWriter(writer_name(role), strip_prefix=settings.topic_prefix)
 
     # -- frames in ----------------------------------------------------------------------
     def put(self, frame: RawFrame) -> None:
@@ -115,7 +128,7 @@ class RawSink(LaneProducer):
         batch = lane.open
         new = batch is None
         if batch is None:
-            batch = lane.open = RawBatch(time.monotonic())
+            batch = lane.open = RawBatch(time.monotonic(), self.chain)
         assert isinstance(batch, RawBatch)
         batch.lines.append(line)
         batch.keys.append(key)
@@ -135,6 +148,8 @@ class RawSink(LaneProducer):
     def _given_up(self, lane: Lane, batch: Batch, exc: BaseException) -> None:
         """Kafka refused a record for good: its frames are lost (their books resync), never retried."""
         assert isinstance(batch, RawBatch)
+        if batch.sealed is not None:  # it never reached Kafka: the next record takes its chain sequence number
+            self.chain.undo(lane.topic, lane.partition, batch.sealed[2])
         name = type(exc).__name__
         for venue in batch.venues:
             self.failed[venue] += 1
@@ -161,13 +176,18 @@ class RawSink(LaneProducer):
             frame = RawFrame(key, now, Kind.CONN, "ingest",
                              conn_event("gap", "frames lost by ingestion while Kafka was unavailable"))
             line = encode_frame(frame)
-            batch = RawBatch(time.monotonic(), gap=True)
+            batch = RawBatch(time.monotonic(), self.chain, gap=True)
             batch.lines.append(line)
             batch.keys.append(key)
             batch.venues.append(frame.venue)
             batch.size = len(line) + 1
             lane = self._raw_lane(key, frame.venue)
-            lane.ready.appendleft(batch)
+            # ahead of everything queued, but behind records already sent once (their chain
+            # sequence numbers are taken: they go first, in order)
+            at = 0
+            while at < len(lane.ready) and lane.ready[at].sealed is not None:  # type: ignore[attr-defined]
+                at += 1
+            lane.ready.insert(at, batch)
             self._added(lane, batch.size, 1)
             if self.on_lost is not None:
                 self.on_lost(key)

@@ -69,6 +69,16 @@ def test_readme_documents_every_setting_and_starts_with_the_two_commands() -> No
     assert commands[:2] == ["make run", "make test"]
 
 
+def test_readme_documents_every_command() -> None:
+    """Every ``faust -A app <command>`` the project defines is in the README."""
+    readme = (ROOT / "README.md").read_text()
+    names = [m.group(1) for path in (ROOT / "app").rglob("*.py")
+             for m in re.finditer(r"@app\.command\((?:.|\n)*?\)\n(?:async )?def (\w+)\(", path.read_text())]
+    assert "verify" in names
+    for name in names:
+        assert f"faust -A app {name.rstrip('_').replace('_', '-')}" in readme, f"README does not document {name}"
+
+
 def test_makefile_help_lists_every_phony_target() -> None:
     makefile = (ROOT / "Makefile").read_text()
     phony = re.search(r"^\.PHONY: (.+)$", makefile, flags=re.M)
