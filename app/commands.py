@@ -362,3 +362,33 @@ async def _raw_topics() -> list[str]:
     if not found:
         raise BookstreamError(f"no raw topics ({prefix}<venue>) on {settings.kafka_bootstrap}")
     return found
+
+
+@app.command(
+    argument("topic", type=str),
+    option("--out", type=Path, required=True, help="Folder of the dataset (the topic's folder goes inside)."),
+    option("--from", "from_", type=str, default=None, help="Rows at or after this time (ISO or ns)."),
+    option("--to", type=str, default=None, help="Rows at or before this time (ISO or ns)."),
+    option("--venue", type=str, default=None, help="Only this venue's rows."),
+    option("--instrument", type=str, default=None, help="Only this instrument (venue symbol or venue:symbol)."),
+)
+async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to: str | None, venue: str | None,
+                 instrument: str | None) -> None:
+    """Write a topic's records (TOPIC without TOPIC_PREFIX) as a Hive-partitioned Parquet dataset."""
+    from app.export import export as run
+
+    last = [time.monotonic()]
+
+    def progress(records: int, rows: int) -> None:
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            print(f"export: {records:,} records read, {rows:,} rows…", file=sys.stderr, flush=True)
+
+    try:
+        from_ns = _when(from_, "--from") if from_ else None
+        to_ns = _when(to, "--to") if to else None
+        summary = await run(settings, topic, out, from_ns, to_ns, venue, instrument, progress)
+    except BookstreamError as exc:
+        fail(exc)
+        return
+    print(summary.line(), file=sys.stderr, flush=True)

@@ -1,0 +1,469 @@
+"""Parquet datasets of any topic and time range (``faust -A app export``; README "Audit and backtests").
+
+The dataset is Hive-partitioned, ``<out>/<topic>/venue=<venue>/date=<YYYY-MM-DD>/`` (``options.chain``
+also ``chain=<chain>/`` between the two: one expiry's surface per folder), zstd-compressed, with a
+typed schema per topic derived from the topic's one record definition (``app.records``):
+
+* integer nanoseconds since the epoch (the ``Ns`` fields: ``ts_recv``, ``ts_exchange``, ``expiry_ns``
+  …) are ``timestamp[ns, UTC]``;
+* prices and sizes (the ``Dec`` fields) are the venue's **exact text** with a ``float64`` column
+  beside it (``price`` and ``price_f64``): a decimal column needs one precision and scale for
+  every row, and instruments quote from 1e-8 (small coins) to 1e5 with their own number of
+  digits; the text keeps the venue's digits exactly (the audit's need), the float is what
+  pandas, polars and DuckDB compute with (the research need), and ``CAST(price AS DECIMAL(p, s))``
+  gives a decimal where one is wanted;
+* nested records are flattened with their field's name as prefix (``source_offset``,
+  ``ours_delta``); lists and free-form JSON are JSON text;
+* the partition folders' keys (``venue``, ``date``, ``chain``) are not columns of the files, as
+  Hive has it: every reader (pyarrow, polars, DuckDB, pandas) adds them back from the path;
+* every row says where it came from: ``kafka_topic``, ``kafka_partition``, ``kafka_offset`` of the
+  record it was read from (raw topics also ``frame_index``), and the raw source
+  (``source_topic``, ``source_partition``, ``source_offset``, ``source_index``) where the record
+  names it.
+
+Raw topics export their frames verbatim (``frame``, UTF-8 text; ``frame_b64`` for a frame that is
+not text) with their receive time. ``options.chain`` exports one row per option per snapshot.
+
+Files are named after what they hold, ``p<partition>-<first offset>-<last offset>.parquet``, like
+Kafka Connect's object-store sinks, written under a temporary name and renamed only once complete:
+a crash leaves no unreadable file, and running the same export again writes the same files.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from app.errors import BookstreamError
+from app.records import OPTIONS_CHAIN, TOPICS, TopicSpec
+from app.wire import BadFrame, RawFrame, decode_record
+
+#: Rows a file holds at most (a new file starts past it).
+ROWS_PER_FILE = 500_000
+
+_NS_DOC = "nanoseconds since the Unix epoch"
+_DEC_DOC = "a decimal number as text"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One output column: its name, Arrow type name and where its value is in the record's dict."""
+
+    name: str
+    kind: str  # ns | dec | dec_f64 | int | float | bool | str | json
+    path: tuple[str, ...]
+
+
+def _docs(hint: Any) -> list[str]:
+    """Every description an annotation carries, however deep (``Annotated[Ns, Meta(…)] | None``)."""
+    import typing
+
+    out: list[str] = []
+    if typing.get_origin(hint) is typing.Annotated:
+        out += [str(m.description) for m in hint.__metadata__ if getattr(m, "description", None)]
+    for arg in typing.get_args(hint):
+        out += _docs(arg)
+    return out
+
+
+def _unwrap(info: Any) -> Any:
+    """The type under Metadata and Optional."""
+    while True:
+        if isinstance(info, msgspec.inspect.Metadata):
+            info = info.type
+            continue
+        if isinstance(info, msgspec.inspect.UnionType):
+            rest = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            if len(rest) == 1:
+                info = rest[0]
+                continue
+        return info
+
+
+def _ns_named(name: str) -> bool:
+    """bookstream's own convention: ``ts``, ``ts_*``, ``*_ns`` and ``valid_from`` are ns since the epoch."""
+    return name == "ts" or name.startswith("ts_") or name.endswith("_ns") or name in ("valid_from", "valid_to")
+
+
+def columns_of(struct: type, prefix: tuple[str, ...] = ()) -> list[Column]:
+    """The flat columns of a record definition (nested records flattened, prefixed by their field)."""
+    import typing
+
+    info = msgspec.inspect.type_info(struct)
+    hints = typing.get_type_hints(struct, include_extras=True)
+    out: list[Column] = []
+    for f in info.fields:  # type: ignore[attr-defined]
+        inner = _unwrap(f.type)
+        docs = _docs(hints.get(f.name))
+        path = (*prefix, f.name)
+        name = "_".join(path)
+        if isinstance(inner, msgspec.inspect.StructType):
+            out += columns_of(inner.cls, path)
+        elif isinstance(inner, msgspec.inspect.IntType):
+            out.append(Column(name, "ns" if _NS_DOC in docs or _ns_named(f.name) else "int", path))
+        elif isinstance(inner, msgspec.inspect.StrType):
+            if any(d.startswith(_DEC_DOC) for d in docs):
+                out += [Column(name, "dec", path), Column(f"{name}_f64", "dec_f64", path)]
+            else:
+                out.append(Column(name, "str", path))
+        elif isinstance(inner, msgspec.inspect.FloatType):
+            out.append(Column(name, "float", path))
+        elif isinstance(inner, msgspec.inspect.BoolType):
+            out.append(Column(name, "bool", path))
+        elif isinstance(inner, msgspec.inspect.LiteralType) and all(isinstance(v, str) for v in inner.values):
+            out.append(Column(name, "str", path))
+        else:  # lists, dicts, unions of several types, free-form JSON
+            out.append(Column(name, "json", path))
+    return out
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    return {"ns": pa.timestamp("ns", tz="UTC"), "int": pa.int64(), "dec": pa.string(), "dec_f64": pa.float64(),
+            "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string()}[kind]
+
+
+def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _cell(kind: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if kind == "dec_f64":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+    if kind == "json":
+        return orjson.dumps(value).decode()
+    if kind == "ns":
+        return int(value) or None  # 0: "the venue gives none"
+    if kind == "int":
+        return int(value)
+    return value
+
+
+#: Columns every row has, first: where it was read from.
+KAFKA_COLUMNS = [Column("kafka_topic", "str", ()), Column("kafka_partition", "int", ()),
+                 Column("kafka_offset", "int", ())]
+RAW_COLUMNS = [Column("frame_index", "int", ()), Column("key", "str", ()), Column("venue", "str", ()),
+               Column("instrument", "str", ()), Column("ts_recv", "ns", ()), Column("kind", "str", ()),
+               Column("conn", "str", ()), Column("frame", "str", ()), Column("frame_b64", "str", ())]
+#: options.chain: one row per option; the chain's own fields, then the strike's, then the option's.
+_CHAIN_SKIP = {"strikes"}
+
+
+def schema_columns(topic: str) -> list[Column]:
+    """The columns of ``topic``'s dataset (``topic`` without TOPIC_PREFIX)."""
+    if topic.startswith("raw.") and topic != "raw.deadletter":
+        return KAFKA_COLUMNS + RAW_COLUMNS
+    spec = spec_for(topic)
+    if topic == OPTIONS_CHAIN:
+        from app.records.market import ChainOption
+
+        chain = [c for c in columns_of(spec.type) if c.path[0] not in _CHAIN_SKIP]
+        option = [Column(f"option_{c.name}", c.kind, ("option", *c.path)) for c in columns_of(ChainOption)]
+        return [*KAFKA_COLUMNS, *chain, Column("strike", "dec", ("strike",)), Column("strike_f64", "dec_f64",
+                ("strike",)), Column("option_type", "str", ("option_type",)), *option]
+    return KAFKA_COLUMNS + columns_of(_single(spec))
+
+
+def _single(spec: TopicSpec) -> type:
+    """The record type of a topic (a union of record kinds, like risk.hedge's: the first kind's fields
+    and the others' as well, by name)."""
+    if isinstance(spec.type, type):
+        return spec.type
+    info = msgspec.inspect.type_info(spec.type)
+    kinds = [t.cls for t in getattr(info, "types", ()) if isinstance(t, msgspec.inspect.StructType)]
+    if not kinds:
+        raise BookstreamError(f"{spec.topic}: no record definition to export")
+    return _Merged.of(tuple(kinds))
+
+
+class _Merged:
+    """The union of several record kinds' fields (for a topic whose records are tagged kinds)."""
+
+    _cache: dict[tuple[type, ...], type] = {}
+
+    @classmethod
+    def of(cls, kinds: tuple[type, ...]) -> type:
+        merged = cls._cache.get(kinds)
+        if merged is None:
+            fields: dict[str, Any] = {}
+            for kind in kinds:
+                for f in msgspec.inspect.type_info(kind).fields:  # type: ignore[attr-defined]
+                    fields.setdefault(f.name, (f.name, _annotation(kind, f.name) | None, None))
+            tag = getattr(kinds[0], "__struct_config__", None)
+            tag_field = getattr(tag, "tag_field", None)
+            extra = [(tag_field, str | None, None)] if tag_field and tag_field not in fields else []
+            merged = msgspec.defstruct("Merged", [*extra, *fields.values()], kw_only=True)
+            cls._cache[kinds] = merged
+        return merged
+
+
+def _annotation(kind: type, name: str) -> Any:
+    import typing
+
+    return typing.get_type_hints(kind, include_extras=True)[name]
+
+
+def spec_for(topic: str) -> TopicSpec:
+    if topic.startswith("raw.") and topic != "raw.deadletter":
+        return TOPICS["raw.<venue>"]
+    spec = TOPICS.get(topic)
+    if spec is None:
+        names = ", ".join(sorted(t for t in TOPICS if t != "raw.<venue>"))
+        raise BookstreamError(f"unknown topic {topic!r}: expected raw.<venue> or one of {names}")
+    return spec
+
+
+# -- rows -------------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Row:
+    """One output row: its cells by column name, its time (ns) and where it goes (partition folders)."""
+
+    cells: dict[str, Any]
+    ts: int
+    venue: str
+    instrument: str
+    chain: str | None = None
+
+
+def _raw_rows(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+              headers: Any) -> Iterator[Row]:
+    for index, item in enumerate(decode_record(key, value, headers)):
+        if isinstance(item, BadFrame):
+            continue  # unreadable lines are raw.deadletter's business; the frames around them are kept
+        assert isinstance(item, RawFrame)
+        venue, _, symbol = item.key.partition(":")
+        try:
+            text, b64 = item.data.decode("utf-8"), None
+        except UnicodeDecodeError:
+            text, b64 = None, base64.b64encode(item.data).decode()
+        cells = {"kafka_topic": topic, "kafka_partition": partition, "kafka_offset": offset, "frame_index": index,
+                 "key": item.key, "venue": venue, "instrument": symbol, "ts_recv": item.ts, "kind": item.kind.value,
+                 "conn": item.conn, "frame": text, "frame_b64": b64}
+        yield Row(cells, item.ts, venue, symbol)
+
+
+def _time_of(record: dict[str, Any]) -> int:
+    for name in ("ts_recv", "ts", "valid_from", "ts_published"):
+        value = record.get(name)
+        if isinstance(value, int) and value:
+            return value
+    return 0
+
+
+def _venue_of(record: dict[str, Any], key: bytes | None) -> tuple[str, str]:
+    venue = record.get("venue")
+    instrument = record.get("instrument")
+    text = record.get("key") or (key.decode("utf-8", "replace") if key else "")
+    if isinstance(text, str) and ":" in text:
+        v, _, s = text.partition(":")
+        venue = venue or v
+        instrument = instrument or s.split("|")[0]
+    return str(venue or "none"), str(instrument or "")
+
+
+def _record_rows(topic: str, spec: TopicSpec, columns: list[Column], partition: int, offset: int,
+                 key: bytes | None, value: bytes | None) -> Iterator[Row]:
+    if not value:
+        return  # a tombstone of a compacted topic: nothing to export
+    record = orjson.loads(value)
+    if not isinstance(record, dict):
+        return
+    ts = _time_of(record)
+    venue, instrument = _venue_of(record, key)
+    base = {"kafka_topic": topic, "kafka_partition": partition, "kafka_offset": offset}
+    if spec.topic == OPTIONS_CHAIN:
+        for strike in record.get("strikes") or []:
+            for side in ("call", "put"):
+                option = strike.get(side)
+                if not option:
+                    continue
+                flat = {**record, "strike": strike.get("strike"), "option_type": side, "option": option}
+                cells = dict(base)
+                for c in columns[len(KAFKA_COLUMNS):]:
+                    cells[c.name] = _cell(c.kind, _get(flat, c.path))
+                yield Row(cells, ts, venue, instrument, chain=str(record.get("chain") or ""))
+        return
+    cells = dict(base)
+    for c in columns[len(KAFKA_COLUMNS):]:
+        cells[c.name] = _cell(c.kind, _get(record, c.path))
+    yield Row(cells, ts, venue, instrument)
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+def _date(ts: int) -> str:
+    return datetime.fromtimestamp(ts / 1e9, tz=UTC).strftime("%Y-%m-%d") if ts else "unknown"
+
+
+def _safe(text: str) -> str:
+    """A partition folder value: no path separators."""
+    return text.replace("/", "_").replace("=", "_") or "none"
+
+
+@dataclass
+class _Buffer:
+    folder: Path
+    partition: int
+    first: int = -1
+    last: int = -1
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DatasetWriter:
+    """Rows into Parquet files per partition folder and Kafka partition, renamed into place once complete."""
+
+    def __init__(self, out: Path, topic: str, columns: list[Column], rows_per_file: int = ROWS_PER_FILE) -> None:
+        import pyarrow as pa
+
+        self.root = out / topic
+        self.chained = topic == OPTIONS_CHAIN
+        # Hive's rule: a partition folder's key is not a column of its files (readers add it back;
+        # pandas and pyarrow refuse a dataset that has both).
+        keys = {"venue", "date", *(("chain",) if self.chained else ())}
+        self.columns = [c for c in columns if c.name not in keys]
+        self.schema = pa.schema([pa.field(c.name, _arrow_type(c.kind)) for c in self.columns])
+        self.rows_per_file = rows_per_file
+        self.buffers: dict[tuple[Path, int], _Buffer] = {}
+        self.files: list[Path] = []
+        self.rows = 0
+        self.bytes = 0
+
+    def add(self, row: Row, partition: int, offset: int) -> None:
+        folder = self.root / f"venue={_safe(row.venue)}"
+        if self.chained:
+            folder = folder / f"chain={_safe(row.chain or '')}"
+        folder = folder / f"date={_date(row.ts)}"
+        buf = self.buffers.get((folder, partition))
+        if buf is None:
+            buf = self.buffers[(folder, partition)] = _Buffer(folder, partition)
+        if buf.first < 0:
+            buf.first = offset
+        buf.last = offset
+        buf.rows.append(row.cells)
+        if len(buf.rows) >= self.rows_per_file:
+            self._write(buf)
+
+    def _write(self, buf: _Buffer) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not buf.rows:
+            return
+        data = {c.name: [r.get(c.name) for r in buf.rows] for c in self.columns}
+        table = pa.Table.from_pydict(data, schema=self.schema)
+        buf.folder.mkdir(parents=True, exist_ok=True)
+        final = buf.folder / f"p{buf.partition}-{buf.first:020d}-{buf.last:020d}.parquet"
+        tmp = buf.folder / f".{final.name}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)  # complete, or not there at all
+        self.files.append(final)
+        self.rows += len(buf.rows)
+        self.bytes += final.stat().st_size
+        buf.rows, buf.first, buf.last = [], -1, -1
+
+    def close(self) -> None:
+        for buf in self.buffers.values():
+            self._write(buf)
+
+
+@dataclass
+class ExportSummary:
+    topic: str
+    records: int = 0
+    rows: int = 0
+    files: list[Path] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.rows / self.seconds if self.seconds else 0.0
+        return (f"export: {self.topic}: {self.records:,} records → {self.rows:,} rows in {len(self.files)} files, "
+                f"{self.bytes / 2**20:.1f} MiB, {self.seconds:.1f} s ({rate:,.0f} rows/s)")
+
+
+async def export(settings: Any, topic: str, out: Path, from_ns: int | None = None, to_ns: int | None = None,
+                 venue: str | None = None, instrument: str | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 rows_per_file: int = ROWS_PER_FILE) -> ExportSummary:
+    """Export ``topic`` (without TOPIC_PREFIX) between row times ``from_ns`` and ``to_ns`` (every record
+    retained is read: a replay's rows carry their capture's times, not the time they were written)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from app.kafka import client_auth, unreachable
+
+    spec = spec_for(topic)
+    columns = schema_columns(topic)
+    raw = topic.startswith("raw.") and topic != "raw.deadletter"
+    full = settings.topic(topic)
+    began = time.monotonic()
+    summary = ExportSummary(topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
+    try:
+        await consumer.start()
+    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
+        raise unreachable(settings, exc) from exc
+    writer = DatasetWriter(out, topic, columns, rows_per_file)
+    try:
+        parts = consumer.partitions_for_topic(full) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic this client has not seen
+            parts = consumer.partitions_for_topic(full) or set()
+        if not parts:
+            raise BookstreamError(f"topic {full} does not exist on {settings.kafka_bootstrap}")
+        tps = [TopicPartition(full, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        open_tps = {tp for tp in tps if ends[tp] > 0}
+        while open_tps:
+            batch = await consumer.getmany(*open_tps, timeout_ms=1000)
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    if msg.offset >= ends[tp]:
+                        break
+                    summary.records += 1
+                    rows = (_raw_rows(topic, tp.partition, msg.offset, msg.key, msg.value, msg.headers) if raw
+                            else _record_rows(topic, spec, columns, tp.partition, msg.offset, msg.key, msg.value))
+                    for row in rows:
+                        if (from_ns is not None and row.ts < from_ns) or (to_ns is not None and row.ts > to_ns):
+                            continue
+                        if venue is not None and row.venue != venue:
+                            continue
+                        if instrument is not None and instrument not in (row.instrument,
+                                                                         f"{row.venue}:{row.instrument}"):
+                            continue
+                        writer.add(row, tp.partition, msg.offset)
+            for tp in list(open_tps):
+                if await consumer.position(tp) >= ends[tp]:
+                    open_tps.discard(tp)
+            if progress is not None:
+                progress(summary.records, writer.rows + sum(len(b.rows) for b in writer.buffers.values()))
+        writer.close()
+    finally:
+        await consumer.stop()
+    summary.rows, summary.files, summary.bytes = writer.rows, writer.files, writer.bytes
+    summary.seconds = time.monotonic() - began
+    return summary
