@@ -371,10 +371,17 @@ async def _raw_topics() -> list[str]:
     option("--to", type=str, default=None, help="Rows at or before this time (ISO or ns)."),
     option("--venue", type=str, default=None, help="Only this venue's rows."),
     option("--instrument", type=str, default=None, help="Only this instrument (venue symbol or venue:symbol)."),
+    option("--follow", is_flag=True, default=False,
+           help="Keep the dataset current: resume where it stopped, read on as records arrive (Ctrl-C ends)."),
+    option("--roll-s", type=float, default=60.0, help="--follow: commit each partition's files this often."),
+    option("--roll-rows", type=int, default=500_000, help="A file holds at most this many rows."),
 )
 async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to: str | None, venue: str | None,
-                 instrument: str | None) -> None:
+                 instrument: str | None, follow: bool, roll_s: float, roll_rows: int) -> None:
     """Write a topic's records (TOPIC without TOPIC_PREFIX) as a Hive-partitioned Parquet dataset."""
+    import asyncio
+    import signal
+
     from app.export import export as run
 
     last = [time.monotonic()]
@@ -384,10 +391,18 @@ async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to:
             last[0] = time.monotonic()
             print(f"export: {records:,} records read, {rows:,} rows…", file=sys.stderr, flush=True)
 
+    stop = asyncio.Event()
+    if follow:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # commit what was read, then end
+            loop.add_signal_handler(sig, stop.set)
     try:
+        if roll_s <= 0 or roll_rows <= 0:
+            raise BookstreamError("--roll-s and --roll-rows must be greater than 0")
         from_ns = _when(from_, "--from") if from_ else None
         to_ns = _when(to, "--to") if to else None
-        summary = await run(settings, topic, out, from_ns, to_ns, venue, instrument, progress)
+        summary = await run(settings, topic, out, from_ns, to_ns, venue, instrument, progress,
+                            rows_per_file=roll_rows, follow=follow, roll_s=roll_s, stop=stop)
     except BookstreamError as exc:
         fail(exc)
         return

@@ -32,6 +32,7 @@ a crash leaves no unreadable file, and running the same export again writes the 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ import orjson
 from app.errors import BookstreamError
 from app.records import OPTIONS_CHAIN, TOPICS, TopicSpec
 from app.wire import BadFrame, RawFrame, decode_record
+
+log = logging.getLogger(__name__)
 
 #: Rows a file holds at most (a new file starts past it).
 ROWS_PER_FILE = 500_000
@@ -330,10 +333,26 @@ class _Buffer:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-class DatasetWriter:
-    """Rows into Parquet files per partition folder and Kafka partition, renamed into place once complete."""
+#: Where ``--follow`` keeps its positions (a folder Hive readers skip: its name starts with "_").
+POSITIONS = "_positions"
 
-    def __init__(self, out: Path, topic: str, columns: list[Column], rows_per_file: int = ROWS_PER_FILE) -> None:
+
+def _durable(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+class DatasetWriter:
+    """Rows into Parquet files per partition folder and Kafka partition, renamed into place once complete.
+
+    One-shot (``follow=False``): a file per folder and partition as it fills (``rows_per_file``) and
+    at :meth:`close`, named after the offsets of its first and last row. Following: nothing is
+    written until :meth:`commit` of a partition, which writes every folder's file of that partition
+    — named after the commit's offset range — and then the partition's position, each renamed into
+    place: a file and its position are committed together (see :meth:`resume`)."""
+
+    def __init__(self, out: Path, topic: str, columns: list[Column], rows_per_file: int = ROWS_PER_FILE,
+                 follow: bool = False) -> None:
         import pyarrow as pa
 
         self.root = out / topic
@@ -344,7 +363,10 @@ class DatasetWriter:
         self.columns = [c for c in columns if c.name not in keys]
         self.schema = pa.schema([pa.field(c.name, _arrow_type(c.kind)) for c in self.columns])
         self.rows_per_file = rows_per_file
+        self.follow = follow
         self.buffers: dict[tuple[Path, int], _Buffer] = {}
+        self.buffered: dict[int, int] = {}  # rows waiting per Kafka partition
+        self.positions: dict[int, int] = {}  # following: the next offset of each partition, as committed
         self.files: list[Path] = []
         self.rows = 0
         self.bytes = 0
@@ -361,10 +383,11 @@ class DatasetWriter:
             buf.first = offset
         buf.last = offset
         buf.rows.append(row.cells)
-        if len(buf.rows) >= self.rows_per_file:
-            self._write(buf)
+        self.buffered[partition] = self.buffered.get(partition, 0) + 1
+        if not self.follow and len(buf.rows) >= self.rows_per_file:
+            self._write(buf, buf.first, buf.last)
 
-    def _write(self, buf: _Buffer) -> None:
+    def _write(self, buf: _Buffer, first: int, last: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -373,18 +396,63 @@ class DatasetWriter:
         data = {c.name: [r.get(c.name) for r in buf.rows] for c in self.columns}
         table = pa.Table.from_pydict(data, schema=self.schema)
         buf.folder.mkdir(parents=True, exist_ok=True)
-        final = buf.folder / f"p{buf.partition}-{buf.first:020d}-{buf.last:020d}.parquet"
+        final = buf.folder / f"p{buf.partition}-{first:020d}-{last:020d}.parquet"
         tmp = buf.folder / f".{final.name}.{os.getpid()}.tmp"
         pq.write_table(table, tmp, compression="zstd")
+        if self.follow:
+            _durable(tmp)
         os.replace(tmp, final)  # complete, or not there at all
         self.files.append(final)
         self.rows += len(buf.rows)
         self.bytes += final.stat().st_size
+        self.buffered[buf.partition] -= len(buf.rows)
         buf.rows, buf.first, buf.last = [], -1, -1
 
     def close(self) -> None:
         for buf in self.buffers.values():
-            self._write(buf)
+            self._write(buf, buf.first, buf.last)
+
+    # -- following ----------------------------------------------------------------------------------
+    def resume(self, arguments: dict[str, Any]) -> dict[int, int]:
+        """The committed position of every partition (where to read from), after removing what a
+        crash left half-committed: temporary files, and files of a commit whose position was not
+        written (their rows are read again). ``arguments`` must be those the dataset was started
+        with: a dataset is one selection."""
+        meta = self.root / POSITIONS / "export.json"
+        if meta.exists():
+            before = orjson.loads(meta.read_bytes())
+            if before != arguments:
+                raise BookstreamError(f"{self.root} was written by an export with other arguments ({before}); "
+                                      "follow into a new folder, or with the same arguments")
+        else:
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(arguments))
+            os.replace(tmp, meta)
+        for path in (self.root / POSITIONS).glob("p*.json"):
+            self.positions[int(path.stem[1:])] = int(orjson.loads(path.read_bytes())["next_offset"])
+        for tmp in self.root.rglob(".*.tmp"):
+            tmp.unlink()
+        for path in self.root.rglob("p*-*-*.parquet"):
+            partition, first, _ = path.stem.split("-")
+            if int(first) >= self.positions.get(int(partition[1:]), 0):
+                path.unlink()  # written, but its commit's position was not: its rows come again
+        return dict(self.positions)
+
+    def commit(self, partition: int, next_offset: int) -> None:
+        """Every row of ``partition`` read before ``next_offset`` into files, then the position."""
+        start = self.positions.get(partition, 0)
+        for buf in self.buffers.values():
+            if buf.partition == partition and buf.rows:
+                self._write(buf, start, next_offset - 1)
+        folder = self.root / POSITIONS
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"p{partition}.json"
+        tmp = folder / f".p{partition}.json.tmp"
+        tmp.write_bytes(orjson.dumps({"partition": partition, "next_offset": next_offset}))
+        _durable(tmp)
+        os.replace(tmp, final)
+        self.positions[partition] = next_offset
 
 
 @dataclass
@@ -405,9 +473,14 @@ class ExportSummary:
 async def export(settings: Any, topic: str, out: Path, from_ns: int | None = None, to_ns: int | None = None,
                  venue: str | None = None, instrument: str | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 rows_per_file: int = ROWS_PER_FILE) -> ExportSummary:
+                 rows_per_file: int = ROWS_PER_FILE, follow: bool = False, roll_s: float = 60.0,
+                 stop: Any = None) -> ExportSummary:
     """Export ``topic`` (without TOPIC_PREFIX) between row times ``from_ns`` and ``to_ns`` (every record
-    retained is read: a replay's rows carry their capture's times, not the time they were written)."""
+    retained is read: a replay's rows carry their capture's times, not the time they were written).
+
+    ``follow``: keep the dataset current — start where the dataset's committed positions say, read
+    on as records arrive, and commit each partition's files with its position every ``roll_s``
+    seconds or ``rows_per_file`` rows; until ``stop`` (an asyncio.Event) is set, then commit and return."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from app.kafka import client_auth, unreachable
@@ -418,6 +491,9 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
     full = settings.topic(topic)
     began = time.monotonic()
     summary = ExportSummary(topic)
+    writer = DatasetWriter(out, topic, columns, rows_per_file, follow=follow)
+    positions = writer.resume({"topic": topic, "from": from_ns, "to": to_ns, "venue": venue,
+                               "instrument": instrument}) if follow else {}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed",
                                 max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
@@ -425,7 +501,6 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
         await consumer.start()
     except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
         raise unreachable(settings, exc) from exc
-    writer = DatasetWriter(out, topic, columns, rows_per_file)
     try:
         parts = consumer.partitions_for_topic(full) or set()
         if not parts:
@@ -436,15 +511,24 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
         tps = [TopicPartition(full, p) for p in sorted(parts)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        open_tps = {tp for tp in tps if ends[tp] > 0}
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            at = max(positions.get(tp.partition, 0), starts[tp])
+            if follow and positions.get(tp.partition, 0) < starts[tp]:
+                log.warning("export: %s[%d] from offset %d: retention deleted offsets %d..%d before this export "
+                            "read them", full, tp.partition, starts[tp], positions.get(tp.partition, 0), starts[tp] - 1)
+            consumer.seek(tp, at)
+        open_tps = {tp for tp in tps if follow or ends[tp] > starts[tp]}
+        read_to = {tp.partition: positions.get(tp.partition, 0) for tp in tps}  # next offset, as read
+        committed_at = {tp.partition: time.monotonic() for tp in tps}
         while open_tps:
-            batch = await consumer.getmany(*open_tps, timeout_ms=1000)
+            batch = await consumer.getmany(*open_tps, timeout_ms=200 if follow else 1000)
             for tp, msgs in batch.items():
                 for msg in msgs:
-                    if msg.offset >= ends[tp]:
+                    if not follow and msg.offset >= ends[tp]:
                         break
                     summary.records += 1
+                    read_to[tp.partition] = msg.offset + 1
                     rows = (_raw_rows(topic, tp.partition, msg.offset, msg.key, msg.value, msg.headers) if raw
                             else _record_rows(topic, spec, columns, tp.partition, msg.offset, msg.key, msg.value))
                     for row in rows:
@@ -456,12 +540,27 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
                                                                          f"{row.venue}:{row.instrument}"):
                             continue
                         writer.add(row, tp.partition, msg.offset)
-            for tp in list(open_tps):
-                if await consumer.position(tp) >= ends[tp]:
-                    open_tps.discard(tp)
+            if follow:
+                now = time.monotonic()
+                stopping = stop is not None and stop.is_set()
+                for tp in tps:
+                    p = tp.partition
+                    position = await consumer.position(tp)
+                    read_to[p] = max(read_to[p], position)  # past transaction markers too
+                    due = writer.buffered.get(p, 0) >= rows_per_file or now - committed_at[p] >= roll_s
+                    if read_to[p] > writer.positions.get(p, 0) and (due or stopping):
+                        writer.commit(p, read_to[p])
+                        committed_at[p] = now
+                if stopping:
+                    break
+            else:
+                for tp in list(open_tps):
+                    if await consumer.position(tp) >= ends[tp]:
+                        open_tps.discard(tp)
             if progress is not None:
-                progress(summary.records, writer.rows + sum(len(b.rows) for b in writer.buffers.values()))
-        writer.close()
+                progress(summary.records, writer.rows + sum(writer.buffered.values()))
+        if not follow:
+            writer.close()
     finally:
         await consumer.stop()
     summary.rows, summary.files, summary.bytes = writer.rows, writer.files, writer.bytes

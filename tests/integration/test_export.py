@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -78,3 +79,64 @@ def test_export_of_a_topic_and_of_a_raw_topic_reads_back_row_for_row(ns: Namespa
     bad = ns.faust("export", "no.such", "--out", str(out), check=False)
     assert bad.returncode != 0
     assert "unknown topic 'no.such'" in bad.stderr
+
+
+def test_follow_keeps_a_dataset_current_through_sigkills_without_a_repeat_or_a_gap(ns: Namespace,
+                                                                                   tmp_path: Path) -> None:
+    """A file and its Kafka position are committed together: SIGKILLed at random moments and started
+    again, `export --follow` ends with every record of the topic exactly once."""
+    import random
+    import signal
+    import subprocess
+    import threading
+
+    from app.records import BookTop, encode
+    from tests.helpers import FAUST, ROOT, wait_for
+
+    total = 6000
+    records = [("book.top", i % 4, b"okx:BTC-USDT", encode(BookTop(
+        venue="okx", instrument="BTC-USDT", bid_px=f"{60000 + i}.5", bid_sz="2", ask_px=f"{60001 + i}", ask_sz="3",
+        seq=i, epoch=1, ts_exchange=0, ts_recv=1_723_161_255_000_000_000 + i * 10**6, ts_published=1)))
+        for i in range(total)]
+    _produce(ns, records[:500])  # the topic exists before the export starts
+    out = tmp_path / "follow"
+    log = (tmp_path / "export.log").open("ab")
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*FAUST, "export", "book.top", "--out", str(out), "--follow", "--roll-s", "0.3",
+                                 "--roll-rows", "400"], env=ns.env(), cwd=ROOT, stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+
+    def feed() -> None:
+        for at in range(500, total, 250):
+            _produce(ns, records[at:at + 250])
+            time.sleep(0.4)
+
+    proc = start()
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    rng = random.Random(7)
+    kills = 0
+    while feeder.is_alive() or kills < 3:
+        time.sleep(rng.uniform(1.5, 3.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        proc = start()
+    feeder.join()
+
+    def committed() -> bool:
+        marks = (out / "book.top" / "_positions").glob("p*.json")
+        return sum(json.loads(p.read_text())["next_offset"] for p in marks) == total
+
+    try:
+        wait_for(committed, 90, "every record committed")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "export.log").read_text()[-3000:]
+    table = ds.dataset(out / "book.top", format="parquet", partitioning="hive").to_table()
+    coordinates = sorted(zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(),
+                             strict=True))
+    assert len(coordinates) == len(set(coordinates)), "a row exported twice"
+    assert sorted(table.column("seq").to_pylist()) == list(range(total)), "a row missing"
+    assert kills >= 3

@@ -14,6 +14,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from app.capture.formats import Record, read
+from app.errors import BookstreamError
 from app.export import KAFKA_COLUMNS, DatasetWriter, Row, _raw_rows, _record_rows, schema_columns, spec_for
 from app.venues.base import Kind
 from app.wire import V2_HEADERS, RawFrame, conn_event, encode_frame
@@ -155,3 +156,41 @@ def test_files_roll_by_rows_and_are_named_after_their_offsets(tmp_path: Path) ->
     table: Any = ds.dataset(tmp_path / "book.top", format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 25
     assert table.column("ts_exchange").null_count == 25  # 0: the venue gave none
+
+
+def _tops(n: int, first: int = 0) -> list[tuple[int, int, bytes | None, bytes]]:
+    from app.records import BookTop, encode
+
+    return [(0, first + i, b"okx:BTC-USDT", encode(BookTop(
+        venue="okx", instrument="BTC-USDT", bid_px="1.5", bid_sz="2", ask_px="1.6", ask_sz="3", seq=first + i, epoch=1,
+        ts_exchange=0, ts_recv=1_723_161_255_000_000_000 + first + i, ts_published=1))) for i in range(n)]
+
+
+def _follow_writer(tmp: Path) -> DatasetWriter:
+    return DatasetWriter(tmp, "book.top", schema_columns("book.top"), 1000, follow=True)
+
+
+def test_following_commits_files_with_their_position_and_a_crash_between_them_is_undone(tmp_path: Path) -> None:
+    args = {"topic": "book.top", "venue": None}
+    writer = _follow_writer(tmp_path)
+    assert writer.resume(args) == {}
+    for p, o, k, v in _tops(10):
+        for row in _record_rows("book.top", spec_for("book.top"), schema_columns("book.top"), p, o, k, v):
+            writer.add(row, p, o)
+    writer.commit(0, 10)
+    assert [f.name for f in writer.files] == ["p0-00000000000000000000-00000000000000000009.parquet"]
+    # the next commit's file renamed into place, then a crash before its position is written
+    crashed = _follow_writer(tmp_path)
+    assert crashed.resume(args) == {0: 10}
+    for p, o, k, v in _tops(5, first=10):
+        for row in _record_rows("book.top", spec_for("book.top"), schema_columns("book.top"), p, o, k, v):
+            crashed.add(row, p, o)
+    crashed._write(next(iter(crashed.buffers.values())), 10, 14)
+    (tmp_path / "book.top" / "venue=okx" / "date=2024-08-08" / ".p0-x.parquet.1.tmp").write_bytes(b"half")
+    restarted = _follow_writer(tmp_path)
+    assert restarted.resume(args) == {0: 10}  # read again from 10: the orphan file is gone, nothing twice
+    files = sorted(p.name for p in tmp_path.rglob("*.parquet"))
+    assert files == ["p0-00000000000000000000-00000000000000000009.parquet"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(BookstreamError, match="other arguments"):
+        _follow_writer(tmp_path).resume({**args, "venue": "okx"})
