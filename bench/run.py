@@ -320,6 +320,29 @@ class Bench:
                                         f"in {replay['records']:,} raw records (USD-M capture ×{COPIES})")
         self.figures["throughput"] = r
 
+    def export(self) -> None:
+        """`faust -A app export` of the throughput step's raw topic (the USD-M capture ×COPIES):
+        rows/s and MB/s, every frame a row (counted, not assumed)."""
+        ns, frames, replay = self.loaded(COPIES)
+        out = WORK / "export"
+        shutil.rmtree(out, ignore_errors=True)
+        say("export: raw.binance-usdm to Parquet")
+        t0 = time.monotonic()
+        err = ns.faust("export", "raw.binance-usdm", "--out", str(out), timeout=3600).stderr
+        seconds = time.monotonic() - t0
+        m = re.search(r"([\d,]+) records → ([\d,]+) rows in (\d+) files, ([\d.]+) MiB, ([\d.]+) s", err)
+        assert m, err[-2000:]
+        records, rows, files = (int(x.replace(",", "")) for x in m.groups()[:3])
+        mib, inner = float(m.group(4)), float(m.group(5))
+        assert rows == frames, f"{rows:,} rows for {frames:,} frames"
+        capture_mib = self.capture(COPIES).stat().st_size / 2**20  # the frames' text, as captured
+        self.figures["export"] = {
+            "records": records, "rows": rows, "files": files, "parquet_mib": mib, "seconds": round(inner, 1),
+            "rows_per_s": round(rows / inner), "capture_mib_per_s": round(capture_mib / inner, 1),
+            "parquet_mib_per_s": round(mib / inner, 1), "command_seconds": round(seconds, 1),
+            "command": f"faust -A app export raw.binance-usdm --out DIR over {frames:,} frames in "
+                       f"{replay['records']:,} raw records (USD-M capture ×{COPIES})"}
+
     def scaling(self) -> None:
         ns, frames, _ = self.loaded(COPIES)
         say("scaling: two workers")
@@ -932,10 +955,11 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("changelog_bytes_per_update_5000", lambda f: _get(f, "changelog", "by_depth", "5000", "bytes_per_update")),
     ("book_top_encode_us_msgspec", lambda f: _get(f, "serialization", "book.top", "encode_msgspec_struct_us")),
     ("book_top_encode_us_orjson_dict", lambda f: _get(f, "serialization", "book.top", "encode_orjson_dict_us")),
+    ("export_rows_per_s", lambda f: _get(f, "export", "rows_per_s")),
 ]
 
 STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "recovery", "changelog",
-         "serialization", "sweep"]
+         "serialization", "export", "sweep"]
 
 
 def machine() -> str:
