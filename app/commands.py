@@ -209,18 +209,9 @@ async def record(self: AppCommand, out: Path, rotate_mb: float, feeds: str | Non
 
 def _when(text: str, option: str = "--at") -> int:
     """A time option: ns since the epoch, or an ISO-8601 time (UTC when it names no zone)."""
-    from datetime import UTC, datetime
+    from app.history import parse_time
 
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BookstreamError(f"{option} {text!r}: expected an ISO time (2026-12-01T08:00:00Z) or ns since the "
-                              "epoch") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1e9)
+    return parse_time(text, option)
 
 
 def _expiry_day(text: str) -> str:
@@ -407,3 +398,23 @@ async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to:
         fail(exc)
         return
     print(summary.line(), file=sys.stderr, flush=True)
+
+
+@app.command(
+    argument("key", type=str),
+    argument("when", type=str),
+    option("--depth", type=int, default=10, help="Levels per side to print."),
+)
+async def book_at(self: AppCommand, key: str, when: str, depth: int) -> None:
+    """The book of KEY (venue:instrument) as it was at WHEN (ISO time or ns), rebuilt from the raw topics
+    from the latest book.checkpoints record before it."""
+    from app.history import book_at as rebuild
+
+    try:
+        if depth < 1:
+            raise BookstreamError("--depth must be at least 1")
+        past = await rebuild(settings, key, _when(when, "TIME"))
+    except BookstreamError as exc:
+        fail(exc)
+        return
+    print(orjson.dumps(past.to_dict(depth), option=orjson.OPT_INDENT_2).decode(), flush=True)

@@ -23,7 +23,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: Every environment variable bookstream reads (README "Configuration" documents each).
 ENV_VARS = (
     "KAFKA_BOOTSTRAP", "APP_ID", "TOPIC_PREFIX", "TOPIC_PARTITIONS", "TOPIC_REPLICATION",
-    "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS",
+    "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS", "BOOK_CHECKPOINT_INTERVAL_S",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
@@ -319,6 +319,7 @@ class Settings:
     log_level: str = "info"
     depth_interval_ms: int = 1000
     depth_levels: int = 20
+    book_checkpoint_interval_s: int = 300  # BOOK_CHECKPOINT_INTERVAL_S: book.checkpoints per book; 0: none
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
@@ -395,6 +396,7 @@ def load() -> Settings:
         log_level=level,
         depth_interval_ms=_env_int("DEPTH_INTERVAL_MS", 1000, minimum=1),
         depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
+        book_checkpoint_interval_s=_env_int("BOOK_CHECKPOINT_INTERVAL_S", 300, minimum=0),
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),

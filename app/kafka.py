@@ -30,7 +30,7 @@ from aiokafka.protocol.offset import OffsetRequest
 
 from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings, resolve_replication
 from app.errors import ConfigError
-from app.wire import DEADLETTER, raw_topic
+from app.wire import BOOK_CHECKPOINTS, DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,7 +122,7 @@ def topic_configs(settings: Settings, name: str, min_insync: int,
     configs = {"max.message.bytes": str(RAW_MAX_MESSAGE_BYTES), "min.insync.replicas": str(min_insync)}
     if compacted is not None:
         configs.update(compacted)
-    elif is_raw_topic(settings, name):
+    elif is_raw_topic(settings, name) or name == settings.topic(BOOK_CHECKPOINTS):  # as long as the raw they start
         configs.update({"cleanup.policy": "delete", "retention.ms": str(settings.raw_retention_ms),
                         "retention.bytes": str(settings.raw_retention_bytes)})
     else:

@@ -16,9 +16,10 @@ from typing import Any
 
 from app import metrics
 from app.config import Settings
+from app.history import checkpoint_of
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
-from app.records import source
+from app.records import encode, source
 from app.registry import RegistryReader
 from app.risk.service import RiskService, load_configured_rules
 from app.state.manager import PartitionState, Standing, StateManager
@@ -51,6 +52,7 @@ class BookRuntime:
         self.publisher.risk_depth_keys = {rule.hedge for rule in self.rules}
         self.risk: RiskService | None = None
         self.raw_caught_up: Callable[[], bool] = lambda: True  # set by app.main (app.faust_glue.raw_caught_up)
+        self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -189,6 +191,26 @@ class BookRuntime:
     # -- timers ------------------------------------------------------------------------
     def tick(self) -> None:
         self.publisher.tick()
+        interval = self.settings.book_checkpoint_interval_s
+        if interval and time.monotonic() - self._checkpointed >= interval:
+            self._checkpointed = time.monotonic()
+            self.checkpoint()
+
+    def checkpoint(self) -> int:
+        """Every active book's whole state to ``book.checkpoints``, with the raw position it covers
+        (``book-at`` starts there). Between raw records: the books and their progress agree."""
+        written = 0
+        for number, part in self.state.active.items():
+            for key, inst in part.books.items():
+                raw = self.topics.raw_by_venue.get(key.partition(":")[0])
+                next_offset = part.progress.next.get(raw) if raw is not None else None
+                if raw is None or next_offset is None:
+                    continue
+                cp = checkpoint_of(inst, raw.removeprefix(self.settings.topic_prefix), number, next_offset)
+                self.sink.add(self.topics.checkpoints, number, key.encode(), encode(cp))
+                written += 1
+        metrics.count("book_checkpoints", written)
+        return written
 
     def retry_resyncs(self) -> None:
         for key in self.publisher.retry.due():

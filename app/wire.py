@@ -42,6 +42,7 @@ from msgspec import UNSET, UnsetType
 from app.market.symbols import partition_key
 from app.records import (  # the topic names (without TOPIC_PREFIX) live with their records
     ALERTS,
+    BOOK_CHECKPOINTS,
     BOOK_DEPTH,
     BOOK_STATUS,
     BOOK_TOP,
@@ -71,7 +72,7 @@ FORMAT_V2 = b"2"
 V2_HEADERS: list[tuple[str, bytes]] = [(FORMAT_HEADER, FORMAT_V2)]
 
 OUTPUT_TOPICS = (BOOK_TOP, BOOK_DEPTH, BOOK_STATUS, CONTROL_RESYNC, DEADLETTER, TRADES, TICKER, FEED_STATUS,
-                 OPTIONS_CHAIN, REF_INSTRUMENTS)
+                 OPTIONS_CHAIN, REF_INSTRUMENTS, BOOK_CHECKPOINTS)
 #: Compacted topics other than the changelog: one record per key is kept forever.
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -98,8 +99,9 @@ class Topics:
         self.resync, self.deadletter = prefix + CONTROL_RESYNC, prefix + DEADLETTER
         self.trades, self.ticker, self.feed_status = prefix + TRADES, prefix + TICKER, prefix + FEED_STATUS
         self.chain, self.instruments = prefix + OPTIONS_CHAIN, prefix + REF_INSTRUMENTS
+        self.checkpoints = prefix + BOOK_CHECKPOINTS
         self.outputs = (self.top, self.depth, self.status, self.resync, self.deadletter, self.trades, self.ticker,
-                        self.feed_status, self.chain, self.instruments)
+                        self.feed_status, self.chain, self.instruments, self.checkpoints)
         self.positions, self.rules, self.risk_depth = prefix + POSITIONS, prefix + RISK_RULES, prefix + RISK_DEPTH
         self.exposure, self.scenarios, self.hedge = prefix + RISK_EXPOSURE, prefix + RISK_SCENARIOS, prefix + RISK_HEDGE
         self.alerts, self.nbbo = prefix + ALERTS, prefix + NBBO

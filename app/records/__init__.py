@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from app.records import book, market, raw, risk
-from app.records.book import BookDepth, BookStatus, BookTop, DeadLetter, ResyncRequest
+from app.records.book import BookCheckpoint, BookDepth, BookStatus, BookTop, DeadLetter, ResyncRequest
 from app.records.common import Source, source
 from app.records.market import FeedStatus, InstrumentRecord, OptionsChain, TickerRecord, TradeRecord
 from app.records.raw import ConnEvent, RawLine
@@ -47,6 +47,7 @@ SCHEMA_VERSION = 1
 
 #: Topic names without TOPIC_PREFIX (``app.wire.Topics`` applies it).
 BOOK_TOP, BOOK_DEPTH, BOOK_STATUS = "book.top", "book.depth", "book.status"
+BOOK_CHECKPOINTS = "book.checkpoints"
 CONTROL_RESYNC, DEADLETTER = "control.resync", "raw.deadletter"
 TRADES, TICKER, FEED_STATUS = "trades", "ticker", "feed.status"
 OPTIONS_CHAIN, REF_INSTRUMENTS = "options.chain", "ref.instruments"
@@ -55,10 +56,12 @@ RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "
 ALERTS, NBBO = "alerts", "nbbo"
 
 __all__ = [
-    "ALERTS", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER", "FEED_STATUS", "NBBO",
+    "ALERTS", "BOOK_CHECKPOINTS", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER",
+    "FEED_STATUS", "NBBO",
     "OPTIONS_CHAIN", "POSITIONS", "REF_INSTRUMENTS", "RISK_DEPTH", "RISK_EXPOSURE", "RISK_HEDGE", "RISK_RULES",
     "RISK_SCENARIOS", "TICKER", "TRADES",
-    "SCHEMA_VERSION", "TOPICS", "Alert", "BookDepth", "BookStatus", "BookTop", "ConnEvent", "DeadLetter", "Exposure",
+    "SCHEMA_VERSION", "TOPICS", "Alert", "BookCheckpoint", "BookDepth", "BookStatus", "BookTop", "ConnEvent",
+    "DeadLetter", "Exposure",
     "FeedStatus", "HedgeBlocked", "HedgeSignal", "InputRef", "InstrumentRecord", "Nbbo", "OptionsChain",
     "PositionRecord", "RawLine", "ResyncRequest", "RiskDepth", "RuleState", "Scenarios", "Source", "TickerRecord",
     "TopicSpec", "TradeRecord", "book", "decode", "encode", "json_schema", "market", "raw", "risk", "schema_file",
@@ -90,6 +93,7 @@ TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec(BOOK_TOP, BookTop, "instrument key", "worker"),
     TopicSpec(BOOK_DEPTH, BookDepth, "instrument key", "worker"),
     TopicSpec(BOOK_STATUS, BookStatus, "instrument key", "worker"),
+    TopicSpec(BOOK_CHECKPOINTS, BookCheckpoint, "instrument key", "worker"),
     TopicSpec(CONTROL_RESYNC, ResyncRequest, "instrument key", "worker"),
     TopicSpec(DEADLETTER, DeadLetter, "instrument key (or the raw record's key)", "worker"),
     TopicSpec(TRADES, TradeRecord, "instrument key", "worker"),

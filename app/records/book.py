@@ -3,7 +3,7 @@ the book agent publishes about each instrument's order book."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from msgspec import Meta
 
@@ -99,3 +99,20 @@ class DeadLetter(Record, kw_only=True):
     index: Annotated[int, Meta(description="the frame's position in its raw record (0 for a v1 record)")]
     headers: dict[str, str]
     frame: Annotated[str, Meta(description="the frame (invalid UTF-8 replaced)")]
+
+
+class BookCheckpoint(Record, kw_only=True):
+    """A book's whole state at a raw position, every BOOK_CHECKPOINT_INTERVAL_S per instrument:
+    where ``book-at`` starts rebuilding a past book instead of replaying the whole raw topic.
+    Key: the instrument key."""
+
+    key: Annotated[str, Meta(description="instrument key <venue>:<symbol>")]
+    raw_topic: Annotated[str, Meta(description="the raw topic without TOPIC_PREFIX, e.g. raw.okx")]
+    raw_partition: int
+    next_offset: Annotated[int, Meta(description="every frame of the raw records before this offset is in the state")]
+    state: Annotated[dict[str, Any], Meta(description="the book's state row (sync state, seq, counters …)")]
+    bids: Annotated[list[Level], Meta(description="every level, best first")]
+    asks: Annotated[list[Level], Meta(description="every level, best first")]
+    buffer: Annotated[list[str], Meta(description="deltas buffered until a snapshot (Binance), base64 frames")] = []
+    ts_recv: Annotated[Ns, Meta(description="receive time of the last frame applied (0: none yet)")]
+    ts: Annotated[Ns, Meta(description="when the worker wrote it")]

@@ -131,6 +131,9 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
             return self.json({"error": f"depth must be a whole number from 1 to {MAX_DEPTH}"}, status=400)
         key = f"{venue}:{instrument}"
         depth = int(raw_depth)
+        at = request.query.get("at")
+        if at is not None:  # a past book, rebuilt from the raw topics (any worker can: no routing)
+            return await past_book(self, key, at, depth)
         if not books.owns(key):
             try:  # the worker that owns the instrument's partition answers (Faust topic routing)
                 # Faust routes by its partitioner of the bytes given: the instrument's partition key
@@ -157,6 +160,17 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
         if inst is None:
             return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)
         return self.json(detail(inst, depth, "owner"))
+
+    async def past_book(view: View, key: str, at: str, depth: int) -> Response:
+        from app.errors import BookstreamError
+        from app.history import book_at, parse_time
+
+        try:
+            when = parse_time(at, "at")
+            past = await book_at(settings, key, when)
+        except BookstreamError as exc:
+            return view.json({"error": str(exc)}, status=400 if "expected" in str(exc) else 404)
+        return view.json(past.to_dict(depth))
 
     def copy_or_503(view: View, key: str, depth: int, why: str, otherwise: Response | None = None) -> Response:
         """While the owner cannot answer: this worker's copy (standby or recovering), or the

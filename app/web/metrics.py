@@ -115,6 +115,8 @@ class BookstreamCollector(Collector):
                        counters.get("chains", 0))
         yield _counter("bookstream_instrument_versions_total", "New instrument spec versions published on "
                        "ref.instruments.", counters.get("instrument_versions", 0))
+        yield _counter("bookstream_book_checkpoints_total", "Book states written to book.checkpoints.",
+                       counters.get("book_checkpoints", 0))
 
     @staticmethod
     def _risk(counters: Mapping[str, float], w: WorkerFigures) -> Iterator[Metric]:
@@ -161,8 +163,8 @@ class BookstreamCollector(Collector):
                        outputs["paused_s"])
         yield _counter("bookstream_outputs_retried_total", "Output batches sent again after a failed delivery.",
                        outputs["retried"])
-        yield _counter("bookstream_outputs_producer_restarts_total", "Output producers replaced after a fatal error "
-                       "(OutOfOrderSequenceNumber…).", max(0, outputs["producers"] - 1))
+        yield _counter("bookstream_outputs_producer_restarts_total", "Output producers replaced after a producer-state "
+                       "error (OutOfOrderSequenceNumber…), a failed delivery or a stall.", outputs["producer_restarts"])
         yield _counter("bookstream_outputs_failed_total", "Output records given up: no retry can deliver them (too "
                        "large, not authorised).", outputs["failed"])
 

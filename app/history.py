@@ -1,0 +1,191 @@
+"""Books as of any instant (``faust -A app book-at``, ``/api/books/{venue}/{instrument}?at=``).
+
+A past book is rebuilt from the raw topics, exactly as the worker built it: the same processor
+applies the instrument's frames, in their partition's order, up to the last one received at or
+before the instant. So that this does not replay a day, the worker writes every book's whole
+state to ``book.checkpoints`` every ``BOOK_CHECKPOINT_INTERVAL_S`` (:func:`checkpoint_of`: the
+book's table rows and the raw position they cover); a rebuild starts from the latest checkpoint
+written before the instant (:func:`instrument_from`), or from the partition's first record when
+there is none.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+
+from app.errors import BookstreamError
+from app.processor import Processor, new_instrument, parse_buffered
+from app.records import BookCheckpoint, decode
+from app.state.layout import ASK, BID, BUFFER, STATE, encode_state, load_instrument
+from app.sync import Instrument
+from app.wire import BOOK_CHECKPOINTS, RawFrame, decode_record, partition_for, raw_topic
+
+
+def parse_time(text: str, option: str) -> int:
+    """ns since the epoch, or an ISO-8601 time (UTC when it names no zone)."""
+    from datetime import UTC, datetime, timedelta
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BookstreamError(f"{option} {text!r}: expected an ISO time (2026-12-01T08:00:00Z) or ns since the "
+                              "epoch") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000  # exact, no float
+
+
+def checkpoint_of(inst: Instrument, raw: str, partition: int, next_offset: int) -> BookCheckpoint:
+    """``inst``'s whole state, which covers every frame of raw records before ``next_offset``."""
+    return BookCheckpoint(key=inst.key, raw_topic=raw, raw_partition=partition, next_offset=next_offset,
+                          state=orjson.loads(encode_state(inst)), bids=list(inst.book.iter_bids()),
+                          asks=list(inst.book.iter_asks()),
+                          buffer=[base64.b64encode(frame).decode() for _, frame in inst.buffer],
+                          ts_recv=inst.ts_recv or 0, ts=time.time_ns())
+
+
+def instrument_from(cp: BookCheckpoint, buffer_limit: int = 20_000) -> Instrument:
+    """The book a checkpoint holds, as the worker held it (its table rows loaded back)."""
+    rows: list[tuple[bytes, bytes]] = [(STATE, orjson.dumps(cp.state))]
+    rows += [(BID + p.encode(), s.encode()) for p, s in cp.bids]
+    rows += [(ASK + p.encode(), s.encode()) for p, s in cp.asks]
+    rows += [(BUFFER + b"%020d" % i, base64.b64decode(f)) for i, f in enumerate(cp.buffer)]
+    inst = new_instrument(cp.key, buffer_limit)
+    load_instrument(inst, rows, lambda frame: parse_buffered(cp.key, frame))
+    return inst
+
+
+@dataclass
+class PastBook:
+    """What :func:`book_at` rebuilt."""
+
+    key: str
+    at: int
+    inst: Instrument
+    checkpoint: BookCheckpoint | None
+    frames: int = 0  # frames of the instrument applied after the start
+    records: int = 0  # raw records read
+    seconds: float = 0.0
+    last_frame_ts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self, depth: int) -> dict[str, Any]:
+        venue, _, symbol = self.key.partition(":")
+        bids, asks = self.inst.book.levels(depth)
+        start = ({"from": "checkpoint", "raw_offset": self.checkpoint.next_offset, "ts_recv": self.checkpoint.ts_recv}
+                 if self.checkpoint is not None else {"from": "the raw partition's first record"})
+        return {"venue": venue, "instrument": symbol, "at": self.at, "state": str(self.inst.status),
+                "reason": self.inst.reason, "seq": self.inst.seq, "epoch": self.inst.counters.get("epoch"),
+                "ts_exchange": self.inst.ts_exchange, "ts_recv": self.last_frame_ts or self.inst.ts_recv,
+                "bids": bids, "asks": asks, "start": start, "frames_applied": self.frames,
+                "raw_records_read": self.records, "seconds": round(self.seconds, 3), "notes": self.notes}
+
+
+async def _consumer(settings: Any) -> Any:
+    from aiokafka import AIOKafkaConsumer
+
+    from app.kafka import client_auth, unreachable
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
+    try:
+        await consumer.start()
+    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
+        raise unreachable(settings, exc) from exc
+    return consumer
+
+
+async def _read(consumer: Any, tp: Any, start: int, end: int) -> Any:
+    """Records of ``tp`` from ``start`` to before ``end``, in order (an async generator)."""
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    while start < end:
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        for msg in batch.get(tp, []):
+            if msg.offset >= end:
+                return
+            yield msg
+        start = await consumer.position(tp)
+
+
+async def latest_checkpoint(settings: Any, consumer: Any, key: str, at: int) -> BookCheckpoint | None:
+    """The last checkpoint of ``key`` covering only frames received at or before ``at``."""
+    from aiokafka import TopicPartition
+
+    topic = settings.topic(BOOK_CHECKPOINTS)
+    if topic not in await consumer.topics():
+        return None
+    tp = TopicPartition(topic, partition_for(key, settings.partitions))
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    best: BookCheckpoint | None = None
+    wanted = key.encode()
+    async for msg in _read(consumer, tp, begin, end):
+        if msg.key != wanted or not msg.value:
+            continue
+        try:
+            cp = decode(BOOK_CHECKPOINTS, msg.value)
+        except msgspec.ValidationError:
+            continue
+        if cp.ts_recv <= at and (best is None or (cp.next_offset, cp.ts_recv) > (best.next_offset, best.ts_recv)):
+            best = cp
+    return best
+
+
+async def book_at(settings: Any, key: str, at: int) -> PastBook:
+    """``key``'s book as it was at ``at`` (ns): the state after the last of its frames received at or
+    before then."""
+    from aiokafka import TopicPartition
+
+    venue, _, symbol = key.partition(":")
+    if not venue or not symbol:
+        raise BookstreamError(f"{key!r}: expected VENUE:INSTRUMENT, e.g. okx:BTC-USDT")
+    began = time.monotonic()
+    consumer = await _consumer(settings)
+    try:
+        raw = settings.topic(raw_topic(venue))
+        if raw not in await consumer.topics():
+            raise BookstreamError(f"no raw topic {raw} on {settings.kafka_bootstrap}")
+        cp = await latest_checkpoint(settings, consumer, key, at)
+        tp = TopicPartition(raw, partition_for(key, settings.partitions))
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        inst = instrument_from(cp, settings.buffer_max_frames) if cp is not None else new_instrument(
+            key, settings.buffer_max_frames)
+        past = PastBook(key, at, inst, cp)
+        start = cp.next_offset if cp is not None else first
+        if start < first:
+            past.notes.append(f"retention deleted raw offsets {start}..{first - 1} after the checkpoint; the book "
+                              "resyncs at the next snapshot after them")
+            start = first
+        processor = Processor({key: inst}, settings.buffer_max_frames)
+        done = False
+        async for msg in _read(consumer, tp, start, end):
+            past.records += 1
+            for item in decode_record(msg.key, msg.value, msg.headers):
+                if not isinstance(item, RawFrame) or item.key != key:
+                    continue
+                if item.ts > at:
+                    done = True
+                    break
+                processor.handle(item)
+                past.frames += 1
+                past.last_frame_ts = item.ts
+            if done:
+                break
+        if past.frames == 0 and cp is None:
+            past.notes.append("no frame of this instrument at or before that time")
+        past.inst = processor.instruments[key]
+        past.seconds = time.monotonic() - began
+        return past
+    finally:
+        await consumer.stop()
