@@ -11,6 +11,8 @@ export PROMTOOL ?= $(CURDIR)/.cache/promtool/promtool
 #: kcat, for the README's kcat + jq example (tests/integration/test_readme_examples.py reads KCAT).
 export KCAT ?= $(CURDIR)/.cache/kcat/kcat
 export PYTHONPATH := $(CURDIR)
+#: `make test` runs the unit tests (CPU-bound, no broker) in this many processes (pytest-xdist).
+UNIT_WORKERS ?= 2
 
 .PHONY: help install browser promtool kcat schemas kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
 
@@ -74,7 +76,10 @@ run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 
 	@scripts/run.sh
 
 test: install browser promtool kcat ## Run the whole test suite (starts and stops its own broker)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# unit tests on every core, then the rest (one broker, one test at a time); exit status 5 is
+	@# "no test selected" (a PYTEST_ARGS -k that names only tests of the other half)
+	$(BIN)/python -m pytest tests/unit -n $(UNIT_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 soak: install ## Takeover tests SOAK_N (20) times, each a fresh pytest run; pass/fail counts → bench/soak-results.json
 	$(BIN)/python scripts/soak.py

@@ -33,7 +33,7 @@ from tests.scenarios import (
 )
 from tests.unit.test_captures import CRYPTOFEED, hft
 
-KILLS = 3  # while applying (a late restart, then a quick one), then at start-up; `make chaos` runs 12
+KILLS = 2  # while applying: a late restart (a takeover), then a quick one; `make chaos` runs 12 (start-up too)
 SEED = 20261130
 # The capture is replayed in parts: the first before the workers start, the others one after the
 # other from the first kill on, each paced (--speed) over about PACE_S, so that records keep coming
