@@ -366,14 +366,19 @@ async def _raw_topics() -> list[str]:
            help="Keep the dataset current: resume where it stopped, read on as records arrive (Ctrl-C ends)."),
     option("--roll-s", type=float, default=60.0, help="--follow: commit each partition's files this often."),
     option("--roll-rows", type=int, default=500_000, help="A file holds at most this many rows."),
+    option("--book-snapshots", "every", type=str, default=None,
+           help="From a raw topic: every book's top --depth levels every EVERY (250ms, 1s, 5m …) of receive time."),
+    option("--depth", type=int, default=10, help="--book-snapshots: levels per side."),
 )
 async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to: str | None, venue: str | None,
-                 instrument: str | None, follow: bool, roll_s: float, roll_rows: int) -> None:
+                 instrument: str | None, follow: bool, roll_s: float, roll_rows: int, every: str | None,
+                 depth: int) -> None:
     """Write a topic's records (TOPIC without TOPIC_PREFIX) as a Hive-partitioned Parquet dataset."""
     import asyncio
     import signal
 
     from app.export import export as run
+    from app.export import parse_every
 
     last = [time.monotonic()]
 
@@ -388,12 +393,14 @@ async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to:
         for sig in (signal.SIGINT, signal.SIGTERM):  # commit what was read, then end
             loop.add_signal_handler(sig, stop.set)
     try:
-        if roll_s <= 0 or roll_rows <= 0:
-            raise BookstreamError("--roll-s and --roll-rows must be greater than 0")
+        if roll_s <= 0 or roll_rows <= 0 or depth <= 0:
+            raise BookstreamError("--roll-s, --roll-rows and --depth must be greater than 0")
+        snapshots = parse_every(every) if every is not None else None
         from_ns = _when(from_, "--from") if from_ else None
         to_ns = _when(to, "--to") if to else None
         summary = await run(settings, topic, out, from_ns, to_ns, venue, instrument, progress,
-                            rows_per_file=roll_rows, follow=follow, roll_s=roll_s, stop=stop)
+                            rows_per_file=roll_rows, follow=follow, roll_s=roll_s, stop=stop,
+                            book_snapshots=snapshots, depth=depth)
     except BookstreamError as exc:
         fail(exc)
         return

@@ -133,7 +133,8 @@ def _arrow_type(kind: str) -> Any:
     import pyarrow as pa
 
     return {"ns": pa.timestamp("ns", tz="UTC"), "int": pa.int64(), "dec": pa.string(), "dec_f64": pa.float64(),
-            "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string()}[kind]
+            "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(), "json": pa.string(),
+            "declist": pa.list_(pa.string()), "f64list": pa.list_(pa.float64())}[kind]
 
 
 def _get(record: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -313,6 +314,75 @@ def _record_rows(topic: str, spec: TopicSpec, columns: list[Column], partition: 
     yield Row(cells, ts, venue, instrument)
 
 
+# -- book snapshots ---------------------------------------------------------------------------------
+
+#: The dataset ``export raw.<venue> --book-snapshots EVERY`` writes (a folder beside the topics').
+BOOK_SNAPSHOTS = "book.snapshots"
+SNAPSHOT_COLUMNS = [*KAFKA_COLUMNS, Column("key", "str", ()), Column("venue", "str", ()),
+                    Column("instrument", "str", ()), Column("ts", "ns", ()), Column("state", "str", ()),
+                    Column("seq", "int", ()), Column("epoch", "int", ()), Column("ts_exchange", "ns", ()),
+                    Column("ts_recv", "ns", ()), Column("bid_px", "declist", ()), Column("bid_sz", "declist", ()),
+                    Column("ask_px", "declist", ()), Column("ask_sz", "declist", ()),
+                    Column("bid_px_f64", "f64list", ()), Column("bid_sz_f64", "f64list", ()),
+                    Column("ask_px_f64", "f64list", ()), Column("ask_sz_f64", "f64list", ())]
+
+
+def parse_every(text: str) -> int:
+    """``--book-snapshots``: 250ms, 1s, 5m, 1h, or ns → ns."""
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    for unit in sorted(units, key=len, reverse=True):
+        number = text.removesuffix(unit)
+        if number != text and number.replace(".", "", 1).isdigit():
+            value = int(float(number) * units[unit])
+            break
+    else:
+        value = int(text) if text.isdigit() else 0
+    if value <= 0:
+        raise BookstreamError(f"--book-snapshots {text!r}: expected an interval such as 250ms, 1s, 5m or ns")
+    return value
+
+
+class Snapshotter:
+    """Top-``depth`` snapshots of every book of one raw partition at each multiple of ``every`` ns of
+    receive time: the book after every frame received at or before that instant (as ``book-at``),
+    from the same processor the worker runs, over the partition's frames in order."""
+
+    def __init__(self, topic: str, partition: int, every: int, depth: int, keep: Callable[[str], bool]) -> None:
+        from app.processor import Processor
+
+        self.topic, self.partition, self.every, self.depth, self.keep = topic, partition, every, depth, keep
+        self.processor = Processor()
+        self.next_at: int | None = None  # the next instant to snapshot
+
+    def frames(self, offset: int, key: bytes | None, value: bytes | None, headers: Any) -> Iterator[Row]:
+        for item in decode_record(key, value, headers):
+            if not isinstance(item, RawFrame):
+                continue
+            if self.next_at is None:
+                self.next_at = (item.ts // self.every + 1) * self.every
+            while item.ts > self.next_at:  # every instant before this frame: the books as they are
+                yield from self._snapshot(offset, self.next_at)
+                self.next_at += self.every
+            if self.keep(item.key):
+                self.processor.handle(item)
+
+    def _snapshot(self, offset: int, at: int) -> Iterator[Row]:
+        for key, inst in self.processor.instruments.items():
+            if not inst.ts_recv:
+                continue  # nothing applied yet
+            venue, _, symbol = key.partition(":")
+            bids, asks = inst.book.levels(self.depth)
+            cells = {"kafka_topic": self.topic, "kafka_partition": self.partition, "kafka_offset": offset,
+                     "key": key, "venue": venue, "instrument": symbol, "ts": at, "state": str(inst.status),
+                     "seq": inst.seq, "epoch": inst.counters.get("epoch"), "ts_exchange": inst.ts_exchange or None,
+                     "ts_recv": inst.ts_recv or None,
+                     "bid_px": [p for p, _ in bids], "bid_sz": [q for _, q in bids],
+                     "ask_px": [p for p, _ in asks], "ask_sz": [q for _, q in asks],
+                     "bid_px_f64": [float(p) for p, _ in bids], "bid_sz_f64": [float(q) for _, q in bids],
+                     "ask_px_f64": [float(p) for p, _ in asks], "ask_sz_f64": [float(q) for _, q in asks]}
+            yield Row(cells, at, venue, symbol)
+
+
 # -- files ------------------------------------------------------------------------------------------
 
 def _date(ts: int) -> str:
@@ -474,7 +544,7 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
                  venue: str | None = None, instrument: str | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  rows_per_file: int = ROWS_PER_FILE, follow: bool = False, roll_s: float = 60.0,
-                 stop: Any = None) -> ExportSummary:
+                 stop: Any = None, book_snapshots: int | None = None, depth: int = 10) -> ExportSummary:
     """Export ``topic`` (without TOPIC_PREFIX) between row times ``from_ns`` and ``to_ns`` (every record
     retained is read: a replay's rows carry their capture's times, not the time they were written).
 
@@ -486,12 +556,19 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
     from app.kafka import client_auth, unreachable
 
     spec = spec_for(topic)
-    columns = schema_columns(topic)
     raw = topic.startswith("raw.") and topic != "raw.deadletter"
+    if book_snapshots is not None and (not raw or follow):
+        raise BookstreamError("--book-snapshots reads a raw topic (raw.<venue>), and not with --follow")
+    columns = SNAPSHOT_COLUMNS if book_snapshots is not None else schema_columns(topic)
     full = settings.topic(topic)
     began = time.monotonic()
-    summary = ExportSummary(topic)
-    writer = DatasetWriter(out, topic, columns, rows_per_file, follow=follow)
+    summary = ExportSummary(BOOK_SNAPSHOTS if book_snapshots is not None else topic)
+    writer = DatasetWriter(out, summary.topic, columns, rows_per_file, follow=follow)
+    snapshotters: dict[int, Snapshotter] = {}
+
+    def keep(key: str) -> bool:
+        v, _, s = key.partition(":")
+        return (venue is None or v == venue) and (instrument is None or instrument in (s, key))
     positions = writer.resume({"topic": topic, "from": from_ns, "to": to_ns, "venue": venue,
                                "instrument": instrument}) if follow else {}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
@@ -529,8 +606,16 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
                         break
                     summary.records += 1
                     read_to[tp.partition] = msg.offset + 1
-                    rows = (_raw_rows(topic, tp.partition, msg.offset, msg.key, msg.value, msg.headers) if raw
-                            else _record_rows(topic, spec, columns, tp.partition, msg.offset, msg.key, msg.value))
+                    if book_snapshots is not None:
+                        snap = snapshotters.get(tp.partition)
+                        if snap is None:
+                            snap = snapshotters[tp.partition] = Snapshotter(topic, tp.partition, book_snapshots,
+                                                                            depth, keep)
+                        rows = snap.frames(msg.offset, msg.key, msg.value, msg.headers)
+                    elif raw:
+                        rows = _raw_rows(topic, tp.partition, msg.offset, msg.key, msg.value, msg.headers)
+                    else:
+                        rows = _record_rows(topic, spec, columns, tp.partition, msg.offset, msg.key, msg.value)
                     for row in rows:
                         if (from_ns is not None and row.ts < from_ns) or (to_ns is not None and row.ts > to_ns):
                             continue

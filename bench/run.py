@@ -343,6 +343,36 @@ class Bench:
             "command": f"faust -A app export raw.binance-usdm --out DIR over {frames:,} frames in "
                        f"{replay['records']:,} raw records (USD-M capture ×{COPIES})"}
 
+    def book_at(self) -> None:
+        """`faust -A app book-at` latency at the start, middle and end of the throughput step's raw topic
+        (the USD-M capture ×COPIES), after a worker wrote book.checkpoints every 2 s while applying it."""
+        ns, frames, _ = self.loaded(COPIES)
+        run = Namespace(f"{ns.name}b{uuid.uuid4().hex[:4]}", BOOTSTRAP, ns.tmp, PARTITIONS)
+        worker = Worker(run, ns.tmp / f"data-{run.name}", TOPIC_PREFIX=f"{ns.name}.", BOOK_CHECKPOINT_INTERVAL_S="2",
+                        INGEST_IN_WORKER="false")
+        say("book_at: a worker writing checkpoints over the loaded raw topic")
+        try:
+            worker.start(timeout=300)
+            wait_for(lambda: frames_done(worker) >= frames, 1800, "the worker applying every frame", every=2)
+            time.sleep(3)  # one more checkpoint after the last frame (the interval is 2 s)
+        finally:
+            worker.kill()
+        times = sorted(rec.ts for rec in copies(self.records, COPIES))
+        key = "binance-usdm:BTCUSDT"
+        out: dict[str, Any] = {}
+        for name, at in (("start", times[len(times) // 100]), ("middle", times[len(times) // 2]),
+                         ("end", times[-1])):
+            t0 = time.monotonic()
+            proc = run.faust("book-at", key, str(at), env={"TOPIC_PREFIX": f"{ns.name}."}, timeout=600)
+            seconds = time.monotonic() - t0
+            answer = orjson.loads(proc.stdout)
+            out[name] = {"command_seconds": round(seconds, 2), "rebuild_seconds": answer["seconds"],
+                         "raw_records_read": answer["raw_records_read"], "frames_applied": answer["frames_applied"],
+                         "start": answer["start"]["from"], "state": answer["state"]}
+        out["command"] = (f"faust -A app book-at {key} TIME over {frames:,} frames (USD-M capture ×{COPIES}), "
+                          "checkpoints every 2 s of the worker's run")
+        self.figures["book_at"] = out
+
     def scaling(self) -> None:
         ns, frames, _ = self.loaded(COPIES)
         say("scaling: two workers")
@@ -956,10 +986,11 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_top_encode_us_msgspec", lambda f: _get(f, "serialization", "book.top", "encode_msgspec_struct_us")),
     ("book_top_encode_us_orjson_dict", lambda f: _get(f, "serialization", "book.top", "encode_orjson_dict_us")),
     ("export_rows_per_s", lambda f: _get(f, "export", "rows_per_s")),
+    ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
 STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "recovery", "changelog",
-         "serialization", "export", "sweep"]
+         "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:

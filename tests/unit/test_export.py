@@ -194,3 +194,45 @@ def test_following_commits_files_with_their_position_and_a_crash_between_them_is
     assert not list(tmp_path.rglob("*.tmp"))
     with pytest.raises(BookstreamError, match="other arguments"):
         _follow_writer(tmp_path).resume({**args, "venue": "okx"})
+
+
+@pytest.mark.captures
+def test_book_snapshots_at_each_instant_are_the_books_after_every_frame_received_by_then(captures: Path,
+                                                                                        tmp_path: Path) -> None:
+    from app.export import SNAPSHOT_COLUMNS, Snapshotter, parse_every
+    from app.processor import Processor
+    from app.router import Router
+    from app.wire import encode_frame
+
+    router = Router()
+    frames = [raw for rec in read(paths(captures, "OKX.ws.1.0"), "cryptofeed")
+              for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol)]
+    every = parse_every("250ms")
+    assert (every, parse_every("1s"), parse_every("5m")) == (250_000_000, 10**9, 300 * 10**9)
+    snap = Snapshotter("raw.okx", 0, every, 5, lambda key: True)
+    writer = DatasetWriter(tmp_path, "book.snapshots", SNAPSHOT_COLUMNS)
+    rows = []
+    for offset, frame in enumerate(frames):
+        for row in snap.frames(offset, frame.key.encode(), encode_frame(frame), V2_HEADERS):
+            rows.append(row)
+            writer.add(row, 0, offset)
+    writer.close()
+    assert rows
+    instants = sorted({r.ts for r in rows})
+    assert all(b - a == every for a, b in zip(instants, instants[1:], strict=False))  # a regular grid
+    for at in instants[:: max(1, len(instants) // 7)]:
+        ref = Processor()
+        for frame in frames:
+            if frame.ts > at:
+                break
+            ref.handle(frame)
+        for row in (r for r in rows if r.ts == at):
+            inst = ref.instruments[row.cells["key"]]
+            bids, asks = inst.book.levels(5)
+            assert (row.cells["seq"], row.cells["bid_px"], row.cells["ask_sz"]) == (
+                inst.seq, [p for p, _ in bids], [q for _, q in asks]), (at, row.cells["key"])
+    table = ds.dataset(tmp_path / "book.snapshots", format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == len(rows)
+    assert table.schema.field("bid_px_f64").type == pa.list_(pa.float64())
+    with pytest.raises(BookstreamError, match="expected an interval"):
+        parse_every("soon")
