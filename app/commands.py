@@ -425,3 +425,19 @@ async def book_at(self: AppCommand, key: str, when: str, depth: int) -> None:
         fail(exc)
         return
     print(orjson.dumps(past.to_dict(depth), option=orjson.OPT_INDENT_2).decode(), flush=True)
+
+
+@app.command(
+    argument("day", type=str),
+    option("--out", type=Path, default=None, help="Folder of the reports (default: REPORTS_DIR)."),
+)
+async def report(self: AppCommand, day: str, out: Path | None) -> None:
+    """One UTC day's report (DAY: YYYY-MM-DD) from the topics: Parquet tables and report.html in OUT/DAY/."""
+    from app.report import report as run
+
+    try:
+        folder = await run(settings, day, out or settings.reports_dir)
+    except BookstreamError as exc:
+        fail(exc)
+        return
+    print(f"report: {folder}/report.html", file=sys.stderr, flush=True)

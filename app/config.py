@@ -30,7 +30,7 @@ ENV_VARS = (
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
     "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
-    "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS", "INSTRUMENTS_REFRESH_S",
+    "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS", "INSTRUMENTS_REFRESH_S", "REPORTS_DIR", "REPORT_DAILY_AT",
     "RISK_ENABLED", "RISK_RULES_FILE", "RISK_INTERVAL_MS", "SCENARIO_INTERVAL_MS", "SCENARIO_VOL_SHIFT",
     "RISK_MAX_INPUT_AGE_MS", "RISK_LATENESS_MS", "RISK_IDLE_MS", "RISK_LOOKBACK_S",
     "ALERT_STALE_S", "ALERT_SPREAD_BPS", "ALERT_FUNDING_JUMP", "ALERT_DIVERGENCE_BPS",
@@ -119,6 +119,17 @@ def _security() -> KafkaSecurity:
     if bool(sec.ssl_certfile) != bool(sec.ssl_keyfile):
         raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (client certificate and its key)")
     return sec
+
+
+def _env_clock(name: str, default: str) -> tuple[int, int] | None:
+    """A UTC time of day, HH:MM; ``off``: None."""
+    text = _env_str(name, default)
+    if text.lower() == "off":
+        return None
+    hours, sep, minutes = text.partition(":")
+    if not (sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ConfigError(f"{name}={text!r} is not a UTC time of day HH:MM (or off)")
+    return int(hours), int(minutes)
 
 
 def _env_str(name: str, default: str) -> str:
@@ -320,6 +331,8 @@ class Settings:
     depth_interval_ms: int = 1000
     depth_levels: int = 20
     book_checkpoint_interval_s: int = 300  # BOOK_CHECKPOINT_INTERVAL_S: book.checkpoints per book; 0: none
+    reports_dir: Path = field(default_factory=lambda: ROOT / ".data" / "reports")  # REPORTS_DIR
+    report_daily_at: tuple[int, int] | None = (0, 15)  # REPORT_DAILY_AT: UTC HH:MM, None ("off"): no daily report
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
@@ -397,6 +410,8 @@ def load() -> Settings:
         depth_interval_ms=_env_int("DEPTH_INTERVAL_MS", 1000, minimum=1),
         depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
         book_checkpoint_interval_s=_env_int("BOOK_CHECKPOINT_INTERVAL_S", 300, minimum=0),
+        reports_dir=Path(_env_str("REPORTS_DIR", str(ROOT / ".data" / "reports"))).expanduser().resolve(),
+        report_daily_at=_env_clock("REPORT_DAILY_AT", "00:15"),
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),

@@ -14,6 +14,7 @@ from app.errors import ConfigError
 try:
     from agents import books as _books  # noqa: F401  (the book agent)
     from agents import ingest
+    from agents import report as _report  # noqa: F401  (the daily report, on a schedule)
     from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
     from app import web
     from app.faust_glue import consumer_lag, raw_caught_up

@@ -117,6 +117,20 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
                 "books_synced": sum(1 for i in owned if i.status == SYNCED), "books_loaded": len(owned)}
         return self.json(body, status=200 if body["ready"] else 503)
 
+    @app.page("/reports/{day}")
+    async def daily_report(self: View, request: Request, day: str) -> Response:
+        import datetime as dt
+
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            return self.json({"error": f"{day!r}: expected YYYY-MM-DD"}, status=400)
+        page = settings.reports_dir / day / "report.html"
+        if not page.is_file():
+            return self.json({"error": f"no report for {day} in {settings.reports_dir} (faust -A app report {day}, "
+                                       "or the worker's daily one at REPORT_DAILY_AT)"}, status=404)
+        return self.html(page.read_text())
+
     @app.page("/api/books")
     async def books_index(self: View, request: Request) -> Response:
         rows = sorted((summary(i) for i in books.books()), key=lambda r: r["key"])
