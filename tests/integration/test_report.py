@@ -1,0 +1,101 @@
+"""`faust -A app report DATE` against the real broker: the day of a replayed capture, with what the
+worker publishes for it and a desk's risk records, becomes Parquet tables whose figures are those
+of the topics, and the page the web view serves at /reports/DATE opens in a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from app.capture.formats import read
+from app.kafka import ensure_topics
+from app.wire import RawFrame
+from tests.conftest import ARTIFACTS
+from tests.helpers import Namespace, Worker, consume, frames, publish, workers
+from tests.unit.test_market import paths
+from tests.unit.test_risk import _market, _run
+
+pytestmark = pytest.mark.captures
+
+
+def _produce(ns: Namespace, sent: list[tuple[str, int, bytes, bytes]]) -> None:
+    settings = ns.settings()
+
+    async def go() -> None:
+        await ensure_topics(settings, sorted({settings.topic(t) for t, *_ in sent}))
+        producer = AIOKafkaProducer(bootstrap_servers=ns.bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(settings.topic(t), v, key=k, partition=p) for t, p, k, v in sent]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Namespace, captures: Path,
+                                                                      tmp_path: Path, browser: Any) -> None:
+    capture = paths(captures, "OKX.ws.1.0")
+    records = list(read(capture, "cryptofeed"))
+    day = datetime.fromtimestamp(records[0].ts / 1e9, tz=UTC).date().isoformat()
+    ns.replay(*map(str, capture), "--format", "cryptofeed")
+    sent = publish(read(capture, "cryptofeed"))
+    risk = [(topic, 0, key.encode(), json.dumps(body).encode()) for topic, key, body in
+            _run(_market(60)) + _run(_market(30, stale_at=0))]
+    _produce(ns, sent + risk)
+    out = tmp_path / "reports"
+    proc = ns.faust("report", day, "--out", str(out), timeout=300)
+    assert "report.html" in proc.stderr
+    folder = out / day
+
+    start = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()) * 10**9
+    in_day = range(start, start + 86_400 * 10**9)
+    raw = [f for f in frames(consume(ns.bootstrap, ns.topic("raw.okx"), idle_s=1))
+           if isinstance(f, RawFrame) and f.ts in in_day and f.key.partition(":")[2]]
+    want_frames = Counter(f.key for f in raw)
+    got = {f"{r['venue']}:{r['instrument']}": r for r in pq.read_table(folder / "instruments.parquet").to_pylist()}
+    assert {k: r["frames"] for k, r in got.items() if r["frames"]} == dict(want_frames)
+    bodies = [(t, json.loads(v)) for t, _, _, v in sent if t in ("trades", "ticker")]
+    for topic, column in (("trades", "trades"), ("ticker", "tickers")):
+        want = Counter(b["key"] for t, b in bodies if t == topic and b["ts_recv"] in in_day)
+        assert {k: r[column] for k, r in got.items() if r[column]} == dict(want), topic
+    chains = pq.read_table(folder / "chains.parquet").to_pylist()
+    total = next(c for c in chains if c["topic"] == "all")
+    assert total["findings"] == 0
+    assert total["frames"] > 0
+
+    # the risk records of their own day (the engine's test desk runs at its own times)
+    risk_day = datetime.fromtimestamp(json.loads(risk[0][3])["ts"] / 1e9, tz=UTC).date().isoformat()
+    ns.faust("report", risk_day, "--out", str(out), timeout=300)
+    hedges = pq.read_table(out / risk_day / "hedges.parquet").to_pylist()
+    published = [json.loads(v) for t, _, _, v in risk if t == "risk.hedge"]
+    assert sorted(h["id"] for h in hedges) == sorted(h["id"] for h in published)
+    assert all(json.loads(h["inputs"]) for h in hedges if h["type"] == "signal")
+    risk_rows = pq.read_table(out / risk_day / "risk.parquet").to_pylist()
+    assert risk_rows
+    assert all(r["worst_case_usd"] is not None for r in risk_rows)
+
+    worker = Worker(ns, tmp_path / "data", REPORTS_DIR=str(out), REPORT_DAILY_AT="off", INGEST_IN_WORKER="false")
+    with workers(worker):
+        worker.start()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{worker.url}/reports/{day}")
+        page.wait_for_selector("#instruments-table tbody tr", timeout=15_000)
+        assert page.title() == f"bookstream daily report {day}"
+        rows = page.locator("#instruments-table tbody tr").count()
+        assert rows == len(got)
+        page.screenshot(path=str(ARTIFACTS / "daily-report.png"), full_page=True)
+        page.close()
+        status, body = worker.get("/reports/2001-01-01")
+        assert status == 404
+        assert "no report for 2001-01-01" in body["error"]
+        assert worker.get("/reports/..%2F..%2Fetc")[0] == 400
