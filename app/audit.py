@@ -363,24 +363,15 @@ async def verify_topics(settings: Any, topics: list[str], from_ns: int | None = 
                         progress: Any = None) -> Report:
     """Walk the chains of ``topics`` (full names) between record times ``from_ns`` and ``to_ns``.
     ``progress(records)`` is called now and then on long walks."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from app.kafka import client_auth
+    from app.kafka import partitions_of, reading_consumer
     from app.wire import header_map
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
-    await consumer.start()
+    consumer = await reading_consumer(settings)
     report = Report()
     try:
         tps: list[Any] = []
         for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata of a topic not seen yet
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            tps += await partitions_of(consumer, topic)
         if not tps:
             return report
         consumer.assign(tps)

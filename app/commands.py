@@ -317,6 +317,9 @@ async def verify(self: AppCommand, topics: tuple[str, ...], from_: str | None, t
 
     try:
         report = await verify_topics(settings, names, from_ns, to_ns, progress)
+    except BookstreamError as exc:
+        fail(exc)
+        return
     except (KafkaError, OSError) as exc:
         fail(unreachable(settings, exc))
         return

@@ -551,9 +551,7 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
     ``follow``: keep the dataset current — start where the dataset's committed positions say, read
     on as records arrive, and commit each partition's files with its position every ``roll_s``
     seconds or ``rows_per_file`` rows; until ``stop`` (an asyncio.Event) is set, then commit and return."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from app.kafka import client_auth, unreachable
+    from app.kafka import partitions_of, reading_consumer
 
     spec = spec_for(topic)
     raw = topic.startswith("raw.") and topic != "raw.deadletter"
@@ -571,21 +569,11 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
         return (venue is None or v == venue) and (instrument is None or instrument in (s, key))
     positions = writer.resume({"topic": topic, "from": from_ns, "to": to_ns, "venue": venue,
                                "instrument": instrument}) if follow else {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
+    consumer = await reading_consumer(settings)
     try:
-        await consumer.start()
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
-        raise unreachable(settings, exc) from exc
-    try:
-        parts = consumer.partitions_for_topic(full) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic this client has not seen
-            parts = consumer.partitions_for_topic(full) or set()
-        if not parts:
+        tps = await partitions_of(consumer, full)
+        if not tps:
             raise BookstreamError(f"topic {full} does not exist on {settings.kafka_bootstrap}")
-        tps = [TopicPartition(full, p) for p in sorted(parts)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)

@@ -20,6 +20,7 @@ import msgspec
 import orjson
 
 from app.errors import BookstreamError
+from app.kafka import reading_consumer
 from app.processor import Processor, new_instrument, parse_buffered
 from app.records import BookCheckpoint, decode
 from app.state.layout import ASK, BID, BUFFER, STATE, encode_state, load_instrument
@@ -89,21 +90,6 @@ class PastBook:
                 "raw_records_read": self.records, "seconds": round(self.seconds, 3), "notes": self.notes}
 
 
-async def _consumer(settings: Any) -> Any:
-    from aiokafka import AIOKafkaConsumer
-
-    from app.kafka import client_auth, unreachable
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
-    try:
-        await consumer.start()
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
-        raise unreachable(settings, exc) from exc
-    return consumer
-
-
 async def _read(consumer: Any, tp: Any, start: int, end: int) -> Any:
     """Records of ``tp`` from ``start`` to before ``end``, in order (an async generator)."""
     consumer.assign([tp])
@@ -150,7 +136,7 @@ async def book_at(settings: Any, key: str, at: int) -> PastBook:
     if not venue or not symbol:
         raise BookstreamError(f"{key!r}: expected VENUE:INSTRUMENT, e.g. okx:BTC-USDT")
     began = time.monotonic()
-    consumer = await _consumer(settings)
+    consumer = await reading_consumer(settings)
     try:
         raw = settings.topic(raw_topic(venue))
         if raw not in await consumer.topics():

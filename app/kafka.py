@@ -506,3 +506,31 @@ def producer_dead(producer: Any) -> bool:
         return bool(getattr(producer, "_closed", False))
     task = sender.sender_task
     return bool(producer._closed or task is None or task.done())  # noqa: SLF001
+
+
+async def reading_consumer(settings: Settings) -> Any:
+    """A started consumer for reading topics whole (``verify``, ``export``, ``book-at``, ``report``):
+    no group, nothing committed, ``read_committed``, from the earliest record, large fetches."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
+    try:
+        await consumer.start()
+    except (OSError, KafkaError) as exc:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        raise unreachable(settings, exc) from exc
+    return consumer
+
+
+async def partitions_of(consumer: Any, topic: str) -> list[Any]:
+    """Every partition of ``topic`` (a metadata refresh for a topic the client has not seen yet)."""
+    from aiokafka import TopicPartition
+
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]

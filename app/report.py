@@ -222,20 +222,12 @@ DERIVED = (BOOK_STATUS, DEADLETTER, TRADES, TICKER, FEED_STATUS, POSITIONS, RISK
 async def build(settings: Any, day_text: str) -> tuple[date, DayBuilder]:
     """Every topic read once, folded into the day's tables; the raw topics' chains verified over
     the records written that day."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
     from app.audit import verify_topics
-    from app.kafka import client_auth, unreachable
+    from app.kafka import partitions_of, reading_consumer
 
     day, start, end = day_bounds(day_text)
     builder = DayBuilder(start, end)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_partition_fetch_bytes=16 * 2**20, **client_auth(settings))
-    try:
-        await consumer.start()
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the cluster is said once
-        raise unreachable(settings, exc) from exc
+    consumer = await reading_consumer(settings)
     try:
         names = await consumer.topics()
         raw = sorted(t for t in names if t.startswith(settings.topic("raw.")) and t != settings.topic(DEADLETTER))
@@ -243,7 +235,7 @@ async def build(settings: Any, day_text: str) -> tuple[date, DayBuilder]:
             if topic not in names:
                 continue
             base = topic.removeprefix(settings.topic_prefix)
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            tps = await partitions_of(consumer, topic)
             if not tps:
                 continue
             consumer.assign(tps)

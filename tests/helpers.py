@@ -39,9 +39,33 @@ from scripts.harness import (
 __all__ = [
     "CAPTURES", "FAUST", "ROOT", "Broker", "Namespace", "SimSite", "SimSiteFactory", "Simulator", "Worker",
     "book_levels", "by_instrument", "consume", "examples", "feeds_spec", "frames", "free_port", "http_json",
-    "match_truth", "percentile", "produce_frames", "promtool_check", "publish", "reference", "rss_mb",
+    "match_truth", "percentile", "produce_frames", "produce_records", "promtool_check", "publish", "reference",
+    "rss_mb",
     "tops_matching_no_truth", "values", "wait_for", "workers",
 ]
+
+
+def produce_records(ns: Namespace, sent: list[tuple[str, int, bytes, bytes]]) -> None:
+    """Records (topic without prefix, partition, key, value) into ``ns``'s topics, as published."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from app.kafka import ensure_topics
+
+    settings = ns.settings()
+
+    async def go() -> None:
+        await ensure_topics(settings, sorted({settings.topic(t) for t, *_ in sent}))
+        producer = AIOKafkaProducer(bootstrap_servers=ns.bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            futures = [await producer.send(settings.topic(t), v, key=k, partition=p) for t, p, k, v in sent]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
 
 
 def promtool_check(text: str) -> str:

@@ -178,10 +178,13 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
     async def past_book(view: View, key: str, at: str, depth: int) -> Response:
         from app.errors import BookstreamError
         from app.history import book_at, parse_time
+        from app.kafka import BrokerUnavailable
 
         try:
             when = parse_time(at, "at")
             past = await book_at(settings, key, when)
+        except BrokerUnavailable as exc:
+            return view.json({"error": str(exc)}, status=503)
         except BookstreamError as exc:
             return view.json({"error": str(exc)}, status=400 if "expected" in str(exc) else 404)
         return view.json(past.to_dict(depth))

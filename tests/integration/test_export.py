@@ -3,37 +3,18 @@ the raw topics a replay writes, exported and read back with pyarrow and polars, 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from app.capture.formats import read
-from app.kafka import ensure_topics
-from tests.helpers import Namespace, consume, frames, publish
+from tests.helpers import Namespace, consume, frames, produce_records, publish
 from tests.unit.test_market import paths
 
 pytestmark = pytest.mark.captures
-
-
-def _produce(ns: Namespace, sent: list[tuple[str, int, bytes, bytes]]) -> None:
-    settings = ns.settings()
-
-    async def go() -> None:
-        await ensure_topics(settings, sorted({settings.topic(t) for t, *_ in sent}))
-        producer = AIOKafkaProducer(bootstrap_servers=ns.bootstrap, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            futures = [await producer.send(settings.topic(t), v, key=k, partition=p) for t, p, k, v in sent]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
 
 
 def test_export_of_a_topic_and_of_a_raw_topic_reads_back_row_for_row(ns: Namespace, captures: Path,
@@ -42,7 +23,7 @@ def test_export_of_a_topic_and_of_a_raw_topic_reads_back_row_for_row(ns: Namespa
 
     sent = publish(read(paths(captures, "DERIBIT.ws.1.0"), "cryptofeed"))
     sent += publish(read(paths(captures, "OKX.ws.1.0"), "cryptofeed"))
-    _produce(ns, sent)
+    produce_records(ns, sent)
     out = tmp_path / "ds"
     proc = ns.faust("export", "book.top", "--out", str(out), timeout=120)
     assert "export: book.top:" in proc.stderr, proc.stderr
@@ -98,7 +79,7 @@ def test_follow_keeps_a_dataset_current_through_sigkills_without_a_repeat_or_a_g
         venue="okx", instrument="BTC-USDT", bid_px=f"{60000 + i}.5", bid_sz="2", ask_px=f"{60001 + i}", ask_sz="3",
         seq=i, epoch=1, ts_exchange=0, ts_recv=1_723_161_255_000_000_000 + i * 10**6, ts_published=1)))
         for i in range(total)]
-    _produce(ns, records[:500])  # the topic exists before the export starts
+    produce_records(ns, records[:500])  # the topic exists before the export starts
     out = tmp_path / "follow"
     log = (tmp_path / "export.log").open("ab")
 
@@ -109,7 +90,7 @@ def test_follow_keeps_a_dataset_current_through_sigkills_without_a_repeat_or_a_g
 
     def feed() -> None:
         for at in range(500, total, 250):
-            _produce(ns, records[at:at + 250])
+            produce_records(ns, records[at:at + 250])
             time.sleep(0.4)
 
     proc = start()

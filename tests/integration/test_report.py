@@ -4,7 +4,6 @@ of the topics, and the page the web view serves at /reports/DATE opens in a real
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -13,33 +12,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from app.capture.formats import read
-from app.kafka import ensure_topics
 from app.wire import RawFrame
 from tests.conftest import ARTIFACTS
-from tests.helpers import Namespace, Worker, consume, frames, publish, workers
+from tests.helpers import Namespace, Worker, consume, frames, produce_records, publish, workers
 from tests.unit.test_market import paths
 from tests.unit.test_risk import _market, _run
 
 pytestmark = pytest.mark.captures
-
-
-def _produce(ns: Namespace, sent: list[tuple[str, int, bytes, bytes]]) -> None:
-    settings = ns.settings()
-
-    async def go() -> None:
-        await ensure_topics(settings, sorted({settings.topic(t) for t, *_ in sent}))
-        producer = AIOKafkaProducer(bootstrap_servers=ns.bootstrap, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            futures = [await producer.send(settings.topic(t), v, key=k, partition=p) for t, p, k, v in sent]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
 
 
 def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Namespace, captures: Path,
@@ -51,7 +32,7 @@ def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Names
     sent = publish(read(capture, "cryptofeed"))
     risk = [(topic, 0, key.encode(), json.dumps(body).encode()) for topic, key, body in
             _run(_market(60)) + _run(_market(30, stale_at=0))]
-    _produce(ns, sent + risk)
+    produce_records(ns, sent + risk)
     out = tmp_path / "reports"
     proc = ns.faust("report", day, "--out", str(out), timeout=300)
     assert "report.html" in proc.stderr

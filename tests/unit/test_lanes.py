@@ -113,18 +113,21 @@ class _FlakyProducer(_Producer):
                 self.fail -= 1
                 fut.set_exception(self.error or RuntimeError("no error given"))
                 return
-            self.records.extend((topic, int(v.rstrip(b"x"))) for v in batch_records)
+            self.delivered(topic, batch_records)
             fut.set_result(None)
 
         asyncio.get_running_loop().create_task(deliver())
         return fut
+
+    def delivered(self, topic: str, values: list[bytes]) -> None:
+        self.records.extend((topic, int(v.rstrip(b"x"))) for v in values)
 
     def create_batch(self) -> _Batch:
         batch = _Batch()
         batch.values = []  # type: ignore[attr-defined]
         append = batch.append
 
-        def keep(key: bytes, value: bytes, timestamp: Any) -> object:
+        def keep(key: bytes, value: bytes, timestamp: Any, headers: Any = ()) -> object:
             batch.values.append(value)  # type: ignore[attr-defined]
             return append(key, value, timestamp)
 
@@ -241,35 +244,9 @@ async def test_an_undeliverable_batch_is_given_up_and_the_lane_goes_on() -> None
 class _RawProducer(_FlakyProducer):
     """Keeps the raw records it delivers (their values), failing the first ``fail`` with ``error``."""
 
-    def create_batch(self) -> _Batch:
-        batch = _Batch()
-        batch.values = []  # type: ignore[attr-defined]
-
-        def keep(key: bytes, value: bytes, timestamp: Any, headers: Any = ()) -> object:
-            assert list(headers) == [("v", b"2")]
-            batch.values.append(value)  # type: ignore[attr-defined]
-            batch.records += 1
-            return object()
-
-        batch.append = keep  # type: ignore[method-assign]
-        return batch
-
-    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        values = list(batch.values)  # type: ignore[attr-defined]
-
-        async def deliver() -> None:
-            await self.hold.wait()
-            if self.fail:
-                self.fail -= 1
-                fut.set_exception(self.error or RuntimeError("no error given"))
-                return
-            self.raw.extend((topic, v) for v in values)
-            fut.set_result(None)
-
+    def delivered(self, topic: str, values: list[bytes]) -> None:
         self.raw: list[tuple[str, bytes]] = getattr(self, "raw", [])
-        asyncio.get_running_loop().create_task(deliver())
-        return fut
+        self.raw.extend((topic, v) for v in values)
 
 
 async def test_raw_sink_resends_in_order_with_a_new_producer_after_a_producer_state_error() -> None:
