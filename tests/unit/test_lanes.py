@@ -244,8 +244,11 @@ async def test_an_undeliverable_batch_is_given_up_and_the_lane_goes_on() -> None
 class _RawProducer(_FlakyProducer):
     """Keeps the raw records it delivers (their values), failing the first ``fail`` with ``error``."""
 
+    def __init__(self, error: BaseException | None = None, fail: int = 0) -> None:
+        super().__init__(error, fail)
+        self.raw: list[tuple[str, bytes]] = []
+
     def delivered(self, topic: str, values: list[bytes]) -> None:
-        self.raw: list[tuple[str, bytes]] = getattr(self, "raw", [])
         self.raw.extend((topic, v) for v in values)
 
 
