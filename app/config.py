@@ -332,7 +332,7 @@ class Settings:
     depth_levels: int = 20
     book_checkpoint_interval_s: int = 300  # BOOK_CHECKPOINT_INTERVAL_S: book.checkpoints per book; 0: none
     reports_dir: Path = field(default_factory=lambda: ROOT / ".data" / "reports")  # REPORTS_DIR
-    report_daily_at: tuple[int, int] | None = (0, 15)  # REPORT_DAILY_AT: UTC HH:MM, None ("off"): no daily report
+    report_daily_at: tuple[int, int] | None = None  # REPORT_DAILY_AT: UTC HH:MM; None ("off", the default): none
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
@@ -411,7 +411,7 @@ def load() -> Settings:
         depth_levels=_env_int("DEPTH_LEVELS", 20, minimum=1, maximum=5000),
         book_checkpoint_interval_s=_env_int("BOOK_CHECKPOINT_INTERVAL_S", 300, minimum=0),
         reports_dir=Path(_env_str("REPORTS_DIR", str(ROOT / ".data" / "reports"))).expanduser().resolve(),
-        report_daily_at=_env_clock("REPORT_DAILY_AT", "00:15"),
+        report_daily_at=_env_clock("REPORT_DAILY_AT", "off"),
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from app.capture.formats import read
 from app.wire import RawFrame
 from tests.conftest import ARTIFACTS
-from tests.helpers import Namespace, Worker, consume, frames, produce_records, publish, workers
+from tests.helpers import Namespace, Worker, consume, frames, produce_records, publish, wait_for, workers
 from tests.unit.test_market import paths
 from tests.unit.test_risk import _market, _run
 
@@ -72,7 +72,8 @@ def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Names
     assert risk_rows
     assert all(r["worst_case_usd"] is not None for r in risk_rows)
 
-    worker = Worker(ns, tmp_path / "data", REPORTS_DIR=str(out), REPORT_DAILY_AT="off", INGEST_IN_WORKER="false")
+    # and on a schedule: a worker past its REPORT_DAILY_AT writes yesterday's report by itself
+    worker = Worker(ns, tmp_path / "data", REPORTS_DIR=str(out), REPORT_DAILY_AT="00:00", INGEST_IN_WORKER="false")
     with workers(worker):
         worker.start()
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -83,6 +84,9 @@ def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Names
         assert rows == len(got)
         page.screenshot(path=str(ARTIFACTS / "daily-report.png"), full_page=True)
         page.close()
+        yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+        wait_for(lambda: (out / yesterday / "report.html").exists(), 60, "the worker's own report of yesterday")
+        assert "daily report for" in worker.log_text()
         status, body = worker.get("/reports/2001-01-01")
         assert status == 404
         assert "no report for 2001-01-01" in body["error"]
