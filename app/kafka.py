@@ -526,11 +526,11 @@ async def reading_consumer(settings: Settings) -> Any:
 
 
 async def partitions_of(consumer: Any, topic: str) -> list[Any]:
-    """Every partition of ``topic`` (a metadata refresh for a topic the client has not seen yet)."""
+    """Every partition of ``topic``, from the cluster's whole metadata: once a consumer has an
+    assignment its own metadata covers only the assigned topics (a report reading one topic after
+    another found no partitions for the second)."""
     from aiokafka import TopicPartition
 
-    parts = consumer.partitions_for_topic(topic) or set()
-    if not parts:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
-        parts = consumer.partitions_for_topic(topic) or set()
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - no public call for this
+    parts = cluster.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(parts)]

@@ -372,8 +372,11 @@ class LaneProducer:
         lane.inflight, lane.producer, lane.last_sent = batch, producer, time.monotonic()
         try:
             # Bounded: send_batch() waits for metadata, which a producer closed underneath never gets.
-            fut = await asyncio.wait_for(producer.send_batch(built, lane.topic, partition=lane.partition),
-                                         timeout=self.send_timeout_s)
+            # asyncio.timeout, not wait_for: no task per batch, and no yield to the event loop when the
+            # metadata is known — with wait_for every send let the book agent run in between, a pass
+            # over the lanes took one loop turn per lane, and under a flood the outputs fell seconds behind.
+            async with asyncio.timeout(self.send_timeout_s):
+                fut = await producer.send_batch(built, lane.topic, partition=lane.partition)
         except (KafkaError, OSError, TimeoutError, AssertionError) as exc:
             # Not queued in the producer: no sequence number was taken for it.
             lane.inflight = lane.producer = None

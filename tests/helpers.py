@@ -65,7 +65,10 @@ def produce_records(ns: Namespace, sent: list[tuple[str, int, bytes, bytes]]) ->
         finally:
             await producer.stop()
 
-    asyncio.run(go())
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a module's browser keeps a loop in this thread
+        pool.submit(asyncio.run, go()).result()
 
 
 def promtool_check(text: str) -> str:
