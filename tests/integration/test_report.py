@@ -85,8 +85,9 @@ def test_a_days_report_holds_the_topics_figures_and_opens_in_a_browser(ns: Names
         page.screenshot(path=str(ARTIFACTS / "daily-report.png"), full_page=True)
         page.close()
         yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
-        wait_for(lambda: (out / yesterday / "report.html").exists(), 60, "the worker's own report of yesterday")
-        assert "daily report for" in worker.log_text()
+        wait_for(lambda: f"daily report for {yesterday} written" in worker.log_text(), 60,
+                 "the worker's own report of yesterday")
+        assert (out / yesterday / "report.html").exists()
         status, body = worker.get("/reports/2001-01-01")
         assert status == 404
         assert "no report for 2001-01-01" in body["error"]
