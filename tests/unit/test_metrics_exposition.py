@@ -59,7 +59,7 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> WorkerFigures:
     synced.counters.update(applied=10, levels=40)
     stale.counters.update(applied=5, levels=9, gaps=1)
     outputs = {"pending_mb": 0.5, "budget_mb": 64, "sent": 100, "pauses": 1, "paused_s": 0.25, "retried": 2,
-               "producers": 3, "failed": 0}
+               "producers": 3, "producer_restarts": 2, "failed": 0}
     return WorkerFigures(books=iter([synced, stale]), lag={("raw.okx", 0): 12}, uncommitted=1,
                          active_alerts={"stale": 1}, outputs=outputs)
 
@@ -104,7 +104,7 @@ def test_counters_and_gauges_hold_the_process_and_worker_figures(figures: Worker
     assert got["bookstream_outputs_budget_bytes", ()] == 64 * 2**20
     assert got["bookstream_outputs_delivered_total", ()] == 100
     assert got["bookstream_outputs_paused_seconds_total", ()] == 0.25
-    assert got["bookstream_outputs_producer_restarts_total", ()] == 2  # the first producer is no restart
+    assert got["bookstream_outputs_producer_restarts_total", ()] == 2  # the sink's own count of replacements
     assert got["bookstream_broker_disconnects_total", (("node", "1"),)] == 2
     assert got["bookstream_brokers_unreachable", ()] == 0
     assert got["bookstream_raw_sink_refused_total", (("error", "MessageSizeTooLargeError"),)] == 1
