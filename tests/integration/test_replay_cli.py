@@ -54,7 +54,10 @@ def test_native_capture_replays_with_a_summary(ns: Namespace, tmp_path: Path) ->
     assert "1 frames in 1 records" in proc.stderr
     (rec,) = consume(ns.bootstrap, ns.topic("raw.okx"), stop=lambda rs: len(rs) >= 1, timeout=30)
     assert rec.key == b"okx:"
-    assert dict(rec.headers) == {"v": b"2"}  # raw record format version 2: JSON Lines of frames
+    headers = dict(rec.headers)
+    assert headers["v"] == b"2"  # raw record format version 2: JSON Lines of frames
+    assert headers["writer"].startswith(b"replay/")  # and a link of its writer's hash chain (app.audit)
+    assert (headers["wseq"], len(headers["chain"])) == (b"0", 64)
     assert json.loads(rec.value) == {"key": "okx:", "ts": 1, "kind": "ws", "conn": "a",
                                      "frame": '{"event":"subscribe"}'}
     (frame,) = decode_record(rec.key, rec.value, rec.headers)
