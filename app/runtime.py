@@ -34,6 +34,30 @@ log = logging.getLogger(__name__)
 Seek = Callable[[str, int, int], None]
 
 
+def quiet_fenced_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """A transactional producer fenced at a takeover (its partition's new owner took the
+    transactional id) leaves futures inside aiokafka that nobody can read any more (a shielded
+    commit, the sender's own); asyncio would log each with a traceback as "Future exception was
+    never retrieved". That is the fencing working: one WARNING line, no traceback. Everything else
+    goes to the handler that was there."""
+    from aiokafka.errors import ProducerFenced
+
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, ProducerFenced) and "never retrieved" in str(context.get("message", "")):
+            log.warning("a fenced transactional producer's pending result was dropped (%s): expected after a "
+                        "takeover", type(exc).__name__)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 class BookRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,6 +80,7 @@ class BookRuntime:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        quiet_fenced_leftovers(asyncio.get_running_loop())
         await self.sink.start()
         self.state.start()
         self._registry = RegistryReader(self.settings, self.topics.instruments, self.publisher.registry)

@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from app.config import load
 from app.outputs import DEADLETTER_LINGER_S, OutputSink
 
@@ -285,3 +287,26 @@ def _connector(producers: list[Any]) -> Any:
         return producers.pop(0)
 
     return connect
+
+
+def test_a_fenced_producers_leftover_future_is_one_warning_and_anything_else_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from aiokafka.errors import ProducerFenced
+
+    from app.runtime import quiet_fenced_leftovers
+
+    loop = asyncio.new_event_loop()
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        quiet_fenced_leftovers(loop)
+        with caplog.at_level("WARNING", logger="app.runtime"):
+            loop.call_exception_handler({"message": "Future exception was never retrieved",
+                                         "exception": ProducerFenced()})
+        assert seen == []
+        assert "expected after a takeover" in caplog.text
+        other = {"message": "Future exception was never retrieved", "exception": RuntimeError("boom")}
+        loop.call_exception_handler(other)
+        assert seen == [other]  # the handler that was there
+    finally:
+        loop.close()
