@@ -395,6 +395,7 @@ async def export(self: AppCommand, topic: str, out: Path, from_: str | None, to:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):  # commit what was read, then end
             loop.add_signal_handler(sig, stop.set)
+        print(f"export: following {topic} into {out} (Ctrl-C commits and ends)", file=sys.stderr, flush=True)
     try:
         if roll_s <= 0 or roll_rows <= 0 or depth <= 0:
             raise BookstreamError("--roll-s, --roll-rows and --depth must be greater than 0")

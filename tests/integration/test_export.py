@@ -112,6 +112,9 @@ def test_follow_keeps_a_dataset_current_through_sigkills_without_a_repeat_or_a_g
 
     try:
         wait_for(committed, 90, "every record committed")
+        # the last start is running (its Ctrl-C handler in place), not still starting
+        wait_for(lambda: (tmp_path / "export.log").read_text().count("export: following") > kills, 60,
+                 "the last export process following")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, (tmp_path / "export.log").read_text()[-3000:]
