@@ -213,6 +213,21 @@ def raw_caught_up(app: Any, slack: int = 2) -> bool:
     return bool(tps) and all((tp.topic, tp.partition) in lag and lag[(tp.topic, tp.partition)] <= slack for tp in tps)
 
 
+def raw_applied_to(app: Any, slack: int = 2) -> float:
+    """The receive time (ns) up to which the worker has applied the assigned raw partitions it is
+    more than ``slack`` records behind on: the oldest frame it has still to apply was received no
+    earlier (a raw partition is written in receive order). +inf when it is behind on none; -inf
+    when one of them has nothing applied yet (its next frames may be of any age). The risk engine's
+    watermark holds quiet inputs there (app.risk.watermark)."""
+    runtime = _runtime(app)
+    lag = consumer_lag(app)
+    bound = float("inf")
+    for tp, behind in lag.items():
+        if behind > slack:
+            bound = min(bound, runtime.applied_ts.get(tp, float("-inf")))
+    return bound
+
+
 def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
     """(7) Raw records behind the end of each assigned partition: its high watermark minus the
     next offset its table partition will apply."""

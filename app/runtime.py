@@ -25,7 +25,7 @@ from app.risk.service import RiskService, load_configured_rules
 from app.state.manager import PartitionState, Standing, StateManager
 from app.sync import SYNCED, Effects, Instrument
 from app.venues import VENUES
-from app.wire import BadFrame, Topics, decode_record, partition_for
+from app.wire import BadFrame, RawFrame, Topics, decode_record, partition_for
 from tables.books import BOOKS
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ class BookRuntime:
         self.publisher.risk_depth_keys = {rule.hedge for rule in self.rules}
         self.risk: RiskService | None = None
         self.raw_caught_up: Callable[[], bool] = lambda: True  # set by app.main (app.faust_glue.raw_caught_up)
+        #: set by app.main (app.faust_glue.raw_applied_to): the receive time the worker has applied
+        #: the raw partitions it is behind on to
+        self.raw_applied_to: Callable[[], float] = lambda: float("inf")
+        #: (raw topic, partition) → receive time (ns) of the last frame applied from it
+        self.applied_ts: dict[tuple[str, int], int] = {}
         self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -91,7 +96,8 @@ class BookRuntime:
         if self.settings.risk.enabled:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
-                                    self.caught_up, self.sink.room, self.sink.undelivered)
+                                    self.caught_up, lambda: self.raw_applied_to(), self.sink.room,
+                                    self.sink.undelivered)
             await self.risk.start()
 
     async def stop(self) -> None:
@@ -158,6 +164,10 @@ class BookRuntime:
         finally:
             publisher.txn = None
         progress.applied(topic, offset)
+        for item in reversed(items):  # the newest frame's receive time (a dead letter has none)
+            if isinstance(item, RawFrame):
+                self.applied_ts[(topic, partition)] = item.ts
+                break
 
     def _apply(self, part: PartitionState, topic: str, partition: int, offset: int, items: list[Any]) -> None:
         publisher = self.publisher

@@ -133,6 +133,7 @@ class RiskService:
     def __init__(self, settings: Settings, topics: Topics, rules: list[Rule], send: Callable[[str, int, str, bytes],
                  None], owns: Callable[[str], bool], ready: Callable[[], bool],
                  caught_up: Callable[[], bool] = lambda: True,
+                 applied_to: Callable[[], float] = lambda: float("inf"),
                  room: Callable[[], Awaitable[None]] | None = None,
                  undelivered: Callable[[str, int], bool] = lambda topic, partition: False) -> None:
         """``room``: waits while the worker's outputs are over their budget (flow control: the
@@ -145,6 +146,7 @@ class RiskService:
         self.owns = owns
         self.ready = ready
         self.caught_up = caught_up
+        self.applied_to = applied_to
         self.room = room
         self.undelivered = undelivered
         self.task: asyncio.Task[None] | None = None
@@ -274,10 +276,25 @@ class RiskService:
                     if i % SLICE == 0:
                         await asyncio.sleep(0)  # the books' agent shares this event loop
                 self.read_to[(tp.topic, tp.partition)] = msgs[-1].offset
+            await self._past_markers(batches)
             await self._release(now)
             if self.unowned and now >= self._held_check_at:
                 self._held_check_at = now + HELD_CHECK_S
                 self._publish_held()
+
+    async def _past_markers(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """A partition written in transactions ends with a commit marker, which is no record: the
+        consumer steps over it, and what was read reaches the partition's end only as far as the
+        consumer's position says (else it would look forever behind, with nothing left to read)."""
+        consumer = self.consumer
+        assert consumer is not None
+        for tp in self.assigned:
+            if tp in batches:
+                continue
+            high = consumer.highwater(tp)
+            key = (tp.topic, tp.partition)
+            if high is not None and self.read_to.get(key, -1) + 1 < high:
+                self.read_to[key] = max(self.read_to.get(key, -1), await consumer.position(tp) - 1)
 
     @staticmethod
     async def _until(condition: Callable[[], bool], timeout_s: float | None) -> bool:
@@ -406,8 +423,16 @@ class RiskService:
     def watermark(self, now: float) -> float:
         """Event time (ns) no input still to come can be older than (:class:`Watermark`), from
         the partitions still to be read (:meth:`_behind`) and the worker's progress on its raw topics."""
-        unread = {(tp.topic, tp.partition) for tp in self.assigned if self._behind(tp.topic, tp.partition)}
-        return self.marks.at(now, time.time_ns(), unread, behind=not self.caught_up())
+        return self.marks.at(now, time.time_ns(), self._unread(), self.applied_to())
+
+    def held_by(self) -> list[str]:
+        """The inputs holding event time where it is (:meth:`Watermark.held_by`)."""
+        if self.consumer is None:
+            return ["not reading: the engine is starting"]
+        return self.marks.held_by(time.monotonic(), time.time_ns(), self._unread(), self.applied_to())
+
+    def _unread(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.assigned if self._behind(tp.topic, tp.partition)}
 
     def _behind(self, topic: str, partition: int) -> bool:
         """Records of the partition are still to be read, or may be: its end is not known, or
@@ -515,6 +540,7 @@ class RiskService:
             "bad_positions": dict(sorted(self.bad_positions.items())),
             "event_time": self.engine.now,
             "pending_inputs": len(self.heap),
+            "event_time_held_by": self.held_by(),
         }
 
     def set_rule_state(self, rule_id: str, state: str, by: str) -> None:

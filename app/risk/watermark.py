@@ -29,39 +29,62 @@ class Watermark:
         seen[0] = max(seen[0], ts)
         seen[1] = now
 
-    def at(self, now: float, wall_ns: int, unread: Set[tuple[str, int]], behind: bool) -> float:
+    def at(self, now: float, wall_ns: int, unread: Set[tuple[str, int]], applied_to: float) -> float:
         """Event time (ns) no input still to come can be older than. ``unread``: the (topic,
         partition)s whose records are still to be read, or may be (end not known, or not known
-        lately); ``behind``: the worker is still applying its raw topics (a replay).
+        lately); ``applied_to``: the receive time (ns) up to which the worker has applied the raw
+        partitions it is behind on (+inf when it is on none: nothing it still has to apply can
+        bring an older input).
 
         Each source counts with the newest event time read from it, except when it is read to
         its end:
 
         * and its data is history (its newest input more than ``idle`` old by the wall clock)
-          and it was read from less than ``idle`` ago, or the worker is behind: it holds the
-          others back at its newest event time — the worker may not have reached that
-          partition's next records yet;
+          and it was read from less than ``idle`` ago: it holds the others back at its newest
+          event time — it is being written (a replay) and its next records may come soon;
         * otherwise (live data, or quiet: its history done, or a live source the pipeline holds
           up — a partition leader moving, a producer retrying): what it brings next are frames
-          received no earlier than ``lateness`` ago. It counts with that (or its newest event
-          time, if later): a quiet source never lets the watermark run ahead of the wall clock.
-          (Dropping quiet sources did: when the whole pipeline stalled a few seconds under a
-          broker failover, every source was quiet, the watermark infinite, every input held was
-          released, and the stalled ones came late.)
+          received no earlier than ``lateness`` ago, nor earlier than what the worker still has to
+          apply (``applied_to``). It counts with the older of those two (or its newest event time,
+          if later): a quiet source never lets the watermark run ahead of the wall clock or of the
+          worker. (Dropping quiet sources did: when the whole pipeline stalled a few seconds under
+          a broker failover, every source was quiet, the watermark infinite, every input held was
+          released, and the stalled ones came late. Holding quiet sources at their own newest time
+          while the worker was behind at all did the opposite: a worker a few records behind most
+          of the time under live load — `make run` on two busy cores — held event time at the
+          newest time of a source with nothing to say, such as an instrument listing, for good.)
 
         A partition no record was read from yet holds everything while it has records: its
         first records may be older than all the others (−inf). No source at all: +inf."""
-        if unread - {(topic, partition) for topic, partition, _venue in self.sources}:
-            return float("-inf")
+        return min((mark for mark, _why in self.source_marks(now, wall_ns, unread, applied_to)), default=float("inf"))
+
+    def held_by(self, now: float, wall_ns: int, unread: Set[tuple[str, int]], applied_to: float) -> list[str]:
+        """What holds :meth:`at` where it is: the sources at its value, each with why — for the
+        web view and for anyone asking why event time does not move."""
+        found = self.source_marks(now, wall_ns, unread, applied_to)
+        low = min((mark for mark, _why in found), default=float("inf"))
+        return [why for mark, why in found if mark == low]
+
+    def source_marks(self, now: float, wall_ns: int, unread: Set[tuple[str, int]],
+                     applied_to: float) -> list[tuple[float, str]]:
+        """Each source's mark (:meth:`at` is their minimum), with a line saying where it comes from."""
+        unseen = unread - {(topic, partition) for topic, partition, _venue in self.sources}
+        if unseen:
+            return [(float("-inf"), f"{topic}[{partition}]: records to read, none read yet")
+                    for topic, partition in sorted(unseen)]
         idle_s = self.idle_ns / 1e9
         recent = wall_ns - self.lateness_ns
         live_after = wall_ns - self.idle_ns
         marks = []
-        for (topic, partition, _venue), (ts, seen) in self.sources.items():
+        for (topic, partition, venue), (ts, seen) in self.sources.items():
+            where = f"{topic}[{partition}] {venue}"
             if (topic, partition) in unread:
-                marks.append(ts)  # behind: its next records may be older than what the others show
-            elif ts < live_after and (now - seen < idle_s or behind):
-                marks.append(ts)  # history, quiet only because the worker is busy elsewhere: it may come
+                # behind: its next records may be older than what the others show
+                marks.append((ts, f"{where}: newest read, more to read"))
+            elif ts < live_after and now - seen < idle_s:
+                marks.append((ts, f"{where}: newest read, history being written"))
+            elif applied_to < recent:
+                marks.append((max(ts, applied_to), f"{where}: read to its end, the worker applying older frames"))
             else:
-                marks.append(max(ts, recent))
-        return min(marks) if marks else float("inf")
+                marks.append((max(ts, recent), f"{where}: read to its end, live"))
+        return marks

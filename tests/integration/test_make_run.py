@@ -56,7 +56,8 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
             risk = http_json(f"{web}/api/risk")[1]
             lag_s = time.time() - risk["event_time"] / 1e9
             raise AssertionError(f"{exc}\npositions read: {len(risk['positions'])}, pending inputs: "
-                                 f"{risk['pending_inputs']}, event time {lag_s:.1f} s behind the clock") from None
+                                 f"{risk['pending_inputs']}, event time {lag_s:.1f} s behind the clock, held by "
+                                 f"{risk['event_time_held_by']}") from None
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(timeout=60) is not None

@@ -17,10 +17,10 @@ from app.wire import Topics
 DAY_NS = 86_400 * 10**9
 
 
-def service(caught_up: bool = True) -> tuple[RiskService, int]:
+def service(applied_to: float = float("inf")) -> tuple[RiskService, int]:
     settings = Settings()
     svc = RiskService(settings, Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True,
-                      caught_up=lambda: caught_up)
+                      applied_to=lambda: applied_to)
     return svc, settings.risk.lateness_ms * 1_000_000
 
 
@@ -45,7 +45,7 @@ def test_a_live_source_counts_with_its_newest_input_when_later_than_the_bound() 
     assert wall - lateness <= mark <= time.time_ns() - lateness
 
 
-def test_history_holds_the_engine_while_read_recently_or_while_the_worker_is_behind() -> None:
+def test_history_holds_the_engine_while_read_recently_or_at_what_the_worker_still_applies() -> None:
     svc, _ = service()
     now, wall = time.monotonic(), time.time_ns()
     svc.marks.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now]  # a replay, read a moment ago
@@ -53,9 +53,15 @@ def test_history_holds_the_engine_while_read_recently_or_while_the_worker_is_beh
     assert svc.watermark(now) == wall - DAY_NS
     svc.marks.sources[("book.top", 0, "binance-usdm")] = [wall - DAY_NS, now - 10]  # quiet: its replay done
     assert svc.watermark(now) > wall - DAY_NS
-    behind, _ = service(caught_up=False)
-    behind.marks.sources = svc.marks.sources  # quiet only because the worker is still applying its raw topics
-    assert behind.watermark(now) == wall - DAY_NS
+    # quiet only because the worker is still applying its raw topics, an hour into the day's replay:
+    # held at what the worker applies, not at the quiet source's own time and not at the clock
+    behind, _ = service(applied_to=wall - DAY_NS + 3_600 * 10**9)
+    behind.marks.sources = svc.marks.sources
+    assert behind.watermark(now) == wall - DAY_NS + 3_600 * 10**9
+    # a few milliseconds behind, as a worker under live load is most of the time: live
+    lagging, lateness = service(applied_to=wall - 5_000_000)
+    lagging.marks.sources = svc.marks.sources
+    assert wall - lateness <= lagging.watermark(now) <= time.time_ns() - lateness
 
 
 class Outputs:
@@ -70,6 +76,9 @@ class Outputs:
 
     def last_poll_timestamp(self, tp: TopicPartition) -> float:
         return self.polled.get((tp.topic, tp.partition), time.time() * 1000)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.high.get((tp.topic, tp.partition), 0)  # read to the end
 
 
 def signal(n: int, ts: int) -> HedgeSignal:
@@ -152,3 +161,22 @@ def test_a_partition_is_read_to_its_end_only_if_a_fetch_said_so_lately_and_nothi
     pending.clear()
     outputs.high[("ticker", 1)] = 11
     assert svc._behind("ticker", 1)  # noqa: SLF001 - records still to read
+
+
+async def test_a_commit_marker_at_the_end_of_a_partition_is_not_a_record_still_to_read() -> None:
+    """PROCESSING_GUARANTEE=exactly_once: every output partition the worker wrote in a commit ends
+    with its marker (one offset, no record). Read to the end, the last record's offset is one short
+    of the high watermark: the engine goes by the consumer's position there, not by the last record."""
+    svc = RiskService(Settings(), Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True)
+    outputs = Outputs()
+    svc.consumer = outputs  # type: ignore[assignment]
+    marked, fresh = TopicPartition("book.status", 2), TopicPartition("book.status", 3)
+    svc.assigned = [marked, fresh]
+    svc.read_to[("book.status", 2)] = 41  # its last record; the marker at 42
+    outputs.high[("book.status", 2)] = 43
+    svc.read_to[("book.status", 3)] = 7  # records just returned by this fetch, more of them to come
+    outputs.high[("book.status", 3)] = 20
+    assert svc._behind("book.status", 2)  # noqa: SLF001
+    await svc._past_markers({fresh: []})  # noqa: SLF001
+    assert not svc._behind("book.status", 2)  # noqa: SLF001
+    assert svc.read_to[("book.status", 3)] == 7  # a partition this fetch returned records of: as they say
