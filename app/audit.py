@@ -363,7 +363,7 @@ async def verify_topics(settings: Any, topics: list[str], from_ns: int | None = 
                         progress: Any = None) -> Report:
     """Walk the chains of ``topics`` (full names) between record times ``from_ns`` and ``to_ns``.
     ``progress(records)`` is called now and then on long walks."""
-    from app.kafka import partitions_of, reading_consumer
+    from app.kafka import partitions_of, read_range, reading_consumer, stop_reading
     from app.wire import header_map
 
     consumer = await reading_consumer(settings)
@@ -387,31 +387,19 @@ async def verify_topics(settings: Any, topics: list[str], from_ns: int | None = 
             verifiers[tp] = PartitionVerifier(tp.topic, base, tp.partition,
                                               from_log_start=begin[tp] == 0 and starts[tp] == 0)
             report.partitions.append(verifiers[tp])
-            consumer.seek(tp, begin[tp])
-        open_tps = {tp for tp in tps if begin[tp] < ends[tp]}
-        to_ms = None if to_ns is None else to_ns // 1_000_000
         seen = 0
-        while open_tps:
-            batch = await consumer.getmany(*open_tps, timeout_ms=1000)
+        async for batch in read_range(consumer, begin, ends, None if to_ns is None else to_ns // 1_000_000):
             for tp, msgs in batch.items():
-                if tp not in open_tps:
-                    continue
                 verifier = verifiers[tp]
                 for msg in msgs:
-                    if msg.offset >= ends[tp] or (to_ms is not None and msg.timestamp > to_ms):
-                        open_tps.discard(tp)
-                        break
                     headers = header_map(msg.headers)
                     value = msg.value or b""
                     verifier.add(msg.offset, headers, value, _frames(headers, value))
-                    seen += 1
-            for tp in list(open_tps):
-                if await consumer.position(tp) >= ends[tp]:
-                    open_tps.discard(tp)
+                seen += len(msgs)
             if progress is not None:
                 progress(seen)
         for verifier in verifiers.values():
             verifier.finish()
         return report
     finally:
-        await consumer.stop()
+        await stop_reading(consumer)

@@ -551,7 +551,7 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
     ``follow``: keep the dataset current — start where the dataset's committed positions say, read
     on as records arrive, and commit each partition's files with its position every ``roll_s``
     seconds or ``rows_per_file`` rows; until ``stop`` (an asyncio.Event) is set, then commit and return."""
-    from app.kafka import partitions_of, reading_consumer
+    from app.kafka import partitions_of, read_range, reading_consumer, stop_reading
 
     spec = spec_for(topic)
     raw = topic.startswith("raw.") and topic != "raw.deadletter"
@@ -577,21 +577,17 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
+        begin = {}
         for tp in tps:
-            at = max(positions.get(tp.partition, 0), starts[tp])
+            begin[tp] = max(positions.get(tp.partition, 0), starts[tp])
             if follow and positions.get(tp.partition, 0) < starts[tp]:
                 log.warning("export: %s[%d] from offset %d: retention deleted offsets %d..%d before this export "
                             "read them", full, tp.partition, starts[tp], positions.get(tp.partition, 0), starts[tp] - 1)
-            consumer.seek(tp, at)
-        open_tps = {tp for tp in tps if follow or ends[tp] > starts[tp]}
         read_to = {tp.partition: positions.get(tp.partition, 0) for tp in tps}  # next offset, as read
         committed_at = {tp.partition: time.monotonic() for tp in tps}
-        while open_tps:
-            batch = await consumer.getmany(*open_tps, timeout_ms=200 if follow else 1000)
+        async for batch in read_range(consumer, begin, None if follow else ends, poll_ms=200 if follow else 1000):
             for tp, msgs in batch.items():
                 for msg in msgs:
-                    if not follow and msg.offset >= ends[tp]:
-                        break
                     summary.records += 1
                     read_to[tp.partition] = msg.offset + 1
                     if book_snapshots is not None:
@@ -626,16 +622,12 @@ async def export(settings: Any, topic: str, out: Path, from_ns: int | None = Non
                         committed_at[p] = now
                 if stopping:
                     break
-            else:
-                for tp in list(open_tps):
-                    if await consumer.position(tp) >= ends[tp]:
-                        open_tps.discard(tp)
             if progress is not None:
                 progress(summary.records, writer.rows + sum(writer.buffered.values()))
         if not follow:
             writer.close()
     finally:
-        await consumer.stop()
+        await stop_reading(consumer)
     summary.rows, summary.files, summary.bytes = writer.rows, writer.files, writer.bytes
     summary.seconds = time.monotonic() - began
     return summary

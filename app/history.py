@@ -12,6 +12,7 @@ there is none.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import msgspec
 import orjson
 
 from app.errors import BookstreamError
-from app.kafka import reading_consumer
+from app.kafka import read_range, reading_consumer, stop_reading
 from app.processor import Processor, new_instrument, parse_buffered
 from app.records import BookCheckpoint, decode
 from app.state.layout import ASK, BID, BUFFER, STATE, encode_state, load_instrument
@@ -90,41 +91,60 @@ class PastBook:
                 "raw_records_read": self.records, "seconds": round(self.seconds, 3), "notes": self.notes}
 
 
-async def _read(consumer: Any, tp: Any, start: int, end: int) -> Any:
-    """Records of ``tp`` from ``start`` to before ``end``, in order (an async generator)."""
-    consumer.assign([tp])
-    consumer.seek(tp, start)
-    while start < end:
-        batch = await consumer.getmany(tp, timeout_ms=1000)
-        for msg in batch.get(tp, []):
-            if msg.offset >= end:
-                return
-            yield msg
-        start = await consumer.position(tp)
+#: Records of book.checkpoints a search reads back at first from where the instant falls (doubled
+#: until a checkpoint of the instrument at or before the instant is among them).
+SEARCH_WINDOW = 256
 
 
-async def latest_checkpoint(settings: Any, consumer: Any, key: str, at: int) -> BookCheckpoint | None:
-    """The last checkpoint of ``key`` covering only frames received at or before ``at``."""
-    from aiokafka import TopicPartition
+async def _newest_from(consumer: Any, tp: Any, offset: int) -> int:
+    """The newest ``ts_recv`` among the first checkpoints at or after ``offset`` (a probe of the search)."""
+    consumer.seek(tp, offset)
+    batch = await consumer.getmany(tp, timeout_ms=2000, max_records=32)
+    newest = -1
+    for msg in batch.get(tp, []):
+        with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+            newest = max(newest, decode(BOOK_CHECKPOINTS, msg.value).ts_recv) if msg.value else newest
+    return newest
 
-    topic = settings.topic(BOOK_CHECKPOINTS)
-    if topic not in await consumer.topics():
-        return None
-    tp = TopicPartition(topic, partition_for(key, settings.partitions))
+
+async def latest_checkpoint(consumer: Any, tp: Any, key: str, at: int) -> BookCheckpoint | None:
+    """A checkpoint of ``key`` covering only frames received at or before ``at`` — the latest one,
+    or one close before it — from ``tp`` (its book.checkpoints partition, assigned by the caller).
+
+    Without reading the partition whole (a day is hundreds of MB): the worker writes checkpoints in
+    time order, so a bisection over offsets on the newest receive time at each probe finds where
+    the instant falls, and windows read back from there (doubling) find the key's checkpoint. Any
+    checkpoint at or before the instant is a correct start (the raw frames after it are applied);
+    a quiet book's old receive time among newer ones can only make the one found an earlier one."""
     begin = (await consumer.beginning_offsets([tp]))[tp]
     end = (await consumer.end_offsets([tp]))[tp]
-    best: BookCheckpoint | None = None
+    lo, hi = begin, end
+    while hi - lo > SEARCH_WINDOW:
+        mid = (lo + hi) // 2
+        if await _newest_from(consumer, tp, mid) <= at:
+            lo = mid
+        else:
+            hi = mid
     wanted = key.encode()
-    async for msg in _read(consumer, tp, begin, end):
-        if msg.key != wanted or not msg.value:
-            continue
-        try:
-            cp = decode(BOOK_CHECKPOINTS, msg.value)
-        except msgspec.ValidationError:
-            continue
-        if cp.ts_recv <= at and (best is None or (cp.next_offset, cp.ts_recv) > (best.next_offset, best.ts_recv)):
-            best = cp
-    return best
+    stop, window = hi, SEARCH_WINDOW
+    while stop > begin:
+        start = max(begin, stop - window)
+        best: BookCheckpoint | None = None
+        async for batch in read_range(consumer, {tp: start}, {tp: stop}):
+            for msg in batch[tp]:
+                if msg.key != wanted or not msg.value:
+                    continue
+                try:
+                    cp = decode(BOOK_CHECKPOINTS, msg.value)
+                except msgspec.ValidationError:
+                    continue
+                later = best is None or (cp.next_offset, cp.ts_recv) > (best.next_offset, best.ts_recv)
+                if cp.ts_recv <= at and later:
+                    best = cp
+        if best is not None:
+            return best
+        stop, window = start, window * 2
+    return None
 
 
 async def book_at(settings: Any, key: str, at: int) -> PastBook:
@@ -138,11 +158,22 @@ async def book_at(settings: Any, key: str, at: int) -> PastBook:
     began = time.monotonic()
     consumer = await reading_consumer(settings)
     try:
+        names = await consumer.topics()
         raw = settings.topic(raw_topic(venue))
-        if raw not in await consumer.topics():
+        if raw not in names:
             raise BookstreamError(f"no raw topic {raw} on {settings.kafka_bootstrap}")
-        cp = await latest_checkpoint(settings, consumer, key, at)
         tp = TopicPartition(raw, partition_for(key, settings.partitions))
+        checkpoints = settings.topic(BOOK_CHECKPOINTS)
+        cp_tp = TopicPartition(checkpoints, tp.partition) if checkpoints in names else None
+        # One assignment for the whole rebuild, the partition not being read paused: a consumer
+        # stopped just after a new assignment can hang for good in aiokafka 0.14 (its fetch routine
+        # swallows the cancel while it drops the old assignment's fetches: aio-libs/aiokafka#983).
+        consumer.assign([tp] if cp_tp is None else [cp_tp, tp])
+        consumer.pause(tp)
+        cp = None if cp_tp is None else await latest_checkpoint(consumer, cp_tp, key, at)
+        if cp_tp is not None:
+            consumer.pause(cp_tp)
+        consumer.resume(tp)
         first = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
         inst = instrument_from(cp, settings.buffer_max_frames) if cp is not None else new_instrument(
@@ -154,18 +185,21 @@ async def book_at(settings: Any, key: str, at: int) -> PastBook:
                               "resyncs at the next snapshot after them")
             start = first
         processor = Processor({key: inst}, settings.buffer_max_frames)
-        done = False
-        async for msg in _read(consumer, tp, start, end):
-            past.records += 1
-            for item in decode_record(msg.key, msg.value, msg.headers):
-                if not isinstance(item, RawFrame) or item.key != key:
-                    continue
-                if item.ts > at:
-                    done = True
+        async for batch in read_range(consumer, {tp: start}, {tp: end}):
+            done = False
+            for msg in batch[tp]:
+                past.records += 1
+                for item in decode_record(msg.key, msg.value, msg.headers):
+                    if not isinstance(item, RawFrame) or item.key != key:
+                        continue
+                    if item.ts > at:
+                        done = True
+                        break
+                    processor.handle(item)
+                    past.frames += 1
+                    past.last_frame_ts = item.ts
+                if done:
                     break
-                processor.handle(item)
-                past.frames += 1
-                past.last_frame_ts = item.ts
             if done:
                 break
         if past.frames == 0 and cp is None:
@@ -174,4 +208,4 @@ async def book_at(settings: Any, key: str, at: int) -> PastBook:
         past.seconds = time.monotonic() - began
         return past
     finally:
-        await consumer.stop()
+        await stop_reading(consumer)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,6 +53,40 @@ async def read_to_end(consumer: Any, tps: list[Any], handle: Callable[[Any, Any]
                 handle(tp, msg)
             read += len(records)
     return read
+
+
+async def read_range(consumer: Any, begin: Mapping[Any, int], ends: Mapping[Any, int] | None,
+                     until_ms: int | None = None, poll_ms: int = 1000) -> AsyncIterator[dict[Any, list[Any]]]:
+    """The records of each partition of ``begin`` (assigned by the caller) from its offset there
+    to before ``ends[tp]`` — and, with ``until_ms``, to before its first record stamped later — as
+    each fetch returns them (partition → records in offset order; a partition with none is left
+    out). Ends once every partition is read to its end. With ``ends`` None it reads on as records
+    arrive and yields after every fetch, an empty one too: the caller decides when to stop
+    (``export --follow``). ``verify``, ``export``, ``book-at`` and ``report`` read through this."""
+    for tp, at in begin.items():
+        consumer.seek(tp, at)
+    open_tps = set(begin) if ends is None else {tp for tp in begin if begin[tp] < ends[tp]}
+    while open_tps:
+        batch = await consumer.getmany(*open_tps, timeout_ms=poll_ms)
+        out: dict[Any, list[Any]] = {}
+        for tp, msgs in batch.items():
+            if tp not in open_tps:
+                continue
+            end = None if ends is None else ends[tp]
+            keep = len(msgs)
+            for i, msg in enumerate(msgs):
+                if (end is not None and msg.offset >= end) or (until_ms is not None and msg.timestamp > until_ms):
+                    keep = i
+                    open_tps.discard(tp)
+                    break
+            if keep:
+                out[tp] = msgs if keep == len(msgs) else msgs[:keep]
+        if ends is not None:
+            for tp in list(open_tps):
+                if await consumer.position(tp) >= ends[tp]:  # past transaction markers too
+                    open_tps.discard(tp)
+        if out or ends is None:
+            yield out
 
 
 class BrokerUnavailable(ConfigError):
@@ -523,6 +557,19 @@ async def reading_consumer(settings: Settings) -> Any:
             await consumer.stop()
         raise unreachable(settings, exc) from exc
     return consumer
+
+
+async def stop_reading(consumer: Any, within_s: float = 10.0) -> None:
+    """Stop a :func:`reading_consumer`. Bounded: aiokafka 0.14's fetch routine can swallow the
+    cancel ``stop`` sends it (it suppresses CancelledError while it drops an old assignment's
+    fetches, aio-libs/aiokafka#983) and wait for good — a command then never ends. Past
+    ``within_s`` its connections are closed under it."""
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout=within_s)
+    except TimeoutError:
+        log.warning("a reading consumer did not stop within %.0f s; closing its connections", within_s)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer._client.close(), timeout=within_s)  # noqa: SLF001
 
 
 async def partitions_of(consumer: Any, topic: str) -> list[Any]:

@@ -223,7 +223,7 @@ async def build(settings: Any, day_text: str) -> tuple[date, DayBuilder]:
     """Every topic read once, folded into the day's tables; the raw topics' chains verified over
     the records written that day."""
     from app.audit import verify_topics
-    from app.kafka import partitions_of, reading_consumer
+    from app.kafka import partitions_of, read_range, reading_consumer, stop_reading
 
     day, start, end = day_bounds(day_text)
     builder = DayBuilder(start, end)
@@ -240,24 +240,16 @@ async def build(settings: Any, day_text: str) -> tuple[date, DayBuilder]:
                 continue
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            await consumer.seek_to_beginning(*tps)
-            open_tps = {tp for tp in tps if ends[tp] > 0}
-            while open_tps:
-                batch = await consumer.getmany(*open_tps, timeout_ms=1000)
-                for tp, msgs in batch.items():
+            async for batch in read_range(consumer, await consumer.beginning_offsets(tps), ends):
+                for msgs in batch.values():
+                    builder.sources[base] = builder.sources.get(base, 0) + len(msgs)
                     for msg in msgs:
-                        if msg.offset >= ends[tp]:
-                            break
-                        builder.sources[base] = builder.sources.get(base, 0) + 1
                         if base.startswith("raw."):
                             builder.raw(msg.key, msg.value, msg.headers)
                         elif msg.value:
                             builder.record(base, orjson.loads(msg.value), msg.timestamp)
-                for tp in list(open_tps):
-                    if await consumer.position(tp) >= ends[tp]:
-                        open_tps.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_reading(consumer)
     builder.finish()
     if raw:
         checked = await verify_topics(settings, raw, start, end - 1)

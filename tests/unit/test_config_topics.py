@@ -134,3 +134,26 @@ def test_config_values_compare_as_the_broker_spells_them() -> None:
     assert not _same_value(None, "1")
     assert _same_configs({"a": "0.1", "b": "x"}, {"a": "0.10", "b": "x"})
     assert not _same_configs({"a": "1"}, {"a": "1", "b": "2"})
+
+
+async def test_a_reading_consumer_that_does_not_stop_is_closed_under_it() -> None:
+    """aiokafka's fetch routine can swallow the cancel of ``stop`` and wait for good (the book-at
+    hang): stop_reading gives up on it and closes the connections, so a command ends."""
+    import asyncio
+
+    from app.kafka import stop_reading
+
+    closed: list[bool] = []
+
+    class Client:
+        async def close(self) -> None:
+            closed.append(True)
+
+    class Stuck:
+        _client = Client()
+
+        async def stop(self) -> None:
+            await asyncio.Event().wait()  # never
+
+    await asyncio.wait_for(stop_reading(Stuck(), within_s=0.1), timeout=2)
+    assert closed == [True]
