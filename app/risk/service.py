@@ -540,6 +540,7 @@ class RiskService:
             "bad_positions": dict(sorted(self.bad_positions.items())),
             "event_time": self.engine.now,
             "pending_inputs": len(self.heap),
+            "inputs_read": self._n,
             "event_time_held_by": self.held_by(),
         }
 

@@ -516,10 +516,14 @@ def check_hedge(ns: Namespace, worker: Worker, rules: Path, figures: dict[str, A
         if status != 200:
             return False
         state["event_time"], state["pending"] = snap["event_time"], snap["pending_inputs"]
-        if snap["event_time"] > ref.event_time:
-            # The engine applied inputs the reference did not read: the reading stopped short
-            # (seen once right after leader kills: 68,786 of 93,130 inputs read, at end offsets a
-            # broker gave while leadership moved). The topics are final: read them again.
+        if snap["event_time"] > ref.event_time or snap["inputs_read"] > ref.inputs.total():
+            # The engine applied inputs the reference did not read: the reference was read before
+            # the worker had published them all (it catches up after the faults: a leader-kill run
+            # read the hedge instrument's ticker partition 30 s short while the others were whole,
+            # the event time alike, and the engine's records from those 30 s were "not the
+            # reference's"), or the reading stopped short (seen once right after leader kills:
+            # 68,786 of 93,130 inputs read, at end offsets a broker gave while leadership moved).
+            # Read them again: both read every input from the beginning.
             inputs, ref = reference()
             state["rereads"] += 1
             return False

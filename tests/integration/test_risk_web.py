@@ -112,7 +112,7 @@ def spot_inputs(site: SimSite) -> str:
 def test_the_api_lists_the_rule_and_refuses_bad_state_changes(site: SimSite) -> None:
     snap = risk(site)
     for part in ("exposure", "scenarios", "rules", "hedge", "alerts", "nbbo", "positions", "bad_positions",
-                 "event_time", "pending_inputs", "event_time_held_by"):
+                 "event_time", "pending_inputs", "event_time_held_by", "inputs_read"):
         assert part in snap, part
     (rule,) = snap["rules"]
     assert (rule["id"], rule["portfolio"], rule["underlying"], rule["greek"], rule["trigger"], rule["target"],
