@@ -23,7 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: Every environment variable bookstream reads (README "Configuration" documents each).
 ENV_VARS = (
     "KAFKA_BOOTSTRAP", "APP_ID", "TOPIC_PREFIX", "TOPIC_PARTITIONS", "TOPIC_REPLICATION",
-    "WEB_HOST", "WEB_PORT", "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS", "BOOK_CHECKPOINT_INTERVAL_S",
+    "WEB_HOST", "WEB_PORT", "WEB_CONTROL_TOKEN", "WEB_ALLOWED_HOSTS",
+    "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS", "BOOK_CHECKPOINT_INTERVAL_S",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
@@ -326,6 +327,12 @@ class Settings:
     processing_guarantee: str = "at_least_once"  # PROCESSING_GUARANTEE
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: WEB_CONTROL_TOKEN: the bearer token every control endpoint (what changes what the automation
+    #: does) requires; None: none required, allowed only while WEB_HOST is a loopback address
+    web_control_token: str | None = field(default=None, repr=False)
+    #: WEB_ALLOWED_HOSTS: host names a control request may name in Host/Origin besides the loopback
+    #: names and WEB_HOST (DNS rebinding: a foreign name resolving to this address is refused)
+    web_allowed_hosts: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=lambda: ROOT / ".data" / "worker")
     log_level: str = "info"
     depth_interval_ms: int = 1000
@@ -374,6 +381,19 @@ class Settings:
         return f"{self.topic_prefix}{name}"
 
 
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (an address or name to bind) reachable only from this machine?"""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def load() -> Settings:
     """Read the settings from the environment, raising ConfigError on bad values."""
     level = _env_str("LOG_LEVEL", "info").lower()
@@ -392,6 +412,15 @@ def load() -> Settings:
     if replication is not None and min_insync is not None and min_insync > replication:
         raise ConfigError(f"MIN_INSYNC_REPLICAS={min_insync} is more than TOPIC_REPLICATION={replication}: "
                           "writes with acks=all would fail")
+    web_host = _env_str("WEB_HOST", "127.0.0.1")
+    token = os.environ.get("WEB_CONTROL_TOKEN", "").strip() or None
+    if token is None and not is_loopback(web_host):
+        raise ConfigError(f"WEB_HOST={web_host} is reachable from other machines: set WEB_CONTROL_TOKEN (a secret the "
+                          "control endpoints then require as 'Authorization: Bearer <token>')")
+    if token is not None and len(token) < 16:
+        raise ConfigError("WEB_CONTROL_TOKEN is shorter than 16 characters: use a long random secret "
+                          "(python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+    allowed = tuple(h.strip().lower() for h in _env_str("WEB_ALLOWED_HOSTS", "").split(",") if h.strip())
     return Settings(
         kafka_bootstrap=_bootstrap(_env_str("KAFKA_BOOTSTRAP", "127.0.0.1:9092")),
         app_id=app_id,
@@ -403,7 +432,9 @@ def load() -> Settings:
         raw_retention_bytes=_env_retention("RAW_RETENTION_BYTES", -1),
         output_retention_ms=_env_retention("OUTPUT_RETENTION_MS", OUTPUT_RETENTION_MS_DEFAULT),
         processing_guarantee=_processing_guarantee(_env_str("PROCESSING_GUARANTEE", "at_least_once")),
-        web_host=_env_str("WEB_HOST", "127.0.0.1"),
+        web_host=web_host,
+        web_control_token=token,
+        web_allowed_hosts=allowed,
         web_port=_env_int("WEB_PORT", 6066, minimum=1, maximum=65535),
         data_dir=Path(data_dir).expanduser().resolve(),
         log_level=level,

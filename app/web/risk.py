@@ -8,7 +8,8 @@ computes (every worker computes every portfolio, so any worker answers for all o
 ``POST /api/risk/rules/{rule}/state``     body ``{"state": "active" | "reduce-only" | "halted"}``: the
                                           new state is published on ``risk.rules`` and applies when read
                                           back (every worker); 202 ``{"rule", "state"}``, 404 unknown
-                                          rule, 400 bad body or state, 503 no engine (``{"error"}``)
+                                          rule, 400 bad body or state, 503 no engine (``{"error"}``);
+                                          a control endpoint: 415/403/401 as app.web.control says
 ``GET  /risk``                            the risk page (``/events/risk``)
 ``GET  /events/risk[?only=nbbo,…]``       Server-Sent Events ``risk`` every 0.5 s: the snapshot without
                                           the records' ``inputs`` references, or only the named parts of
@@ -25,6 +26,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from app.config import Settings
+from app.web.control import guarded
 from app.web.live import _file, _sse
 
 if TYPE_CHECKING:
@@ -57,28 +59,30 @@ def register(app: Any, books: Any, settings: Settings) -> None:
         return self.bytes(orjson.dumps(risk.snapshot()), content_type="application/json",
                           headers={"Cache-Control": "no-cache"})
 
+    async def set_state(self: View, request: Request, **kwargs: Any) -> Response:
+        risk = service()
+        if risk is None:
+            return self.json({"error": unavailable()}, status=503)
+        rule = kwargs["rule"]
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        state = body.get("state") if isinstance(body, dict) else None
+        if not isinstance(state, str):
+            return self.json({"error": 'the body must be JSON {"state": "active" | "reduce-only" | "halted"}'},
+                             status=400)
+        try:
+            risk.set_rule_state(rule, state, "web")
+        except KeyError as exc:
+            return self.json({"error": _line(exc)}, status=404)
+        except ValueError as exc:
+            return self.json({"error": _line(exc)}, status=400)
+        return self.json({"rule": rule, "state": state}, status=202)
+
     @app.page("/api/risk/rules/{rule}/state")
     class RuleState(View):
-        async def post(self, request: Request, **kwargs: Any) -> Response:
-            risk = service()
-            if risk is None:
-                return self.json({"error": unavailable()}, status=503)
-            rule = kwargs["rule"]
-            try:
-                body = orjson.loads(await request.read())
-            except orjson.JSONDecodeError:
-                body = None
-            state = body.get("state") if isinstance(body, dict) else None
-            if not isinstance(state, str):
-                return self.json({"error": 'the body must be JSON {"state": "active" | "reduce-only" | "halted"}'},
-                                 status=400)
-            try:
-                risk.set_rule_state(rule, state, "web")
-            except KeyError as exc:
-                return self.json({"error": _line(exc)}, status=404)
-            except ValueError as exc:
-                return self.json({"error": _line(exc)}, status=400)
-            return self.json({"rule": rule, "state": state}, status=202)
+        post = guarded(settings, set_state)  # a control endpoint: app.web.control
 
     @app.page("/events/risk")
     class RiskEvents(View):

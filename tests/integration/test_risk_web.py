@@ -210,6 +210,61 @@ def test_the_risk_page_shows_exposure_scenarios_the_rule_and_its_signal_and_halt
     page.close()
 
 
+FOREIGN = """<!doctype html><title>a page the trader opened</title>
+<form id="form" method="POST" enctype="text/plain" action="{url}">
+  <input name='{{"state": "halted", "pad": "' value='"}}'>
+</form>
+<script>
+  const url = "{url}";
+  window.results = {{}};
+  // a "simple" request: no preflight, the browser sends it and hides the answer (no-cors)
+  fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+               body: '{{"state": "halted"}}'}})
+    .then(() => window.results.simple = "sent", e => window.results.simple = String(e));
+  // JSON needs a CORS preflight, which the server never approves: the POST is never sent
+  fetch(url, {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: '{{"state": "halted"}}'}})
+    .then(r => window.results.json = "answered " + r.status, e => window.results.json = "blocked");
+</script>"""
+
+
+def test_a_cross_site_post_from_another_origin_changes_nothing(site: SimSite, browser: Any,
+                                                               tmp_path: Path) -> None:
+    """A page of another origin on the trader's machine (another port of 127.0.0.1) posts to the
+    rule's control endpoint the three ways a browser lets it: a text/plain fetch, a JSON fetch and
+    a text/plain form. Nothing is published, the server counts and says each refusal; the page's
+    own controls work (test_the_risk_page_…_halts_it clicks them)."""
+    import functools
+    import http.server
+    import threading
+
+    url = f"{site.worker.url}/api/risk/rules/{RULE}/state"
+    (tmp_path / "index.html").write_text(FOREIGN.format(url=url))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before_state = risk(site)["rules"][0]["state"]
+    before_rules = len(site.topic("risk.rules"))
+    refused = lambda: site.worker.get("/metrics/counters")[1].get("web_control_refused", 0)  # noqa: E731
+    before_refused = refused()
+    page = browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        page.wait_for_function("window.results.simple && window.results.json", timeout=15_000)
+        assert page.evaluate("window.results") == {"simple": "sent", "json": "blocked"}
+        wait_for(lambda: refused() >= before_refused + 1, 15, "the text/plain fetch refused")
+        with page.expect_navigation():
+            page.evaluate("document.getElementById('form').submit()")
+        answer = json.loads(page.inner_text("body"))  # the form's answer replaces the page: readable here
+        assert "application/json" in answer["error"], answer
+        assert refused() >= before_refused + 2
+    finally:
+        page.close()
+        server.shutdown()
+    assert risk(site)["rules"][0]["state"] == before_state
+    assert len(site.topic("risk.rules")) == before_rules  # nothing was published
+    assert "refused POST /api/risk/rules" in site.worker.tail(200)
+
+
 def test_the_dashboard_shows_the_nbbo_and_links_to_the_risk_page(site: SimSite, browser: Any) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(site.worker.url + "/")

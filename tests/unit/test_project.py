@@ -31,6 +31,10 @@ def test_docker_compose_parses_and_names_the_settings_the_app_reads() -> None:
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '"faust", "-A", "app", "worker"' in dockerfile
+    for name in ("worker", "worker-cluster"):  # bound to 0.0.0.0: the control endpoints need a token
+        env = services[name]["environment"]
+        assert env["WEB_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container
+        assert env["WEB_CONTROL_TOKEN"].startswith("${WEB_CONTROL_TOKEN:?")  # compose refuses to start without
 
 
 def test_docker_compose_cluster_profile_is_three_replicating_nodes_and_a_worker_on_all() -> None:

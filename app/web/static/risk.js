@@ -97,13 +97,26 @@ function renderScenarios(grids) {
   if (tables.length !== box.children.length || tables.some((t, i) => box.children[i] !== t)) box.replaceChildren(...tables);
 }
 
-async function setState(rule, state) {
+const TOKEN_KEY = "bookstream-control-token";  // WEB_CONTROL_TOKEN, asked once per tab when the worker needs it
+
+function controlHeaders() {
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+async function setState(rule, state, asked = false) {
   const msg = $("rules-msg");
   msg.textContent = `${rule}: asking for ${state}…`;
   try {
     const resp = await fetch(`/api/risk/rules/${encodeURIComponent(rule)}/state`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ state }) });
+      method: "POST", headers: controlHeaders(), body: JSON.stringify({ state }) });
     const body = await resp.json().catch(() => ({}));
+    if (resp.status === 401 && !asked) {
+      const token = window.prompt("This worker's control token (WEB_CONTROL_TOKEN):");
+      if (token) { sessionStorage.setItem(TOKEN_KEY, token.trim()); return setState(rule, state, true); }
+    }
     if (resp.status === 202) { pending[rule] = state; msg.textContent = `${rule}: ${state} published, applies when read back`; }
     else msg.textContent = `${rule}: ${body.error || resp.status}`;
   } catch (err) {
