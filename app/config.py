@@ -32,7 +32,8 @@ ENV_VARS = (
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
     "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
     "CONSUMER_FETCH_MIN_BYTES", "CHAIN_INTERVAL_MS", "INSTRUMENTS_REFRESH_S", "REPORTS_DIR", "REPORT_DAILY_AT",
-    "RISK_ENABLED", "RISK_RULES_FILE", "RISK_INTERVAL_MS", "SCENARIO_INTERVAL_MS", "SCENARIO_VOL_SHIFT",
+    "RISK_ENABLED", "RISK_RULES_FILE", "MARGIN_PARAMS_FILE",
+    "RISK_INTERVAL_MS", "SCENARIO_INTERVAL_MS", "SCENARIO_VOL_SHIFT",
     "RISK_MAX_INPUT_AGE_MS", "RISK_LATENESS_MS", "RISK_IDLE_MS", "RISK_LOOKBACK_S",
     "ALERT_STALE_S", "ALERT_SPREAD_BPS", "ALERT_FUNDING_JUMP", "ALERT_DIVERGENCE_BPS",
     "WEB_FAUST_VIEWS", "BROKER_MAX_POLL_RECORDS", "CONSUMER_MAX_FETCH_SIZE", "PRODUCER_MAX_BATCH_SIZE",
@@ -289,10 +290,15 @@ class RiskSettings:
     alert_spread_bps: float = 50.0
     alert_funding_jump: float = 0.0005
     alert_divergence_bps: float = 50.0
+    margin_params_file: Path | None = None  # MARGIN_PARAMS_FILE; None: app/risk/margin_params.json
 
 
 def _risk() -> RiskSettings:
     rules = _env_str("RISK_RULES_FILE", "")
+    params = _env_str("MARGIN_PARAMS_FILE", "")
+    params_path = Path(params).expanduser().resolve() if params else None
+    if params_path is not None and not params_path.is_file():
+        raise ConfigError(f"MARGIN_PARAMS_FILE={params}: no such file")
     interval = _env_int("RISK_INTERVAL_MS", 250, minimum=10, maximum=3_600_000)
     return RiskSettings(
         enabled=_env_bool("RISK_ENABLED", True),
@@ -308,6 +314,7 @@ def _risk() -> RiskSettings:
         alert_spread_bps=_env_float("ALERT_SPREAD_BPS", 50.0, minimum=0.0),
         alert_funding_jump=_env_float("ALERT_FUNDING_JUMP", 0.0005, minimum=0.0),
         alert_divergence_bps=_env_float("ALERT_DIVERGENCE_BPS", 50.0, minimum=0.0),
+        margin_params_file=params_path,
     )
 
 

@@ -46,6 +46,7 @@ from app.records import (  # the topic names (without TOPIC_PREFIX) live with th
     BOOK_DEPTH,
     BOOK_STATUS,
     BOOK_TOP,
+    COLLATERAL,
     CONTROL_RESYNC,
     DEADLETTER,
     FEED_STATUS,
@@ -105,17 +106,19 @@ class Topics:
         self.positions, self.rules, self.risk_depth = prefix + POSITIONS, prefix + RISK_RULES, prefix + RISK_DEPTH
         self.exposure, self.scenarios, self.hedge = prefix + RISK_EXPOSURE, prefix + RISK_SCENARIOS, prefix + RISK_HEDGE
         self.alerts, self.nbbo = prefix + ALERTS, prefix + NBBO
+        self.collateral = prefix + COLLATERAL
         self.risk = (self.positions, self.rules, self.risk_depth, self.exposure, self.scenarios, self.hedge,
-                     self.alerts, self.nbbo)
+                     self.alerts, self.nbbo, self.collateral)
         self.changelog = changelog_topic(app_id)
 
     def name(self, topic: str) -> str:
         return self.prefix + topic
 
     def compacted(self) -> dict[str, dict[str, str]]:
-        """Compacted topics and their configs (``ref.instruments``: every version kept; ``positions``
-        and ``risk.rules``: the latest per key)."""
-        return {self.instruments: dict(COMPACTED), self.positions: dict(COMPACTED), self.rules: dict(COMPACTED)}
+        """Compacted topics and their configs (``ref.instruments``: every version kept; ``positions``,
+        ``collateral`` and ``risk.rules``: the latest per key)."""
+        return {self.instruments: dict(COMPACTED), self.positions: dict(COMPACTED), self.rules: dict(COMPACTED),
+                self.collateral: dict(COMPACTED)}
 
     @property
     def all(self) -> list[str]:

@@ -488,6 +488,37 @@ class Bench:
                        "50 times in one process"}
         say(f"scenarios: {n} options, median {times[len(times) // 2]:.2f} ms, max {times[-1]:.2f} ms")
 
+    def margin(self) -> None:
+        """Deribit portfolio margin of a portfolio of 1,000 option positions (every scenario of the risk
+        matrix and the extended table, roll and delta shock), in process: median and max of 50."""
+        import numpy as np
+
+        from app.market import black76
+        from app.risk.margin import MarginLeg, deribit_portfolio, load_params
+
+        n = int(os.environ.get("BENCH_MARGIN_OPTIONS", "1000"))
+        params = load_params()
+        rng = np.random.default_rng(11)
+        legs = []
+        for i in range(n):
+            strike, days = float(rng.integers(30, 121) * 1000), float(rng.choice([1, 7, 14, 30, 60, 90, 180, 365]))
+            call, sigma = bool(i % 2), float(rng.uniform(0.4, 0.9))
+            mark = float(black76.price(65_000.0, strike, days / 365, sigma, call)) / 65_000.0
+            legs.append(MarginLeg(f"deribit:BTC-X{i}-{int(strike)}-{'C' if call else 'P'}", "option", "BTC",
+                                  float(rng.uniform(-10, 10)), 65_000.0, 65_000.0, strike, call, days, sigma, mark))
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            result = deribit_portfolio(legs, params)
+            times.append((time.perf_counter() - t0) * 1000)
+        assert result["currencies"]["BTC"]["mm"] > 0, result["currencies"]["BTC"]  # a real computation
+        times.sort()
+        self.figures["margin"] = {
+            "options": n, "scenarios": 27 + len(params["deribit"]["portfolio"]["general"]["extended_moves"]),
+            "median_ms": round(times[len(times) // 2], 3), "max_ms": round(times[-1], 3), "target_ms": 20,
+            "command": f"app.risk.margin.deribit_portfolio(1 portfolio of {n} BTC options), 50 times in one process"}
+        say(f"margin: {n} options, median {times[len(times) // 2]:.2f} ms, max {times[-1]:.2f} ms")
+
     def many(self) -> None:
         """1,000 light instruments from the simulator through `ingest` and one worker."""
         per_kind = int(os.environ.get("BENCH_MANY_PER_KIND", "250"))
@@ -980,6 +1011,7 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
     ("mixed_options_frames_per_s", lambda f: _get(f, "mixed", "frames_per_s")),
     ("scenario_grid_1000_options_ms", lambda f: _get(f, "scenarios", "median_ms")),
+    ("portfolio_margin_1000_options_ms", lambda f: _get(f, "margin", "median_ms")),
     ("recovery_restart_s", lambda f: _get(f, "recovery", "restart_to_ready_s")),
     ("recovery_new_worker_s", lambda f: _get(f, "recovery", "new_worker_to_ready_s")),
     ("changelog_bytes_per_update_50", lambda f: _get(f, "changelog", "by_depth", "50", "bytes_per_update")),
@@ -990,8 +1022,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "recovery", "changelog",
-         "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "margin", "recovery",
+         "changelog", "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:

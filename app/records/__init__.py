@@ -31,6 +31,7 @@ from app.records.market import FeedStatus, InstrumentRecord, OptionsChain, Ticke
 from app.records.raw import ConnEvent, RawLine
 from app.records.risk import (
     Alert,
+    CollateralRecord,
     Exposure,
     HedgeBlocked,
     HedgeSignal,
@@ -54,14 +55,15 @@ OPTIONS_CHAIN, REF_INSTRUMENTS = "options.chain", "ref.instruments"
 POSITIONS, RISK_RULES, RISK_DEPTH = "positions", "risk.rules", "risk.depth"
 RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "risk.hedge"
 ALERTS, NBBO = "alerts", "nbbo"
+COLLATERAL = "collateral"
 
 __all__ = [
-    "ALERTS", "BOOK_CHECKPOINTS", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER",
+    "ALERTS", "BOOK_CHECKPOINTS", "COLLATERAL", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER",
     "FEED_STATUS", "NBBO",
     "OPTIONS_CHAIN", "POSITIONS", "REF_INSTRUMENTS", "RISK_DEPTH", "RISK_EXPOSURE", "RISK_HEDGE", "RISK_RULES",
     "RISK_SCENARIOS", "TICKER", "TRADES",
-    "SCHEMA_VERSION", "TOPICS", "Alert", "BookCheckpoint", "BookDepth", "BookStatus", "BookTop", "ConnEvent",
-    "DeadLetter", "Exposure",
+    "SCHEMA_VERSION", "TOPICS", "Alert", "BookCheckpoint", "BookDepth", "BookStatus", "BookTop",
+    "CollateralRecord", "ConnEvent", "DeadLetter", "Exposure",
     "FeedStatus", "HedgeBlocked", "HedgeSignal", "InputRef", "InstrumentRecord", "Nbbo", "OptionsChain",
     "PositionRecord", "RawLine", "ResyncRequest", "RiskDepth", "RuleState", "Scenarios", "Source", "TickerRecord",
     "TopicSpec", "TradeRecord", "book", "decode", "encode", "json_schema", "market", "raw", "risk", "schema_file",
@@ -103,6 +105,7 @@ TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec(OPTIONS_CHAIN, OptionsChain, "<venue>:<chain>", "worker"),
     TopicSpec(POSITIONS, PositionRecord, "<portfolio>|<instrument key>", "positions set, the desk's tools",
               compacted=True),
+    TopicSpec(COLLATERAL, CollateralRecord, "<portfolio>|<currency>", "collateral set", compacted=True),
     TopicSpec(RISK_RULES, RuleState, "rule id", "rules state, POST /api/risk/rules/{rule}/state", compacted=True),
     TopicSpec(RISK_DEPTH, RiskDepth, "instrument key", "worker"),
     TopicSpec(RISK_EXPOSURE, Exposure, "<portfolio>|<underlying>", "worker (risk engine)"),

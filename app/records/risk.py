@@ -28,6 +28,17 @@ class PositionRecord(Record, kw_only=True):
     ts: Annotated[Ns, Meta(description="in force from (event time); missing: 0, from the start")] = 0
 
 
+class CollateralRecord(Record, kw_only=True):
+    """What a portfolio holds as collateral in one currency at its venue. Key:
+    ``<portfolio>|<currency>`` (compacted; a tombstone removes it). Set with `faust -A app
+    collateral set`; equity = collateral + the unrealised P&L of the portfolio's positions."""
+
+    portfolio: str
+    currency: Annotated[str, Meta(description="BTC, ETH, USDC, … (upper case)")]
+    amount: Annotated[Dec, Meta(description="decimal text, ≥ 0")]
+    ts: Annotated[Ns, Meta(description="in force from (event time)")]
+
+
 class RuleState(Record, kw_only=True):
     """A hedge rule's state, set by `faust -A app risk rule` or the web API. Key: the rule id
     (compacted)."""

@@ -1,10 +1,12 @@
-"""``faust -A app positions …`` and ``faust -A app rules …``: the desk's side of risk.
+"""``faust -A app positions …``, ``collateral …`` and ``rules …``: the desk's side of risk.
 
 ``positions set PORTFOLIO INSTRUMENT QUANTITY [--avg-price P]``, ``positions set --file BOOK``
 (TOML/YAML ``[[position]]`` or CSV ``portfolio,instrument,quantity[,avg_price]``; every row is
 checked, and every instrument looked up in the registry, before anything is written),
 ``positions play SCRIPT`` (a scripted book: each ``[[position]]`` with ``at_s``, applied that
 many seconds after the start), ``positions list [--portfolio P] [--json]``, ``positions clear PORTFOLIO [INSTRUMENT]``.
+``collateral set PORTFOLIO CURRENCY AMOUNT``, ``collateral list [--portfolio P] [--json]``,
+``collateral clear PORTFOLIO [CURRENCY]``.
 ``rules check``, ``rules list [--json]``, ``rules state RULE active|reduce-only|halted``.
 """
 
@@ -228,3 +230,59 @@ async def rules(self: AppCommand, action: str, args: tuple[str, ...], as_json: b
         fail(exc)
     except (KafkaError, OSError) as exc:
         fail(unreachable(settings, exc))
+
+
+@app.command(
+    argument("action", type=str),
+    argument("args", nargs=-1, type=str),
+    option("--portfolio", type=str, default=None, help="list: only this portfolio."),
+    option("--json", "as_json", is_flag=True, default=False, help="list: one JSON object per line."),
+)
+async def collateral(self: AppCommand, action: str, args: tuple[str, ...], portfolio: str | None,
+                     as_json: bool) -> None:
+    """Collateral of the desk's portfolios (the compacted `collateral` topic): set PORTFOLIO CURRENCY AMOUNT |
+    list | clear PORTFOLIO [CURRENCY]."""
+    topic = settings.topic("collateral")
+    try:
+        if action == "set":
+            if len(args) != 3:
+                raise pos.PositionError("set PORTFOLIO CURRENCY AMOUNT (e.g. set desk BTC 12.5)")
+            row = pos.make_collateral(*args)
+            await _send(topic, [(row.key, row.encode())])
+            print(f"collateral {row.portfolio} {row.currency} {row.amount}", file=sys.stderr)
+        elif action == "list":
+            if args:
+                raise pos.PositionError("list takes no arguments (--portfolio P to choose one)")
+            shown = [c for c in _collateral(await read_topic(topic)) if portfolio is None or c.portfolio == portfolio]
+            if as_json:
+                for c in shown:
+                    print(c.encode().decode(), flush=True)
+            else:
+                print_table(("portfolio", "currency", "amount"),
+                            [(c.portfolio, c.currency, str(c.amount)) for c in shown])
+            print(f"{len(shown)} collateral balance(s)", file=sys.stderr)
+        elif action == "clear":
+            if len(args) not in (1, 2):
+                raise pos.PositionError("clear PORTFOLIO [CURRENCY]")
+            wanted = args[1].upper() if len(args) == 2 else None
+            gone = [c for c in _collateral(await read_topic(topic))
+                    if c.portfolio == args[0] and wanted in (None, c.currency)]
+            await _send(topic, [(c.key, None) for c in gone])  # tombstones
+            print(f"{len(gone)} collateral balance(s) cleared", file=sys.stderr)
+        else:
+            raise pos.PositionError(f"unknown action {action!r}: set, list or clear")
+    except BookstreamError as exc:
+        fail(exc)
+    except (KafkaError, OSError) as exc:
+        fail(unreachable(settings, exc))
+
+
+def _collateral(current: dict[bytes, bytes | None]) -> list[pos.Collateral]:
+    """The balances among a ``collateral`` topic's latest records (bad records left out)."""
+    out = []
+    for key, value in sorted(current.items()):
+        with contextlib.suppress(pos.PositionError):
+            row = pos.parse_collateral(key, value)
+            if row is not None:
+                out.append(row)
+    return out

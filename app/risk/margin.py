@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,22 +63,29 @@ class MarginLeg:
 
     @property
     def inverse(self) -> bool:
-        return self.settlement.upper() not in LINEAR
+        return _names(self.key, self.settlement)[0]
 
     @property
     def base(self) -> str:
         """The underlying's coin (BTC of deribit:BTC-PERPETUAL, BTC_USDC-PERPETUAL, BTC-28JUN24-60000-C)."""
-        symbol = self.key.partition(":")[2]
-        return symbol.split("-")[0].split("_")[0].upper()
+        return _names(self.key, self.settlement)[1]
 
     @property
     def pair(self) -> str:
         """Deribit's portfolio-margin currency pair: btc_usd (coin-settled), btc_usdc (linear)."""
-        return f"{self.base.lower()}_{'usd' if self.inverse else self.settlement.lower()}"
+        return _names(self.key, self.settlement)[2]
 
     def otm(self) -> float:
         """The out-of-the-money amount against the index, USD per coin."""
         return max(0.0, self.strike - self.index) if self.call else max(0.0, self.index - self.strike)
+
+
+@lru_cache(maxsize=65536)
+def _names(key: str, settlement: str) -> tuple[bool, str, str]:
+    """(inverse, base coin, portfolio-margin pair) of an instrument key (parsed once per key)."""
+    inverse = settlement.upper() not in LINEAR
+    base = key.partition(":")[2].split("-")[0].split("_")[0].upper()
+    return inverse, base, f"{base.lower()}_{'usd' if inverse else settlement.lower()}"
 
 
 def load_params(path: Path | None = None) -> dict[str, Any]:
@@ -200,14 +208,12 @@ def _option_pnl(opts: list[MarginLeg], moves: np.ndarray, vols: list[np.ndarray]
     inverse = np.array([o.inverse for o in opts], dtype=bool)
     now = black76.price(f, k, t, sigma, call)
     now = np.where(inverse, now / f, now)
-    rows = []
-    for m in moves:
-        f2 = f * (1 + m)
-        for v in vols:
-            later = black76.price(f2, k, t, v, call)
-            later = np.where(inverse, later / f2, later)  # coin-settled: valued in coin at the new price
-            rows.append(float(np.dot(coins, later - now)))
-    return np.array(rows)
+    # every scenario at once: rows (move, vol) in that order, one column per option
+    f2 = np.repeat(f[None, :] * (1 + moves[:, None]), len(vols), axis=0)
+    sig = np.tile(np.stack(vols), (len(moves), 1))
+    later = black76.price(f2, k[None, :], t[None, :], sig, call[None, :])
+    later = np.where(inverse[None, :], later / f2, later)  # coin-settled: valued in coin at the new price
+    return np.asarray((later - now[None, :]) @ coins, dtype=np.float64)
 
 
 def _future_pnl(futs: list[MarginLeg], move: float) -> float:
@@ -231,9 +237,11 @@ def deribit_portfolio(legs: list[MarginLeg], params: dict[str, Any], mmp_margin:
         cur = _need(pm["currencies"], currency.lower(), "portfolio-margin currency")
         pairs: dict[str, Any] = {}
         worst = roll = delta_shock = 0.0
-        for pair_name in sorted({leg.pair for leg in group}):
+        by_pair: dict[str, list[MarginLeg]] = {}
+        for leg in group:
+            by_pair.setdefault(leg.pair, []).append(leg)
+        for pair_name, members in sorted(by_pair.items()):
             pair = _need(pm["pairs"], pair_name, "portfolio-margin currency pair")
-            members = [leg for leg in group if leg.pair == pair_name]
             r = pair["price_range"]
             moves = np.array([-r + i * r / n for i in range(2 * n + 1)])
             opts = [leg for leg in members if leg.kind == "option"]
@@ -309,13 +317,13 @@ def _delta_shock(legs: list[MarginLeg], pair: dict[str, Any]) -> tuple[float, fl
     """(delta shock, net delta in coins). ASSUMPTION (the simulator names the parameters only):
     above delta_total_liq_shock_threshold USD of net delta, a fraction m_inc per million USD over
     it, at most max_delta_shock, of the net delta — in coin for coin-settled books, USDC for linear."""
-    delta = 0.0
-    for leg in legs:
-        if leg.kind == "option":
-            g = black76.greeks(leg.price, leg.strike, max(leg.days, 1.0 / 24) / YEAR_DAYS, leg.sigma, leg.call)
-            delta += leg.coins * float(g["delta"])
-        else:
-            delta += leg.coins
+    opts = [leg for leg in legs if leg.kind == "option"]
+    delta = sum(leg.coins for leg in legs if leg.kind != "option")
+    if opts:
+        g = black76.greeks(np.array([o.price for o in opts]), np.array([o.strike for o in opts]),
+                           np.array([max(o.days, 1.0 / 24) / YEAR_DAYS for o in opts]),
+                           np.array([o.sigma for o in opts]), np.array([o.call for o in opts], dtype=bool))
+        delta += float(np.dot([o.coins for o in opts], g["delta"]))
     index = legs[0].index
     over = abs(delta) * index - pair["delta_total_liq_shock_threshold"]
     if over <= 0:

@@ -20,7 +20,7 @@ import orjson
 
 from app.decimals import decimal_text
 from app.errors import BookstreamError
-from app.records import PositionRecord, encode
+from app.records import CollateralRecord, PositionRecord, encode
 
 PORTFOLIO = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 INSTRUMENT = re.compile(r"^[a-z0-9\-]+:[A-Za-z0-9_.\-/]+$")
@@ -173,3 +173,65 @@ def _rows(text: str, fmt: str, ts: int | None, script: bool) -> list[tuple[float
     if errors:
         raise PositionError("; ".join(errors))
     return out
+
+
+# -- collateral --------------------------------------------------------------------------------
+CURRENCY = re.compile(r"^[A-Z0-9]{2,10}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Collateral:
+    """What a portfolio holds as collateral in one currency (the compacted ``collateral`` topic)."""
+
+    portfolio: str
+    currency: str
+    amount: Decimal
+    ts: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.portfolio}|{self.currency}"
+
+    def encode(self) -> bytes:
+        return encode(CollateralRecord(portfolio=self.portfolio, currency=self.currency,
+                                       amount=decimal_text(self.amount), ts=self.ts))
+
+
+def make_collateral(portfolio: str, currency: str, amount: Any, ts: int | None = None) -> Collateral:
+    """Checked whole (PositionError naming the field otherwise): a portfolio name, a currency code
+    (upper-cased), an amount ≥ 0."""
+    if not isinstance(portfolio, str) or not PORTFOLIO.match(portfolio):
+        raise PositionError(f"portfolio: {portfolio!r} is not a portfolio name (letters, digits, _ . -; ≤ 64)")
+    code = currency.upper() if isinstance(currency, str) else currency
+    if not isinstance(code, str) or not CURRENCY.match(code):
+        raise PositionError(f"currency: {currency!r} is not a currency code (BTC, ETH, USDC, …)")
+    value = _decimal("amount", amount)
+    if value < 0:
+        raise PositionError(f"amount: {amount!r} must be zero or more")
+    when = time.time_ns() if ts is None else ts
+    if not isinstance(when, int) or isinstance(when, bool) or when < 0:
+        raise PositionError(f"ts: {ts!r} is not a time in ns")
+    return Collateral(portfolio, code, value, when)
+
+
+def parse_collateral(key: bytes | None, value: bytes | None) -> Collateral | None:
+    """A ``collateral`` record → Collateral (None: a tombstone). PositionError if bad."""
+    if key is None:
+        raise PositionError("record has no key (expected <portfolio>|<currency>)")
+    text = key.decode("utf-8", "replace")
+    portfolio, sep, currency = text.partition("|")
+    if not sep:
+        raise PositionError(f"key {text!r} is not <portfolio>|<currency>")
+    if value is None:
+        make_collateral(portfolio, currency, 0)
+        return None
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PositionError(f"value is not JSON ({exc})") from None
+    if not isinstance(row, dict) or "amount" not in row:
+        raise PositionError("value is not a JSON object with an amount")
+    for name, want in (("portfolio", portfolio), ("currency", currency)):
+        if row.get(name, want) != want:
+            raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
+    return make_collateral(portfolio, currency, row["amount"], row.get("ts") or 0)

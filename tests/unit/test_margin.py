@@ -171,3 +171,16 @@ def test_a_bad_parameters_file_is_one_clear_line(tmp_path: Path) -> None:
         load_params(bad)
     with pytest.raises(MarginError, match="no futures family 'DOGE'"):
         deribit_future(perp(1, settlement="DOGE", base="DOGE"), P)
+
+
+def test_margin_params_file_is_a_setting_checked_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import app.config as config
+    from app.errors import ConfigError
+
+    monkeypatch.setenv("MARGIN_PARAMS_FILE", str(tmp_path / "nope.json"))
+    with pytest.raises(ConfigError, match="MARGIN_PARAMS_FILE"):
+        config.load()
+    mine = tmp_path / "params.json"
+    mine.write_text(json.dumps({**P, "as_of": "2026-12-01"}))
+    monkeypatch.setenv("MARGIN_PARAMS_FILE", str(mine))
+    assert load_params(config.load().risk.margin_params_file)["as_of"] == "2026-12-01"
