@@ -308,6 +308,23 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     wait_for(play_position, 30, "the played position on /api/risk")
     assert "1 position(s) cleared" in ns.faust("positions", "clear", "play").stderr
     assert ns.faust("positions", "list", "--json", "--portfolio", "play").stdout.strip() == ""
+    # collateral: set, replaced, listed, refused whole when bad, cleared
+    ns.faust("collateral", "set", "desk", "btc", "12.5")
+    ns.faust("collateral", "set", "desk", "USDC", "1000")
+    ns.faust("collateral", "set", "desk", "BTC", "10")  # replaces the last BTC balance
+    held = [orjson.loads(line) for line in ns.faust("collateral", "list", "--json").stdout.splitlines()]
+    assert {(c["portfolio"], c["currency"], c["amount"]) for c in held} == {("desk", "BTC", "10"),
+                                                                             ("desk", "USDC", "1000")}
+    for args, says in ((("desk", "BTC", "-1"), "amount: '-1' must be zero or more"),
+                       (("desk", "BTC", "lots"), "amount: 'lots' is not a number"),
+                       (("desk", "B!", "1"), "currency: 'B!' is not a currency code"),
+                       (("desk", "BTC"), "set PORTFOLIO CURRENCY AMOUNT")):
+        bad = ns.faust("collateral", "set", *args, check=False)
+        assert (bad.returncode, says in bad.stderr) == (1, True), bad.stderr
+    assert "1 collateral balance(s) cleared" in ns.faust("collateral", "clear", "desk", "usdc").stderr
+    table = ns.faust("collateral", "list").stdout
+    assert "BTC" in table
+    assert "USDC" not in table
     checked = ns.faust("rules", "check", env=risk_env(scenario.rules))
     assert f"{scenario.rules}: 1 rule(s), no errors" in checked.stdout
     rules = [orjson.loads(line) for line in ns.faust("rules", "list", "--json",
