@@ -315,7 +315,7 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     held = [orjson.loads(line) for line in ns.faust("collateral", "list", "--json").stdout.splitlines()]
     assert {(c["portfolio"], c["currency"], c["amount"]) for c in held} == {("desk", "BTC", "10"),
                                                                              ("desk", "USDC", "1000")}
-    for args, says in ((("desk", "BTC", "-1"), "amount: '-1' must be zero or more"),
+    for args, says in ((("desk", "BTC", "--", "-1"), "amount: '-1' must be zero or more"),
                        (("desk", "BTC", "lots"), "amount: 'lots' is not a number"),
                        (("desk", "B!", "1"), "currency: 'B!' is not a currency code"),
                        (("desk", "BTC"), "set PORTFOLIO CURRENCY AMOUNT")):
