@@ -286,3 +286,60 @@ def _collateral(current: dict[bytes, bytes | None]) -> list[pos.Collateral]:
             if row is not None:
                 out.append(row)
     return out
+
+
+@app.command(
+    argument("action", type=str),
+    option("--positions", "book", type=str, default=None,
+           help="The book: positions as for `positions set --file` (.toml, .yaml, .csv)."),
+    option("--add", "adds", type=str, multiple=True, help="INSTRUMENT=QTY added to the book (repeatable)."),
+    option("--portfolio", type=str, default=None, help="--add goes to this portfolio (default: the book's only one)."),
+    option("--params", type=str, default=None, help="Margin parameters (default: MARGIN_PARAMS_FILE, else bundled)."),
+    option("--at", "when", type=str, default=None, help="The market of this instant (ISO time or ns; default now)."),
+    option("--lookback-s", type=float, default=600.0, help="Market data read from this long before the instant."),
+    option("--json", "as_json", is_flag=True, default=False, help="Every component as JSON."),
+)
+async def margin(self: AppCommand, action: str, book: str | None, adds: tuple[str, ...], portfolio: str | None,
+                 params: str | None, when: str | None, lookback_s: float, as_json: bool) -> None:
+    """What-if margin: simulate --positions FILE [--add INSTRUMENT=QTY …] [--params FILE] [--at TIME] [--json]."""
+    from app.history import parse_time
+    from app.risk.margin import load_params
+    from app.risk.whatif import market_at, rows, simulate
+
+    try:
+        if action != "simulate":
+            raise BookstreamError(f"unknown action {action!r}: simulate")
+        at = time.time_ns() if when is None else parse_time(when, "--at")
+        rows_in = pos.load_file(await _read(Path(book)), file_format(Path(book))) if book is not None else []
+        portfolios = sorted({p.portfolio for p in rows_in})
+        target = portfolio or (portfolios[0] if len(portfolios) == 1 else "what-if" if not portfolios else None)
+        if adds and target is None:
+            raise pos.PositionError(f"--add: the book holds portfolios {', '.join(portfolios)}: say which with "
+                                    "--portfolio")
+        for item in adds:
+            instrument, sep, qty = item.partition("=")
+            if not sep:
+                raise pos.PositionError(f"--add {item!r}: expected INSTRUMENT=QTY (e.g. deribit:BTC-PERPETUAL=-10000)")
+            rows_in.append(pos.make(str(target), instrument, qty, ts=at))
+        if not rows_in:
+            raise pos.PositionError("nothing to margin: give --positions FILE and/or --add INSTRUMENT=QTY")
+        loaded = load_params(Path(params) if params else settings.risk.margin_params_file)
+        engine, taken = await market_at(settings, at, lookback_s)
+        await _require_known(rows_in, "")
+        result = simulate(engine, [replace(p, ts=at) for p in rows_in], at, loaded)
+        if as_json:
+            print(orjson.dumps({"at": at, "params_as_of": loaded.get("as_of"), "inputs": taken,
+                                "portfolios": result}, option=orjson.OPT_INDENT_2).decode(), flush=True)
+        else:
+            print_table(("portfolio", "venue", "method", "currency", "im", "mm", "components"), rows(result))
+            for name, body in result.items():
+                for key, flags in sorted(body["flags"].items()):
+                    print(f"warning: {name} {key}: {', '.join(flags)}", file=sys.stderr)
+                if body["not_priced"]:
+                    print(f"warning: {name}: not priced, not margined: {', '.join(body['not_priced'])}",
+                          file=sys.stderr)
+        print(f"margin at {at} from {taken} market inputs, parameters of {loaded.get('as_of')}", file=sys.stderr)
+    except BookstreamError as exc:
+        fail(exc)
+    except (KafkaError, OSError) as exc:
+        fail(unreachable(settings, exc))

@@ -34,6 +34,7 @@ from app.records import BookStatus, BookTop, InstrumentRecord, RiskDepth, Ticker
 from app.records.risk import Exposure, ExposureLeg, HedgeBlocked, HedgeSignal, InputRef, RiskRecord, Scenarios
 from app.risk import valuation
 from app.risk.alerts import Alerts, AlertSettings
+from app.risk.margin import LINEAR, MarginLeg
 from app.risk.positions import Position
 from app.risk.rules import Rule, Sizing, hedge_size, signal_id, walk, with_state
 
@@ -329,6 +330,46 @@ class RiskEngine:
             if fl:
                 flags[instrument] = fl
         return legs, flags, refs, unknown
+
+    def margin_legs(self, portfolio: str, t: int) -> tuple[list[MarginLeg], dict[str, list[str]], list[str]]:
+        """Every priced position of ``portfolio`` as the margin methods take it (app.risk.margin),
+        the flags of their inputs (stale, old, missing…), and the instruments it could not price
+        or the registry does not know."""
+        legs: list[MarginLeg] = []
+        flags: dict[str, list[str]] = {}
+        left_out: list[str] = []
+        for underlying in self._underlyings(portfolio, t):
+            priced, fl, _refs, unknown = self.legs(portfolio, underlying, t)
+            flags.update(fl)
+            left_out += unknown
+            seen = {leg.key for leg in priced}
+            left_out += [k for k in self.positions.get(portfolio, {}) if k not in seen and k in fl
+                         and (spec := self.spec(k, t)) is not None and spec.base == underlying]
+            for leg in priced:
+                spec = self.spec(leg.key, t)
+                assert spec is not None
+                if spec.kind == "spot":
+                    continue  # held, not margined
+                quote = self.tickers.get(leg.key)
+                index = (quote.number("index") if quote is not None else None) or leg.price
+                if leg.kind == "option":
+                    mark = quote.number("mark") if quote is not None else None
+                    opt = parse_option(leg.key.partition(":")[2])
+                    in_coin = opt is not None and coin_premium(leg.key.partition(":")[0], opt)
+                    if mark is not None and in_coin:
+                        settle_mark = mark  # the venue's own mark, in coin (Deribit's formulas take it so)
+                    else:
+                        usd = mark if mark is not None else float(
+                            black76.price(leg.price, leg.strike, leg.t, leg.sigma, leg.call))
+                        settle_mark = usd / index if spec.settle.upper() not in LINEAR else usd
+                    legs.append(MarginLeg(leg.key, "option", spec.settle, leg.coins, index, leg.price, leg.strike,
+                                          leg.call, leg.t * 365.0, leg.sigma, settle_mark))
+                else:
+                    coins = leg.coins / leg.price if leg.kind == "inverse" else leg.coins
+                    days = max(0.0, (spec.expiry_ns - t) / 86_400e9) if spec.expiry_ns else 0.0
+                    legs.append(MarginLeg(leg.key, spec.kind if spec.kind in ("future", "perpetual") else "future",
+                                          spec.settle, coins, index, leg.price, days=days))
+        return legs, flags, sorted(set(left_out))
 
     def _exposure(self, portfolio: str, underlying: str, t: int, reason: str, scenarios: bool = False) -> list[Out]:
         legs, flags, refs, unknown = self.legs(portfolio, underlying, t)

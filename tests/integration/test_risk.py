@@ -325,6 +325,22 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     table = ns.faust("collateral", "list").stdout
     assert "BTC" in table
     assert "USDC" not in table
+    # what-if margin of a hypothetical book at the live market
+    whatif = ns.tmp / "whatif.toml"
+    whatif.write_text(f'[[position]]\nportfolio = "try"\ninstrument = "deribit:{CALL}"\nquantity = -3\n')
+    answer = orjson.loads(ns.faust("margin", "simulate", "--positions", str(whatif), "--add", f"{PERP}=-50000",
+                                   "--json").stdout)
+    tried = answer["portfolios"]["try"]
+    assert {leg["key"] for leg in tried["legs"]} == {f"deribit:{CALL}", PERP}, tried
+    deribit = tried["venues"]["deribit"]
+    assert deribit["deribit-standard"]["currencies"]["BTC"]["im"] > 0
+    components = deribit["deribit-portfolio"]["currencies"]["BTC"]
+    assert components["mm"] == pytest.approx(0.8 * components["risk_matrix_margin"])
+    table = ns.faust("margin", "simulate", "--add", f"{PERP}=-50000")
+    assert "deribit-portfolio" in table.stdout
+    assert "parameters of 2024-06-17" in table.stderr
+    refused = ns.faust("margin", "simulate", "--add", "deribit:BTC-PERPETUAL", check=False)
+    assert "expected INSTRUMENT=QTY" in refused.stderr
     checked = ns.faust("rules", "check", env=risk_env(scenario.rules))
     assert f"{scenario.rules}: 1 rule(s), no errors" in checked.stdout
     rules = [orjson.loads(line) for line in ns.faust("rules", "list", "--json",

@@ -184,3 +184,38 @@ def test_margin_params_file_is_a_setting_checked_at_start(monkeypatch: pytest.Mo
     mine.write_text(json.dumps({**P, "as_of": "2026-12-01"}))
     monkeypatch.setenv("MARGIN_PARAMS_FILE", str(mine))
     assert load_params(config.load().risk.margin_params_file)["as_of"] == "2026-12-01"
+
+
+def test_what_if_prices_the_book_with_the_engine_and_margins_it_by_venue() -> None:
+    """app.risk.whatif.simulate on an engine fed the synthetic market of tests/unit/test_risk.py:
+    the perpetual (inverse, sized in USD) becomes coins at its price, the option takes the venue's
+    mark in coin, and the figures equal the methods called on those legs directly."""
+    from app.risk import positions as pos
+    from app.risk.engine import EngineSettings, RiskEngine
+    from app.risk.whatif import rows, simulate
+    from tests.risk_reference import typed
+    from tests.unit.test_risk import OPTION, _market
+
+    engine = RiskEngine(EngineSettings(interval_ms=250, scenario_interval_ms=1000, max_input_age_ms=2000), [])
+    inputs = _market(5)
+    for kind, body in inputs:
+        engine.on_input(kind, typed(kind, body))
+    at = engine.now
+    book = [pos.make("desk", OPTION, "-4", ts=at), pos.make("desk", "deribit:BTC-PERPETUAL", "100000", ts=at),
+            pos.make("desk", "deribit:BTC-NOPE", "1", ts=at)]
+    got = simulate(engine, book, at, P)["desk"]
+    legs = {leg["key"]: leg for leg in got["legs"]}
+    perp, opt = legs["deribit:BTC-PERPETUAL"], legs[OPTION]
+    assert perp["coins"] == pytest.approx(100_000 / perp["price"])
+    assert perp["settlement"] == "BTC"
+    last_mark = float([b for k, b in inputs if k == "ticker"][-1]["mark"])
+    assert (opt["coins"], opt["mark"]) == (-4, pytest.approx(last_mark))
+    deribit = got["venues"]["deribit"]
+    assert deribit["deribit-standard"]["currencies"]["BTC"]["im"] > 0
+    assert deribit["deribit-portfolio"]["currencies"]["BTC"]["mm"] > 0
+    direct = deribit_standard([MarginLeg(OPTION, "option", "BTC", -4.0, opt["index"], opt["price"], 70_000.0, True,
+                                         opt["days"], opt["iv"], opt["mark"])], P)["legs"][0]
+    assert [r for r in deribit["deribit-standard"]["legs"] if r["key"] == OPTION][0]["im"] == pytest.approx(direct["im"])
+    assert "deribit:BTC-NOPE" in got["not_priced"]  # unknown to the registry: listed, not margined as zero
+    table = rows({"desk": got})
+    assert {(r[2], r[3]) for r in table} == {("deribit-standard", "BTC"), ("deribit-portfolio", "BTC")}
