@@ -215,7 +215,8 @@ def test_what_if_prices_the_book_with_the_engine_and_margins_it_by_venue() -> No
     assert deribit["deribit-portfolio"]["currencies"]["BTC"]["mm"] > 0
     direct = deribit_standard([MarginLeg(OPTION, "option", "BTC", -4.0, opt["index"], opt["price"], 70_000.0, True,
                                          opt["days"], opt["iv"], opt["mark"])], P)["legs"][0]
-    assert [r for r in deribit["deribit-standard"]["legs"] if r["key"] == OPTION][0]["im"] == pytest.approx(direct["im"])
+    (mine,) = [r for r in deribit["deribit-standard"]["legs"] if r["key"] == OPTION]
+    assert mine["im"] == pytest.approx(direct["im"])
     assert "deribit:BTC-NOPE" in got["not_priced"]  # unknown to the registry: listed, not margined as zero
     table = rows({"desk": got})
     assert {(r[2], r[3]) for r in table} == {("deribit-standard", "BTC"), ("deribit-portfolio", "BTC")}
