@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -37,6 +38,8 @@ from app.risk.rules import file_format, state_record
 from app.risk.service import load_configured_rules
 from app.wire import partition_for
 from app.worker import app, settings
+
+T = TypeVar("T")
 
 
 async def read_topic(topic: str) -> dict[bytes, bytes | None]:
@@ -88,15 +91,20 @@ async def _require_known(rows: list[pos.Position], force_says: str) -> None:
         raise pos.PositionError(f"unknown instrument(s) {', '.join(unknown)}{force_says}")
 
 
-def _held(current: dict[bytes, bytes | None]) -> list[pos.Position]:
-    """The open positions among a ``positions`` topic's latest records (bad records left out)."""
+def _parsed(current: dict[bytes, bytes | None], parse: Callable[[bytes, bytes | None], T | None]) -> list[T]:
+    """The rows among a compacted topic's latest records, by key (tombstones and bad records left out)."""
     out = []
     for key, value in sorted(current.items()):
         with contextlib.suppress(pos.PositionError):
-            position = pos.parse(key, value)
-            if position is not None:
-                out.append(position)
+            row = parse(key, value)
+            if row is not None:
+                out.append(row)
     return out
+
+
+def _held(current: dict[bytes, bytes | None]) -> list[pos.Position]:
+    """The open positions among a ``positions`` topic's latest records."""
+    return _parsed(current, pos.parse)
 
 
 @app.command(
@@ -278,14 +286,8 @@ async def collateral(self: AppCommand, action: str, args: tuple[str, ...], portf
 
 
 def _collateral(current: dict[bytes, bytes | None]) -> list[pos.Collateral]:
-    """The balances among a ``collateral`` topic's latest records (bad records left out)."""
-    out = []
-    for key, value in sorted(current.items()):
-        with contextlib.suppress(pos.PositionError):
-            row = pos.parse_collateral(key, value)
-            if row is not None:
-                out.append(row)
-    return out
+    """The balances among a ``collateral`` topic's latest records."""
+    return _parsed(current, pos.parse_collateral)
 
 
 @app.command(

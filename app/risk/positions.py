@@ -84,6 +84,30 @@ def make(portfolio: str, instrument: str, quantity: Any, avg_price: Any = None, 
     return Position(portfolio, instrument, qty, avg, when)
 
 
+def _keyed_row(key: bytes | None, value: bytes | None, second: str) -> tuple[str, str, dict[str, Any] | None]:
+    """(portfolio, the key's second part, the value as a JSON object — None for a tombstone) of a
+    record keyed ``<portfolio>|<second>`` (positions, collateral); PositionError when the key is
+    not that, the value is not a JSON object, or its body names another portfolio or ``second``."""
+    if key is None:
+        raise PositionError(f"record has no key (expected <portfolio>|<{second}>)")
+    text = key.decode("utf-8", "replace")
+    portfolio, sep, other = text.partition("|")
+    if not sep:
+        raise PositionError(f"key {text!r} is not <portfolio>|<{second}>")
+    if value is None:
+        return portfolio, other, None
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PositionError(f"value is not JSON ({exc})") from None
+    if not isinstance(row, dict):
+        raise PositionError("value is not a JSON object")
+    for name, want in (("portfolio", portfolio), (second, other)):
+        if row.get(name, want) != want:
+            raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
+    return portfolio, other, row
+
+
 def parse(key: bytes | None, value: bytes | None) -> Position | None:
     """A ``positions`` record → Position (None: the position is closed). PositionError if bad."""
     record = parse_record(key, value)
@@ -93,26 +117,12 @@ def parse(key: bytes | None, value: bytes | None) -> Position | None:
 def parse_record(key: bytes | None, value: bytes | None) -> Position | None:
     """A ``positions`` record as written, a zero quantity included (None: a tombstone); a
     missing ``ts`` is 0 (in force from the start). PositionError if bad."""
-    if key is None:
-        raise PositionError("record has no key (expected <portfolio>|<instrument>)")
-    text = key.decode("utf-8", "replace")
-    portfolio, sep, instrument = text.partition("|")
-    if not sep:
-        raise PositionError(f"key {text!r} is not <portfolio>|<instrument>")
-    if value is None:
+    portfolio, instrument, row = _keyed_row(key, value, "instrument")
+    if row is None:
         make(portfolio, instrument, 0)  # the key itself must be valid
         return None
-    try:
-        row = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise PositionError(f"value is not JSON ({exc})") from None
-    if not isinstance(row, dict):
-        raise PositionError("value is not a JSON object")
     if "quantity" not in row:
         raise PositionError("quantity: missing")
-    for name, want in (("portfolio", portfolio), ("instrument", instrument)):
-        if row.get(name, want) != want:
-            raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
     return make(portfolio, instrument, row["quantity"], row.get("avg_price"), row.get("ts") or 0)
 
 
@@ -216,22 +226,10 @@ def make_collateral(portfolio: str, currency: str, amount: Any, ts: int | None =
 
 def parse_collateral(key: bytes | None, value: bytes | None) -> Collateral | None:
     """A ``collateral`` record → Collateral (None: a tombstone). PositionError if bad."""
-    if key is None:
-        raise PositionError("record has no key (expected <portfolio>|<currency>)")
-    text = key.decode("utf-8", "replace")
-    portfolio, sep, currency = text.partition("|")
-    if not sep:
-        raise PositionError(f"key {text!r} is not <portfolio>|<currency>")
-    if value is None:
-        make_collateral(portfolio, currency, 0)
+    portfolio, currency, row = _keyed_row(key, value, "currency")
+    if row is None:
+        make_collateral(portfolio, currency, 0)  # the key itself must be valid
         return None
-    try:
-        row = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise PositionError(f"value is not JSON ({exc})") from None
-    if not isinstance(row, dict) or "amount" not in row:
-        raise PositionError("value is not a JSON object with an amount")
-    for name, want in (("portfolio", portfolio), ("currency", currency)):
-        if row.get(name, want) != want:
-            raise PositionError(f"{name}: {row.get(name)!r} does not match the record key {text!r}")
+    if "amount" not in row:
+        raise PositionError("amount: missing")
     return make_collateral(portfolio, currency, row["amount"], row.get("ts") or 0)
