@@ -56,35 +56,37 @@ class Watermark:
 
         A partition no record was read from yet holds everything while it has records: its
         first records may be older than all the others (−inf). No source at all: +inf."""
-        return min((mark for mark, _why in self.source_marks(now, wall_ns, unread, applied_to)), default=float("inf"))
+        return min((mark for mark, _source, _why in self.source_marks(now, wall_ns, unread, applied_to)),
+                   default=float("inf"))
 
     def held_by(self, now: float, wall_ns: int, unread: Set[tuple[str, int]], applied_to: float) -> list[str]:
         """What holds :meth:`at` where it is: the sources at its value, each with why — for the
         web view and for anyone asking why event time does not move."""
         found = self.source_marks(now, wall_ns, unread, applied_to)
-        low = min((mark for mark, _why in found), default=float("inf"))
-        return [why for mark, why in found if mark == low]
+        low = min((mark for mark, _source, _why in found), default=float("inf"))
+        return [f"{topic}[{partition}]{'' if venue is None else ' ' + venue}: {why}"
+                for mark, (topic, partition, venue), why in found if mark == low]
 
     def source_marks(self, now: float, wall_ns: int, unread: Set[tuple[str, int]],
-                     applied_to: float) -> list[tuple[float, str]]:
-        """Each source's mark (:meth:`at` is their minimum), with a line saying where it comes from."""
+                     applied_to: float) -> list[tuple[float, tuple[str, int, str | None], str]]:
+        """Each source's mark (:meth:`at` is their minimum), the source, and why (a constant:
+        this runs at every watermark; :meth:`held_by` formats the lines)."""
         unseen = unread - {(topic, partition) for topic, partition, _venue in self.sources}
         if unseen:
-            return [(float("-inf"), f"{topic}[{partition}]: records to read, none read yet")
+            return [(float("-inf"), (topic, partition, None), "records to read, none read yet")
                     for topic, partition in sorted(unseen)]
         idle_s = self.idle_ns / 1e9
         recent = wall_ns - self.lateness_ns
         live_after = wall_ns - self.idle_ns
-        marks = []
-        for (topic, partition, venue), (ts, seen) in self.sources.items():
-            where = f"{topic}[{partition}] {venue}"
-            if (topic, partition) in unread:
+        marks: list[tuple[float, tuple[str, int, str | None], str]] = []
+        for source, (ts, seen) in self.sources.items():
+            if source[:2] in unread:
                 # behind: its next records may be older than what the others show
-                marks.append((ts, f"{where}: newest read, more to read"))
+                marks.append((ts, source, "newest read, more to read"))
             elif ts < live_after and now - seen < idle_s:
-                marks.append((ts, f"{where}: newest read, history being written"))
+                marks.append((ts, source, "newest read, history being written"))
             elif applied_to < recent:
-                marks.append((max(ts, applied_to), f"{where}: read to its end, the worker applying older frames"))
+                marks.append((max(ts, applied_to), source, "read to its end, the worker applying older frames"))
             else:
-                marks.append((max(ts, recent), f"{where}: read to its end, live"))
+                marks.append((max(ts, recent), source, "read to its end, live"))
         return marks
