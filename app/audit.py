@@ -216,10 +216,12 @@ class PartitionVerifier:
             self._accept(chain, rec, genesis(self.base, self.partition, chain.writer))
             return
         if self.from_log_start:
-            self._find(rec.offset, "removed", f"writer {chain.writer} starts at seq {rec.seq}: its seq 0.."
-                       f"{rec.seq - 1} are missing from a partition nothing was deleted from")
-        else:
-            chain.entered_at = rec.seq  # the range starts mid-chain, or retention deleted its beginning
+            # seq 0 must come: held (as any record ahead of its predecessor) until it does — a swap
+            # of a chain's first records is reordered — or LOOKAHEAD records later it is removed
+            chain.expected, chain.last = 0, genesis(self.base, self.partition, chain.writer)
+            chain.ahead[rec.seq] = rec
+            return
+        chain.entered_at = rec.seq  # the range starts mid-chain, or retention deleted its beginning
         self._trust(chain, rec)
 
     def _next(self, chain: _Chain, rec: _Held) -> None:
@@ -269,8 +271,12 @@ class PartitionVerifier:
         lowest = min(chain.ahead)
         rec = chain.ahead.pop(lowest)
         missing = f"seq {chain.expected}" if lowest == chain.expected + 1 else f"seq {chain.expected}..{lowest - 1}"
-        self._find(rec.offset, "removed", f"{missing} of writer {chain.writer} missing before this record "
-                   f"(after offset {chain.last_offset})")
+        if chain.last_offset < 0:  # never began: its first records are gone
+            self._find(rec.offset, "removed", f"writer {chain.writer} starts at seq {rec.seq}: its {missing} are "
+                       "missing from a partition nothing was deleted from")
+        else:
+            self._find(rec.offset, "removed", f"{missing} of writer {chain.writer} missing before this record "
+                       f"(after offset {chain.last_offset})")
         for rival in chain.rivals:
             self._find(rival.offset, "conflict", f"a second record claims seq {rival.seq} of writer {chain.writer}")
         chain.rivals.clear()
