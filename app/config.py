@@ -291,6 +291,9 @@ class RiskSettings:
     alert_funding_jump: float = 0.0005
     alert_divergence_bps: float = 50.0
     margin_params_file: Path | None = None  # MARGIN_PARAMS_FILE; None: app/risk/margin_params.json
+    deribit_margin: str = "standard"  # RISK_DERIBIT_MARGIN: standard | portfolio (the account's margin model)
+    alert_margin_ratios: tuple[float, ...] = (0.5, 0.8)  # ALERT_MARGIN_RATIOS: MM/equity thresholds
+    signal_ttl_s: float = 60.0  # HEDGE_SIGNAL_TTL_S: a signal not answered by then is no longer in flight
 
 
 def _risk() -> RiskSettings:
@@ -300,6 +303,16 @@ def _risk() -> RiskSettings:
     if params_path is not None and not params_path.is_file():
         raise ConfigError(f"MARGIN_PARAMS_FILE={params}: no such file")
     interval = _env_int("RISK_INTERVAL_MS", 250, minimum=10, maximum=3_600_000)
+    deribit = _env_str("RISK_DERIBIT_MARGIN", "standard")
+    if deribit not in ("standard", "portfolio"):
+        raise ConfigError(f"RISK_DERIBIT_MARGIN={deribit}: standard or portfolio")
+    ratios_text = _env_str("ALERT_MARGIN_RATIOS", "0.5,0.8")
+    try:
+        ratios = tuple(sorted(float(x) for x in ratios_text.split(",") if x.strip()))
+    except ValueError:
+        raise ConfigError(f"ALERT_MARGIN_RATIOS={ratios_text}: comma-separated ratios (e.g. 0.5,0.8)") from None
+    if any(not 0 < r < 1e6 for r in ratios):
+        raise ConfigError(f"ALERT_MARGIN_RATIOS={ratios_text}: each ratio must be > 0")
     return RiskSettings(
         enabled=_env_bool("RISK_ENABLED", True),
         rules_file=Path(rules).expanduser().resolve() if rules else None,
@@ -315,6 +328,9 @@ def _risk() -> RiskSettings:
         alert_funding_jump=_env_float("ALERT_FUNDING_JUMP", 0.0005, minimum=0.0),
         alert_divergence_bps=_env_float("ALERT_DIVERGENCE_BPS", 50.0, minimum=0.0),
         margin_params_file=params_path,
+        deribit_margin=deribit,
+        alert_margin_ratios=ratios,
+        signal_ttl_s=_env_float("HEDGE_SIGNAL_TTL_S", 60.0, minimum=0.0),
     )
 
 

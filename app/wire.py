@@ -50,6 +50,7 @@ from app.records import (  # the topic names (without TOPIC_PREFIX) live with th
     CONTROL_RESYNC,
     DEADLETTER,
     FEED_STATUS,
+    HEDGE_FILLS,
     NBBO,
     OPTIONS_CHAIN,
     POSITIONS,
@@ -57,6 +58,7 @@ from app.records import (  # the topic names (without TOPIC_PREFIX) live with th
     RISK_DEPTH,
     RISK_EXPOSURE,
     RISK_HEDGE,
+    RISK_MARGIN,
     RISK_RULES,
     RISK_SCENARIOS,
     TICKER,
@@ -106,9 +108,9 @@ class Topics:
         self.positions, self.rules, self.risk_depth = prefix + POSITIONS, prefix + RISK_RULES, prefix + RISK_DEPTH
         self.exposure, self.scenarios, self.hedge = prefix + RISK_EXPOSURE, prefix + RISK_SCENARIOS, prefix + RISK_HEDGE
         self.alerts, self.nbbo = prefix + ALERTS, prefix + NBBO
-        self.collateral = prefix + COLLATERAL
+        self.collateral, self.fills, self.margin = prefix + COLLATERAL, prefix + HEDGE_FILLS, prefix + RISK_MARGIN
         self.risk = (self.positions, self.rules, self.risk_depth, self.exposure, self.scenarios, self.hedge,
-                     self.alerts, self.nbbo, self.collateral)
+                     self.alerts, self.nbbo, self.collateral, self.fills, self.margin)
         self.changelog = changelog_topic(app_id)
 
     def name(self, topic: str) -> str:
@@ -116,9 +118,9 @@ class Topics:
 
     def compacted(self) -> dict[str, dict[str, str]]:
         """Compacted topics and their configs (``ref.instruments``: every version kept; ``positions``,
-        ``collateral`` and ``risk.rules``: the latest per key)."""
+        ``collateral``, ``hedge.fills`` and ``risk.rules``: the latest per key)."""
         return {self.instruments: dict(COMPACTED), self.positions: dict(COMPACTED), self.rules: dict(COMPACTED),
-                self.collateral: dict(COMPACTED)}
+                self.collateral: dict(COMPACTED), self.fills: dict(COMPACTED)}
 
     @property
     def all(self) -> list[str]:

@@ -22,6 +22,7 @@ started_kafka=0
 worker_pid=""
 sim_pid=""
 demo_pid=""
+paper_pid=""
 
 stop_pid() {
   local pid=$1 name=$2
@@ -43,6 +44,7 @@ cleanup() {
   # command handles it again once started; demo-positions.sh never does): Ctrl-C alone is not
   # enough. The demo job first: it talks to the worker, and would retry for a minute without it.
   stop_pid "$demo_pid" "demo positions job"
+  stop_pid "$paper_pid" "paper executor"
   stop_pid "$worker_pid" worker
   stop_pid "$sim_pid" simulator
   if [ "$started_kafka" = 1 ]; then scripts/kafka.sh down; fi
@@ -70,6 +72,7 @@ case "$FEED" in
     sim_pid=$!
     export RISK_RULES_FILE=${RISK_RULES_FILE:-$ROOT/scripts/demo-rules.toml}
     demo=${DEMO_POSITIONS:-1}
+    paper=${HEDGE_PAPER:-1}
     ;;
   live)
     export FEEDS=${FEEDS:-$(.venv/bin/python -c 'from app.feeds import DEFAULT_LIVE_FEEDS as f; print(f)')}
@@ -83,6 +86,7 @@ run: web           http://$WEB_HOST:$WEB_PORT/   (books: /api/books, health: /he
 run: topics        ${TOPIC_PREFIX:-}raw.<venue> → ${TOPIC_PREFIX:-}book.top, book.depth, book.status, control.resync, raw.deadletter
 run: tail book.top $FAUST -A app tail book.top
 run: risk          http://$WEB_HOST:$WEB_PORT/risk   (rules: ${RISK_RULES_FILE:-none}; $FAUST -A app positions list)
+run: hedge fills   ${TOPIC_PREFIX:-}hedge.fills (paper executor: ${paper:-0}; HEDGE_PAPER=0 to answer signals yourself)
 run: Ctrl-C stops everything this command started
 MSG
 "$FAUST" -A app worker -l "$FAUST_LEVEL" --web-host "$WEB_HOST" --web-port "$WEB_PORT" &
@@ -90,5 +94,9 @@ worker_pid=$!
 if [ "${demo:-0}" = 1 ]; then
   scripts/demo-positions.sh &
   demo_pid=$!
+fi
+if [ "${paper:-0}" = 1 ]; then
+  "$FAUST" -A app hedge paper --delay-s "${HEDGE_PAPER_DELAY_S:-2}" &
+  paper_pid=$!
 fi
 wait "$worker_pid" || true

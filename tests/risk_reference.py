@@ -42,7 +42,7 @@ from app.capture.formats import Record
 from app.risk import positions as pos
 from app.risk.engine import DeskEvent, EngineSettings, RiskEngine
 from app.risk.rules import STATES, Rule
-from app.risk.service import RANK, BadInput, market_input
+from app.risk.service import RANK, BadInput, collateral_event, fill_event, market_input
 from app.venues.base import Kind
 from tests.helpers import read_committed_partitions
 
@@ -70,15 +70,21 @@ def plain(outs: Iterable[tuple[str, str, Any]]) -> list[tuple[str, str, dict[str
 
 MARKET = ("ref.instruments", "book.status", "book.top", "risk.depth", "ticker")
 #: Every topic the engine reads: the market inputs and the desk's instructions.
-INPUTS = (*MARKET, "positions", "risk.rules")
+INPUTS = (*MARKET, "positions", "risk.rules", "collateral", "hedge.fills")
 
 #: (key, value) of one record.
 KV = tuple[bytes | None, bytes | None]
 
+#: The fault scenarios' desks have no executor: no fill ever answers a signal, and a signal counts
+#: as in flight only until its rule's cooldown (5 s) is over (HEDGE_SIGNAL_TTL_S), so the rule fires
+#: at every tick its cooldown allows — many signals to check across the faults.
+NO_EXECUTOR_ENV = {"HEDGE_SIGNAL_TTL_S": "5"}
+
 #: A desk for fault scenarios on the simulator (tests/chaos/test_cluster_chaos.py): long 200,000
 #: USD of the Deribit BTC perpetual, i.e. ~3 BTC of delta at the simulator's ~65,000 — outside
-#: ±1 whatever the price does, and a hedge signal changes no position, so the rule fires at
-#: every tick its cooldown allows (one every 5 s of event time, 12 a minute, under its 30).
+#: ±1 whatever the price does, and a hedge signal changes no position (no executor:
+#: NO_EXECUTOR_ENV), so the rule fires at every tick its cooldown allows (one every 5 s of event
+#: time, 12 a minute, under its 30).
 DESK_HEDGE = "deribit:BTC-PERPETUAL"
 DESK_RULES = f"""
 [[rule]]
@@ -181,6 +187,7 @@ class HedgeReference:
     records: dict[str, dict[str, Any]]  # id → body (as JSON gives it back), in the order published
     inputs: collections.Counter[str]  # input records handed to the engine, by instrument (or position, rule) key
     event_time: int  # the engine's event time after the last input (the live engine's, once it has them all)
+    margin: list[dict[str, Any]] = field(default_factory=list)  # risk.margin bodies, in order
 
     def types(self) -> dict[str, int]:
         return dict(collections.Counter(str(b["type"]) for b in self.records.values()))
@@ -194,6 +201,7 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
     order = itertools.count()
     inputs: collections.Counter[str] = collections.Counter()
     hedge: dict[str, dict[str, Any]] = {}
+    margin: list[dict[str, Any]] = []
 
     def push(ts: int, kind: str, key: str, seq: int, body: Any) -> None:
         inputs[key] += 1
@@ -203,6 +211,8 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
         for topic, _key, body in plain(outs):
             if topic == "risk.hedge" and body["id"] not in hedge:  # the service publishes an id once
                 hedge[body["id"]] = body
+            elif topic == "risk.margin":
+                margin.append(body)
 
     for kind in MARKET:  # RiskService._record
         for _key, value in records.get(kind, ()):
@@ -236,10 +246,26 @@ def hedge_reference(records: Mapping[str, Iterable[KV]], conf: EngineSettings, r
             continue
         if row.state in STATES and rule_id in engine.rules:
             push(row.ts, "rule-state", rule_id, 0, DeskEvent(rule_id, row.ts, state=row.state))
+    for key, value in records.get("collateral", ()):  # RiskService._collateral
+        try:
+            event = collateral_event(key, value)
+        except pos.PositionError:
+            continue
+        if event.collateral is None:
+            engine.on_collateral(event.key, None)
+        else:
+            push(event.ts_recv, "collateral", event.key, 0, event)
+    for _key, value in records.get("hedge.fills", ()):  # RiskService._fill
+        try:
+            fill = fill_event(value)
+        except BadInput:
+            continue
+        if fill is not None:
+            push(fill.ts_recv, "fill", fill.key, 0, fill)
     while heap:
         item = heapq.heappop(heap)
         emit(engine.on_input(item[5], item[6]))
-    return HedgeReference(hedge, inputs, engine.now)
+    return HedgeReference(hedge, inputs, engine.now, margin)
 
 
 def read_inputs(bootstrap: str, prefix: str) -> dict[str, list[KV]]:

@@ -34,8 +34,10 @@ from app.records.risk import (
     CollateralRecord,
     Exposure,
     HedgeBlocked,
+    HedgeFill,
     HedgeSignal,
     InputRef,
+    MarginRecord,
     Nbbo,
     PositionRecord,
     RiskDepth,
@@ -55,16 +57,18 @@ OPTIONS_CHAIN, REF_INSTRUMENTS = "options.chain", "ref.instruments"
 POSITIONS, RISK_RULES, RISK_DEPTH = "positions", "risk.rules", "risk.depth"
 RISK_EXPOSURE, RISK_SCENARIOS, RISK_HEDGE = "risk.exposure", "risk.scenarios", "risk.hedge"
 ALERTS, NBBO = "alerts", "nbbo"
-COLLATERAL = "collateral"
+COLLATERAL, HEDGE_FILLS, RISK_MARGIN = "collateral", "hedge.fills", "risk.margin"
 
 __all__ = [
-    "ALERTS", "BOOK_CHECKPOINTS", "COLLATERAL", "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER",
+    "ALERTS", "BOOK_CHECKPOINTS", "COLLATERAL", "HEDGE_FILLS", "RISK_MARGIN",
+    "BOOK_DEPTH", "BOOK_STATUS", "BOOK_TOP", "CONTROL_RESYNC", "DEADLETTER",
     "FEED_STATUS", "NBBO",
     "OPTIONS_CHAIN", "POSITIONS", "REF_INSTRUMENTS", "RISK_DEPTH", "RISK_EXPOSURE", "RISK_HEDGE", "RISK_RULES",
     "RISK_SCENARIOS", "TICKER", "TRADES",
     "SCHEMA_VERSION", "TOPICS", "Alert", "BookCheckpoint", "BookDepth", "BookStatus", "BookTop",
     "CollateralRecord", "ConnEvent", "DeadLetter", "Exposure",
-    "FeedStatus", "HedgeBlocked", "HedgeSignal", "InputRef", "InstrumentRecord", "Nbbo", "OptionsChain",
+    "FeedStatus", "HedgeBlocked", "HedgeFill", "MarginRecord",
+    "HedgeSignal", "InputRef", "InstrumentRecord", "Nbbo", "OptionsChain",
     "PositionRecord", "RawLine", "ResyncRequest", "RiskDepth", "RuleState", "Scenarios", "Source", "TickerRecord",
     "TopicSpec", "TradeRecord", "book", "decode", "encode", "json_schema", "market", "raw", "risk", "schema_file",
     "schema_text", "source", "spec_of", "stale_schemas", "write_schemas",
@@ -106,10 +110,13 @@ TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec(POSITIONS, PositionRecord, "<portfolio>|<instrument key>", "positions set, the desk's tools",
               compacted=True),
     TopicSpec(COLLATERAL, CollateralRecord, "<portfolio>|<currency>", "collateral set", compacted=True),
+    TopicSpec(HEDGE_FILLS, HedgeFill, "the signal's id", "hedge fill|ack|reject, hedge paper, the desk's executor",
+              compacted=True),
     TopicSpec(RISK_RULES, RuleState, "rule id", "rules state, POST /api/risk/rules/{rule}/state", compacted=True),
     TopicSpec(RISK_DEPTH, RiskDepth, "instrument key", "worker"),
     TopicSpec(RISK_EXPOSURE, Exposure, "<portfolio>|<underlying>", "worker (risk engine)"),
     TopicSpec(RISK_SCENARIOS, Scenarios, "<portfolio>|<underlying>", "worker (risk engine)"),
+    TopicSpec(RISK_MARGIN, MarginRecord, "<portfolio>|<venue>|<currency>", "worker (risk engine)"),
     TopicSpec(RISK_HEDGE, HedgeSignal | HedgeBlocked, "the record's id (partition: of its rule)",
               "worker (risk engine)"),
     TopicSpec(ALERTS, Alert, "<kind>|<instrument key or pair>", "worker (risk engine)"),

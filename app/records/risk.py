@@ -1,5 +1,6 @@
-"""``positions``, ``risk.rules``, ``risk.depth``, ``risk.exposure``, ``risk.scenarios``,
-``risk.hedge``, ``alerts``, ``nbbo``: the desk's inputs and what the risk engine derives.
+"""``positions``, ``collateral``, ``hedge.fills``, ``risk.rules``, ``risk.depth``, ``risk.exposure``,
+``risk.scenarios``, ``risk.margin``, ``risk.hedge``, ``alerts``, ``nbbo``: the desk's inputs and
+what the risk engine derives.
 
 Every derived record lists its ``inputs`` (which record of which topic gave each number), and
 its ``ts`` is event time (the inputs' receive time): a replay publishes the same records."""
@@ -37,6 +38,26 @@ class CollateralRecord(Record, kw_only=True):
     currency: Annotated[str, Meta(description="BTC, ETH, USDC, … (upper case)")]
     amount: Annotated[Dec, Meta(description="decimal text, ≥ 0")]
     ts: Annotated[Ns, Meta(description="in force from (event time)")]
+
+
+class HedgeFill(Record, kw_only=True):
+    """What became of a hedge signal, reported by an execution system (`faust -A app hedge
+    fill|ack|reject`, `hedge paper`, or the desk's own). Key: the signal's id (compacted: its
+    latest state). Until a signal is filled, rejected or expires (HEDGE_SIGNAL_TTL_S) its unfilled
+    size counts as in flight; a fill changes the portfolio's position by the size filled since the
+    signal's previous fill record (``filled`` is cumulative)."""
+
+    signal: str
+    state: Annotated[Literal["acked", "partial", "filled", "rejected"], Meta(
+        description="acked: working at the venue; partial: part filled, the rest still working")]
+    portfolio: str
+    instrument: InstrumentKey
+    side: Literal["buy", "sell"]
+    filled: Annotated[Dec, Meta(description="cumulative size filled, in the instrument's units")]
+    price: Annotated[Dec | None, Meta(description="average price of what was filled")] = None
+    reason: str = ""
+    ts: Annotated[Ns, Meta(description="event time it happened (a replay applies it there)")]
+    by: Annotated[str, Meta(description="who reported it (command, paper, the desk's executor)")]
 
 
 class RuleState(Record, kw_only=True):
@@ -126,6 +147,36 @@ class Scenarios(Record, kw_only=True):
     ts_published: Ns = 0
 
 
+class MarginRecord(Record, kw_only=True):
+    """A portfolio's margin at one venue in one settlement currency, at each risk tick (published
+    when it changes). Key: ``<portfolio>|<venue>|<currency>``. ``method`` names how it was computed
+    (app.risk.margin; README "Margin"); ``components`` are that method's parts."""
+
+    portfolio: str
+    venue: str
+    currency: str
+    method: Annotated[str, Meta(description="deribit-standard | deribit-portfolio | bybit-usdc-options | "
+                                            "okx-portfolio")]
+    im: Fig
+    mm: Fig
+    components: Annotated[dict[str, Fig], Meta(description="the method's parts (worst_case, roll_shock …; MR1 …)")]
+    legs: Annotated[list[dict[str, Any]], Meta(description="per position: key, im, mm (standard methods)")]
+    collateral: Annotated[Fig, Meta(description="from the collateral topic; null when none is set (then no "
+                                                "equity, no ratios)")]
+    realized: Annotated[Fig, Meta(description="P&L of hedge fills since the collateral record")]
+    unrealized: Annotated[Fig, Meta(description="positions marked at the venue's mark against avg_price")]
+    equity: Annotated[Fig, Meta(description="collateral + realized + unrealized; null without collateral")]
+    mm_ratio: Annotated[Fig, Meta(description="mm / equity; null when equity ≤ 0")]
+    im_ratio: Fig
+    no_avg_price: Annotated[list[str], Meta(description="positions without avg_price: no unrealized P&L counted")]
+    flags: Annotated[dict[str, list[str]], Meta(description="per input: stale, old, missing …")]
+    not_priced: Annotated[list[str], Meta(description="positions left out: no price, unknown instrument")]
+    ok: bool
+    inputs: list[InputRef]
+    ts: Ns
+    ts_published: Ns = 0
+
+
 class HedgeCommon(Record, kw_only=True, tag_field="type"):
     id: Annotated[str, Meta(description="unique per signal: <rule>:<ts>")]
     rule: str
@@ -201,4 +252,4 @@ class Nbbo(Record, kw_only=True):
 
 
 #: What the risk engine publishes: (topic, key, record).
-RiskRecord = Exposure | Scenarios | HedgeSignal | HedgeBlocked | Alert | Nbbo
+RiskRecord = Exposure | Scenarios | MarginRecord | HedgeSignal | HedgeBlocked | Alert | Nbbo

@@ -3,7 +3,10 @@
 Per instrument: ``stale`` (its book not synced for longer than ``ALERT_STALE_S``), ``crossed``
 (best bid ≥ best ask), ``spread`` (wider than ``ALERT_SPREAD_BPS``; not for options, whose
 spreads are wide in bps of their premium), ``funding-jump`` (the
-funding rate moved by more than ``ALERT_FUNDING_JUMP`` between two tickers). Across venues:
+funding rate moved by more than ``ALERT_FUNDING_JUMP`` between two tickers). Per portfolio,
+venue and currency: ``margin`` (MM/equity above each of ``ALERT_MARGIN_RATIOS``; key
+``<portfolio>|<venue>|<currency>|<threshold>``; cleared 5 % below it). Per rule: ``reduce-only``
+(a rule held reduce-only by a margin rule's ``reduce_only_above``; key: the rule id). Across venues:
 spot books of one asset pair, mapped through the registry (base currency and a quote family:
 USD, USDT and USDC quote the same dollar; each venue's own quote is noted), give the **NBBO** on
 ``nbbo``, and a ``divergence`` alert when one venue's mid is more than ``ALERT_DIVERGENCE_BPS``
@@ -40,6 +43,7 @@ class AlertSettings:
     spread_bps: float = 50.0  # ALERT_SPREAD_BPS
     funding_jump: float = 0.0005  # ALERT_FUNDING_JUMP (absolute rate per funding period)
     divergence_bps: float = 50.0  # ALERT_DIVERGENCE_BPS
+    margin_ratios: tuple[float, ...] = (0.5, 0.8)  # ALERT_MARGIN_RATIOS (MM / equity)
 
 
 def pair_of(base: str, quote: str) -> str:
@@ -113,6 +117,28 @@ class Alerts:
             return self._raise("funding-jump", key, t, rate, self.conf.funding_jump,
                                f"funding rate {before:g} → {rate:g}")
         return []
+
+    def on_margin(self, key: str, ratio: float, t: int) -> list[Out]:
+        """MM/equity of ``<portfolio>|<venue>|<currency>`` against each threshold: raised above
+        it, cleared 5 % below it (an infinite ratio: equity ≤ 0 with margin due)."""
+        out: list[Out] = []
+        value = round(ratio, 6) if ratio != float("inf") else None
+        for threshold in self.conf.margin_ratios:
+            slot = f"{key}|{threshold:g}"
+            if ratio > threshold:
+                out += self._raise("margin", slot, t, value, threshold,
+                                   f"MM/equity {ratio:.4g} > {threshold:g}" if value is not None
+                                   else "equity ≤ 0 with margin due")
+            elif ratio <= threshold * 0.95:
+                out += self._clear("margin", slot, t, value)
+        return out
+
+    def switched(self, rule: str, by: str, ratio: float, above: float, t: int, on: bool) -> list[Out]:
+        """A rule held reduce-only (``on``) or released by the margin rule ``by``."""
+        if not on:
+            return self._clear("reduce-only", rule, t, round(ratio, 6) if ratio != float("inf") else None)
+        return self._raise("reduce-only", rule, t, round(ratio, 6) if ratio != float("inf") else None, above,
+                           f"reduce-only: MM/equity {ratio:.4g} above {above:g} ({by})")
 
     # -- per tick ----------------------------------------------------------------------------
     def tick(self, t: int, tops: dict[str, Any], status: dict[str, str], max_age_ns: int) -> list[Out]:

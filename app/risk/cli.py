@@ -8,6 +8,8 @@ many seconds after the start), ``positions list [--portfolio P] [--json]``, ``po
 ``collateral set PORTFOLIO CURRENCY AMOUNT``, ``collateral list [--portfolio P] [--json]``,
 ``collateral clear PORTFOLIO [CURRENCY]``.
 ``rules check``, ``rules list [--json]``, ``rules state RULE active|reduce-only|halted``.
+``hedge fill SIGNAL_ID [--size S] [--price P]``, ``hedge ack SIGNAL_ID``, ``hedge reject SIGNAL_ID
+[--reason R]``, ``hedge paper [--delay-s D]`` (app.risk.execution).
 """
 
 from __future__ import annotations
@@ -341,6 +343,65 @@ async def margin(self: AppCommand, action: str, book: str | None, adds: tuple[st
                     print(f"warning: {name}: not priced, not margined: {', '.join(body['not_priced'])}",
                           file=sys.stderr)
         print(f"margin at {at} from {taken} market inputs, parameters of {loaded.get('as_of')}", file=sys.stderr)
+    except BookstreamError as exc:
+        fail(exc)
+    except (KafkaError, OSError) as exc:
+        fail(unreachable(settings, exc))
+
+
+@app.command(
+    argument("action", type=str),
+    argument("args", nargs=-1, type=str),
+    option("--size", type=str, default=None, help="fill: the cumulative size filled (default: the whole signal)."),
+    option("--price", type=str, default=None, help="fill: the average price (default: the signal's expected price)."),
+    option("--reason", type=str, default="", help="reject: why."),
+    option("--delay-s", type=float, default=2.0, help="paper: seconds between a signal and its fill."),
+)
+async def hedge(self: AppCommand, action: str, args: tuple[str, ...], size: str | None, price: str | None,
+                reason: str, delay_s: float) -> None:
+    """What became of hedge signals (the compacted `hedge.fills` topic): fill SIGNAL_ID [--size S] [--price P] |
+    ack SIGNAL_ID | reject SIGNAL_ID [--reason R] | paper [--delay-s D] (a paper executor, until Ctrl-C)."""
+    from decimal import Decimal, InvalidOperation
+
+    from app.risk.execution import DONE, PaperExecutor, answer, find_signal, publish
+
+    try:
+        if action == "paper":
+            if args:
+                raise BookstreamError("paper takes no arguments (--delay-s D)")
+            if delay_s < 0:
+                raise BookstreamError(f"--delay-s {delay_s}: must be ≥ 0")
+            await PaperExecutor(settings, delay_s).run(settings.risk.signal_ttl_s)
+            return
+        if action not in ("fill", "ack", "reject"):
+            raise BookstreamError(f"unknown action {action!r}: fill, ack, reject or paper")
+        if len(args) != 1:
+            raise BookstreamError(f"{action} SIGNAL_ID")
+        signal, last = await find_signal(settings, args[0])
+        if last is not None and last.state in DONE:
+            raise BookstreamError(f"signal {signal.id} is already {last.state} ({last.filled} by {last.by})")
+        before = Decimal(last.filled) if last is not None else Decimal(0)
+        try:
+            filled = Decimal(size) if size is not None else Decimal(signal.size)
+            paid = Decimal(price) if price is not None else (
+                Decimal(repr(signal.expected_price)) if signal.expected_price is not None else None)
+        except InvalidOperation:
+            raise BookstreamError(f"--size {size!r} / --price {price!r}: not numbers") from None
+        if action == "fill":
+            if filled < before:
+                raise BookstreamError(f"--size {filled} is below what is already filled ({before}): sizes are "
+                                      "cumulative")
+            if paid is None:
+                raise BookstreamError("--price: the signal has no expected price; say at what price it filled")
+            state = "filled" if filled == Decimal(signal.size) else "partial"
+            row = answer(signal, state, filled, paid, "command")
+        else:
+            row = answer(signal, "acked" if action == "ack" else "rejected", before,
+                         Decimal(last.price) if last is not None and last.price is not None else None, "command",
+                         reason)
+        await publish(settings, [row])
+        print(f"{row.state} {signal.side} {row.filled} of {signal.size} {signal.instrument} (signal {signal.id})",
+              file=sys.stderr)
     except BookstreamError as exc:
         fail(exc)
     except (KafkaError, OSError) as exc:

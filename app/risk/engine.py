@@ -7,10 +7,17 @@ inputs only ever moving forward (a redelivered or republished record is ignored)
 is computed at **ticks**: the boundaries of ``RISK_INTERVAL_MS`` of event time (scenarios at
 those of ``SCENARIO_INTERVAL_MS``); a tick at boundary b sees every input before b and is
 computed when the first input at or after b arrives. So the same raw topics give the same
-records, at any replay speed, on any worker. Positions and rule states are the desk's
-instructions: they come in the same order, at their own ``ts`` (the service holds them until
-the market inputs reach it), and a position change publishes the exposure at once
-(``reason: position``).
+records, at any replay speed, on any worker. Positions, collateral, hedge fills and rule states
+are the desk's instructions: they come in the same order, at their own ``ts`` (the service holds
+them until the market inputs reach it), and a position change publishes the exposure at once
+(``reason: position``; a fill: ``reason: fill``).
+
+Margin (``risk.margin``) is computed at every tick per portfolio, venue and settlement currency
+by the venue's method (app.risk.margin), with equity = collateral + P&L realized by fills since
+the collateral record + the positions' unrealized P&L at the venue's mark. A hedge signal's
+unfilled size counts as **in flight** until a fill record says it is filled or rejected, or
+``HEDGE_SIGNAL_TTL_S`` of event time passes: a rule does not fire again for exposure already
+being hedged.
 """
 
 from __future__ import annotations
@@ -31,12 +38,22 @@ from app.market.instruments import Registry, Spec
 from app.market.records import TICKER_FIELDS
 from app.market.symbols import parse_option
 from app.records import BookStatus, BookTop, InstrumentRecord, RiskDepth, TickerRecord
-from app.records.risk import Exposure, ExposureLeg, HedgeBlocked, HedgeSignal, InputRef, RiskRecord, Scenarios
+from app.records.risk import (
+    Exposure,
+    ExposureLeg,
+    HedgeBlocked,
+    HedgeFill,
+    HedgeSignal,
+    InputRef,
+    MarginRecord,
+    RiskRecord,
+    Scenarios,
+)
 from app.risk import valuation
 from app.risk.alerts import Alerts, AlertSettings
-from app.risk.margin import LINEAR, MarginLeg
+from app.risk.margin import LINEAR, MarginLeg, account_margin, load_params
 from app.risk.positions import Position
-from app.risk.rules import Rule, Sizing, hedge_size, signal_id, walk, with_state
+from app.risk.rules import MARGIN_RATIO, Rule, Sizing, hedge_size, signal_id, walk, with_state
 
 NS_PER_MS = 1_000_000
 SYNCED = "synced"
@@ -55,6 +72,9 @@ class EngineSettings:
     moves: tuple[float, ...] = valuation.DEFAULT_MOVES
     vol_shifts: tuple[float, ...] = valuation.DEFAULT_VOL_SHIFTS
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    signal_ttl_s: float = 60.0  # HEDGE_SIGNAL_TTL_S
+    deribit_margin: str = "standard"  # RISK_DERIBIT_MARGIN: standard | portfolio
+    margin_params: dict[str, Any] | None = field(default=None, compare=False)  # MARGIN_PARAMS_FILE's; None: bundled
 
 
 @dataclass(slots=True)
@@ -73,15 +93,36 @@ class RuleRun:
     last_signal: int = -(2**62)  # event time of its last signal
     recent: deque[int] = field(default_factory=deque)  # event times of its signals in the last minute
     blocked: str | None = None  # the reason of the blocked record last published (once per reason)
+    forced_by: set[str] = field(default_factory=set)  # margin rules holding it reduce-only (reduce_only_above)
+
+
+@dataclass(slots=True)
+class Flight:
+    """A hedge signal not yet answered: its unfilled size counts as in flight until ``expires``."""
+
+    rule: str
+    portfolio: str
+    instrument: str
+    size: Decimal  # signed, the signal's
+    filled: Decimal  # cumulative, unsigned
+    expires: int  # event time
+
+    def remaining(self) -> Decimal:
+        left = max(abs(self.size) - self.filled, Decimal(0))
+        return left if self.size > 0 else -left
 
 
 class DeskEvent(NamedTuple):
-    """A position (None: gone) or a rule's state, set at ``ts_recv`` (event time)."""
+    """A position (None: gone), a rule's state, a collateral balance or a hedge fill, set at
+    ``ts_recv`` (event time)."""
 
-    key: str  # <portfolio>|<instrument> or the rule id
+    key: str  # <portfolio>|<instrument>, the rule id, <portfolio>|<currency> or the signal id
     ts_recv: int
     position: Position | None = None
     state: str | None = None  # a rule's new state; None: a position
+    collateral: Decimal | None = None  # with what="collateral" (None: the balance is gone)
+    fill: HedgeFill | None = None
+    what: str = ""  # "collateral"; "" for the others (told apart by their fields)
 
 
 #: What the engine takes, in event-time order.
@@ -106,6 +147,15 @@ def unit_size(spec: Spec) -> float:
     return float(spec.contract_size or 1) * float(spec.multiplier or 1)
 
 
+def pnl(spec: Spec, quantity: float, avg: float, price: float) -> float:
+    """P&L of ``quantity`` (signed, in the position's units) from ``avg`` to ``price``, in the
+    settlement currency: inverse contracts USD × (1/avg − 1/price) in coin; linear contracts and
+    options coins × (price − avg) in their price's currency (Deribit's coin options: coin)."""
+    if leg_kind(spec) == "inverse":
+        return quantity * unit_size(spec) * (1 / avg - 1 / price)
+    return quantity * unit_size(spec) * (price - avg)
+
+
 class RiskEngine:
     def __init__(self, settings: EngineSettings, rules: list[Rule]) -> None:
         """Computes every portfolio: which worker publishes which is the service's choice."""
@@ -128,6 +178,13 @@ class RiskEngine:
         self.next_scenario = 0
         self.published: dict[tuple[str, str], tuple[Any, ...]] = {}  # (topic, key) → last body's news
         self.alerts = Alerts(settings.alerts, self.registry)
+        self.params = settings.margin_params if settings.margin_params is not None else load_params()
+        self.ttl = int(settings.signal_ttl_s * 1e9)
+        self.collateral: dict[tuple[str, str], float] = {}  # (portfolio, currency) → balance
+        self.realized: dict[tuple[str, str], float] = {}  # (portfolio, currency) → P&L of fills since the balance
+        self.in_flight: dict[str, Flight] = {}  # signal id → what is not answered yet
+        self.filled: dict[str, Decimal] = {}  # signal id → the cumulative size of fills applied
+        self.margins: dict[tuple[str, str, str], MarginRecord] = {}  # (portfolio, venue, currency) → latest
 
     # -- inputs ----------------------------------------------------------------------------
     def on_input(self, kind: str, record: Input) -> list[Out]:
@@ -139,6 +196,11 @@ class RiskEngine:
         if isinstance(record, DeskEvent):  # the desk's instructions, at their own time
             out = self._ticks(ts)
             self.now = max(self.now, ts)
+            if record.fill is not None:
+                return out + self.on_fill(record.fill)
+            if record.what == "collateral":
+                self.on_collateral(record.key, record.collateral)
+                return out
             if record.state is None:
                 return out + self.on_position(record.key, record.position)
             self.on_rule_state(record.key, record.state)
@@ -184,6 +246,58 @@ class RiskEngine:
         spec = self.spec(instrument, self.now)
         return [] if spec is None else self._exposure(portfolio, spec.base, self.now, "position")
 
+    def on_collateral(self, key: str, amount: Decimal | None) -> None:
+        """A balance is the venue's account figure: it includes what earlier fills realized."""
+        portfolio, _, currency = key.partition("|")
+        slot = (portfolio, currency.upper())
+        if amount is None:
+            self.collateral.pop(slot, None)
+        else:
+            self.collateral[slot] = float(amount)
+        self.realized.pop(slot, None)
+
+    def on_fill(self, fill: HedgeFill) -> list[Out]:
+        """A signal's fill record: the size filled since its previous record changes the position
+        (at the fill's price: a reduction realizes P&L); filled or rejected ends its flight."""
+        total = Decimal(fill.filled)
+        before = self.filled.get(fill.signal, Decimal(0))
+        self.filled[fill.signal] = max(total, before)
+        flight = self.in_flight.get(fill.signal)
+        if flight is not None:
+            flight.filled = max(total, flight.filled)
+            if fill.state in ("filled", "rejected"):
+                del self.in_flight[fill.signal]
+        if total <= before:
+            return []
+        size = total - before if fill.side == "buy" else before - total
+        price = Decimal(fill.price) if fill.price is not None else None
+        return self.trade(fill.portfolio, fill.instrument, size, price, self.now)
+
+    def trade(self, portfolio: str, instrument: str, size: Decimal, price: Decimal | None, t: int) -> list[Out]:
+        """``size`` (signed) of ``instrument`` bought or sold at ``price``: the position and its
+        average price change, and what a reduction closes is realized in the settlement currency."""
+        book = self.positions.setdefault(portfolio, {})
+        old = book.get(instrument)
+        q0 = old.quantity if old is not None else Decimal(0)
+        a0 = old.avg_price if old is not None else None
+        q1 = q0 + size
+        spec = self.spec(instrument, t)
+        if q0 == 0:
+            avg = price
+        elif (q0 > 0) == (size > 0):  # added to (an unknown average stays unknown)
+            avg = None if a0 is None or price is None else (a0 * abs(q0) + price * abs(size)) / abs(q1)
+        else:
+            closed = min(abs(size), abs(q0)) * (1 if q0 > 0 else -1)
+            if spec is not None and a0 is not None and price is not None:
+                slot = (portfolio, spec.settle.upper())
+                self.realized[slot] = self.realized.get(slot, 0.0) + pnl(spec, float(closed), float(a0), float(price))
+            avg = a0 if abs(size) <= abs(q0) else price
+        if q1 == 0:
+            book.pop(instrument, None)
+        else:
+            book[instrument] = Position(portfolio, instrument, q1, avg, t)
+        return [] if spec is None or self.now == 0 else self._exposure(portfolio, spec.base, self.now, "fill")
+
     def on_rule_state(self, rule_id: str, state: str) -> bool:
         run = self.rules.get(rule_id)
         if run is None:
@@ -210,7 +324,10 @@ class RiskEngine:
 
     def tick(self, t: int, scenarios: bool) -> list[Out]:
         out: list[Out] = []
+        for sid in [sid for sid, f in self.in_flight.items() if f.expires <= t]:
+            del self.in_flight[sid]  # not answered in HEDGE_SIGNAL_TTL_S: no longer counted
         for portfolio in sorted(self.positions):
+            out += self._margin(portfolio, t)
             for underlying in self._underlyings(portfolio, t):
                 out += self._exposure(portfolio, underlying, t, "interval", scenarios)
         for run in self.rules.values():  # a rule naming a portfolio that holds nothing
@@ -300,15 +417,16 @@ class RiskEngine:
         venue = {g: quote.number(g) for g in ("delta", "gamma", "vega", "theta")}
         return {"f": f, "strike": strike, "t": years, "sigma": sigma, "call": call, "venue": venue}, flags, ref
 
-    def legs(self, portfolio: str, underlying: str, t: int) -> tuple[list[valuation.Leg], dict[str, list[str]],
-                                                                   list[InputRef], list[str]]:
+    def legs(self, portfolio: str, underlying: str, t: int, book: dict[str, Position] | None = None,
+             ) -> tuple[list[valuation.Leg], dict[str, list[str]], list[InputRef], list[str]]:
         """The priced legs of ``underlying``, the flags of its inputs, their references, and the
-        portfolio's instruments the registry does not know."""
+        portfolio's instruments the registry does not know (``book``: instead of its positions)."""
         legs: list[valuation.Leg] = []
         flags: dict[str, list[str]] = {}
         refs: list[InputRef] = []
         unknown: list[str] = []
-        for instrument, pos in sorted(self.positions.get(portfolio, {}).items()):
+        held = self.positions.get(portfolio, {}) if book is None else book
+        for instrument, pos in sorted(held.items()):
             spec = self.spec(instrument, t)
             if spec is None:
                 unknown.append(instrument)
@@ -331,19 +449,24 @@ class RiskEngine:
                 flags[instrument] = fl
         return legs, flags, refs, unknown
 
-    def margin_legs(self, portfolio: str, t: int) -> tuple[list[MarginLeg], dict[str, list[str]], list[str]]:
-        """Every priced position of ``portfolio`` as the margin methods take it (app.risk.margin),
-        the flags of their inputs (stale, old, missing…), and the instruments it could not price
-        or the registry does not know."""
+    def margin_legs(self, portfolio: str, t: int, book: dict[str, Position] | None = None,
+                    ) -> tuple[list[MarginLeg], dict[str, list[str]], list[str], list[InputRef]]:
+        """Every priced position of ``portfolio`` (``book``: instead of its positions) as the margin
+        methods take it (app.risk.margin), the flags of their inputs (stale, old, missing…), the
+        instruments it could not price or the registry does not know, and the inputs' references."""
         legs: list[MarginLeg] = []
         flags: dict[str, list[str]] = {}
         left_out: list[str] = []
-        for underlying in self._underlyings(portfolio, t):
-            priced, fl, _refs, unknown = self.legs(portfolio, underlying, t)
+        refs: list[InputRef] = []
+        held = self.positions.get(portfolio, {}) if book is None else book
+        underlyings = sorted({s.base for k in held if (s := self.spec(k, t)) is not None})
+        for underlying in underlyings:
+            priced, fl, found, unknown = self.legs(portfolio, underlying, t, held)
+            refs += found
             flags.update(fl)
             left_out += unknown
             seen = {leg.key for leg in priced}
-            left_out += [k for k in self.positions.get(portfolio, {}) if k not in seen and k in fl
+            left_out += [k for k in held if k not in seen and k in fl
                          and (spec := self.spec(k, t)) is not None and spec.base == underlying]
             for leg in priced:
                 spec = self.spec(leg.key, t)
@@ -369,7 +492,101 @@ class RiskEngine:
                     days = max(0.0, (spec.expiry_ns - t) / 86_400e9) if spec.expiry_ns else 0.0
                     legs.append(MarginLeg(leg.key, spec.kind if spec.kind in ("future", "perpetual") else "future",
                                           spec.settle, coins, index, leg.price, days=days))
-        return legs, flags, sorted(set(left_out))
+        unknown_keys = [k for k in held if self.spec(k, t) is None]
+        return legs, flags, sorted(set(left_out) | set(unknown_keys)), refs
+
+    # -- margin -------------------------------------------------------------------------------
+    def margin_figures(self, portfolio: str, t: int, book: dict[str, Position] | None = None,
+                       ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[MarginLeg], dict[str, list[str]],
+                                  list[str], list[InputRef]]:
+        """(venue, currency) → the venue's method's figures (app.risk.margin.account_margin), and
+        what :meth:`margin_legs` says of the inputs."""
+        legs, flags, left_out, refs = self.margin_legs(portfolio, t, book)
+        by_venue: dict[str, list[MarginLeg]] = {}
+        for leg in legs:
+            by_venue.setdefault(leg.key.partition(":")[0], []).append(leg)
+        figures = {(venue, currency): body for venue, group in sorted(by_venue.items())
+                   for currency, body in account_margin(venue, group, self.params, self.conf.deribit_margin).items()}
+        return figures, legs, flags, left_out, refs
+
+    def _margin(self, portfolio: str, t: int) -> list[Out]:
+        """``risk.margin`` of each venue and currency the portfolio has margin in, its alerts,
+        and the reduce-only switches of the rules that watch it."""
+        figures, legs, flags, left_out, refs = self.margin_figures(portfolio, t)
+        book = self.positions.get(portfolio, {})
+        for slot, rec in self.margins.items():  # positions closed since: their margin is now none
+            if slot[0] == portfolio and slot[1:] not in figures:
+                figures[slot[1:]] = {"method": rec.method, "im": 0.0, "mm": 0.0, "components": {}, "legs": []}
+        out: list[Out] = []
+        for (venue, currency), body in sorted(figures.items()):
+            mine = [leg for leg in legs if leg.key.partition(":")[0] == venue and _settles_in(leg, currency)]
+            unrealized = 0.0
+            no_avg = []
+            for leg in mine:
+                pos = book.get(leg.key)
+                spec = self.spec(leg.key, t)
+                if pos is None or spec is None:
+                    continue
+                if pos.avg_price is None:
+                    no_avg.append(leg.key)
+                    continue
+                mark = leg.mark if leg.kind == "option" else leg.price
+                value = pnl(spec, float(pos.quantity), float(pos.avg_price), mark)
+                unrealized += value * leg.index if leg.inverse and currency in LINEAR else value
+            keys = {leg.key for leg in mine}
+            leg_flags = {k: v for k, v in flags.items() if k in keys}
+            balance = self.collateral.get((portfolio, currency))
+            realized = self.realized.get((portfolio, currency), 0.0)
+            equity = None if balance is None else balance + realized + unrealized
+            mm, im = float(body["mm"]), float(body["im"])
+            ratio = None if equity is None else (mm / equity if equity > 0 else (math.inf if mm > 0 else 0.0))
+            not_priced = sorted(k for k in left_out if k.partition(":")[0] == venue)
+            ok = not leg_flags and not not_priced
+            record = MarginRecord(
+                portfolio=portfolio, venue=venue, currency=currency, method=body["method"], im=_round(im),
+                mm=_round(mm),
+                components={k: _round(float(v)) for k, v in body["components"].items()},
+                legs=[{k: _round(v) for k, v in row.items()} for row in body["legs"]],
+                collateral=_round(balance), realized=_round(realized), unrealized=_round(unrealized),
+                equity=_round(equity), mm_ratio=_round(ratio), im_ratio=_round(None if equity is None else (
+                    im / equity if equity > 0 else (math.inf if im > 0 else 0.0))),
+                no_avg_price=no_avg, flags=leg_flags, not_priced=not_priced, ok=ok,
+                inputs=[r for r in refs if r.key in keys], ts=t)
+            self.margins[(portfolio, venue, currency)] = record
+            key = f"{portfolio}|{venue}|{currency}"
+            if self._changed("risk.margin", key, record):
+                out.append(("risk.margin", key, record))
+            if ok and ratio is not None:  # never raised, cleared or switched on doubtful inputs
+                out += self.alerts.on_margin(key, ratio, t)
+                out += self._switches(portfolio, venue, currency, ratio, t)
+        return out
+
+    def _switches(self, portfolio: str, venue: str, currency: str, ratio: float, t: int) -> list[Out]:
+        """Rules with ``reduce_only_above`` hold themselves and ``reduce_only_rules`` reduce-only
+        while the margin ratio they watch is above it (released below it by the hysteresis)."""
+        out: list[Out] = []
+        for run in self.rules.values():
+            rule = run.rule
+            if rule.reduce_only_above is None or rule.portfolio != portfolio or self._watches(rule) != (venue,
+                                                                                                        currency):
+                continue
+            for target in (rule.id, *rule.reduce_only_rules):
+                held = self.rules.get(target)
+                if held is None:
+                    continue
+                if ratio > rule.reduce_only_above:
+                    held.forced_by.add(rule.id)
+                    out += self.alerts.switched(target, rule.id, ratio, rule.reduce_only_above, t, True)
+                elif ratio <= rule.reduce_only_above * (1 - MARGIN_HYSTERESIS) and rule.id in held.forced_by:
+                    held.forced_by.discard(rule.id)
+                    if not held.forced_by:
+                        out += self.alerts.switched(target, rule.id, ratio, rule.reduce_only_above, t, False)
+        return out
+
+    def _watches(self, rule: Rule) -> tuple[str, str] | None:
+        """The (venue, settlement currency) whose margin ratio a rule watches: its hedge instrument's."""
+        spec = self.spec(rule.hedge, self.now)
+        return None if spec is None else (rule.hedge.partition(":")[0], _margin_currency(rule.hedge, spec.settle))
 
     def _exposure(self, portfolio: str, underlying: str, t: int, reason: str, scenarios: bool = False) -> list[Out]:
         legs, flags, refs, unknown = self.legs(portfolio, underlying, t)
@@ -400,7 +617,7 @@ class RiskEngine:
             out += self._rules(portfolio, underlying, t, exp, flags, unknown, refs)
         return out
 
-    def _changed(self, topic: str, key: str, body: Exposure | Scenarios) -> bool:
+    def _changed(self, topic: str, key: str, body: Exposure | Scenarios | MarginRecord) -> bool:
         """Whether ``body`` says something new (its inputs, cause and time aside)."""
         plain = tuple(getattr(body, f) for f in body.__struct_fields__ if f not in _NOT_NEWS)
         if self.published.get((topic, key)) == plain:
@@ -413,8 +630,13 @@ class RiskEngine:
                unknown: list[str], refs: list[InputRef]) -> list[Out]:
         out: list[Out] = []
         for run in self.rules.values():
+            if (run.rule.portfolio, run.rule.underlying) != (portfolio, underlying):
+                continue
             rule = run.rule
-            if (rule.portfolio, rule.underlying) != (portfolio, underlying):
+            if run.forced_by and rule.state == "active":
+                rule = with_state(rule, "reduce-only")  # a margin ratio above reduce_only_above
+            if rule.greek == MARGIN_RATIO:
+                out += self._margin_rule(run, rule, t)
                 continue
             value = float(exp.get(rule.greek, 0.0))
             if rule.state == "halted":
@@ -424,13 +646,16 @@ class RiskEngine:
             if abs(value) <= rule.trigger:
                 run.blocked = None  # back inside the band: a later block is news again
                 continue
-            while run.recent and run.recent[0] <= t - 60_000 * NS_PER_MS:
-                run.recent.popleft()
-            if t - run.last_signal < rule.cooldown_s * 1e9:
+            hedge = self.spec(rule.hedge, t)
+            flying = self._flying(rule.id)
+            if flying and hedge is not None:
+                per, _f, _r = self._per_unit(rule, hedge, t)
+                if per is not None and abs(value + float(flying) * per) <= rule.trigger:
+                    continue  # what is in flight brings it inside the band: not hedged twice
+            if not self._may_fire(run, rule, t):
                 continue
             reasons = [f"{k} {','.join(v)}" for k, v in sorted(flags.items())]
             reasons += [f"{k} unknown instrument" for k in unknown]
-            hedge = self.spec(rule.hedge, t)
             hedge_ref = InputRef(key=rule.hedge)
             per_unit = None
             if hedge is None:
@@ -447,15 +672,137 @@ class RiskEngine:
                 continue
             assert hedge is not None
             assert per_unit is not None
-            pos = self.positions.get(portfolio, {}).get(rule.hedge)
-            sizing = Sizing(per_unit, Decimal(hedge.lot_size or hedge.contract_size or "1"),
-                            Decimal(hedge.min_size or "0"), pos.quantity if pos else Decimal(0))
-            size, why = hedge_size(value, rule, sizing)
+            value += float(flying) * per_unit  # the hedge sized for what is not in flight already
+            size, why = hedge_size(value, rule, self._sizing(rule, hedge, per_unit, portfolio))
             if why is not None:
                 out += self._blocked(run, t, value, why, refs)
                 continue
-            out.append(self._signal(run, t, value, size, per_unit, refs, hedge_ref))
+            out.append(self._signal(run, rule, t, value, size, value + float(size) * per_unit, refs, hedge_ref,
+                                    f"{rule.greek} {value:.6g} outside ±{rule.trigger:g}: "
+                                    f"hedge to {math.copysign(rule.target, value):g}"))
         return out
+
+    def _may_fire(self, run: RuleRun, rule: Rule, t: int) -> bool:
+        """Not within ``cooldown_s`` of its last signal (and its last minute's signals counted)."""
+        while run.recent and run.recent[0] <= t - 60_000 * NS_PER_MS:
+            run.recent.popleft()
+        return t - run.last_signal >= rule.cooldown_s * 1e9
+
+    def _flying(self, rule_id: str) -> Decimal:
+        """The signed size of a rule's signals still in flight (not filled, rejected or expired)."""
+        return sum((f.remaining() for f in self.in_flight.values() if f.rule == rule_id), Decimal(0))
+
+    def _sizing(self, rule: Rule, hedge: Spec, per_unit: float, portfolio: str) -> Sizing:
+        pos = self.positions.get(portfolio, {}).get(rule.hedge)
+        held = (pos.quantity if pos else Decimal(0)) + self._flying(rule.id)
+        return Sizing(per_unit, Decimal(hedge.lot_size or hedge.contract_size or "1"), Decimal(hedge.min_size or "0"),
+                      held)
+
+    def _margin_rule(self, run: RuleRun, rule: Rule, t: int) -> list[Out]:
+        """A rule on the MM/equity ratio: above ``trigger``, the smallest hedge (in lots of the
+        hedge instrument) that brings the ratio to ``target`` or below, never on doubtful inputs."""
+        hedge = self.spec(rule.hedge, t)
+        watched = self._watches(rule)
+        record = self.margins.get((rule.portfolio, *watched)) if watched is not None else None
+        refs = record.inputs if record is not None else []
+        if hedge is None or watched is None:
+            return self._blocked(run, t, 0.0, f"{rule.hedge} unknown instrument", refs)
+        if record is None or record.mm_ratio is None and record.equity is None:
+            why = (f"no margin of {rule.portfolio} at {watched[0]} in {watched[1]}" if record is None
+                   else f"no collateral of {rule.portfolio} in {watched[1]} (faust -A app collateral set)")
+            return self._blocked(run, t, 0.0, why, refs)
+        ratio = math.inf if record.mm_ratio is None else record.mm_ratio
+        if rule.state == "halted":
+            return self._blocked(run, t, ratio, "rule halted", refs) if ratio > rule.trigger else []
+        if ratio <= rule.trigger:
+            run.blocked = None
+            return []
+        flying = self._flying(rule.id)
+        if flying and self._ratio_with(rule, t, flying) <= rule.trigger:
+            return []  # what is in flight brings it back: not hedged twice
+        if not self._may_fire(run, rule, t):
+            return []
+        reasons = [f"{k} {','.join(v)}" for k, v in sorted(record.flags.items())]
+        reasons += [f"{k} not priced" for k in record.not_priced]
+        _per, hflags, hedge_ref = self._per_unit(rule, hedge, t)
+        if hflags:
+            reasons.append(f"{rule.hedge} {','.join(hflags)}")
+        if not record.ok or reasons:
+            return self._blocked(run, t, ratio, "; ".join(reasons) or "margin inputs doubtful", refs)
+        if len(run.recent) >= rule.max_per_minute:
+            return self._blocked(run, t, ratio, f"max_per_minute {rule.max_per_minute} reached", refs)
+        size, after, problem = self._margin_size(rule, hedge, t, flying)
+        if problem is not None:
+            return self._blocked(run, t, ratio, problem, refs)
+        return [self._signal(run, rule, t, ratio, size, after, list(refs), hedge_ref,
+                             f"MM/equity {ratio:.4g} above {rule.trigger:g}: hedge to ≤ {rule.target:g}")]
+
+    def _ratio_with(self, rule: Rule, t: int, extra: Decimal) -> float:
+        """The watched MM/equity ratio with ``extra`` more of the hedge instrument (equity as now:
+        a hedge filled at the mark moves P&L from unrealized to realized)."""
+        watched = self._watches(rule)
+        assert watched is not None
+        record = self.margins[(rule.portfolio, *watched)]
+        book = dict(self.positions.get(rule.portfolio, {}))
+        venue = watched[0]
+        book = {k: p for k, p in book.items() if k.partition(":")[0] == venue}
+        old = book.get(rule.hedge)
+        qty = (old.quantity if old is not None else Decimal(0)) + extra
+        if qty == 0:
+            book.pop(rule.hedge, None)
+        else:
+            book[rule.hedge] = Position(rule.portfolio, rule.hedge, qty, old.avg_price if old else None, t)
+        figures = self.margin_figures(rule.portfolio, t, book)[0]
+        mm = float(figures.get(watched, {}).get("mm", 0.0))
+        equity = record.equity or 0.0
+        return mm / equity if equity > 0 else math.inf
+
+    def _margin_size(self, rule: Rule, hedge: Spec, t: int, flying: Decimal) -> tuple[Decimal, float, str | None]:
+        """The smallest size (lots, either side; reduce-only: only the side that shrinks the
+        position) bringing the ratio to ≤ target: doubling, then halving the interval. A side is
+        given up where the ratio stops falling."""
+        lot = Decimal(hedge.lot_size or hedge.contract_size or "1")
+        lot = lot if lot > 0 else Decimal(1)
+        minimum = Decimal(hedge.min_size or "0")
+        pos = self.positions.get(rule.portfolio, {}).get(rule.hedge)
+        held = (pos.quantity if pos else Decimal(0)) + flying
+        best: tuple[Decimal, float] | None = None
+        lowest = math.inf
+        for side in (1, -1):
+            if rule.state == "reduce-only" and (held == 0 or (held > 0) == (side > 0)):
+                continue
+            limit = abs(held) / lot if rule.state == "reduce-only" else Decimal(2) ** 30
+            prev, prev_ratio, k, found = Decimal(0), math.inf, Decimal(1), None
+            while k <= limit:
+                r = self._ratio_with(rule, t, flying + side * k * lot)
+                lowest = min(lowest, r)
+                if r <= rule.target:
+                    found = k
+                    break
+                if r >= prev_ratio:
+                    break  # past the side's lowest margin
+                prev, prev_ratio, k = k, r, k * 2
+            if found is None:
+                continue
+            lo, hi = prev + 1, found  # the ratio is ≤ target at hi, not at prev
+            ratio_hi = self._ratio_with(rule, t, flying + side * hi * lot)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                r = self._ratio_with(rule, t, flying + side * mid * lot)
+                if r <= rule.target:
+                    hi, ratio_hi = mid, r
+                else:
+                    lo = mid + 1
+            size = side * hi * lot
+            if best is None or abs(size) < abs(best[0]):
+                best = (size, ratio_hi)
+        if best is None:
+            low = "none" if lowest == math.inf else f"{lowest:.4g}"
+            return Decimal(0), 0.0, (f"no size of {rule.hedge} brings MM/equity to ≤ {rule.target:g} "
+                                     f"(lowest found {low}{', reduce-only' if rule.state == 'reduce-only' else ''})")
+        if abs(best[0]) < minimum:
+            best = (minimum if best[0] > 0 else -minimum, self._ratio_with(rule, t, flying + best[0]))
+        return best[0], best[1], None
 
     def _per_unit(self, rule: Rule, hedge: Spec, t: int) -> tuple[float | None, list[str], InputRef]:
         """The rule's greek per unit of the hedge instrument now, and the hedge book's flags."""
@@ -490,9 +837,8 @@ class RiskEngine:
                             band=[-rule.trigger, rule.trigger], target=rule.target, ts=t, inputs=refs)
         return [("risk.hedge", body.id, body)]
 
-    def _signal(self, run: RuleRun, t: int, value: float, size: Decimal, per_unit: float,
-                refs: list[InputRef], hedge_ref: InputRef) -> Out:
-        rule = run.rule
+    def _signal(self, run: RuleRun, rule: Rule, t: int, value: float, size: Decimal, after: float,
+                refs: list[InputRef], hedge_ref: InputRef, reason: str) -> Out:
         run.last_signal = t
         run.recent.append(t)
         run.blocked = None
@@ -506,17 +852,25 @@ class RiskEngine:
         slippage = None
         if price is not None and mid:
             slippage = (price - mid) / mid * 1e4 * (1 if side == "buy" else -1)
-        after = value + float(size) * per_unit
         body = HedgeSignal(
             id=signal_id(rule, t), rule=rule.id, portfolio=rule.portfolio, underlying=rule.underlying, greek=rule.greek,
             instrument=rule.hedge, side=side, size=decimal_text(abs(size)), exposure_before=_round(value),
             exposure_after=_round(after), band=[-rule.trigger, rule.trigger], target=rule.target, state=rule.state,
             expected_price=_round(price), mid=_round(mid), slippage_bps=_round(slippage), fillable=_round(filled),
-            depth_ts_recv=depth_ts,
-            reason=(f"{rule.greek} {value:.6g} outside ±{rule.trigger:g}: "
-                    f"hedge to {math.copysign(rule.target, value):g}"),
-            ts=t, inputs=[*refs, hedge_ref])
+            depth_ts_recv=depth_ts, reason=reason, ts=t, inputs=[*refs, hedge_ref])
+        self.in_flight[body.id] = Flight(rule.id, rule.portfolio, rule.hedge, size, Decimal(0), t + self.ttl)
         return "risk.hedge", body.id, body
+
+
+MARGIN_HYSTERESIS = 0.05  # a margin threshold is left when the ratio is 5 % below it
+
+
+def _margin_currency(key: str, settle: str) -> str:
+    return "USD" if key.startswith("okx:") else settle.upper()  # OKX's portfolio margin is in USD
+
+
+def _settles_in(leg: MarginLeg, currency: str) -> bool:
+    return _margin_currency(leg.key, leg.settlement) == currency
 
 
 def _round(value: Any) -> Any:

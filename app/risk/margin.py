@@ -413,3 +413,48 @@ def is_finite(result: dict[str, Any]) -> bool:
         return not isinstance(node, float) or math.isfinite(node)
 
     return walk(result)
+
+
+# -- one account's margin, as the risk engine streams it ----------------------------------------
+#: Components of Deribit's portfolio margin published per currency (the vectors stay in the simulator's output).
+PM_PARTS = ("worst_case", "roll_shock", "delta_shock", "correlation_contingency", "risk_matrix_margin",
+            "mmp_margin", "open_orders_margin", "mm_factor")
+DERIBIT_METHODS = ("standard", "portfolio")
+
+
+def account_margin(venue: str, legs: list[MarginLeg], params: dict[str, Any],
+                   deribit_method: str = "standard") -> dict[str, dict[str, Any]]:
+    """Settlement currency → ``{method, im, mm, components, legs}`` of one venue's positions, by
+    the method its accounts use (Deribit: ``deribit_method``; Bybit: USDC options; OKX: portfolio
+    margin in USD). A venue without a method gives nothing; ``legs`` the method leaves out (Bybit
+    futures, inverse options) are listed under ``not_margined`` of the currency they settle in."""
+    if venue == "deribit" and deribit_method == "portfolio":
+        pm = deribit_portfolio(legs, params)
+        return {cur: {"method": "deribit-portfolio", "im": body["im"], "mm": body["mm"],
+                      "components": {k: body[k] for k in PM_PARTS}, "legs": []}
+                for cur, body in pm["currencies"].items()}
+    if venue == "deribit":
+        std = deribit_standard(legs, params)
+        out: dict[str, dict[str, Any]] = {}
+        for cur, total in std["currencies"].items():
+            rows = [row for row in std["legs"] if row["currency"] == cur]
+            kinds = {leg.key: leg.kind for leg in legs}
+            parts = {f"{k}_{m}": sum(r[m] for r in rows if (kinds[r["key"]] == "option") == (k == "options"))
+                     for k in ("futures", "options") for m in ("im", "mm")}
+            out[cur] = {"method": "deribit-standard", "im": total["im"], "mm": total["mm"], "components": parts,
+                        "legs": [{"key": r["key"], "im": r["im"], "mm": r["mm"]} for r in rows]}
+        return out
+    if venue == "bybit":
+        margined = [leg for leg in legs if leg.kind == "option" and not leg.inverse]
+        if not margined:
+            return {}
+        rows_ = [bybit_usdc_option(leg, params) for leg in margined]
+        return {"USDC": {"method": "bybit-usdc-options", "im": sum(r.im for r in rows_), "mm": sum(r.mm for r in rows_),
+                         "components": {}, "legs": [{"key": r.key, "im": r.im, "mm": r.mm} for r in rows_],
+                         "not_margined": [leg.key for leg in legs if leg not in margined]}}
+    if venue == "okx" and legs:
+        okx = okx_portfolio(legs, params)
+        return {"USD": {"method": "okx-portfolio", "im": okx["im"], "mm": okx["mm"],
+                        "components": {k: okx[k] for k in ("MR1", "MR2", "MR3", "MR4", "MR5", "MR6", "MR7", "MR9")},
+                        "legs": []}}
+    return {}

@@ -23,6 +23,20 @@ Example (TOML)::
     cooldown_s = 30
     max_per_minute = 4
     state = "active"           # active | reduce-only | halted
+
+A **margin rule** watches the portfolio's MM/equity ratio (``risk.margin``) at the hedge
+instrument's venue and settlement currency instead of a greek::
+
+    [[rule]]
+    id = "desk-btc-margin"
+    portfolio = "desk"
+    underlying = "BTC"
+    greek = "margin_ratio"
+    trigger = 0.6              # fire when MM / equity > 0.6
+    target = 0.4               # ... with the smallest hedge (in lots) that brings it to ≤ 0.4
+    hedge = "deribit:BTC-PERPETUAL"
+    reduce_only_above = 0.8    # any rule: above this ratio it runs reduce-only …
+    reduce_only_rules = ["desk-btc-delta"]   # … and so do these (released 5 % below it)
 """
 
 from __future__ import annotations
@@ -41,11 +55,13 @@ from typing import Any
 from app.errors import ConfigError
 from app.records import RuleState, encode
 
-GREEKS = ("delta", "delta_usd", "gamma_1pct", "vega")
+GREEKS = ("delta", "delta_usd", "gamma_1pct", "vega", "margin_ratio")
+MARGIN_RATIO = "margin_ratio"
 STATES = ("active", "reduce-only", "halted")
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _FIELDS = {"id": str, "portfolio": str, "underlying": str, "greek": str, "trigger": float, "target": float,
-           "hedge": str, "cooldown_s": float, "max_per_minute": int, "state": str}
+           "hedge": str, "cooldown_s": float, "max_per_minute": int, "state": str, "reduce_only_above": float,
+           "reduce_only_rules": list}
 _REQUIRED = ("id", "portfolio", "underlying", "greek", "trigger", "hedge")
 
 
@@ -61,9 +77,13 @@ class Rule:
     cooldown_s: float = 30.0
     max_per_minute: int = 4
     state: str = "active"
+    reduce_only_above: float | None = None  # a margin ratio: above it this rule and reduce_only_rules are reduce-only
+    reduce_only_rules: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
+        out = {name: getattr(self, name) for name in _FIELDS}
+        out["reduce_only_rules"] = list(self.reduce_only_rules)
+        return out
 
 
 def load_mapping(text: str, fmt: str) -> dict[str, Any]:
@@ -126,7 +146,13 @@ def parse_rules(doc: dict[str, Any]) -> tuple[list[Rule], list[str]]:
             if name not in row:
                 continue
             value = row[name]
-            if kind is str and not isinstance(value, str):
+            if kind is list:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    errors.append(f"{where}: {name}: {value!r} is not a list of rule ids")
+                    bad = True
+                else:
+                    values[name] = tuple(value)
+            elif kind is str and not isinstance(value, str):
                 errors.append(f"{where}: {name}: {value!r} is not text")
                 bad = True
             elif kind in (float, int) and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -160,10 +186,18 @@ def parse_rules(doc: dict[str, Any]) -> tuple[list[Rule], list[str]]:
             problems.append(f"max_per_minute: {rule.max_per_minute} must be ≥ 1")
         if rule.state not in STATES:
             problems.append(f"state: {rule.state!r} is not one of {', '.join(STATES)}")
+        if rule.reduce_only_above is not None and rule.reduce_only_above <= 0:
+            problems.append(f"reduce_only_above: {rule.reduce_only_above} must be > 0 (a MM/equity ratio)")
+        if rule.reduce_only_rules and rule.reduce_only_above is None:
+            problems.append("reduce_only_rules: needs reduce_only_above (the ratio that switches them)")
         errors.extend(f"{where}: {p}" for p in problems)
         if not problems:
             seen.add(rule.id)
             rules.append(rule)
+    for rule in rules:
+        for other in rule.reduce_only_rules:
+            if other not in seen:
+                errors.append(f"rule {rule.id}: reduce_only_rules: no rule {other!r}")
     return rules, errors
 
 

@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -40,11 +41,12 @@ from aiokafka.errors import KafkaError
 from app import metrics, records
 from app.config import Settings
 from app.kafka import client_auth, read_to_end
-from app.records import RISK_RULES, InstrumentRecord, PositionRecord, RuleState, TickerRecord
-from app.records.risk import Alert, HedgeBlocked, HedgeSignal, Nbbo, RiskRecord
+from app.records import HEDGE_FILLS, RISK_RULES, HedgeFill, InstrumentRecord, PositionRecord, RuleState, TickerRecord
+from app.records.risk import Alert, HedgeBlocked, HedgeSignal, MarginRecord, Nbbo, RiskRecord
 from app.risk import positions as pos
 from app.risk.alerts import AlertSettings
 from app.risk.engine import DeskEvent, EngineSettings, Input, Out, RiskEngine, instrument_key
+from app.risk.margin import load_params
 from app.risk.rules import STATES, Rule, load_rules, state_record
 from app.risk.watermark import Watermark
 from app.wire import Topics, partition_for
@@ -53,8 +55,8 @@ log = logging.getLogger(__name__)
 
 #: Tie-break of inputs at one event time: specs first, then status, books, tickers.
 RANK = {"ref.instruments": 0, "book.status": 1, "book.top": 2, "risk.depth": 3, "ticker": 4, "position": 5,
-        "rule-state": 6}
-OUTPUTS = ("risk.exposure", "risk.scenarios", "risk.hedge", "alerts", "nbbo")
+        "rule-state": 6, "collateral": 7, "fill": 8}
+OUTPUTS = ("risk.exposure", "risk.scenarios", "risk.margin", "risk.hedge", "alerts", "nbbo")
 RECENT_HEDGE = 50
 CATCH_UP_S = 120
 #: Records per fetch, and how many are handled between two yields to the event loop (the book
@@ -72,7 +74,9 @@ def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(
         interval_ms=r.interval_ms, scenario_interval_ms=r.scenario_interval_ms, max_input_age_ms=r.max_input_age_ms,
         vol_shifts=(-r.vol_shift, 0.0, r.vol_shift),
-        alerts=AlertSettings(r.alert_stale_s, r.alert_spread_bps, r.alert_funding_jump, r.alert_divergence_bps))
+        alerts=AlertSettings(r.alert_stale_s, r.alert_spread_bps, r.alert_funding_jump, r.alert_divergence_bps,
+                             r.alert_margin_ratios),
+        signal_ttl_s=r.signal_ttl_s, deribit_margin=r.deribit_margin, margin_params=load_params(r.margin_params_file))
 
 
 def load_configured_rules(settings: Settings) -> list[Rule]:
@@ -105,6 +109,8 @@ def latest_key(body: RiskRecord) -> str:
         return body.pair
     if isinstance(body, Alert):
         return f"{body.kind}|{body.key}"
+    if isinstance(body, MarginRecord):
+        return f"{body.portfolio}|{body.venue}|{body.currency}"
     return f"{body.portfolio}|{body.underlying}"
 
 
@@ -127,6 +133,31 @@ def market_input(kind: str, value: bytes) -> tuple[int, str, int, Input] | None:
         return None
     seq = 0 if isinstance(body, TickerRecord) else body.seq or 0
     return body.ts_recv, instrument_key(body), seq, body
+
+
+def collateral_event(key: bytes | None, value: bytes | None) -> DeskEvent:
+    """A ``collateral`` record as the engine takes it (``collateral`` None: a tombstone, which has
+    no time: applied when read). Raises PositionError naming what is wrong."""
+    text = key.decode("utf-8", "replace") if key else ""
+    row = pos.parse_collateral(key, value)
+    if row is None:
+        return DeskEvent(text, 0, collateral=None, what="collateral")
+    return DeskEvent(row.key, row.ts, collateral=row.amount, what="collateral")
+
+
+def fill_event(value: bytes | None) -> DeskEvent | None:
+    """A ``hedge.fills`` record as the engine takes it (None: a tombstone, nothing to apply).
+    Raises :class:`BadInput` for one that does not match its definition."""
+    if value is None:
+        return None
+    try:
+        fill: HedgeFill = records.decode(HEDGE_FILLS, value)
+        Decimal(fill.filled)
+        if fill.price is not None:
+            Decimal(fill.price)
+    except (msgspec.DecodeError, ArithmeticError) as exc:
+        raise BadInput(str(exc)) from exc
+    return DeskEvent(fill.signal, fill.ts, fill=fill)
 
 
 class RiskService:
@@ -180,6 +211,8 @@ class RiskService:
         self.hedge_recent: deque[HedgeSignal | HedgeBlocked] = deque(maxlen=RECENT_HEDGE)
         self.bad_positions: dict[str, str] = {}  # record key → reason (the latest bad record of each)
         self.position_rows: dict[str, PositionRecord] = {}
+        self.collateral_rows: dict[str, pos.Collateral] = {}
+        self.fills: dict[str, HedgeFill] = {}  # signal id → its latest fill record
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -226,7 +259,8 @@ class RiskService:
         parts = self.settings.partitions
         tps = lambda topics: [TopicPartition(t, p) for t in topics for p in range(parts)]  # noqa: E731
         # 1-2: what was published, the positions and the rule states — read to their end first
-        first = tps([*self.outputs, self.topics.positions, self.topics.rules])
+        first = tps([*self.outputs, self.topics.positions, self.topics.rules, self.topics.collateral,
+                     self.topics.fills])
         consumer.assign(first)
         await consumer.seek_to_beginning(*first)
         self.restoring = True
@@ -337,6 +371,10 @@ class RiskService:
             self._position(key, value, partition, now)
         elif topic == self.topics.rules:
             self._rule_state(key, value, partition, now)
+        elif topic == self.topics.collateral:
+            self._collateral(key, value, partition, now)
+        elif topic == self.topics.fills:
+            self._fill(key, value, partition, now)
         elif topic in self.outputs:
             self._published(self.outputs[topic], key, value)
 
@@ -370,6 +408,39 @@ class RiskService:
             return
         self._push(self.topics.positions, partition, "position", text, record.ts, 0,
                    DeskEvent(text, record.ts, position=position), now)
+
+    def _collateral(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
+        """A balance applies at its own ``ts``; a tombstone (no time) when read."""
+        text = key.decode("utf-8", "replace") if key else ""
+        try:
+            event = collateral_event(key, value)
+        except pos.PositionError as exc:
+            self.bad_positions[text] = f"collateral: {exc}"
+            metrics.count("risk_bad_positions")
+            log.warning("collateral %r: %s (not applied)", text, exc)
+            return
+        self.bad_positions.pop(text, None)
+        if event.collateral is None:
+            self.collateral_rows.pop(text, None)
+            self.engine.on_collateral(text, None)
+            return
+        portfolio, _, currency = event.key.partition("|")
+        self.collateral_rows[text] = pos.Collateral(portfolio, currency, event.collateral, event.ts_recv)
+        self._push(self.topics.collateral, partition, "collateral", text, event.ts_recv, 0, event, now)
+
+    def _fill(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
+        """A signal's fill record applies at its ``ts`` (event time, like a position)."""
+        try:
+            event = fill_event(value)
+        except BadInput as exc:
+            metrics.count("risk_bad_fills")
+            log.warning("hedge.fills %r: unreadable record (%s)", key, exc)
+            return
+        if event is None:
+            return
+        assert event.fill is not None
+        self.fills[event.key] = event.fill
+        self._push(self.topics.fills, partition, "fill", event.key, event.ts_recv, 0, event, now)
 
     def _rule_state(self, key: bytes | None, value: bytes | None, partition: int, now: float) -> None:
         if key is None or value is None:
@@ -526,12 +597,19 @@ class RiskService:
         for run in self.engine.rules.values():
             state = self.rule_states.get(run.rule.id)
             rules.append({**run.rule.as_dict(), "state": run.rule.state, "state_by": state.by if state else None,
-                          "blocked": run.blocked})
+                          "blocked": run.blocked, "reduce_only_by": sorted(run.forced_by)})
         latest = {topic: sorted(bodies.items()) for topic, bodies in self.latest.items()}
         raised = [b for _, b in latest["alerts"] if isinstance(b, Alert) and b.state == "raised"]
         return {
             "exposure": msgspec.to_builtins([b for _, b in latest["risk.exposure"]]),
             "scenarios": msgspec.to_builtins([b for _, b in latest["risk.scenarios"]]),
+            "margin": msgspec.to_builtins([b for _, b in latest["risk.margin"]]),
+            "collateral": [{"portfolio": c.portfolio, "currency": c.currency, "amount": str(c.amount), "ts": c.ts}
+                           for _, c in sorted(self.collateral_rows.items())],
+            "in_flight": [{"signal": sid, "rule": f.rule, "portfolio": f.portfolio, "instrument": f.instrument,
+                           "size": str(f.size), "filled": str(f.filled), "expires": f.expires}
+                          for sid, f in sorted(self.engine.in_flight.items())],
+            "fills": msgspec.to_builtins([f for _, f in sorted(self.fills.items(), key=lambda kv: kv[1].ts)][-50:]),
             "rules": rules,
             "hedge": msgspec.to_builtins(list(reversed(self.hedge_recent))),
             "alerts": msgspec.to_builtins(raised),

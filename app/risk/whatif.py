@@ -84,7 +84,7 @@ def simulate(engine: RiskEngine, book: list[Position], at: int, params: dict[str
         engine.on_position(p.key, p if p.quantity != 0 else None)
     out: dict[str, Any] = {}
     for portfolio in sorted({p.portfolio for p in book}):
-        legs, flags, left_out = engine.margin_legs(portfolio, at)
+        legs, flags, left_out, _refs = engine.margin_legs(portfolio, at)
         by_venue: dict[str, list[MarginLeg]] = {}
         for leg in legs:
             by_venue.setdefault(leg.key.partition(":")[0], []).append(leg)

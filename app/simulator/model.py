@@ -10,6 +10,7 @@ whole book by a number of ticks (an underlying move) and returns its changes the
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,11 +24,26 @@ class Spec:
     lot: Decimal
     mid_ticks: int
     depth: int
+    mean_lots: int = 40  # a level's mean size, in lots
+
+
+#: Contracts sized in USD as their venues size them: Deribit's inverse futures and perpetuals
+#: (amounts in USD, steps of the 10 USD contract for BTC, 1 USD for ETH), Binance COIN-M (whole
+#: contracts of 100 USD) and Bybit's inverse contracts (whole USD).
+DERIBIT_INVERSE = re.compile(r"(BTC|ETH)-(PERPETUAL|\d{1,2}[A-Z]{3}\d{2})")
+COIN_MARGINED = re.compile(r"(BTC|ETH)USD(_PERP|_\d{6})?")
 
 
 def spec_for(symbol: str) -> Spec:
     """Deterministic, plausible contract specs from the symbol's name."""
     s = symbol.upper()
+    mid = 650_000 if s.startswith("BTC") else 192_000
+    tick = Decimal("0.1") if s.startswith("BTC") else Decimal("0.01")
+    if DERIBIT_INVERSE.fullmatch(s):  # ~20,000 USD a level (BTC), ~2,000 (ETH)
+        return Spec(tick, Decimal(10) if s.startswith("BTC") else Decimal(1), mid, 200, 2000)
+    if COIN_MARGINED.fullmatch(s):
+        whole = "_" in s  # Binance COIN-M: contracts of 100 USD; Bybit inverse: USD
+        return Spec(tick, Decimal(1), mid, 200, 200 if whole else 20_000)
     if s.startswith(("BTC", "XBT")) and s.count("-") == 3:  # Deribit option BTC-27MAR26-60000-C
         return Spec(Decimal("0.0005"), Decimal("0.1"), 40 + zlib.crc32(s.encode()) % 200, 30)
     if s.startswith("ETH") and s.count("-") == 3:
@@ -62,7 +78,7 @@ class TrueBook:
             self.asks[mid + i] = self._size()
 
     def _size(self) -> int:
-        return max(1, int(self.rng.expovariate(1 / 40)))
+        return max(1, int(self.rng.expovariate(1 / self.spec.mean_lots)))
 
     def price(self, ticks: int) -> str:
         return _text(ticks, self.spec.tick)

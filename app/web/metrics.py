@@ -39,6 +39,8 @@ class WorkerFigures:
     uncommitted: int = 0  # table partitions holding effects not committed yet
     active_alerts: Mapping[str, int] = field(default_factory=dict)  # kind → alerts raised and not cleared
     outputs: Mapping[str, Any] | None = None  # the output sink's stats() (app.outputs), None: no sink
+    margin: Iterable[Any] = ()  # the risk engine's latest risk.margin records (app.records.MarginRecord)
+    in_flight: int = 0  # hedge signals not answered yet (filled, rejected or expired)
 
 
 def _counter(name: str, help_: str, value: float) -> CounterMetricFamily:
@@ -133,6 +135,21 @@ class BookstreamCollector(Collector):
                        counters.get("risk_bad_positions", 0))
         yield _counter("bookstream_risk_late_inputs_total", "Risk inputs that arrived behind the engine's watermark.",
                        counters.get("risk_late_inputs", 0))
+        margin = [m for m in w.margin if m.mm is not None]
+        labels = ["portfolio", "venue", "currency", "method"]
+        for name, field_, help_ in (("im", "im", "Initial margin"), ("mm", "mm", "Maintenance margin"),
+                                    ("equity", "equity", "Equity (collateral + realized + unrealized P&L)"),
+                                    ("mm_ratio", "mm_ratio", "Maintenance margin / equity"),
+                                    ("im_ratio", "im_ratio", "Initial margin / equity")):
+            yield _labelled(GaugeMetricFamily(f"bookstream_margin_{name}", f"{help_} per portfolio, venue and "
+                                              "settlement currency (risk.margin; in that currency).", labels=labels),
+                            (([m.portfolio, m.venue, m.currency, m.method], getattr(m, field_)) for m in margin
+                             if getattr(m, field_) is not None))
+        yield _labelled(GaugeMetricFamily("bookstream_margin_ok", "1 when the margin's inputs are all fresh and "
+                                          "priced, else 0.", labels=labels),
+                        (([m.portfolio, m.venue, m.currency, m.method], float(m.ok)) for m in margin))
+        yield _gauge("bookstream_hedge_in_flight", "Hedge signals not answered yet on hedge.fills (not filled, "
+                     "rejected or HEDGE_SIGNAL_TTL_S old).", w.in_flight)
         yield _counter("bookstream_risk_held_published_total", "Risk records computed while another worker (or none) "
                        "owned their partition, published here once it came here.",
                        counters.get("risk_held_published", 0))
@@ -241,6 +258,8 @@ def register(app: Any, books: BookView, consumer_lag: Callable[[], dict[tuple[st
         sink = getattr(books, "sink", None)
         return WorkerFigures(books=books.books(), lag=consumer_lag(), uncommitted=uncommitted(),
                              active_alerts=risk.engine.alerts.active_by_kind() if risk is not None else {},
+                             margin=list(risk.engine.margins.values()) if risk is not None else (),
+                             in_flight=len(risk.engine.in_flight) if risk is not None else 0,
                              outputs=sink.stats() if sink is not None else None)
 
     exposition = registry(figures)

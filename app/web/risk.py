@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 DISABLED = "risk engine disabled (RISK_ENABLED=false)"
 STARTING = "risk engine not started yet"
-LEAN = ("exposure", "scenarios", "hedge")  # records whose ``inputs`` the pushed snapshot leaves out
+LEAN = ("exposure", "scenarios", "margin", "hedge")  # records whose ``inputs`` the pushed snapshot leaves out
 
 
 def register(app: Any, books: Any, settings: Settings) -> None:

@@ -37,7 +37,7 @@ from tests.integration.test_flow_control import KEY, counters, finished
 from tests.integration.test_flow_control import reference_tops as flow_reference_tops
 from tests.integration.test_ingest_outage import ingest_outage_keeps_memory_bounded
 from tests.integration.test_kills_two_workers import kill_the_busy_worker
-from tests.risk_reference import DESK_RULES, desk_positions, write_positions
+from tests.risk_reference import DESK_RULES, NO_EXECUTOR_ENV, desk_positions, write_positions
 from tests.scenarios import (
     api_book,
     broker_outage,
@@ -94,7 +94,7 @@ def test_two_workers_kill_and_takeover_under_load(ns: Namespace, tmp_path: Path,
     rules = tmp_path / "rules.toml"
     rules.write_text(DESK_RULES)
     env = {"RISK_ENABLED": "true", "RISK_RULES_FILE": str(rules), "RISK_LOOKBACK_S": "0",
-           "RISK_LATENESS_MS": str(RISK_LATENESS_MS)}
+           "RISK_LATENESS_MS": str(RISK_LATENESS_MS), **NO_EXECUTOR_ENV}
 
     def desk(worker: Worker) -> None:
         book = desk_positions()

@@ -98,6 +98,7 @@ from tests.risk_reference import (
     COPY_HEDGE,
     COPY_RULES,
     DESK_RULES,
+    NO_EXECUTOR_ENV,
     compare_hedge,
     copies_instruments,
     copy_positions,
@@ -319,7 +320,7 @@ def test_catchup_of_a_million_frames_with_sigkills_on_three_brokers(
     # The risk engine on, with the desk's rule, from the beginning of its inputs at every (re)start
     # as the reference reads them, RISK_LATENESS_MS behind.
     worker = Worker(ns, tmp_path / "data", RISK_ENABLED="true", RISK_RULES_FILE=str(rules), RISK_LOOKBACK_S="0",
-                    RISK_LATENESS_MS=str(RISK_LATENESS_MS))
+                    RISK_LATENESS_MS=str(RISK_LATENESS_MS), **NO_EXECUTOR_ENV)
     chunk = sent // (CATCHUP_KILLS + 1)
     report.update(worker_kills=0, hedge_kills=0)
     logs: list[str] = []
@@ -385,7 +386,7 @@ class LiveSite:
         # its inputs at every (re)start as the reference reads them, RISK_LATENESS_MS behind.
         self.worker = Worker(ns, tmp / "data", INGEST_IN_WORKER="false", RISK_ENABLED="true",
                              RISK_RULES_FILE=str(self.rules), RISK_LOOKBACK_S="0",
-                             RISK_LATENESS_MS=str(RISK_LATENESS_MS))
+                             RISK_LATENESS_MS=str(RISK_LATENESS_MS), **NO_EXECUTOR_ENV)
         self.ingest: subprocess.Popen[bytes] | None = None
         self.replay: subprocess.Popen[str] | None = None
         self.ingest_log = tmp / "ingest.log"

@@ -58,6 +58,19 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
             raise AssertionError(f"{exc}\npositions read: {len(risk['positions'])}, pending inputs: "
                                  f"{risk['pending_inputs']}, event time {lag_s:.1f} s behind the clock, held by "
                                  f"{risk['event_time_held_by']}") from None
+
+        def closed_loop() -> bool:  # the paper executor fills a signal, the fill moves the position
+            risk = http_json(f"{web}/api/risk")[1]
+            fills = {f["signal"]: f for f in risk["fills"] if f["by"] == "paper" and f["state"] == "filled"}
+            filled = [h for h in risk["hedge"] if h["type"] == "signal" and h["id"] in fills]
+            exposure = [e for e in risk["exposure"] if e["portfolio"] == "demo" and e["underlying"] == "BTC"]
+            perp = [p for e in exposure for p in e["positions"] if p["instrument"] == "deribit:BTC-PERPETUAL"]
+            margin = [m for m in risk["margin"] if (m["portfolio"], m["venue"], m["currency"]) == ("demo", "deribit",
+                                                                                                    "BTC")]
+            return bool(filled and perp and perp[0]["quantity"] != "-20000" and margin
+                        and margin[0]["collateral"] == 1.0 and margin[0]["mm"] > 0 and margin[0]["mm_ratio"] > 0)
+
+        wait_for(closed_loop, 60, "a demo signal filled by the paper executor, the position moved, margin on /api/risk")
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(timeout=60) is not None

@@ -13,7 +13,6 @@ worker is SIGKILLed and started again. Then:
 
 from __future__ import annotations
 
-import heapq
 import re
 import time
 import urllib.request
@@ -29,13 +28,11 @@ import pytest
 from app.capture.formats import Record, write_native
 from app.config import RiskSettings
 from app.market.symbols import monthly_expiries
-from app.risk import positions as pos
-from app.risk.engine import DeskEvent, RiskEngine
 from app.risk.rules import load_rules
-from app.risk.service import RANK, engine_settings
+from app.risk.service import engine_settings
 from app.wire import decode_record
 from tests.helpers import Namespace, SimSite, SimSiteFactory, Worker, consume, values, wait_for, workers
-from tests.risk_reference import plain, typed
+from tests.risk_reference import hedge_reference, read_inputs
 
 EXPIRY = monthly_expiries(time.time_ns(), 1)[0]
 CALL = f"BTC-{EXPIRY}-65000-C"
@@ -67,7 +64,6 @@ portfolio = "desk"
 instrument = "{PERP}"
 quantity = -200000
 """
-INPUTS = ("ticker", "book.top", "book.status", "risk.depth", "ref.instruments", "positions", "risk.rules")
 
 
 class Scenario:
@@ -78,8 +74,14 @@ class Scenario:
         return values(consume(self.site.ns.bootstrap, (ns or self.site.ns).topic(name), idle_s=2))
 
 
+#: No executor answers this desk's signals: one counts as in flight only until the rule's cooldown
+#: is over, so the rule fires at every tick its cooldown allows (tests/integration/test_margin_live.py
+#: closes the loop with fills).
+TTL_S = 2
+
+
 def risk_env(rules: Path) -> dict[str, str]:
-    return {"RISK_RULES_FILE": str(rules), "RISK_MAX_INPUT_AGE_MS": str(MAX_AGE_MS)}
+    return {"RISK_RULES_FILE": str(rules), "RISK_MAX_INPUT_AGE_MS": str(MAX_AGE_MS), "HEDGE_SIGNAL_TTL_S": str(TTL_S)}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,7 @@ def scenario(sim_site: SimSiteFactory, module_ns: Namespace) -> Scenario:
         return True
 
     wait_for(set_book, 60, "positions accepted (the registry knows the instruments)", every=2)
+    module_ns.faust("collateral", "set", "desk", "BTC", "5")  # equity and ratios on risk.margin
 
     def hedge() -> list[dict[str, Any]]:
         return [r for r in site.topic("risk.hedge") if r["type"] == "signal"]
@@ -116,33 +119,13 @@ def scenario(sim_site: SimSiteFactory, module_ns: Namespace) -> Scenario:
     return Scenario(site, rules, (silent_from, silent_to), t_kill)
 
 
-def reference(s: Scenario, ns: Namespace | None = None) -> list[dict[str, Any]]:
-    """The risk.hedge records an engine computes from the input topics, in event time."""
-    conf = replace(engine_settings(s.site.ns.settings()), max_input_age_ms=MAX_AGE_MS)  # the worker's risk_env
-    engine = RiskEngine(conf, load_rules(s.rules))
-    heap: list[tuple[Any, ...]] = []
-    n = 0
-    for name in INPUTS:
-        for r in s.topic(name, ns):
-            n += 1
-            if name == "positions":
-                p = pos.parse(f"{r['portfolio']}|{r['instrument']}".encode(), orjson.dumps(r))
-                event = DeskEvent(f"{r['portfolio']}|{r['instrument']}", r["ts"], position=p)
-                heapq.heappush(heap, (r["ts"], RANK["position"], event.key, 0, n, "position", event))
-            elif name == "risk.rules":
-                event = DeskEvent(r["rule"], r["ts"], state=r["state"])
-                heapq.heappush(heap, (r["ts"], RANK["rule-state"], r["rule"], 0, n, "rule-state", event))
-            else:
-                if name == "book.status" and r.get("ts_recv") is None:
-                    continue
-                ts = r["valid_from"] if name == "ref.instruments" else r["ts_recv"]
-                key = r.get("key") or f"{r['venue']}:{r['instrument']}"
-                heapq.heappush(heap, (ts, RANK[name], key, int(r.get("seq") or 0), n, name, typed(name, r)))
-    out = []
-    while heap:
-        item = heapq.heappop(heap)
-        out += [b for t, _, b in plain(engine.on_input(item[5], item[6])) if t == "risk.hedge"]
-    return out
+def reference(s: Scenario) -> list[dict[str, Any]]:
+    """The risk.hedge records an engine computes from the input topics, in event time
+    (tests/risk_reference.py: the service's own reading of each topic)."""
+    conf = replace(engine_settings(s.site.ns.settings()), max_input_age_ms=MAX_AGE_MS,
+                   signal_ttl_s=TTL_S)  # the worker's risk_env
+    ref = hedge_reference(read_inputs(s.site.ns.bootstrap, s.site.ns.topic("")), conf, load_rules(s.rules))
+    return list(ref.records.values())
 
 
 def test_the_expected_signals_are_published_once_each_across_a_kill(scenario: Scenario) -> None:
@@ -221,6 +204,8 @@ def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: S
     capture = tmp_path / "risk.jsonl"
     end = _dump_raw(scenario.site.ns, capture)  # the receive time of its last frame
     positions = consume(scenario.site.ns.bootstrap, scenario.site.ns.topic("positions"), idle_s=2)
+    collateral = consume(scenario.site.ns.bootstrap, scenario.site.ns.topic("collateral"), idle_s=2)
+    assert collateral
     # Two namespaces, two workers started together: run a replays as soon as its positions are in,
     # run b only once its engine has held the positions for a while (the late replay).
     runs = []
@@ -235,15 +220,19 @@ def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: S
         for ns, worker in runs:
             worker.wait_ready()
             _produce(ns, "positions", [(m.key, m.value) for m in positions])
+            _produce(ns, "collateral", [(m.key, m.value) for m in collateral])
         ns_a.replay(str(capture))
 
         def read() -> bool:
-            return len(worker_b.get("/api/risk")[1]["positions"]) == len(positions)
+            risk = worker_b.get("/api/risk")[1]
+            return (len(risk["positions"]), len(risk["collateral"])) == (
+                len(positions), len({m.key for m in collateral if m.value is not None}))
 
         wait_for(read, 60, "the engine read the positions")
         time.sleep(3 * IDLE_S)  # the fault itself (a late replay), no condition to wait for
         held = worker_b.get("/api/risk")[1]
-        assert (held["pending_inputs"], held["event_time"]) == (len(positions), 0), held
+        balances = [m for m in collateral if m.value is not None]  # a tombstone applies when read
+        assert (held["pending_inputs"], held["event_time"]) == (len(positions) + len(balances), 0), held
         ns_b.replay(str(capture))
         outputs = []
         for run, (ns, _) in zip(("a", "b"), runs, strict=True):
@@ -253,7 +242,7 @@ def test_replaying_the_raw_topics_twice_gives_identical_risk_records(scenario: S
 
             wait_for(done, 120, f"run {run}: risk.exposure up to the end of the capture", every=3)
             outputs.append({t: [_plain(r) for r in values(consume(kafka, ns.topic(t), idle_s=3))]
-                            for t in ("risk.exposure", "risk.scenarios", "risk.hedge")})
+                            for t in ("risk.exposure", "risk.scenarios", "risk.margin", "risk.hedge")})
     a, b = outputs
     for topic in a:
         key = lambda r: (r["ts"], orjson.dumps(r, option=orjson.OPT_SORT_KEYS))  # noqa: E731 - a total order
@@ -341,6 +330,27 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     assert "parameters of 2024-06-17" in table.stderr
     refused = ns.faust("margin", "simulate", "--add", "deribit:BTC-PERPETUAL", check=False)
     assert "expected INSTRUMENT=QTY" in refused.stderr
+    # hedge fills by hand: refused whole when wrong, applied to the position when right
+    signals = [r for r in scenario.topic("risk.hedge") if r["type"] == "signal"]
+    first, second = signals[0], signals[1]
+    for args, says in ((("fill", "0" * 24), f"no signal {'0' * 24!r}"),
+                       (("fill", first["id"], "--size", str(float(first["size"]) * 2)), "must be between 0 and"),
+                       (("wave", first["id"]), "unknown action 'wave'")):
+        bad = ns.faust("hedge", *args, check=False)
+        assert (bad.returncode, says in bad.stderr) == (1, True), bad.stderr
+    half = str(int(float(first["size"]) / 2 // 10 * 10))
+    assert "partial" in ns.faust("hedge", "fill", first["id"], "--size", half, "--price", "65000").stderr
+    assert "filled" in ns.faust("hedge", "fill", first["id"], "--price", "65010").stderr
+    again = ns.faust("hedge", "fill", first["id"], check=False)
+    assert "is already filled" in again.stderr
+    assert "rejected" in ns.faust("hedge", "reject", second["id"], "--reason", "venue refused").stderr
+
+    def answered() -> bool:
+        fills = {f["signal"]: f for f in worker.get("/api/risk")[1]["fills"]}
+        return (fills.get(first["id"], {}).get("state"), fills.get(second["id"], {}).get("state")) == (
+            "filled", "rejected")
+
+    wait_for(answered, 30, "the fills on /api/risk")
     checked = ns.faust("rules", "check", env=risk_env(scenario.rules))
     assert f"{scenario.rules}: 1 rule(s), no errors" in checked.stdout
     rules = [orjson.loads(line) for line in ns.faust("rules", "list", "--json",

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import brokers, metrics, venues
+from app.records import MarginRecord
 from app.sync import STALE, SYNCED, Instrument
 from app.web.metrics import BookstreamCollector, WorkerFigures, registry
 from tests.helpers import ROOT, promtool_check
@@ -36,7 +38,9 @@ FAMILIES = {
     "bookstream_raw_sink_producer_restarts": "counter", "bookstream_feed_subscriptions": "counter",
     "bookstream_feed_channels": "gauge", "bookstream_feed_limit_waits": "counter",
     "bookstream_feed_rest_throttled": "counter", "bookstream_feed_auth_failed": "counter",
-    "bookstream_top_latency_seconds": "histogram",
+    "bookstream_top_latency_seconds": "histogram", "bookstream_margin_im": "gauge", "bookstream_margin_mm": "gauge",
+    "bookstream_margin_equity": "gauge", "bookstream_margin_mm_ratio": "gauge", "bookstream_margin_im_ratio": "gauge",
+    "bookstream_margin_ok": "gauge", "bookstream_hedge_in_flight": "gauge",
 }
 
 
@@ -60,8 +64,14 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> WorkerFigures:
     stale.counters.update(applied=5, levels=9, gaps=1)
     outputs = {"pending_mb": 0.5, "budget_mb": 64, "sent": 100, "pauses": 1, "paused_s": 0.25, "retried": 2,
                "producers": 3, "producer_restarts": 2, "failed": 0}
+    margin = MarginRecord(portfolio="desk", venue="deribit", currency="BTC", method="deribit-standard", im=0.5, mm=0.25,
+                          components={}, legs=[], collateral=2.0, realized=0.0, unrealized=-1.0, equity=1.0,
+                          mm_ratio=0.25, im_ratio=0.5, no_avg_price=[], flags={}, not_priced=[], ok=True, inputs=[],
+                          ts=1)
+    no_collateral = msgspec.structs.replace(margin, portfolio="other", collateral=None, equity=None, mm_ratio=None,
+                                            im_ratio=None)
     return WorkerFigures(books=iter([synced, stale]), lag={("raw.okx", 0): 12}, uncommitted=1,
-                         active_alerts={"stale": 1}, outputs=outputs)
+                         active_alerts={"stale": 1}, outputs=outputs, margin=[margin, no_collateral], in_flight=2)
 
 
 def scrape(figures: WorkerFigures) -> str:
@@ -95,6 +105,12 @@ def test_counters_and_gauges_hold_the_process_and_worker_figures(figures: Worker
     assert got["bookstream_alerts_total", (("kind", "stale"),)] == 1
     assert got["bookstream_alerts_active", (("kind", "stale"),)] == 1
     assert got["bookstream_risk_records_total", (("topic", "risk.hedge"),)] == 6
+    desk = (("currency", "BTC"), ("method", "deribit-standard"), ("portfolio", "desk"), ("venue", "deribit"))
+    other = (("currency", "BTC"), ("method", "deribit-standard"), ("portfolio", "other"), ("venue", "deribit"))
+    assert (got["bookstream_margin_mm", desk], got["bookstream_margin_mm_ratio", desk]) == (0.25, 0.25)
+    assert got["bookstream_margin_mm", other] == 0.25
+    assert ("bookstream_margin_mm_ratio", other) not in got  # no collateral: no ratio, not a 0
+    assert got["bookstream_hedge_in_flight", ()] == 2
     assert got["bookstream_state_commits_total", ()] == 9
     assert got["bookstream_state_uncommitted_partitions", ()] == 1
     assert got["bookstream_books", (("state", "synced"),)] == 1

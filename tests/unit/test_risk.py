@@ -129,7 +129,7 @@ def test_rules_file_errors_name_the_rule_and_field(tmp_path: Path) -> None:
         load_rules(path)
     lines = str(err.value).splitlines()[1:]
     assert {line.strip() for line in lines} == {
-        "rule 1 (a): greek: 'rho' is not one of delta, delta_usd, gamma_1pct, vega",
+        "rule 1 (a): greek: 'rho' is not one of delta, delta_usd, gamma_1pct, vega, margin_ratio",
         "rule 1 (a): target: 2.0 must be ≥ 0 and below trigger (1.0)",
         "rule 1 (a): hedge: 'nocolon' is not an instrument key (<venue>:<symbol>)",
         "rule 1 (a): state: 'paused' is not one of active, reduce-only, halted",

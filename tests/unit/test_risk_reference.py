@@ -36,6 +36,7 @@ from tests.risk_reference import (
     DESK_HEDGE,
     DESK_RULES,
     KV,
+    NO_EXECUTOR_ENV,
     compare_hedge,
     copies_instruments,
     copy_positions,
@@ -57,7 +58,7 @@ def _rules(text: str = DESK_RULES) -> list[Rule]:
 
 
 def _engine_conf() -> EngineSettings:
-    return engine_settings(Settings())
+    return replace(engine_settings(Settings()), signal_ttl_s=float(NO_EXECUTOR_ENV["HEDGE_SIGNAL_TTL_S"]))
 
 
 def _kv(kind: str, key: str, body: dict[str, Any]) -> KV:

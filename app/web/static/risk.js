@@ -1,5 +1,6 @@
 // The risk page: the worker's risk engine pushed over /events/risk (exposure, scenario heat maps,
-// hedge rules with their state controls, signals and blocked hedges, alerts, positions).
+// margin, signals in flight and fills, hedge rules with their state controls, signals and blocked
+// hedges, alerts, positions).
 "use strict";
 const $ = id => document.getElementById(id);
 const pending = {}; // rule id → state asked for and not read back yet
@@ -54,6 +55,34 @@ function renderExposure(rows) {
       const venue = e.venue || {};
       tr.children[2].title = venue.delta == null ? "" : `venue greeks: delta ${fmt(venue.delta, 4)}`;
     });
+}
+
+function marginFlags(m) {
+  const parts = Object.entries(m.flags || {}).map(([k, f]) => `${k}: ${f.join(",")}`);
+  for (const k of m.not_priced || []) parts.push(`${k}: not priced`);
+  for (const k of m.no_avg_price || []) parts.push(`${k}: no avg_price`);
+  if (m.collateral == null) parts.push("no collateral");
+  return parts.length ? parts.join("; ") : "ok";
+}
+
+function renderMargin(rows) {
+  keyed($("margin").tBodies[0], rows, m => `${m.portfolio}|${m.venue}|${m.currency}`,
+    () => { const tr = document.createElement("tr"); for (let i = 0; i < 12; i++) tr.append(cell("", i < 4 || i > 8 && i < 11 ? "l" : "")); return tr; },
+    (tr, m) => {
+      tr.className = m.ok ? "" : "stale";
+      const parts = Object.entries(m.components || {}).map(([k, v]) => `${k} ${fmt(v, 6)}`).join(" · ");
+      setCells(tr, [m.portfolio, m.venue, m.currency, m.method, fmt(m.im, 6), fmt(m.mm, 6), fmt(m.equity, 6),
+        m.mm_ratio == null ? "" : fmt(m.mm_ratio, 4), m.im_ratio == null ? "" : fmt(m.im_ratio, 4), parts, marginFlags(m), time(m.ts)]);
+    });
+}
+
+function renderFills(flying, fills) {
+  const rows = [...flying.map(f => ({ ts: f.expires, signal: f.signal, state: "in flight", instrument: f.instrument,
+    side: Number(f.size) > 0 ? "buy" : "sell", filled: `${f.filled} of ${String(f.size).replace("-", "")}`, price: null, by: f.rule })),
+    ...[...fills].reverse()];
+  keyed($("fills").tBodies[0], rows, f => `${f.signal}|${f.state}`,
+    () => { const tr = document.createElement("tr"); for (let i = 0; i < 8; i++) tr.append(cell("", i > 0 && i !== 5 && i !== 6 ? "l" : "")); return tr; },
+    (tr, f) => setCells(tr, [time(f.ts), f.signal, f.state, f.instrument, f.side, f.filled, f.price == null ? "" : fmt(f.price, 2), f.by]));
 }
 
 function heatTable(s) {
@@ -213,6 +242,8 @@ es.addEventListener("risk", ev => {
   $("status").textContent = `live · ${msg.pending_inputs} inputs waiting`;
   $("clock").textContent = msg.event_time ? `event time ${time(msg.event_time)} UTC` : "no market input yet";
   renderExposure(msg.exposure || []);
+  renderMargin(msg.margin || []);
+  renderFills(msg.in_flight || [], msg.fills || []);
   renderScenarios(msg.scenarios || []);
   renderRules(msg.rules || []);
   renderSignals(msg.hedge || []);
