@@ -57,10 +57,13 @@ def site(sim_site: SimSiteFactory, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def positioned(site: SimSite) -> SimSite:
-    """``desk`` long 10 calls (set with ``faust -A app positions set`` once the registry knows it)."""
+    """``desk`` long 10 calls and short 10,000 USD of the perpetual (set with ``faust -A app positions
+    set`` once the registry knows them), 2 BTC of collateral."""
     key = f"deribit:{CALL}"
     wait_for(lambda: any(r["key"] == key for r in site.topic("ref.instruments")), 60, f"{key} in ref.instruments")
     site.ns.faust("positions", "set", "desk", key, "10")
+    site.ns.faust("positions", "set", "desk", "deribit:BTC-PERPETUAL", "--avg-price", "65000", "--", "-10000")
+    site.ns.faust("collateral", "set", "desk", "BTC", "2")
     return site
 
 
@@ -154,6 +157,19 @@ def test_the_risk_page_shows_exposure_scenarios_the_rule_and_its_signal_and_halt
     assert float(cells[2].replace(",", "")) == pytest.approx(delta, abs=1e-4)
     assert float(cells[3].replace(",", "")) > 1e5  # delta USD: ~5 BTC at ~65000
     assert all(cells[i] for i in range(4, 8)), cells  # gamma 1%, vega, theta, notional
+
+    # margin, live: the short perpetual's (long options need none), equity from the collateral
+    margin_row = "#margin tr[data-key='desk|deribit|BTC']"
+    page.wait_for_selector(margin_row, timeout=30_000)
+    cells = page.eval_on_selector(margin_row, "tr => [...tr.children].map(td => td.textContent)")
+    assert cells[:4] == ["desk", "deribit", "BTC", "deribit-standard"], cells
+    im, mm, equity, ratio = (float(c.replace(",", "")) for c in cells[4:8])
+    assert 0 < mm < im < 0.01  # ~0.15 BTC of perpetual
+    assert equity == pytest.approx(2.0, abs=0.01)
+    assert ratio == pytest.approx(mm / equity, rel=1e-3)
+    assert "futures_im" in cells[9]
+    (api,) = [m for m in risk(site)["margin"] if m["portfolio"] == "desk"]
+    assert api["collateral"] == 2.0
 
     # the scenario heat map: 11 moves × 3 vol shifts, gains green, losses red, scaled by size
     grid = "#scenarios table[data-key='desk|BTC']"

@@ -8,6 +8,7 @@ const pending = {}; // rule id → state asked for and not read back yet
 const fmt = (v, d) => v == null || v === "" ? "" :
   Number(v).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 const time = ns => ns ? new Date(ns / 1e6).toISOString().slice(11, 23) : "";
+const sig = v => v == null ? "" : Number(v).toPrecision(4);
 const signed = (v, d) => v == null ? "" : (v > 0 ? "+" : "") + fmt(v, d);
 function compact(v) {
   if (v == null) return "";
@@ -72,7 +73,7 @@ function renderMargin(rows) {
       tr.className = m.ok ? "" : "stale";
       const parts = Object.entries(m.components || {}).map(([k, v]) => `${k} ${fmt(v, 6)}`).join(" · ");
       setCells(tr, [m.portfolio, m.venue, m.currency, m.method, fmt(m.im, 6), fmt(m.mm, 6), fmt(m.equity, 6),
-        m.mm_ratio == null ? "" : fmt(m.mm_ratio, 4), m.im_ratio == null ? "" : fmt(m.im_ratio, 4), parts, marginFlags(m), time(m.ts)]);
+        sig(m.mm_ratio), sig(m.im_ratio), parts, marginFlags(m), time(m.ts)]);
     });
 }
 
