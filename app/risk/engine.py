@@ -185,6 +185,7 @@ class RiskEngine:
         self.in_flight: dict[str, Flight] = {}  # signal id → what is not answered yet
         self.filled: dict[str, Decimal] = {}  # signal id → the cumulative size of fills applied
         self.margins: dict[tuple[str, str, str], MarginRecord] = {}  # (portfolio, venue, currency) → latest
+        self._memo: dict[tuple[str, str, int], Any] | None = None  # legs priced during a tick
 
     # -- inputs ----------------------------------------------------------------------------
     def on_input(self, kind: str, record: Input) -> list[Out]:
@@ -323,6 +324,13 @@ class RiskEngine:
         return out
 
     def tick(self, t: int, scenarios: bool) -> list[Out]:
+        self._memo = {}  # no input arrives during a tick: a portfolio's legs are priced once (margin, exposure)
+        try:
+            return self._tick(t, scenarios)
+        finally:
+            self._memo = None
+
+    def _tick(self, t: int, scenarios: bool) -> list[Out]:
         out: list[Out] = []
         for sid in [sid for sid, f in self.in_flight.items() if f.expires <= t]:
             del self.in_flight[sid]  # not answered in HEDGE_SIGNAL_TTL_S: no longer counted
@@ -385,58 +393,87 @@ class RiskEngine:
         return flags
 
     def _option(self, key: str, spec: Spec, t: int) -> tuple[dict[str, Any] | None, list[str], InputRef]:
-        quote = self.tickers.get(key)
-        if quote is None:
-            return None, ["missing"], InputRef(key=key)
-        ref = InputRef(key=key, input="ticker", ts_recv=quote.ts_recv, source=quote.source or UNSET)
-        f = quote.number("underlying_price") or quote.number("index")
-        strike = float(spec.strike) if spec.strike else None
-        expiry = spec.expiry_ns
-        opt = parse_option(key.partition(":")[2])
-        if strike is None and opt is not None:
-            strike, expiry = opt.strike, opt.expiry_ns
-        if f is None or strike is None or expiry is None:
-            return None, ["missing"], ref
-        years = (expiry - t) / valuation.YEAR_NS
-        if years <= 0:
-            return None, ["expired"], ref
-        call = (spec.option_type or ("call" if opt is None or opt.call else "put")) == "call"
-        flags = self._book_flags(key, t, quote.ts_recv)
-        mark = quote.number("mark")
-        sigma = None
-        if mark is not None:
-            usd = mark * f if opt is not None and coin_premium(key.partition(":")[0], opt) else mark
-            iv, ok = black76.implied_vol(usd, f, strike, years, call)
-            if bool(ok):
-                sigma = float(iv)
-        if sigma is None:
+        """One option priced (the hedge instrument): :meth:`_options` of one."""
+        return self._options([(key, spec)], t)[0]
+
+    def _options(self, items: list[tuple[str, Spec]], t: int) -> list[tuple[dict[str, Any] | None, list[str],
+                                                                            InputRef]]:
+        """Each option's forward, strike, years, call, our implied volatility from the venue's mark
+        (one vectorised solve for all of them), the venue's greeks; its flags and input reference."""
+        out: list[tuple[dict[str, Any] | None, list[str], InputRef]] = []
+        solve: list[tuple[int, float, float, float, float, bool]] = []  # (index, usd mark, f, strike, years, call)
+        for key, spec in items:
+            quote = self.tickers.get(key)
+            if quote is None:
+                out.append((None, ["missing"], InputRef(key=key)))
+                continue
+            ref = InputRef(key=key, input="ticker", ts_recv=quote.ts_recv, source=quote.source or UNSET)
+            f = quote.number("underlying_price") or quote.number("index")
+            strike = float(spec.strike) if spec.strike else None
+            expiry = spec.expiry_ns
+            opt = parse_option(key.partition(":")[2])
+            if strike is None and opt is not None:
+                strike, expiry = opt.strike, opt.expiry_ns
+            if f is None or strike is None or expiry is None:
+                out.append((None, ["missing"], ref))
+                continue
+            years = (expiry - t) / valuation.YEAR_NS
+            if years <= 0:
+                out.append((None, ["expired"], ref))
+                continue
+            call = (spec.option_type or ("call" if opt is None or opt.call else "put")) == "call"
+            mark = quote.number("mark")
+            if mark is not None:
+                usd = mark * f if opt is not None and coin_premium(key.partition(":")[0], opt) else mark
+                solve.append((len(out), usd, f, strike, years, call))
+            venue = {g: quote.number(g) for g in ("delta", "gamma", "vega", "theta")}
+            out.append(({"f": f, "strike": strike, "t": years, "sigma": None, "call": call, "venue": venue},
+                        self._book_flags(key, t, quote.ts_recv), ref))
+        if solve:
+            cols = list(zip(*solve, strict=True))
+            ivs, determined = black76.implied_vol(np.array(cols[1]), np.array(cols[2]), np.array(cols[3]),
+                                                  np.array(cols[4]), np.array(cols[5]))
+            for n, (i, *_rest) in enumerate(solve):
+                priced = out[i][0]
+                if priced is not None and bool(determined[n]):
+                    priced["sigma"] = float(ivs[n])
+        for i, (priced, flags, ref) in enumerate(out):
+            if priced is None or priced["sigma"] is not None:
+                continue
+            quote = self.tickers[ref.key]
             sigma = quote.number("mark_iv")
             if sigma is None:
-                return None, [*flags, "no-iv"], ref
-            flags.append("venue-iv")
-        venue = {g: quote.number(g) for g in ("delta", "gamma", "vega", "theta")}
-        return {"f": f, "strike": strike, "t": years, "sigma": sigma, "call": call, "venue": venue}, flags, ref
+                out[i] = (None, [*flags, "no-iv"], ref)
+            else:
+                priced["sigma"] = sigma
+                flags.append("venue-iv")
+        return out
 
     def legs(self, portfolio: str, underlying: str, t: int, book: dict[str, Position] | None = None,
              ) -> tuple[list[valuation.Leg], dict[str, list[str]], list[InputRef], list[str]]:
         """The priced legs of ``underlying``, the flags of its inputs, their references, and the
         portfolio's instruments the registry does not know (``book``: instead of its positions)."""
+        memo = self._memo if book is None else None
+        if memo is not None and (portfolio, underlying, t) in memo:
+            return memo[(portfolio, underlying, t)]
         legs: list[valuation.Leg] = []
         flags: dict[str, list[str]] = {}
         refs: list[InputRef] = []
         unknown: list[str] = []
         held = self.positions.get(portfolio, {}) if book is None else book
+        mine: list[tuple[str, Position, Spec]] = []
         for instrument, pos in sorted(held.items()):
             spec = self.spec(instrument, t)
             if spec is None:
                 unknown.append(instrument)
-                continue
-            if spec.base != underlying:
-                continue
+            elif spec.base == underlying:
+                mine.append((instrument, pos, spec))
+        options = iter(self._options([(k, spec) for k, _, spec in mine if leg_kind(spec) == "option"], t))
+        for instrument, pos, spec in mine:
             kind = leg_kind(spec)
             qty = float(pos.quantity)
             if kind == "option":
-                priced, fl, ref = self._option(instrument, spec, t)
+                priced, fl, ref = next(options)
                 if priced is not None:
                     legs.append(valuation.Leg(instrument, kind, qty, unit_size(spec), priced["f"], priced["strike"],
                                               priced["call"], priced["t"], priced["sigma"], priced["venue"]))
@@ -447,6 +484,8 @@ class RiskEngine:
             refs.append(ref)
             if fl:
                 flags[instrument] = fl
+        if memo is not None:
+            memo[(portfolio, underlying, t)] = (legs, flags, refs, unknown)
         return legs, flags, refs, unknown
 
     def margin_legs(self, portfolio: str, t: int, book: dict[str, Position] | None = None,
@@ -461,7 +500,7 @@ class RiskEngine:
         held = self.positions.get(portfolio, {}) if book is None else book
         underlyings = sorted({s.base for k in held if (s := self.spec(k, t)) is not None})
         for underlying in underlyings:
-            priced, fl, found, unknown = self.legs(portfolio, underlying, t, held)
+            priced, fl, found, unknown = self.legs(portfolio, underlying, t, book)
             refs += found
             flags.update(fl)
             left_out += unknown
