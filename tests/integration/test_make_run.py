@@ -67,10 +67,13 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
             perp = [p for e in exposure for p in e["positions"] if p["instrument"] == "deribit:BTC-PERPETUAL"]
             margin = [m for m in risk["margin"] if (m["portfolio"], m["venue"], m["currency"]) == ("demo", "deribit",
                                                                                                     "BTC")]
-            return bool(filled and perp and perp[0]["quantity"] != "-20000" and margin
+            back = [e for e in exposure if filled and e["ts"] > max(fills[h["id"]]["ts"] for h in filled)
+                    and abs(e["delta"]) <= 0.5]  # the demo rule's band
+            return bool(filled and perp and perp[0]["quantity"] != "-20000" and back and margin
                         and margin[0]["collateral"] == 1.0 and margin[0]["mm"] > 0 and margin[0]["mm_ratio"] > 0)
 
-        wait_for(closed_loop, 60, "a demo signal filled by the paper executor, the position moved, margin on /api/risk")
+        wait_for(closed_loop, 60, "a demo signal filled by the paper executor, the position moved, the exposure "
+                 "back inside the band, margin on /api/risk")
         broker_pid = int((tmp_path / "kafka" / "kafka.pid").read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         assert proc.wait(timeout=60) is not None

@@ -333,6 +333,7 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     # hedge fills by hand: refused whole when wrong, applied to the position when right
     signals = [r for r in scenario.topic("risk.hedge") if r["type"] == "signal"]
     first, second = signals[0], signals[1]
+    assert len(signals) >= 3
     for args, says in ((("fill", "0" * 24), f"no signal {'0' * 24!r}"),
                        (("fill", first["id"], "--size", str(float(first["size"]) * 2)), "must be between 0 and"),
                        (("wave", first["id"]), "unknown action 'wave'")):
@@ -344,11 +345,13 @@ def test_the_commands_and_the_endpoints_a_desk_uses(scenario: Scenario) -> None:
     again = ns.faust("hedge", "fill", first["id"], check=False)
     assert "is already filled" in again.stderr
     assert "rejected" in ns.faust("hedge", "reject", second["id"], "--reason", "venue refused").stderr
+    third = signals[2]
+    assert "acked" in ns.faust("hedge", "ack", third["id"]).stderr
 
     def answered() -> bool:
         fills = {f["signal"]: f for f in worker.get("/api/risk")[1]["fills"]}
-        return (fills.get(first["id"], {}).get("state"), fills.get(second["id"], {}).get("state")) == (
-            "filled", "rejected")
+        return [fills.get(s["id"], {}).get("state") for s in (first, second, third)] == ["filled", "rejected",
+                                                                                           "acked"]
 
     wait_for(answered, 30, "the fills on /api/risk")
     checked = ns.faust("rules", "check", env=risk_env(scenario.rules))
