@@ -10,8 +10,11 @@ It never raises: an exception in a faust agent acks the message and kills the ag
 
 from __future__ import annotations
 
+import time
+
 from faust.types import StreamT
 
+from app import metrics
 from app.worker import app, settings
 
 runtime = app.runtime
@@ -23,9 +26,13 @@ raw = app.topic(*runtime.topics.raw, key_type=bytes, value_type=bytes, key_seria
 async def books_agent(stream: StreamT) -> None:
     handle = runtime.handle
     sink = runtime.sink
+    observe = metrics.observe_stage
     async for event in stream.events():
         msg = event.message
+        start = time.time()
+        observe("fetch", start - msg.timestamp / 1000)  # its Kafka time: when the sink sent it
         handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.headers)
+        observe("apply", time.time() - start)
         if sink.full():
             # Flow control: the outputs wait for Kafka beyond OUTPUT_BUFFER_MB. Taking no more raw
             # records fills this stream's buffer and Faust stops fetching its partitions until the

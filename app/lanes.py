@@ -85,10 +85,11 @@ RETRY_BACKOFF_S = 0.2
 class Batch:
     """Records of one lane that travel as one producer batch; kept until acknowledged."""
 
-    __slots__ = ("began", "count", "resends", "size")
+    __slots__ = ("began", "count", "resends", "sent", "size")
 
     def __init__(self, began: float) -> None:
         self.began = began  # monotonic time of its first record
+        self.sent = 0.0  # monotonic time it was (last) sent
         self.size = 0  # bytes counted against the budget
         self.count = 0  # Kafka records
         self.resends = 0  # failures in a row that needed a new producer
@@ -137,6 +138,7 @@ class LaneProducer:
 
     #: Log line prefix and metric names.
     name = "producer"
+    stage = "output"  # app.metrics.STAGES: <stage>_linger, <stage>_broker
     metric_retried = "producer_resent"
     metric_restarts = "producer_restarts"
     #: What happens to records not delivered when it stops (said in the log).
@@ -370,6 +372,9 @@ class LaneProducer:
         if rest is not None:  # larger than estimated: the rest goes as the lane's next batch
             lane.ready.appendleft(rest)
         lane.inflight, lane.producer, lane.last_sent = batch, producer, time.monotonic()
+        if not batch.sent:  # its first send: how long it gathered (a retry is not lingering)
+            metrics.observe_stage(self.stage + "_linger", lane.last_sent - batch.began)
+        batch.sent = lane.last_sent
         try:
             # Bounded: send_batch() waits for metadata, which a producer closed underneath never gets.
             # asyncio.timeout, not wait_for: no task per batch, and no yield to the event loop when the
@@ -400,6 +405,7 @@ class LaneProducer:
             return
         batch.resends = 0
         self.last_delivery = time.monotonic()
+        metrics.observe_stage(self.stage + "_broker", self.last_delivery - batch.sent)
         if not self.kafka_ok:
             log.warning("%s: Kafka accepts records again", self.name)
             self.kafka_ok = True

@@ -426,12 +426,16 @@ class Bench:
             worker.start()
             try:
                 say(f"latency ({mode}): {n:,} frames at {rate:,.0f}/s over {instruments} instruments")
+                reset_stages()  # this process runs the ingestion sink: ingest, raw_linger, raw_broker
                 lat = asyncio.run(measure_latency(ns, items, rate, tops))
                 lat["cpu_ms_per_frame"] = round(cpu_seconds(pid(worker)) * 1000 / n, 4)
+                lat["stages"] = own_stages() | worker_stages(worker.url)
             finally:
                 worker.kill()
             by_mode[mode] = lat
             say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops")
+            say("  stages (p50/p99 bucket bounds, ms): " + ", ".join(
+                f"{k} {v['p50_le_ms']}/{v['p99_le_ms']}" for k, v in lat["stages"].items()))
         command = ("frames of the USD-M capture ×50 paced at the rate through bookstream's ingestion sink "
                    "(receive time stamped when put) into raw.binance-usdm; receive time → book.top seen by a "
                    "read_committed consumer, for frames received after a 10 s warm-up (BENCH_LATENCY_WARMUP_S); "
@@ -951,6 +955,67 @@ async def changelog_bytes(topic: str, since: dict[int, int]) -> tuple[int, int]:
     finally:
         await consumer.stop()
     return records, size
+
+
+def stage_figures(counts: dict[str, list[float]], sums: dict[str, float]) -> dict[str, Any]:
+    """Per stage: observations, mean, and the bucket bounds the median and the 99th percentile fall
+    under (app.metrics.STAGE_BUCKETS; "inf" beyond the last)."""
+    from app import metrics
+
+    out: dict[str, Any] = {}
+    bounds = [*metrics.STAGE_BUCKETS, float("inf")]
+    for stage, row in counts.items():
+        n = sum(row)
+        if not n:
+            continue
+
+        def bound(q: float, row: list[float] = row, n: float = n) -> float | str:
+            cum = 0.0
+            for b, c in zip(bounds, row, strict=True):
+                cum += c
+                if cum >= q * n:
+                    return round(b * 1000, 3) if b != float("inf") else "inf"
+            return "inf"
+
+        out[stage] = {"n": int(n), "mean_ms": round(sums[stage] / n * 1000, 3), "p50_le_ms": bound(0.5),
+                      "p99_le_ms": bound(0.99)}
+    return out
+
+
+def reset_stages() -> None:
+    from app import metrics
+
+    for stage in metrics.STAGES:
+        metrics.stage_counts[stage] = [0] * len(metrics.stage_counts[stage])
+        metrics.stage_sum[stage] = 0.0
+
+
+def own_stages() -> dict[str, Any]:
+    """The stages this process timed (the ingestion sink's)."""
+    from app import metrics
+
+    return stage_figures({k: list(map(float, v)) for k, v in metrics.stage_counts.items()}, dict(metrics.stage_sum))
+
+
+def worker_stages(url: str) -> dict[str, Any]:
+    """The stages a worker timed, from its /metrics (bookstream_stage_latency_seconds)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:  # noqa: S310 - local URL
+        text = resp.read().decode()
+    cumulative: dict[str, list[float]] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "bookstream_stage_latency_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels["stage"]
+            if sample.name.endswith("_bucket"):
+                cumulative.setdefault(stage, []).append(sample.value)
+            elif sample.name.endswith("_sum"):
+                sums[stage] = sample.value
+    counts = {k: [b - a for a, b in zip([0.0, *v], v, strict=False)] for k, v in cumulative.items()}
+    return stage_figures(counts, sums)
 
 
 async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops: int) -> dict[str, Any]:

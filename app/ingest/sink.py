@@ -70,6 +70,7 @@ class RawBatch(Batch):
 
 class RawSink(LaneProducer):
     name = "raw sink"
+    stage = "raw"
     metric_retried = "raw_sink_resent"
     metric_restarts = "raw_sink_producer_restarts"
     undelivered_note = "; their frames are lost (their books resync from a snapshot)"
@@ -94,6 +95,7 @@ class RawSink(LaneProducer):
     # -- frames in ----------------------------------------------------------------------
     def put(self, frame: RawFrame) -> None:
         """Queue one frame (never blocks); past the budget it is dropped, counted, and its book resyncs."""
+        metrics.observe_stage("ingest", (time.time_ns() - frame.ts) / 1e9)  # live: received a moment ago
         line = encode_frame(frame)
         size = len(line) + 1
         venue = frame.venue

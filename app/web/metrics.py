@@ -91,6 +91,7 @@ class BookstreamCollector(Collector):
         yield from self._kafka(counters)
         yield from self._feeds(counters)
         yield self._latency()
+        yield self._stages()
 
     @staticmethod
     def _pipeline(counters: Mapping[str, float], totals: Mapping[str, int]) -> Iterator[Metric]:
@@ -238,6 +239,21 @@ class BookstreamCollector(Collector):
             buckets.append((bound, cum))
         return HistogramMetricFamily("bookstream_top_latency_seconds", "Receive time to book.top published.",
                                      buckets=buckets, sum_value=metrics.latency_sum[0])
+
+    @staticmethod
+    def _stages() -> Metric:
+        """Per stage of a frame's way (app.metrics.STAGES), one histogram each, labelled ``stage``."""
+        family = HistogramMetricFamily("bookstream_stage_latency_seconds", "Time a frame spends in each stage: "
+                                       "ingest, raw_linger, raw_broker, fetch, apply, output_linger, output_broker.",
+                                       labels=["stage"])
+        bounds = [*map(floatToGoString, metrics.STAGE_BUCKETS), "+Inf"]
+        for stage in metrics.STAGES:
+            cum, buckets = 0, []
+            for bound, n in zip(bounds, list(metrics.stage_counts[stage]), strict=True):
+                cum += n
+                buckets.append((bound, cum))
+            family.add_metric([stage], buckets, metrics.stage_sum[stage])
+        return family
 
 
 def registry(worker: Callable[[], WorkerFigures] = WorkerFigures) -> CollectorRegistry:

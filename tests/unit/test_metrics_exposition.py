@@ -41,6 +41,7 @@ FAMILIES = {
     "bookstream_top_latency_seconds": "histogram", "bookstream_margin_im": "gauge", "bookstream_margin_mm": "gauge",
     "bookstream_margin_equity": "gauge", "bookstream_margin_mm_ratio": "gauge", "bookstream_margin_im_ratio": "gauge",
     "bookstream_margin_ok": "gauge", "bookstream_hedge_in_flight": "gauge",
+    "bookstream_stage_latency_seconds": "histogram",
 }
 
 
@@ -58,6 +59,12 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> WorkerFigures:
     counts[0], counts[2], counts[-1] = 3, 1, 1  # ≤ 0.5 ms, ≤ 2.5 ms, beyond the last bound
     monkeypatch.setattr(metrics, "latency_counts", counts)
     monkeypatch.setattr(metrics, "latency_sum", [7.5])
+    stages = {stage: [0] * (len(metrics.STAGE_BUCKETS) + 1) for stage in metrics.STAGES}
+    monkeypatch.setattr(metrics, "stage_counts", stages)
+    monkeypatch.setattr(metrics, "stage_sum", dict.fromkeys(metrics.STAGES, 0.0))
+    metrics.observe_stage("apply", 0.0003)  # ≤ 0.5 ms
+    metrics.observe_stage("apply", 0.004)  # ≤ 5 ms
+    metrics.observe_stage("fetch", 9.0)  # beyond the last bound
     synced, stale = Instrument("okx:BTC-USDT", venues.rule("okx")), Instrument("okx:ETH-USDT", venues.rule("okx"))
     synced.status, stale.status = SYNCED, STALE
     synced.counters.update(applied=10, levels=40)
@@ -111,6 +118,13 @@ def test_counters_and_gauges_hold_the_process_and_worker_figures(figures: Worker
     assert got["bookstream_margin_mm", other] == 0.25
     assert ("bookstream_margin_mm_ratio", other) not in got  # no collateral: no ratio, not a 0
     assert got["bookstream_hedge_in_flight", ()] == 2
+    apply, fetch = (("stage", "apply"),), (("stage", "fetch"),)
+    assert got["bookstream_stage_latency_seconds_bucket", (("le", "0.0005"), *apply)] == 1
+    assert got["bookstream_stage_latency_seconds_bucket", (("le", "0.005"), *apply)] == 2
+    assert got["bookstream_stage_latency_seconds_count", apply] == 2
+    assert got["bookstream_stage_latency_seconds_sum", apply] == pytest.approx(0.0043)
+    assert got["bookstream_stage_latency_seconds_bucket", (("le", "5.0"), *fetch)] == 0
+    assert got["bookstream_stage_latency_seconds_bucket", (("le", "+Inf"), *fetch)] == 1
     assert got["bookstream_state_commits_total", ()] == 9
     assert got["bookstream_state_uncommitted_partitions", ()] == 1
     assert got["bookstream_books", (("state", "synced"),)] == 1
