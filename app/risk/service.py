@@ -615,6 +615,9 @@ class RiskService:
             "alerts": msgspec.to_builtins(raised),
             "nbbo": msgspec.to_builtins([b for _, b in latest["nbbo"]]),
             "positions": msgspec.to_builtins([r for _, r in sorted(self.position_rows.items())]),
+            "held": [{"portfolio": p.portfolio, "instrument": p.instrument, "quantity": str(p.quantity),
+                      "avg_price": None if p.avg_price is None else str(p.avg_price)}
+                     for _, book in sorted(self.engine.positions.items()) for _, p in sorted(book.items())],
             "bad_positions": dict(sorted(self.bad_positions.items())),
             "event_time": self.engine.now,
             "pending_inputs": len(self.heap),

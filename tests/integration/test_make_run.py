@@ -69,7 +69,9 @@ def test_make_run_starts_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path)
                                                                                                     "BTC")]
             back = [e for e in exposure if filled and e["ts"] > max(fills[h["id"]]["ts"] for h in filled)
                     and abs(e["delta"]) <= 0.5]  # the demo rule's band
-            return bool(filled and perp and perp[0]["quantity"] != "-20000" and back and margin
+            held = [h["quantity"] for h in risk["held"] if (h["portfolio"], h["instrument"]) == ("demo",
+                                                                                               "deribit:BTC-PERPETUAL")]
+            return bool(filled and perp and perp[0]["quantity"] != "-20000" and held != ["-20000"] and back and margin
                         and margin[0]["collateral"] == 1.0 and margin[0]["mm"] > 0 and margin[0]["mm_ratio"] > 0)
 
         wait_for(closed_loop, 60, "a demo signal filled by the paper executor, the position moved, the exposure "

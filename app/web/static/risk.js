@@ -217,11 +217,16 @@ function renderAlerts(alerts) {
   }));
 }
 
-function renderPositions(rows, bad) {
-  $("positions").tBodies[0].replaceChildren(...rows.map(p => {
+function renderPositions(rows, held, bad) {
+  const engine = new Map(held.map(p => [`${p.portfolio}|${p.instrument}`, p.quantity]));
+  const keys = new Set(rows.map(p => `${p.portfolio}|${p.instrument}`));
+  const all = [...rows, ...held.filter(p => !keys.has(`${p.portfolio}|${p.instrument}`))
+    .map(p => ({ portfolio: p.portfolio, instrument: p.instrument, quantity: "", avg_price: null }))];
+  $("positions").tBodies[0].replaceChildren(...all.map(p => {
     const tr = document.createElement("tr");
     tr.dataset.key = `${p.portfolio}|${p.instrument}`;
-    tr.append(cell(p.portfolio, "l"), cell(p.instrument, "l"), cell(p.quantity), cell(p.avg_price));
+    tr.append(cell(p.portfolio, "l"), cell(p.instrument, "l"), cell(p.quantity), cell(p.avg_price),
+      cell(engine.get(tr.dataset.key) ?? ""));
     return tr;
   }));
   $("bad-positions").replaceChildren(...Object.entries(bad || {}).map(([k, why]) => {
@@ -249,5 +254,5 @@ es.addEventListener("risk", ev => {
   renderRules(msg.rules || []);
   renderSignals(msg.hedge || []);
   renderAlerts(msg.alerts || []);
-  renderPositions(msg.positions || [], msg.bad_positions);
+  renderPositions(msg.positions || [], msg.held || [], msg.bad_positions);
 });
