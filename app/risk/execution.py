@@ -9,7 +9,8 @@ fill changes the portfolio's position (app.risk.engine). Two writers come with b
 * ``faust -A app hedge paper`` — a paper executor (on in ``make run``): each signal, ``delay_s``
   after it arrives, is filled against the live hedge book (``risk.depth``) at the price walking
   the book gives, as much as the book can take; a signal with no book is rejected. Its fill is
-  stamped ``signal.ts + delay`` (event time): a replay of the topics applies it at the same point.
+  stamped when it is published (the wall clock; at least ``signal.ts + delay``): ahead of the
+  engine's event time, so it is applied in its place, and a replay applies it at the same point.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ class PaperExecutor:
         """The answer to ``signal`` now: what its hedge book can take, at the walked price."""
         size = Decimal(signal.size)
         depth = self.depth.get(signal.instrument)
-        when = signal.ts + self.delay_ns
+        # stamped when published (at least the signal's time + the delay): a fill behind the engine's
+        # event time would be applied late, not in its place, and a replay could differ
+        when = max(signal.ts + self.delay_ns, time.time_ns())
         if depth is None:
             return answer(signal, "rejected", Decimal(0), None, "paper", f"no book of {signal.instrument}", when)
         levels = depth.asks if signal.side == "buy" else depth.bids
