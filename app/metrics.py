@@ -33,7 +33,8 @@ latency_sum = [0.0]
 #: Kafka time → the book agent), ``apply`` (the agent's work on one raw record), ``output_linger``
 #: and ``output_broker`` (an output batch gathering, then sent → acknowledged).
 STAGES = ("ingest", "raw_linger", "raw_broker", "fetch", "apply", "output_linger", "output_broker")
-STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                 30.0, 60.0)
 stage_counts: dict[str, list[int]] = {s: [0] * (len(STAGE_BUCKETS) + 1) for s in STAGES}
 stage_sum: dict[str, float] = dict.fromkeys(STAGES, 0.0)
 
