@@ -46,6 +46,11 @@ class AlertSettings:
     margin_ratios: tuple[float, ...] = (0.5, 0.8)  # ALERT_MARGIN_RATIOS (MM / equity)
 
 
+def _ratio(ratio: float) -> float | None:
+    """A margin ratio as an alert's value: null when infinite (equity ≤ 0 with margin due)."""
+    return round(ratio, 6) if ratio != float("inf") else None
+
+
 def pair_of(base: str, quote: str) -> str:
     return f"{base}/{'USD' if quote.upper() in USD_LIKE else quote.upper()}"
 
@@ -122,7 +127,7 @@ class Alerts:
         """MM/equity of ``<portfolio>|<venue>|<currency>`` against each threshold: raised above
         it, cleared 5 % below it (an infinite ratio: equity ≤ 0 with margin due)."""
         out: list[Out] = []
-        value = round(ratio, 6) if ratio != float("inf") else None
+        value = _ratio(ratio)
         for threshold in self.conf.margin_ratios:
             slot = f"{key}|{threshold:g}"
             if ratio > threshold:
@@ -136,8 +141,8 @@ class Alerts:
     def switched(self, rule: str, by: str, ratio: float, above: float, t: int, on: bool) -> list[Out]:
         """A rule held reduce-only (``on``) or released by the margin rule ``by``."""
         if not on:
-            return self._clear("reduce-only", rule, t, round(ratio, 6) if ratio != float("inf") else None)
-        return self._raise("reduce-only", rule, t, round(ratio, 6) if ratio != float("inf") else None, above,
+            return self._clear("reduce-only", rule, t, _ratio(ratio))
+        return self._raise("reduce-only", rule, t, _ratio(ratio), above,
                            f"reduce-only: MM/equity {ratio:.4g} above {above:g} ({by})")
 
     # -- per tick ----------------------------------------------------------------------------

@@ -687,10 +687,9 @@ class RiskEngine:
                 continue
             hedge = self.spec(rule.hedge, t)
             flying = self._flying(rule.id)
-            if flying and hedge is not None:
-                per, _f, _r = self._per_unit(rule, hedge, t)
-                if per is not None and abs(value + float(flying) * per) <= rule.trigger:
-                    continue  # what is in flight brings it inside the band: not hedged twice
+            priced = self._per_unit(rule, hedge, t) if flying and hedge is not None else None
+            if priced is not None and priced[0] is not None and abs(value + float(flying) * priced[0]) <= rule.trigger:
+                continue  # what is in flight brings it inside the band: not hedged twice
             if not self._may_fire(run, rule, t):
                 continue
             reasons = [f"{k} {','.join(v)}" for k, v in sorted(flags.items())]
@@ -700,7 +699,7 @@ class RiskEngine:
             if hedge is None:
                 reasons.append(f"{rule.hedge} unknown instrument")
             else:
-                per_unit, hflags, hedge_ref = self._per_unit(rule, hedge, t)
+                per_unit, hflags, hedge_ref = priced or self._per_unit(rule, hedge, t)  # once a tick
                 if hflags:
                     reasons.append(f"{rule.hedge} {','.join(hflags)}")
             if reasons:

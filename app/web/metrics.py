@@ -229,16 +229,9 @@ class BookstreamCollector(Collector):
 
     @staticmethod
     def _latency() -> Metric:
-        """app.metrics keeps one count per bucket (the hot path adds 1 to one list item); the
-        exposition wants them cumulative, ending with +Inf."""
-        buckets: list[tuple[str, float]] = []
-        cum = 0
-        for bound, n in zip([*map(floatToGoString, metrics.LATENCY_BUCKETS), "+Inf"], list(metrics.latency_counts),
-                            strict=True):
-            cum += n
-            buckets.append((bound, cum))
         return HistogramMetricFamily("bookstream_top_latency_seconds", "Receive time to book.top published.",
-                                     buckets=buckets, sum_value=metrics.latency_sum[0])
+                                     buckets=_cumulative(metrics.LATENCY_BUCKETS, metrics.latency_counts),
+                                     sum_value=metrics.latency_sum[0])
 
     @staticmethod
     def _stages() -> Metric:
@@ -246,14 +239,21 @@ class BookstreamCollector(Collector):
         family = HistogramMetricFamily("bookstream_stage_latency_seconds", "Time a frame spends in each stage: "
                                        "ingest, raw_linger, raw_broker, fetch, apply, output_linger, output_broker.",
                                        labels=["stage"])
-        bounds = [*map(floatToGoString, metrics.STAGE_BUCKETS), "+Inf"]
         for stage in metrics.STAGES:
-            cum, buckets = 0, []
-            for bound, n in zip(bounds, list(metrics.stage_counts[stage]), strict=True):
-                cum += n
-                buckets.append((bound, cum))
-            family.add_metric([stage], buckets, metrics.stage_sum[stage])
+            family.add_metric([stage], _cumulative(metrics.STAGE_BUCKETS, metrics.stage_counts[stage]),
+                              metrics.stage_sum[stage])
         return family
+
+
+def _cumulative(bounds: Iterable[float], counts: list[int]) -> list[tuple[str, float]]:
+    """app.metrics keeps one count per bucket (the hot path adds 1 to one list item); the
+    exposition wants them cumulative, ending with +Inf."""
+    buckets: list[tuple[str, float]] = []
+    cum = 0
+    for bound, n in zip([*map(floatToGoString, bounds), "+Inf"], list(counts), strict=True):
+        cum += n
+        buckets.append((bound, cum))
+    return buckets
 
 
 def registry(worker: Callable[[], WorkerFigures] = WorkerFigures) -> CollectorRegistry:
