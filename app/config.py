@@ -390,7 +390,7 @@ class Settings:
     max_fetch_size: int = 1024 * 1024
     fetch_max_wait_ms: int = 10
     fetch_min_bytes: int = 1
-    producer_max_batch_size: int = 16384
+    producer_max_batch_size: int = 1024 * 1024
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     risk: RiskSettings = field(default_factory=RiskSettings)
 
@@ -499,7 +499,8 @@ def load() -> Settings:
         max_fetch_size=_env_int("CONSUMER_MAX_FETCH_SIZE", 1024 * 1024, minimum=1024),
         fetch_max_wait_ms=_env_int("CONSUMER_FETCH_MAX_WAIT_MS", 10, minimum=1, maximum=5000),
         fetch_min_bytes=_env_int("CONSUMER_FETCH_MIN_BYTES", 1, minimum=1, maximum=64 * 1024 * 1024),
-        producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 16384, minimum=1024),
+        producer_max_batch_size=_env_int("PRODUCER_MAX_BATCH_SIZE", 1024 * 1024, minimum=1024,
+                                         maximum=RAW_MAX_MESSAGE_BYTES),
         security=_security(),
         risk=_risk(),
     )

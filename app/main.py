@@ -17,16 +17,13 @@ try:
     from agents import report as _report  # noqa: F401  (the daily report, on a schedule)
     from app import commands as _commands  # noqa: F401  (faust -A app replay, ingest, …)
     from app import web
-    from app.faust_glue import consumer_lag, raw_applied_to, raw_caught_up
     from app.risk import cli as _risk_cli  # noqa: F401  (faust -A app positions, rules)
     from app.worker import app, settings
 except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-app.runtime.raw_caught_up = lambda: raw_caught_up(app)
-app.runtime.raw_applied_to = lambda: raw_applied_to(app)
-web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, lambda: consumer_lag(app),
+web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, app.runtime.consumer_lag,
              app.runtime.state.uncommitted)
 
 __all__ = ["app", "settings"]

@@ -1,8 +1,8 @@
 """The book agent's work, without Faust: raw record in → books, table rows, downstream records.
 
-``agents.books`` hands every raw record to :meth:`BookRuntime.handle` (one Faust event per
-record, however many frames it carries). ``app.faust_glue`` calls the rebalance and seek
-methods. Everything here runs on the worker's event loop.
+``app.rawreader`` hands every raw record of the active table partitions to
+:meth:`BookRuntime.handle`, however many frames it carries. ``app.faust_glue`` calls the
+rebalance methods. Everything here runs on the worker's event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from app.config import Settings
 from app.history import checkpoint_of
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
+from app.rawreader import RawReader
 from app.records import encode, source
 from app.registry import RegistryReader
 from app.risk.service import RiskService, load_configured_rules
@@ -68,17 +69,14 @@ class BookRuntime:
         #: next changelog transaction, with the rows and progress they come from.
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
-        self.seek: Seek | None = None  # set by the glue once the consumer exists
+        self.reader = RawReader(self)
+        self.seek: Seek = self.reader.seek
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)
         self._registry: RegistryReader | None = None
         self._registry_task: asyncio.Task[None] | None = None
         self.rules = load_configured_rules(settings)  # RISK_RULES_FILE, checked before anything starts
         self.publisher.risk_depth_keys = {rule.hedge for rule in self.rules}
         self.risk: RiskService | None = None
-        self.raw_caught_up: Callable[[], bool] = lambda: True  # set by app.main (app.faust_glue.raw_caught_up)
-        #: set by app.main (app.faust_glue.raw_applied_to): the receive time the worker has applied
-        #: the raw partitions it is behind on to
-        self.raw_applied_to: Callable[[], float] = lambda: float("inf")
         #: (raw topic, partition) → receive time (ns) of the last frame applied from it
         self.applied_ts: dict[tuple[str, int], int] = {}
         self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
@@ -93,14 +91,16 @@ class BookRuntime:
         read = await self._registry.catch_up()
         log.info("instrument registry: %d versions read from %s", read, self.topics.instruments)
         self._registry_task = asyncio.create_task(self._registry.follow(), name="registry-follow")
+        self.reader.start()  # reads once the first assignment is restored (app.faust_glue)
         if self.settings.risk.enabled:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
-                                    self.caught_up, lambda: self.raw_applied_to(), self.sink.room,
+                                    self.caught_up, self.raw_applied_to, self.sink.room,
                                     self.sink.undelivered)
             await self.risk.start()
 
     async def stop(self) -> None:
+        await self.reader.stop()
         if self.risk is not None:
             await self.risk.stop()
         if self._registry_task is not None:
@@ -129,9 +129,35 @@ class BookRuntime:
     def ready(self) -> bool:
         return self.state.is_activated()
 
-    def caught_up(self) -> bool:
-        """Every assigned raw partition applied to (nearly) its end."""
-        return self.raw_caught_up()
+    def caught_up(self, slack: int = 2) -> bool:
+        """Every assigned raw partition's high watermark is known and applied to within ``slack``
+        records (the risk engine starts after a crash only then: see app.risk.service)."""
+        lag = self.consumer_lag()
+        return self.reader.positioned() and all(tp in lag and lag[tp] <= slack for tp in self.reader.assignment())
+
+    def raw_applied_to(self, slack: int = 2) -> float:
+        """The receive time (ns) up to which the worker has applied the assigned raw partitions it
+        is more than ``slack`` records behind on: the oldest frame it has still to apply was
+        received no earlier (a raw partition is written in receive order). +inf when it is behind
+        on none; -inf when one of them has nothing applied yet (its next frames may be of any age).
+        The risk engine's watermark holds quiet inputs there (app.risk.watermark)."""
+        bound = float("inf")
+        for tp, behind in self.consumer_lag().items():
+            if behind > slack:
+                bound = min(bound, self.applied_ts.get(tp, float("-inf")))
+        return bound
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Raw records behind the end of each assigned partition: its high watermark minus the
+        next offset its table partition will apply (``/metrics`` bookstream_consumer_lag)."""
+        tps = self.reader.assignment()
+        nexts = self.positions(tps)
+        out: dict[tuple[str, int], int] = {}
+        for topic, partition in tps:
+            high = self.reader.highwater(topic, partition)
+            if high is not None:
+                out[(topic, partition)] = max(0, high - (nexts.get((topic, partition)) or 0))
+        return out
 
     def local_copy(self, key: str) -> tuple[Instrument | None, str]:
         return self.state.local_copy(key, self.partition_of(key))
@@ -209,9 +235,9 @@ class BookRuntime:
             log.exception("could not mark %s stale after an internal error", key)
 
     def _hole(self, topic: str, partition: int, expected: int, offset: int) -> None:
-        """A record past the next one: records before it never reached the agent (Faust drops
-        records around rebalances). Never apply it; read the partition again from the next
-        record (at most once a second while the hole stays)."""
+        """A record past the next one: records before it were never applied (deleted by
+        retention before this worker read them, or a consumer's position reset). Never apply it;
+        read the partition again from the next record (at most once a second while the hole stays)."""
         metrics.count("records_ahead")
         now = time.monotonic()
         asked = self._holes.get((topic, partition))
@@ -220,8 +246,7 @@ class BookRuntime:
         self._holes[(topic, partition)] = (expected, now)
         log.warning("%s:%d: record %d arrived before %d..%d: reading the partition again from %d", topic, partition,
                     offset, expected, offset - 1, expected)
-        if self.seek is not None:
-            self.seek(topic, partition, expected)
+        self.seek(topic, partition, expected)
 
     # -- timers ------------------------------------------------------------------------
     def tick(self) -> None:
@@ -258,6 +283,7 @@ class BookRuntime:
 
     # -- rebalance (called by the glue) ------------------------------------------------
     async def on_revoked(self) -> None:
+        self.reader.revoke()  # nothing more applied to the partitions being let go
         keys = {k for p in self.state.active.values() for k in p.books}
         await self.state.on_revoked()
         self.publisher.depth.forget(keys)
@@ -267,6 +293,10 @@ class BookRuntime:
 
     def on_assigned(self, actives: Iterable[int], standbys: Iterable[int]) -> None:
         self.state.on_assigned(set(actives), set(standbys))
+
+    def on_activated(self) -> None:
+        """The assigned table partitions are restored and loaded: read their raw partitions."""
+        self.reader.resume(set(self.state.active))
 
     def positions(self, topic_partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
         """Where to read each raw partition from: the offset its table partition covers up to

@@ -90,6 +90,13 @@ def changelog_topic(app_id: str, table: str = "books") -> str:
     return f"{app_id}-{table}-changelog"
 
 
+def assignment_topic(app_id: str) -> str:
+    """``<APP_ID>-partitions``: the topic the worker's Faust agent subscribes to. It holds no
+    records; Faust's co-partitioning assignor hands out its partitions, and partition p of it is
+    table partition p and partition p of every raw topic (``app.rawreader``)."""
+    return f"{app_id}-partitions"
+
+
 class Topics:
     """Topic names with TOPIC_PREFIX applied, for one deployment."""
 
@@ -112,6 +119,7 @@ class Topics:
         self.risk = (self.positions, self.rules, self.risk_depth, self.exposure, self.scenarios, self.hedge,
                      self.alerts, self.nbbo, self.collateral, self.fills, self.margin)
         self.changelog = changelog_topic(app_id)
+        self.assignment = assignment_topic(app_id)
 
     def name(self, topic: str) -> str:
         return self.prefix + topic

@@ -101,7 +101,7 @@ class BookstreamApp(faust.App):
         await super().on_first_start()
         topics = self.runtime.topics
         try:  # Faust's leader topic too: created here with the resolved replication factor, before Faust would
-            plan = await ensure_topics(settings, topics.all, faust_leader=True, compacted={
+            plan = await ensure_topics(settings, [*topics.all, topics.assignment], faust_leader=True, compacted={
                 **topics.compacted(), topics.changelog: settings.changelog.topic_configs()})
         except ConfigError as exc:  # TOPIC_REPLICATION above the brokers, topics not served in time …
             _refuse(str(exc))

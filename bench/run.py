@@ -16,6 +16,7 @@ settings that produced it. With BENCH_ONLY the other figures of the results file
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -108,6 +109,48 @@ def counters(worker: Worker) -> dict[str, int]:
 
 def frames_done(worker: Worker) -> int:
     return sum(v for k, v in counters(worker).items() if k.startswith("frames."))
+
+
+def start_spy(worker_pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling a worker into ``out`` (raw collapsed stacks), if py-spy is installed."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return None
+    return subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(out),
+                             "--pid", str(worker_pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
+def broker_pids() -> list[int]:
+    """The bench broker's processes (scripts/kafka.sh writes kafka.pid per node)."""
+    pids = []
+    for f in (ROOT / ".data" / "kafka-bench").rglob("kafka.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pid_ = int(f.read_text().strip())
+            if Path(f"/proc/{pid_}").exists():
+                pids.append(pid_)
+    return pids
+
+
+def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[float]]:
+    """``work()``'s result and the cores each of ``pids`` used while it ran (0 = this process)."""
+    def cpu(p: int) -> float:
+        if p == 0:
+            t = os.times()
+            return t.user + t.system
+        try:
+            return cpu_seconds(p)
+        except OSError:
+            return float("nan")
+    c0, t0 = [cpu(p) for p in pids], time.monotonic()
+    result = work()
+    elapsed = time.monotonic() - t0
+    return result, [round((cpu(p) - c) / elapsed, 2) for p, c in zip(pids, c0, strict=True)]
 
 
 def pid(worker: Worker) -> int:
@@ -252,10 +295,8 @@ class Bench:
                 counter = TopCounter(f"{ns.name}.book.top")
             cpu0 = sum(cpu_seconds(pid(w)) for w in workers)
             t0 = time.monotonic()
-            if profile is not None and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
-                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                                        "--rate", "50", "--nonblocking", "-o", str(profile), "--pid",
-                                        str(pid(workers[0]))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if profile is not None:
+                spy = start_spy(pid(workers[0]), profile)
             last, last_t = 0, t0
             while True:
                 done = sum(frames_done(w) for w in workers)
@@ -284,9 +325,7 @@ class Bench:
         finally:
             if counter is not None:
                 counter.stop()
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(timeout=60)
+            stop_spy(spy)
             for w in workers:
                 w.kill()
         checked = {} if tops is None else {
@@ -424,16 +463,33 @@ class Bench:
             ns = namespace(f"lat-{mode.replace('_', '')}")
             worker = Worker(ns, ns.tmp / "data", PROCESSING_GUARANTEE=mode)
             worker.start()
+            profile = WORK / f"profile-latency-{mode}.txt"
+            spy = None
             try:
                 say(f"latency ({mode}): {n:,} frames at {rate:,.0f}/s over {instruments} instruments")
                 reset_stages()  # this process runs the ingestion sink: ingest, raw_linger, raw_broker
-                lat = asyncio.run(measure_latency(ns, items, rate, tops))
-                lat["cpu_ms_per_frame"] = round(cpu_seconds(pid(worker)) * 1000 / n, 4)
+                cpu0 = cpu_seconds(pid(worker))
+                spy = start_spy(pid(worker), profile)
+                brokers = broker_pids()
+                lat, cores = cores_used([pid(worker), 0, *brokers],
+                                        lambda ns=ns: asyncio.run(measure_latency(ns, items, rate, tops)))
+                # the machine's 2 cores, shared: the worker, this process (the feed through the raw
+                # sink, and the reading consumer), the broker
+                lat["cores_used"] = {"worker": cores[0], "feed_and_reader": cores[1],
+                                     "broker": round(sum(cores[2:]), 2) if brokers else None}
+                cpu = cpu_seconds(pid(worker)) - cpu0
+                lat["cpu_ms_per_frame"] = round(cpu * 1000 / n, 4)
+                lat["cpu_ms_per_raw_record"] = round(cpu * 1000 / lat["sent_in_records"], 3)
                 lat["stages"] = own_stages() | worker_stages(worker.url)
             finally:
+                stop_spy(spy)
                 worker.kill()
+            lat["profile"] = profile_top(profile)
+            if profile.exists():  # the raw stacks, kept for a closer look (bench/profile-*.txt, not committed)
+                shutil.copy(profile, ROOT / "bench" / profile.name)
             by_mode[mode] = lat
-            say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops")
+            say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops; "
+                f"cores used {lat['cores_used']}")
             say("  stages (p50/p99 bucket bounds, ms): " + ", ".join(
                 f"{k} {v['p50_le_ms']}/{v['p99_le_ms']}" for k, v in lat["stages"].items()))
         command = ("frames of the USD-M capture ×50 paced at the rate through bookstream's ingestion sink "

@@ -73,6 +73,40 @@ async def test_dead_letters_batch_over_a_longer_linger_than_the_books_topics() -
     assert min(gaps) >= DEADLETTER_LINGER_S * 0.95
 
 
+class _SlowProducer(_Producer):
+    """Each batch acknowledged ``ack_s`` after it is sent (a broker's round trip)."""
+
+    def __init__(self, ack_s: float) -> None:
+        super().__init__()
+        self.ack_s = ack_s
+
+    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[None]:
+        self.sent.append((topic, batch.records, time.monotonic()))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.ack_s, fut.set_result, None)
+        return fut
+
+
+async def test_a_busy_lane_sends_what_gathered_during_a_round_trip_as_one_batch() -> None:
+    """One batch in flight per lane: a lane's throughput is its batch size per broker round trip.
+    With 16 KB batches (the former default) a lane of 800-byte tickers carried ~20 records a
+    round trip and fell seconds behind at a few thousand a second (measured: `make bench`
+    latency step); the default batch holds a round trip's worth of a busy topic."""
+    settings = load()
+    sink = OutputSink(settings)
+    producer = _SlowProducer(0.05)
+    await _running(sink, producer)
+    try:
+        sink.add("ticker", 0, b"k", b"x" * 800)  # goes at once, alone
+        await asyncio.sleep(0.01)
+        for _ in range(1000):  # 800 KB arrive while it is in flight
+            sink.add("ticker", 0, b"k", b"x" * 800)
+        await asyncio.wait_for(sink.delivered(), timeout=10)
+    finally:
+        sink._task.cancel()
+    assert [n for _, n, _ in producer.sent] == [1, 1000]
+
+
 def test_recent_tickers_merge_deltas_and_channels_for_the_web_view() -> None:
     from app.market.records import Ticker
     from app.outputs import RecentMarket
