@@ -13,6 +13,9 @@ export KCAT ?= $(CURDIR)/.cache/kcat/kcat
 export PYTHONPATH := $(CURDIR)
 #: `make test` runs the unit tests (CPU-bound, no broker) in this many processes (pytest-xdist).
 UNIT_WORKERS ?= 2
+#: Live-path tests that need no broker (real WebSockets to the simulator, mostly waiting on the
+#: venues' pacing): they run beside the unit tests, not one at a time with the broker's.
+BROKER_FREE = tests/integration/test_venue_sessions.py
 
 .PHONY: help install browser promtool kcat schemas kafka-libs kafka-up kafka-down kafka-status kafka-logs cluster-up cluster-down cluster-status cluster-logs run test soak chaos fuzz bench lint format clean
 
@@ -78,8 +81,8 @@ run: install ## Broker + simulator + worker ingesting it, web on 127.0.0.1:6066 
 test: install browser promtool kcat ## Run the whole test suite (starts and stops its own broker)
 	@# unit tests on every core, then the rest (one broker, one test at a time); exit status 5 is
 	@# "no test selected" (a PYTEST_ARGS -k that names only tests of the other half)
-	$(BIN)/python -m pytest tests/unit -n $(UNIT_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(BIN)/python -m pytest tests --ignore=tests/unit $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest tests/unit $(BROKER_FREE) -n $(UNIT_WORKERS) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest tests --ignore=tests/unit $(addprefix --ignore=,$(BROKER_FREE)) $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 soak: install ## Takeover tests SOAK_N (20) times, each a fresh pytest run; pass/fail counts → bench/soak-results.json
 	$(BIN)/python scripts/soak.py

@@ -295,6 +295,18 @@ class Namespace:
             raise AssertionError(f"{command} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc
 
+    def faust_all(self, *calls: tuple[str, ...], timeout: float = 300,
+                  env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
+        """Several independent ``faust -A app`` commands at once (each a tuple of its arguments,
+        not checked): for commands that change nothing, such as the ones a test expects refused."""
+        procs = [subprocess.Popen([*FAUST, *call], env=self.env(**(env or {})), cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for call in calls]
+        out = []
+        for call, proc in zip(calls, procs, strict=True):
+            stdout, stderr = proc.communicate(timeout=timeout)
+            out.append(subprocess.CompletedProcess([*FAUST, *call], proc.returncode, stdout, stderr))
+        return out
+
 
 class Worker:
     """A real ``faust -A app worker`` process with its own data dir and web port."""
