@@ -12,8 +12,8 @@ record).
 Nothing is dropped (README "Delivery guarantees"):
 
 * **Flow control.** Past ``OUTPUT_BUFFER_MB`` of records waiting for Kafka, whoever adds them
-  waits (:meth:`OutputSink.room`): the book agent stops taking raw records, its stream buffer
-  fills and Faust stops fetching the raw partitions until half of the budget is delivered.
+  waits (:meth:`OutputSink.room`): the raw reader stops taking raw records and aiokafka fetches
+  no further (one fetch per partition) until half of the budget is delivered.
   A slow or absent broker makes the worker late, never lossy.
 * **Commit after delivery.** A table partition's commit first waits until every output added
   before it is acknowledged (:meth:`OutputSink.delivered`), so the progress it commits covers
@@ -92,7 +92,7 @@ class OutputBatch(Batch):
 class OutputSink(LaneProducer):
     """Records to Kafka in batches per topic partition. Never drops a record: past
     OUTPUT_BUFFER_MB of records waiting for Kafka, :meth:`room` holds back whoever adds them
-    (the book agent, so Faust stops fetching the raw partitions; the risk engine) until the
+    (the raw reader, so no more raw records are fetched; the risk engine) until the
     broker has taken half of them."""
 
     name = "outputs"
@@ -149,7 +149,7 @@ class OutputSink(LaneProducer):
 
     async def room(self) -> None:
         """Until the records waiting for Kafka are back under half the budget (at once if under it).
-        The book agent waits here, so its stream's buffer fills and Faust stops fetching the raw
+        The raw reader waits here (``app.rawreader``), so aiokafka stops fetching the raw
         partitions (its own flow control) until the outputs drain: late, never lossy."""
         if self.pending_bytes <= self.budget:
             return
