@@ -23,7 +23,7 @@ except ConfigError as exc:
     print(f"bookstream: configuration error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-web.register(app, app.runtime, settings, app.runtime.topics.raw_by_venue, ingest.service, app.runtime.consumer_lag,
+web.register(app, app.runtime, settings, app.runtime.topics.assignment, ingest.service, app.runtime.consumer_lag,
              app.runtime.state.uncommitted)
 
 __all__ = ["app", "settings"]

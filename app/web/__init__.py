@@ -23,11 +23,11 @@ from app.web import api, live, metrics, risk
 from app.web.view import BookView
 
 
-def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str, str], ingest: Any | None,
+def register(app: Any, books: BookView, settings: Settings, assignment_topic: str, ingest: Any | None,
              consumer_lag: Callable[[], dict[tuple[str, int], int]], uncommitted: Callable[[], int]) -> None:
     """Mount every page on ``app``: ``books`` is read, ``ingest`` (or None) reports the feeds."""
     rates = api.VenueRates(ingest)
-    api.register(app, books, settings, raw_topics, rates)
+    api.register(app, books, settings, assignment_topic, rates)
     live.register(app, books, rates)
     metrics.register(app, books, consumer_lag, uncommitted)
     risk.register(app, books, settings)  # reads ``books.risk`` (the runtime's engine, or None) per request

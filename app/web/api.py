@@ -4,7 +4,8 @@
 ``/ready``                                 readiness: broker reachable, partitions restored, N of M synced
 ``/api/books``                             every book this worker owns: top of book, state
 ``/api/books/{venue}/{instrument}?depth=N`` levels, aggregates, state, seq, timestamps; answered by
-                                           the owner whichever worker is asked (Faust topic routing)
+                                           the owner whichever worker is asked (routed by the group's
+                                           assignment of the instrument's partition)
 ``/api/venues``                            per-feed state and rates (when this worker ingests)
 """
 
@@ -17,16 +18,16 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaClient
-from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from yarl import URL
 
 from app import records
 from app.config import Settings
 from app.kafka import client_auth
-from app.market.symbols import partition_key
 from app.sync import SYNCED
 from app.venues import ADAPTERS
 from app.web.view import BookView, detail, summary
+from app.wire import partition_for
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 5000
@@ -96,10 +97,34 @@ class LastAnswers:
         return body
 
 
-def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str, str], rates: VenueRates) -> None:
+class NoOwner(Exception):
+    """The group's last assignment names no worker for the partition (a rebalance is under way)."""
+
+
+def owner_url(app: Any, assignment_topic: str, partition: int) -> URL:
+    """The web address of the worker the group assigned ``partition`` of the assignment topic —
+    that is, the instrument's partition of every raw topic and of the table (``app.rawreader``).
+    Faust's own topic routing cannot be used: it hashes a key over the topic it is given with the
+    producer's partitioner, and the raw topics are not in the group's subscription any more."""
+    for url, topics in app.router.external_topics_metadata().items():
+        if partition in topics.get(assignment_topic, ()):
+            return URL(url)
+    raise NoOwner(f"no worker is assigned partition {partition}")
+
+
+async def forward(app: Any, view: View, dest: URL, request: Request) -> Response | None:
+    """``request`` answered by the worker at ``dest``; None when ``dest`` is this worker."""
+    here = URL(str(app.conf.canonical_url))
+    if (dest.host, dest.port) == (here.host, here.port):
+        return None
+    routed = request.url.with_host(dest.host or "").with_port(dest.port)
+    async with app.http_client.request(method=request.method, headers=request.headers, url=routed) as resp:
+        return view.text(await resp.text(), content_type=resp.content_type, status=resp.status)
+
+
+def register(app: Any, books: BookView, settings: Settings, assignment_topic: str, rates: VenueRates) -> None:
     probe = BrokerProbe(settings)
     last_answers = LastAnswers()
-    routes = {venue: app.topic(name, key_type=bytes, key_serializer="raw") for venue, name in raw_topics.items()}
 
     def recovered() -> bool:
         return bool(app.tables.recovery.completed.is_set()) and books.ready()
@@ -149,25 +174,22 @@ def register(app: Any, books: BookView, settings: Settings, raw_topics: dict[str
         if at is not None:  # a past book, rebuilt from the raw topics (any worker can: no routing)
             return await past_book(self, key, at, depth)
         if not books.owns(key):
-            try:  # the worker that owns the instrument's partition answers (Faust topic routing)
-                # Faust routes by its partitioner of the bytes given: the instrument's partition key
-                # (an option goes with its chain, app.wire.partition_for)
-                answer = await app.router.route_topic_req(routes[venue], partition_key(key).encode(), self.web,
-                                                          request)
+            try:  # the worker the group assigned the instrument's partition answers
+                dest = owner_url(app, assignment_topic, partition_for(key, settings.partitions))
+                answer = await forward(app, self, dest, request)
+            except Exception as exc:  # noqa: BLE001 - owner dead or unknown (rebalance): answer from a copy
+                log.info("cannot route %s to its owner: %r", key, exc)
+                return copy_or_503(self, key, depth, f"the worker owning {key} does not answer (rebalancing)")
+            if answer is not None:
                 last_answers.keep(key, answer)
                 if answer.status != 503:
                     return answer
                 # the owner is still restoring it: a standby copy here, if any, beats no answer
                 return copy_or_503(self, key, depth, "the owner is recovering it", answer)
-            except SameNode:
-                pass
-            except Exception as exc:  # noqa: BLE001 - owner dead or unknown (rebalance): answer from a copy
-                log.info("cannot route %s to its owner: %r", key, exc)
-                return copy_or_503(self, key, depth, f"the worker owning {key} does not answer (rebalancing)")
         if not recovered():
             return copy_or_503(self, key, depth, "table recovery in progress")
         if not books.owns(key):
-            # Faust's assignment names this worker (SameNode) a moment before the partition is
+            # Faust's assignment names this worker a moment before the partition is
             # restored and active here (app.state.manager): a copy, or 503 — never "unknown"
             return copy_or_503(self, key, depth, f"the partition of {key} is being taken over here")
         inst = books.find(key)

@@ -145,7 +145,8 @@ def test_second_worker_answers_for_every_instrument_through_table_routing(site: 
             for w in (site.worker, second):
                 status, body = w.get(f"/api/books/{venue}/{symbol}?depth=3")
                 assert status == 200, (key, w.web_port, body)
-                assert body["state"] == "synced"
+                # the owner's live book, whichever worker is asked: never a standby copy or a last answer
+                assert (body["source"], body["synced"], body["state"]) == ("owner", True, "synced"), (key, w.web_port)
     # the first worker takes its books back when the second one leaves
     wait_for(lambda: set(site.books()) >= KEYS, 60, "books back on one worker", every=1)
 
