@@ -194,6 +194,10 @@ def register(app: Any, books: BookView, settings: Settings, assignment_topic: st
             return copy_or_503(self, key, depth, f"the partition of {key} is being taken over here")
         inst = books.find(key)
         if inst is None:
+            if not books.caught_up():
+                # Its partition is being rebuilt from the raw topics (taken over before its owner
+                # committed it): the book may be in a record not applied yet — not "unknown"
+                return copy_or_503(self, key, depth, f"the partition of {key} is catching up on its raw records")
             return self.json({"error": f"unknown instrument {venue}:{instrument}"}, status=404)
         return self.json(detail(inst, depth, "owner"))
 

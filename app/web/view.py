@@ -36,6 +36,11 @@ class BookView(Protocol):
         """Are the partitions of the current assignment restored and loaded?"""
         ...
 
+    def caught_up(self) -> bool:
+        """Has this worker applied its raw partitions to (nearly) their end? (Else a book it owns
+        may still be in a record it has not applied.)"""
+        ...
+
     def local_copy(self, key: str) -> tuple[Instrument | None, str]:
         """This worker's copy of a book it does not serve live: ``standby`` or ``recovering``."""
         ...
