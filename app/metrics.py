@@ -8,7 +8,10 @@ the runtime, ingestion and replay through the raw sink)."""
 from __future__ import annotations
 
 import bisect
+import gc
+import time
 from collections import Counter
+from typing import Any
 
 from app import brokers
 
@@ -30,9 +33,10 @@ latency_sum = [0.0]
 #: The stages a frame goes through, each timed where it happens (``observe_stage``; README
 #: "Metrics"): ``ingest`` (receive time → the raw sink), ``raw_linger`` (a raw record gathering
 #: frames before it is sent), ``raw_broker`` (sent → acknowledged), ``fetch`` (the raw record's
-#: Kafka time → the book agent), ``apply`` (the agent's work on one raw record), ``output_linger``
+#: Kafka time → in the raw reader's hands), ``wait`` (in hand → applied), ``apply`` (the worker's
+#: work on one raw record), ``output_linger``
 #: and ``output_broker`` (an output batch gathering, then sent → acknowledged).
-STAGES = ("ingest", "raw_linger", "raw_broker", "fetch", "apply", "output_linger", "output_broker")
+STAGES = ("ingest", "raw_linger", "raw_broker", "fetch", "wait", "apply", "output_linger", "output_broker")
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                  30.0, 60.0)
 stage_counts: dict[str, list[int]] = {s: [0] * (len(STAGE_BUCKETS) + 1) for s in STAGES}
@@ -54,3 +58,41 @@ def observe_latency(ns: int) -> None:
     seconds = ns / 1e9
     latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
     latency_sum[0] += seconds
+
+
+#: Python's cyclic garbage collector, per generation: how long each collection held the event
+#: loop (a full, generation-2 collection walks every tracked object: tens of ms in a worker).
+gc_counts: dict[int, list[int]] = {g: [0] * (len(STAGE_BUCKETS) + 1) for g in range(3)}
+gc_sum: dict[int, float] = dict.fromkeys(range(3), 0.0)
+_gc_started = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    seconds = time.perf_counter() - _gc_started[0]
+    generation = info["generation"]
+    gc_counts[generation][bisect.bisect_left(STAGE_BUCKETS, seconds)] += 1
+    gc_sum[generation] += seconds
+
+
+def watch_gc() -> None:
+    """Time every collection of this process (``bookstream_gc_pause_seconds``); once per process."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
+def settle_gc() -> None:
+    """Everything alive now — the code, the app, the books just loaded — is moved out of the
+    collector's reach (``gc.freeze``): later full collections walk only what was created since,
+    instead of every object of the process (measured: 31 ms for the imports alone, 99,000
+    objects, against 0 after). Frozen objects are still freed when nothing refers to them; only
+    reference cycles among them wait for :func:`unsettle_gc`."""
+    gc.freeze()
+
+
+def unsettle_gc() -> None:
+    """Before books are let go (a rebalance): frozen objects become collectable again, so the
+    cycles among them do not outlive them."""
+    gc.unfreeze()

@@ -164,13 +164,15 @@ class RawReader:
             if self._dormant and time.monotonic() - self._dormant_checked >= DORMANT_CHECK_S:
                 await self._wake_dormant(consumer)
             batches = await consumer.getmany(timeout_ms=IDLE_MS, max_records=max_records)
+            taken = time.time()
             slice_end = time.monotonic() + SLICE_S
             for tp, messages in batches.items():
                 for msg in messages:
                     if generation != self._generation or tp in self._holes:
                         break  # revoked meanwhile, or read again from a hole: the rest is not applied
                     start = time.time()
-                    observe("fetch", start - msg.timestamp / 1000)  # its Kafka time: when the sink sent it
+                    observe("fetch", taken - msg.timestamp / 1000)  # its Kafka time (when the sink sent it) → in hand
+                    observe("wait", start - taken)  # in hand → applied: behind the records before it in the fetch
                     handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.headers)
                     observe("apply", time.time() - start)
                     if sink.full():

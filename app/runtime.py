@@ -84,6 +84,7 @@ class BookRuntime:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         quiet_fenced_leftovers(asyncio.get_running_loop())
+        metrics.watch_gc()
         await self.sink.start()
         self.state.start()
         self._registry = RegistryReader(self.settings, self.topics.instruments, self.publisher.registry)
@@ -284,6 +285,7 @@ class BookRuntime:
     # -- rebalance (called by the glue) ------------------------------------------------
     async def on_revoked(self) -> None:
         self.reader.revoke()  # nothing more applied to the partitions being let go
+        metrics.unsettle_gc()  # the books let go become collectable again
         keys = {k for p in self.state.active.values() for k in p.books}
         await self.state.on_revoked()
         self.publisher.depth.forget(keys)
@@ -296,6 +298,7 @@ class BookRuntime:
 
     def on_activated(self) -> None:
         """The assigned table partitions are restored and loaded: read their raw partitions."""
+        metrics.settle_gc()  # the loaded books out of the collector's walks (app.metrics)
         self.reader.resume(set(self.state.active))
 
     def positions(self, topic_partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int | None]:

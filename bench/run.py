@@ -490,6 +490,8 @@ class Bench:
             by_mode[mode] = lat
             say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops; "
                 f"cores used {lat['cores_used']}")
+            say("  each top's way, p50/p99 ms: " + ", ".join(
+                f"{k} {v['p50']}/{v['p99']}" for k, v in lat["split_ms"].items()))
             say("  stages (p50/p99 bucket bounds, ms): " + ", ".join(
                 f"{k} {v['p50_le_ms']}/{v['p99_le_ms']}" for k, v in lat["stages"].items()))
         command = ("frames of the USD-M capture ×50 paced at the rate through bookstream's ingestion sink "
@@ -1062,10 +1064,10 @@ def worker_stages(url: str) -> dict[str, Any]:
     cumulative: dict[str, list[float]] = {}
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "bookstream_stage_latency_seconds":
+        if family.name not in ("bookstream_stage_latency_seconds", "bookstream_gc_pause_seconds"):
             continue
         for sample in family.samples:
-            stage = sample.labels["stage"]
+            stage = sample.labels.get("stage") or f"gc{sample.labels['generation']}"  # gc2: full collections
             if sample.name.endswith("_bucket"):
                 cumulative.setdefault(stage, []).append(sample.value)
             elif sample.name.endswith("_sum"):
@@ -1085,6 +1087,8 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     measure_from = time.time_ns() + warmup_ns
     lat: list[float] = []
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
+    sent_lat: list[float] = []  # published → its Kafka time (the output lane's linger until sent)
+    read_lat: list[float] = []  # its Kafka time → seen here (the broker, the fetch, this process's loop)
     seen: set[bytes] = set()
     stop = asyncio.Event()
     consumer = AIOKafkaConsumer(ns.topic("book.top"), bootstrap_servers=BOOTSTRAP, auto_offset_reset="latest",
@@ -1103,6 +1107,8 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
                     if top["ts_recv"] >= measure_from:
                         lat.append((now - top["ts_recv"]) / 1e6)
                         worker_lat.append((top["ts_published"] - top["ts_recv"]) / 1e6)
+                        sent_lat.append(m.timestamp - top["ts_published"] / 1e6)
+                        read_lat.append(now / 1e6 - m.timestamp)
 
     reader = asyncio.get_running_loop().create_task(read())
     began = time.monotonic()
@@ -1125,12 +1131,17 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     if len(seen) != tops:
         raise RuntimeError(f"book.top holds {len(seen):,} distinct top changes of the reference's {tops:,}: "
                            "outputs were lost, the latency figure is void")
-    lat.sort()
-    worker_lat.sort()
+    for values in (lat, worker_lat, sent_lat, read_lat):
+        values.sort()
     return {"frames_sent": len(items), "sent_in_records": sink.records, "book_tops_seen": len(lat),
             "tops_expected": tops, "tops_delivered": len(seen),
             "to_published_p50_ms": percentile(worker_lat, 0.5, empty=float("nan")),
             "to_published_p99_ms": percentile(worker_lat, 0.99, empty=float("nan")),
+            # each book.top's way in three parts (p50/p99 of each part alone: they need not add up)
+            "split_ms": {name: {"p50": percentile(v, 0.5, empty=float("nan")),
+                                "p99": percentile(v, 0.99, empty=float("nan"))}
+                         for name, v in (("receive_to_published", worker_lat), ("published_to_sent", sent_lat),
+                                         ("sent_to_seen", read_lat))},
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
             "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None}
 

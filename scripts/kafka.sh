@@ -27,6 +27,7 @@
 #   KAFKA_LIBS_DIR         resolved jars                               (<repo>/.cache/kafka/libs)
 #   KAFKA_READY_TIMEOUT    seconds to wait for readiness               (90; 180 with KAFKA_NODES > 1)
 #   KAFKA_HEAP_OPTS        JVM heap flags, per node                    (-Xmx1G -Xms1G; -Xmx512m -Xms512m)
+#   KAFKA_GC_OPTS          JVM collector flags, per node               (-XX:+UseG1GC -XX:MaxGCPauseMillis=20)
 #   KAFKA_SASL_PORT        also listen with SASL_PLAINTEXT (PLAIN) on this port   (off)
 #   KAFKA_SASL_USERS       its users, "user:password[,user:password…]"           (bookstream:bookstream)
 # A second broker beside the first needs only another KAFKA_PORT and KAFKA_DATA_DIR.
@@ -56,6 +57,7 @@ else
   KAFKA_READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-180}
   KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx512m -Xms512m}
 fi
+KAFKA_GC_OPTS=${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 KAFKA_PORT_STEP=${KAFKA_PORT_STEP:-10}
 KAFKA_PORTS=${KAFKA_PORTS:-}
@@ -287,8 +289,8 @@ spawn() {
   else
     say "starting Apache Kafka $(kafka_version) node $NODE of $KAFKA_NODES on 127.0.0.1:$PORT, controller $CPORT (data: $NODE_DIR)"
   fi
-  # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS holds several flags on purpose
-  setsid java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+  # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS and KAFKA_GC_OPTS hold several flags on purpose
+  setsid java $KAFKA_HEAP_OPTS $KAFKA_GC_OPTS -Djava.awt.headless=true \
     "${JVM_LOG[@]}" -cp "$KAFKA_LIBS_DIR/*" kafka.Kafka "$PROPS" >"$LOG_DIR/kafka.out" 2>&1 </dev/null &
   echo "$!" >"$PID_FILE"
 }

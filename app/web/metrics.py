@@ -92,6 +92,7 @@ class BookstreamCollector(Collector):
         yield from self._feeds(counters)
         yield self._latency()
         yield self._stages()
+        yield self._gc()
 
     @staticmethod
     def _pipeline(counters: Mapping[str, float], totals: Mapping[str, int]) -> Iterator[Metric]:
@@ -236,12 +237,21 @@ class BookstreamCollector(Collector):
     @staticmethod
     def _stages() -> Metric:
         """Per stage of a frame's way (app.metrics.STAGES), one histogram each, labelled ``stage``."""
-        family = HistogramMetricFamily("bookstream_stage_latency_seconds", "Time a frame spends in each stage: "
-                                       "ingest, raw_linger, raw_broker, fetch, apply, output_linger, output_broker.",
+        family = HistogramMetricFamily("bookstream_stage_latency_seconds", "Time a frame spends in each stage: ingest, "
+                                       "raw_linger, raw_broker, fetch, wait, apply, output_linger, output_broker.",
                                        labels=["stage"])
         for stage in metrics.STAGES:
             family.add_metric([stage], _cumulative(metrics.STAGE_BUCKETS, metrics.stage_counts[stage]),
                               metrics.stage_sum[stage])
+        return family
+
+    @staticmethod
+    def _gc() -> Metric:
+        """Python's garbage collections, per generation: each one holds the event loop."""
+        family = HistogramMetricFamily("bookstream_gc_pause_seconds", "Time each collection of Python's cyclic "
+                                       "garbage collector held the process, per generation.", labels=["generation"])
+        for generation, counts in metrics.gc_counts.items():
+            family.add_metric([str(generation)], _cumulative(metrics.STAGE_BUCKETS, counts), metrics.gc_sum[generation])
         return family
 
 

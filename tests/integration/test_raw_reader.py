@@ -31,6 +31,14 @@ def consumer_lag(worker: Worker) -> dict[tuple[str, int], float]:
     return out
 
 
+def stage_counts(worker: Worker) -> dict[str, float]:
+    """``bookstream_stage_latency_seconds_count`` of each stage, from the worker's /metrics."""
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=10) as resp:  # noqa: S310 - local URL
+        text = resp.read().decode()
+    return {stage: float(value) for stage, value in
+            re.findall(r'^bookstream_stage_latency_seconds_count\{stage="(\w+)"\} (\S+)$', text, re.M)}
+
+
 def write_frames(path: Path, frames: list[tuple[str, str]], ts: int) -> None:
     lines = [{"ts": ts + i * 1000, "venue": "deribit", "conn": "c2", "kind": "ws", "frame": frame}
              for i, (_, frame) in enumerate(frames)]
@@ -76,6 +84,9 @@ def test_records_deleted_before_they_were_applied_are_given_up_and_the_books_go_
             return books
 
         wait_for(lambda: at(1020), 60, "every book synced at change 1020")
+        # Each raw record it applied was timed once in each of the reader's stages.
+        stages = stage_counts(worker)
+        assert stages["fetch"] == stages["wait"] == stages["apply"] > 0, stages
         # Only raw.deribit was ever written: the other venues' raw partitions are not fetched.
         first_log = worker.log_text()
         assert "never written, asked again every" in first_log

@@ -41,7 +41,7 @@ FAMILIES = {
     "bookstream_top_latency_seconds": "histogram", "bookstream_margin_im": "gauge", "bookstream_margin_mm": "gauge",
     "bookstream_margin_equity": "gauge", "bookstream_margin_mm_ratio": "gauge", "bookstream_margin_im_ratio": "gauge",
     "bookstream_margin_ok": "gauge", "bookstream_hedge_in_flight": "gauge",
-    "bookstream_stage_latency_seconds": "histogram",
+    "bookstream_stage_latency_seconds": "histogram", "bookstream_gc_pause_seconds": "histogram",
 }
 
 
@@ -192,3 +192,24 @@ def test_hand_written_exposition_is_gone() -> None:
     """Every /metrics text comes from prometheus_client: no ``# TYPE`` or ``# HELP`` line built in app/."""
     found = [p for p in (ROOT / "app").rglob("*.py") if "# TYPE" in p.read_text() or "# HELP" in p.read_text()]
     assert not found
+
+
+def test_collections_are_timed_per_generation_and_settled_objects_leave_the_collectors_walks() -> None:
+    import gc
+
+    metrics.watch_gc()
+    metrics.watch_gc()  # once per process, however often asked
+    assert gc.callbacks.count(metrics._on_gc) == 1
+    full, spent = sum(metrics.gc_counts[2]), metrics.gc_sum[2]
+    gc.collect(2)
+    assert sum(metrics.gc_counts[2]) == full + 1
+    assert metrics.gc_sum[2] > spent
+    text = generate_latest(registry(lambda: WorkerFigures())).decode()
+    assert f'bookstream_gc_pause_seconds_count{{generation="2"}} {full + 1}.0' in text
+    books = [{"px": [str(i)]} for i in range(50_000)]  # tracked containers, as loaded books are
+    try:
+        metrics.settle_gc()
+        assert gc.get_freeze_count() >= len(books)
+    finally:
+        metrics.unsettle_gc()
+    assert gc.get_freeze_count() == 0
