@@ -5,7 +5,12 @@ only an ordering key (distinct decimal prices of ≤ 15 significant digits never
 what is published, persisted and check-summed is always the venue's text.
 
 Every mutation returns the level changes it made (:class:`Change`: side, price, size, with
-size None meaning "deleted"), so the caller can persist exactly what changed and nothing more.
+size None meaning "deleted"), so the caller can persist exactly what changed and nothing more;
+a snapshot (:meth:`OrderBook.replace`) returns the diff against the book it replaces.
+
+A venue whose crossed books are resolved by age (dYdX, ``SyncRule.uncross_by_age``) keeps
+beside the book a :class:`LevelIds` — the sequence of the update that set each level — and
+:func:`uncross` applies its rule. Other venues pay nothing for it: the book itself is unchanged.
 """
 
 from __future__ import annotations
@@ -197,6 +202,69 @@ class OrderBook:
             out.bands_bps = {str(b): Band(bid=decimal_text(bc), ask=decimal_text(ac))
                              for b, bc, ac in zip(widths, bid_cum, ask_cum, strict=True)}
         return out
+
+
+class LevelIds:
+    """Which update set each level: side → price key → the update's sequence (dYdX
+    ``message_id``). Kept in step with the book by ``app.sync`` and persisted with it
+    (``app.state.layout``: one row per level, beside the level's own)."""
+
+    __slots__ = ("asks", "bids")
+
+    def __init__(self) -> None:
+        self.bids: dict[float, int] = {}
+        self.asks: dict[float, int] = {}
+
+    def side(self, side: str) -> dict[float, int]:
+        return self.bids if side == BID else self.asks
+
+    def restore(self, side: str, price: str, seq: int) -> None:
+        """Put a persisted id back (loading from the table)."""
+        self.side(side)[float(price)] = seq
+
+
+def uncross(book: OrderBook, ids: LevelIds) -> list[Change]:
+    """Resolve a crossed book by age, the rule dYdX documents ("How to uncross the orderbook"):
+    while the best bid is at or above the best ask, the one of the two set by the older update
+    (the smaller id) is removed; set by the same update, the smaller size is removed and the
+    larger keeps the difference (equal sizes: both go). A level whose id is unknown counts as
+    the oldest. Returns the level changes made (their ids are dropped with removed levels)."""
+    changes: list[Change] = []
+    bids, asks = book.bids, book.asks
+    while bids and asks:
+        bid_key, (bid_px, bid_sz) = bids.peekitem(-1)
+        ask_key, (ask_px, ask_sz) = asks.peekitem(0)
+        if bid_key < ask_key:
+            break
+        bid_id, ask_id = ids.bids.get(bid_key, -1), ids.asks.get(ask_key, -1)
+        if bid_id != ask_id:
+            drop_bid = bid_id < ask_id
+        else:
+            with localcontext() as ctx:
+                ctx.prec = 34
+                net = Decimal(bid_sz) - Decimal(ask_sz)
+            if net == 0:  # both go
+                del bids[bid_key], asks[ask_key]
+                ids.bids.pop(bid_key, None)
+                ids.asks.pop(ask_key, None)
+                changes += [Change(BID, bid_px, None), Change(ASK, ask_px, None)]
+                continue
+            drop_bid = net < 0
+            if drop_bid:  # the ask keeps the difference
+                _dict_set(asks, ask_key, (ask_px, decimal_text(-net)))
+                changes.append(Change(ASK, ask_px, decimal_text(-net)))
+            else:
+                _dict_set(bids, bid_key, (bid_px, decimal_text(net)))
+                changes.append(Change(BID, bid_px, decimal_text(net)))
+        if drop_bid:
+            del bids[bid_key]
+            ids.bids.pop(bid_key, None)
+            changes.append(Change(BID, bid_px, None))
+        else:
+            del asks[ask_key]
+            ids.asks.pop(ask_key, None)
+            changes.append(Change(ASK, ask_px, None))
+    return changes
 
 
 def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:

@@ -24,7 +24,7 @@ from app.errors import BookstreamError
 from app.kafka import read_range, reading_consumer, stop_reading
 from app.processor import Processor, new_instrument, parse_buffered
 from app.records import BookCheckpoint, decode
-from app.state.layout import ASK, BID, BUFFER, STATE, encode_state, load_instrument
+from app.state.layout import ASK, BID, BUFFER, IDS, STATE, encode_state, load_instrument
 from app.sync import Instrument
 from app.wire import BOOK_CHECKPOINTS, RawFrame, decode_record, partition_for, raw_topic
 
@@ -47,11 +47,15 @@ def parse_time(text: str, option: str) -> int:
 
 def checkpoint_of(inst: Instrument, raw: str, partition: int, next_offset: int) -> BookCheckpoint:
     """``inst``'s whole state, which covers every frame of raw records before ``next_offset``."""
-    return BookCheckpoint(key=inst.key, raw_topic=raw, raw_partition=partition, next_offset=next_offset,
-                          state=orjson.loads(encode_state(inst)), bids=list(inst.book.iter_bids()),
-                          asks=list(inst.book.iter_asks()),
-                          buffer=[base64.b64encode(frame).decode() for _, frame in inst.buffer],
-                          ts_recv=inst.ts_recv or 0, ts=time.time_ns())
+    cp = BookCheckpoint(key=inst.key, raw_topic=raw, raw_partition=partition, next_offset=next_offset,
+                        state=orjson.loads(encode_state(inst)), bids=list(inst.book.iter_bids()),
+                        asks=list(inst.book.iter_asks()),
+                        buffer=[base64.b64encode(frame).decode() for _, frame in inst.buffer],
+                        ts_recv=inst.ts_recv or 0, ts=time.time_ns())
+    if inst.ids is not None:  # which update set each level (rules that uncross by age)
+        cp.ids = [(side, price, seq) for side, tree in (("b", inst.book.bids), ("a", inst.book.asks))
+                  for key, (price, _) in tree.items() if (seq := inst.ids.side(side).get(key)) is not None]
+    return cp
 
 
 def instrument_from(cp: BookCheckpoint, buffer_limit: int = 20_000) -> Instrument:
@@ -60,6 +64,8 @@ def instrument_from(cp: BookCheckpoint, buffer_limit: int = 20_000) -> Instrumen
     rows += [(BID + p.encode(), s.encode()) for p, s in cp.bids]
     rows += [(ASK + p.encode(), s.encode()) for p, s in cp.asks]
     rows += [(BUFFER + b"%020d" % i, base64.b64decode(f)) for i, f in enumerate(cp.buffer)]
+    if cp.ids:
+        rows += [(IDS + side.encode() + p.encode(), b"%d" % seq) for side, p, seq in cp.ids]
     inst = new_instrument(cp.key, buffer_limit)
     load_instrument(inst, rows, lambda frame: parse_buffered(cp.key, frame))
     return inst

@@ -354,9 +354,11 @@ class Publisher:
             record = trade_record(key, trade, ts_recv, now, src)
             send(self.topics.trades, partition, key, record)
             recent.trade(key, record)
+        wide = key[-1] == ":"  # a venue-wide frame (dYdX v4_markets): each ticker to its instrument's partition
         for ticker in out.tickers:
             tkey = key if ticker.symbol is None else f"{key.partition(':')[0]}:{ticker.symbol}"
-            send(self.topics.ticker, partition, tkey, ticker_record(tkey, ticker, ts_recv, now, src))
+            tpart = partition_for(tkey, self.settings.partitions) if wide else partition
+            send(self.topics.ticker, tpart, tkey, ticker_record(tkey, ticker, ts_recv, now, src))
             for chain_key, body in self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src, now):
                 self._chain(chain_key, body)
             recent.ticker(tkey, ticker, ts_recv)

@@ -13,12 +13,12 @@ from typing import Any
 
 import orjson
 
-from app.errors import FrameError
+from app.errors import FrameError, VenueFault
 from app.market.cursor import TradeCursor
 from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
 from app.sync import SYNCED, Effects, Instrument
-from app.venues import ADAPTERS, INSTRUMENT_LISTS, MARKETS, rule, split_key
+from app.venues import ADAPTERS, INSTRUMENT_LISTS, MARKETS, VENUE_MARKETS, rule, split_key
 from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
@@ -85,6 +85,10 @@ class Processor:
                     pushed = registry.parse_ws(value) if registry is not None else None
                     if pushed is not None:
                         out.specs, out.states = pushed
+                    elif (wide := VENUE_MARKETS.get(venue)) is not None:
+                        # a venue-wide channel of per-instrument fields (dYdX v4_markets): each
+                        # ticker names its instrument (Ticker.symbol) and goes to its partition
+                        out.tickers = wide.parse_venue_market(kind, value)
                 elif kind is Kind.REST and registry is not None:
                     out.specs = registry.parse(value) or []
             except FrameError as exc:
@@ -106,6 +110,9 @@ class Processor:
         fx = out.fx
         try:
             updates = ad.parse(kind, value, symbol)
+        except VenueFault as exc:  # not a bad frame: the venue says this book's stream failed
+            inst.venue_fault(f"venue error: {exc.detail}", fx)
+            return out
         except FrameError as exc:
             out.dead = (exc.reason, exc.detail)
             # A lost frame may have been a delta: the book can no longer be trusted.

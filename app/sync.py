@@ -12,8 +12,17 @@ defined in the venue's module:
 * snapshots from REST (``rule.snapshot_from_rest``): deltas are buffered (bounded) until
   the snapshot, which drops those it ``contained``, is refused when ``snapshot_older`` than
   the buffer, and must be ``joined`` by the first delta applied after it;
+* a snapshot received more than ``rule.max_lag_ns`` after its venue time leaves the book stale
+  (Hyperliquid: the age of the block time says whether the book is current);
 * after every applied update the book must match ``rule.checksum`` when the update
-  carries a checksum, and must not be crossed.
+  carries a checksum, and must not be crossed — unless the rule resolves a crossed book by age
+  (``rule.uncross_by_age``, dYdX): then each level remembers the sequence of the update that set
+  it (``app.book.LevelIds``, persisted beside the levels) and ``app.book.uncross`` applies the
+  venue's rule instead of making the book stale.
+
+A venue may also say outright that an instrument's stream broke (dYdX "could not fetch data
+for subscription", ``app.errors.VenueFault``): :meth:`Instrument.venue_fault` makes the book
+stale with the venue's words and requests a resync, whatever its state.
 
 Duplicates (at-least-once redelivery, venue repeats) are recognised by sequence and
 ignored. :meth:`Instrument.step` returns :class:`Effects`: what to persist and publish.
@@ -25,7 +34,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from app.book import Change, OrderBook, Top
+from app.book import ASK, BID, Change, LevelIds, OrderBook, Top, uncross
 from app.market.cursor import TradeCursor
 from app.venues.base import BookUpdate, Continuity, SyncRule
 
@@ -73,6 +82,9 @@ class Effects:
     resync: str | None = None  # reason, when a resync must be requested
     applied: bool = False  # the book moved (top/depth may have changed)
     tops: list[TopChange] = field(default_factory=list)
+    #: (side, persisted price, sequence of the update that set the level; None: the level is gone):
+    #: for rules with ``uncross_by_age`` only (None for every other venue: nothing to build)
+    ids: list[tuple[str, str, int | None]] | None = None
 
     def changed(self) -> bool:
         """Did the step change persisted state? (Else the state row need not be rewritten:
@@ -85,7 +97,7 @@ class Instrument:
     """One instrument's book and sync state (persisted as table rows by ``app.state.layout``)."""
 
     __slots__ = (
-        "book", "buffer", "buffer_limit", "conn", "counters", "fresh", "key", "last_top",
+        "book", "buffer", "buffer_limit", "conn", "counters", "fresh", "ids", "key", "last_top",
         "reason", "rule", "seq", "status", "trades", "ts_exchange", "ts_recv",
     )
 
@@ -105,6 +117,8 @@ class Instrument:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.last_top: Top | None = None  # last top emitted (memory only: re-emitted after restart)
         self.trades: TradeCursor | None = None  # trades published so far (``app.market.cursor``)
+        #: which update set each level, for a rule that uncrosses by age (None otherwise)
+        self.ids: LevelIds | None = LevelIds() if rule.uncross_by_age else None
 
     # -- transitions ----------------------------------------------------------------
     def _go(self, fx: Effects, status: BookState, reason: str) -> None:
@@ -128,6 +142,16 @@ class Instrument:
         elif event in SUBSCRIPTION_FAILURES:
             self._go(fx, self.status, reason)
 
+    def venue_fault(self, reason: str, fx: Effects) -> None:
+        """The venue says this instrument's stream failed (dYdX "Internal error, could not fetch
+        data for subscription"): whatever the book's state it is stale for that reason, and a
+        resync is requested — again if it was stale already (the resubscription itself failed)."""
+        if self.status == BookState.STALE:
+            self._go(fx, BookState.STALE, reason)
+            self.request_resync(reason, fx)
+        else:
+            self._go(fx, BookState.STALE, reason)  # requests the resync
+
     def request_resync(self, reason: str, fx: Effects) -> None:
         fx.resync = reason
         self.counters["resyncs"] += 1
@@ -139,11 +163,7 @@ class Instrument:
             self._rest_step(upd, frame, ts_recv, fx)
             return
         if upd.snapshot:
-            duplicate = (
-                self.status == BookState.SYNCED and not upd.restart and conn == self.conn
-                and self.seq is not None and upd.seq != -1 and upd.seq <= self.seq
-            )
-            if duplicate:
+            if self.rule.snapshot_repeated(self.seq, upd, self.status == BookState.SYNCED and conn == self.conn):
                 self.counters["duplicates"] += 1
                 return
             self.conn = conn
@@ -181,11 +201,18 @@ class Instrument:
 
     def _snapshot(self, upd: BookUpdate, ts_recv: int, fx: Effects) -> None:
         """Replace the book (then check it): a new sequence starts."""
-        fx.changes.extend(self.book.replace(upd.bids, upd.asks))
+        changes = self.book.replace(upd.bids, upd.asks)
+        fx.changes.extend(changes)
+        if self.ids is not None:
+            self._snapshot_ids(upd.seq, changes, fx)
         self.counters["epoch"] += 1  # (epoch, seq) only ever grows
         self.seq = upd.seq
         self.ts_exchange, self.ts_recv = upd.ts_exchange, ts_recv
         fx.applied = True
+        lag = self.rule.max_lag_ns
+        if lag and upd.ts_exchange and ts_recv - upd.ts_exchange > lag:  # the venue's time is too old
+            self._go(fx, BookState.STALE, f"venue time more than {lag / 1e9:g} s behind receive time")
+            return
         self._go(fx, BookState.SYNCED, "snapshot" if not upd.restart else "venue restart (u=1)")
         self.fresh = self.rule.snapshot_from_rest  # a REST snapshot: the next delta must join it
         self._check(upd, fx)
@@ -194,6 +221,8 @@ class Instrument:
         """Apply a delta the rule accepted (then check the book)."""
         changes = self.book.apply(upd.bids, upd.asks)
         fx.changes.extend(changes)
+        if self.ids is not None:
+            self._update_ids(upd, changes, fx)
         self.counters["applied"] += 1
         self.counters["levels"] += len(upd.bids) + len(upd.asks)
         if self.seq is not None and upd.seq <= self.seq:
@@ -211,7 +240,7 @@ class Instrument:
         if upd.checksum is not None and self.rule.checksum(self.book) != upd.checksum:
             self._go(fx, BookState.STALE, f"checksum mismatch at ts={upd.ts_exchange}")
             return
-        if self.book.crossed():
+        if self.book.crossed() and not self._uncrossed(fx):
             self._go(fx, BookState.STALE, "crossed book")
             return
         top = self.book.top()
@@ -219,6 +248,51 @@ class Instrument:
             self.last_top = top
             assert self.seq is not None
             fx.tops.append(_new(TopChange, (self.seq, self.ts_exchange, top)))
+
+    # -- levels' ids (rules that uncross by age) -------------------------------------------
+    def _snapshot_ids(self, seq: int, changes: list[Change], fx: Effects) -> None:
+        """Every level of the snapshot was set by it; the levels it removed are forgotten."""
+        assert self.ids is not None
+        rows = fx.ids if fx.ids is not None else []
+        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        for side, tree in ((BID, self.book.bids), (ASK, self.book.asks)):
+            memory = self.ids.side(side)
+            memory.clear()
+            for key, (price, _) in tree.items():
+                memory[key] = seq
+                rows.append((side, price, seq))
+        fx.ids = rows
+
+    def _update_ids(self, upd: BookUpdate, changes: list[Change], fx: Effects) -> None:
+        """Each level the update names is now set by it (even at an unchanged size); a level it
+        removed is forgotten. Prices were validated by ``OrderBook.apply``."""
+        assert self.ids is not None
+        rows = fx.ids if fx.ids is not None else []
+        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        seq = upd.seq
+        for side, levels, tree in ((BID, upd.bids, self.book.bids), (ASK, upd.asks, self.book.asks)):
+            memory = self.ids.side(side)
+            for price, _ in levels:
+                key = float(price)
+                level = tree.get(key)
+                if level is None:
+                    memory.pop(key, None)
+                else:
+                    memory[key] = seq
+                    rows.append((side, level[0], seq))
+        fx.ids = rows
+
+    def _uncrossed(self, fx: Effects) -> bool:
+        """A crossed book the rule resolves by age (``app.book.uncross``): True when it did."""
+        if self.ids is None:
+            return False
+        changes = uncross(self.book, self.ids)
+        fx.changes.extend(changes)
+        rows = fx.ids if fx.ids is not None else []
+        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        fx.ids = rows
+        self.counters["uncrossed"] = self.counters.get("uncrossed", 0) + 1
+        return not self.book.crossed()
 
     # -- snapshots from REST ------------------------------------------------------------
     def _rest_step(self, upd: BookUpdate, frame: bytes, ts_recv: int, fx: Effects) -> None:

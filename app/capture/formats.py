@@ -65,6 +65,10 @@ def venue_from_url(url: str, hint: str = "") -> str | None:
         return None
     if "coinbase" in host:
         return "coinbase"
+    if "hyperliquid" in host:
+        return "hyperliquid"
+    if "dydx" in host:
+        return "dydx"
     if "binance" in host:
         if host.startswith(("fstream", "fapi")):
             return "binance-usdm"
@@ -269,12 +273,16 @@ def cryptofeed_companions(paths: list[Path]) -> list[Path]:
 
 # -- hftbacktest --------------------------------------------------------------------
 _HFT_NAME = re.compile(r"^([a-z0-9_-]+?)_\d{8}", re.I)
-_HFT_DIRS = {"spot": "binance", "usdm": "binance-usdm", "coinm": "binance-coinm", "futures": "binance-usdm"}
+_HFT_DIRS = {"spot": "binance", "usdm": "binance-usdm", "coinm": "binance-coinm", "futures": "binance-usdm",
+             "hyperliquid": "hyperliquid"}
 
 
 def _hft_infer_venue(path: Path) -> str | None:
-    """The Binance market of an hftbacktest file from its first depth event (pu: futures)."""
+    """The venue of an hftbacktest file from its first book event: Hyperliquid (the collector's
+    ``l2Book`` frames), or the Binance market (depth events; ``pu``: futures)."""
     for _, line in _lines(path):
+        if b'{"channel":"l2Book"' in line:
+            return "hyperliquid"
         if b"depthUpdate" in line:
             m = re.search(rb'"s":"([^"]*)"', line)
             if b'"pu"' not in line:

@@ -2,7 +2,8 @@
 
 A :class:`Spec` is one version of an instrument's terms (kind, linear or inverse, currencies,
 contract size and multiplier, tick — Deribit's ``tick_size_steps`` included — lot, minimum size
-and notional, strike, call/put, expiry, underlying and index, state), valid from ``valid_from``
+and notional, maximum leverage and margin fractions where the venue states them, strike,
+call/put, expiry, underlying and index, state), valid from ``valid_from``
 (ns). The venues' REST instrument lists are fetched by ingestion and kept verbatim in the raw
 topics (REST frames keyed ``<venue>:``); each venue module's ``REGISTRY_PARSER`` turns one into
 specs. :class:`Registry` keeps every version of every instrument: a spec whose terms changed
@@ -42,6 +43,9 @@ class Spec:
     lot_size: str | None = None
     min_size: str | None = None
     min_notional: str | None = None
+    max_leverage: str | None = None  # Hyperliquid maxLeverage
+    initial_margin: str | None = None  # fraction of notional (dYdX initialMarginFraction)
+    maintenance_margin: str | None = None  # fraction of notional (dYdX maintenanceMarginFraction)
     strike: str | None = None
     option_type: str | None = None  # call | put
     expiry_ns: int | None = None
@@ -87,7 +91,11 @@ _FIELDS = tuple(Spec.__dataclass_fields__)
 
 
 class InstrumentListParser(Protocol):
-    """A venue's REST instrument lists → specs (``Venue.instrument_lists``)."""
+    """A venue's REST instrument lists → specs (``Venue.instrument_lists``).
+
+    A venue whose list is a POST (Hyperliquid's ``/info``) also defines ``post_body(url) ->
+    bytes | None``: the JSON body to POST to that URL of ``urls`` (None: a GET). It is optional
+    (``app.venues.GuardedInstrumentList.post_body`` answers None without it)."""
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         """The REST requests that list ``symbols``' instruments (at ``api_url``, live or simulator)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from app.records.common import Dec, Level, Ns, Record, Symbol, Venue
 
@@ -114,5 +114,8 @@ class BookCheckpoint(Record, kw_only=True):
     bids: Annotated[list[Level], Meta(description="every level, best first")]
     asks: Annotated[list[Level], Meta(description="every level, best first")]
     buffer: Annotated[list[str], Meta(description="deltas buffered until a snapshot (Binance), base64 frames")] = []
+    ids: Annotated[list[tuple[str, str, int]] | UnsetType,
+                   Meta(description="[side b|a, price, sequence of the update that set the level] of every level, "
+                                    "for venues that uncross by age (dYdX message_id); absent for the others")] = UNSET
     ts_recv: Annotated[Ns, Meta(description="receive time of the last frame applied (0: none yet)")]
     ts: Annotated[Ns, Meta(description="when the worker wrote it")]

@@ -53,6 +53,7 @@ class TickerRecord(Record, kw_only=True):
     last: OptDec = None
     mark: OptDec = None
     index: OptDec = None
+    mid: Annotated[OptDec, Meta(description="the venue's own mid price (Hyperliquid midPx)")] = None
     bid: OptDec = None
     bid_size: OptDec = None
     ask: OptDec = None
@@ -62,6 +63,8 @@ class TickerRecord(Record, kw_only=True):
     funding_8h: OptDec = None
     next_funding_ts: Ns | None = None
     predicted_funding: OptDec = None
+    premium: Annotated[OptDec, Meta(description="the venue's premium of its book over the oracle price, as a decimal "
+                                                "(Hyperliquid premium)")] = None
     settlement_price: OptDec = None
     estimated_delivery_price: OptDec = None
     state: Annotated[str | None, Meta(description="the venue's instrument state word")] = None
@@ -129,6 +132,10 @@ class InstrumentRecord(Record, kw_only=True):
     lot_size: OptDec = None
     min_size: OptDec = None
     min_notional: OptDec = None
+    max_leverage: Annotated[OptDec, Meta(description="the highest leverage the venue allows (Hyperliquid)")] = None
+    initial_margin: Annotated[OptDec, Meta(description="initial margin as a fraction of notional (dYdX)")] = None
+    maintenance_margin: Annotated[OptDec, Meta(description="maintenance margin as a fraction of notional "
+                                                          "(dYdX)")] = None
     strike: OptDec = None
     option_type: Annotated[str | None, Meta(description="call | put")] = None
     expiry_ns: Ns | None = None

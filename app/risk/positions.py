@@ -23,7 +23,8 @@ from app.errors import BookstreamError
 from app.records import CollateralRecord, PositionRecord, encode
 
 PORTFOLIO = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-INSTRUMENT = re.compile(r"^[a-z0-9\-]+:[A-Za-z0-9_.\-/]+$")
+#: ``<venue>:<symbol>``; a symbol may hold a colon (Hyperliquid's builder-deployed perpetuals: ``xyz:AAPL``)
+INSTRUMENT = re.compile(r"^[a-z0-9\-]+:[A-Za-z0-9_.\-/:]+$")
 
 
 class PositionError(BookstreamError):

@@ -8,6 +8,8 @@ raw topic saying which source offset the partition covers. Keys and values are r
     K \\0 b <price>       → bid size at <price>, both the venue's decimal text
     K \\0 a <price>       → ask size at <price>
     K \\0 q <u:020d>      → a Binance delta buffered until its REST snapshot (the frame, verbatim)
+    K \\0 i b <price>     → the sequence of the update that set that bid (ask: ``i a``) level, for
+                           venues that uncross by age (dYdX ``message_id``); none for the others
     \\0 p <raw topic>     → progress: the next source offset of that topic's partition to apply
     \\0 m                 → local checkpoint (never in the changelog): where the local copy is in
                            the changelog, and whether a restore is under way
@@ -36,7 +38,7 @@ from app.sync import BookState, Instrument
 
 SEP = b"\x00"
 _SEP_TEXT = SEP.decode()
-STATE, BID, ASK, BUFFER = b"s", b"b", b"a", b"q"
+STATE, BID, ASK, BUFFER, IDS = b"s", b"b", b"a", b"q", b"i"
 PROGRESS_PREFIX = SEP + b"p"
 CHECKPOINT_KEY = SEP + b"m"
 STATE_ROW_VERSION = 1
@@ -57,6 +59,12 @@ def level_prefix(instrument: str, side: str) -> str:
     """The text of a level row key before its price (a level row's key is
     ``(level_prefix(k, s) + price).encode()``)."""
     return instrument + _SEP_TEXT + side
+
+
+def ids_prefix(instrument: str, side: str) -> str:
+    """The text of a level's id row key before its price (``K \\0 i <side>``; its value: the
+    sequence of the update that set the level), for rules that uncross by age."""
+    return instrument + _SEP_TEXT + "i" + side
 
 
 def buffer_key(instrument: bytes, seq: int) -> bytes:
@@ -178,6 +186,9 @@ def load_instrument(inst: Instrument, rows: Iterable[tuple[bytes, bytes]], parse
         elif tag == BUFFER:
             for upd in parse_buffered(value):
                 inst.buffer.append((upd, value))
+        elif tag == IDS:
+            if inst.ids is not None:  # (rows of a rule that no longer uncrosses by age are ignored)
+                inst.ids.restore(rest[1:2].decode(), rest[2:].decode(), int(value))
         else:
             raise LayoutError(f"{inst.key}: unknown row tag {tag!r}")
     inst.book.restore(bids, asks)

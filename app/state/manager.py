@@ -43,6 +43,7 @@ from app.state.layout import (
     buffer_key,
     encode_progress,
     encode_state,
+    ids_prefix,
     instrument_rows,
     level_prefix,
     load_instrument,
@@ -132,6 +133,13 @@ class PartitionState:
                 asks = levels[prefixes[ASK]] = {}
             for side, price, size in fx.changes:
                 (bids if side == BID else asks)[price] = size
+        if fx.ids:  # which update set each level (rules that uncross by age: dYdX only)
+            for side, price, seq in fx.ids:
+                prefix = ids_prefix(key, side)
+                rows = self.levels.get(prefix)
+                if rows is None:
+                    rows = self.levels[prefix] = {}
+                rows[price] = None if seq is None else str(seq)
         if fx.buffer_put or fx.buffer_del:
             ik = key.encode()
             for seq, frame in fx.buffer_put:

@@ -13,13 +13,24 @@ from app.config import Secret
 from app.errors import ConfigError, FrameError
 from app.market.instruments import InstrumentListParser, Spec
 from app.market.records import Ticker, Trade
-from app.venues import binance, bybit, coinbase, deribit, okx
-from app.venues.base import Adapter, BookUpdate, Continuity, Kind, Level, MarketParser, SyncRule, Venue
+from app.venues import binance, bybit, coinbase, deribit, dydx, hyperliquid, okx
+from app.venues.base import (
+    Adapter,
+    BookUpdate,
+    Continuity,
+    Kind,
+    Level,
+    MarketParser,
+    SyncRule,
+    Venue,
+    VenueMarketParser,
+)
 from app.venues.session import Endpoint, Protocol
 
 #: venue id → everything about that venue. Adding a venue adds its module's entries here.
 VENUE_TABLE: dict[str, Venue] = {
-    v.id: v for v in (deribit.VENUE, *binance.VENUES, okx.VENUE, *bybit.VENUES, coinbase.VENUE)
+    v.id: v for v in (deribit.VENUE, *binance.VENUES, okx.VENUE, *bybit.VENUES, coinbase.VENUE, hyperliquid.VENUE,
+                      dydx.VENUE)
 }
 
 VENUES: tuple[str, ...] = tuple(VENUE_TABLE)
@@ -87,6 +98,21 @@ class GuardedMarket:
             raise _malformed(exc) from exc
 
 
+class GuardedVenueMarket:
+    """A venue-wide market parser whose calls fail only with FrameError (as :class:`Guarded`)."""
+
+    __slots__ = ("_parse",)
+
+    def __init__(self, inner: VenueMarketParser) -> None:
+        self._parse = inner.parse_venue_market
+
+    def parse_venue_market(self, kind: Kind, frame: bytes) -> list[Ticker]:
+        try:
+            return self._parse(kind, frame)
+        except _SHAPE_ERRORS as exc:
+            raise _malformed(exc) from exc
+
+
 class GuardedInstrumentList:
     """An instrument-list parser whose ``parse`` fails only with FrameError (as :class:`Guarded`)."""
 
@@ -97,6 +123,12 @@ class GuardedInstrumentList:
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         return self._inner.urls(api_url, symbols)
+
+    def post_body(self, url: str) -> bytes | None:
+        """The body to POST to ``url`` (one of ``urls``); None for a GET. Optional for a parser
+        (``app.market.instruments.InstrumentListParser``): Hyperliquid's lists are POSTs."""
+        body = getattr(self._inner, "post_body", None)
+        return body(url) if body is not None else None
 
     def parse(self, body: bytes) -> list[Spec] | None:
         try:
@@ -112,7 +144,7 @@ class GuardedInstrumentList:
 
 
 #: venue id → its REST instrument-list parser.
-INSTRUMENT_LISTS: dict[str, InstrumentListParser] = {
+INSTRUMENT_LISTS: dict[str, GuardedInstrumentList] = {
     venue: GuardedInstrumentList(v.instrument_lists) for venue, v in VENUE_TABLE.items()
     if v.instrument_lists is not None
 }
@@ -120,6 +152,11 @@ INSTRUMENT_LISTS: dict[str, InstrumentListParser] = {
 #: venue id → its trades/tickers parser (venues without one are absent).
 MARKETS: dict[str, MarketParser] = {
     venue: GuardedMarket(v.market) for venue, v in VENUE_TABLE.items() if v.market is not None
+}
+
+#: venue id → its parser of venue-wide ticker channels (dYdX v4_markets; others are absent).
+VENUE_MARKETS: dict[str, VenueMarketParser] = {
+    venue: GuardedVenueMarket(v.venue_market) for venue, v in VENUE_TABLE.items() if v.venue_market is not None
 }
 
 
@@ -154,7 +191,7 @@ def split_key(key: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "ADAPTERS", "MARKETS", "VENUE_TABLE", "INSTRUMENT_LISTS", "VENUES", "Adapter", "BookUpdate", "Continuity",
-    "Endpoint", "Guarded", "Kind",
-    "Level", "MarketParser", "Protocol", "SyncRule", "Venue", "adapter", "protocol", "rule", "split_key",
+    "ADAPTERS", "INSTRUMENT_LISTS", "MARKETS", "VENUE_MARKETS", "VENUE_TABLE", "VENUES", "Adapter", "BookUpdate",
+    "Continuity", "Endpoint", "Guarded", "Kind", "Level", "MarketParser", "Protocol", "SyncRule", "Venue",
+    "VenueMarketParser", "adapter", "protocol", "rule", "split_key",
 ]

@@ -10,13 +10,14 @@ A :class:`SyncRule` says how the venue's updates follow each other (:class:`Cont
 how a REST snapshot joins buffered updates, and how to checksum a book; ``app.sync`` asks
 it and names no venue. The socket, reconnect and REST code lives in ``app.ingest``.
 
-Shape helpers (``as_int``, ``levels``, ``num_str``, ``ms_to_ns``) raise only
+Shape helpers (``as_int``, ``levels``, ``num_str``, ``ms_to_ns``, ``rfc3339_ns``) raise only
 :class:`~app.errors.FrameError`: adapters build on them so that any bad frame is a
 ``FrameError`` from the adapter itself.
 """
 
 from __future__ import annotations
 
+import calendar
 import enum
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -89,6 +90,15 @@ class MarketParser(Protocol):
         ...
 
 
+class VenueMarketParser(Protocol):
+    """A venue-wide channel carrying fields of many instruments (dYdX ``v4_markets``): its frames
+    are keyed ``<venue>:`` (once, not once per instrument named) and each ticker names its
+    instrument (``Ticker.symbol``); ``[]`` cheaply for any other frame (``Venue.venue_market``)."""
+
+    def parse_venue_market(self, kind: Kind, frame: bytes) -> list[Ticker]:
+        ...
+
+
 def channel_prefix(frame: bytes, marks: tuple[bytes, ...], window: int = 160) -> bool:
     """Does one of ``marks`` (a channel name as it appears in the venue's JSON) occur in the
     first ``window`` bytes of ``frame``? Venues name the channel before the data."""
@@ -107,8 +117,9 @@ class LevelsView(Protocol):
 class SyncRule(Protocol):
     """A venue's sequencing rule: ``app.sync.Instrument`` asks it and names no venue.
 
-    Snapshots in the stream (``snapshot_from_rest`` False): a snapshot replaces the book and
-    every later update is judged by ``continuity(last seq, update)``.
+    Snapshots in the stream (``snapshot_from_rest`` False): a snapshot replaces the book unless
+    ``snapshot_repeated`` says it is one already applied, and every later update is judged by
+    ``continuity(last seq, update)``.
 
     Snapshots from REST (``snapshot_from_rest`` True, Binance): updates are buffered until
     the snapshot (id L) arrives. Buffered updates it already ``contained`` are dropped; if
@@ -118,9 +129,23 @@ class SyncRule(Protocol):
     """
 
     snapshot_from_rest: bool
+    #: A crossed book is resolved by the venue's own rule rather than made stale: each level
+    #: remembers the sequence of the update that set it, and the crossing levels of the side set
+    #: earlier give way (equal: the sizes net). ``app.book.uncross``; dYdX only.
+    uncross_by_age: bool
+    #: A snapshot received more than this after its venue time (``ts_exchange``) leaves the book
+    #: stale (held, not published) until one arrives in time: the age of the venue's own time is
+    #: what says the book is current (Hyperliquid block times). 0: not judged.
+    max_lag_ns: int
 
     def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
         """Does ``upd`` follow the update (or snapshot) with sequence ``last``?"""
+        ...
+
+    def snapshot_repeated(self, last: int | None, upd: BookUpdate, synced_same_conn: bool) -> bool:
+        """Is the snapshot ``upd`` one already applied (ignored, counted as a duplicate)?
+        ``synced_same_conn``: the book is synced and ``upd`` came on the connection of its last
+        snapshot."""
         ...
 
     def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
@@ -149,9 +174,17 @@ class SequenceRule:
     """
 
     snapshot_from_rest = False
+    uncross_by_age = False
+    max_lag_ns = 0
 
     def continuity(self, last: int | None, upd: BookUpdate) -> Continuity:
         raise NotImplementedError
+
+    def snapshot_repeated(self, last: int | None, upd: BookUpdate, synced_same_conn: bool) -> bool:
+        """A synced book's snapshot repeated on its own connection, at or before the sequence last
+        applied (a venue restart, or a snapshot without a sequence, ``-1``, is never a repeat)."""
+        return (synced_same_conn and not upd.restart and last is not None and upd.seq != -1
+                and upd.seq <= last)
 
     def contained(self, snapshot_id: int, upd: BookUpdate) -> bool:
         return self.continuity(snapshot_id, upd) is Continuity.DUPLICATE
@@ -197,6 +230,7 @@ class Venue:
     sim_rest_path: str = ""  # the simulator's REST snapshot path, for rules with REST snapshots
     market: MarketParser | None = None  # trades and tickers (``app.market``)
     instrument_lists: InstrumentListParser | None = None  # REST instrument lists (``app.market.instruments``)
+    venue_market: VenueMarketParser | None = None  # tickers from a venue-wide channel (dYdX v4_markets)
 
 
 def opt_str(value: Any) -> str | None:
@@ -277,6 +311,21 @@ def levels(raw: Any, what: str) -> list[Level]:
         else:
             out.append((num_str(px), num_str(sz)))
     return out
+
+
+def rfc3339_ns(text: Any) -> int:
+    """``2026-08-09T21:05:48.505350477Z`` → ns since epoch (nanosecond digits kept)."""
+    if not isinstance(text, str) or len(text) < 20 or text[10] != "T":
+        raise FrameError("bad-timestamp", repr(text)[:40])
+    try:
+        date, _, clock = text.rstrip("Z").partition("T")
+        whole, _, frac = clock.partition(".")
+        y, mo, d = (int(x) for x in date.split("-"))
+        h, mi, s = (int(x) for x in whole.split(":"))
+        seconds = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+        return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
+    except (ValueError, OverflowError):
+        raise FrameError("bad-timestamp", repr(text)[:40]) from None
 
 
 def as_int(value: Any, what: str) -> int:

@@ -10,7 +10,6 @@ The session also subscribes to ``heartbeats``, which keep ``sequence_num`` movin
 
 from __future__ import annotations
 
-import calendar
 import re
 from typing import Any
 
@@ -30,23 +29,9 @@ from app.venues.base import (
     named_objects,
     num_str,
     opt_str,
+    rfc3339_ns,
 )
 from app.venues.session import Ack, Endpoint, Limits, Protocol, Request, Sub, chunks, dumps
-
-
-def rfc3339_ns(text: Any) -> int:
-    """``2026-08-09T21:05:48.505350477Z`` → ns since epoch (nanosecond digits kept)."""
-    if not isinstance(text, str) or len(text) < 20 or text[10] != "T":
-        raise FrameError("bad-timestamp", repr(text)[:40])
-    try:
-        date, _, clock = text.rstrip("Z").partition("T")
-        whole, _, frac = clock.partition(".")
-        y, mo, d = (int(x) for x in date.split("-"))
-        h, mi, s = (int(x) for x in whole.split(":"))
-        seconds = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
-        return seconds * 1_000_000_000 + int((frac + "000000000")[:9] or 0)
-    except ValueError:
-        raise FrameError("bad-timestamp", repr(text)[:40]) from None
 
 
 def _array(value: Any, what: str) -> list[Any]:

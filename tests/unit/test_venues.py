@@ -49,6 +49,16 @@ FRAMES = {
     "coinbase": ('{"channel":"l2_data","timestamp":"2023-02-09T20:32:50.714964855Z","sequence_num":7,"events":[{"type":'
                  '"update","product_id":"BTC-USD","updates":[{"side":"bid","event_time":"2023-02-09T20:32:50.7Z",'
                  '"price_level":"21921.73","new_quantity":"0.06317902"}]}]}', "BTC-USD"),
+    # the l2Book shape of hyperliquid-python-sdk hyperliquid/utils/types.py (L2BookMsg, L2Level) and
+    # of the venue's "Websocket > Subscriptions" page (WsBook: coin, levels [bids, asks], time)
+    "hyperliquid": ('{"channel":"l2Book","data":{"coin":"BTC","time":1788490065008,"levels":[[{"px":"80639.0",'
+                    '"sz":"0.00186","n":2},{"px":"80638.0","sz":"1.25","n":3}],[{"px":"80640.0","sz":"13.74589",'
+                    '"n":46}]]}}', "BTC"),
+    # dydxprotocol/v4-chain indexer/services/comlink/public/websocket-documentation.md, "Orderbooks",
+    # the channel_data example
+    "dydx": ('{"type":"channel_data","connection_id":"ee5a4696-dce8-44ef-8d68-f0e0d0b06160","message_id":484,'
+             '"id":"BTC-USD","channel":"v4_orderbook","version":"0.0.1","contents":{"bids":[["27773","1.986168516"]]}}',
+             "BTC-USD"),
 }
 #: A Binance REST depth snapshot (the same shape for spot, USD-M and COIN-M).
 REST_BODY = b'{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[["4.00000200","12.00000000"]]}'
@@ -80,9 +90,11 @@ def test_every_registered_venue_has_every_part(venue: str) -> None:
         assert entry.rule.continuity(upd.seq, upd) is Continuity.DUPLICATE
     # session protocol: subscribes, unsubscribes and resyncs one instrument
     proto = entry.protocol(venue, entry.endpoint)
+    wide = {s.id for s in proto.subs([symbol]) if not s.symbol}  # venue-wide channels (their own frames: dYdX)
     for frames in (proto.subscribe([symbol]), proto.unsubscribe([symbol])):
         assert frames
-        assert all(symbol.lower() in orjson.dumps(orjson.loads(f.text)).decode().lower() for f in frames)
+        assert all(symbol.lower() in orjson.dumps(orjson.loads(f.text)).decode().lower()
+                   or (f.channels and set(f.channels) <= wide) for f in frames)
     assert proto.on_open([symbol])
     # endpoints: live and simulator
     assert entry.endpoint.ws_url.startswith("wss://")
@@ -230,6 +242,63 @@ def test_adapters_themselves_raise_nothing_but_frame_error(venue: str) -> None:
         frame, symbol = case
         for call in (lambda: ad.route(kind, frame, f"https://x/depth?symbol={symbol}"),
                      lambda: ad.parse(kind, frame, symbol), lambda: ad.conn_seq(frame)):
+            with contextlib.suppress(FrameError):
+                call()
+
+    fuzz()
+
+
+#: Real-shaped trade, ticker and instrument-list frames (venue, symbol, frame), fuzzed through the
+#: market, venue-wide ticker and instrument-list parsers (sources: tests/unit/test_hyperliquid.py
+#: and tests/unit/test_dydx.py).
+MARKET_FRAMES = [
+    ("hyperliquid", "BTC", '{"channel":"trades","data":[{"coin":"BTC","side":"B","px":"80639.0","sz":"0.1","hash":'
+                           '"0x2f8b","time":1788490065008,"tid":118906512037719,"users":["0x31ca","0x0104"]}]}'),
+    ("hyperliquid", "BTC", '{"channel":"activeAssetCtx","data":{"coin":"BTC","ctx":{"funding":"0.0000052974",'
+                           '"openInterest":"36295.80812","premium":"-0.0005540084","oraclePx":"80684.7","markPx":'
+                           '"80640.0","midPx":"80639.5","impactPxs":["80637.2","80640.0"]}}}'),
+    ("hyperliquid", "BTC", '{"channel":"bbo","data":{"coin":"BTC","time":1788490065008,"bbo":[{"px":"80639.0","sz":'
+                           '"0.00186","n":2},null]}}'),
+    ("hyperliquid", "", '{"universe":[{"szDecimals":5,"name":"BTC","maxLeverage":40},{"szDecimals":1,"name":"MATIC",'
+                        '"maxLeverage":20,"isDelisted":true}]}'),
+    ("dydx", "BTC-USD", '{"type":"channel_data","connection_id":"c","message_id":4,"id":"BTC-USD",'
+                        '"channel":"v4_trades","contents":{"trades":[{"id":"8ee6d90d","size":"0.000100431","price":"27839","side":"BUY",'
+                        '"type":"LIMIT","createdAt":"2023-04-04T00:29:19.353Z","createdAtHeight":"49592"}]}}'),
+    ("dydx", "", '{"type":"channel_data","connection_id":"c","message_id":2,"channel":"v4_markets","contents":{'
+                 '"trading":{"BTC-USD":{"nextFundingRate":"0.00006821875","openInterest":"1891.47"}},"oraclePrices":'
+                 '{"BTC-USD":{"oraclePrice":"60001.75","effectiveAt":"2026-08-27T00:00:00.000Z","marketId":0}}}}'),
+    ("dydx", "", '{"type":"subscribed","connection_id":"c","message_id":1,"channel":"v4_markets","contents":{"markets":'
+                 '{"BTC-USD":{"ticker":"BTC-USD","status":"ACTIVE","tickSize":"1","stepSize":"0.000000001",'
+                 '"atomicResolution":-10,"minOrderBaseQuantums":10,"initialMarginFraction":"0.05",'
+                 '"maintenanceMarginFraction":"0.03"}}}}'),
+]
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("venue", sorted({v for v, _, _ in MARKET_FRAMES}))
+def test_market_and_registry_parsers_themselves_raise_nothing_but_frame_error(venue: str) -> None:
+    """Trades, tickers (per instrument and venue-wide) and instrument lists: their own FrameError."""
+    entry = VENUE_TABLE[venue]
+    samples = [(f.encode(), symbol) for v, symbol, f in MARKET_FRAMES if v == venue]
+    for frame, symbol in samples:  # the real-shaped ones parse to something
+        got = [entry.market.parse_market(Kind.WS, frame, symbol) if entry.market else ([], []),
+               entry.venue_market.parse_venue_market(Kind.WS, frame) if entry.venue_market else [],
+               entry.instrument_lists.parse(frame) if entry.instrument_lists else None,
+               entry.instrument_lists.parse_ws(frame) if entry.instrument_lists else None]
+        assert got[0] != ([], []) or got[1] or got[2] or got[3], frame
+
+    @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(frame=_mutations_of([f for f, _ in samples]), symbol=st.sampled_from(sorted({s for _, s in samples})))
+    def fuzz(frame: bytes, symbol: str) -> None:
+        calls = []
+        if entry.market is not None:
+            calls.append(lambda: entry.market.parse_market(Kind.WS, frame, symbol))  # type: ignore[union-attr]
+        if entry.venue_market is not None:
+            calls.append(lambda: entry.venue_market.parse_venue_market(Kind.WS, frame))  # type: ignore[union-attr]
+        if entry.instrument_lists is not None:
+            calls += [lambda: entry.instrument_lists.parse(frame),  # type: ignore[union-attr]
+                      lambda: entry.instrument_lists.parse_ws(frame)]  # type: ignore[union-attr]
+        for call in calls:
             with contextlib.suppress(FrameError):
                 call()
 
