@@ -11,9 +11,13 @@ Formats
                    "kind": "ws", "url": "wss://…", "frame": "<frame text, verbatim>"}
 
 ``cryptofeed``  v1 text dumps (``NAME.ws.N.M`` with its ``NAME.http.N.M``) or v3 JSON Lines
-                envelopes (``{"t":"recv","conn":…,"ts":…,"data":…}``).
+                envelopes (``{"t":"recv","conn":…,"ts":…,"data":…}``). This is also the **dYdX raw
+                dump** (the v4 indexer's frames verbatim, see :func:`read_cryptofeed`): a header
+                naming ``DYDX`` or a ``connect`` to ``wss://indexer.dydx.trade/v4/ws`` says the venue.
 ``hftbacktest`` gzip text, ``<local_ts_ns> <frame json>`` per line; day files of one symbol
-                given in order form one capture; the REST snapshot line names no symbol.
+                given in order form one capture; the REST snapshot line names no symbol. Binance
+                files (``btcusdt_YYYYMMDD.gz``) and Hyperliquid ones (``btc_YYYYMMDD.gz``: the
+                collector's ``trades``, ``l2Book`` and ``bbo`` frames, each naming its coin).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ CRYPTOFEED_NAMES = {
     "DERIBIT": "deribit",
     "OKX": "okx",
     "COINBASE": "coinbase",
+    "DYDX": "dydx",  # the v4 indexer (a v3 API capture is refused: see _dydx_v4)
+    "HYPERLIQUID": "hyperliquid",
 }
 
 
@@ -201,6 +207,7 @@ def _read_cryptofeed_v1(path: Path, venue_flag: str | None) -> Iterator[Record]:
                     conn = f"{path.name}#{conn_no}"
                     url = addr.decode("utf-8", "replace")
                     venue = venue_flag or venue_from_url(url) or name_hint
+                    _dydx_v4(url, venue, f"{path}:{lineno}")
                 continue  # "<-" lines are frames we sent
             m = _V1_RECV.match(line)
             if m is None:
@@ -211,9 +218,27 @@ def _read_cryptofeed_v1(path: Path, venue_flag: str | None) -> Iterator[Record]:
         yield Record(ts, _check_venue(venue, str(path)), conn, Kind.WS, m.group(2), url)
 
 
+def _dydx_v4(addr: str, venue: str | None, where: str) -> None:
+    """A dYdX connection must be to the v4 indexer: the v3 API (``api.dydx.exchange/v3/ws``,
+    ``v3_orderbook`` with offsets, retired) has other frames, which no book here could follow."""
+    if venue == "dydx" and "/v3/" in urlsplit(addr).path + "/":
+        raise CaptureError(f"{where}: {addr} is dYdX's v3 API; bookstream reads the v4 indexer's frames "
+                           "(wss://indexer.dydx.trade/v4/ws) only")
+
+
+@dataclass(slots=True)
+class _V3Conn:
+    """A connection of a v3 dump: its address, venue, and the id its frames carry."""
+
+    addr: str
+    venue: str | None
+    conn: str
+
+
 def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
     exchange_hint = None
-    conns: dict[str, tuple[str, str | None]] = {}
+    conns: dict[str, _V3Conn] = {}
+    opened: dict[str, int] = {}  # envelope conn id → connects seen
     for lineno, line in _lines(path):
         if not line.strip():
             continue
@@ -223,7 +248,7 @@ def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise CaptureError(f"{path}:{lineno}: not a cryptofeed v3 envelope (truncated file?)") from exc
         try:
-            rec = _v3_record(env, t, conns, venue_flag, exchange_hint, f"{path}:{lineno}")
+            rec = _v3_record(env, t, conns, opened, venue_flag, exchange_hint, f"{path}:{lineno}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CaptureError(f"{path}:{lineno}: not a cryptofeed v3 record ({type(exc).__name__}: {exc})") from exc
         if t == "header":
@@ -232,16 +257,24 @@ def _read_cryptofeed_v3(path: Path, venue_flag: str | None) -> Iterator[Record]:
             yield rec
 
 
-def _v3_record(env: dict[str, Any], t: object, conns: dict[str, tuple[str, str | None]], venue_flag: str | None,
-               exchange_hint: str | None, where: str) -> Record | None:
+def _v3_record(env: dict[str, Any], t: object, conns: dict[str, _V3Conn], opened: dict[str, int],
+               venue_flag: str | None, exchange_hint: str | None, where: str) -> Record | None:
     if t == "connect":
         addr = str(env.get("addr", ""))
-        conns[env["conn"]] = (addr, venue_flag or venue_from_url(addr) or exchange_hint)
+        venue = venue_flag or venue_from_url(addr) or exchange_hint
+        _dydx_v4(addr, venue, where)
+        # A connection id used again (a reconnect under the same name) is a NEW connection: its
+        # frames get an id of their own, as live ingestion gives each connection one (a dYdX
+        # ``message_id`` starts again at 0 there: its snapshot must not pass for a repeat).
+        name = str(env["conn"])
+        n = opened[name] = opened.get(name, 0) + 1
+        conns[name] = _V3Conn(addr, venue, name if n == 1 else f"{name}~{n}")
     elif t == "recv":
-        addr, venue = conns.get(env["conn"], ("", venue_flag or exchange_hint))
+        name = str(env["conn"])
+        c = conns.get(name) or _V3Conn("", venue_flag or exchange_hint, name)
         data = env["data"]
         frame = data.encode() if isinstance(data, str) else orjson.dumps(data)
-        return Record(_epoch_ns(env["ts"]), _check_venue(venue, where), str(env["conn"]), Kind.WS, frame, addr)
+        return Record(_epoch_ns(env["ts"]), _check_venue(c.venue, where), c.conn, Kind.WS, frame, c.addr)
     elif t == "http" and str(env.get("url", "")).find("depth") >= 0:
         url = str(env["url"])
         venue = venue_flag or venue_from_url(url) or exchange_hint
@@ -272,16 +305,18 @@ def cryptofeed_companions(paths: list[Path]) -> list[Path]:
 
 
 # -- hftbacktest --------------------------------------------------------------------
-_HFT_NAME = re.compile(r"^([a-z0-9_-]+?)_\d{8}", re.I)
+#: ``<symbol>_<YYYYMMDD>.gz``, the symbol lower-cased by the collector (Hyperliquid's ``xyz:aapl``, ``@107`` too)
+_HFT_NAME = re.compile(r"^([a-z0-9_:@-]+?)_\d{8}", re.I)
 _HFT_DIRS = {"spot": "binance", "usdm": "binance-usdm", "coinm": "binance-coinm", "futures": "binance-usdm",
              "hyperliquid": "hyperliquid"}
 
 
 def _hft_infer_venue(path: Path) -> str | None:
-    """The venue of an hftbacktest file from its first book event: Hyperliquid (the collector's
-    ``l2Book`` frames), or the Binance market (depth events; ``pu``: futures)."""
+    """The venue of an hftbacktest file from its first frame that tells: Hyperliquid (every frame
+    the collector keeps is ``{"channel":…,"data":…}``: trades, l2Book, bbo), or the Binance market
+    of the first depth event (``pu``: futures)."""
     for _, line in _lines(path):
-        if b'{"channel":"l2Book"' in line:
+        if line.partition(b" ")[2].startswith(b'{"channel":'):
             return "hyperliquid"
         if b"depthUpdate" in line:
             m = re.search(rb'"s":"([^"]*)"', line)
