@@ -122,3 +122,36 @@ def deribit_listed(currency: str) -> list[str]:
     expiries = monthly_expiries(time.time_ns(), 3)
     return [f"{currency}-PERPETUAL", *(f"{currency}-{e}" for e in expiries),
             *(f"{currency}-{e}-{k}-{cp}" for e in expiries for k in grids[currency] for cp in "CP")]
+
+
+#: What the simulated Hyperliquid and dYdX list whether or not anyone subscribed yet.
+HYPERLIQUID_LISTED = ("BTC", "ETH", "SOL")
+DYDX_LISTED = ("BTC-USD", "ETH-USD", "SOL-USD")
+
+
+def hyperliquid(symbols: list[str]) -> dict[str, Any]:
+    """``POST /info {"type":"meta"}``: the perpetuals' universe (``szDecimals`` from the lot)."""
+    universe = []
+    for s in symbols:
+        _, lot = terms(s, 1)
+        decimals = len(lot.partition(".")[2]) if "." in lot else 0
+        universe.append({"name": s, "szDecimals": decimals, "maxLeverage": 40 if s in ("BTC", "ETH") else 20,
+                         "marginTableId": 1})
+    return {"universe": universe, "marginTables": []}
+
+
+def dydx(symbols: list[str], factor: dict[str, int], closed: set[str] | None = None) -> dict[str, Any]:
+    """``GET /v4/perpetualMarkets``: every market, keyed by ticker (also ``v4_markets``' subscribed contents)."""
+    closed = closed or set()
+    markets = {}
+    for i, s in enumerate(symbols):
+        tick, lot = terms(s, factor.get(s, 1))
+        step = Decimal(lot)
+        markets[s] = {"clobPairId": str(i), "ticker": s, "status": "FINAL_SETTLEMENT" if s in closed else "ACTIVE",
+                      "oraclePrice": "0", "priceChange24H": "0", "volume24H": "0", "trades24H": 0,
+                      "nextFundingRate": "0.0000125", "initialMarginFraction": "0.05",
+                      "maintenanceMarginFraction": "0.03", "openInterest": "0", "atomicResolution": -10,
+                      "quantumConversionExponent": -9, "tickSize": tick, "stepSize": lot, "stepBaseQuantums": 0,
+                      "subticksPerTick": 100000, "marketType": "CROSS",
+                      "minOrderBaseQuantums": int(step.scaleb(10))}
+    return {"markets": markets}

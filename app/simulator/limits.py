@@ -27,6 +27,7 @@ class SimLimits:
     deribit_sub_per_s: float = 3.3  # ... refilling at this rate
     coinbase_msgs_per_s: int = 8  # client messages per sliding second per IP
     coinbase_conns_per_s: int = 8  # connection opens per sliding second per IP
+    hyperliquid_idle_s: float = 60.0  # a connection that sends nothing (not even a ping) for this long is closed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

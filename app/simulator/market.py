@@ -226,3 +226,56 @@ def coinbase_ticker(symbol: str, top: tuple[str, str, str, str], conn_seq: int) 
             "best_bid_quantity": bid_sz, "best_ask_quantity": ask_sz}
     return orjson.dumps({"channel": "ticker", "client_id": "", "timestamp": _iso(), "sequence_num": conn_seq,
                          "events": [{"type": "update", "tickers": [item]}]}).decode()
+
+
+# -- Hyperliquid and dYdX v4 (their own shapes: see app/venues/hyperliquid.py, app/venues/dydx.py) ----
+def hyperliquid_trade(symbol: str, tid: int, time_ms: int, price: str, size: str, buy: bool) -> dict[str, Any]:
+    """One ``trades`` item: unique by (time, coin, tid); ``side`` the taker's (B buy, A sell)."""
+    return {"coin": symbol, "side": "B" if buy else "A", "px": price, "sz": size, "time": time_ms,
+            "hash": f"0x{tid:064x}", "tid": tid, "users": ["0x" + "1" * 40, "0x" + "2" * 40]}
+
+
+def hyperliquid_trades(items: list[dict[str, Any]]) -> str:
+    return orjson.dumps({"channel": "trades", "data": items}).decode()
+
+
+def hyperliquid_ctx(symbol: str, top: tuple[str, str, str, str], state: MarketState) -> str:
+    bid, _, ask, _ = top
+    mid = (float(bid) + float(ask)) / 2
+    ctx = {"funding": "0.0000125", "openInterest": f"{state.open_interest:.3f}", "prevDayPx": f"{mid:.1f}",
+           "dayNtlVlm": "1000000.0", "premium": "0.0001", "oraclePx": f"{mid * 0.9998:.1f}", "markPx": f"{mid:.1f}",
+           "midPx": f"{mid:.2f}", "impactPxs": [bid, ask], "dayBaseVlm": "100.0"}
+    return orjson.dumps({"channel": "activeAssetCtx", "data": {"coin": symbol, "ctx": ctx}}).decode()
+
+
+def hyperliquid_bbo(symbol: str, time_ms: int, top: tuple[str, str, str, str]) -> str:
+    bid, bid_sz, ask, ask_sz = top
+    bbo = [{"px": bid, "sz": bid_sz, "n": 1}, {"px": ask, "sz": ask_sz, "n": 1}]
+    return orjson.dumps({"channel": "bbo", "data": {"coin": symbol, "time": time_ms, "bbo": bbo}}).decode()
+
+
+def dydx_trade(seq: int, created_ns: int, price: str, size: str, buy: bool) -> dict[str, Any]:
+    """One ``v4_trades`` item: unique by ``id``; ``side`` the taker's."""
+    return {"id": f"{seq:032x}", "side": "BUY" if buy else "SELL", "size": size, "price": price, "type": "LIMIT",
+            "createdAt": _iso(created_ns), "createdAtHeight": str(1_000_000 + seq)}
+
+
+def dydx_message(kind: str, conn_id: str, message_id: int, channel: str, market: str,
+                 contents: dict[str, Any]) -> str:
+    """A v4 indexer message; ``type`` first and ``contents`` last, as the indexer writes them."""
+    head: dict[str, Any] = {"type": kind, "connection_id": conn_id, "message_id": message_id, "channel": channel}
+    if market:
+        head["id"] = market
+    if kind == "channel_data":
+        head["version"] = "1.0.0"
+    return orjson.dumps({**head, "contents": contents}).decode()
+
+
+def dydx_markets_update(symbol: str, top: tuple[str, str, str, str], state: MarketState) -> dict[str, Any]:
+    """``v4_markets`` channel_data contents for one market: trading fields and its oracle price."""
+    bid, _, ask, _ = top
+    mid = (float(bid) + float(ask)) / 2
+    return {"trading": {symbol: {"id": symbol, "nextFundingRate": "0.0000125",
+                                 "openInterest": f"{state.open_interest:.4f}"}},
+            "oraclePrices": {symbol: {"oraclePrice": f"{mid:.2f}", "effectiveAt": _iso(), "effectiveAtHeight": "1",
+                                      "marketId": 0}}}

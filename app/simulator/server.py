@@ -69,6 +69,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 import zlib
 from collections import deque
@@ -91,10 +92,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FAULTS = ("drop", "duplicate", "reorder", "corrupt", "disconnect", "silence", "slow", "burst",
-          "okx-reset", "bybit-restart", "skip-trade", "spec-change", "state-change", "ignore", "refuse")
+          "okx-reset", "bybit-restart", "skip-trade", "spec-change", "state-change", "ignore", "refuse",
+          "hyperliquid-old-snapshot", "dydx-cross", "dydx-fetch-error")
 TRUTH_KEEP = 200_000
 REFUSALS = ("refused_rate", "refused_args", "refused_symbol", "refused_path", "refused_auth", "rest_429", "rest_418",
-            "closed_rate", "ignored_subscriptions")  # counters of what the venue limits refused
+            "closed_rate", "closed_idle", "ignored_subscriptions")  # counters of what the venue limits refused
 CONN_LIMITS = {"okx": "okx_conns_per_s", "coinbase": "coinbase_conns_per_s"}  # SimLimits fields
 USDM_PATHS = {"public": ("depth", "bookTicker"), "market": ("trade", "aggTrade", "markPrice")}  # streams served
 
@@ -123,6 +125,11 @@ class Instrument:
     watchers: dict[Conn, set[str]] = field(default_factory=dict)  # trades/ticker channels per connection
     market: MarketState = field(default_factory=MarketState)
     shifted: int = 0  # ticks the book has been shifted by underlying moves
+    block_time: int = 0  # Hyperliquid: the time (ms) of the last block whose l2Book was made
+    last_block: str = ""  # Hyperliquid: that l2Book message, as sent
+    last_bbo: tuple[str, str, str, str] | None = None  # Hyperliquid: the top the last bbo carried
+    recent_trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))  # repeated on subscribe
+    trade_time: int = 0  # the last trade's time (Hyperliquid ms, dYdX ns): trade times never go back
 
     def active(self, fault: str) -> bool:
         return time.monotonic() < self.until.get(fault, 0)
@@ -151,6 +158,9 @@ class Conn:
         self.coin_trades: set[str] = set()  # Bybit options: publicTrade.<coin> subscriptions
         self.state_channels: set[str] = set()  # Deribit instrument.state.any.<currency>
         self.instrument_channel = False  # OKX instruments
+        self.channels: set[str] = set()  # Hyperliquid, dYdX: the subscriptions held ("<type>:<coin>")
+        self.markets = False  # dYdX v4_markets
+        self.last_in = time.monotonic()  # Hyperliquid closes a connection idle for 60 s
 
     def next_seq(self) -> int:
         seq, self.seq = self.seq, self.seq + 1
@@ -209,6 +219,8 @@ class Simulator:
         self.silenced: list[Instrument] = []  # instruments given the "silence" fault
         self.book_factor: dict[str, float] = {}  # coin → how far moves have taken its books' level
         self.moves: dict[str, asyncio.Task[None]] = {}  # coin → its running move
+        self.block_s = 0.5  # Hyperliquid's block cadence: an l2Book snapshot of every book subscribed per block
+        self.blocks: asyncio.Task[None] | None = None
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -219,6 +231,8 @@ class Simulator:
             seed = zlib.crc32(f"{venue}:{symbol}".encode())  # same symbol, different venue: its own market
             inst = self.instruments[key] = Instrument(venue, symbol, TrueBook(symbol, seed=seed))
             inst.driver = asyncio.get_running_loop().create_task(self._drive(inst))
+            if venue == "hyperliquid" and self.blocks is None:
+                self.blocks = asyncio.get_running_loop().create_task(self._blocks())
             coin = _moved_coin(symbol, self.book_factor)
             if coin is not None:  # born after a move: at the moved level
                 self._align(inst, coin)
@@ -241,6 +255,10 @@ class Simulator:
         if changes is None:
             changes = inst.book.step()
         family = _family(inst.venue)
+        if family == "hyperliquid":  # books go out whole, once a block (_blocks)
+            if inst.watchers:
+                self._market(inst, family)
+            return
         fmt = FORMATTERS[family]
         prev = inst.seq
         if family == "binance":
@@ -251,16 +269,16 @@ class Simulator:
             inst.seq = 3  # after maintenance the venue restarts low (seqId < prevSeqId), then continues
         else:
             inst.seq += self.rng.randint(1, 3)
-        if family != "coinbase":
+        if family not in ("coinbase", "dydx"):
             self._record_truth(inst, inst.seq, 0)
         first = prev + 1
         drop, dup, corrupt = inst.take("drop"), inst.take("duplicate"), inst.take("corrupt")
         reorder = inst.take("reorder")
         for conn in list(inst.subscribers):
-            if family == "coinbase":
+            if family in ("coinbase", "dydx"):
                 seq = conn.next_seq()  # consumed even when the message is dropped: a visible gap
                 self._record_truth(inst, seq, conn.number)
-                text = fmt(inst, changes, seq)
+                text = fmt(inst, changes, seq) if family == "coinbase" else _dydx_update(inst, changes, seq, conn)
             else:
                 text = fmt(inst, changes, first, prev)
             if drop:
@@ -278,6 +296,12 @@ class Simulator:
                 inst.held = None
         if inst.watchers:
             self._market(inst, family)
+        if family == "dydx" and inst.take("dydx-cross"):
+            crossing = self._cross(inst)  # the venue's rule resolves it: the truth is the book after that
+            for conn in list(inst.subscribers):
+                seq = conn.next_seq()
+                self._record_truth(inst, seq, conn.number)
+                conn.send(_dydx_update(inst, crossing, seq, conn), inst)
         if family == "bybit" and inst.take("bybit-restart"):
             inst.seq = 1  # the venue restarted: a fresh book with u = 1
             self._record_truth(inst, inst.seq, 0)
@@ -293,6 +317,9 @@ class Simulator:
             return
         top = inst.book.top()
         skip = False
+        if family in ("hyperliquid", "dydx"):
+            self._dex_market(inst, family, trade, ticker, top)
+            return
         if trade:
             inst.market.trade_seq += 1
             skip = inst.take("skip-trade")
@@ -322,6 +349,113 @@ class Simulator:
                                                   self.forwards, channel))
                     self.counters["tickers"] += 1
                 conn.send(text, inst)
+
+    def _dex_market(self, inst: Instrument, family: str, trade: bool, ticker: bool,
+                    top: tuple[str, str, str, str]) -> None:
+        """Hyperliquid's ``trades`` and ``activeAssetCtx``, dYdX's ``v4_trades`` and ``v4_markets``
+        (each dYdX message numbered on its connection). Recent trades are kept: a subscription's
+        first trades message repeats them."""
+        rng = self.rng
+        item: dict[str, Any] | None = None
+        if trade:
+            inst.market.trade_seq += 1
+            skip = inst.take("skip-trade")
+            self.counters["trades_skipped" if skip else "trades"] += 1
+            buy = rng.random() < 0.5
+            price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
+            inst.market.open_interest += rng.uniform(-1, 1)
+            if family == "hyperliquid":
+                inst.trade_time = max(_ms(), inst.trade_time)
+                item = market.hyperliquid_trade(inst.symbol, inst.market.trade_seq, inst.trade_time, price, size, buy)
+            else:
+                inst.trade_time = max(time.time_ns(), inst.trade_time)
+                item = market.dydx_trade(inst.market.trade_seq, inst.trade_time, price, size, buy)
+            inst.recent_trades.append(item)
+            if skip:
+                item = None
+        if family == "hyperliquid":
+            trades = market.hyperliquid_trades([item]) if item is not None else None
+            ctx = market.hyperliquid_ctx(inst.symbol, top, inst.market) if ticker else None
+            for conn, channels in list(inst.watchers.items()):
+                if trades is not None and "trades" in channels:
+                    conn.send(trades, inst)
+                if ctx is not None and "activeAssetCtx" in channels:
+                    conn.send(ctx, inst)
+                    self.counters["tickers"] += 1
+            return
+        if item is not None:
+            for conn, channels in list(inst.watchers.items()):
+                if "v4_trades" in channels:
+                    conn.send(market.dydx_message("channel_data", _dydx_id(conn), conn.next_seq(), "v4_trades",
+                                                  inst.symbol, {"trades": [item]}), inst)
+        if ticker:
+            contents = market.dydx_markets_update(inst.symbol, top, inst.market)
+            for conn in [c for c in self.conns if c.venue == "dydx" and c.markets]:
+                conn.send(market.dydx_message("channel_data", _dydx_id(conn), conn.next_seq(), "v4_markets", "",
+                                              contents))
+                self.counters["tickers"] += 1
+
+    def _cross(self, inst: Instrument) -> list[Change]:
+        """A crossed moment of dYdX's indexer (the "dydx-cross" fault): the changes of one message that
+        leaves the book crossed, applied to the true book as the venue's rule resolves them — a newer
+        bid at or through the best ask (the older asks it crosses go), or a bid and an ask at the
+        best ask in one message (same message id: the sizes net, the larger keeps the difference)."""
+        book, rng = inst.book, self.rng
+        best_ask = min(book.asks)
+        if rng.random() < 0.5:
+            ticks, lots = best_ask + rng.randint(0, 2), rng.randint(1, 50)
+            for gone in [t for t in book.asks if t <= ticks]:
+                del book.asks[gone]
+            book.bids[ticks] = lots
+            return [("b", book.price(ticks), book.size(lots))]
+        bid_lots, ask_lots = rng.randint(1, 50), rng.randint(1, 50)
+        net = bid_lots - ask_lots
+        book.asks.pop(best_ask, None)
+        if net > 0:
+            book.bids[best_ask] = net
+        elif net < 0:
+            book.asks[best_ask] = -net
+        if not book.asks:  # never an empty side: a level further out
+            book.asks[best_ask + 1] = 1
+            return [("b", book.price(best_ask), book.size(bid_lots)), ("a", book.price(best_ask), book.size(ask_lots)),
+                    ("a", book.price(best_ask + 1), book.size(1))]
+        return [("b", book.price(best_ask), book.size(bid_lots)), ("a", book.price(best_ask), book.size(ask_lots))]
+
+    async def _blocks(self) -> None:
+        """Hyperliquid's blocks: every ``block_s`` the whole book (20 levels a side) of each coin
+        subscribed, with the block's time, and its bbo when the top changed."""
+        while True:
+            await asyncio.sleep(self.block_s)
+            for inst in [i for i in self.instruments.values() if i.venue == "hyperliquid"]:
+                self._block(inst)
+
+    def _new_block(self, inst: Instrument) -> str:
+        inst.block_time = max(_ms(), inst.block_time + 1)
+        self._record_truth(inst, inst.block_time, 0)
+        inst.last_block = _hyperliquid_book(inst, inst.block_time)
+        return inst.last_block
+
+    def _block(self, inst: Instrument) -> None:
+        if not inst.subscribers and not inst.watchers:
+            return
+        older = inst.last_block
+        text = self._new_block(inst)
+        behind = bool(older) and inst.take("hyperliquid-old-snapshot")  # an API server a block behind
+        for conn in list(inst.subscribers):
+            conn.send(text, inst)
+            if behind:
+                conn.send(older, inst)
+        top = inst.book.top()
+        if top != inst.last_bbo:
+            inst.last_bbo = top
+            bbo = market.hyperliquid_bbo(inst.symbol, inst.block_time, top)
+            for conn, channels in list(inst.watchers.items()):
+                if "bbo" in channels:
+                    conn.send(bbo, inst)
+
+    def hyperliquid_snapshot(self, inst: Instrument) -> str:
+        """What a new l2Book subscription gets at once: the last block's book (a new block if none)."""
+        return inst.last_block or self._new_block(inst)
 
     def watch(self, conn: Conn, symbol: str, channel: str, on: bool) -> None:
         """Start (or stop) sending ``channel`` (a trades or ticker channel) of ``symbol`` on ``conn``."""
@@ -361,6 +495,14 @@ class Simulator:
             if fault == "silence":
                 self.silenced.append(inst)
             inst.until[fault] = time.monotonic() + seconds
+        elif fault == "dydx-fetch-error":  # the indexer gives up the book subscription, saying so
+            for conn in [c for c in inst.subscribers if c.venue == "dydx"]:
+                conn.send(orjson.dumps({"type": "error", "connection_id": _dydx_id(conn), "message_id": conn.next_seq(),
+                                        "message": "Internal error, could not fetch data for subscription: "
+                                                   "v4_orderbook.", "channel": "v4_orderbook",
+                                        "id": symbol}).decode(), inst)
+                conn.channels.discard(f"v4_orderbook:{symbol}")
+                self.unsubscribe(conn, symbol)
         elif fault == "disconnect":
             for conn in list(inst.subscribers):
                 asyncio.get_running_loop().create_task(conn.ws.close())
@@ -414,7 +556,8 @@ class Simulator:
         if family in CONN_LIMITS and not self.conn_windows[family].allow(getattr(self.limits, CONN_LIMITS[family])):
             self.counters["refused_rate"] += 1  # too many connection opens: refused before the upgrade
             return web.Response(status=429, text="Too Many Requests")
-        ws = web.WebSocketResponse(heartbeat=20.0 if venue.startswith("binance") else None)
+        # Binance pings every 20 s, dYdX every 30 s (WebSocket pings: the client's library answers)
+        ws = web.WebSocketResponse(heartbeat=20.0 if venue.startswith("binance") else 30.0 if venue == "dydx" else None)
         await ws.prepare(request)
         self._conn_numbers += 1
         conn = Conn(self, ws, venue, self._conn_numbers, request.path)
@@ -423,8 +566,14 @@ class Simulator:
         drain = asyncio.get_running_loop().create_task(conn.drain())
         beat = asyncio.get_running_loop().create_task(self._heartbeats(conn))
         handler = HANDLERS[family]
+        if venue == "hyperliquid":
+            conn.send("Websocket connection established.")
+        elif venue == "dydx":
+            conn.send(orjson.dumps({"type": "connected", "connection_id": _dydx_id(conn),
+                                    "message_id": conn.next_seq()}).decode())
         try:
             async for msg in ws:
+                conn.last_in = time.monotonic()
                 if msg.type != WSMsgType.TEXT or conn.closing or self._over_message_rate(conn, family):
                     continue
                 handler(self, conn, msg.data)
@@ -478,6 +627,12 @@ class Simulator:
                 conn.send('{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}')
             elif conn.venue in ("binance-usdm", "binance-coinm"):
                 self._mark_prices(conn)
+            elif (conn.venue == "hyperliquid" and conn.closing is None
+                  and time.monotonic() - conn.last_in > self.limits.hyperliquid_idle_s):
+                self.counters["closed_idle"] += 1  # nothing sent (not even a ping) for 60 s
+                log.warning("hyperliquid connection %d: idle for %.0f s, closed", conn.number,
+                            self.limits.hyperliquid_idle_s)
+                conn.close(1000, "idle")
 
     def _mark_prices(self, conn: Conn) -> None:
         """Binance pushes ``<s>@markPrice@1s`` every second, changed or not."""
@@ -590,6 +745,32 @@ class Simulator:
             body = sim_instruments.coinbase(names, factor(names))
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
+    def _dex_listed(self, venue: str, listed: tuple[str, ...]) -> list[str]:
+        """A venue's markets: those it lists anyway and those simulated, less those unlisted ("refuse")."""
+        names = sorted({*listed, *(s for v, s in self.instruments if v == venue)})
+        return [s for s in names if not ((inst := self.instruments.get((venue, s))) and inst.active("refuse"))]
+
+    async def hyperliquid_info(self, request: web.Request) -> web.Response:
+        """``POST /info``: ``{"type":"meta"}`` answers the perpetuals' universe; any other body 422."""
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or body.get("type") != "meta":
+            return web.Response(status=422, text="Failed to deserialize the JSON body into the target type")
+        self.counters["instrument_lists"] += 1
+        universe = sim_instruments.hyperliquid(self._dex_listed("hyperliquid", sim_instruments.HYPERLIQUID_LISTED))
+        return web.Response(body=orjson.dumps(universe), content_type="application/json")
+
+    def dydx_markets(self) -> dict[str, Any]:
+        names = self._dex_listed("dydx", sim_instruments.DYDX_LISTED)
+        closed = {s for v, s in self.closed if v == "dydx"}
+        return sim_instruments.dydx(names, {s: self.tick_factor.get(("dydx", s), 1) for s in names}, closed)
+
+    async def dydx_perpetual_markets(self, request: web.Request) -> web.Response:
+        self.counters["instrument_lists"] += 1
+        return web.Response(body=orjson.dumps(self.dydx_markets()), content_type="application/json")
+
     async def truth(self, request: web.Request) -> web.Response:
         inst = self.instruments.get((request.match_info["venue"], request.match_info["symbol"]))
         if inst is None:
@@ -642,7 +823,7 @@ class Simulator:
         app = web.Application(middlewares=[self.weigh])
         for path in ("/ws/deribit", "/ws/binance/stream", "/ws/binance-usdm/public/stream",
                      "/ws/binance-usdm/market/stream", "/ws/binance-coinm/stream", "/ws/okx/ws/v5/public",
-                     "/ws/coinbase"):
+                     "/ws/coinbase", "/ws/hyperliquid/ws", "/ws/dydx/v4/ws"):
             app.router.add_get(path, self.websocket)
         app.router.add_get("/ws/bybit/v5/public/{category}", self.websocket)
         app.router.add_get("/rest/binance/api/v3/depth", self.depth)
@@ -654,6 +835,8 @@ class Simulator:
         app.router.add_get("/rest/okx/api/v5/public/instruments", self.instrument_list)
         app.router.add_get("/rest/bybit-{category}/v5/market/instruments-info", self.instrument_list)
         app.router.add_get("/rest/coinbase/api/v3/brokerage/market/products", self.instrument_list)
+        app.router.add_post("/rest/hyperliquid/info", self.hyperliquid_info)
+        app.router.add_get("/rest/dydx/v4/perpetualMarkets", self.dydx_perpetual_markets)
         app.router.add_get("/control/truth/{venue}/{symbol}", self.truth)
         app.router.add_post("/control/fault", self.post_fault)
         app.router.add_post("/control/move", self.post_move)
@@ -666,6 +849,8 @@ class Simulator:
     async def _shutdown(self, _app: web.Application) -> None:
         for task in self.moves.values():
             task.cancel()
+        if self.blocks is not None:
+            self.blocks.cancel()
         for inst in self.instruments.values():
             if inst.driver is not None:
                 inst.driver.cancel()
@@ -767,9 +952,41 @@ def _coinbase_update(inst: Instrument, changes: list[Change], seq: int) -> str:
                            [(p, z) for c, p, z in changes if c == "a"])
 
 
+def _hyperliquid_book(inst: Instrument, time_ms: int) -> str:
+    """An ``l2Book`` message: the whole book, 20 levels a side, of the block at ``time_ms``."""
+    bids, asks = inst.book.levels(20)
+    levels = [[{"px": p, "sz": s, "n": 1} for p, s in bids], [{"px": p, "sz": s, "n": 1} for p, s in asks]]
+    return orjson.dumps({"channel": "l2Book", "data": {"coin": inst.symbol, "time": time_ms,
+                                                        "levels": levels}}).decode()
+
+
+def _dydx_id(conn: Conn) -> str:
+    return f"sim-{conn.number:08d}-0000-0000-0000-000000000000"
+
+
+def _dydx_update(inst: Instrument, changes: list[Change], message_id: int, conn: Conn) -> str:
+    contents: dict[str, Any] = {}
+    bids = [[p, z] for c, p, z in changes if c == "b"]
+    asks = [[p, z] for c, p, z in changes if c == "a"]
+    if bids:
+        contents["bids"] = bids
+    if asks:
+        contents["asks"] = asks
+    return market.dydx_message("channel_data", _dydx_id(conn), message_id, "v4_orderbook", inst.symbol, contents)
+
+
+def _dydx_snapshot(inst: Instrument, conn: Conn) -> str:
+    seq = conn.next_seq()
+    conn.sim._record_truth(inst, seq, conn.number)
+    bids, asks = inst.book.levels()
+    return market.dydx_message("subscribed", _dydx_id(conn), seq, "v4_orderbook", inst.symbol,
+                               {"bids": [{"price": p, "size": s} for p, s in bids],
+                                "asks": [{"price": p, "size": s} for p, s in asks]})
+
+
 FORMATTERS: dict[str, Callable[..., str]] = {
     "deribit": _deribit_update, "binance": _binance_update, "okx": _okx_update, "bybit": _bybit_update,
-    "coinbase": _coinbase_update,
+    "coinbase": _coinbase_update, "dydx": _dydx_update, "hyperliquid": _hyperliquid_book,
 }
 
 
@@ -976,8 +1193,147 @@ def _coinbase(sim: Simulator, conn: Conn, text: str) -> None:
             sim.unsubscribe(conn, product)
 
 
+#: Hyperliquid's data channels (per coin) and what a coin may look like
+HYPERLIQUID_CHANNELS = ("l2Book", "trades", "bbo", "activeAssetCtx")
+_HL_COIN = re.compile(r"^(?:(?:[a-z0-9]{1,16}:)?[A-Za-z0-9]{1,24}|[A-Za-z0-9]{1,24}/[A-Za-z0-9]{1,24}|@\d{1,6})$")
+
+
+def _hyperliquid(sim: Simulator, conn: Conn, text: str) -> None:
+    """``{"method":"ping"}`` → pong; ``subscribe``/``unsubscribe`` one subscription each, answered on
+    ``subscriptionResponse``. An unknown (or unlisted) coin, or a bad ``nSigFigs``/``mantissa``,
+    closes the whole connection, as the venue does."""
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        msg = None
+    if not isinstance(msg, dict):
+        conn.send(orjson.dumps({"channel": "error", "data": f"Error parsing JSON into valid websocket request: "
+                                                            f"{text[:100]}"}).decode())
+        return
+    method = msg.get("method")
+    if method == "ping":
+        conn.send('{"channel":"pong"}')
+        return
+    sub = msg.get("subscription")
+    if method not in ("subscribe", "unsubscribe") or not isinstance(sub, dict):
+        conn.send(orjson.dumps({"channel": "error", "data": f"Error parsing JSON into valid websocket request: "
+                                                            f"{text[:100]}"}).decode())
+        return
+    kind, coin = sub.get("type"), sub.get("coin")
+    if kind not in HYPERLIQUID_CHANNELS:
+        conn.send(orjson.dumps({"channel": "error", "data": f"Invalid subscription {orjson.dumps(sub).decode()}"})
+                  .decode())
+        return
+    figs, mantissa = sub.get("nSigFigs"), sub.get("mantissa")
+    bad_figs = figs is not None and figs not in (2, 3, 4, 5) or mantissa is not None and (
+        figs != 5 or mantissa not in (1, 2, 5))
+    unknown = not isinstance(coin, str) or not _HL_COIN.match(coin) or sim.refuses("hyperliquid", coin)
+    if method == "subscribe" and (unknown or bad_figs):
+        if bad_figs:
+            sim.counters["refused_args"] += 1
+        log.info("hyperliquid connection %d: subscription %s refused: the connection is closed", conn.number, sub)
+        conn.close(1000, "")  # the venue closes the whole connection: every subscription on it is gone
+        return
+    assert isinstance(coin, str)
+    cid = f"{kind}:{coin}"
+    if method == "subscribe" and cid in conn.channels:
+        conn.send(orjson.dumps({"channel": "error", "data": f"Already subscribed: {orjson.dumps(sub).decode()}"})
+                  .decode())
+        return
+    if method == "unsubscribe" and cid not in conn.channels:
+        conn.send(orjson.dumps({"channel": "error", "data": f"Already unsubscribed: {orjson.dumps(sub).decode()}"})
+                  .decode())
+        return
+    on = method == "subscribe"
+    (conn.channels.add if on else conn.channels.discard)(cid)
+    conn.send(orjson.dumps({"channel": "subscriptionResponse", "data": {"method": method,
+                                                                         "subscription": sub}}).decode())
+    if on:
+        sim.confirmed(1)
+    if kind == "l2Book":
+        if on:
+            sim.subscribe(conn, coin, sim.hyperliquid_snapshot)
+        else:
+            sim.unsubscribe(conn, coin)
+        return
+    sim.watch(conn, coin, kind, on)
+    if on and kind == "trades":  # the first trades message repeats the recent trades
+        inst = sim.instrument("hyperliquid", coin)
+        if inst.recent_trades:
+            conn.send(market.hyperliquid_trades(list(inst.recent_trades)), inst)
+
+
+def _dydx(sim: Simulator, conn: Conn, text: str) -> None:
+    """``subscribe``/``unsubscribe`` one channel each (``v4_orderbook``, ``v4_trades`` per market,
+    ``v4_markets``): ``subscribed`` with the channel's initial data, ``unsubscribed``, or an
+    ``error`` naming the channel; every message numbered on the connection (``message_id``)."""
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        msg = {}
+    if not isinstance(msg, dict):
+        msg = {}
+    kind, channel, market_id = msg.get("type"), msg.get("channel"), msg.get("id")
+
+    def error(message: str) -> None:
+        body: dict[str, Any] = {"type": "error", "connection_id": _dydx_id(conn), "message_id": conn.next_seq(),
+                                "message": message}
+        if isinstance(channel, str):
+            body["channel"] = channel
+        if isinstance(market_id, str):
+            body["id"] = market_id
+        conn.send(orjson.dumps(body).decode())
+
+    if kind not in ("subscribe", "unsubscribe"):
+        error(f"Invalid message: type must be subscribe or unsubscribe, got {str(kind)[:40]}")
+        return
+    if channel not in ("v4_orderbook", "v4_trades", "v4_markets"):
+        error(f"Invalid channel: {str(channel)[:40]}")
+        return
+    per_market = channel != "v4_markets"
+    if per_market and (not isinstance(market_id, str) or not market_id):
+        error(f"Invalid id for channel {channel}")
+        return
+    symbol = market_id if isinstance(market_id, str) else ""
+    cid = f"{channel}:{symbol}" if per_market else channel
+    if kind == "unsubscribe":
+        if cid not in conn.channels:
+            error(f"Invalid unsubscribe message: not subscribed to {channel} {market_id or ''}".rstrip())
+            return
+        conn.channels.discard(cid)
+        if channel == "v4_orderbook":
+            sim.unsubscribe(conn, symbol)
+        elif channel == "v4_trades":
+            sim.watch(conn, symbol, "v4_trades", False)
+        else:
+            conn.markets = False
+        head = {"type": "unsubscribed", "connection_id": _dydx_id(conn), "message_id": conn.next_seq(),
+                "channel": channel, **({"id": symbol} if per_market else {})}
+        conn.send(orjson.dumps(head).decode())
+        return
+    if cid in conn.channels:
+        error(f"Invalid subscribe message: already subscribed ({cid})")
+        return
+    if per_market and sim.refuses("dydx", symbol):
+        error(f"Invalid subscription id for channel: ({channel}-{market_id})")
+        return
+    conn.channels.add(cid)
+    sim.confirmed(1)
+    if channel == "v4_orderbook":
+        sim.subscribe(conn, symbol, lambda inst: _dydx_snapshot(inst, conn))
+    elif channel == "v4_trades":
+        sim.watch(conn, symbol, "v4_trades", True)
+        inst = sim.instrument("dydx", symbol)
+        conn.send(market.dydx_message("subscribed", _dydx_id(conn), conn.next_seq(), channel, symbol,
+                                      {"trades": list(reversed(inst.recent_trades))}), inst)  # newest first
+    else:
+        conn.markets = True
+        conn.send(market.dydx_message("subscribed", _dydx_id(conn), conn.next_seq(), channel, "", sim.dydx_markets()))
+
+
 HANDLERS: dict[str, Callable[[Simulator, Conn, str], None]] = {
     "deribit": _deribit, "binance": _binance, "okx": _okx, "bybit": _bybit, "coinbase": _coinbase,
+    "hyperliquid": _hyperliquid, "dydx": _dydx,
 }
 
 
