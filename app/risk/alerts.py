@@ -7,12 +7,35 @@ funding rate moved by more than ``ALERT_FUNDING_JUMP`` between two tickers). Per
 venue and currency: ``margin`` (MM/equity above each of ``ALERT_MARGIN_RATIOS``; key
 ``<portfolio>|<venue>|<currency>|<threshold>``; cleared 5 % below it). Per rule: ``reduce-only``
 (a rule held reduce-only by a margin rule's ``reduce_only_above``; key: the rule id). Across venues:
-spot books of one asset pair, mapped through the registry (base currency and a quote family:
-USD, USDT and USDC quote the same dollar; each venue's own quote is noted), give the **NBBO** on
+books of one **group**, mapped through the registry (:func:`group_of`), give the **NBBO** on
 ``nbbo``, and a ``divergence`` alert when one venue's mid is more than ``ALERT_DIVERGENCE_BPS``
 from the median of the others. Each alert is a transition: ``raised`` once, ``cleared`` once
 (``funding-jump`` is an event: raised only). Books that are stale or crossed are left out of the
 NBBO.
+
+The groups (the NBBO's key):
+
+* spot: ``<base>/<quote family>`` — ``BTC/USD`` for Binance ``BTCUSDT``, OKX ``BTC-USDT``, Bybit
+  ``BTCUSDT``, Coinbase ``BTC-USD``;
+* **linear perpetuals**: ``<base>/<quote family> perp`` — ``BTC/USD perp`` for Binance USD-M
+  ``BTCUSDT`` (and ``BTCUSDC``), OKX ``BTC-USDT-SWAP``, Bybit linear ``BTCUSDT`` (and ``BTCPERP``),
+  Deribit ``BTC_USDC-PERPETUAL``, Hyperliquid ``BTC``, dYdX ``BTC-USD``. A perpetual's price is one
+  base coin in the quote, whatever the contract's size, so the venues' prices compare as they are.
+  Kept apart from spot: a perpetual trades at a basis to spot (its premium, which funding pulls
+  in), and a desk's best bid for spot is not a perpetual's bid — mixed, the basis would read as a
+  crossed NBBO and as divergence.
+* not compared: **inverse** perpetuals (Deribit ``BTC-PERPETUAL``, Binance COIN-M, Bybit inverse:
+  coin-margined, their basis follows the coin-collateral funding market, not the dollar one),
+  dated futures (each expiry its own basis), options.
+
+The quote family: USD, USDT and USDC are one dollar (each venue's own quote is kept in the
+record: ``bid_quote``, ``ask_quote``, ``venues[].quote``). Grouping USDT with USD/USDC is a choice:
+the liquid dollar perpetuals are USDT-margined (Binance, OKX, Bybit), and Hyperliquid and dYdX
+(quoted in USD, settled in USDC) would otherwise have only each other; USDT/USD trades within a
+few bps, far inside the 50 bps ``ALERT_DIVERGENCE_BPS``, and a depeg wider than the threshold is
+exactly what a desk wants raised — it shows as the USDT venues diverging together. A consumer
+that needs the exact dollar NBBO converts by the quotes the record names. A linear perpetual
+that names no quote currency (OKX swaps) is quoted in its settlement currency.
 """
 
 from __future__ import annotations
@@ -24,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from app import metrics
-from app.market.instruments import Registry
+from app.market.instruments import Registry, Spec
 from app.market.symbols import parse_option
 from app.records.risk import Alert, Nbbo, NbboVenue, RiskRecord
 
@@ -53,6 +76,19 @@ def _ratio(ratio: float) -> float | None:
 
 def pair_of(base: str, quote: str) -> str:
     return f"{base}/{'USD' if quote.upper() in USD_LIKE else quote.upper()}"
+
+
+def group_of(spec: Spec) -> str | None:
+    """The NBBO group of an instrument (see the module): ``BTC/USD`` (spot), ``BTC/USD perp``
+    (linear perpetuals), None (not compared across venues)."""
+    if not spec.base:
+        return None
+    if spec.kind == "spot":
+        return pair_of(spec.base, spec.quote)
+    if spec.kind == "perpetual" and spec.margin == "linear":
+        quote = spec.quote or spec.settle  # OKX swaps name only their settlement currency
+        return f"{pair_of(spec.base, quote)} perp" if quote else None
+    return None
 
 
 class Alerts:
@@ -159,10 +195,13 @@ class Alerts:
             if t - top.ts_recv > max_age_ns:
                 continue
             versions = self.registry.versions.get(key)
-            if not versions or versions[0].kind != "spot":
+            if not versions:
                 continue
             spec = versions[-1]
-            pairs.setdefault(pair_of(spec.base, spec.quote), []).append((key, spec.quote, top.bid, top.ask))
+            group = group_of(spec)
+            if group is None:
+                continue
+            pairs.setdefault(group, []).append((key, spec.quote or spec.settle, top.bid, top.ask))
         for pair, books in sorted(pairs.items()):
             books.sort()
             best_bid = max(books, key=lambda b: (b[2], b[0]))

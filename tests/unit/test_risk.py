@@ -322,6 +322,83 @@ def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> N
     assert [(o[2].key, o[2].state) for o in stale if o[0] == "alerts"] == [("bybit-spot:BTCUSDT", "cleared")]
 
 
+def _listed(venue: str, body: dict[str, object]) -> list[Spec]:
+    """Specs as the registry gets them: the venue's own instrument-list parser on its list."""
+    from app.venues import INSTRUMENT_LISTS
+
+    specs = INSTRUMENT_LISTS[venue].parse(orjson.dumps(body))
+    assert specs, venue
+    return specs
+
+
+def _perpetual_lists() -> list[Spec]:
+    return [
+        *_listed("binance-usdm", {"timezone": "UTC", "symbols": [
+            {"symbol": "BTCUSDT", "contractType": "PERPETUAL", "baseAsset": "BTC", "quoteAsset": "USDT",
+             "marginAsset": "USDT", "status": "TRADING", "filters": []}]}),
+        *_listed("okx", {"code": "0", "msg": "", "data": [  # a swap names no base or quote currency
+            {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ctType": "linear", "ctVal": "0.01", "ctValCcy": "BTC",
+             "settleCcy": "USDT", "baseCcy": "", "quoteCcy": "", "uly": "BTC-USDT", "state": "live"}]}),
+        *_listed("bybit-linear", {"retCode": 0, "result": {"category": "linear", "list": [
+            {"symbol": "BTCUSDT", "contractType": "LinearPerpetual", "baseCoin": "BTC", "quoteCoin": "USDT",
+             "settleCoin": "USDT", "status": "Trading"}]}}),
+        *_listed("hyperliquid", {"universe": [{"name": "BTC", "szDecimals": 5, "maxLeverage": 40}]}),
+        *_listed("dydx", {"markets": {"BTC-USD": {"ticker": "BTC-USD", "status": "ACTIVE", "tickSize": "1",
+                                                  "stepSize": "0.0001", "initialMarginFraction": "0.05",
+                                                  "maintenanceMarginFraction": "0.03"}}}),
+        *_listed("deribit", {"result": [  # inverse: coin-margined, not in the dollar group
+            {"instrument_name": "BTC-PERPETUAL", "kind": "future", "settlement_period": "perpetual",
+             "instrument_type": "reversed", "base_currency": "BTC", "quote_currency": "USD",
+             "settlement_currency": "BTC", "contract_size": 10}]}),
+    ]
+
+
+def test_linear_dollar_perpetuals_of_every_venue_form_their_own_nbbo_group_apart_from_spot() -> None:
+    from app.market.instruments import Registry
+    from app.risk.alerts import Alerts, AlertSettings, group_of
+    from app.risk.engine import MarketTop
+
+    registry = Registry()
+    for spec in [_spot("binance:BTCUSDT", "BTC", "USDT"), _spot("coinbase:BTC-USD", "BTC", "USD"),
+                 *_perpetual_lists()]:
+        registry.apply(spec)
+    assert {key: group_of(v[-1]) for key, v in registry.versions.items()} == {
+        "binance:BTCUSDT": "BTC/USD", "coinbase:BTC-USD": "BTC/USD",
+        "binance-usdm:BTCUSDT": "BTC/USD perp", "okx:BTC-USDT-SWAP": "BTC/USD perp",
+        "bybit-linear:BTCUSDT": "BTC/USD perp", "hyperliquid:BTC": "BTC/USD perp", "dydx:BTC-USD": "BTC/USD perp",
+        "deribit:BTC-PERPETUAL": None}
+    alerts = Alerts(AlertSettings(divergence_bps=50), registry)
+    t = 10**12
+    tops = {"binance:BTCUSDT": MarketTop(65_000.0, 65_001.0, t, 1),
+            "coinbase:BTC-USD": MarketTop(64_999.0, 65_000.8, t, 1),
+            # perpetuals 5 bps over spot: their bids above spot's asks are a basis, not a crossed NBBO
+            "binance-usdm:BTCUSDT": MarketTop(65_030.0, 65_030.1, t, 1),
+            "okx:BTC-USDT-SWAP": MarketTop(65_029.9, 65_030.1, t, 1),
+            "bybit-linear:BTCUSDT": MarketTop(65_030.0, 65_030.2, t, 1),
+            "hyperliquid:BTC": MarketTop(65_031.0, 65_032.0, t, 1),
+            "dydx:BTC-USD": MarketTop(65_400.0, 65_401.0, t, 1),  # ~57 bps over the others
+            "deribit:BTC-PERPETUAL": MarketTop(65_100.0, 65_100.5, t, 1)}
+    out = alerts.tick(t + 1, tops, {}, 10**10)
+    nbbo = {o[2].pair: o[2] for o in out if o[0] == "nbbo"}
+    assert sorted(nbbo) == ["BTC/USD", "BTC/USD perp"]
+    spot, perp = nbbo["BTC/USD"], nbbo["BTC/USD perp"]
+    assert (spot.bid, spot.bid_venue, spot.ask, spot.ask_venue) == (65_000.0, "binance:BTCUSDT", 65_000.8,
+                                                                    "coinbase:BTC-USD")
+    assert [v.key for v in perp.venues] == ["binance-usdm:BTCUSDT", "bybit-linear:BTCUSDT", "dydx:BTC-USD",
+                                            "hyperliquid:BTC", "okx:BTC-USDT-SWAP"]
+    assert {v.key: v.quote for v in perp.venues} == {
+        "binance-usdm:BTCUSDT": "USDT", "bybit-linear:BTCUSDT": "USDT", "dydx:BTC-USD": "USD",
+        "hyperliquid:BTC": "USD", "okx:BTC-USDT-SWAP": "USDT"}  # each venue's own quote (OKX: its settlement)
+    assert (perp.bid, perp.bid_venue, perp.bid_quote) == (65_400.0, "dydx:BTC-USD", "USD")
+    assert (perp.ask, perp.ask_venue, perp.ask_quote) == (65_030.1, "binance-usdm:BTCUSDT", "USDT")
+    diverging = [o[2].key for o in out if o[0] == "alerts" and o[2].kind == "divergence"]
+    assert diverging == ["dydx:BTC-USD"]  # against the perpetuals' median, not spot's
+    back = dict(tops, **{"dydx:BTC-USD": MarketTop(65_031.0, 65_031.5, t + 2, 2)})
+    cleared = alerts.tick(t + 3, back, {}, 10**10)
+    assert [(o[2].key, o[2].state) for o in cleared if o[0] == "alerts"] == [("dydx:BTC-USD", "cleared")]
+    assert [o[2].bid_venue for o in cleared if o[0] == "nbbo"] == ["hyperliquid:BTC"]
+
+
 def test_a_position_script_is_ordered_by_its_times_and_checked_whole() -> None:
     text = ('[[position]]\nportfolio = "demo"\ninstrument = "deribit:BTC-PERPETUAL"\nquantity = -1000\nat_s = 5\n'
             '[[position]]\nportfolio = "demo"\ninstrument = "deribit:BTC-PERPETUAL"\nquantity = 0\nat_s = 1.5\n')
