@@ -33,4 +33,5 @@ async def _publish_due() -> None:
 
 @app.timer(interval=1.0)
 async def _retry_resyncs() -> None:
+    runtime.age_books()  # books whose venue time is too old, with no frame to say so (Hyperliquid)
     runtime.retry_resyncs()

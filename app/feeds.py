@@ -49,7 +49,8 @@ DEFAULT_SIM_FEEDS = (
     f"deribit:BTC-PERPETUAL,ETH-PERPETUAL,{_sim_options()};"
     "binance:BTCUSDT,ETHUSDT;binance-usdm:BTCUSDT,ETHUSDT;binance-coinm:BTCUSD_PERP;"
     "okx:BTC-USDT,BTC-USDT-SWAP,ETH-USDT-SWAP;bybit-spot:BTCUSDT;bybit-linear:BTCUSDT,ETHUSDT;"
-    f"bybit-inverse:BTCUSD;bybit-option:BTC-{monthly_expiries(time.time_ns(), 1)[0]}-60000-C;coinbase:BTC-USD,ETH-USD"
+    f"bybit-inverse:BTCUSD;bybit-option:BTC-{monthly_expiries(time.time_ns(), 1)[0]}-60000-C;coinbase:BTC-USD,ETH-USD;"
+    "hyperliquid:BTC,ETH;dydx:BTC-USD,ETH-USD"
 )
 
 
@@ -67,7 +68,8 @@ def sim_feeds(n: int) -> str:
         "bybit-spot": [f"C{i}USDT" for i in range(n)], "bybit-linear": [f"C{i}USDT" for i in range(n)],
         "bybit-inverse": [f"C{i}USD" for i in range(n)],
         "bybit-option": [f"BTC-{expiry}-{50000 + 500 * (i // 2)}-{'CP'[i % 2]}" for i in range(n)],
-        "coinbase": [f"C{i}-USD" for i in range(n)],
+        "coinbase": [f"C{i}-USD" for i in range(n)], "hyperliquid": [f"C{i}" for i in range(n)],
+        "dydx": [f"C{i}-USD" for i in range(n)],
     }
     return DEFAULT_SIM_FEEDS + "".join(f";{venue}:{','.join(symbols)}" for venue, symbols in names.items())
 

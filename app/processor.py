@@ -160,5 +160,17 @@ class Processor:
             if new:
                 out.trades.append(trade)
 
+    def age(self, now_ns: int) -> list[Outcome]:
+        """Books whose venue time is too old to be current with no frame to say so (rules with
+        ``max_lag_ns``: Hyperliquid): each one's outcome (stale, a resync asked)."""
+        out = []
+        for key, inst in list(self.instruments.items()):
+            if inst.rule.max_lag_ns and inst.status == SYNCED:
+                fx = Effects()
+                inst.age(now_ns, fx)
+                if fx.changed():
+                    out.append(Outcome(key, inst, fx))
+        return out
+
     def synced(self) -> int:
         return sum(1 for i in self.instruments.values() if i.status == SYNCED)

@@ -273,6 +273,24 @@ class BookRuntime:
         metrics.count("book_checkpoints", written)
         return written
 
+    def age_books(self, now_ns: int | None = None) -> int:
+        """Books that no frame has kept current for longer than their rule's ``max_lag_ns`` go stale
+        (``Processor.age``), published as any other transition; asked every second. Returns how many."""
+        now = time.time_ns() if now_ns is None else now_ns
+        aged = 0
+        for number, part in list(self.state.active.items()):
+            for out in part.processor.age(now):
+                assert out.inst is not None
+                if self.exactly_once:
+                    self.publisher.txn = part
+                try:
+                    part.record(out.key, out.fx)
+                    self.publisher.outcome(number, out, out.inst, now)
+                finally:
+                    self.publisher.txn = None
+                aged += 1
+        return aged
+
     def retry_resyncs(self) -> None:
         for key in self.publisher.retry.due():
             inst = self.find(key)

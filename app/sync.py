@@ -13,7 +13,8 @@ defined in the venue's module:
   the snapshot, which drops those it ``contained``, is refused when ``snapshot_older`` than
   the buffer, and must be ``joined`` by the first delta applied after it;
 * a snapshot received more than ``rule.max_lag_ns`` after its venue time leaves the book stale
-  (Hyperliquid: the age of the block time says whether the book is current);
+  (Hyperliquid: the age of the block time says whether the book is current), and so does no
+  snapshot at all for that long (:meth:`Instrument.age`, asked by the book timer);
 * after every applied update the book must match ``rule.checksum`` when the update
   carries a checksum, and must not be crossed — unless the rule resolves a crossed book by age
   (``rule.uncross_by_age``, dYdX): then each level remembers the sequence of the update that set
@@ -151,6 +152,14 @@ class Instrument:
             self.request_resync(reason, fx)
         else:
             self._go(fx, BookState.STALE, reason)  # requests the resync
+
+    def age(self, now_ns: int, fx: Effects) -> None:
+        """A synced book whose last venue time is more than ``rule.max_lag_ns`` old goes stale, though
+        no frame came to say so (a venue gone quiet): the book timer asks every book of such a rule
+        every second (``Processor.age``). The next snapshot in time makes it synced again."""
+        lag = self.rule.max_lag_ns
+        if lag and self.status == BookState.SYNCED and self.ts_exchange and now_ns - self.ts_exchange > lag:
+            self._go(fx, BookState.STALE, f"no venue time newer than {lag / 1e9:g} s")
 
     def request_resync(self, reason: str, fx: Effects) -> None:
         fx.resync = reason

@@ -19,6 +19,13 @@ Each failure is one WARNING line, a counter, and a ``conn`` record for the instr
 goes stale and ``feed.status`` says why); the channel is subscribed again after
 ``Limits.retry_s``, doubling to 10 minutes. Data flowing again reports *recovered*.
 
+A venue that refuses a subscription by closing the whole connection (``Protocol.refusal_closes``:
+Hyperliquid, for an unknown coin) names nothing: when such a venue closes the connection (its close
+frame, not a dropped transport or this side's watchdog) while subscriptions are unanswered, the one
+sent first among them is the one it refused (the venue answers in order). Its instrument is
+quarantined: every channel of it *refused* (reported, one WARNING line), never subscribed again by
+this connection; the others are subscribed again on the next connection.
+
 Around it: the venue's keepalive, a watchdog that reconnects a connection that delivers no data
 for ``Endpoint.silence_s``, Binance REST snapshots within the venue's REST weight budget, and
 per-instrument resync. On any disconnect every instrument of the connection gets a ``conn``
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +91,7 @@ class Channel:
     failures: int = 0
     next_try: float = 0.0
     cadence: float = 0.0  # its push interval allows no longer silence (0: it pushes on change)
+    order: int = 0  # when its last subscribe request was sent, in this connection's sending order
 
 
 class FeedConnection:
@@ -102,6 +111,10 @@ class FeedConnection:
         self._auth: asyncio.Future[Ack] | None = None
         self._opening: asyncio.Lock | None = None  # held from connecting until subscribed
         self._fetching: set[str] = set()  # REST snapshots queued or in flight
+        #: instruments whose subscription made the venue close the connection → why (never subscribed again)
+        self.quarantined: dict[str, str] = {}
+        self._sent = itertools.count(1)
+        self._closing = False  # this side closes the connection (the watchdog): the venue refused nothing
         limits = proto.endpoint.limits
         scope = limits.scope or venue
         self._conns = [self.pacing.shared(scope, "conns", limits.conns)]
@@ -112,6 +125,10 @@ class FeedConnection:
     async def run(self) -> None:
         attempt = 0
         while True:
+            if self.symbols and all(s in self.quarantined for s in self.symbols):
+                log.warning("%s: every instrument of this connection is quarantined (%s): not connecting again",
+                            self.venue, ", ".join(self.symbols))
+                return
             self.conn_id = f"{self.venue}#{next(_numbers)}"
             started = time.monotonic()
             reason = "closed"
@@ -155,6 +172,7 @@ class FeedConnection:
         async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
                                       max_size=None, max_queue=None) as ws:
             self._ws = ws
+            self._closing = False
             self.stats.connected = True
             self.stats.last_frame = time.monotonic()
             self._out = asyncio.Queue()
@@ -175,6 +193,9 @@ class FeedConnection:
                     task.cancel()
                 if self._auth is not None and not self._auth.done():
                     self._auth.cancel()
+                if self.proto.refusal_closes and not self._closing and ws.protocol.close_rcvd is not None \
+                        and ws.protocol.close_rcvd_then_sent:
+                    self._blame_close()
 
     # -- sending ----------------------------------------------------------------------
     def send(self, request: Request | str) -> None:
@@ -196,10 +217,12 @@ class FeedConnection:
             if request.op == "subscribe":
                 # nothing is due before the venue had the request: the data watchdog counts from it
                 self.stats.last_frame = max(self.stats.last_frame, now)
+                order = next(self._sent)
                 for cid in request.channels:
                     channel = self.channels.get(cid)
                     if channel is not None and channel.state != "live":
                         channel.state, channel.since = "pending", now  # the ack timeout runs from its sending
+                        channel.order = order
             if request.id and request.op != "other":
                 self._inflight[request.id] = request
             try:
@@ -233,8 +256,11 @@ class FeedConnection:
         now = time.monotonic()
         for sub in proto.subs(self.symbols):
             cadence = proto.endpoint.cadence_of(sub.template)
-            self.channels[sub.id] = Channel(sub, since=now, cadence=cadence)
-        for request in proto.subscribe(self.symbols):
+            channel = self.channels[sub.id] = Channel(sub, since=now, cadence=cadence)
+            if sub.symbol in self.quarantined:  # shown as refused, never subscribed again
+                channel.state, channel.reason, channel.failures = "refused", self.quarantined[sub.symbol], 1
+                channel.next_try = math.inf
+        for request in proto.subscribe([s for s in self.symbols if s not in self.quarantined]):
             self.send(request)
         await self._out.join()
         self._opened()
@@ -349,6 +375,30 @@ class FeedConnection:
                     event, reason, retry)
         self._report(channel, event, reason)
 
+    def _blame_close(self) -> None:
+        """The venue closed the connection and closes it to refuse a subscription: the first one
+        sent and still unanswered is the one it refused (see the module)."""
+        pending = [c for c in self.channels.values() if c.state == "pending" and c.sub.symbol]
+        if pending:
+            culprit = min(pending, key=lambda c: c.order)
+            self.quarantine(culprit.sub.symbol, f"the venue closed the connection on subscription {culprit.sub.id} "
+                                                "(unanswered): an instrument it does not know")
+
+    def quarantine(self, symbol: str, reason: str) -> None:
+        """Never subscribe ``symbol`` again on this connection: each of its channels is refused
+        (reported: its book stale or unsynced, ``feed.status``), one WARNING line."""
+        if symbol in self.quarantined:
+            return
+        self.quarantined[symbol] = reason
+        others = sum(1 for s in self.symbols if s not in self.quarantined)
+        log.warning("%s %s: %s; %s is quarantined: never subscribed again on this connection (%d other instruments "
+                    "subscribed again)", self.venue, self.conn_id, reason, symbol, others)
+        now = time.monotonic()
+        for channel in [c for c in self.channels.values() if c.sub.symbol == symbol]:
+            channel.failures += 1
+            channel.state, channel.since, channel.reason, channel.next_try = "refused", now, reason, math.inf
+            self._report(channel, "refused", reason)
+
     def _report(self, channel: Channel, event: str, detail: str) -> None:
         metrics.count(f"feed_subscriptions.{self.venue}.{event}")
         self.report(channel.sub, event, detail, self.conn_id)
@@ -377,6 +427,7 @@ class FeedConnection:
                 self.stats.watchdog += 1
                 log.warning("%s %s: no data for %.1fs (limit %.0fs), reconnecting", self.venue, self.conn_id,
                             silent, endpoint.silence_s)
+                self._closing = True
                 await ws.close(code=4000, reason="silent feed")
                 return
 
@@ -458,7 +509,7 @@ class FeedConnection:
 
     async def resync(self, symbol: str) -> bool:
         """Fresh snapshot for one instrument without touching the others on this connection."""
-        if self._ws is None:
+        if self._ws is None or symbol in self.quarantined:
             return False  # reconnecting: every instrument resyncs on the new connection anyway
         if self.proto.snapshot_url(symbol):
             await self.fetch_snapshot(symbol)

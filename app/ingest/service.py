@@ -222,14 +222,19 @@ class Ingest:
         """The venue's REST instrument lists, at start and every INSTRUMENTS_REFRESH_S, into the raw
         topic verbatim (venue-keyed REST frames): the worker derives ``ref.instruments`` from them."""
         endpoint = self.feeds.endpoints[venue]
-        urls = INSTRUMENT_LISTS[venue].urls(endpoint.api_url, symbols)
+        lists = INSTRUMENT_LISTS[venue]
+        urls = lists.urls(endpoint.api_url, symbols)
         limits = endpoint.limits
         budget = self.pacing.rest(limits.scope or venue, limits.rest_weight)  # the venue's REST weight, shared
         while True:
             for url in urls:
                 await acquire([budget], LIST_WEIGHT, counter=f"limit_waits.{venue}")
+                post = lists.post_body(url)  # Hyperliquid's lists are POSTs (``{"type":"meta"}``)
+                request = (http.get(url, timeout=aiohttp.ClientTimeout(total=30)) if post is None else
+                           http.post(url, data=post, headers={"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=30)))
                 try:
-                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                    async with request as resp:
                         body = await resp.read()
                         if resp.status in (418, 429):
                             budget.throttled(resp.status, retry_after(resp.headers.get("Retry-After"), 60.0))

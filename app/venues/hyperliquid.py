@@ -173,6 +173,7 @@ class HyperliquidProtocol(Protocol):
     venue's are never subscribed (see the module: one would close the connection)."""
 
     known: frozenset[str] | None = None  # the venue's coins, when known (``set_known``)
+    refusal_closes = True  # an unknown coin (or a bad nSigFigs) closes the whole connection
 
     def set_known(self, coins: list[str] | frozenset[str]) -> None:
         """The venue's coins (its ``meta`` list): a coin not on it is never subscribed."""

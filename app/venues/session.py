@@ -143,6 +143,10 @@ class Protocol:
     and ``data_channels``; the rest follows from the endpoint's channels and limits."""
 
     venue = ""
+    #: The venue answers a subscription it refuses by closing the whole connection (Hyperliquid, an
+    #: unknown coin): the connection blames the subscription that was still unanswered when the venue
+    #: closed it, and never subscribes that instrument again (``app.ingest.connection``).
+    refusal_closes = False
 
     def __init__(self, venue: str, endpoint: Endpoint, creds: dict[str, Secret] | None = None) -> None:
         self.venue = venue
