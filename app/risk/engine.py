@@ -51,7 +51,7 @@ from app.records.risk import (
 )
 from app.risk import valuation
 from app.risk.alerts import Alerts, AlertSettings
-from app.risk.margin import LINEAR, MarginLeg, account_margin, load_params
+from app.risk.margin import LINEAR, MarginLeg, account_margin, load_params, published_fractions
 from app.risk.positions import Position
 from app.risk.rules import MARGIN_RATIO, Rule, Sizing, hedge_size, signal_id, walk, with_state
 
@@ -529,8 +529,12 @@ class RiskEngine:
                 else:
                     coins = leg.coins / leg.price if leg.kind == "inverse" else leg.coins
                     days = max(0.0, (spec.expiry_ns - t) / 86_400e9) if spec.expiry_ns else 0.0
+                    fractions = published_fractions(leg.key.partition(":")[0], spec.initial_margin,
+                                                    spec.maintenance_margin, spec.max_leverage)
+                    im_fraction, mm_fraction = fractions if fractions is not None else (None, None)
                     legs.append(MarginLeg(leg.key, spec.kind if spec.kind in ("future", "perpetual") else "future",
-                                          spec.settle, coins, index, leg.price, days=days))
+                                          spec.settle, coins, index, leg.price, days=days,
+                                          im_fraction=im_fraction, mm_fraction=mm_fraction))
         unknown_keys = [k for k in held if self.spec(k, t) is None]
         return legs, flags, sorted(set(left_out) | set(unknown_keys)), refs
 

@@ -13,6 +13,14 @@ Methods (each result names the one it used):
 * ``bybit-usdc-options`` — Bybit's maintenance and initial margin of USDC options.
 * ``okx-portfolio`` — OKX's portfolio margin *structure* (MR1…MR9); its parameters here are
   stand-ins (README "Margin").
+* ``dydx-fractions`` — dYdX v4: each market's initial and maintenance margin fraction of the
+  position's notional at the oracle price, as the indexer publishes them (``v4_markets``,
+  ``/v4/perpetualMarkets``).
+* ``hyperliquid-max-leverage`` — Hyperliquid: initial margin at the asset's maximum leverage
+  (notional / ``maxLeverage``), maintenance half of that (``meta``'s ``maxLeverage``).
+
+The last two take their rates from the instrument registry (the venues publish them per market
+with their instrument lists: :func:`published_fractions`), not from the parameters file.
 
 Units: a leg's ``coins`` is its signed size in coins of the underlying (an inverse future of N
 USD is N/price coins); results are in the leg's settlement currency — the coin for inverse
@@ -60,6 +68,8 @@ class MarginLeg:
     days: float = 0.0  # to expiry (a perpetual: 0)
     sigma: float = 0.0  # an option's mark implied volatility (decimal)
     mark: float = 0.0  # an option's mark in its settlement currency per coin of underlying
+    im_fraction: float | None = None  # the venue's initial margin fraction of notional (dYdX, Hyperliquid)
+    mm_fraction: float | None = None  # the venue's maintenance margin fraction of notional
 
     @property
     def inverse(self) -> bool:
@@ -415,6 +425,77 @@ def is_finite(result: dict[str, Any]) -> bool:
     return walk(result)
 
 
+# -- venues that publish each market's margin fractions -----------------------------------------
+#: venue → the method name of :func:`fraction_margin`
+FRACTION_METHODS = {"dydx": "dydx-fractions", "hyperliquid": "hyperliquid-max-leverage"}
+
+
+def published_fractions(venue: str, initial_margin: str | None, maintenance_margin: str | None,
+                        max_leverage: str | None) -> tuple[float, float] | None:
+    """(initial, maintenance) margin fractions of notional that the venue publishes for a market,
+    from its instrument-list fields (``app.market.instruments.Spec``); None when it publishes none
+    (or not for this market).
+
+    * dYdX v4 (docs "Margining", concepts-trading/margin): initial margin requirement = |S × P × I|,
+      maintenance = |S × P × M| — S the size, P the **oracle** price, I and M the market's
+      ``initialMarginFraction`` and ``maintenanceMarginFraction`` (``v4_markets``,
+      ``/v4/perpetualMarkets``). NOT APPLIED: the open-interest-based IMF (the IMF grows linearly
+      from the base fraction once the market's open notional passes its liquidity tier's lower
+      cap, up to 100 % at the upper cap; the MMF does not change): the caps are not in the spec,
+      so the IM here is the base one — a lower bound when the market's open notional is above its
+      lower cap.
+    * Hyperliquid (docs "Margining"): the margin to open is position_size × mark_price /
+      leverage, the leverage the user's, at most the asset's ``maxLeverage``; "the maintenance
+      margin is currently set to half of the initial margin at max leverage". So IM here is at
+      max leverage, 1 / ``maxLeverage`` — the least the venue accepts (ASSUMPTION: the account's
+      own leverage setting is not public; a lower leverage needs more) — and MM half of it. NOT
+      APPLIED: margin tiers (``marginTables``: a lower max leverage above a notional, with a
+      maintenance deduction), which the ``meta`` spec does not carry: for positions above an
+      asset's first tier the MM here is too low.
+
+    /work/shared/MARGIN.md (the project's gathered margin facts) is silent on both venues; the two
+    formulas above are each venue's own page, as cited."""
+    try:
+        if venue == "dydx" and initial_margin is not None and maintenance_margin is not None:
+            im, mm = float(initial_margin), float(maintenance_margin)
+        elif venue == "hyperliquid" and max_leverage is not None:
+            leverage = float(max_leverage)
+            if not leverage >= 1:  # NaN too
+                return None
+            im = 1.0 / leverage
+            mm = im / 2.0
+        else:
+            return None
+    except ValueError:
+        return None
+    if not (0.0 <= mm <= im <= 1.0):
+        return None  # not fractions of notional, or maintenance above initial: not the venue's
+    return im, mm
+
+
+def fraction_margin(venue: str, legs: list[MarginLeg]) -> dict[str, Any]:
+    """Per leg IM = |coins| × price × im_fraction, MM = |coins| × price × mm_fraction (the price:
+    the leg's mark — dYdX's is its oracle price, Hyperliquid's ``markPx``), summed per settlement
+    currency (USDC); legs whose market has no published fractions are ``not_margined``."""
+    method = FRACTION_METHODS[venue]
+    totals: dict[str, dict[str, float]] = {}
+    rows: list[dict[str, Any]] = []
+    for leg in legs:
+        if leg.im_fraction is None or leg.mm_fraction is None or leg.kind == "option":
+            continue
+        notional = abs(leg.coins) * leg.price
+        im, mm = notional * leg.im_fraction, notional * leg.mm_fraction
+        total = totals.setdefault(leg.settlement.upper(), {"im": 0.0, "mm": 0.0, "notional": 0.0})
+        total["im"] += im
+        total["mm"] += mm
+        total["notional"] += notional
+        rows.append({"key": leg.key, "currency": leg.settlement.upper(), "im": im, "mm": mm, "notional": notional,
+                     "im_fraction": leg.im_fraction, "mm_fraction": leg.mm_fraction})
+    margined = {row["key"] for row in rows}
+    return {"method": method, "currencies": totals, "legs": rows,
+            "not_margined": [leg.key for leg in legs if leg.key not in margined]}
+
+
 # -- one account's margin, as the risk engine streams it ----------------------------------------
 #: Components of Deribit's portfolio margin published per currency (the vectors stay in the simulator's output).
 PM_PARTS = ("worst_case", "roll_shock", "delta_shock", "correlation_contingency", "risk_matrix_margin",
@@ -426,8 +507,10 @@ def account_margin(venue: str, legs: list[MarginLeg], params: dict[str, Any],
                    deribit_method: str = "standard") -> dict[str, dict[str, Any]]:
     """Settlement currency → ``{method, im, mm, components, legs}`` of one venue's positions, by
     the method its accounts use (Deribit: ``deribit_method``; Bybit: USDC options; OKX: portfolio
-    margin in USD). A venue without a method gives nothing; ``legs`` the method leaves out (Bybit
-    futures, inverse options) are listed under ``not_margined`` of the currency they settle in."""
+    margin in USD; dYdX and Hyperliquid: their published fractions). A venue without a method gives
+    nothing; ``legs`` the method leaves out (Bybit futures, inverse options; dYdX or Hyperliquid
+    markets without published fractions) are listed under ``not_margined`` of the currency they
+    settle in."""
     if venue == "deribit" and deribit_method == "portfolio":
         pm = deribit_portfolio(legs, params)
         return {cur: {"method": "deribit-portfolio", "im": body["im"], "mm": body["mm"],
@@ -452,6 +535,14 @@ def account_margin(venue: str, legs: list[MarginLeg], params: dict[str, Any],
         return {"USDC": {"method": "bybit-usdc-options", "im": sum(r.im for r in rows_), "mm": sum(r.mm for r in rows_),
                          "components": {}, "legs": [{"key": r.key, "im": r.im, "mm": r.mm} for r in rows_],
                          "not_margined": [leg.key for leg in legs if leg not in margined]}}
+    if venue in FRACTION_METHODS:
+        fm = fraction_margin(venue, legs)
+        return {cur: {"method": fm["method"], "im": total["im"], "mm": total["mm"],
+                      "components": {"notional": total["notional"]},
+                      "legs": [{"key": r["key"], "im": r["im"], "mm": r["mm"]} for r in fm["legs"]
+                               if r["currency"] == cur],
+                      "not_margined": fm["not_margined"]}
+                for cur, total in fm["currencies"].items()}
     if venue == "okx" and legs:
         okx = okx_portfolio(legs, params)
         return {"USD": {"method": "okx-portfolio", "im": okx["im"], "mm": okx["mm"],

@@ -20,10 +20,12 @@ from app.kafka import partitions_of, read_range, reading_consumer, stop_reading
 from app.records import BOOK_STATUS, BOOK_TOP, REF_INSTRUMENTS, TICKER
 from app.risk.engine import RiskEngine
 from app.risk.margin import (
+    FRACTION_METHODS,
     MarginLeg,
     bybit_usdc_option,
     deribit_portfolio,
     deribit_standard,
+    fraction_margin,
     is_finite,
     okx_portfolio,
 )
@@ -119,6 +121,8 @@ def _venue(venue: str, legs: list[MarginLeg], params: dict[str, Any]) -> dict[st
             "not_margined": [leg.key for leg in legs if leg.kind != "option" or leg.inverse]}}
     if venue == "okx":
         return {"okx-portfolio": okx_portfolio(legs, params)}
+    if venue in FRACTION_METHODS:
+        return {FRACTION_METHODS[venue]: fraction_margin(venue, legs)}
     return {"none": {"method": None, "reason": f"no margin method for {venue}", "legs": [leg.key for leg in legs]}}
 
 
