@@ -456,3 +456,25 @@ def test_a_perpetual_position_is_a_linear_usdc_leg_in_coins_at_the_oracle_price(
     assert (leg.kind, leg.quantity, leg.size, leg.price, flags, unknown) == ("linear", 0.75, 1.0, 60001.75, {}, [])
     (margin,), *_ = engine.margin_legs("desk", t)
     assert (margin.kind, margin.settlement, margin.coins, margin.inverse) == ("perpetual", "USDC", 0.75, False)
+
+
+def test_the_simulators_crossed_moments_resolve_by_the_venues_rule_to_its_truth() -> None:
+    """The simulator's "dydx-cross" fault sends one message that crosses the book and takes as its
+    truth what the venue's rule makes of it: the book built by the rule equals that truth after
+    every message, crossed moments (both kinds: a newer level through the other side, and both
+    sides in one message netting) and ordinary deltas alike."""
+    from app.simulator.model import TrueBook
+    from app.simulator.server import Instrument as SimInstrument
+    from app.simulator.server import Simulator
+
+    sim = Simulator(seed=7)
+    true = SimInstrument("dydx", "BTC-USD", TrueBook("BTC-USD", seed=11))
+    inst = Instrument(KEY, rule(VENUE))
+    step(inst, subscribed(1, *true.book.levels()))
+    for message_id in range(2, 302):
+        changes = sim._cross(true) if message_id % 3 == 0 else true.book.step()
+        step(inst, update(message_id, [(p, z) for c, p, z in changes if c == "b"],
+                          [(p, z) for c, p, z in changes if c == "a"]))
+        assert inst.status == SYNCED, inst.reason
+        assert book(inst) == true.book.levels(), f"message {message_id}"
+    assert inst.counters["uncrossed"] >= 100  # every crossed moment crossed the book

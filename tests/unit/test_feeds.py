@@ -32,12 +32,12 @@ def test_bad_feeds_are_clear_errors(spec: str, message: str) -> None:
 
 def test_default_feeds_cover_every_simulated_venue() -> None:
     """Every venue the simulator serves is in `make run`'s feeds (simulator support is optional for
-    a venue, README "Adding a venue" step 4: Hyperliquid and dYdX have none yet)."""
+    a venue, README "Adding a venue" step 4)."""
     from app.simulator.server import HANDLERS
     from app.venues import VENUES
 
     simulated = {v for v in VENUES if v.split("-")[0] in HANDLERS}
-    assert simulated >= {"deribit", "binance", "binance-usdm", "okx", "bybit-linear", "coinbase"}
+    assert simulated >= {"deribit", "binance", "binance-usdm", "okx", "bybit-linear", "coinbase", "hyperliquid", "dydx"}
     assert set(feeds.parse_feeds(feeds.DEFAULT_SIM_FEEDS)) == simulated
 
 

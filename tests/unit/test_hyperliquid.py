@@ -343,3 +343,26 @@ def test_a_snapshot_received_long_after_its_block_time_leaves_the_book_stale_unt
     inst.step(upd, b"", "c1", 2_500 * 1_000_000 + 10_000_000_000, fx)  # 10 s: still current
     assert (inst.status, inst.book.top()) == (SYNCED, ("100", "2", "101", "1"))
     assert [t.top for t in fx.tops] == [("100", "2", "101", "1")]
+
+
+def test_a_book_no_snapshot_keeps_current_goes_stale_on_the_timer() -> None:
+    """No frame at all (the venue gone quiet): the book timer's ``Processor.age`` makes the book stale
+    once its block time is more than 10 s old, and asks for a resync; books of rules without
+    ``max_lag_ns`` are never aged."""
+    proc = Processor()
+    inst = proc.instruments[KEY] = synced()  # block time 1,000 ms
+    other = proc.instrument("dydx:BTC-USD")
+    for upd in adapter("dydx").parse(Kind.WS, b'{"type":"subscribed","connection_id":"c","message_id":1,"channel":'
+                                              b'"v4_orderbook","id":"BTC-USD","contents":{"bids":[{"price":"1",'
+                                              b'"size":"1"}],"asks":[{"price":"2","size":"1"}]}}', "BTC-USD"):
+        other.step(upd, b"", "c1", 0, Effects())
+    block_ns = 1_000 * 1_000_000
+    assert proc.age(block_ns + 10_000_000_000) == []  # 10 s: still current
+    (out,) = proc.age(block_ns + 10_000_000_001)
+    assert (out.key, inst.status, inst.reason, out.fx.resync is not None) == (
+        KEY, STALE, "no venue time newer than 10 s", True)
+    assert proc.age(block_ns + 60_000_000_000) == []  # stale already: asked once
+    assert other.status == SYNCED
+    fx = step(inst, l2book(70_000, [("100", "1")], [("101", "1")]))  # the next snapshot: current again
+    assert inst.status == SYNCED
+    assert fx.tops

@@ -181,3 +181,32 @@ def test_metrics_name_venue_and_state_of_every_subscription_figure(monkeypatch: 
     assert got["bookstream_feed_channels", (("state", "live"), ("venue", "bybit-spot"))] == 27
     assert got["bookstream_feed_limit_waits_total", (("venue", "coinbase"),)] == 5
     assert got["bookstream_feed_rest_throttled_total", (("scope", "binance-futures"), ("status", "429"))] == 1
+
+
+async def test_the_subscription_unanswered_when_hyperliquid_closed_the_connection_is_quarantined() -> None:
+    """Hyperliquid closes the whole connection on a coin it does not know and names nothing: the
+    first subscription sent and still unanswered at the close is the one it refused. Its coin is
+    quarantined — every channel refused and reported once, never resubscribed or resynced — and the
+    other coins are left to be subscribed again."""
+    from app.ingest.connection import Channel, FeedConnection
+
+    proto = protocol("hyperliquid", LIVE["hyperliquid"])
+    assert proto.refusal_closes
+    assert not protocol("dydx", LIVE["dydx"]).refusal_closes
+    reports: list[tuple[str, str]] = []
+    conn = FeedConnection("hyperliquid", ["BTC", "NOPE", "ETH"], proto, emit=lambda *_: None,
+                          reset=lambda *_: None, http=None,  # type: ignore[arg-type]
+                          report=lambda sub, event, detail, conn_id: reports.append((sub.id, event)))
+    for order, sub in enumerate(proto.subs(["BTC", "NOPE", "ETH"]), 1):
+        state = "confirmed" if sub.symbol == "BTC" else "pending"  # BTC answered; NOPE then ETH were not
+        conn.channels[sub.id] = Channel(sub, state=state, order=order)
+    conn._blame_close()
+    assert list(conn.quarantined) == ["NOPE"]
+    assert sorted(reports) == sorted((f"{t}:NOPE", "refused") for t in ("l2Book", "trades", "activeAssetCtx", "bbo"))
+    assert {c.state for c in conn.channels.values() if c.sub.symbol == "NOPE"} == {"refused"}
+    assert {c.next_try for c in conn.channels.values() if c.sub.symbol == "NOPE"} == {float("inf")}
+    assert {c.state for c in conn.channels.values() if c.sub.symbol == "ETH"} == {"pending"}
+    conn.quarantine("NOPE", "again")  # reported once only
+    assert len(reports) == 4
+    conn._ws = object()  # type: ignore[assignment]
+    assert not await conn.resync("NOPE")
