@@ -235,3 +235,16 @@ def test_a_dydx_v3_api_capture_is_refused_with_the_reason(tmp_path: Path) -> Non
     path.write_bytes(envelope("connect", T0 / 1e9, addr="wss://api.dydx.exchange/v3/ws") + b"\n")
     with pytest.raises(CaptureError, match="v3 API.*v4 indexer"):
         list(read([path], "cryptofeed"))
+
+
+def test_a_cryptofeed_hyperliquid_dump_replays_like_the_collectors(tmp_path: Path) -> None:
+    path = tmp_path / "HYPERLIQUID.jsonl"
+    lines = [orjson.dumps({"t": "header", "exchange": "HYPERLIQUID"}),
+             envelope("connect", T0 / 1e9, conn="HYPERLIQUID.ws.1", addr="wss://api.hyperliquid.xyz/ws"),
+             envelope("recv", T0 / 1e9 + 0.01, conn="HYPERLIQUID.ws.1", data="Websocket connection established."),
+             envelope("recv", T0 / 1e9 + 0.1, conn="HYPERLIQUID.ws.1",
+                      data=l2book(MS0 + 50, [("80639", "1.5")], [("80640", "0.7")]).decode())]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    proc = reference([path], "cryptofeed")
+    assert proc.instruments["hyperliquid:BTC"].status == SYNCED
+    assert book_levels(proc, "hyperliquid:BTC") == ([["80639", "1.5"]], [["80640", "0.7"]])

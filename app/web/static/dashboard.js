@@ -89,7 +89,7 @@ function renderNbbo(msg) {
   }
   const rows = msg.nbbo || [];
   table.hidden = rows.length === 0;
-  status.textContent = rows.length ? "" : "no spot book quoted yet";
+  status.textContent = rows.length ? "" : "no spot or perpetual book quoted yet";
   table.tBodies[0].replaceChildren(...rows.map(n => {
     const tr = document.createElement("tr");
     tr.dataset.key = n.pair;
