@@ -10,9 +10,13 @@ One aiohttp server on ``SIM_HOST:SIM_PORT`` (127.0.0.1:8765 by default):
     ws   /ws/okx/ws/v5/public                     books, seqId/prevSeqId, checksum 0, ping/pong, login
     ws   /ws/bybit/v5/public/{category}           orderbook.{depth}.{symbol}, {"op":"ping"}
     ws   /ws/coinbase                             level2 + heartbeats, sequence_num per connection
+    ws   /ws/hyperliquid/ws                       l2Book whole snapshots per block, bbo, trades, activeAssetCtx, ping
+    ws   /ws/dydx/v4/ws                           v4_orderbook, v4_trades, v4_markets; message_id per connection
     get  /rest/binance/api/v3/depth               REST depth snapshots (lastUpdateId), weighed
     get  /rest/binance-usdm/fapi/v1/depth
     get  /rest/binance-coinm/dapi/v1/depth
+    post /rest/hyperliquid/info                   {"type":"meta"}: the coins (any other body 422)
+    get  /rest/dydx/v4/perpetualMarkets           the markets
     get  /control/truth/{venue}/{symbol}          ground truth: [seq, bid_px, bid_sz, ask_px, ask_sz, conn]
     post /control/fault                           {"venue","symbol","fault","seconds"}: see FAULTS
     post /control/move                            {"coin","pct","seconds"}: move the underlying, see below
@@ -52,7 +56,16 @@ Faults beyond the stream faults: "ignore" (once) acknowledges the next subscript
 instrument's book as a success but never serves it (ignored_subscriptions); "refuse" unlists an
 instrument for ``seconds``: its subscriptions are refused the venue's way (Binance: acknowledged
 and never sent, REST depth 400 -1121; Bybit: the whole request; OKX 60018 and Coinbase an error
-per instrument, the others subscribed; Deribit: left out of the result; refused_symbol).
+per instrument, the others subscribed; Deribit: left out of the result; dYdX: an error naming the
+channel; Hyperliquid: the whole connection closed; refused_symbol).
+
+Hyperliquid closes a connection that sent nothing for ``hyperliquid_idle_s`` (closed_idle), and the
+whole connection on a subscription of an unknown coin or a bad ``nSigFigs``/``mantissa``. Its books go
+out whole once a block (``block_s``), their truth at the block time; dYdX numbers every message of a
+connection, so its truth is per connection (like Coinbase's). Venue faults: "hyperliquid-old-snapshot"
+(the block before again, after the next one: its older time must be ignored), "dydx-cross" (a message
+that crosses the book; the truth is what the venue's uncrossing rule makes of it, ``Simulator._cross``),
+"dydx-fetch-error" (the indexer's internal error for the book, which it stops serving).
 
 ``/control/move`` {"coin": "BTC", "pct": 5, "seconds": 60} moves the coin over ``seconds``,
 linearly in log price (a step at least every 0.5 s), to (1 + pct/100) × its level now: the

@@ -35,7 +35,8 @@ every ``ping_s`` (answered on channel ``pong``) keeps the connection inside the 
 limit. An unknown coin makes the venue close the WHOLE connection (every subscription on it), so the
 protocol never subscribes a coin it can tell is not one: a coin of the wrong shape, or — once
 :meth:`HyperliquidProtocol.set_known` was given the venue's list — one not on it. One bad coin must
-not take the others down: a coin refused so is logged and left out of the connection.
+not take the others down: a coin refused so is logged and left out of the connection, and a coin
+the venue closed the connection for is quarantined by it (``refusal_closes``, ``app.ingest.connection``).
 
 Specs: ``POST /info {"type":"meta"}`` → ``{"universe":[{"name","szDecimals","maxLeverage",
 "isDelisted"?},…]}`` (:class:`HyperliquidInstruments`; its request is a POST: ``post_body``).
@@ -45,8 +46,8 @@ constant (prices have at most 5 significant figures and 6 − szDecimals decimal
 Staleness: the venue's ``time`` is the block time, so a book is judged by the age of that time,
 not by the arrival of frames: a snapshot received more than 10 s after its block time
 (``HyperliquidRule.max_lag_ns``; an API server behind the chain) leaves the book stale until a
-current one arrives. While no snapshot arrives at all, only the connection's silence watchdog
-(``Endpoint.silence_s``) judges: nothing yet ages a quiet book by its last block time.
+current one arrives; while no snapshot arrives at all, the book timer (``Processor.age``, every
+second) makes it stale once its last block time is that old.
 """
 
 from __future__ import annotations
