@@ -120,7 +120,7 @@ TOPICS: dict[str, TopicSpec] = {t.topic: t for t in (
     TopicSpec(RISK_HEDGE, HedgeSignal | HedgeBlocked, "the record's id (partition: of its rule)",
               "worker (risk engine)"),
     TopicSpec(ALERTS, Alert, "<kind>|<instrument key or pair>", "worker (risk engine)"),
-    TopicSpec(NBBO, Nbbo, "pair, e.g. BTC/USD", "worker (risk engine)"),
+    TopicSpec(NBBO, Nbbo, "group: a spot pair (BTC/USD) or linear perpetuals (BTC/USD perp)", "worker (risk engine)"),
 )}
 
 _ENCODER = msgspec.json.Encoder()

@@ -237,7 +237,8 @@ class NbboVenue(Record, kw_only=True):
 
 
 class Nbbo(Record, kw_only=True):
-    """The best bid and ask of one pair across venues, on every change. Key: the pair (BTC/USD)."""
+    """The best bid and ask of one group across venues, on every change. Key: the group — a spot
+    pair (BTC/USD) or linear perpetuals of one base (BTC/USD perp); ``app.risk.alerts.group_of``."""
 
     pair: str
     bid: float | None
