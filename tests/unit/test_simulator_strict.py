@@ -426,3 +426,55 @@ async def test_ignore_fault_acks_without_serving_once(server: Server) -> None:
         assert all(f["arg"] == eth for f in before)
     counters = await server.counters()
     assert (counters["ignored_subscriptions"], counters["subscriptions_confirmed"]) == (1, 3)
+
+
+# -- Hyperliquid and dYdX ---------------------------------------------------------------
+def hl_sub(kind: str, coin: str, **extra: Any) -> dict[str, Any]:
+    return {"method": "subscribe", "subscription": {"type": kind, "coin": coin, **extra}}
+
+
+async def test_hyperliquid_acks_pings_and_closes_an_idle_connection(server: Server) -> None:
+    await server.limits(hyperliquid_idle_s=1.0)
+    async with server.ws("/ws/hyperliquid/ws") as ws:
+        assert await ws.recv() == "Websocket connection established."
+        await send(ws, hl_sub("l2Book", "BTC"))
+        ack, _ = await until(ws, lambda f: f.get("channel") == "subscriptionResponse")
+        assert ack["data"] == {"method": "subscribe", "subscription": {"type": "l2Book", "coin": "BTC"}}
+        book, _ = await until(ws, lambda f: f.get("channel") == "l2Book")
+        assert len(book["data"]["levels"][0]) == len(book["data"]["levels"][1]) == 20
+        await send(ws, {"method": "ping"})
+        await until(ws, lambda f: f.get("channel") == "pong")
+        await send(ws, hl_sub("l2Book", "BTC"))
+        refused, _ = await until(ws, lambda f: f.get("channel") == "error")
+        assert refused["data"].startswith("Already subscribed")
+        await closed(ws)  # then nothing more sent: closed after a second idle
+    assert (await server.counters())["closed_idle"] == 1
+
+
+@pytest.mark.parametrize("sub", [hl_sub("l2Book", "BTC", nSigFigs=7), hl_sub("trades", "NO SUCH COIN"),
+                                 hl_sub("l2Book", "ETH", nSigFigs=4, mantissa=2)])
+async def test_hyperliquid_closes_the_whole_connection_on_a_bad_subscription(server: Server,
+                                                                            sub: dict[str, Any]) -> None:
+    async with server.ws("/ws/hyperliquid/ws") as ws:
+        await ws.recv()
+        await send(ws, hl_sub("trades", "SOL"))
+        await until(ws, lambda f: f.get("channel") == "subscriptionResponse")
+        await send(ws, sub)
+        await closed(ws)
+    assert not server.sim.instruments[("hyperliquid", "SOL")].watchers  # every subscription of it gone
+
+
+async def test_dydx_numbers_every_message_of_a_connection(server: Server) -> None:
+    async with server.ws("/ws/dydx/v4/ws") as ws:
+        connected = await recv(ws)
+        assert (connected["type"], connected["message_id"]) == ("connected", 0)
+        await send(ws, {"type": "subscribe", "channel": "v4_orderbook", "id": "BTC-USD", "batched": False})
+        await send(ws, {"type": "subscribe", "channel": "v4_markets", "batched": False})
+        frames = [await recv(ws) for _ in range(8)]
+        assert [f["message_id"] for f in frames] == list(range(1, 9))
+        assert frames[0]["type"] == "subscribed"
+        assert frames[0]["contents"]["bids"]
+        await send(ws, {"type": "subscribe", "channel": "v4_orderbook", "id": "BTC-USD", "batched": False})
+        error, _ = await until(ws, lambda f: f["type"] == "error")
+        assert "already subscribed" in error["message"]
+        assert (error["channel"], error["id"]) == ("v4_orderbook", "BTC-USD")
