@@ -196,13 +196,13 @@ async def test_bybit_spot_subscribes_ten_args_a_request(run: Run) -> None:
 
 @pytest.mark.parametrize(("venue", "symbol", "expected"), [
     ("okx", "ETH-USDT", "refused"), ("bybit-linear", "ETHUSDT", "refused"), ("deribit", "ETH-PERPETUAL", "refused"),
-    ("coinbase", "ETH-USD", "refused"),
+    ("coinbase", "ETH-USD", "refused"), ("dydx", "ETH-USD", "refused"),
     ("binance", "ETHUSDT", "silent"),  # Binance says nothing of a stream it does not serve
 ])
 async def test_a_refused_subscription_is_reported_then_retried(run: Run, venue: str, symbol: str,
                                                                 expected: str) -> None:
     other = {"okx": "BTC-USDT", "bybit-linear": "BTCUSDT", "deribit": "BTC-PERPETUAL", "coinbase": "BTC-USD",
-             "binance": "BTCUSDT"}[venue]
+             "binance": "BTCUSDT", "dydx": "BTC-USD"}[venue]
     await run.fault(venue, symbol, "refuse", 7.0)
     await run.start({venue: [other, symbol]})
     key = f"{venue}:{symbol}"
