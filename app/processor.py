@@ -160,12 +160,14 @@ class Processor:
             if new:
                 out.trades.append(trade)
 
-    def age(self, now_ns: int) -> list[Outcome]:
-        """Books whose venue time is too old to be current with no frame to say so (rules with
-        ``max_lag_ns``: Hyperliquid): each one's outcome (stale, a resync asked)."""
+    def age(self, now_ns: int, venue: str | None = None) -> list[Outcome]:
+        """Books (of ``venue``, or of any) whose venue time is too old to be current at ``now_ns``
+        with no frame to say so (rules with ``max_lag_ns``: Hyperliquid): each one's outcome
+        (stale, a resync asked)."""
         out = []
+        prefix = None if venue is None else venue + ":"
         for key, inst in list(self.instruments.items()):
-            if inst.rule.max_lag_ns and inst.status == SYNCED:
+            if inst.rule.max_lag_ns and inst.status == SYNCED and (prefix is None or key.startswith(prefix)):
                 fx = Effects()
                 inst.age(now_ns, fx)
                 if fx.changed():

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from app import metrics
+from app import metrics, venues
 from app.config import Settings
 from app.history import checkpoint_of
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
@@ -79,6 +79,10 @@ class BookRuntime:
         self.risk: RiskService | None = None
         #: (raw topic, partition) → receive time (ns) of the last frame applied from it
         self.applied_ts: dict[tuple[str, int], int] = {}
+        #: (raw topic, partition) → wall time (ns) that frame was applied at
+        self.applied_at: dict[tuple[str, int], int] = {}
+        #: venues whose books go stale by the age of the venue's time (``max_lag_ns``) → raw topic
+        self._aged = {v: t for v, t in self.topics.raw_by_venue.items() if venues.rule(v).max_lag_ns}
         self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -194,6 +198,7 @@ class BookRuntime:
         for item in reversed(items):  # the newest frame's receive time (a dead letter has none)
             if isinstance(item, RawFrame):
                 self.applied_ts[(topic, partition)] = item.ts
+                self.applied_at[(topic, partition)] = time.time_ns()
                 break
 
     def _apply(self, part: PartitionState, topic: str, partition: int, offset: int, items: list[Any]) -> None:
@@ -273,22 +278,30 @@ class BookRuntime:
         metrics.count("book_checkpoints", written)
         return written
 
-    def age_books(self, now_ns: int | None = None) -> int:
+    def age_books(self, wall_ns: int | None = None) -> int:
         """Books that no frame has kept current for longer than their rule's ``max_lag_ns`` go stale
-        (``Processor.age``), published as any other transition; asked every second. Returns how many."""
-        now = time.time_ns() if now_ns is None else now_ns
+        (``Processor.age``), published as any other transition; asked every second. Their age is
+        judged by each raw partition's own clock (:func:`event_now`): the wall clock while its
+        frames arrive as they are received, their receive time while it applies older ones (a
+        replay, a backlog). Returns how many went stale."""
+        wall = time.time_ns() if wall_ns is None else wall_ns
         aged = 0
         for number, part in list(self.state.active.items()):
-            for out in part.processor.age(now):
-                assert out.inst is not None
-                if self.exactly_once:
-                    self.publisher.txn = part
-                try:
-                    part.record(out.key, out.fx)
-                    self.publisher.outcome(number, out, out.inst, now)
-                finally:
-                    self.publisher.txn = None
-                aged += 1
+            for venue, topic in self._aged.items():
+                now = event_now(self.applied_ts.get((topic, number)), self.applied_at.get((topic, number)), wall,
+                                venues.rule(venue).max_lag_ns)
+                if now is None:
+                    continue
+                for out in part.processor.age(now, venue):
+                    assert out.inst is not None
+                    if self.exactly_once:
+                        self.publisher.txn = part
+                    try:
+                        part.record(out.key, out.fx)
+                        self.publisher.outcome(number, out, out.inst, now)
+                    finally:
+                        self.publisher.txn = None
+                    aged += 1
         return aged
 
     def retry_resyncs(self) -> None:
@@ -358,3 +371,14 @@ class BookRuntime:
         """(venue, underlying) of every chain published on this worker."""
         built = self.publisher.chains.chains
         return sorted({(c.venue, c.underlying) for key in self.publisher.recent.chains if (c := built.get(key))})
+
+
+def event_now(received_ns: int | None, applied_ns: int | None, wall_ns: int, live_within_ns: int) -> int | None:
+    """A raw partition's clock for judging the age of the venue's time with no frame to say so:
+    the wall clock while its newest frame was applied within ``live_within_ns`` of its receipt
+    (live: silence counts), else that frame's receive time (a replay or a backlog: the frames'
+    own time, so a capture of last year is not stale for being old, nor a finished replay
+    stale for being over). None before this process applied a frame of it (nothing to judge by)."""
+    if received_ns is None or applied_ns is None:
+        return None
+    return wall_ns if applied_ns - received_ns <= live_within_ns else received_ns

@@ -366,3 +366,25 @@ def test_a_book_no_snapshot_keeps_current_goes_stale_on_the_timer() -> None:
     fx = step(inst, l2book(70_000, [("100", "1")], [("101", "1")]))  # the next snapshot: current again
     assert inst.status == SYNCED
     assert fx.tops
+
+
+def test_the_age_of_venue_time_is_judged_by_the_partitions_own_clock() -> None:
+    from app.runtime import event_now
+
+    lag = 10_000_000_000
+    # live: the newest frame was applied a moment after its receipt, so silence counts (wall clock)
+    assert event_now(1_000, 1_000 + 5_000_000, 99 * lag, lag) == 99 * lag
+    # a replay or backlog of old frames: their own receive time, however late the wall clock
+    old = 1_700_000_000_000_000_000
+    assert event_now(old, old + 400 * 86_400 * 10**9, old + 401 * 86_400 * 10**9, lag) == old
+    assert event_now(None, None, 5, lag) is None  # nothing applied here yet: nothing to judge by
+
+
+def test_only_the_named_venues_books_are_aged() -> None:
+    proc = Processor()
+    inst = proc.instruments[KEY] = synced()  # block time 1,000 ms
+    later = 1_000 * 1_000_000 + 60 * 10**9
+    assert proc.age(later, "dydx") == []
+    assert inst.status == SYNCED
+    (out,) = proc.age(later, VENUE)
+    assert (out.key, inst.status) == (KEY, STALE)
