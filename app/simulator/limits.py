@@ -28,6 +28,8 @@ class SimLimits:
     coinbase_msgs_per_s: int = 8  # client messages per sliding second per IP
     coinbase_conns_per_s: int = 8  # connection opens per sliding second per IP
     hyperliquid_idle_s: float = 60.0  # a connection that sends nothing (not even a ping) for this long is closed
+    hyperliquid_msgs_per_min: int = 2000  # client messages per sliding minute per IP, all connections: then closed
+    dydx_subs_per_s: int = 2  # subscribe/unsubscribe per connection per sliding second: then an error and closed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -59,8 +59,11 @@ and never sent, REST depth 400 -1121; Bybit: the whole request; OKX 60018 and Co
 per instrument, the others subscribed; Deribit: left out of the result; dYdX: an error naming the
 channel; Hyperliquid: the whole connection closed; refused_symbol).
 
-Hyperliquid closes a connection that sent nothing for ``hyperliquid_idle_s`` (closed_idle), and the
-whole connection on a subscription of an unknown coin or a bad ``nSigFigs``/``mantissa``. Its books go
+Hyperliquid closes a connection that sent nothing for ``hyperliquid_idle_s`` (closed_idle), every
+connection of the IP that sends more than ``hyperliquid_msgs_per_min`` messages in a sliding minute
+(closed_rate: the venue documents the limit, not what it does past it), and the whole connection on a
+subscription of an unknown coin or a bad ``nSigFigs``/``mantissa``. dYdX takes ``dydx_subs_per_s``
+subscribe/unsubscribe messages a second per connection (then an error and close; closed_rate). Its books go
 out whole once a block (``block_s``), their truth at the block time; dYdX numbers every message of a
 connection, so its truth is per connection (like Coinbase's). Venue faults: "hyperliquid-old-snapshot"
 (the block before again, after the next one: its older time must be ignored), "dydx-cross" (a message
@@ -218,6 +221,7 @@ class Simulator:
         self.wall: Callable[[], float] = time.time  # the clock of Binance's weight minutes
         self.conn_windows = {"okx": Window(), "coinbase": Window()}  # connection opens per IP
         self.coinbase_messages = Window()
+        self.hyperliquid_messages = Window()  # per IP, over every connection
         self.deribit_credit = Bucket()
         self.budgets = {"binance": WeightBudget(), "binance-futures": WeightBudget()}
         self.rng = random.Random(seed)
@@ -606,6 +610,8 @@ class Simulator:
         if family == "coinbase":
             return self.over_rate(conn, self.coinbase_messages.allow(self.limits.coinbase_msgs_per_s),
                                   '{"type":"error","message":"rate limit exceeded"}')
+        if family == "hyperliquid":  # the venue documents the limit, not what it does past it: closed
+            return self.over_rate(conn, self.hyperliquid_messages.allow(self.limits.hyperliquid_msgs_per_min, 60.0))
         return False
 
     def over_rate(self, conn: Conn, allowed: bool, reply: str | None = None) -> bool:
@@ -1299,6 +1305,12 @@ def _dydx(sim: Simulator, conn: Conn, text: str) -> None:
 
     if kind not in ("subscribe", "unsubscribe"):
         error(f"Invalid message: type must be subscribe or unsubscribe, got {str(kind)[:40]}")
+        return
+    if not conn.window.allow(sim.limits.dydx_subs_per_s):  # the venue's limit; past it: an error, closed
+        over = {"type": "error", "connection_id": _dydx_id(conn), "message_id": conn.next_seq(),
+                "message": f"Rate limit exceeded: more than {sim.limits.dydx_subs_per_s} subscribe/unsubscribe "
+                           "a second"}
+        sim.over_rate(conn, False, orjson.dumps(over).decode())
         return
     if channel not in ("v4_orderbook", "v4_trades", "v4_markets"):
         error(f"Invalid channel: {str(channel)[:40]}")

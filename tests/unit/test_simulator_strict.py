@@ -465,6 +465,7 @@ async def test_hyperliquid_closes_the_whole_connection_on_a_bad_subscription(ser
 
 
 async def test_dydx_numbers_every_message_of_a_connection(server: Server) -> None:
+    await server.limits(dydx_subs_per_s=10)  # three subscribes at once here (the limit: the test below)
     async with server.ws("/ws/dydx/v4/ws") as ws:
         connected = await recv(ws)
         assert (connected["type"], connected["message_id"]) == ("connected", 0)
@@ -478,3 +479,31 @@ async def test_dydx_numbers_every_message_of_a_connection(server: Server) -> Non
         error, _ = await until(ws, lambda f: f["type"] == "error")
         assert "already subscribed" in error["message"]
         assert (error["channel"], error["id"]) == ("v4_orderbook", "BTC-USD")
+
+
+async def test_hyperliquid_messages_per_minute_per_ip_then_closed(server: Server) -> None:
+    await server.limits(hyperliquid_msgs_per_min=3)
+    async with server.ws("/ws/hyperliquid/ws") as a, server.ws("/ws/hyperliquid/ws") as b:
+        await a.recv()
+        await b.recv()
+        await send(a, hl_sub("trades", "BTC"))
+        await send(b, {"method": "ping"})
+        await send(a, {"method": "ping"})  # 3 in the minute over both connections: answered
+        await until(b, lambda f: f.get("channel") == "pong")
+        await until(a, lambda f: f.get("channel") == "pong")
+        await send(b, {"method": "ping"})  # the 4th, from either connection
+        assert (await closed(b)).rcvd.code == 1008
+    assert (await server.counters())["closed_rate"] == 1
+
+
+async def test_dydx_third_subscribe_in_a_second_is_an_error_and_a_close(server: Server) -> None:
+    async with server.ws("/ws/dydx/v4/ws") as ws:
+        await recv(ws)  # connected
+        for market in ("BTC-USD", "ETH-USD"):
+            await send(ws, {"type": "subscribe", "channel": "v4_trades", "id": market, "batched": False})
+        await send(ws, {"type": "subscribe", "channel": "v4_markets", "batched": False})
+        error, before = await until(ws, lambda f: f["type"] == "error")
+        assert [f["id"] for f in before if f["type"] == "subscribed"] == ["BTC-USD", "ETH-USD"]
+        assert error["message"].startswith("Rate limit exceeded")
+        assert (await closed(ws)).rcvd.code == 1008
+    assert (await server.counters())["closed_rate"] == 1
