@@ -338,12 +338,7 @@ class Simulator:
             self._dex_market(inst, family, trade, ticker, top)
             return
         if trade:
-            inst.market.trade_seq += 1
-            skip = inst.take("skip-trade")
-            self.counters["trades_skipped" if skip else "trades"] += 1
-            buy = rng.random() < 0.5
-            price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
-            inst.market.open_interest += rng.uniform(-1, 1)
+            skip, price, size, buy = self._new_trade(inst, top)
         if trade and not skip and inst.venue == "bybit-option":
             coin = inst.symbol.split("-")[0]
             for conn in [c for c in self.conns if c.venue == inst.venue and coin in c.coin_trades]:
@@ -367,20 +362,26 @@ class Simulator:
                     self.counters["tickers"] += 1
                 conn.send(text, inst)
 
+    def _new_trade(self, inst: Instrument, top: tuple[str, str, str, str]) -> tuple[bool, str, str, bool]:
+        """The instrument's next trade at its top: (skipped by the "skip-trade" fault, price, size,
+        the buyer the taker)."""
+        rng = self.rng
+        inst.market.trade_seq += 1
+        skip = inst.take("skip-trade")
+        self.counters["trades_skipped" if skip else "trades"] += 1
+        buy = rng.random() < 0.5
+        price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
+        inst.market.open_interest += rng.uniform(-1, 1)
+        return skip, price, size, buy
+
     def _dex_market(self, inst: Instrument, family: str, trade: bool, ticker: bool,
                     top: tuple[str, str, str, str]) -> None:
         """Hyperliquid's ``trades`` and ``activeAssetCtx``, dYdX's ``v4_trades`` and ``v4_markets``
         (each dYdX message numbered on its connection). Recent trades are kept: a subscription's
         first trades message repeats them."""
-        rng = self.rng
         item: dict[str, Any] | None = None
         if trade:
-            inst.market.trade_seq += 1
-            skip = inst.take("skip-trade")
-            self.counters["trades_skipped" if skip else "trades"] += 1
-            buy = rng.random() < 0.5
-            price, size = (top[2] if buy else top[0]), inst.book.size(rng.randint(1, 5))
-            inst.market.open_interest += rng.uniform(-1, 1)
+            skip, price, size, buy = self._new_trade(inst, top)
             if family == "hyperliquid":
                 inst.trade_time = max(_ms(), inst.trade_time)
                 item = market.hyperliquid_trade(inst.symbol, inst.market.trade_seq, inst.trade_time, price, size, buy)
