@@ -381,8 +381,29 @@ class FeedConnection:
         pending = [c for c in self.channels.values() if c.state == "pending" and c.sub.symbol]
         if pending:
             culprit = min(pending, key=lambda c: c.order)
+            known = getattr(self.proto, "known", None)
+            if known is not None and culprit.sub.symbol in known:  # listed: the close was for another reason
+                log.warning("%s %s: the venue closed the connection with %s unanswered; %s is on the venue's "
+                            "instrument list, so it is not blamed (subscribed again)", self.venue, self.conn_id,
+                            culprit.sub.id, culprit.sub.symbol)
+                return
             self.quarantine(culprit.sub.symbol, f"the venue closed the connection on subscription {culprit.sub.id} "
                                                 "(unanswered): an instrument it does not know")
+
+    def learn_instruments(self, symbols: list[str]) -> None:
+        """The venue's instrument list (ingestion fetches it at start and every
+        INSTRUMENTS_REFRESH_S), for a venue that closes the whole connection on a subscription of
+        an instrument it does not know (``set_known``: Hyperliquid): this connection's instruments
+        not on it are quarantined before they are subscribed — refused and reported, the others
+        untouched — and a close is never blamed on one that is on it."""
+        set_known = getattr(self.proto, "set_known", None)
+        if set_known is None or not symbols:
+            return
+        set_known(symbols)
+        listed = set(symbols)
+        for symbol in self.symbols:
+            if symbol not in listed:
+                self.quarantine(symbol, f"not among the venue's {len(listed)} instruments (its instrument list)")
 
     def quarantine(self, symbol: str, reason: str) -> None:
         """Never subscribe ``symbol`` again on this connection: each of its channels is refused

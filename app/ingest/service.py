@@ -23,7 +23,7 @@ from app import metrics, records
 from app.capture.formats import Record
 from app.capture.recorder import Recorder
 from app.config import Settings
-from app.errors import BookstreamError, CaptureError
+from app.errors import BookstreamError, CaptureError, FrameError
 from app.feeds import FeedConfig
 from app.ingest.connection import FAILED, Emit, FeedConnection, Report, Reset
 from app.ingest.limits import Pacing, acquire, retry_after
@@ -246,7 +246,22 @@ class Ingest:
                                 self.settings.instruments_refresh_s)
                     continue
                 self.emit(venue, Kind.REST, body, time.time_ns(), url, "", f"{venue}-instruments")
+                self._learn(venue, body)
             await asyncio.sleep(self.settings.instruments_refresh_s)
+
+    def _learn(self, venue: str, body: bytes) -> None:
+        """Connections of a venue that refuses an unknown instrument by closing the whole
+        connection (Hyperliquid) learn its instrument list (``FeedConnection.learn_instruments``)."""
+        conns = [c for c in self.connections if c.venue == venue and hasattr(c.proto, "set_known")]
+        if not conns:
+            return
+        try:
+            specs = INSTRUMENT_LISTS[venue].parse(body)
+        except FrameError:
+            return  # the worker says what is wrong with it (the raw record is kept)
+        symbols = [spec.key.partition(":")[2] for spec in specs or ()]
+        for conn in conns:
+            conn.learn_instruments(symbols)
 
     async def _report(self) -> None:
         """One status line every INGEST_STATUS_S: frames, rates, produced, dropped, buffer."""

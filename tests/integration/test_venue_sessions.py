@@ -540,3 +540,8 @@ async def test_the_instrument_list_is_fetched_the_venues_way(run: Run, venue: st
     assert p is not None
     specs = lambda: {s.key for _, o in p.outcomes for s in o.specs}  # noqa: E731
     await until(lambda: f"{venue}:{symbol}" in specs(), 20, f"{venue}'s instrument list read")
+    if venue == "hyperliquid":  # its connections learn the list: an unlisted coin is never subscribed
+        proto = run.ingest.connections[0].proto
+        await until(lambda: proto.known is not None, 5, "the connection told the venue's coins")
+        assert symbol in proto.known
+        assert "NOPE" not in proto.known

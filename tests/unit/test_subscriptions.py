@@ -210,3 +210,26 @@ async def test_the_subscription_unanswered_when_hyperliquid_closed_the_connectio
     assert len(reports) == 4
     conn._ws = object()  # type: ignore[assignment]
     assert not await conn.resync("NOPE")
+
+
+async def test_hyperliquids_instrument_list_quarantines_unlisted_coins_and_clears_listed_ones() -> None:
+    """With the venue's coin list (its ``meta``, fetched by ingestion) a coin not on it is refused
+    before it is ever subscribed — the others untouched — and a close with a listed coin's
+    subscription unanswered is not blamed on it (the venue closed for another reason)."""
+    from app.ingest.connection import Channel, FeedConnection
+
+    proto = protocol("hyperliquid", LIVE["hyperliquid"])
+    reports: list[tuple[str, str]] = []
+    conn = FeedConnection("hyperliquid", ["BTC", "NOPE", "ETH"], proto, emit=lambda *_: None,
+                          reset=lambda *_: None, http=None,  # type: ignore[arg-type]
+                          report=lambda sub, event, detail, conn_id: reports.append((sub.id, event)))
+    for order, sub in enumerate(proto.subs(["BTC", "NOPE", "ETH"]), 1):
+        conn.channels[sub.id] = Channel(sub, state="pending", order=order)
+    conn.learn_instruments([])  # an empty or unreadable list says nothing
+    assert conn.quarantined == {}
+    conn.learn_instruments(["BTC", "ETH", "SOL"])
+    assert list(conn.quarantined) == ["NOPE"]
+    assert {e for _, e in reports} == {"refused"}
+    assert [s.symbol for s in proto.subs(["BTC", "NOPE", "ETH"])] == ["BTC"] * 4 + ["ETH"] * 4  # never sent
+    conn._blame_close()  # BTC's subscriptions unanswered at a close: BTC is listed, not blamed
+    assert list(conn.quarantined) == ["NOPE"]
