@@ -85,9 +85,10 @@ class Processor:
                     pushed = registry.parse_ws(value) if registry is not None else None
                     if pushed is not None:
                         out.specs, out.states = pushed
-                    elif (wide := VENUE_MARKETS.get(venue)) is not None:
-                        # a venue-wide channel of per-instrument fields (dYdX v4_markets): each
-                        # ticker names its instrument (Ticker.symbol) and goes to its partition
+                    if (wide := VENUE_MARKETS.get(venue)) is not None:
+                        # a venue-wide channel of per-instrument fields (dYdX v4_markets, whose first
+                        # message is also the registry's list): each ticker names its instrument
+                        # (Ticker.symbol) and goes to its partition
                         out.tickers = wide.parse_venue_market(kind, value)
                 elif kind is Kind.REST and registry is not None:
                     out.specs = registry.parse(value) or []

@@ -212,10 +212,11 @@ class BookRuntime:
                 out = processor.handle(item)
                 if out.dead is not None:
                     publisher.dead(topic, partition, offset, item, index, item.key, *out.dead, item.data)
+                # the registry first: a message can hold specs and tickers (dYdX's v4_markets list)
+                if out.specs or out.states:
+                    publisher.instruments(out.specs, out.states, item.ts, source(topic, partition, offset, index))
                 if out.trades or out.tickers or out.trade_gaps or out.feed_events:
                     publisher.market(partition, out, item.ts, source(topic, partition, offset, index))
-                elif out.specs or out.states:
-                    publisher.instruments(out.specs, out.states, item.ts, source(topic, partition, offset, index))
                 inst = out.inst
                 if inst is not None:
                     part.record(item.key, out.fx)  # counters move even when the book does not

@@ -464,10 +464,11 @@ def publish(records: Iterable[Any], partitions: int = 4, risk_depth_keys: Iterab
             offsets[partition] += 1
             if out.dead is not None:
                 publisher.dead(src.topic, partition, src.offset, raw, 0, raw.key, *out.dead, raw.data)
+            # the registry first: a message can hold specs and tickers (dYdX's v4_markets list)
+            if out.specs or out.states:
+                publisher.instruments(out.specs, out.states, raw.ts, src)
             if out.trades or out.tickers or out.trade_gaps or out.feed_events:
                 publisher.market(partition, out, raw.ts, src)
-            elif out.specs or out.states:
-                publisher.instruments(out.specs, out.states, raw.ts, src)
             if out.inst is not None and out.fx.changed():
                 publisher.outcome(partition, out, out.inst, raw.ts)
     publisher.depth.flush(budget_s=60)

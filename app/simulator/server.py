@@ -785,7 +785,14 @@ class Simulator:
     def dydx_markets(self) -> dict[str, Any]:
         names = self._dex_listed("dydx", sim_instruments.DYDX_LISTED)
         closed = {s for v, s in self.closed if v == "dydx"}
-        return sim_instruments.dydx(names, {s: self.tick_factor.get(("dydx", s), 1) for s in names}, closed)
+        listing = sim_instruments.dydx(names, {s: self.tick_factor.get(("dydx", s), 1) for s in names}, closed)
+        for symbol, row in listing["markets"].items():  # the indexer's list carries each market's figures now
+            inst = self.instruments.get(("dydx", symbol))
+            if inst is not None and inst.book.bids and inst.book.asks:
+                live = market.dydx_markets_update(symbol, inst.book.top(), inst.market)
+                row["oraclePrice"] = live["oraclePrices"][symbol]["oraclePrice"]
+                row["openInterest"] = live["trading"][symbol]["openInterest"]
+        return listing
 
     async def dydx_perpetual_markets(self, request: web.Request) -> web.Response:
         self.counters["instrument_lists"] += 1

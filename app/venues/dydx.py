@@ -271,7 +271,8 @@ class DydxMarkets:
     """``v4_markets`` updates (venue-wide): one partial ticker per market named — the oracle price
     as ``index`` and ``mark`` (dYdX margins and liquidates at the oracle price: it has no other
     mark), ``nextFundingRate`` as ``funding_rate`` (the rate of the coming hourly payment),
-    ``openInterest`` (in the base asset); the full list (``subscribed``) is the registry's."""
+    ``openInterest`` (in the base asset); the full list (``subscribed``) is the registry's and,
+    for every market with a price, a ticker of the same fields."""
 
     MARKS = (b'"channel":"v4_markets"',)
 
@@ -279,7 +280,11 @@ class DydxMarkets:
         if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 200):
             return []
         msg = obj(loads(frame), "frame")
-        if msg.get("channel") != MARKETS or msg.get("type") not in ("channel_data", "channel_batch_data"):
+        if msg.get("channel") != MARKETS:
+            return []
+        if msg.get("type") == "subscribed":
+            return self._listed(msg)
+        if msg.get("type") not in ("channel_data", "channel_batch_data"):
             return []
         fields: dict[str, dict[str, Any]] = {}
         times: dict[str, int] = {}
@@ -299,6 +304,24 @@ class DydxMarkets:
                     times[market] = rfc3339_ns(o["effectiveAt"])
         return [Ticker(MARKETS, times.get(market, 0), row, partial=True, symbol=market)
                 for market, row in fields.items() if market and row]
+
+    @staticmethod
+    def _listed(msg: dict[str, Any]) -> list[Ticker]:
+        """The subscription's first message lists every market with its figures (the registry's
+        specs too): a ticker for each market with an oracle price above 0, so a position is valued
+        at the venue's price from the start, not only from the first update."""
+        contents = obj(msg.get("contents") or {}, "contents")
+        out = []
+        for market, m in obj(contents.get("markets") or {}, "markets").items():
+            m = obj(m, "market")
+            price = opt_str(m.get("oraclePrice"))
+            if not market or price is None or Decimal(price) <= 0:
+                continue  # no price yet (a market initialising): nothing to value at
+            row = {"index": price, "mark": price, "funding_rate": opt_str(m.get("nextFundingRate")),
+                   "open_interest": opt_str(m.get("openInterest"))}
+            out.append(Ticker(MARKETS, 0, {k: v for k, v in row.items() if v is not None}, partial=True,
+                              symbol=market))
+        return out
 
 
 #: ``status`` → registry state

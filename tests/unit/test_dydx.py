@@ -392,7 +392,10 @@ def test_perpetual_markets_give_linear_usdc_perpetual_specs() -> None:
     assert pushed[0] == specs
     out = Processor().handle(RawFrame("dydx:", 1, Kind.WS, "c1", ws))
     assert out.specs == specs
-    assert out.tickers == []
+    # … and each market's figures a ticker from the start (ETH-USD has no oracle price: none)
+    (btc_ticker,) = out.tickers
+    assert (btc_ticker.symbol, btc_ticker.fields) == ("BTC-USD", {
+        "index": "27752.92", "mark": "27752.92", "funding_rate": "0", "open_interest": "1891.473716288"})
     assert INSTRUMENT_LISTS[VENUE].parse_ws(markets_update()) is None
 
 

@@ -202,7 +202,9 @@ def test_a_dydx_dump_replays_into_the_venues_book_trades_marks_and_specs(tmp_pat
                                                 [["60001", "0.5"], ["60002", "4"]])
     assert trades == [("8ee6d90d-272d-5edd-bf0f-2e4d6ae3d3b7", "buy", "60001", "0.01"),
                       ("d310c32c-f066-5ba8-a97d-10a29d9a6c84", "sell", "60000", "0.3")]
-    assert tickers == [("BTC-USD", {"index": "60003.25", "mark": "60003.25"})]
+    assert tickers == [  # the subscription's list, with its figures, then the update
+        ("BTC-USD", {"index": "60010.5", "mark": "60010.5", "funding_rate": "0", "open_interest": "1891.473716288"}),
+        ("BTC-USD", {"index": "60003.25", "mark": "60003.25"})]
     (spec,) = specs
     assert (spec.key, spec.kind, spec.settle, spec.initial_margin, spec.maintenance_margin) == (
         "dydx:BTC-USD", "perpetual", "USDC", "0.05", "0.03")
