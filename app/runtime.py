@@ -79,10 +79,11 @@ class BookRuntime:
         self.risk: RiskService | None = None
         #: (raw topic, partition) → receive time (ns) of the last frame applied from it
         self.applied_ts: dict[tuple[str, int], int] = {}
-        #: (raw topic, partition) → wall time (ns) that frame was applied at
+        #: (raw topic, partition) → wall time (ns) that frame was applied at; aged topics only
         self.applied_at: dict[tuple[str, int], int] = {}
-        #: venues whose books go stale by the age of the venue's time (``max_lag_ns``) → raw topic
-        self._aged = {v: t for v, t in self.topics.raw_by_venue.items() if venues.rule(v).max_lag_ns}
+        #: venues whose books go stale by the age of the venue's time → (raw topic, ``max_lag_ns``)
+        self._aged = {v: (t, lag) for v, t in self.topics.raw_by_venue.items() if (lag := venues.rule(v).max_lag_ns)}
+        self._aged_topics = {t for t, _ in self._aged.values()}
         self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -187,19 +188,25 @@ class BookRuntime:
         items = decode_record(key, value, headers)
         metrics.count(f"frames.{topic.rpartition('raw.')[2]}", len(items))
         metrics.count("raw_records")
-        publisher = self.publisher
-        if self.exactly_once:
-            publisher.txn = part
-        try:
+        with self._in_txn(part):
             self._apply(part, topic, partition, offset, items)
-        finally:
-            publisher.txn = None
         progress.applied(topic, offset)
         for item in reversed(items):  # the newest frame's receive time (a dead letter has none)
             if isinstance(item, RawFrame):
                 self.applied_ts[(topic, partition)] = item.ts
-                self.applied_at[(topic, partition)] = time.time_ns()
+                if topic in self._aged_topics:
+                    self.applied_at[(topic, partition)] = time.time_ns()
                 break
+
+    @contextlib.contextmanager
+    def _in_txn(self, part: PartitionState) -> Iterator[None]:
+        """What is published meanwhile belongs to partition ``part``'s transaction (exactly_once)."""
+        if self.exactly_once:
+            self.publisher.txn = part
+        try:
+            yield
+        finally:
+            self.publisher.txn = None
 
     def _apply(self, part: PartitionState, topic: str, partition: int, offset: int, items: list[Any]) -> None:
         publisher = self.publisher
@@ -288,20 +295,15 @@ class BookRuntime:
         wall = time.time_ns() if wall_ns is None else wall_ns
         aged = 0
         for number, part in list(self.state.active.items()):
-            for venue, topic in self._aged.items():
-                now = event_now(self.applied_ts.get((topic, number)), self.applied_at.get((topic, number)), wall,
-                                venues.rule(venue).max_lag_ns)
+            for venue, (topic, lag) in self._aged.items():
+                now = event_now(self.applied_ts.get((topic, number)), self.applied_at.get((topic, number)), wall, lag)
                 if now is None:
                     continue
                 for out in part.processor.age(now, venue):
                     assert out.inst is not None
-                    if self.exactly_once:
-                        self.publisher.txn = part
-                    try:
+                    with self._in_txn(part):
                         part.record(out.key, out.fx)
                         self.publisher.outcome(number, out, out.inst, now)
-                    finally:
-                        self.publisher.txn = None
                     aged += 1
         return aged
 

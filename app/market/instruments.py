@@ -105,11 +105,6 @@ class InstrumentListParser(Protocol):
         """The specs in a REST body; None when the body is not this venue's instrument list."""
         ...
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
-        """A WebSocket push about instruments: (full specs, (instrument key, new state, the
-        venue's time or 0) of state changes); None — cheaply — for any other frame."""
-        ...
-
 
 class Registry:
     """Every version of every instrument (in memory; fed from ``ref.instruments``)."""

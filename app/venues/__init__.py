@@ -116,10 +116,12 @@ class GuardedVenueMarket:
 class GuardedInstrumentList:
     """An instrument-list parser whose ``parse`` fails only with FrameError (as :class:`Guarded`)."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "_parse_ws")
 
     def __init__(self, inner: InstrumentListParser) -> None:
         self._inner = inner
+        #: optional (``InstrumentListParser``): a venue without it has no instrument channel
+        self._parse_ws = getattr(inner, "parse_ws", None)
 
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         return self._inner.urls(api_url, symbols)
@@ -137,8 +139,10 @@ class GuardedInstrumentList:
             raise _malformed(exc) from exc
 
     def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
+        if self._parse_ws is None:
+            return None  # no instrument channel: the REST list, refreshed, is the source
         try:
-            return self._inner.parse_ws(frame)
+            return self._parse_ws(frame)
         except _SHAPE_ERRORS as exc:
             raise _malformed(exc) from exc
 

@@ -247,9 +247,6 @@ class BinanceInstruments:
             return [f"{api_url}{self.path}/exchangeInfo?" + urlencode({"symbols": dumps([s.upper() for s in symbols])})]
         return [f"{api_url}{self.path}/exchangeInfo"]
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
-        return None  # no instrument channel: the REST list, refreshed, is the source
-
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
         items = named_objects(msg.get("symbols"), "symbol") if isinstance(msg, dict) and "timezone" in msg else None

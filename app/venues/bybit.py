@@ -190,9 +190,6 @@ class BybitInstruments:
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         return [f"{api_url}/v5/market/instruments-info?category={self.category}&symbol={s}" for s in symbols]
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
-        return None  # no instrument channel: the REST list, refreshed, is the source
-
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
         result = msg.get("result") if isinstance(msg, dict) else None

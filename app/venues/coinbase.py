@@ -217,9 +217,6 @@ class CoinbaseInstruments:
     def urls(self, api_url: str, symbols: list[str]) -> list[str]:
         return [f"{api_url}/api/v3/brokerage/market/products?" + "&".join(f"product_ids={s}" for s in symbols)]
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
-        return None  # no instrument channel: the REST list, refreshed, is the source
-
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
         items = named_objects(msg.get("products"), "product_id") if isinstance(msg, dict) else None

@@ -321,9 +321,6 @@ class HyperliquidInstruments:
     def post_body(self, url: str) -> bytes | None:
         return self.BODY if url.endswith("/info") else None
 
-    def parse_ws(self, frame: bytes) -> tuple[list[Spec], list[tuple[str, str, int]]] | None:
-        return None  # no instrument channel: the REST list, refreshed, is the source
-
     def parse(self, body: bytes) -> list[Spec] | None:
         msg = loads(body)
         items = named_objects(msg.get("universe"), "name") if isinstance(msg, dict) else None

@@ -280,11 +280,12 @@ def test_market_and_registry_parsers_themselves_raise_nothing_but_frame_error(ve
     """Trades, tickers (per instrument and venue-wide) and instrument lists: their own FrameError."""
     entry = VENUE_TABLE[venue]
     samples = [(f.encode(), symbol) for v, symbol, f in MARKET_FRAMES if v == venue]
+    parse_ws = getattr(entry.instrument_lists, "parse_ws", None)  # optional: an instrument channel
     for frame, symbol in samples:  # the real-shaped ones parse to something
         got = [entry.market.parse_market(Kind.WS, frame, symbol) if entry.market else ([], []),
                entry.venue_market.parse_venue_market(Kind.WS, frame) if entry.venue_market else [],
                entry.instrument_lists.parse(frame) if entry.instrument_lists else None,
-               entry.instrument_lists.parse_ws(frame) if entry.instrument_lists else None]
+               parse_ws(frame) if parse_ws else None]
         assert got[0] != ([], []) or got[1] or got[2] or got[3], frame
 
     @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -296,8 +297,9 @@ def test_market_and_registry_parsers_themselves_raise_nothing_but_frame_error(ve
         if entry.venue_market is not None:
             calls.append(lambda: entry.venue_market.parse_venue_market(Kind.WS, frame))  # type: ignore[union-attr]
         if entry.instrument_lists is not None:
-            calls += [lambda: entry.instrument_lists.parse(frame),  # type: ignore[union-attr]
-                      lambda: entry.instrument_lists.parse_ws(frame)]  # type: ignore[union-attr]
+            calls.append(lambda: entry.instrument_lists.parse(frame))  # type: ignore[union-attr]
+        if parse_ws is not None:
+            calls.append(lambda: parse_ws(frame))
         for call in calls:
             with contextlib.suppress(FrameError):
                 call()
