@@ -174,12 +174,35 @@ def copy_frame(rec: Record, k: int) -> tuple[str, bytes]:
     return sym, _IDS.sub(lambda m: b'"%s":%d' % (m.group(1), int(m.group(2)) + shift), frame)
 
 
-def copies(records: list[Record], n: int) -> Iterator[Record]:
-    """The capture ``n`` times over, each copy another instrument, interleaved record by record."""
+def copies(records: list[Record], n: int, ids: list[int] | None = None) -> Iterator[Record]:
+    """The capture ``n`` times over, each copy another instrument (copy numbers ``ids``, default
+    0…n-1), interleaved record by record."""
     for rec in records:
-        for k in range(n):
+        for k in ids or range(n):
             sym, frame = copy_frame(rec, k)
             yield Record(rec.ts, "binance-usdm", f"bench#{k}", rec.kind, frame, rec.url, sym)
+
+
+def spread_ids(n: int, partitions: int = PARTITIONS) -> list[int]:
+    """``n`` copy numbers whose instruments fill the partitions evenly (12 copies over 4
+    partitions: 3 each), so that the two-worker step measures the workers and not how a dozen
+    names hash: copies 0…11 put 5 instruments on one partition and 1 on another."""
+    from app.wire import partition_for
+
+    per, ids, count, k = -(-n // partitions), [], [0] * partitions, 0
+    while len(ids) < n:
+        p = partition_for(f"binance-usdm:BTC{k}USDT", partitions)  # copy_frame's instrument
+        if count[p] < per:
+            ids.append(k)
+            count[p] += 1
+        k += 1
+    return ids
+
+
+def book_frames(records: list[Record]) -> list[Record]:
+    """The capture's book frames only: the REST snapshots and the depth updates (no bookTicker,
+    trade or mark price), for the books-only step."""
+    return [rec for rec in records if rec.kind is not Kind.WS or b"depthUpdate" in rec.frame]
 
 
 def level_updates(records: list[Record]) -> int:
@@ -237,7 +260,7 @@ class Bench:
     def __init__(self) -> None:
         self.figures: dict[str, Any] = {}
         self._records: list[Record] = []
-        self._loaded: dict[tuple[int, str], tuple[Namespace, int, dict[str, Any]]] = {}
+        self._loaded: dict[tuple[int, str, bool], tuple[Namespace, int, dict[str, Any]]] = {}
 
     @property
     def records(self) -> list[Record]:
@@ -245,23 +268,26 @@ class Bench:
             self._records = usdm_records()
         return self._records
 
-    def capture(self, n: int) -> Path:
-        """The capture ×``n`` as a native capture file (written once)."""
-        path = WORK / f"usdm-x{n}.jsonl"
+    def capture(self, n: int, books_only: bool = False) -> Path:
+        """The capture ×``n`` as a native capture file (written once); ``books_only``: its book
+        frames only (:func:`book_frames`)."""
+        path = WORK / f"usdm{'-books' if books_only else ''}-x{n}.jsonl"
         if not path.exists():
             with path.open("wb") as fh:
-                for rec in copies(self.records, n):
+                for rec in copies(book_frames(self.records) if books_only else self.records, n, spread_ids(n)):
                     fh.write(write_native(rec))
         return path
 
-    def loaded(self, n: int, **env: str) -> tuple[Namespace, int, dict[str, Any]]:
-        """A namespace whose raw topics hold the capture ×``n``, produced by the real replay
-        command at full speed (``--max``), batched as ingestion batches them at that rate."""
-        key = (n, json.dumps(env, sort_keys=True))
+    def loaded(self, n: int, books_only: bool = False, **env: str) -> tuple[Namespace, int, dict[str, Any]]:
+        """A namespace whose raw topics hold the capture ×``n`` (``books_only``: its book frames),
+        produced by the real replay command at full speed (``--max``), batched as ingestion batches
+        them at that rate."""
+        key = (n, json.dumps(env, sort_keys=True), books_only)
         if key not in self._loaded:
-            ns = namespace(f"x{n}")
-            path = self.capture(n)
-            say(f"replaying the USD-M capture ×{n} with `faust -A app replay --max` {env or ''}")
+            ns = namespace(f"x{n}{'b' if books_only else ''}")
+            path = self.capture(n, books_only)
+            say(f"replaying the USD-M capture{' (books only)' if books_only else ''} ×{n} with "
+                f"`faust -A app replay --max` {env or ''}")
             t0 = time.monotonic()
             out = ns.replay(str(path), "--format", "native", "--max", timeout=3600, env=env).stderr
             seconds = time.monotonic() - t0
@@ -341,7 +367,7 @@ class Bench:
         limit of a Python Kafka pipeline here (the ratio's denominator)."""
         ns = namespace("base")
         total = len(self.records) * COPIES
-        asyncio.run(produce_v1(ns, copies(self.records, COPIES), "bench.v1"))
+        asyncio.run(produce_v1(ns, copies(self.records, COPIES, spread_ids(COPIES)), "bench.v1"))
         self.figures["baseline"] = asyncio.run(passthrough(ns, "bench.v1", total)) | {
             "command": "bench/run.py baseline: aiokafka consume → orjson.loads → produce, one frame per record, "
                        f"the USD-M capture ×{COPIES}"}
@@ -358,6 +384,24 @@ class Bench:
         r.update(replay=replay, command=f"faust -A app worker over raw.binance-usdm holding {frames:,} frames "
                                         f"in {replay['records']:,} raw records (USD-M capture ×{COPIES})")
         self.figures["throughput"] = r
+
+    def books_only(self) -> None:
+        """The throughput step on the capture's book frames only (snapshots and depth updates, no
+        bookTicker, trade or mark price), against the plain aiokafka baseline over the same frames
+        in the same run: a worker that batches can beat a per-record passthrough."""
+        books = book_frames(self.records)
+        base = namespace("baseb")
+        asyncio.run(produce_v1(base, copies(books, COPIES, spread_ids(COPIES)), "bench.v1"))
+        baseline = asyncio.run(passthrough(base, "bench.v1", len(books) * COPIES))
+        ns, frames, replay = self.loaded(COPIES, books_only=True)
+        say("books_only: one worker")
+        r = self.worker_run(ns, frames, 1, {}, tops=reference_tops(books) * COPIES)
+        r.update(baseline=baseline, replay=replay, ratio_to_baseline=round(r["frames_per_s"] /
+                                                                           baseline["records_per_s"], 3),
+                 command=f"faust -A app worker over raw.binance-usdm holding the USD-M capture's {frames:,} book "
+                         f"frames (×{COPIES}); baseline: bench/run.py's aiokafka consume → orjson.loads → produce "
+                         "of the same frames, one per record")
+        self.figures["books_only"] = r
 
     def export(self) -> None:
         """`faust -A app export` of the throughput step's raw topic (the USD-M capture ×COPIES):
@@ -397,7 +441,7 @@ class Bench:
         finally:
             worker.kill()
         times = sorted(rec.ts for rec in copies(self.records, COPIES))
-        key = "binance-usdm:BTC0USDT"  # the first copy's instrument (copy_frame)
+        key = f"binance-usdm:BTC{spread_ids(COPIES)[0]}USDT"  # the first copy's instrument (capture, copy_frame)
         out: dict[str, Any] = {}
         for name, at in (("start", times[len(times) // 100]), ("middle", times[len(times) // 2]),
                          ("end", times[-1])):
@@ -1182,6 +1226,7 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("worker_frames_per_s", lambda f: _get(f, "throughput", "frames_per_s")),
     ("ratio_to_baseline", lambda f: round(f["throughput"]["frames_per_s"] / f["baseline"]["records_per_s"], 3)),
     ("two_workers_frames_per_s", lambda f: _get(f, "scaling", "frames_per_s")),
+    ("books_only_ratio_to_baseline", lambda f: _get(f, "books_only", "ratio_to_baseline")),
     ("latency_p99_ms_at_5000", lambda f: _get(f, "latency", "p99_ms")),
     ("latency_p50_ms_at_5000", lambda f: _get(f, "latency", "p50_ms")),
     ("latency_p99_ms_at_5000_exactly_once", lambda f: _get(f, "latency_by_guarantee", "exactly_once", "p99_ms")),
@@ -1201,8 +1246,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "scaling", "latency", "many", "mixed", "scenarios", "margin", "recovery",
-         "changelog", "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "books_only", "scaling", "latency", "many", "mixed", "scenarios", "margin",
+         "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:
