@@ -1,4 +1,4 @@
-"""`make bench`: throughput, scaling, latency, many instruments, recovery and changelog cost.
+"""`make bench`: throughput, scaling, latency, many instruments, an options universe, recovery and changelog cost.
 
     make bench                          # everything (about an hour on 2 cores)
     BENCH_ONLY=baseline,throughput make bench
@@ -730,6 +730,101 @@ class Bench:
             "command": "faust -A app simulate + faust -A app ingest (1,000 instruments: Deribit and Bybit options, "
                        f"OKX swaps, Binance USD-M) + one worker; frames/s and receive → book.top over {window:.0f} s"}
 
+    def universe(self) -> None:
+        """A full Deribit options universe (1,500 options, BTC and ETH futures and perpetuals; books,
+        tickers, trades on the 100ms channels) from the simulator through `ingest` into one worker,
+        sustained: offered and applied frames/s, receive → book.top, and the backlog's trend."""
+        n = int(os.environ.get("BENCH_UNIVERSE_OPTIONS", "1500"))
+        rate = float(os.environ.get("BENCH_UNIVERSE_RATE", "0.6"))
+        futures_rate = float(os.environ.get("BENCH_UNIVERSE_FUTURES_RATE", "50"))
+        window = float(os.environ.get("BENCH_UNIVERSE_S", "600"))
+        every = float(os.environ.get("BENCH_UNIVERSE_SAMPLE_S", "5"))
+        options, futures = universe_options(n), universe_futures()
+        ns = namespace("uni")
+        sim = Simulator(ns.tmp, port=free_port(), rate=futures_rate).start()
+        sim.list_instruments("deribit", options, rate)  # listed before ingestion fetches the list
+        sim.list_instruments("deribit", futures, futures_rate)
+        worker = Worker(ns, ns.tmp / "data", INGEST_IN_WORKER="false")
+        ingest_log = ns.tmp / "ingest.log"
+        ingest = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url,
+                                                                 FEEDS=f"deribit:{','.join(futures + options)}",
+                                                                 INGEST_STATUS_S="1"),
+                                  cwd=ROOT, stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+        keys = len(options) + len(futures)
+        samples: list[tuple[float, int, int, int]] = []  # (s into the window, produced, applied, lag records)
+        stop = threading.Event()
+
+        def sample(t0: float) -> None:
+            while not stop.wait(every):
+                with contextlib.suppress(OSError, ValueError):  # a missed sample is no sample
+                    produced, applied = ingest_produced(ingest_log), frames_done(worker)
+                    samples.append((time.monotonic() - t0, produced, applied, worker_lag(worker)))
+
+        try:
+            worker.start()
+            say(f"universe: {len(options):,} options at {rate}/s and {len(futures)} futures at {futures_rate}/s "
+                f"(simulator steps; Deribit 100ms channels) for {window:.0f} s")
+
+            def all_synced() -> bool:
+                books = http_json(worker.url + "/api/books")[1]["books"]
+                return len(books) >= keys and all(b["state"] == "synced" for b in books)
+
+            wait_for(all_synced, 900, "every book synced", every=2)
+            procs = {"worker": pid(worker), "simulator": sim.proc.pid if sim.proc else 0, "ingest": ingest.pid,
+                     **{f"broker{i}": p for i, p in enumerate(broker_pids())}}
+            p0, f0, t0 = ingest_produced(ingest_log), frames_done(worker), time.monotonic()
+            sampler = threading.Thread(target=sample, args=(t0,), daemon=True)
+            sampler.start()
+            lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            stop.set()
+            sampler.join(timeout=30)
+            p1, f1, t1 = ingest_produced(ingest_log), frames_done(worker), time.monotonic()
+            worker_cpu_s = cores[0] * (t1 - t0)
+            # stale at the end of the window, while ingestion runs (once it stops, its closed
+            # connections stale every book, as they should)
+            books = http_json(worker.url + "/api/books")[1]["books"]
+            stale = [b["key"] for b in books if b["state"] != "synced"]
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(timeout=60)
+            produced = ingest_produced(ingest_log)
+            wait_for(lambda: frames_done(worker) >= produced, 900, f"worker applied all {produced:,} frames")
+            applied = frames_done(worker)
+            status = http_json(sim.url + "/control/status")[1]
+        finally:
+            stop.set()
+            worker.kill()
+            if ingest.poll() is None:
+                ingest.kill()
+            sim.kill()
+        half = [(t, p - a) for t, p, a, _ in samples if t >= window / 2]
+        slope = fit_slope(half)
+        offered = (p1 - p0) / (t1 - t0)
+        # growing: over the window's second half the backlog rose by more than a second of the flow
+        growing = slope is None or slope * window / 2 > max(offered, 1.0)
+        p99 = lat["p99_ms"]
+        met = not growing and p99 == p99 and p99 <= 50  # p99 == p99: not NaN (no top seen)
+        self.figures["universe"] = {
+            "options": len(options), "futures": futures, "option_rate": rate, "futures_rate": futures_rate,
+            "window_s": window, "offered_frames_per_s": round(offered), "frames_per_s": round((f1 - f0) / (t1 - t0)),
+            "worker_cpu_ms_per_frame": round(worker_cpu_s * 1000 / max(1, f1 - f0), 4),
+            "cores": dict(zip(procs, cores, strict=True)), "frames_produced": produced, "frames_applied": applied,
+            "books_not_synced": len(stale), "not_synced": stale[:10],
+            "simulator_frames_sent": status.get("frames_sent"), **lat,
+            "backlog": {"every_s": every, "samples": [[round(t, 1), p - a, lag] for t, p, a, lag in samples],
+                        "slope_frames_per_s": None if slope is None else round(slope, 2), "growing": growing,
+                        "note": "samples [s into the window, frames produced by ingest − applied by the worker, "
+                                "the worker's raw records behind (bookstream_consumer_lag)]; the slope is a "
+                                "least-squares fit over the second half; growing: it rose by more than a second "
+                                "of the offered flow over that half"},
+            "target": "no growing backlog and p99 ≤ 50 ms", "met": "met" if met else "not met",
+            "command": f"faust -A app simulate + faust -A app ingest (Deribit: {len(options):,} options, "
+                       f"{len(futures)} futures and perpetuals; book, ticker and trades on the 100ms channels) + one "
+                       f"worker; receive → book.top and the backlog over {window:.0f} s (BENCH_UNIVERSE_OPTIONS, "
+                       "BENCH_UNIVERSE_RATE, BENCH_UNIVERSE_FUTURES_RATE, BENCH_UNIVERSE_S)"}
+        say(f"universe: offered {offered:,.0f} frames/s, applied {(f1 - f0) / (t1 - t0):,.0f}/s, p99 {p99} ms, "
+            f"backlog slope {slope} frames/s: {'met' if met else 'not met'}")
+
     def recovery(self) -> None:
         """1,000 books × 500 levels after a long history: restart with the same DATA_DIR, and a new
         worker with an empty one, to /ready. The figure must not grow with the history."""
@@ -779,6 +874,49 @@ class Bench:
             "command": "one book at 50 / 5,000 levels, the same 200 one-level deltas (over its top 25 bid levels), "
                        "each in a commit of its own (1.5 commit intervals apart); "
                        "key + value bytes of the changelog records (level, state and progress rows) they committed"}
+
+
+def universe_options(n: int) -> list[str]:
+    """``n`` Deribit options, half BTC and half ETH, as the venue names them: six monthly expiries,
+    calls and puts at strikes stepping out from the simulator's forward (BTC 65,000 by 1,000, ETH
+    2,000 by 25), nearest first."""
+    expiries = monthly_expiries(time.time_ns(), 6)
+    out: list[str] = []
+    for coin, atm, step, count in (("BTC", 65_000, 1_000, n - n // 2), ("ETH", 2_000, 25, n // 2)):
+        offsets = ((i + 1) // 2 * (1 if i % 2 else -1) for i in itertools.count())  # 0, +1, -1, +2, -2, …
+        names = (f"{coin}-{e}-{atm + k * step}-{cp}" for k in offsets for e in expiries for cp in "CP")
+        out += itertools.islice(names, count)
+    if any(int(name.split("-")[2]) <= 0 for name in out):
+        raise ValueError(f"{n:,} options reach strikes at or below zero")
+    return out
+
+
+def universe_futures() -> list[str]:
+    """BTC and ETH perpetuals and their next three monthly futures."""
+    return [f"{coin}-{e}" for coin in ("BTC", "ETH") for e in ("PERPETUAL", *monthly_expiries(time.time_ns(), 3))]
+
+
+def ingest_produced(log: Path) -> int:
+    """Frames `ingest` reported produced so far (its last status line; 0 before the first)."""
+    found = re.findall(r"produced ([\d,]+) in", log.read_text(errors="replace"))
+    return int(found[-1].replace(",", "")) if found else 0
+
+
+def worker_lag(worker: Worker) -> int:
+    """Raw records behind the end of the worker's partitions (bookstream_consumer_lag, summed)."""
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:  # noqa: S310 - local URL
+        text = resp.read().decode()
+    return round(sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M)))
+
+
+def fit_slope(points: list[tuple[float, float]]) -> float | None:
+    """The least-squares slope of ``points`` (None with fewer than three)."""
+    if len(points) < 3:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else None
 
 
 def committed(worker: Worker) -> bool:
@@ -1233,6 +1371,11 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("latency_p50_ms_at_5000_exactly_once", lambda f: _get(f, "latency_by_guarantee", "exactly_once", "p50_ms")),
     ("many_instruments_frames_per_s", lambda f: _get(f, "many", "frames_per_s")),
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
+    ("universe_offered_frames_per_s", lambda f: _get(f, "universe", "offered_frames_per_s")),
+    ("universe_frames_per_s", lambda f: _get(f, "universe", "frames_per_s")),
+    ("universe_p99_ms", lambda f: _get(f, "universe", "p99_ms")),
+    ("universe_backlog_slope_frames_per_s", lambda f: _get(f, "universe", "backlog", "slope_frames_per_s")),
+    ("universe_met", lambda f: _get(f, "universe", "met")),
     ("mixed_options_frames_per_s", lambda f: _get(f, "mixed", "frames_per_s")),
     ("scenario_grid_1000_options_ms", lambda f: _get(f, "scenarios", "median_ms")),
     ("portfolio_margin_1000_options_ms", lambda f: _get(f, "margin", "median_ms")),
@@ -1246,8 +1389,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "books_only", "scaling", "latency", "many", "mixed", "scenarios", "margin",
-         "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "books_only", "scaling", "latency", "many", "universe", "mixed", "scenarios",
+         "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:

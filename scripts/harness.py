@@ -613,6 +613,14 @@ class Simulator:
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - local test URL
             assert resp.status == 200
 
+    def list_instruments(self, venue: str, symbols: list[str], rate: float | None = None) -> None:
+        """List ``symbols`` on ``venue`` now (before anyone subscribes), each stepping at ``rate``."""
+        body: dict[str, Any] = {"venue": venue, "symbols": symbols, **({"rate": rate} if rate is not None else {})}
+        req = urllib.request.Request(f"{self.url}/control/instruments", method="POST",  # noqa: S310 - local URL
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - local test URL
+            assert resp.status == 200
+
     def move(self, coin: str, pct: float, seconds: float) -> None:
         """Move ``coin`` (its options' forward and its other books) by ``pct`` percent over ``seconds``."""
         req = urllib.request.Request(f"{self.url}/control/move", method="POST",  # noqa: S310 - local URL

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from app.market.symbols import parse_option
+from app.market.symbols import expiry_ns, parse_option
 from app.simulator.model import spec_for
 
 
@@ -42,6 +42,8 @@ def deribit(symbols: list[str], factor: dict[str, int], closed: set[str] | None 
         if opt:
             item.update({"strike": opt.strike, "option_type": "call" if opt.call else "put",
                          "expiration_timestamp": opt.expiry_ns // 1_000_000})
+        elif not s.endswith("-PERPETUAL"):  # a dated future (BTC-25DEC26): it expires
+            item.update({"settlement_period": "month", "expiration_timestamp": expiry_ns(s.split("-")[1]) // 1_000_000})
         result.append(item)
     return {"jsonrpc": "2.0", "result": result, "usIn": 0, "usOut": 0, "usDiff": 0, "testnet": False}
 

@@ -134,11 +134,7 @@ def _r(x: float, digits: int = 8) -> float:
 def trade_message(family: str, venue: str, symbol: str, seq: int, price: str, size: str, buy: bool) -> str:
     ms = _ms()
     if family == "deribit":
-        data = [{"trade_seq": seq, "trade_id": f"SIM-{seq}", "timestamp": ms, "tick_direction": 0,
-                 "price": float(price), "instrument_name": symbol, "direction": "buy" if buy else "sell",
-                 "amount": float(size)}]
-        params = {"channel": f"trades.{symbol}.100ms", "data": data}
-        return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params}).decode()
+        return deribit_trades(f"trades.{symbol}.100ms", [deribit_trade(symbol, seq, price, size, buy)])
     if family == "binance":
         event: dict[str, Any] = {"e": "trade", "E": ms, "s": symbol, "t": seq, "p": price, "q": size, "T": ms,
                                  "m": not buy}
@@ -155,6 +151,18 @@ def trade_message(family: str, venue: str, symbol: str, seq: int, price: str, si
         topic = f"publicTrade.{symbol.split('-')[0]}" if venue == "bybit-option" else f"publicTrade.{symbol}"
         return orjson.dumps({"topic": topic, "type": "snapshot", "ts": ms, "data": [fill]}).decode()
     raise ValueError(family)
+
+
+def deribit_trade(symbol: str, seq: int, price: str, size: str, buy: bool) -> dict[str, Any]:
+    return {"trade_seq": seq, "trade_id": f"SIM-{seq}", "timestamp": _ms(), "tick_direction": 0,
+            "price": float(price), "instrument_name": symbol, "direction": "buy" if buy else "sell",
+            "amount": float(size)}
+
+
+def deribit_trades(channel: str, items: list[dict[str, Any]]) -> str:
+    """A ``trades.<i>.<interval>`` notification: the trades of one interval (``raw``: one), oldest first."""
+    params = {"channel": channel, "data": items}
+    return orjson.dumps({"jsonrpc": "2.0", "method": "subscription", "params": params}).decode()
 
 
 def coinbase_trade(symbol: str, seq: int, conn_seq: int, price: str, size: str, buy: bool) -> str:

@@ -23,10 +23,20 @@ One aiohttp server on ``SIM_HOST:SIM_PORT`` (127.0.0.1:8765 by default):
     get  /control/limits                          the venue limits (SimLimits) in force
     post /control/limits                          {field: value, ...}: change them (400 on a bad one)
     get  /control/status                          instruments, connections, counters, forwards per coin
+    post /control/instruments                     {"venue","symbols","rate"}: list them, each at its own rate
 
-Every instrument is created on first subscription (or REST request) with a stochastic
-order-flow model seeded by its name; it steps at ``rate`` updates/s with bursts. The
-simulator serves full depth (it does not truncate books to the subscribed depth).
+Every instrument is created on first subscription (or REST request, or ``/control/instruments``)
+with a stochastic order-flow model seeded by its name; it steps at ``rate`` updates/s with bursts
+(``/control/instruments`` gives instruments their own rate and lists them before anyone
+subscribes, as a venue lists its whole universe). The simulator serves full depth (it does not
+truncate books to the subscribed depth).
+
+Deribit's ``.100ms`` channels are as strict as the venue's: at most one notification per 100 ms
+per instrument and channel, and none when nothing changed. ``book.<i>.100ms`` gets the levels
+changed in the interval in one ``change`` (``change_id`` the interval's last, ``prev_change_id``
+the notification before: the chain stays contiguous), a new subscription its snapshot at the next
+interval's end; ``trades.<i>.100ms`` the interval's trades in one list; ``ticker.<i>.100ms`` the
+ticker at the interval's end. ``.raw`` channels get every change as it happens.
 
 Limits (app.simulator.limits.SimLimits; the real venues' by default; "per IP" is per simulator
 process), each refusal counted in ``counters`` (/control/status):
@@ -146,6 +156,13 @@ class Instrument:
     last_bbo: tuple[str, str, str, str] | None = None  # Hyperliquid: the top the last bbo carried
     recent_trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))  # repeated on subscribe
     trade_time: int = 0  # the last trade's time (Hyperliquid ms, dYdX ns): trade times never go back
+    rate: float | None = None  # its own updates/s (POST /control/instruments), else the simulator's
+    # Deribit's 100ms channels: what happened in the interval goes out once at its end (_flush)
+    grouped: dict[Conn, bool] = field(default_factory=dict)  # book.<i>.100ms subscribers → snapshot owed
+    pending: dict[tuple[str, str], str] = field(default_factory=dict)  # (side, price) → size: the interval's
+    sent_change: int = 0  # the change_id the grouped subscribers last got
+    pending_trades: list[dict[str, Any]] = field(default_factory=list)
+    pending_ticker: bool = False
 
     def active(self, fault: str) -> bool:
         return time.monotonic() < self.until.get(fault, 0)
@@ -238,6 +255,8 @@ class Simulator:
         self.moves: dict[str, asyncio.Task[None]] = {}  # coin → its running move
         self.block_s = 0.5  # Hyperliquid's block cadence: an l2Book snapshot of every book subscribed per block
         self.blocks: asyncio.Task[None] | None = None
+        self.dirty: dict[tuple[str, str], Instrument] = {}  # Deribit instruments with an interval to send
+        self.intervals: asyncio.Task[None] | None = None  # Deribit's 100 ms clock (_intervals)
         self._conn_numbers = 0
 
     # -- instruments ----------------------------------------------------------------
@@ -250,6 +269,8 @@ class Simulator:
             inst.driver = asyncio.get_running_loop().create_task(self._drive(inst))
             if venue == "hyperliquid" and self.blocks is None:
                 self.blocks = asyncio.get_running_loop().create_task(self._blocks())
+            if venue == "deribit" and self.intervals is None:
+                self.intervals = asyncio.get_running_loop().create_task(self._intervals())
             coin = _moved_coin(symbol, self.book_factor)
             if coin is not None:  # born after a move: at the moved level
                 self._align(inst, coin)
@@ -262,7 +283,7 @@ class Simulator:
     async def _drive(self, inst: Instrument) -> None:
         rng = self.rng
         while True:
-            rate = self.rate * (20 if inst.active("burst") else 1) * (5 if rng.random() < 0.05 else 1)
+            rate = (inst.rate or self.rate) * (20 if inst.active("burst") else 1) * (5 if rng.random() < 0.05 else 1)
             await asyncio.sleep(rng.expovariate(rate))
             self.step(inst)
 
@@ -289,28 +310,21 @@ class Simulator:
         if family not in ("coinbase", "dydx"):
             self._record_truth(inst, inst.seq, 0)
         first = prev + 1
-        drop, dup, corrupt = inst.take("drop"), inst.take("duplicate"), inst.take("corrupt")
-        reorder = inst.take("reorder")
-        for conn in list(inst.subscribers):
+        if inst.grouped:  # Deribit book.<i>.100ms: this step's changes wait for the interval's end
+            for side, price, size in changes:
+                inst.pending[(side, price)] = size
+            self.dirty[(inst.venue, inst.symbol)] = inst
+        texts = []
+        for conn in [c for c in inst.subscribers if c not in inst.grouped]:
             if family in ("coinbase", "dydx"):
                 seq = conn.next_seq()  # consumed even when the message is dropped: a visible gap
                 self._record_truth(inst, seq, conn.number)
                 text = fmt(inst, changes, seq) if family == "coinbase" else _dydx_update(inst, changes, seq, conn)
             else:
                 text = fmt(inst, changes, first, prev)
-            if drop:
-                continue
-            if corrupt:
-                text = text[: len(text) // 2]
-            if reorder:
-                inst.held = (conn, text)
-                continue
-            conn.send(text, inst)
-            if dup:
-                conn.send(text, inst)
-            if inst.held is not None and inst.held[0] is conn:
-                conn.send(inst.held[1], inst)
-                inst.held = None
+            texts.append((conn, text))
+        if texts or not inst.grouped:  # faults left for the interval's notification when that is all there is
+            self._send_faulted(inst, texts)
         if inst.watchers:
             self._market(inst, family)
         if family == "dydx" and inst.take("dydx-cross"):
@@ -324,6 +338,64 @@ class Simulator:
             self._record_truth(inst, inst.seq, 0)
             for conn in inst.subscribers:
                 conn.send(_bybit_message(inst, *inst.book.levels(), "snapshot"), inst)
+
+    def _send_faulted(self, inst: Instrument, texts: list[tuple[Conn, str]]) -> None:
+        """One book update's message per connection, with the instrument's message faults applied."""
+        drop, dup, corrupt = inst.take("drop"), inst.take("duplicate"), inst.take("corrupt")
+        reorder = inst.take("reorder")
+        for conn, text in texts:
+            if drop:
+                continue
+            if corrupt:
+                text = text[: len(text) // 2]
+            if reorder:
+                inst.held = (conn, text)
+                continue
+            conn.send(text, inst)
+            if dup:
+                conn.send(text, inst)
+            if inst.held is not None and inst.held[0] is conn:
+                conn.send(inst.held[1], inst)
+                inst.held = None
+
+    async def _intervals(self) -> None:
+        """Deribit's 100 ms intervals: at the end of each, every instrument with something to say
+        on a ``.100ms`` channel says it once (the next interval starts after that: never two
+        notifications of one instrument and channel within 100 ms)."""
+        while True:
+            await asyncio.sleep(0.1)
+            dirty, self.dirty = self.dirty, {}
+            for inst in dirty.values():
+                self._flush(inst)
+
+    def _flush(self, inst: Instrument) -> None:
+        """The end of an interval of ``inst``'s Deribit ``.100ms`` channels: the book's changes in
+        one notification (a new subscriber: its snapshot), its trades in one list, its ticker now."""
+        owed = [c for c, snapshot in inst.grouped.items() if snapshot]
+        for conn in owed:
+            inst.grouped[conn] = False
+            conn.send(_deribit_snapshot(inst), inst)
+        receivers = [c for c in inst.grouped if c not in owed]
+        if receivers and inst.seq != inst.sent_change:
+            changes = [(side, price, size) for (side, price), size in inst.pending.items()]
+            text = _deribit_update(inst, changes, inst.sent_change + 1, inst.sent_change)
+            self._send_faulted(inst, [(c, text) for c in receivers])
+        inst.sent_change = inst.seq
+        inst.pending.clear()
+        trades, ticker = inst.pending_trades, inst.pending_ticker
+        inst.pending_trades, inst.pending_ticker = [], False
+        if not (trades or ticker):
+            return
+        for conn, channels in list(inst.watchers.items()):
+            for channel in channels:
+                if not channel.endswith(".100ms"):
+                    continue
+                if channel.startswith("trades.") and trades:
+                    conn.send(market.deribit_trades(channel, trades), inst)
+                elif channel.startswith("ticker.") and ticker:
+                    conn.send(market.ticker_message("deribit", inst.venue, inst.symbol, inst.book.top(), inst.seq,
+                                                    inst.market, self.forwards, channel), inst)
+                    self.counters["tickers"] += 1
 
     def _market(self, inst: Instrument, family: str) -> None:
         """A trade (sometimes) and a ticker (often) to the connections watching ``inst``."""
@@ -344,8 +416,13 @@ class Simulator:
             for conn in [c for c in self.conns if c.venue == inst.venue and coin in c.coin_trades]:
                 conn.send(market.trade_message(family, inst.venue, inst.symbol, inst.market.trade_seq, price, size,
                                                buy), inst)
+        grouped_trade = grouped_ticker = False
         for conn, channels in list(inst.watchers.items()):
             for channel in channels:
+                if family == "deribit" and channel.endswith(".100ms"):  # sent at the interval's end (_flush)
+                    grouped_trade |= trade and not skip and channel.startswith("trades.")
+                    grouped_ticker |= ticker and channel.startswith("ticker.")
+                    continue
                 if "rade" in channel:
                     if not trade or skip:
                         continue
@@ -361,6 +438,11 @@ class Simulator:
                                                   self.forwards, channel))
                     self.counters["tickers"] += 1
                 conn.send(text, inst)
+        if grouped_trade or grouped_ticker:
+            if grouped_trade:
+                inst.pending_trades.append(market.deribit_trade(inst.symbol, inst.market.trade_seq, price, size, buy))
+            inst.pending_ticker |= grouped_ticker
+            self.dirty[(inst.venue, inst.symbol)] = inst
 
     def _new_trade(self, inst: Instrument, top: tuple[str, str, str, str]) -> tuple[bool, str, str, bool]:
         """The instrument's next trade at its top: (skipped by the "skip-trade" fault, price, size,
@@ -601,6 +683,7 @@ class Simulator:
             self.conns.discard(conn)
             for inst in self.instruments.values():
                 inst.subscribers.discard(conn)
+                inst.grouped.pop(conn, None)
                 inst.watchers.pop(conn, None)
         return ws
 
@@ -683,6 +766,7 @@ class Simulator:
         inst = self.instruments.get((conn.venue, symbol))
         if inst is not None:
             inst.subscribers.discard(conn)
+            inst.grouped.pop(conn, None)
 
     # -- HTTP -----------------------------------------------------------------------
     @web.middleware
@@ -828,6 +912,27 @@ class Simulator:
             return web.json_response({"error": str(exc).splitlines()[0] if str(exc) else "bad request"}, status=400)
         return web.json_response({"ok": True})
 
+    async def post_instruments(self, request: web.Request) -> web.Response:
+        """``{"venue", "symbols": [...], "rate": R}``: create (so list) each instrument now, stepping at
+        ``rate`` updates/s (optional: the simulator's), as a venue lists its universe before anyone
+        subscribes; an instrument already made takes the new rate."""
+        try:
+            body = await request.json()
+            venue, symbols, rate = body["venue"], body["symbols"], body.get("rate")
+            if not isinstance(venue, str) or not isinstance(symbols, list) or not all(
+                    isinstance(s, str) and s for s in symbols):
+                raise ValueError("venue must be a string and symbols a list of names")
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)
+                                     or not math.isfinite(rate) or rate <= 0):
+                raise ValueError(f"rate must be a number above 0, not {rate!r}")
+        except KeyError as exc:
+            return web.json_response({"error": f"missing {exc}"}, status=400)
+        except (ValueError, TypeError) as exc:  # also a body that is no JSON object
+            return web.json_response({"error": str(exc).splitlines()[0] if str(exc) else "bad request"}, status=400)
+        for symbol in symbols:
+            self.instrument(venue, symbol).rate = None if rate is None else float(rate)
+        return web.json_response({"ok": True, "instruments": len(symbols)})
+
     async def get_limits(self, request: web.Request) -> web.Response:
         return web.json_response(self.limits.as_dict())
 
@@ -867,6 +972,7 @@ class Simulator:
         app.router.add_get("/control/truth/{venue}/{symbol}", self.truth)
         app.router.add_post("/control/fault", self.post_fault)
         app.router.add_post("/control/move", self.post_move)
+        app.router.add_post("/control/instruments", self.post_instruments)
         app.router.add_get("/control/status", self.status)
         app.router.add_get("/control/limits", self.get_limits)
         app.router.add_post("/control/limits", self.post_limits)
@@ -876,8 +982,9 @@ class Simulator:
     async def _shutdown(self, _app: web.Application) -> None:
         for task in self.moves.values():
             task.cancel()
-        if self.blocks is not None:
-            self.blocks.cancel()
+        for clock in (self.blocks, self.intervals):
+            if clock is not None:
+                clock.cancel()
         for inst in self.instruments.values():
             if inst.driver is not None:
                 inst.driver.cancel()
@@ -1055,9 +1162,15 @@ def _deribit(sim: Simulator, conn: Conn, text: str) -> None:
         for channel in channels:
             parts = channel.split(".")
             if parts[0] == "book" and len(parts) == 3:
-                if on:
-                    sim.subscribe(conn, parts[1], _deribit_snapshot,
-                                  (f'"channel":"book.{parts[1]}.100ms"', f'"channel":"{channel}"'))
+                if on and parts[2] == "100ms":  # its snapshot, then its changes, at intervals' ends (_flush)
+                    inst = sim.subscribe(conn, parts[1], None)
+                    if conn in inst.subscribers:
+                        inst.grouped[conn] = True
+                        sim.dirty[(inst.venue, inst.symbol)] = inst
+                elif on:
+                    inst = sim.subscribe(conn, parts[1], _deribit_snapshot,
+                                         (f'"channel":"book.{parts[1]}.100ms"', f'"channel":"{channel}"'))
+                    inst.grouped.pop(conn, None)  # raw from now on
                 else:
                     sim.unsubscribe(conn, parts[1])
             elif parts[:2] == ["instrument", "state"] and len(parts) == 4:

@@ -372,6 +372,82 @@ async def test_deribit_refused_channel_left_out_and_bad_auth(server: Server) -> 
     assert (counters["refused_symbol"], counters["refused_auth"]) == (2, 2)
 
 
+async def read_for(ws: ClientConnection, seconds: float) -> list[tuple[float, Frame]]:
+    """Every frame of ``seconds`` with its receive time."""
+    out: list[tuple[float, Frame]] = []
+    end = time.monotonic() + seconds
+    with contextlib.suppress(TimeoutError):
+        while (left := end - time.monotonic()) > 0:
+            out.append((time.monotonic(), await recv(ws, left)))
+    return out
+
+
+def top_of(bids: dict[float, float], asks: dict[float, float]) -> tuple[float, float, float, float]:
+    bid, ask = max(bids), min(asks)
+    return bid, bids[bid], ask, asks[ask]
+
+
+async def test_deribit_100ms_channels_send_an_interval_at_most_once(server: Server) -> None:
+    """A symbol stepping at 200/s: its book.100ms, ticker.100ms and trades.100ms each get at most
+    one notification per 100 ms (the interval's changes grouped, the change_id chain contiguous,
+    every grouped book equal to the truth at its change_id), while book.raw gets every change."""
+    symbol, seconds = "BTC-PERPETUAL", 1.5
+    status, body = await server.post("/control/instruments", {"venue": "deribit", "symbols": [symbol], "rate": 200})
+    assert (status, body) == (200, {"ok": True, "instruments": 1})
+    assert (await server.post("/control/instruments", {"venue": "deribit", "symbols": [symbol], "rate": 0}))[0] == 400
+    channels = [f"{kind}.{symbol}.100ms" for kind in ("book", "ticker", "trades")]
+    async with server.ws("/ws/deribit") as ws, server.ws("/ws/deribit") as raw:
+        await send(raw, rpc(1, "public/auth", grant_type="client_credentials", client_id="k", client_secret="s"))
+        await send(raw, rpc(2, "public/subscribe", channels=[f"book.{symbol}.raw"]))
+        await send(ws, rpc(1, "public/subscribe", channels=channels))
+        assert (await until(ws, lambda f: f.get("id") == 1))[0]["result"] == channels
+        frames, raw_frames = await asyncio.gather(read_for(ws, seconds), read_for(raw, seconds))
+    by_channel: dict[str, list[tuple[float, Frame]]] = {}
+    for at, frame in frames:
+        by_channel.setdefault(frame["params"]["channel"], []).append((at, frame["params"]["data"]))
+    assert set(by_channel) == set(channels)
+    for channel, notes in by_channel.items():
+        assert len(notes) <= seconds / 0.1 + 1, f"{channel}: {len(notes)} notifications in {seconds} s"
+    for channel in channels[:2]:  # the venue's time of each: never two within 100 ms
+        stamps = [data["timestamp"] for _, data in by_channel[channel]]
+        assert min(b - a for a, b in zip(stamps, stamps[1:], strict=False)) >= 99, (channel, stamps)
+    trades = [t for _, data in by_channel[channels[2]] for t in data]
+    assert [t["trade_seq"] for t in trades] == list(range(trades[0]["trade_seq"], trades[-1]["trade_seq"] + 1))
+    assert max(len(data) for _, data in by_channel[channels[2]]) > 1  # an interval's trades in one list
+    truth = {entry[0]: tuple(float(x) for x in entry[1:5]) for entry in server.sim.instruments[("deribit",
+                                                                                              symbol)].truth}
+    books = [data for _, data in by_channel[channels[0]]]
+    assert books[0]["type"] == "snapshot"
+    bids: dict[float, float] = {}
+    asks: dict[float, float] = {}
+    last = None
+    for data in books:
+        if data["type"] == "change":
+            assert data["prev_change_id"] == last, "the grouped notifications' chain has a hole"
+        for side, levels in ((bids, data["bids"]), (asks, data["asks"])):
+            for action, price, size in levels:
+                if action == "delete":
+                    side.pop(price, None)
+                else:
+                    side[price] = size
+        last = data["change_id"]
+        assert top_of(bids, asks) == truth[last]
+    raw_books = [f["params"]["data"] for _, f in raw_frames if f.get("method") == "subscription"]
+    assert len(raw_books) > 2 * len(books)  # raw: every change as it happens
+    assert all(b["prev_change_id"] == a["change_id"] for a, b in zip(raw_books, raw_books[1:], strict=False))
+
+
+async def test_control_instruments_lists_them(server: Server) -> None:
+    names = ["BTC-25DEC26-70000-C", "ETH-25DEC26-2000-P"]
+    assert (await server.post("/control/instruments", {"venue": "deribit", "symbols": names}))[0] == 200
+    assert server.sim.instruments[("deribit", names[0])].rate is None  # the simulator's rate
+    for name in names:
+        _, _, body = await server.get("/rest/deribit/api/v2/public/get_instruments", currency=name[:3])
+        assert name in [i["instrument_name"] for i in body["result"]]
+    for bad in ({"venue": "deribit"}, {"venue": "deribit", "symbols": "BTC"}, {"venue": 1, "symbols": []}, [1]):
+        assert (await server.post("/control/instruments", bad))[0] == 400, bad
+
+
 # -- Coinbase -----------------------------------------------------------------------
 async def test_coinbase_connection_and_message_rates(server: Server) -> None:
     heartbeats = {"type": "subscribe", "channel": "heartbeats", "product_ids": []}
