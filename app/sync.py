@@ -140,6 +140,11 @@ class Instrument:
         reason = f"{event}: {detail}" if detail else event
         if self.status == BookState.SYNCED:
             self._go(fx, BookState.STALE, reason)
+        elif self.status == BookState.WAITING and event == "bad frame":
+            # the frame refused may have been its snapshot (Deribit's, dYdX's come once, with the
+            # subscription): waiting on would be waiting for good. Stale: a resync is requested,
+            # and asked again until a snapshot syncs the book (app.retry)
+            self._go(fx, BookState.STALE, reason)
         elif event in SUBSCRIPTION_FAILURES:
             self._go(fx, self.status, reason)
 

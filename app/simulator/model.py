@@ -74,7 +74,8 @@ class TrueBook:
         self.asks: dict[int, int] = {}
         mid = self.spec.mid_ticks
         for i in range(1, self.spec.depth + 1):
-            self.bids[mid - i] = self._size()
+            if mid - i > 0:  # a cheap option's bids stop at its first tick: no venue quotes a price of 0
+                self.bids[mid - i] = self._size()
             self.asks[mid + i] = self._size()
 
     def _size(self) -> int:

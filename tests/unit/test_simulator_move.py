@@ -199,3 +199,20 @@ async def test_control_move_route(sim: Simulator) -> None:
         status = await (await client.get("/control/status")).json()
         assert status["forwards"]["ETH"] == pytest.approx(2_000 * 0.9, rel=1e-9)
         assert status["forwards"]["BTC"] == pytest.approx(65_000)
+
+
+def test_no_simulated_book_ever_quotes_a_price_at_or_below_zero() -> None:
+    """A cheap option's model mid is a few ticks; its book's depth is more: the initial bids went
+    down to a price of 0 (ETH-26MAR27-2050-P: mid 30 ticks, 30 levels), which bookstream rightly
+    refuses and no venue sends."""
+    import zlib
+
+    from app.simulator.model import TrueBook
+
+    cheap = next(f"ETH-26MAR27-{k}-P" for k in range(1000, 100_000, 25)
+                 if zlib.crc32(f"ETH-26MAR27-{k}-P".encode()) % 200 == 0)  # the lowest mid the model gives
+    book = TrueBook(cheap)
+    assert book.spec.mid_ticks <= book.spec.depth  # deeper than its mid: the case
+    for _ in range(200):
+        book.step()
+        assert min(book.bids) >= 1 and min(book.asks) >= 1

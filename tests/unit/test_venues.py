@@ -333,6 +333,29 @@ def test_the_guard_turns_an_adapter_bug_into_a_frame_error() -> None:
     assert guarded.route(Kind.WS, b'{"symbol":"X"}') == ["X"]  # and passes good answers through
 
 
+def test_a_refused_snapshot_of_a_waiting_book_asks_for_a_resync() -> None:
+    """Deribit sends a book's snapshot once, with its subscription: a snapshot refused (a level
+    priced 0) left the book waiting for good ("no snapshot yet") — the simulator's far options
+    showed it. Now the book goes stale with the reason and a resync is requested; the next good
+    snapshot syncs it."""
+    from app.processor import Processor
+    from app.sync import STALE, SYNCED
+    from app.wire import RawFrame
+
+    def snapshot(change_id: int, bid: str) -> bytes:
+        return ('{"jsonrpc":"2.0","method":"subscription","params":{"channel":"book.ETH-26MAR27-2050-P.100ms",'
+                '"data":{"type":"snapshot","timestamp":1626993724318,"instrument_name":"ETH-26MAR27-2050-P",'
+                f'"change_id":{change_id},"bids":[["new",{bid},5]],"asks":[["new",0.016,2]]}}}}}}').encode()
+
+    proc, key = Processor(), "deribit:ETH-26MAR27-2050-P"
+    out = proc.handle(RawFrame(key, 1, Kind.WS, "c1", snapshot(7, "0")))
+    assert out.dead is not None and out.dead[0] == "bad-price"
+    assert proc.instruments[key].status == STALE
+    assert out.fx.resync is not None and "bad frame" in out.fx.resync
+    out = proc.handle(RawFrame(key, 2, Kind.WS, "c1", snapshot(9, "0.0145")))
+    assert out.dead is None and proc.instruments[key].status == SYNCED
+
+
 @pytest.mark.fuzz
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(venue=st.sampled_from(sorted(FRAMES)), frame=_mutations())
