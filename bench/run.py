@@ -389,18 +389,24 @@ class Bench:
         """The throughput step on the capture's book frames only (snapshots and depth updates, no
         bookTicker, trade or mark price), against the plain aiokafka baseline over the same frames
         in the same run: a worker that batches can beat a per-record passthrough."""
+        n = int(os.environ.get("BENCH_BOOKS_ONLY_COPIES", str(4 * COPIES)))  # ~ as long a run as `throughput`
         books = book_frames(self.records)
         base = namespace("baseb")
-        asyncio.run(produce_v1(base, copies(books, COPIES, spread_ids(COPIES)), "bench.v1"))
-        baseline = asyncio.run(passthrough(base, "bench.v1", len(books) * COPIES))
-        ns, frames, replay = self.loaded(COPIES, books_only=True)
+        asyncio.run(produce_v1(base, copies(books, n, spread_ids(n)), "bench.v1"))
+        baseline = asyncio.run(passthrough(base, "bench.v1", len(books) * n))
+        ns, frames, replay = self.loaded(n, books_only=True)
         say("books_only: one worker")
-        r = self.worker_run(ns, frames, 1, {}, tops=reference_tops(books) * COPIES)
+        raw = WORK / "profile-books-only.txt"
+        r = self.worker_run(ns, frames, 1, {}, profile=raw, tops=reference_tops(books) * n)
+        r["level_updates_per_s"] = round(level_updates(books) * n / r["seconds"])
+        r["profile"] = profile_top(raw)
+        if raw.exists():  # py-spy's collapsed stacks (bench/profile-*.txt, not committed)
+            shutil.copy(raw, ROOT / "bench" / raw.name)
         r.update(baseline=baseline, replay=replay, ratio_to_baseline=round(r["frames_per_s"] /
                                                                            baseline["records_per_s"], 3),
                  command=f"faust -A app worker over raw.binance-usdm holding the USD-M capture's {frames:,} book "
-                         f"frames (×{COPIES}); baseline: bench/run.py's aiokafka consume → orjson.loads → produce "
-                         "of the same frames, one per record")
+                         f"frames (×{n}, BENCH_BOOKS_ONLY_COPIES); baseline: bench/run.py's aiokafka consume → "
+                         "orjson.loads → produce of the same frames, one per record")
         self.figures["books_only"] = r
 
     def export(self) -> None:
