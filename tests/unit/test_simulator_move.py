@@ -215,4 +215,5 @@ def test_no_simulated_book_ever_quotes_a_price_at_or_below_zero() -> None:
     assert book.spec.mid_ticks <= book.spec.depth  # deeper than its mid: the case
     for _ in range(200):
         book.step()
-        assert min(book.bids) >= 1 and min(book.asks) >= 1
+        assert min(book.bids) >= 1
+        assert min(book.asks) >= 1

@@ -349,11 +349,14 @@ def test_a_refused_snapshot_of_a_waiting_book_asks_for_a_resync() -> None:
 
     proc, key = Processor(), "deribit:ETH-26MAR27-2050-P"
     out = proc.handle(RawFrame(key, 1, Kind.WS, "c1", snapshot(7, "0")))
-    assert out.dead is not None and out.dead[0] == "bad-price"
+    assert out.dead is not None
+    assert out.dead[0] == "bad-price"
     assert proc.instruments[key].status == STALE
-    assert out.fx.resync is not None and "bad frame" in out.fx.resync
+    assert out.fx.resync is not None
+    assert "bad frame" in out.fx.resync
     out = proc.handle(RawFrame(key, 2, Kind.WS, "c1", snapshot(9, "0.0145")))
-    assert out.dead is None and proc.instruments[key].status == SYNCED
+    assert out.dead is None
+    assert proc.instruments[key].status == SYNCED
 
 
 @pytest.mark.fuzz
