@@ -703,11 +703,7 @@ class Bench:
             worker.start()
             say(f"many: {len(keys)} instruments at {rate}/s each from the simulator")
 
-            def all_synced() -> bool:
-                books = http_json(worker.url + "/api/books")[1]["books"]
-                return len(books) >= len(keys) and all(b["state"] == "synced" for b in books)
-
-            wait_for(all_synced, 600, "every book synced", every=2)
+            wait_for(lambda: all_synced(worker, len(keys)), 600, "every book synced", every=2)
             f0, c0, t0 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
             lat = asyncio.run(watch_latency(ns, window))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
@@ -717,8 +713,7 @@ class Bench:
             stale = [b["key"] for b in books if b["state"] != "synced"]
             ingest.send_signal(signal.SIGTERM)
             ingest.wait(timeout=60)
-            produced = max(int(m.replace(",", "")) for m in re.findall(r"produced ([\d,]+) in",
-                                                                        ingest_log.read_text()))
+            produced = ingest_produced(ingest_log)
             wait_for(lambda: frames_done(worker) >= produced, 600, f"worker applied all {produced:,} frames")
             applied = frames_done(worker)
             sim_cpu = cpu_seconds(sim.proc.pid) if sim.proc is not None else None
@@ -772,11 +767,7 @@ class Bench:
             say(f"universe: {len(options):,} options at {rate}/s and {len(futures)} futures at {futures_rate}/s "
                 f"(simulator steps; Deribit 100ms channels) for {window:.0f} s")
 
-            def all_synced() -> bool:
-                books = http_json(worker.url + "/api/books")[1]["books"]
-                return len(books) >= keys and all(b["state"] == "synced" for b in books)
-
-            wait_for(all_synced, 900, "every book synced", every=2)
+            wait_for(lambda: all_synced(worker, keys), 900, "every book synced", every=2)
             procs = {"worker": pid(worker), "simulator": sim.proc.pid if sim.proc else 0, "ingest": ingest.pid,
                      **{f"broker{i}": p for i, p in enumerate(broker_pids())}}
             p0, f0, t0 = ingest_produced(ingest_log), frames_done(worker), time.monotonic()
@@ -909,6 +900,12 @@ def universe_options(n: int) -> list[str]:
 def universe_futures() -> list[str]:
     """BTC and ETH perpetuals and their next three monthly futures."""
     return [f"{coin}-{e}" for coin in ("BTC", "ETH") for e in ("PERPETUAL", *monthly_expiries(time.time_ns(), 3))]
+
+
+def all_synced(worker: Worker, books: int) -> bool:
+    """The worker holds at least ``books`` books, every one synced."""
+    held = http_json(worker.url + "/api/books")[1]["books"]
+    return len(held) >= books and all(b["state"] == "synced" for b in held)
 
 
 def ingest_produced(log: Path) -> int:

@@ -29,6 +29,7 @@ class Pipeline:
     def __init__(self, ns: Namespace, worker: Worker, inputs: list[tuple[list[Path], str]]) -> None:
         self.ns, self.worker, self.inputs = ns, worker, inputs
         self._cache: dict[str, list[dict[str, Any]]] = {}
+        self._references: list[Any] | None = None
 
     def topic(self, name: str) -> list[dict[str, Any]]:
         if name not in self._cache:
@@ -37,7 +38,7 @@ class Pipeline:
 
     def references(self) -> Iterator[Any]:
         """The in-process reference (a Processor) of each input, computed once."""
-        if not hasattr(self, "_references"):
+        if self._references is None:
             self._references = [reference(paths, fmt) for paths, fmt in self.inputs]
         yield from self._references
 
