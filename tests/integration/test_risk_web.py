@@ -308,8 +308,21 @@ def test_the_dashboard_shows_the_nbbo_and_links_to_the_risk_page(site: SimSite, 
     mid = (float(bid) + float(ask)) / 2
     assert float(bps) == pytest.approx((float(ask) - float(bid)) / mid * 1e4, abs=0.01)  # < 0 when venues cross
     page.screenshot(path=str(ARTIFACTS / "dashboard-nbbo.png"))
-    page.click("#risk-link")
-    page.wait_for_url("**/risk")
+    # The link stays where it is while the live header text changes width (a rate gaining a digit, a
+    # venue joining): it used to sit after the venue badges and jump to a second line between the
+    # moment the pointer aimed and the click, which then landed on the header and went nowhere.
+    moved = page.eval_on_selector("#risk-link", """a => {
+        const at = () => JSON.stringify(a.getBoundingClientRect());
+        const before = at(), wide = document.createElement("span");
+        wide.className = "venue"; wide.textContent = "x".repeat(300);
+        document.getElementById("venues").append(wide);
+        const after = at();
+        wide.remove();
+        return before === after ? null : [before, after];
+    }""")
+    assert moved is None, f"the risk link moved when the venue badges grew: {moved}"
+    with page.expect_navigation(url="**/risk"):
+        page.click("#risk-link")
     page.wait_for_selector(f"{RULE_ROW} .state", timeout=15_000)
     page.close()
 
