@@ -162,6 +162,14 @@ def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return _env_number(name, default, float, "a number", minimum, None)
 
 
+def _loop_stall_trace_ms() -> float:
+    value = _env_float("LOOP_STALL_TRACE_MS", 0.0)
+    if 0 < value < 5:
+        raise ConfigError(f"LOOP_STALL_TRACE_MS={value:g} is below 5: the tracer would take the GIL every "
+                          "millisecond or two and cause the stalls it looks for; 0 turns it off")
+    return value
+
+
 def _env_ratio(name: str, default: float) -> float:
     value = _env_float(name, default, minimum=0.0)
     if not 0.0 < value < 1.0:
@@ -367,6 +375,7 @@ class Settings:
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
     producer_linger_ms: int = 5
+    loop_stall_trace_ms: float = 0.0  # LOOP_STALL_TRACE_MS: log what held the worker's loop this long; 0: off
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
@@ -470,6 +479,7 @@ def load() -> Settings:
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
         producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
+        loop_stall_trace_ms=_loop_stall_trace_ms(),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),

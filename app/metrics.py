@@ -49,6 +49,17 @@ def observe_stage(stage: str, seconds: float) -> None:
     stage_sum[stage] += seconds
 
 
+#: How late the worker's event-loop heartbeat ran (app.loopwatch): time the loop spent elsewhere,
+#: or the process was not running; every frame arriving meanwhile waits that long.
+loop_lag_counts = [0] * (len(STAGE_BUCKETS) + 1)
+loop_lag_sum = [0.0]
+
+
+def observe_loop_lag(seconds: float) -> None:
+    loop_lag_counts[bisect.bisect_left(STAGE_BUCKETS, seconds)] += 1
+    loop_lag_sum[0] += seconds
+
+
 def count(name: str, n: int = 1) -> None:
     if n:
         counters[name] += n

@@ -17,6 +17,7 @@ from typing import Any
 from app import metrics, venues
 from app.config import Settings
 from app.history import checkpoint_of
+from app.loopwatch import LoopWatch
 from app.outputs import DEADLETTER_LINGER_S, OutputSink, Publisher
 from app.processor import Outcome
 from app.rawreader import RawReader
@@ -85,11 +86,13 @@ class BookRuntime:
         self._aged = {v: (t, lag) for v, t in self.topics.raw_by_venue.items() if (lag := venues.rule(v).max_lag_ns)}
         self._aged_topics = {t for t, _ in self._aged.values()}
         self._checkpointed = time.monotonic()  # the first book.checkpoints one interval after the start
+        self.loop_watch = LoopWatch(settings.loop_stall_trace_ms)  # bookstream_loop_lag_seconds, LOOP_STALL_TRACE_MS
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         quiet_fenced_leftovers(asyncio.get_running_loop())
         metrics.watch_gc()
+        self.loop_watch.start()
         await self.sink.start()
         self.state.start()
         self._registry = RegistryReader(self.settings, self.topics.instruments, self.publisher.registry)
@@ -106,6 +109,7 @@ class BookRuntime:
             await self.risk.start()
 
     async def stop(self) -> None:
+        self.loop_watch.stop()
         await self.reader.stop()
         if self.risk is not None:
             await self.risk.stop()

@@ -76,7 +76,8 @@ PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 DEFAULT_GUARANTEE = next(f.default for f in dataclasses.fields(Settings) if f.name == "processing_guarantee")
 RESULTS = Path(os.environ.get("BENCH_RESULTS", str(ROOT / "bench" / "results.json")))
 WORK = ROOT / ".data" / "bench"
-BROKER = Broker(ROOT / ".data" / "kafka-bench", PORT)
+BROKER_DIR = ROOT / ".data" / "kafka-bench"  # the bench's own broker: emptied when the bench starts it
+BROKER = Broker(BROKER_DIR, PORT)
 USDM = CAPTURES / "hftbacktest" / "usdm"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -517,12 +518,17 @@ class Bench:
             spy = None
             try:
                 say(f"latency ({mode}): {n:,} frames at {rate:,.0f}/s over {instruments} instruments")
-                reset_stages()  # this process runs the ingestion sink: ingest, raw_linger, raw_broker
                 cpu0 = cpu_seconds(pid(worker))
                 spy = start_spy(pid(worker), profile)
                 brokers = broker_pids()
-                lat, cores = cores_used([pid(worker), 0, *brokers],
-                                        lambda ns=ns: asyncio.run(measure_latency(ns, items, rate, tops)))
+                # the stages (this process runs the ingestion sink: ingest, raw_linger, raw_broker)
+                # read when the warm-up ends and at the end: the window's figures alone
+                window: list[StageCounts] = []
+                def measure(ns: Namespace = ns, url: str = worker.url, window: list[StageCounts] = window) -> Any:
+                    return asyncio.run(measure_latency(ns, items, rate, tops,
+                                                       on_measuring=lambda: window.append(stage_readings(url))))
+
+                lat, cores = cores_used([pid(worker), 0, *brokers], measure)
                 # the machine's 2 cores, shared: the worker, this process (the feed through the raw
                 # sink, and the reading consumer), the broker
                 lat["cores_used"] = {"worker": cores[0], "feed_and_reader": cores[1],
@@ -530,7 +536,11 @@ class Bench:
                 cpu = cpu_seconds(pid(worker)) - cpu0
                 lat["cpu_ms_per_frame"] = round(cpu * 1000 / n, 4)
                 lat["cpu_ms_per_raw_record"] = round(cpu * 1000 / lat["sent_in_records"], 3)
-                lat["stages"] = own_stages() | worker_stages(worker.url)
+                # a run shorter than its warm-up has no window: everything since the start then
+                lat["stages"] = stage_window(window[0] if window else ({}, {}), stage_readings(worker.url))
+                if os.environ.get("LOOP_STALL_TRACE_MS"):  # the worker traced what held its loop: its lines
+                    lat["loop_stalls_traced"] = [line.split("] ", 2)[-1] for line in worker.log_text().splitlines()
+                                                 if "event loop held" in line]
             finally:
                 stop_spy(spy)
                 worker.kill()
@@ -542,8 +552,11 @@ class Bench:
                 f"cores used {lat['cores_used']}")
             say("  each top's way, p50/p99 ms: " + ", ".join(
                 f"{k} {v['p50']}/{v['p99']}" for k, v in lat["split_ms"].items()))
-            say("  stages (p50/p99 bucket bounds, ms): " + ", ".join(
-                f"{k} {v['p50_le_ms']}/{v['p99_le_ms']}" for k, v in lat["stages"].items()))
+            say("  stages (p50/p99/max bucket bounds, ms): " + ", ".join(
+                f"{k} {v['p50_le_ms']}/{v['p99_le_ms']}/{v['max_le_ms']}" for k, v in lat["stages"].items()))
+            say("  worst moments (s into the window: ms = to published + to sent + to seen): " + ", ".join(
+                f"{m['at_s']}: {m['ms']} = {m['receive_to_published']} + {m['published_to_sent']} + "
+                f"{m['sent_to_seen']}" for m in lat["worst_moments"]))
         command = ("frames of the USD-M capture ×50 paced at the rate through bookstream's ingestion sink "
                    "(receive time stamped when put) into raw.binance-usdm; receive time → book.top seen by a "
                    "read_committed consumer, for frames received after a 10 s warm-up (BENCH_LATENCY_WARMUP_S); "
@@ -1236,27 +1249,23 @@ def stage_figures(counts: dict[str, list[float]], sums: dict[str, float]) -> dic
             return "inf"
 
         out[stage] = {"n": int(n), "mean_ms": round(sums[stage] / n * 1000, 3), "p50_le_ms": bound(0.5),
-                      "p99_le_ms": bound(0.99)}
+                      "p99_le_ms": bound(0.99), "max_le_ms": bound(1.0)}
     return out
 
 
-def reset_stages() -> None:
+StageCounts = tuple[dict[str, list[float]], dict[str, float]]  # per stage: count per bucket, sum of seconds
+
+
+def own_stage_counts() -> StageCounts:
+    """The stages this process timed (the ingestion sink's), as counts per bucket."""
     from app import metrics
 
-    for stage in metrics.STAGES:
-        metrics.stage_counts[stage] = [0] * len(metrics.stage_counts[stage])
-        metrics.stage_sum[stage] = 0.0
+    return {k: list(map(float, v)) for k, v in metrics.stage_counts.items()}, dict(metrics.stage_sum)
 
 
-def own_stages() -> dict[str, Any]:
-    """The stages this process timed (the ingestion sink's)."""
-    from app import metrics
-
-    return stage_figures({k: list(map(float, v)) for k, v in metrics.stage_counts.items()}, dict(metrics.stage_sum))
-
-
-def worker_stages(url: str) -> dict[str, Any]:
-    """The stages a worker timed, from its /metrics (bookstream_stage_latency_seconds)."""
+def worker_stage_counts(url: str) -> StageCounts:
+    """The stages a worker timed, its collections (``gc0``..``gc2``) and its event loop's lateness
+    (``loop_lag``), from its /metrics, as counts per bucket."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:  # noqa: S310 - local URL
@@ -1264,22 +1273,44 @@ def worker_stages(url: str) -> dict[str, Any]:
     cumulative: dict[str, list[float]] = {}
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in ("bookstream_stage_latency_seconds", "bookstream_gc_pause_seconds"):
+        if family.name not in ("bookstream_stage_latency_seconds", "bookstream_gc_pause_seconds",
+                               "bookstream_loop_lag_seconds"):
             continue
         for sample in family.samples:
-            stage = sample.labels.get("stage") or f"gc{sample.labels['generation']}"  # gc2: full collections
+            if family.name == "bookstream_loop_lag_seconds":
+                stage = "loop_lag"
+            else:
+                stage = sample.labels.get("stage") or f"gc{sample.labels['generation']}"  # gc2: full collections
             if sample.name.endswith("_bucket"):
                 cumulative.setdefault(stage, []).append(sample.value)
             elif sample.name.endswith("_sum"):
                 sums[stage] = sample.value
     counts = {k: [b - a for a, b in zip([0.0, *v], v, strict=False)] for k, v in cumulative.items()}
+    return counts, sums
+
+
+def stage_window(before: StageCounts, after: StageCounts) -> dict[str, Any]:
+    """The stage figures of what was timed between two readings (a measurement window, its
+    warm-up and the worker's start left out)."""
+    counts = {k: [b - a for a, b in zip(before[0].get(k, [0.0] * len(v)), v, strict=True)]
+              for k, v in after[0].items()}
+    sums = {k: v - before[1].get(k, 0.0) for k, v in after[1].items()}
     return stage_figures(counts, sums)
 
 
-async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops: int) -> dict[str, Any]:
+def stage_readings(url: str) -> StageCounts:
+    """This process's stages and a worker's, read at one moment."""
+    (own, own_sums), (worker, worker_sums) = own_stage_counts(), worker_stage_counts(url)
+    counts = {k: [a + b for a, b in zip(own.get(k, [0.0] * len(v)), v, strict=True)] for k, v in worker.items()}
+    return own | counts, {k: own_sums.get(k, 0.0) + worker_sums.get(k, 0.0) for k in own_sums.keys() | worker_sums}
+
+
+async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops: int,
+                          on_measuring: Callable[[], None] | None = None) -> dict[str, Any]:
     """Put frames into the ingestion sink at ``rate`` (receive time = when put) while a plain
     consumer reads book.top; latency = seen − ts_recv. Raises unless the ``tops`` top changes of
-    the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none."""
+    the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none.
+    ``on_measuring`` is called (in a thread) when the warm-up ends."""
     settings = ns.settings()
     sink = RawSink(settings, 64 * 2**20, role="bench")
     sink.start()
@@ -1289,6 +1320,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
     sent_lat: list[float] = []  # published → its Kafka time (the output lane's linger until sent)
     read_lat: list[float] = []  # its Kafka time → seen here (the broker, the fetch, this process's loop)
+    moments: list[tuple[float, ...]] = []  # (received, latency, the three parts) of each: when the worst were
     seen: set[bytes] = set()
     stop = asyncio.Event()
     consumer = AIOKafkaConsumer(ns.topic("book.top"), bootstrap_servers=BOOTSTRAP, auto_offset_reset="latest",
@@ -1309,15 +1341,23 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
                         worker_lat.append((top["ts_published"] - top["ts_recv"]) / 1e6)
                         sent_lat.append(m.timestamp - top["ts_published"] / 1e6)
                         read_lat.append(now / 1e6 - m.timestamp)
+                        moments.append((top["ts_recv"] / 1e9, lat[-1], worker_lat[-1], sent_lat[-1], read_lat[-1]))
 
-    reader = asyncio.get_running_loop().create_task(read())
+    loop = asyncio.get_running_loop()
+    reader = loop.create_task(read())
     began = time.monotonic()
+    measuring: asyncio.Future[None] | None = None
     try:
         for i, rec in enumerate(items):
             ahead = i / rate - (time.monotonic() - began)
             if ahead > 0.001:  # in steps of a millisecond: a sleep per frame would load the generator
                 await asyncio.sleep(ahead)
-            sink.put(RawFrame(f"binance-usdm:{rec.symbol}", time.time_ns(), rec.kind, rec.conn, rec.frame))
+            received = time.time_ns()
+            if measuring is None and received >= measure_from and on_measuring is not None:
+                measuring = loop.run_in_executor(None, on_measuring)
+            sink.put(RawFrame(f"binance-usdm:{rec.symbol}", received, rec.kind, rec.conn, rec.frame))
+        if measuring is not None:
+            await measuring
         await sink.flush()
         deadline = time.monotonic() + 120
         # the tail's tops, still on their way (the reader adds to a set: no event to wait on)
@@ -1343,7 +1383,26 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
                          for name, v in (("receive_to_published", worker_lat), ("published_to_sent", sent_lat),
                                          ("sent_to_seen", read_lat))},
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
-            "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None}
+            "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None,
+            "worst_moments": worst_moments(moments)}
+
+
+def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
+    """The ``n`` worst moments of a latency run, each the worst top within ``apart_s`` of any other
+    listed: the p99 of a few thousand tops rests on a few dozen, and they come in bursts (every
+    stage slow at once: the machine, not one stage). Seconds into the window, latency and its parts."""
+    if not moments:
+        return []
+    start = min(m[0] for m in moments)
+    picked: list[tuple[float, ...]] = []
+    for m in sorted(moments, key=lambda m: -m[1]):
+        if all(abs(m[0] - p[0]) >= apart_s for p in picked):
+            picked.append(m)
+            if len(picked) == n:
+                break
+    return [{"at_s": round(t - start, 2), "ms": round(total, 1), "receive_to_published": round(w, 1),
+             "published_to_sent": round(sent, 1), "sent_to_seen": round(read, 1)}
+            for t, total, w, sent, read in picked]
 
 
 async def watch_latency(ns: Namespace, seconds: float) -> dict[str, Any]:
@@ -1439,6 +1498,11 @@ def main() -> int:
         print(f"bench: the hftbacktest USD-M capture is missing ({USDM})", file=sys.stderr)
         return 2
     started_broker = BROKER.run("status").returncode != 0
+    if started_broker:
+        # The bench's own broker starts empty: one that kept every earlier run's topics (5,471
+        # partitions, 2.4 GB found here) loads them all at start and walks them in its periodic
+        # checkpoints, and every figure measured its leftovers as well as bookstream.
+        shutil.rmtree(BROKER_DIR, ignore_errors=True)
     up = BROKER.run("up")
     if up.returncode != 0:
         print(f"bench: cannot start the benchmark broker:\n{up.stderr}", file=sys.stderr)
@@ -1464,6 +1528,7 @@ def main() -> int:
     finally:
         if started_broker:
             BROKER.run("down")
+            shutil.rmtree(BROKER_DIR, ignore_errors=True)
         shutil.rmtree(WORK, ignore_errors=True)
     results["summary"] = summarise(figures)
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

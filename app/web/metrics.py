@@ -93,6 +93,7 @@ class BookstreamCollector(Collector):
         yield self._latency()
         yield self._stages()
         yield self._gc()
+        yield self._loop_lag()
 
     @staticmethod
     def _pipeline(counters: Mapping[str, float], totals: Mapping[str, int]) -> Iterator[Metric]:
@@ -243,6 +244,15 @@ class BookstreamCollector(Collector):
         for stage in metrics.STAGES:
             family.add_metric([stage], _cumulative(metrics.STAGE_BUCKETS, metrics.stage_counts[stage]),
                               metrics.stage_sum[stage])
+        return family
+
+    @staticmethod
+    def _loop_lag() -> Metric:
+        """How late the event loop's heartbeat ran (app.loopwatch)."""
+        family = HistogramMetricFamily("bookstream_loop_lag_seconds", "How late the worker's event-loop heartbeat "
+                                       "(every 10 ms) ran: time the loop was busy elsewhere or the process was not "
+                                       "running. Every frame arriving meanwhile waits as long.")
+        family.add_metric([], _cumulative(metrics.STAGE_BUCKETS, metrics.loop_lag_counts), metrics.loop_lag_sum[0])
         return family
 
     @staticmethod

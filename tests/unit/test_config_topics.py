@@ -61,6 +61,8 @@ def test_auto_is_none(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     ({"RAW_RETENTION_BYTES": "lots"}, "RAW_RETENTION_BYTES", "is not a whole number"),
     ({"OUTPUT_RETENTION_MS": "0"}, "OUTPUT_RETENTION_MS", "would delete everything"),
     ({"PROCESSING_GUARANTEE": "exactly_once_v2"}, "PROCESSING_GUARANTEE", "must be at_least_once or exactly_once"),
+    ({"LOOP_STALL_TRACE_MS": "2"}, "LOOP_STALL_TRACE_MS", "below 5"),
+    ({"LOOP_STALL_TRACE_MS": "soon"}, "LOOP_STALL_TRACE_MS", "is not a number"),
 ])
 def test_bad_values_are_one_clear_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str,
                                        message: str) -> None:

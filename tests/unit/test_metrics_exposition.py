@@ -42,6 +42,7 @@ FAMILIES = {
     "bookstream_margin_equity": "gauge", "bookstream_margin_mm_ratio": "gauge", "bookstream_margin_im_ratio": "gauge",
     "bookstream_margin_ok": "gauge", "bookstream_hedge_in_flight": "gauge",
     "bookstream_stage_latency_seconds": "histogram", "bookstream_gc_pause_seconds": "histogram",
+    "bookstream_loop_lag_seconds": "histogram",
 }
 
 
