@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import itertools
 import json
 import os
@@ -76,7 +77,7 @@ PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 DEFAULT_GUARANTEE = next(f.default for f in dataclasses.fields(Settings) if f.name == "processing_guarantee")
 RESULTS = Path(os.environ.get("BENCH_RESULTS", str(ROOT / "bench" / "results.json")))
 WORK = ROOT / ".data" / "bench"
-BROKER_DIR = ROOT / ".data" / "kafka-bench"  # the bench's own broker: emptied when the bench starts it
+BROKER_DIR = ROOT / ".data" / "kafka-bench"  # the bench's own broker: its topics emptied when the bench starts it
 BROKER = Broker(BROKER_DIR, PORT)
 USDM = CAPTURES / "hftbacktest" / "usdm"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -1026,7 +1027,7 @@ def check_book(worker: Worker, books: int, levels: int) -> None:
 def compacted(topic: str) -> dict[str, Any] | None:
     """The broker's own record of its log cleaner: every partition of ``topic`` cleaned up to the
     start of its active segment (the cleaner never touches that one). Sizes on disk, in MB."""
-    logs = ROOT / ".data" / "kafka-bench" / "kraft-logs"
+    logs = BROKER_DIR / "kraft-logs"
     checkpoint = logs / "cleaner-offset-checkpoint"
     if not checkpoint.exists():
         return None
@@ -1312,6 +1313,9 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none.
     ``on_measuring`` is called (in a thread) when the warm-up ends."""
     settings = ns.settings()
+    # this process's own collections (it holds the loaded capture): a long one would stop the
+    # feed and the reader and be measured as bookstream's latency; the report says how long they were
+    pauses = GcPauses()
     sink = RawSink(settings, 64 * 2**20, role="bench")
     sink.start()
     warmup_ns = int(float(os.environ.get("BENCH_LATENCY_WARMUP_S", "10")) * 1e9)
@@ -1368,6 +1372,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
         await reader
         await consumer.stop()
         await sink.stop()
+        pauses.stop()
     if len(seen) != tops:
         raise RuntimeError(f"book.top holds {len(seen):,} distinct top changes of the reference's {tops:,}: "
                            "outputs were lost, the latency figure is void")
@@ -1384,7 +1389,31 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
                                          ("sent_to_seen", read_lat))},
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
             "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None,
-            "worst_moments": worst_moments(moments)}
+            "worst_moments": worst_moments(moments),
+            "feed_and_reader_gc": pauses.figures()}
+
+
+class GcPauses:
+    """The collections of this process (the feed and the reading consumer) while it measures."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._began))
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def figures(self) -> dict[str, Any]:
+        full = [s for g, s in self.pauses if g == 2]
+        return {"collections": len(self.pauses), "full": len(full),
+                "longest_ms": round(max((s for _, s in self.pauses), default=0.0) * 1000, 2)}
 
 
 def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
@@ -1502,7 +1531,7 @@ def main() -> int:
         # The bench's own broker starts empty: one that kept every earlier run's topics (5,471
         # partitions, 2.4 GB found here) loads them all at start and walks them in its periodic
         # checkpoints, and every figure measured its leftovers as well as bookstream.
-        shutil.rmtree(BROKER_DIR, ignore_errors=True)
+        shutil.rmtree(BROKER_DIR / "kraft-logs", ignore_errors=True)  # its own logs (logs/) are kept
     up = BROKER.run("up")
     if up.returncode != 0:
         print(f"bench: cannot start the benchmark broker:\n{up.stderr}", file=sys.stderr)
@@ -1528,7 +1557,7 @@ def main() -> int:
     finally:
         if started_broker:
             BROKER.run("down")
-            shutil.rmtree(BROKER_DIR, ignore_errors=True)
+            shutil.rmtree(BROKER_DIR / "kraft-logs", ignore_errors=True)
         shutil.rmtree(WORK, ignore_errors=True)
     results["summary"] = summarise(figures)
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
