@@ -64,6 +64,9 @@ class LoopWatch:
         self.stalls: collections.deque[tuple[float, str]] = collections.deque(maxlen=100)
 
     def start(self) -> None:
+        if self._handle is not None:
+            return  # started already
+        self._stop.clear()
         self._loop = asyncio.get_running_loop()
         self.last_beat = time.monotonic()
         self._due = self.last_beat + self.beat_s

@@ -1313,9 +1313,6 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none.
     ``on_measuring`` is called (in a thread) when the warm-up ends."""
     settings = ns.settings()
-    # this process's own collections (it holds the loaded capture): a long one would stop the
-    # feed and the reader and be measured as bookstream's latency; the report says how long they were
-    pauses = GcPauses()
     sink = RawSink(settings, 64 * 2**20, role="bench")
     sink.start()
     warmup_ns = int(float(os.environ.get("BENCH_LATENCY_WARMUP_S", "10")) * 1e9)
@@ -1348,6 +1345,9 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
                         moments.append((top["ts_recv"] / 1e9, lat[-1], worker_lat[-1], sent_lat[-1], read_lat[-1]))
 
     loop = asyncio.get_running_loop()
+    # this process's own collections (it holds the loaded capture): a long one would stop the
+    # feed and the reader and be measured as bookstream's latency; the report says how long they were
+    pauses = GcPauses()
     reader = loop.create_task(read())
     began = time.monotonic()
     measuring: asyncio.Future[None] | None = None
@@ -1418,8 +1418,8 @@ class GcPauses:
 
 def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
     """The ``n`` worst moments of a latency run, each the worst top within ``apart_s`` of any other
-    listed: the p99 of a few thousand tops rests on a few dozen, and they come in bursts (every
-    stage slow at once: the machine, not one stage). Seconds into the window, latency and its parts."""
+    listed: the p99 of a few thousand tops rests on a few dozen, and they come in bursts (a moment
+    where every part of the way is slow at once). Seconds into the window, latency and its parts."""
     if not moments:
         return []
     start = min(m[0] for m in moments)
