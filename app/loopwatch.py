@@ -52,8 +52,7 @@ class LoopWatch:
     def __init__(self, trace_ms: float = 0.0, beat_s: float = BEAT_S) -> None:
         self.trace_s = trace_ms / 1000.0
         self.beat_s = beat_s
-        self.last_beat = time.monotonic()
-        self._due = 0.0
+        self.last_beat = time.monotonic()  # the next beat is due beat_s after it
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -69,7 +68,6 @@ class LoopWatch:
         self._stop.clear()
         self._loop = asyncio.get_running_loop()
         self.last_beat = time.monotonic()
-        self._due = self.last_beat + self.beat_s
         self._handle = self._loop.call_at(self._loop.time() + self.beat_s, self._beat)
         if self.trace_s > 0:
             self._thread = threading.Thread(target=self._trace, args=(threading.get_ident(),),
@@ -87,9 +85,8 @@ class LoopWatch:
 
     def _beat(self) -> None:
         now = time.monotonic()
-        metrics.observe_loop_lag(max(now - self._due, 0.0))
+        metrics.observe_loop_lag(max(now - self.last_beat - self.beat_s, 0.0))
         self.last_beat = now
-        self._due = now + self.beat_s
         assert self._loop is not None
         self._handle = self._loop.call_at(self._loop.time() + self.beat_s, self._beat)
 

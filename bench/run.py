@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import itertools
 import json
 import os
@@ -1264,6 +1263,15 @@ def own_stage_counts() -> StageCounts:
     return {k: list(map(float, v)) for k, v in metrics.stage_counts.items()}, dict(metrics.stage_sum)
 
 
+def own_gc_counts() -> StageCounts:
+    """This process's collections per generation (``gc0``..``gc2``: app.metrics times each one)."""
+    from app import metrics
+
+    metrics.watch_gc()  # once per process
+    return ({f"gc{g}": list(map(float, c)) for g, c in metrics.gc_counts.items()},
+            {f"gc{g}": s for g, s in metrics.gc_sum.items()})
+
+
 def worker_stage_counts(url: str) -> StageCounts:
     """The stages a worker timed, its collections (``gc0``..``gc2``) and its event loop's lateness
     (``loop_lag``), from its /metrics, as counts per bucket."""
@@ -1347,7 +1355,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     loop = asyncio.get_running_loop()
     # this process's own collections (it holds the loaded capture): a long one would stop the
     # feed and the reader and be measured as bookstream's latency; the report says how long they were
-    pauses = GcPauses()
+    gc_before = own_gc_counts()
     reader = loop.create_task(read())
     began = time.monotonic()
     measuring: asyncio.Future[None] | None = None
@@ -1372,7 +1380,6 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
         await reader
         await consumer.stop()
         await sink.stop()
-        pauses.stop()
     if len(seen) != tops:
         raise RuntimeError(f"book.top holds {len(seen):,} distinct top changes of the reference's {tops:,}: "
                            "outputs were lost, the latency figure is void")
@@ -1390,30 +1397,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
             "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None,
             "worst_moments": worst_moments(moments),
-            "feed_and_reader_gc": pauses.figures()}
-
-
-class GcPauses:
-    """The collections of this process (the feed and the reading consumer) while it measures."""
-
-    def __init__(self) -> None:
-        self.pauses: list[tuple[int, float]] = []
-        self._began = 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-        else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._began))
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._on_gc)
-
-    def figures(self) -> dict[str, Any]:
-        full = [s for g, s in self.pauses if g == 2]
-        return {"collections": len(self.pauses), "full": len(full),
-                "longest_ms": round(max((s for _, s in self.pauses), default=0.0) * 1000, 2)}
+            "feed_and_reader_gc": stage_window(gc_before, own_gc_counts())}
 
 
 def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
