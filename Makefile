@@ -22,7 +22,7 @@ BROKER_FREE = tests/integration/test_venue_sessions.py
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py app/book_core_c.pyx
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "bookstream needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -109,4 +109,4 @@ format: install ## Apply ruff's fixes and formatting
 clean: ## Remove caches, data dirs and the virtualenv (stop the broker first)
 	@scripts/kafka.sh down || true
 	@$(CLUSTER_ENV) scripts/kafka.sh down || true
-	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts build app/book_core_c.c app/book_core_c.*.so

@@ -4,9 +4,13 @@ Each side maps a float sort key to the venue's own (price, size) strings. The fl
 only an ordering key (distinct decimal prices of ≤ 15 significant digits never collide);
 what is published, persisted and check-summed is always the venue's text.
 
-Every mutation returns the level changes it made (:class:`Change`: side, price, size, with
+Every mutation returns the level changes it made (:data:`Change`: side, price, size, with
 size None meaning "deleted"), so the caller can persist exactly what changed and nothing more;
 a snapshot (:meth:`OrderBook.replace`) returns the diff against the book it replaces.
+
+The sides and the level loop are the *book core*: compiled (``app/book_core_c.pyx``, built by
+``make install``) or the Python reference (``app/book_core.py``), same results. Which one runs:
+``BOOK_CORE`` (``auto``: the compiled one when it is built), :func:`use_core`, :data:`core`.
 
 A venue whose crossed books are resolved by age (dYdX, ``SyncRule.uncross_by_age``) keeps
 beside the book a :class:`LevelIds` — the sequence of the update that set each level — and
@@ -16,29 +20,58 @@ beside the book a :class:`LevelIds` — the sequence of the update that set each
 from __future__ import annotations
 
 import bisect
-import math
+import importlib
+import logging
 import operator
+import os
 from collections.abc import Iterable, Iterator
 from decimal import Decimal, localcontext
-from typing import NamedTuple
+from types import ModuleType
+from typing import Any, NamedTuple
 
-from sortedcontainers import SortedDict
-
+from app import book_core
+from app.book_core import CORES, Change, Side
 from app.decimals import decimal_text
-from app.errors import FrameError
+from app.errors import ConfigError
 from app.records.book import Aggregates, Band
 from app.venues.base import Level
+
+log = logging.getLogger(__name__)
 
 BID, ASK = "b", "a"
 BANDS_BPS = (10, 25, 50, 100)
 
+__all__ = ["ASK", "BID", "CORES", "Change", "LevelIds", "OrderBook", "Top", "core", "mid_spread", "uncross",
+           "use_core"]
 
-class Change(NamedTuple):
-    """A persisted level change."""
 
-    side: str  # BID or ASK
-    price: str  # the level's price text (the one first seen for it: the persisted key)
-    size: str | None  # the new size text; None: the level was deleted
+def _compiled() -> ModuleType | None:
+    try:
+        return importlib.import_module("app.book_core_c")  # built by `make install` (setup.py)
+    except ImportError:
+        return None
+
+
+#: The core in use (``core.NAME``: "compiled" or "python"): the compiled one when it is built,
+#: unless BOOK_CORE=python; the worker sets it from its settings (:func:`use_core`).
+core: Any = book_core if os.environ.get("BOOK_CORE", "").strip().lower() == "python" else (_compiled() or book_core)
+
+
+def use_core(name: str) -> str:
+    """Run the book core ``name`` (``BOOK_CORE``: auto, compiled, python) from now on; returns the
+    name of the one that runs. Books made before keep theirs (call it before any book exists)."""
+    global core
+    if name not in CORES:
+        raise ConfigError(f"BOOK_CORE={name!r} must be one of {', '.join(CORES)}")
+    compiled = _compiled()
+    if name == "compiled" and compiled is None:
+        raise ConfigError("BOOK_CORE=compiled but the compiled book core is not built (app/book_core_c.pyx): "
+                          "run `make install` (it needs a C compiler), or set BOOK_CORE=auto or python")
+    core = book_core if name == "python" or compiled is None else compiled
+    if name == "auto" and compiled is None:
+        log.warning("the compiled book core is not built: the Python core runs (same books, slower; "
+                    "`make install` builds it)")
+    return str(core.NAME)
 
 
 class Top(NamedTuple):
@@ -52,40 +85,20 @@ class Top(NamedTuple):
 
 #: Builds a NamedTuple without its Python-level ``__new__`` (a third of the cost, on the hot path).
 _new = tuple.__new__
-_INF = math.inf
-_dict_set = dict.__setitem__  # SortedDict is a dict: an existing key needs no re-sorting
-
-
-def _key(price: str) -> float:
-    try:
-        value = float(price)
-    except ValueError:
-        raise FrameError("bad-price", price[:30]) from None
-    if not 0 < value < _INF:  # NaN fails too
-        raise FrameError("bad-price", price[:30])
-    return value
-
-
-def _is_zero(size: str) -> bool:
-    try:
-        value = float(size)
-    except ValueError:
-        raise FrameError("bad-size", size[:30]) from None
-    if not 0 <= value < _INF:
-        raise FrameError("bad-size", size[:30])
-    return value == 0
+_EMPTY_TOP = Top(None, None, None, None)
 
 
 class OrderBook:
-    """Two sorted sides. Best bid is the highest key, best ask the lowest."""
+    """Two sorted sides (:class:`app.book_core.Side`: the best level last)."""
 
-    __slots__ = ("asks", "bids")
+    __slots__ = ("asks", "bids", "core")
 
     def __init__(self) -> None:
-        self.bids: SortedDict = SortedDict()
-        self.asks: SortedDict = SortedDict()
+        self.core = core
+        self.bids: Side = self.core.Side(True)
+        self.asks: Side = self.core.Side(False)
 
-    def side(self, side: str) -> SortedDict:
+    def side(self, side: str) -> Side:
         return self.bids if side == BID else self.asks
 
     def __len__(self) -> int:
@@ -95,89 +108,77 @@ class OrderBook:
     def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
         """Apply absolute level updates of both sides: all validated first, then applied, so a
         bad level leaves the book untouched (memory and table never part ways)."""
-        parsed = [(side, [(_key(price), _is_zero(size), price, size) for price, size in levels])
-                  for side, levels in ((BID, bids), (ASK, asks))]
-        changes: list[Change] = []
-        append = changes.append
-        for side, updates in parsed:
-            book = self.bids if side == BID else self.asks
-            get = book.get
-            for key, zero, price, size in updates:
-                old = get(key)
-                if zero:
-                    if old is not None:  # a delete of a level never seen is harmless (Coinbase does it)
-                        del book[key]
-                        append(_new(Change, (side, old[0], None)))
-                elif old is None:
-                    book[key] = (price, size)
-                    append(_new(Change, (side, price, size)))
-                elif old[1] != size:  # the price text first seen stays: it is the persisted key
-                    _dict_set(book, key, (old[0], size))
-                    append(_new(Change, (side, old[0], size)))
+        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, bids, asks)
         return changes
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
-        """Replace the whole book by a snapshot; returns only the levels that differ."""
-        changes: list[Change] = []
+        """Replace the whole book by a snapshot; returns only the levels that differ. Both sides
+        are validated before either is replaced."""
+        parse_key, parse_zero = self.core.parse_key, self.core.parse_zero
+        sides = []
         for side, levels in ((BID, bids), (ASK, asks)):
             new: dict[float, tuple[str, str]] = {}
             for price, size in levels:
-                if not _is_zero(size):
-                    new[_key(price)] = (price, size)
+                if not parse_zero(size):
+                    new[parse_key(price)] = (price, size)
+            sides.append((side, new))
+        changes: list[Change] = []
+        for side, new in sides:
             old = self.side(side)
-            for key, (price, _) in old.items():
-                if key not in new:
-                    changes.append(Change(side, price, None))
+            changes.extend((side, prev[0], None) for key, prev in old.items() if key not in new)
             for key, (price, size) in new.items():
                 prev = old.get(key)
-                if prev is None or prev[1] != size:
-                    changes.append(Change(side, prev[0] if prev is not None else price, size))
-            fresh = SortedDict(new)
-            for key, prev in old.items():  # keep the persisted price text of kept levels
-                if key in fresh:
-                    fresh[key] = (prev[0], fresh[key][1])
+                if prev is None:
+                    changes.append((side, price, size))
+                else:  # a kept level keeps its persisted price text
+                    new[key] = (prev[0], size)
+                    if prev[1] != size:
+                        changes.append((side, prev[0], size))
             if side == BID:
-                self.bids = fresh
+                self.bids = self.core.Side(True, new)
             else:
-                self.asks = fresh
+                self.asks = self.core.Side(False, new)
         return changes
 
     def restore(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Put persisted levels back (loading from the table): no validation, no change records."""
-        self.bids = SortedDict({float(p): (p, s) for p, s in bids})
-        self.asks = SortedDict({float(p): (p, s) for p, s in asks})
+        self.bids = self.core.Side(True, {float(p): (p, s) for p, s in bids})
+        self.asks = self.core.Side(False, {float(p): (p, s) for p, s in asks})
 
     # -- reading --------------------------------------------------------------------
     def best_bid(self) -> tuple[str, str] | None:
-        return self.bids.peekitem(-1)[1] if self.bids else None
+        best = self.bids.best()
+        return best[1] if best is not None else None
 
     def best_ask(self) -> tuple[str, str] | None:
-        return self.asks.peekitem(0)[1] if self.asks else None
+        best = self.asks.best()
+        return best[1] if best is not None else None
 
     def crossed(self) -> bool:
-        return bool(self.bids and self.asks) and self.bids.peekitem(-1)[0] >= self.asks.peekitem(0)[0]
+        bid, ask = self.bids.best(), self.asks.best()
+        return bid is not None and ask is not None and bid[0] >= ask[0]
 
     def top(self) -> Top:
-        bid, ask = self.best_bid(), self.best_ask()
+        bid, ask = self.bids.best(), self.asks.best()
+        if bid is None and ask is None:
+            return _EMPTY_TOP
         return _new(Top, (
-            bid[0] if bid else None,
-            bid[1] if bid else None,
-            ask[0] if ask else None,
-            ask[1] if ask else None,
+            bid[1][0] if bid else None,
+            bid[1][1] if bid else None,
+            ask[1][0] if ask else None,
+            ask[1][1] if ask else None,
         ))
 
     def iter_bids(self) -> Iterator[tuple[str, str]]:
         """Bids best first."""
-        return (self.bids[k] for k in reversed(self.bids.keys()))
+        return iter(self.bids.top(len(self.bids)))
 
     def iter_asks(self) -> Iterator[tuple[str, str]]:
         """Asks best first."""
-        return (self.asks[k] for k in self.asks)
+        return iter(self.asks.top(len(self.asks)))
 
     def levels(self, n: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        bids = [self.bids[k] for k in self.bids.islice(max(0, len(self.bids) - n), reverse=True)]
-        asks = [self.asks[k] for k in self.asks.islice(0, n)]
-        return bids, asks
+        return self.bids.top(n), self.asks.top(n)
 
     def aggregates(self, n: int) -> Aggregates:
         """Depth view: top ``n`` levels, mid, spread, microprice, imbalance, bps bands."""
@@ -231,9 +232,9 @@ def uncross(book: OrderBook, ids: LevelIds) -> list[Change]:
     the oldest. Returns the level changes made (their ids are dropped with removed levels)."""
     changes: list[Change] = []
     bids, asks = book.bids, book.asks
-    while bids and asks:
-        bid_key, (bid_px, bid_sz) = bids.peekitem(-1)
-        ask_key, (ask_px, ask_sz) = asks.peekitem(0)
+    while (best_bid := bids.best()) is not None and (best_ask := asks.best()) is not None:
+        bid_key, (bid_px, bid_sz) = best_bid
+        ask_key, (ask_px, ask_sz) = best_ask
         if bid_key < ask_key:
             break
         bid_id, ask_id = ids.bids.get(bid_key, -1), ids.asks.get(ask_key, -1)
@@ -244,26 +245,27 @@ def uncross(book: OrderBook, ids: LevelIds) -> list[Change]:
                 ctx.prec = 34
                 net = Decimal(bid_sz) - Decimal(ask_sz)
             if net == 0:  # both go
-                del bids[bid_key], asks[ask_key]
+                bids.remove(bid_key)
+                asks.remove(ask_key)
                 ids.bids.pop(bid_key, None)
                 ids.asks.pop(ask_key, None)
-                changes += [Change(BID, bid_px, None), Change(ASK, ask_px, None)]
+                changes += [(BID, bid_px, None), (ASK, ask_px, None)]
                 continue
             drop_bid = net < 0
             if drop_bid:  # the ask keeps the difference
-                _dict_set(asks, ask_key, (ask_px, decimal_text(-net)))
-                changes.append(Change(ASK, ask_px, decimal_text(-net)))
+                asks.set(ask_key, (ask_px, decimal_text(-net)))
+                changes.append((ASK, ask_px, decimal_text(-net)))
             else:
-                _dict_set(bids, bid_key, (bid_px, decimal_text(net)))
-                changes.append(Change(BID, bid_px, decimal_text(net)))
+                bids.set(bid_key, (bid_px, decimal_text(net)))
+                changes.append((BID, bid_px, decimal_text(net)))
         if drop_bid:
-            del bids[bid_key]
+            bids.remove(bid_key)
             ids.bids.pop(bid_key, None)
-            changes.append(Change(BID, bid_px, None))
+            changes.append((BID, bid_px, None))
         else:
-            del asks[ask_key]
+            asks.remove(ask_key)
             ids.asks.pop(ask_key, None)
-            changes.append(Change(ASK, ask_px, None))
+            changes.append((ASK, ask_px, None))
     return changes
 
 
@@ -276,7 +278,7 @@ def mid_spread(bid_px: str, ask_px: str) -> tuple[str, str, str]:
         return decimal_text(mid), decimal_text(ask - bid), decimal_text((ask - bid) / mid * 10_000, 4)
 
 
-def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
+def _band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
     """Cumulative size from the top of book out to each bound (nearest bound first).
 
     Called for every ``book.depth`` record, on books of a few levels to thousands: only the
@@ -285,12 +287,11 @@ def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list
     found by bisection and made exact with Decimal at the edge, and sizes are summed per segment
     in C, not level by level.
     """
-    widest = float(bounds[-1])
-    keys = side.keys()[side.bisect_left(widest):] if bids_side else side.keys()[:side.bisect_right(widest)]
+    keys, levels = side.within(float(bounds[-1]))  # best first
     if not keys:
         return [Decimal(0)] * len(bounds)
-    levels = operator.itemgetter(*keys)(side) if len(keys) > 1 else (side[keys[0]],)
     m = len(levels)
+    order = [-k for k in keys] if bids_side else keys  # ascending, away from the top
 
     def inside(i: int, bound: Decimal) -> bool:
         price = Decimal(levels[i][0])
@@ -298,22 +299,14 @@ def _band_sums(side: SortedDict, bounds: list[Decimal], bids_side: bool) -> list
 
     sizes = list(map(_DECIMALS.__getitem__, map(_SIZE, levels)))
     totals: list[Decimal] = []
-    total, edge = Decimal(0), m if bids_side else 0
-    for bound in bounds:
-        if bids_side:  # inside: indices cut..m-1 (the best bid is last)
-            cut = bisect.bisect_left(keys, float(bound))
-            while cut < m and not inside(cut, bound):
-                cut += 1
-            while cut > 0 and inside(cut - 1, bound):
-                cut -= 1
-            total += sum(sizes[cut:edge], Decimal(0))
-        else:  # inside: indices 0..cut-1 (the best ask is first)
-            cut = bisect.bisect_right(keys, float(bound))
-            while cut > 0 and not inside(cut - 1, bound):
-                cut -= 1
-            while cut < m and inside(cut, bound):
-                cut += 1
-            total += sum(sizes[edge:cut], Decimal(0))
+    total, edge = Decimal(0), 0
+    for bound in bounds:  # inside: indices edge..cut-1
+        cut = bisect.bisect_right(order, -float(bound) if bids_side else float(bound))
+        while cut > 0 and not inside(cut - 1, bound):
+            cut -= 1
+        while cut < m and inside(cut, bound):
+            cut += 1
+        total += sum(sizes[edge:cut], Decimal(0))
         totals.append(total)
         edge = cut
     return totals

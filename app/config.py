@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from app import book_core
 from app.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ ENV_VARS = (
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
     "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
     "MIN_INSYNC_REPLICAS", "RAW_RETENTION_MS", "RAW_RETENTION_BYTES", "OUTPUT_RETENTION_MS", "PROCESSING_GUARANTEE",
+    "BOOK_CORE",
 )
 
 #: PROCESSING_GUARANTEE values (Kafka Streams' names).
@@ -255,6 +257,12 @@ def _event_loop(name: str) -> str:
     return name
 
 
+def _book_core(name: str) -> str:
+    if name not in book_core.CORES:
+        raise ConfigError(f"BOOK_CORE={name!r} must be one of {', '.join(book_core.CORES)}")
+    return name
+
+
 def _compression(name: str) -> str | None:
     if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
@@ -390,6 +398,7 @@ class Settings:
     static_membership: bool = True
     output_buffer_mb: float = 64.0
     event_loop: str = "uvloop"
+    book_core: str = "auto"  # BOOK_CORE: auto (the compiled core when built), compiled, python
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
     compression: str | None = "zstd"
@@ -500,6 +509,7 @@ def load() -> Settings:
         static_membership=_env_bool("STATIC_MEMBERSHIP", True),
         output_buffer_mb=_env_float("OUTPUT_BUFFER_MB", 64.0, minimum=1.0),
         event_loop=_event_loop(_env_str("EVENT_LOOP", "uvloop").lower()),
+        book_core=_book_core(_env_str("BOOK_CORE", "auto").lower()),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),

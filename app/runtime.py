@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from app import metrics, venues
+from app import book, metrics, venues
 from app.config import Settings
 from app.history import checkpoint_of
 from app.loopwatch import LoopWatch
@@ -91,6 +91,7 @@ class BookRuntime:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         quiet_fenced_leftovers(asyncio.get_running_loop())
+        log.info("book core: %s (BOOK_CORE=%s)", book.core.NAME, self.settings.book_core)
         metrics.watch_gc()
         self.loop_watch.start()
         await self.sink.start()

@@ -268,7 +268,7 @@ class Instrument:
         """Every level of the snapshot was set by it; the levels it removed are forgotten."""
         assert self.ids is not None
         rows = fx.ids if fx.ids is not None else []
-        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        rows += [(side, price, None) for side, price, size in changes if size is None]
         for side, tree in ((BID, self.book.bids), (ASK, self.book.asks)):
             memory = self.ids.side(side)
             memory.clear()
@@ -282,7 +282,7 @@ class Instrument:
         removed is forgotten. Prices were validated by ``OrderBook.apply``."""
         assert self.ids is not None
         rows = fx.ids if fx.ids is not None else []
-        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        rows += [(side, price, None) for side, price, size in changes if size is None]
         seq = upd.seq
         for side, levels, tree in ((BID, upd.bids, self.book.bids), (ASK, upd.asks, self.book.asks)):
             memory = self.ids.side(side)
@@ -303,7 +303,7 @@ class Instrument:
         changes = uncross(self.book, self.ids)
         fx.changes.extend(changes)
         rows = fx.ids if fx.ids is not None else []
-        rows += [(c.side, c.price, None) for c in changes if c.size is None]
+        rows += [(side, price, None) for side, price, size in changes if size is None]
         fx.ids = rows
         self.counters["uncrossed"] = self.counters.get("uncrossed", 0) + 1
         return not self.book.crossed()

@@ -18,6 +18,7 @@ from typing import IO, Any, NoReturn
 
 import faust
 
+from app import book
 from app.config import Settings, load
 from app.errors import ConfigError
 from app.faust_glue import StateTableManager, StateTransport, install
@@ -41,6 +42,7 @@ def use_event_loop(name: str) -> None:
 
 
 use_event_loop(settings.event_loop)
+book.use_core(settings.book_core)  # before any book exists
 
 
 _data_dir_lock: list[IO[str]] = []  # held for the life of the worker process

@@ -184,3 +184,16 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module", params=["compiled", "python"])
+def each_book_core(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's tests once with each book core (``app.book.use_core``): the compiled one must
+    be built (``make install``), and both must pass the same tests. Module-scoped: a hypothesis
+    test may use it. Use it with ``pytestmark = pytest.mark.usefixtures("each_book_core")``."""
+    from app import book
+
+    previous = book.core.NAME
+    book.use_core(request.param)
+    yield request.param
+    book.use_core(previous)

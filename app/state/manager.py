@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 
-from app import metrics
+from app import book, metrics
 from app.book import ASK, BID
 from app.config import Settings
 from app.outputs import RECORD_OVERHEAD
@@ -131,8 +131,7 @@ class PartitionState:
             asks = levels.get(prefixes[ASK])
             if asks is None:
                 asks = levels[prefixes[ASK]] = {}
-            for side, price, size in fx.changes:
-                (bids if side == BID else asks)[price] = size
+            book.core.record_changes(fx.changes, bids, asks)
         if fx.ids:  # which update set each level (rules that uncross by age: dYdX only)
             for side, price, seq in fx.ids:
                 prefix = ids_prefix(key, side)
@@ -174,10 +173,9 @@ class PartitionState:
         # Rows held back by a failed commit first: a level changed since is in ``levels`` and must
         # come after its older value (the last row of a key wins, in the changelog and locally).
         rows: list[tuple[bytes, bytes | None]] = list(self.pending.items())
+        encode_rows = book.core.encode_rows
         for prefix, changed in self.levels.items():
-            start = prefix.encode()
-            rows.extend((start + price.encode(), None if size is None else size.encode())
-                        for price, size in changed.items())
+            encode_rows(prefix.encode(), changed, rows)
         self.levels, self.pending = {}, {}
         rows.extend((state_key(k.encode()), encode_state(self.books[k])) for k in self.dirty if k in self.books)
         self.dirty.clear()

@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from app import metrics
+from app import book, metrics
 from app.sync import Instrument
 from app.web.view import BookView
 
@@ -94,6 +94,9 @@ class BookstreamCollector(Collector):
         yield self._stages()
         yield self._gc()
         yield self._loop_lag()
+        yield _labelled(GaugeMetricFamily("bookstream_book_core", "The book core this worker runs (1 for the one "
+                                          "running): compiled, or python (the reference; BOOK_CORE).",
+                                          labels=["core"]), [([book.core.NAME], 1)])
 
     @staticmethod
     def _pipeline(counters: Mapping[str, float], totals: Mapping[str, int]) -> Iterator[Metric]:

@@ -11,6 +11,8 @@ from app.book import OrderBook
 from app.errors import FrameError
 from app.venues.base import num_str
 
+pytestmark = pytest.mark.usefixtures("each_book_core")  # every test with each book core
+
 
 def test_changes_record_only_what_moved_and_keep_the_venue_text() -> None:
     book = OrderBook()

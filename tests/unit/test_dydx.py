@@ -43,6 +43,8 @@ from app.wire import RawFrame
 from tables.books import BOOKS
 from tests.helpers import examples
 
+pytestmark = pytest.mark.usefixtures("each_book_core")  # every test with each book core
+
 VENUE = "dydx"
 KEY = "dydx:BTC-USD"
 CONN = "ee5a4696-dce8-44ef-8d68-f0e0d0b06160"
@@ -141,7 +143,7 @@ def test_a_crossing_bid_newer_than_the_best_asks_removes_every_ask_it_crosses() 
     fx = step(inst, update(30, bids=[("28196", "0.5")]))  # crosses both asks (message 2)
     assert inst.status == SYNCED
     assert book(inst) == ([("28196", "0.5"), ("28194", "4.764826096"), ("28193", "3.115323739")], [])
-    assert [c for c in fx.changes if c.side == "a"] == [("a", "28195", None), ("a", "28196", None)]
+    assert [c for c in fx.changes if c[0] == "a"] == [("a", "28195", None), ("a", "28196", None)]
 
 
 def test_levels_set_by_the_same_message_net_their_sizes() -> None:
@@ -158,7 +160,7 @@ def test_levels_set_by_the_same_message_net_their_sizes() -> None:
     inst = synced()
     fx = step(inst, update(42, bids=[("28195.5", "2")], asks=[("28194.5", "2")]))  # equal sizes: both go
     assert (inst.status, book(inst)) == (SYNCED, (bids, asks))
-    assert [c for c in fx.changes if c.size is None] == [("b", "28195.5", None), ("a", "28194.5", None)]
+    assert [c for c in fx.changes if c[2] is None] == [("b", "28195.5", None), ("a", "28194.5", None)]
     assert inst.ids is not None
     assert 28195.5 not in inst.ids.bids
     assert 28194.5 not in inst.ids.asks

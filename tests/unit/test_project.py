@@ -31,6 +31,10 @@ def test_docker_compose_parses_and_names_the_settings_the_app_reads() -> None:
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '"faust", "-A", "app", "worker"' in dockerfile
+    # the image builds the compiled book core (setup.py, a C compiler) and refuses to run without it
+    assert "COPY pyproject.toml setup.py" in dockerfile
+    assert "gcc" in dockerfile
+    assert "BOOK_CORE=compiled" in dockerfile
     for name in ("worker", "worker-cluster"):  # bound to 0.0.0.0: the control endpoints need a token
         env = services[name]["environment"]
         assert env["WEB_HOST"] == "0.0.0.0"  # noqa: S104 - inside the container

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from app.state.layout import apply_state, encode_state
 from app.sync import STALE, SYNCED, Effects, Instrument
 from app.venues.base import BookUpdate, SyncRule
 from tests.helpers import examples
+
+pytestmark = pytest.mark.usefixtures("each_book_core")  # every test with each book core
 
 Level = tuple[str, str]
 Delta = tuple[list[Level], list[Level]]

@@ -1,0 +1,176 @@
+"""The book's level store and level loop, in Python: the reference core.
+
+``app/book_core_c.pyx`` is the same core compiled (Cython): ``make install`` builds it, and
+``app.book`` runs it when it is built (``BOOK_CORE``). The tests run every book test on both and
+compare them level by level on random updates (``tests/unit/test_book_core.py``). Change one,
+change the other.
+
+A :class:`Side` holds one side's levels sorted by price, the best last: a sorted list of ranks
+(the price's float for bids, its negation for asks) beside the list of the levels' values
+``(price text, size text)``. Keeping the best at the end means the levels that move most — those
+near the top — are inserted and removed where the lists barely shift, on either side.
+
+The float is only an ordering key (distinct decimal prices of ≤ 15 significant digits never
+collide); what is published, persisted and check-summed is always the venue's text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Iterator, Mapping
+
+from app.errors import FrameError
+
+NAME = "python"
+#: BOOK_CORE: which core runs (``auto``: the compiled one when it is built).
+CORES = ("auto", "compiled", "python")
+
+Value = tuple[str, str]  # (price text, size text)
+Change = tuple[str, str, "str | None"]  # (side "b"|"a", price text, new size text; None: deleted)
+
+_INF = math.inf
+
+
+def parse_key(price: str) -> float:
+    """A price's sort key; FrameError ``bad-price`` unless a finite positive number."""
+    try:
+        value = float(price)
+    except ValueError:
+        raise FrameError("bad-price", price[:30]) from None
+    if not 0 < value < _INF:  # NaN fails too
+        raise FrameError("bad-price", price[:30])
+    return value
+
+
+def parse_zero(size: str) -> bool:
+    """Whether a size deletes its level; FrameError ``bad-size`` unless finite and ≥ 0."""
+    try:
+        value = float(size)
+    except ValueError:
+        raise FrameError("bad-size", size[:30]) from None
+    if not 0 <= value < _INF:
+        raise FrameError("bad-size", size[:30])
+    return value == 0
+
+
+class Side:
+    """One side of a book: price key → (price text, size text), sorted, the best last."""
+
+    __slots__ = ("_ranks", "_vals", "is_bid")
+
+    def __init__(self, is_bid: bool, levels: Mapping[float, Value] | None = None) -> None:
+        self.is_bid = is_bid
+        keys = sorted(levels or (), reverse=not is_bid)
+        self._ranks: list[float] = keys if is_bid else [-k for k in keys]
+        self._vals: list[Value] = [levels[k] for k in keys] if levels else []
+
+    def __len__(self) -> int:
+        return len(self._ranks)
+
+    def __iter__(self) -> Iterator[float]:
+        """The keys, best first."""
+        sign = 1.0 if self.is_bid else -1.0
+        return (sign * r for r in reversed(self._ranks))
+
+    def __contains__(self, key: float) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key: float) -> Value:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: float) -> Value | None:
+        rank = key if self.is_bid else -key
+        i = bisect.bisect_left(self._ranks, rank)
+        return self._vals[i] if i < len(self._ranks) and self._ranks[i] == rank else None
+
+    def set(self, key: float, value: Value) -> None:
+        rank = key if self.is_bid else -key
+        i = bisect.bisect_left(self._ranks, rank)
+        if i < len(self._ranks) and self._ranks[i] == rank:
+            self._vals[i] = value
+        else:
+            self._vals.insert(i, value)
+            self._ranks.insert(i, rank)
+
+    def remove(self, key: float) -> Value | None:
+        """Remove the level at ``key``; its value, or None if there was none."""
+        rank = key if self.is_bid else -key
+        i = bisect.bisect_left(self._ranks, rank)
+        if i < len(self._ranks) and self._ranks[i] == rank:
+            del self._ranks[i]
+            return self._vals.pop(i)
+        return None
+
+    def best(self) -> tuple[float, Value] | None:
+        """(key, value) of the best level, or None for an empty side."""
+        if not self._ranks:
+            return None
+        rank = self._ranks[-1]
+        return (rank if self.is_bid else -rank), self._vals[-1]
+
+    def top(self, n: int) -> list[Value]:
+        """The best ``n`` levels' values, best first."""
+        return self._vals[:-n - 1:-1] if n > 0 else []
+
+    def items(self) -> list[tuple[float, Value]]:
+        """Every level as (key, value), best first."""
+        sign = 1.0 if self.is_bid else -1.0
+        return [(sign * r, v) for r, v in zip(reversed(self._ranks), reversed(self._vals), strict=True)]
+
+    def within(self, bound: float) -> tuple[list[float], list[Value]]:
+        """Keys and values of the levels at ``bound`` or better (bids ≥, asks ≤), best first."""
+        i = bisect.bisect_left(self._ranks, bound if self.is_bid else -bound)
+        sign = 1.0 if self.is_bid else -1.0
+        return [sign * r for r in self._ranks[:i - 1 if i else None:-1]], self._vals[:i - 1 if i else None:-1]
+
+
+def _parsed(levels: Iterable[tuple[str, str]]) -> list[tuple[float, bool, str, str]]:
+    return [(parse_key(price), parse_zero(size), price, size) for price, size in levels]
+
+
+def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
+                 ask_levels: Iterable[tuple[str, str]]) -> list[Change]:
+    """Apply absolute level updates of both sides: every level validated first, then applied (a
+    bad level leaves the book untouched). Returns the changes made, in order: a new level or a new
+    size (the price text first seen for a level stays: it is the persisted key), or a deletion
+    (size None; a delete of a level never seen is harmless, Coinbase does it)."""
+    parsed = ((bids, "b", _parsed(bid_levels)), (asks, "a", _parsed(ask_levels)))
+    changes: list[Change] = []
+    append = changes.append
+    for side, tag, updates in parsed:
+        ranks, vals, is_bid = side._ranks, side._vals, side.is_bid
+        for key, zero, price, size in updates:
+            rank = key if is_bid else -key
+            i = bisect.bisect_left(ranks, rank)
+            found = i < len(ranks) and ranks[i] == rank
+            if zero:
+                if found:
+                    del ranks[i]
+                    append((tag, vals.pop(i)[0], None))
+            elif not found:
+                ranks.insert(i, rank)
+                vals.insert(i, (price, size))
+                append((tag, price, size))
+            else:
+                old = vals[i]
+                if old[1] != size:
+                    vals[i] = (old[0], size)
+                    append((tag, old[0], size))
+    return changes
+
+
+def record_changes(changes: list[Change], bids: dict[str, str | None], asks: dict[str, str | None]) -> None:
+    """Each change's new size (None: deleted) under its price, in its side's rows to commit: a
+    level changed many times before a commit is written once (``app.state.manager``)."""
+    for side, price, size in changes:
+        (bids if side == "b" else asks)[price] = size
+
+
+def encode_rows(start: bytes, changed: dict[str, str | None], rows: list[tuple[bytes, bytes | None]]) -> None:
+    """Append to ``rows`` the table row of each changed level: key ``start`` + price, value the size
+    (None: a tombstone), as UTF-8 (``app.state.layout``)."""
+    rows.extend((start + price.encode(), None if size is None else size.encode()) for price, size in changed.items())

@@ -1,0 +1,255 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The book's level store and level loop, compiled (Cython): ``app.book_core`` in C.
+
+The same API and results as the reference core ``app/book_core.py`` (read it first: its
+docstrings hold for this one), with the ranks in a C array of doubles, the levels found by a C
+binary search and the whole level loop of an update in C. Built by ``make install``
+(``setup.py``); ``app.book`` runs it when it is built (``BOOK_CORE``). Change one, change the other.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.math cimport INFINITY
+from libc.string cimport memmove
+
+from app.errors import FrameError
+
+NAME = "compiled"
+
+
+cpdef double parse_key(price) except? -1.0:
+    """A price's sort key; FrameError ``bad-price`` unless a finite positive number."""
+    cdef double value
+    try:
+        value = float(price)
+    except ValueError:
+        raise FrameError("bad-price", price[:30]) from None
+    if not 0 < value < INFINITY:  # NaN fails too
+        raise FrameError("bad-price", price[:30])
+    return value
+
+
+cpdef bint parse_zero(size) except -1:
+    """Whether a size deletes its level; FrameError ``bad-size`` unless finite and ≥ 0."""
+    cdef double value
+    try:
+        value = float(size)
+    except ValueError:
+        raise FrameError("bad-size", size[:30]) from None
+    if not 0 <= value < INFINITY:
+        raise FrameError("bad-size", size[:30])
+    return value == 0
+
+
+cdef class Side:
+    """One side of a book: price key → (price text, size text), sorted, the best last."""
+
+    cdef double* _ranks  # ascending: the price's float for bids, its negation for asks
+    cdef Py_ssize_t _n, _cap
+    cdef list _vals  # the levels' (price text, size text), in the ranks' order
+    cdef readonly bint is_bid
+
+    def __cinit__(self, bint is_bid, levels=None):
+        self.is_bid = is_bid
+        self._vals = []
+        self._ranks = NULL
+        self._n = self._cap = 0
+
+    def __init__(self, bint is_bid, levels=None):
+        cdef double key
+        if not levels:
+            return
+        keys = sorted(levels, reverse=not is_bid)
+        self._reserve(len(keys))
+        for key in keys:
+            self._ranks[self._n] = key if is_bid else -key
+            self._n += 1
+        self._vals = [levels[k] for k in keys]
+
+    def __dealloc__(self):
+        PyMem_Free(self._ranks)
+
+    cdef int _reserve(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t cap = self._cap if self._cap else 64
+        cdef double* grown
+        if n <= self._cap:
+            return 0
+        while cap < n:
+            cap *= 2
+        grown = <double*>PyMem_Realloc(self._ranks, cap * sizeof(double))
+        if grown is NULL:
+            raise MemoryError()
+        self._ranks, self._cap = grown, cap
+        return 0
+
+    cdef inline Py_ssize_t _find(self, double rank) noexcept:
+        """The first index whose rank is ≥ ``rank`` (bisect_left)."""
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._ranks[mid] < rank:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef int _insert(self, Py_ssize_t i, double rank, object value) except -1:
+        self._reserve(self._n + 1)
+        self._vals.insert(i, value)
+        memmove(&self._ranks[i + 1], &self._ranks[i], (self._n - i) * sizeof(double))
+        self._ranks[i] = rank
+        self._n += 1
+        return 0
+
+    cdef object _pop(self, Py_ssize_t i):
+        value = self._vals.pop(i)
+        memmove(&self._ranks[i], &self._ranks[i + 1], (self._n - i - 1) * sizeof(double))
+        self._n -= 1
+        return value
+
+    def __len__(self):
+        return self._n
+
+    def __iter__(self):
+        """The keys, best first."""
+        cdef Py_ssize_t i
+        cdef double sign = 1.0 if self.is_bid else -1.0
+        return iter([sign * self._ranks[i] for i in range(self._n - 1, -1, -1)])
+
+    def __contains__(self, double key):
+        return self.get(key) is not None
+
+    def __getitem__(self, double key):
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, double key):
+        cdef double rank = key if self.is_bid else -key
+        cdef Py_ssize_t i = self._find(rank)
+        return self._vals[i] if i < self._n and self._ranks[i] == rank else None
+
+    def set(self, double key, value):
+        cdef double rank = key if self.is_bid else -key
+        cdef Py_ssize_t i = self._find(rank)
+        if i < self._n and self._ranks[i] == rank:
+            self._vals[i] = value
+        else:
+            self._insert(i, rank, value)
+
+    def remove(self, double key):
+        """Remove the level at ``key``; its value, or None if there was none."""
+        cdef double rank = key if self.is_bid else -key
+        cdef Py_ssize_t i = self._find(rank)
+        if i < self._n and self._ranks[i] == rank:
+            return self._pop(i)
+        return None
+
+    def best(self):
+        """(key, value) of the best level, or None for an empty side."""
+        if self._n == 0:
+            return None
+        cdef double rank = self._ranks[self._n - 1]
+        return (rank if self.is_bid else -rank), self._vals[self._n - 1]
+
+    def top(self, Py_ssize_t n):
+        """The best ``n`` levels' values, best first."""
+        cdef Py_ssize_t i, stop = self._n - n if n < self._n else 0
+        cdef list out = []
+        for i in range(self._n - 1, stop - 1, -1):
+            out.append(self._vals[i])
+        return out
+
+    def items(self):
+        """Every level as (key, value), best first."""
+        cdef Py_ssize_t i
+        cdef double sign = 1.0 if self.is_bid else -1.0
+        return [(sign * self._ranks[i], self._vals[i]) for i in range(self._n - 1, -1, -1)]
+
+    def within(self, double bound):
+        """Keys and values of the levels at ``bound`` or better (bids ≥, asks ≤), best first."""
+        cdef Py_ssize_t i, start = self._find(bound if self.is_bid else -bound)
+        cdef double sign = 1.0 if self.is_bid else -1.0
+        cdef list keys = [], vals = []
+        for i in range(self._n - 1, start - 1, -1):
+            keys.append(sign * self._ranks[i])
+            vals.append(self._vals[i])
+        return keys, vals
+
+
+cdef double* _parse(list levels, bint* zero) except NULL:
+    """Every level's key (and in ``zero``, whether it deletes), validated, in a new C array."""
+    cdef Py_ssize_t i, n = len(levels)
+    cdef double* keys = <double*>PyMem_Malloc((n if n else 1) * sizeof(double))
+    if keys is NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            price, size = levels[i]
+            keys[i] = parse_key(price)
+            zero[i] = parse_zero(size)
+    except BaseException:
+        PyMem_Free(keys)
+        raise
+    return keys
+
+
+cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list changes) except *:
+    cdef Py_ssize_t i, j
+    cdef double rank
+    cdef bint found
+    for i in range(len(levels)):
+        rank = keys[i] if side.is_bid else -keys[i]
+        j = side._find(rank)
+        found = j < side._n and side._ranks[j] == rank
+        if zero[i]:
+            if found:
+                changes.append((tag, side._pop(j)[0], None))
+        elif not found:
+            price, size = levels[i]
+            side._insert(j, rank, (price, size))
+            changes.append((tag, price, size))
+        else:
+            old = side._vals[j]
+            size = levels[i][1]
+            if old[1] != size:
+                side._vals[j] = (old[0], size)
+                changes.append((tag, old[0], size))
+
+
+def apply_levels(Side bids, Side asks, bid_levels, ask_levels):
+    """Apply absolute level updates of both sides: every level validated first, then applied (a
+    bad level leaves the book untouched). Returns the changes made (see ``app.book_core``)."""
+    cdef list b = bid_levels if type(bid_levels) is list else list(bid_levels)
+    cdef list a = ask_levels if type(ask_levels) is list else list(ask_levels)
+    cdef bint* zero = <bint*>PyMem_Malloc((len(b) + len(a) + 1) * sizeof(bint))
+    cdef double* bkeys = NULL
+    cdef double* akeys = NULL
+    cdef list changes = []
+    if zero is NULL:
+        raise MemoryError()
+    try:
+        bkeys = _parse(b, zero)
+        akeys = _parse(a, zero + len(b))
+        _apply(bids, "b", b, bkeys, zero, changes)
+        _apply(asks, "a", a, akeys, zero + len(b), changes)
+    finally:
+        PyMem_Free(zero)
+        PyMem_Free(bkeys)
+        PyMem_Free(akeys)
+    return changes
+
+
+def record_changes(list changes, dict bids, dict asks):
+    """Each change's new size (None: deleted) under its price, in its side's rows to commit (see
+    ``app.book_core``)."""
+    cdef tuple change
+    for change in changes:
+        (bids if change[0] == "b" else asks)[change[1]] = change[2]
+
+
+def encode_rows(bytes start, dict changed, list rows):
+    """Append to ``rows`` the table row of each changed level (see ``app.book_core``)."""
+    cdef str price
+    for price, size in changed.items():
+        rows.append((start + price.encode(), None if size is None else (<str>size).encode()))

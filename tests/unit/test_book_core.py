@@ -1,0 +1,128 @@
+"""The compiled book core (app/book_core_c.pyx) against the Python reference (app/book_core.py):
+built by ``make install``, and level for level the same on any input, bad ones included."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app import book, book_core
+from app.errors import ConfigError, FrameError
+from tests.helpers import examples
+
+
+def _compiled() -> ModuleType:
+    return importlib.import_module("app.book_core_c")
+
+
+def test_make_install_built_the_compiled_core_and_the_worker_runs_it_by_default() -> None:
+    compiled = _compiled()  # ImportError: `make install` did not build it (a C compiler is needed)
+    assert compiled.NAME == "compiled"
+    if os.environ.get("BOOK_CORE", "auto") != "python":
+        assert book.core is compiled
+    previous = book.core.NAME
+    try:
+        assert book.use_core("python") == "python"
+        assert book.OrderBook().core is book_core
+        assert book.use_core("auto") == "compiled"
+        assert book.OrderBook().core is compiled
+        with pytest.raises(ConfigError, match="BOOK_CORE='fast' must be one of auto, compiled, python"):
+            book.use_core("fast")
+    finally:
+        book.use_core(previous)
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "ok", fn()
+    except FrameError as exc:
+        return "frame-error", (exc.reason, exc.detail)
+    except (TypeError, ValueError) as exc:
+        return type(exc).__name__, None
+
+
+numbers = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(r"\A[ +-]?(\d{1,6}(\.\d{0,8})?|\.\d{1,8})([eE][+-]?\d{1,3})?\s?\Z"),
+    st.sampled_from(["0", "0.0", "-0", "0e5", "nan", "NaN", "inf", "-inf", "1_000", "1e308", "1e309", "5e-324",
+                     "2.5e-324", " 7 ", "\u0661\u0662", "0x10", "", "."]),
+)
+
+
+@settings(max_examples=examples(2000), deadline=None)
+@given(text=numbers)
+def test_prices_and_sizes_are_read_alike_good_or_bad(text: str) -> None:
+    compiled = _compiled()
+    assert _outcome(lambda: compiled.parse_key(text)) == _outcome(lambda: book_core.parse_key(text))
+    assert _outcome(lambda: compiled.parse_zero(text)) == _outcome(lambda: book_core.parse_zero(text))
+
+
+prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates hit, move and delete levels
+sizes = st.sampled_from(["0", "0.000", "1", "1.0", "2", "0.5", "3"])
+levels = st.lists(st.tuples(prices, sizes), max_size=12)  # a price may repeat within an update
+operation = st.one_of(
+    st.tuples(st.just("apply"), levels, levels),
+    st.tuples(st.just("replace"), levels, levels),
+    st.tuples(st.just("apply"), levels, st.lists(st.tuples(st.sampled_from(["1", "x", "-2", "inf"]), sizes),
+                                                  min_size=1, max_size=2)),  # a bad level: nothing applied
+)
+
+
+def _state(ob: book.OrderBook, bound: float) -> Any:
+    return (ob.bids.items(), ob.asks.items(), ob.levels(3), ob.top(), ob.crossed(), len(ob),
+            ob.bids.within(bound), ob.asks.within(bound), ob.bids.best(), ob.asks.best(), list(ob.bids),
+            [ob.bids.get(k) for k in (1.0, 2.25, 99.0)], [k in ob.asks for k in (1.0, 2.25, 99.0)])
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(ops=st.lists(operation, max_size=25), bound=st.integers(1, 60).map(lambda p: p / 4))
+def test_both_cores_make_the_same_books_and_the_same_changes(ops: list[tuple[str, Any, Any]], bound: float) -> None:
+    books = []
+    for core in (_compiled(), book_core):
+        ob = book.OrderBook()
+        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+        books.append(ob)
+    pending: list[tuple[dict[str, str | None], dict[str, str | None]]] = [({}, {}), ({}, {})]  # rows to commit
+    for name, bids, asks in ops:
+        results = [_outcome(lambda ob=ob, name=name, b=bids, a=asks: getattr(ob, name)(b, a))  # type: ignore[misc]
+                   for ob in books]
+        assert results[0] == results[1]
+        assert _state(books[0], bound) == _state(books[1], bound)
+        if results[0][0] == "ok":
+            for ob, rows in zip(books, pending, strict=True):
+                ob.core.record_changes(results[0][1], *rows)
+    assert pending[0] == pending[1]
+    encoded: list[list[tuple[bytes, bytes | None]]] = [[], []]
+    for ob, rows, out in zip(books, pending, encoded, strict=True):
+        ob.core.encode_rows(b"k\x00b", rows[0], out)
+        ob.core.encode_rows(b"k\x00a", rows[1], out)
+    assert encoded[0] == encoded[1]
+    for ob in books:  # and the reference's own invariants: sorted, best last, no zero size
+        bids, asks = [k for k, _ in ob.bids.items()], [k for k, _ in ob.asks.items()]
+        assert bids == sorted(bids, reverse=True)
+        assert asks == sorted(asks)
+        assert all(float(s) > 0 for _, (_, s) in ob.bids.items() + ob.asks.items())
+
+
+def test_a_deep_side_keeps_its_order_through_inserts_and_deletes_at_both_ends() -> None:
+    """Far more levels than the compiled side's first allocation (64): it grows, shifts and stays
+    sorted exactly as the reference does."""
+    books = []
+    for core in (_compiled(), book_core):
+        ob = book.OrderBook()
+        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+        books.append(ob)
+    for ob in books:
+        ob.apply([(str(1000 - i), "1") for i in range(500)], [(str(1001 + i), "1") for i in range(500)])
+        ob.apply([(str(1000 - i), "0") for i in range(0, 500, 3)], [(str(1500 - i), "0") for i in range(0, 500, 7)])
+        ob.apply([(str(400 - i), "2") for i in range(50)], [(str(1001 + i), "5") for i in range(0, 40, 2)])
+    assert books[0].bids.items() == books[1].bids.items()
+    assert books[0].asks.items() == books[1].asks.items()
+    assert (len(books[0].bids), len(books[0].asks)) == (333 + 50, 428 + 3)  # 3 asks deleted, then set again
