@@ -586,6 +586,67 @@ class Bench:
                          f"options.chain every CHAIN_INTERVAL_MS)")
         self.figures["mixed"] = r
 
+    def book_core(self) -> None:
+        """Each book core alone, in process, on the capture's book frames: every depth update applied
+        in order to one book (``OrderBook.apply``), and every frame through the worker's parse, sync
+        and book (``Router``, ``Processor``) with its table rows recorded and encoded as a commit
+        does. µs per level update, best of 3 passes; the rows each core would commit compared."""
+        from app import book
+        from app.processor import Processor
+        from app.router import Router
+        from app.state.layout import level_prefix
+        from app.venues import ADAPTERS, split_key
+
+        records = book_frames(self.records)
+        frames = [raw for rec in records
+                  for raw in Router().route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol)]
+        updates = [u for raw in frames if raw.kind is Kind.WS and b"depthUpdate" in raw.data
+                   for u in ADAPTERS["binance-usdm"].parse(raw.kind, raw.data, split_key(raw.key)[1])]
+        levels = sum(len(u.bids) + len(u.asks) for u in updates)
+        previous, out, rows_of = book.core.NAME, {}, {}
+        try:
+            for name in ("python", "compiled"):
+                book.use_core(name)
+                apply_s = path_s = float("inf")
+                for _ in range(3):
+                    ob = book.OrderBook()
+                    t0 = time.perf_counter()
+                    for u in updates:
+                        ob.apply(u.bids, u.asks)
+                    apply_s = min(apply_s, time.perf_counter() - t0)
+                    proc, pending, rows = Processor(), {}, []
+                    t0 = time.perf_counter()
+                    for raw in frames:
+                        changes = proc.handle(raw).fx.changes
+                        if changes:
+                            sides = pending.get(raw.key)
+                            if sides is None:
+                                sides = pending[raw.key] = ({}, {})
+                            book.core.record_changes(changes, *sides)
+                    for key, (bids, asks) in pending.items():
+                        book.core.encode_rows(level_prefix(key, "b").encode(), bids, rows)
+                        book.core.encode_rows(level_prefix(key, "a").encode(), asks, rows)
+                    path_s = min(path_s, time.perf_counter() - t0)
+                rows_of[name] = rows
+                out[name] = {"apply_us_per_level": round(apply_s / levels * 1e6, 3),
+                             "path_us_per_level": round(path_s / levels * 1e6, 3)}
+        finally:
+            book.use_core(previous)
+        same = rows_of["python"] == rows_of["compiled"]
+        self.figures["book_core"] = {
+            **out, "level_updates": levels, "frames": len(frames), "same_rows": same,
+            "apply_speedup": round(out["python"]["apply_us_per_level"] / out["compiled"]["apply_us_per_level"], 2),
+            "command": "BENCH_ONLY=book_core: the USD-M capture's book frames in process, each core (BOOK_CORE) "
+                       "in turn; apply: every depth update applied in order to one OrderBook; path: every frame "
+                       "through Router and Processor (parse, sync, book) with its changes recorded and encoded as "
+                       "table rows; best of 3"}
+        py, cc = out["python"], out["compiled"]
+        say(f"book_core: {levels:,} level updates; apply µs/level python {py['apply_us_per_level']}, compiled "
+            f"{cc['apply_us_per_level']}; whole path python {py['path_us_per_level']}, compiled "
+            f"{cc['path_us_per_level']}; same rows: {same}")
+        if not same:
+            raise SystemExit("book_core: the two cores made different table rows")
+
     def scenarios(self) -> None:
         """The scenario grid of a portfolio of 1,000 option positions (full Black-76 revaluation of
         11 underlying moves × 3 vol shifts), in process: the median of 50 revaluations."""
@@ -1467,6 +1528,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("universe_backlog_slope_frames_per_s", lambda f: _get(f, "universe", "backlog", "slope_frames_per_s")),
     ("universe_met", lambda f: _get(f, "universe", "met")),
     ("mixed_options_frames_per_s", lambda f: _get(f, "mixed", "frames_per_s")),
+    ("book_core_apply_us_per_level_compiled", lambda f: _get(f, "book_core", "compiled", "apply_us_per_level")),
+    ("book_core_apply_us_per_level_python", lambda f: _get(f, "book_core", "python", "apply_us_per_level")),
     ("scenario_grid_1000_options_ms", lambda f: _get(f, "scenarios", "median_ms")),
     ("portfolio_margin_1000_options_ms", lambda f: _get(f, "margin", "median_ms")),
     ("recovery_restart_s", lambda f: _get(f, "recovery", "restart_to_ready_s")),
@@ -1479,8 +1542,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "books_only", "scaling", "latency", "many", "universe", "mixed", "scenarios",
-         "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "books_only", "book_core", "scaling", "latency", "many", "universe", "mixed",
+         "scenarios", "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:
