@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py app/book_core_c.pyx
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install bookstream with its dev tools
+install: $(STAMP) ## Create .venv, install bookstream with its dev tools and build its compiled book core
 	@scripts/kafka.sh libs
 
 browser: ## Install Debian's Chromium for the web view tests (needs root or sudo, once)
@@ -106,7 +106,7 @@ lint: install ## ruff and mypy
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 
-clean: ## Remove caches, data dirs and the virtualenv (stop the broker first)
+clean: ## Remove caches, data dirs, the virtualenv and the built book core (stop the broker first)
 	@scripts/kafka.sh down || true
 	@$(CLUSTER_ENV) scripts/kafka.sh down || true
 	rm -rf $(VENV) .cache .data .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts build app/book_core_c.c app/book_core_c.*.so
