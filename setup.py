@@ -40,7 +40,7 @@ def _extensions() -> list[Extension]:
         print("WARNING: Cython is not installed: bookstream's compiled book core is not built", file=sys.stderr)
         return []
     return cythonize([Extension("app.book_core_c", ["app/book_core_c.pyx"], extra_compile_args=["-O2"])],
-                     compiler_directives={"language_level": "3"}, quiet=True)
+                     quiet=True)  # the directives are in the .pyx's first line
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

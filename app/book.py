@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from app import book_core
-from app.book_core import CORES, Change, Side
+from app.book_core import Change, Side
 from app.decimals import decimal_text
 from app.errors import ConfigError
 from app.records.book import Aggregates, Band
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 BID, ASK = "b", "a"
 BANDS_BPS = (10, 25, 50, 100)
 
-__all__ = ["ASK", "BID", "CORES", "Change", "LevelIds", "OrderBook", "Top", "core", "mid_spread", "uncross",
+__all__ = ["ASK", "BID", "Change", "LevelIds", "OrderBook", "Top", "core", "mid_spread", "uncross",
            "use_core"]
 
 
@@ -61,8 +61,7 @@ def use_core(name: str) -> str:
     """Run the book core ``name`` (``BOOK_CORE``: auto, compiled, python) from now on; returns the
     name of the one that runs. Books made before keep theirs (call it before any book exists)."""
     global core
-    if name not in CORES:
-        raise ConfigError(f"BOOK_CORE={name!r} must be one of {', '.join(CORES)}")
+    book_core.checked_core(name)
     compiled = _compiled()
     if name == "compiled" and compiled is None:
         raise ConfigError("BOOK_CORE=compiled but the compiled book core is not built (app/book_core_c.pyx): "
@@ -85,7 +84,6 @@ class Top(NamedTuple):
 
 #: Builds a NamedTuple without its Python-level ``__new__`` (a third of the cost, on the hot path).
 _new = tuple.__new__
-_EMPTY_TOP = Top(None, None, None, None)
 
 
 class OrderBook:
@@ -160,8 +158,6 @@ class OrderBook:
 
     def top(self) -> Top:
         bid, ask = self.bids.best(), self.asks.best()
-        if bid is None and ask is None:
-            return _EMPTY_TOP
         return _new(Top, (
             bid[1][0] if bid else None,
             bid[1][1] if bid else None,

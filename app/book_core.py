@@ -20,11 +20,18 @@ import bisect
 import math
 from collections.abc import Iterable, Iterator, Mapping
 
-from app.errors import FrameError
+from app.errors import ConfigError, FrameError
 
 NAME = "python"
 #: BOOK_CORE: which core runs (``auto``: the compiled one when it is built).
 CORES = ("auto", "compiled", "python")
+
+
+def checked_core(name: str) -> str:
+    """``name`` if it is a BOOK_CORE value; ConfigError otherwise."""
+    if name not in CORES:
+        raise ConfigError(f"BOOK_CORE={name!r} must be one of {', '.join(CORES)}")
+    return name
 
 Value = tuple[str, str]  # (price text, size text)
 Change = tuple[str, str, "str | None"]  # (side "b"|"a", price text, new size text; None: deleted)

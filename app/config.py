@@ -257,12 +257,6 @@ def _event_loop(name: str) -> str:
     return name
 
 
-def _book_core(name: str) -> str:
-    if name not in book_core.CORES:
-        raise ConfigError(f"BOOK_CORE={name!r} must be one of {', '.join(book_core.CORES)}")
-    return name
-
-
 def _compression(name: str) -> str | None:
     if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
@@ -509,7 +503,7 @@ def load() -> Settings:
         static_membership=_env_bool("STATIC_MEMBERSHIP", True),
         output_buffer_mb=_env_float("OUTPUT_BUFFER_MB", 64.0, minimum=1.0),
         event_loop=_event_loop(_env_str("EVENT_LOOP", "uvloop").lower()),
-        book_core=_book_core(_env_str("BOOK_CORE", "auto").lower()),
+        book_core=book_core.checked_core(_env_str("BOOK_CORE", "auto").lower()),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),

@@ -597,12 +597,12 @@ class Bench:
         from app.state.layout import level_prefix
         from app.venues import ADAPTERS, split_key
 
-        records = book_frames(self.records)
+        records, router = book_frames(self.records), Router()
         frames = [raw for rec in records
-                  for raw in Router().route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol)]
+                  for raw in router.route(rec.venue, rec.conn, rec.kind, rec.frame, rec.ts, rec.url, rec.symbol)]
         updates = [u for raw in frames if raw.kind is Kind.WS and b"depthUpdate" in raw.data
                    for u in ADAPTERS["binance-usdm"].parse(raw.kind, raw.data, split_key(raw.key)[1])]
-        levels = sum(len(u.bids) + len(u.asks) for u in updates)
+        levels = level_updates(records)
         previous, out, rows_of = book.core.NAME, {}, {}
         try:
             for name in ("python", "compiled"):
