@@ -26,6 +26,7 @@ Nothing is dropped (README "Delivery guarantees"):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -52,9 +53,9 @@ from app.wire import RawFrame, Topics, partition_for
 
 log = logging.getLogger(__name__)
 
-# Longest a timer tick spends on waiting book.depth records (an aggregate of a deep book costs
-# ~1 ms); the rest go at the next tick.
-DEPTH_FLUSH_BUDGET_S = 0.005
+# Longest a timer tick, or a piece of the work done after a batch of raw records, spends on
+# waiting book.depth records or closed options chains; the rest go at the next one.
+DEFERRED_BUDGET_S = 0.005
 
 #: Bytes counted per record beside its key and value (batch overhead, roughly).
 RECORD_OVERHEAD = 24
@@ -359,8 +360,7 @@ class Publisher:
             tkey = key if ticker.symbol is None else f"{key.partition(':')[0]}:{ticker.symbol}"
             tpart = partition_for(tkey, self.settings.partitions) if wide else partition
             send(self.topics.ticker, tpart, tkey, ticker_record(tkey, ticker, ts_recv, now, src))
-            for chain_key, body in self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src, now):
-                self._chain(chain_key, body)
+            self.chains.offer(tkey, ticker.fields, ticker.ts_exchange, ts_recv, src, self.txn)
             recent.ticker(tkey, ticker, ts_recv)
         if out.trades:
             metrics.count("trades", len(out.trades))
@@ -385,10 +385,46 @@ class Publisher:
                        spec.encode(time.time_ns()))
             metrics.count("instrument_versions")
 
-    def _chain(self, key: str, body: bytes) -> None:
-        self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
-        self.recent.chain(key, body)
-        metrics.count("chains")
+    def publish_chains(self, budget_s: float | None = None) -> int:
+        """Build and send the closed options chains — all, or with ``budget_s`` at least one and
+        no more once that long was spent — each to where the record that closed it sent its
+        outputs (its table partition's transaction under exactly_once)."""
+        txn, published = self.txn, 0
+        start = time.monotonic()
+        try:
+            for key, body, tag in self.chains.built(time.time_ns()):
+                self.txn = tag
+                self._send(self.topics.chain, partition_for(key, self.settings.partitions), key, body)
+                self.recent.chain(key, body)
+                published += 1
+                if budget_s is not None and time.monotonic() - start >= budget_s:
+                    break
+        finally:
+            self.txn = txn
+        metrics.count("chains", published)
+        return published
+
+    def deferred(self) -> bool:
+        """Outputs wait to be built: closed options chains, book.depth whose interval passed."""
+        return bool(self.chains.closed) or self.depth.due()
+
+    async def publish_deferred(self) -> None:
+        """The outputs no frame's latency rides on — closed options chains (milliseconds each: a
+        bucket boundary closes every chain of a venue within one burst of tickers), book.depth
+        whose interval passed (tens of µs each, a thousand a second for a thousand books) — built
+        by the raw reader after the batch of records in hand (``app.rawreader``), a piece at a
+        time, each after a turn of the loop so that the batch's own outputs leave first. A commit
+        builds whatever chain is still closed before it takes its position (``StateManager``
+        ``before_commit``); the timer publishes what waits while no record arrives."""
+        while self.deferred():
+            await asyncio.sleep(0)
+            try:
+                if not self.publish_chains(budget_s=0):
+                    self.depth.flush(budget_s=DEFERRED_BUDGET_S)
+            except Exception:
+                log.exception("building deferred outputs failed")
+                metrics.count("internal_errors")
+                return
 
     def _publish_depth(self, key: str) -> None:
         inst = self.find(key)
@@ -403,10 +439,9 @@ class Publisher:
 
     def tick(self) -> None:
         """Timers: pending book.depth, conflated tops, options chains due."""
-        self.depth.flush(budget_s=DEPTH_FLUSH_BUDGET_S)
-        published = time.time_ns()
-        for key, body in self.chains.due(time.monotonic_ns(), published):
-            self._chain(key, body)
+        self.depth.flush(budget_s=DEFERRED_BUDGET_S)
+        self.chains.due(time.monotonic_ns())
+        self.publish_chains(budget_s=DEFERRED_BUDGET_S)
         if self.conflater is not None:
             now = time.time_ns()
             for partition, record in self.conflater.due():

@@ -148,6 +148,7 @@ class RawReader:
         runtime = self.runtime
         handle = runtime.handle
         sink = runtime.sink
+        publisher = runtime.publisher
         observe = metrics.observe_stage
         max_records = self.settings.max_poll_records
         while True:
@@ -185,6 +186,9 @@ class RawReader:
                         # commits and the timers run between slices (they are what the books wait for).
                         await asyncio.sleep(0)
                         slice_end = time.monotonic() + SLICE_S
+            if publisher.deferred():
+                # What no frame waits for (options chains, book.depth) after the records in hand
+                await publisher.publish_deferred()
 
     async def _reposition(self, consumer: AIOKafkaConsumer) -> None:
         """Assign the raw partitions of the wanted table partitions and seek each to the offset

@@ -65,11 +65,12 @@ class BookRuntime:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, VENUES, settings.app_id)
         self.sink = OutputSink(settings, {self.topics.deadletter: DEADLETTER_LINGER_S})
-        self.state = StateManager(settings, BOOKS, self.topics.changelog, self.sink.delivered, self.sink.release)
         #: PROCESSING_GUARANTEE=exactly_once: a raw record's outputs go in its table partition's
         #: next changelog transaction, with the rows and progress they come from.
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
+        self.state = StateManager(settings, BOOKS, self.topics.changelog, self.sink.delivered, self.sink.release,
+                                  self.publisher.publish_chains)
         self.reader = RawReader(self)
         self.seek: Seek = self.reader.seek
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)

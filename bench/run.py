@@ -779,8 +779,12 @@ class Bench:
 
             wait_for(lambda: all_synced(worker, len(keys)), 600, "every book synced", every=2)
             f0, c0, t0 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
+            s0 = cpu_seconds(sim.proc.pid) if sim.proc is not None else 0.0
+            stages0 = worker_stage_counts(worker.url)
             lat = asyncio.run(watch_latency(ns, window))
+            stages = stage_window(stages0, worker_stage_counts(worker.url))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
+            sim_cores = ((cpu_seconds(sim.proc.pid) if sim.proc is not None else 0.0) - s0) / (t1 - t0)
             # stale at the end of the window, while ingestion runs (once it stops, its closed
             # connections stale every book, as they should)
             books = http_json(worker.url + "/api/books")[1]["books"]
@@ -801,7 +805,8 @@ class Bench:
                                                                                                       (t1 - t0)),
             "worker_cpu_ms_per_frame": round((c1 - c0) * 1000 / max(1, f1 - f0), 4), "frames_produced": produced,
             "frames_applied": applied, "books_not_synced": len(stale), "not_synced": stale[:10],
-            "simulator_cpu_s": sim_cpu, **lat,
+            "simulator_cpu_s": sim_cpu, "simulator_cores_in_window": round(sim_cores, 2),
+            "worker_cores_in_window": round((c1 - c0) / (t1 - t0), 2), **lat, "worker_stages": stages,
             "command": "faust -A app simulate + faust -A app ingest (1,000 instruments: Deribit and Bybit options, "
                        f"OKX swaps, Binance USD-M) + one worker; frames/s and receive → book.top over {window:.0f} s"}
 
@@ -848,7 +853,9 @@ class Bench:
             r0 = ingest_records(ingest_log)
             sampler = threading.Thread(target=sample, args=(t0,), daemon=True)
             sampler.start()
+            stages0 = worker_stage_counts(worker.url)
             lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            stages = stage_window(stages0, worker_stage_counts(worker.url))
             stop.set()
             sampler.join(timeout=30)
             p1, f1, t1 = ingest_produced(ingest_log), frames_done(worker), time.monotonic()
@@ -888,7 +895,7 @@ class Bench:
             "worker_cpu_ms_per_frame": round(worker_cpu_s * 1000 / max(1, f1 - f0), 4),
             "cores": dict(zip(procs, cores, strict=True)), "frames_produced": produced, "frames_applied": applied,
             "books_not_synced": len(stale), "not_synced": stale[:10],
-            "simulator_frames_sent": status.get("frames_sent"), **lat,
+            "simulator_frames_sent": status.get("frames_sent"), **lat, "worker_stages": stages,
             "backlog": {"every_s": every, "samples": [[round(t, 1), p - a, lag] for t, p, a, lag in samples],
                         "slope_frames_per_s": None if slope is None else round(slope, 2),
                         "lag_slope_records_per_s": None if lag_slope is None else round(lag_slope, 3),

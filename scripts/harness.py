@@ -469,11 +469,12 @@ def publish(records: Iterable[Any], partitions: int = 4, risk_depth_keys: Iterab
                 publisher.instruments(out.specs, out.states, raw.ts, src)
             if out.trades or out.tickers or out.trade_gaps or out.feed_events:
                 publisher.market(partition, out, raw.ts, src)
+                publisher.publish_chains()  # the worker builds them after its batch of records (publish_deferred)
             if out.inst is not None and out.fx.changed():
                 publisher.outcome(partition, out, out.inst, raw.ts)
     publisher.depth.flush(budget_s=60)
-    for key, body in publisher.chains.due(2**62, 0):
-        publisher._chain(key, body)  # noqa: SLF001 - the timer's flush of every chain
+    publisher.chains.due(2**62)  # the timer's flush of every chain
+    publisher.publish_chains()
     return sink.sent
 
 

@@ -19,6 +19,7 @@ put–call parity on the mid prices of the strike nearest the money.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Iterator
@@ -37,6 +38,10 @@ from app.records.market import ChainOption, ChainStrike, OursGreeks, Residuals, 
 YEAR_NS = 365 * 86_400 * 1_000_000_000
 SIDES = ("bid", "ask", "mark")
 GREEKS = ("delta", "gamma", "vega", "theta")
+#: A quote's numbers that a chain reads.
+NUMBERS = ("interest_rate", "underlying_price", *SIDES, "bid_iv", "ask_iv", "mark_iv", "delta")
+#: Ours minus the venue's, where both exist.
+RESIDUALS = ("bid_iv", "ask_iv", "mark_iv", "delta")
 
 
 @dataclass(slots=True)
@@ -55,6 +60,9 @@ class Quote:
 
     def number(self, name: str) -> float | None:
         return finite_number(self.fields.get(name))
+
+    def copy(self) -> Quote:
+        return Quote(dict(self.fields), self.ts_exchange, self.ts_recv, self.source)
 
 
 def finite_number(value: Any) -> float | None:
@@ -92,9 +100,14 @@ def coin_premium(venue: str, spec: OptionSpec) -> bool:
 class ChainBuilder:
     """Chains publish in exchange time, so that a replay publishes the same records: a chain's
     snapshot covers every input up to the end of one ``CHAIN_INTERVAL_MS`` bucket of its inputs'
-    exchange times, and goes out when the first input of a later bucket arrives (``offer``).
-    A chain whose inputs stop is flushed after ``IDLE_INTERVALS`` intervals of wall time
-    (``due``), so the last changes are not held back."""
+    exchange times, and is closed when the first input of a later bucket arrives (``offer``).
+    A chain whose inputs stop is closed after ``IDLE_INTERVALS`` intervals of wall time
+    (``due``), so the last changes are not held back.
+
+    Closing copies the chain's inputs (a fraction of a millisecond); building its record is the
+    costly part, left to :meth:`built`, so that a burst of tickers closing every chain at the
+    same bucket boundary does not hold the frames behind it (the worker builds one chain at a
+    time between raw records, and every closed chain before a commit: ``app.outputs``)."""
 
     IDLE_INTERVALS = 2
 
@@ -102,24 +115,28 @@ class ChainBuilder:
         self.interval_ns = interval_ms * 1_000_000
         self.chains: dict[str, Chain] = {}  # chain key (venue:BTC-27MAR26) → chain
         self.registry = registry  # the contract terms in force, where the registry has them
+        #: closed chains not built yet: (chain key, a copy of its inputs, the tag it was closed with)
+        self.closed: collections.deque[tuple[str, Chain, Any]] = collections.deque()
 
     def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: Source,
-              ts_published: int = 0) -> list[tuple[str, bytes]]:
-        """A ticker of ``key`` (an option, or an expiry's future): the chain records it closes
-        (the chain as it stood before this input, when this input starts a later bucket)."""
+              tag: Any = None) -> int:
+        """A ticker of ``key`` (an option, or an expiry's future). When it starts a later bucket,
+        the chain as it stood before it is closed: kept for :meth:`built` with ``tag`` (the
+        caller's: where its record goes). Returns how many chains it closed (0 or 1)."""
         venue, _, symbol = key.partition(":")
         spec = parse_option(symbol)
         chain_key = key if spec is None else f"{venue}:{spec.chain}"
         chain = self.chains.get(chain_key)
         if chain is None:
             if spec is None:
-                return []  # a future whose options were not seen (yet)
+                return 0  # a future whose options were not seen (yet)
             chain = self.chains[chain_key] = Chain(venue, spec.chain, spec.underlying, spec.expiry_ns,
                                                    coin_premium(venue, spec))
-        out = []
+        closed = 0
         bucket = ts_exchange // self.interval_ns
         if chain.changed and bucket > chain.bucket and chain.options:
-            out.append((chain_key, self._publish(chain_key, chain, ts_published)))
+            self._close(chain_key, chain, tag)
+            closed = 1
         if spec is None:
             if chain.future is None:
                 chain.future = Quote()
@@ -133,23 +150,42 @@ class ChainBuilder:
         chain.bucket = max(chain.bucket, bucket)
         chain.changed = True
         chain.touched_ns = time.monotonic_ns()
-        return out
+        return closed
 
-    def _publish(self, key: str, chain: Chain, ts_published: int) -> bytes:
+    def _close(self, key: str, chain: Chain, tag: Any) -> None:
+        """The chain's inputs as they stand, copied (the next inputs change the live ones), to be built."""
         chain.changed = False
-        return encode(build(key, chain, ts_published, self.registry))
+        options = {symbol: (spec, quote.copy()) for symbol, (spec, quote) in chain.options.items()}
+        future = None if chain.future is None else chain.future.copy()
+        self.closed.append((key, Chain(chain.venue, chain.name, chain.underlying, chain.expiry_ns, chain.inverse,
+                                       options, future), tag))
+
+    def built(self, ts_published: int, limit: int | None = None) -> Iterator[tuple[str, bytes, Any]]:
+        """The closed chains' ``options.chain`` records, oldest first (at most ``limit``), each with
+        the tag it was closed with. Building one costs milliseconds (a vectorised pass over its
+        strikes): the caller spaces them out."""
+        closed = self.closed
+        while closed and (limit is None or limit > 0):
+            key, chain, tag = closed.popleft()
+            if limit is not None:
+                limit -= 1
+            yield key, encode(build(key, chain, ts_published, self.registry)), tag
 
     def forget(self, keep: Any) -> None:
         """Drop chains whose key ``keep(key)`` rejects (partitions no longer owned)."""
         for key in [k for k in self.chains if not keep(k)]:
             del self.chains[key]
+        self.closed = collections.deque(c for c in self.closed if keep(c[0]))
 
-    def due(self, now_monotonic_ns: int, ts_published: int) -> Iterator[tuple[str, bytes]]:
-        """Chains whose inputs went quiet with changes not yet published."""
+    def due(self, now_monotonic_ns: int) -> int:
+        """Close the chains whose inputs went quiet with changes not yet published; how many."""
         idle = self.IDLE_INTERVALS * self.interval_ns
+        closed = 0
         for key, chain in self.chains.items():
             if chain.changed and chain.options and now_monotonic_ns - chain.touched_ns >= idle:
-                yield key, self._publish(key, chain, ts_published)
+                self._close(key, chain, None)
+                closed += 1
+        return closed
 
 
 def _forward(chain: Chain, inverse: bool) -> tuple[float | None, str]:
@@ -206,45 +242,34 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         expiry_ns = terms.expiry_ns or expiry_ns
     forward, forward_source = _forward(chain, inverse)
     t = (expiry_ns - asof) / YEAR_NS
-    n = len(items)
     specs = [s for _, (s, _) in items]
     quotes = [q for _, (_, q) in items]
-    rates = np.array([q.number("interest_rate") or 0.0 for q in quotes])
     usable = forward is not None and forward > 0 and t > 0
-    ours: dict[str, np.ndarray] = {}
+    # every number of every quote read once (a venue's text to float)
+    numbers = {name: [q.number(name) for q in quotes] for name in NUMBERS}
+    ours: list[list[float | None]] = []  # per option: OURS in order (None: not finite)
     if usable:
         assert forward is not None
-        # each option's own inputs where its ticker gives them ("from the same inputs"): the
-        # venue's underlying price and exchange time of that ticker; else the chain's forward
-        f = np.array([q.number("underlying_price") or forward for q in quotes])
-        ts = np.array([q.ts_exchange or asof for q in quotes], dtype=np.float64)
-        t_each = (expiry_ns - ts) / YEAR_NS
-        k = np.array([s.strike for s in specs])
-        call = np.array([s.call for s in specs])
-        df = np.exp(-rates * t_each)
-        scale = f if inverse else 1.0
-        for side in SIDES:
-            px = np.array([np.nan if q.number(side) is None else q.number(side) for q in quotes], dtype=np.float64)
-            iv, _ = black76.implied_vol(px * scale, f, k, t_each, call, df)
-            ours[f"{side}_iv"] = iv
-        ours.update(black76.greeks(f, k, t_each, ours["mark_iv"], call, df, rates))
-        ours["forward"] = f
+        ours = _ours(specs, quotes, numbers, forward, asof, expiry_ns, inverse)
     strikes: dict[str, ChainStrike] = {}
-    for i in range(n):
-        spec, q = specs[i], quotes[i]
-        row = strikes.setdefault(spec.strike_text, ChainStrike(strike=spec.strike_text, call=None, put=None))
+    for i, (spec, q) in enumerate(zip(specs, quotes, strict=True)):
+        row = strikes.get(spec.strike_text)
+        if row is None:
+            row = strikes[spec.strike_text] = ChainStrike(strike=spec.strike_text, call=None, put=None)
         got = q.fields.get
         entry = ChainOption(instrument=f"{chain.venue}:{items[i][0]}", bid=got("bid"), ask=got("ask"),
                             mark=got("mark"), bid_iv=got("bid_iv"), ask_iv=got("ask_iv"), mark_iv=got("mark_iv"),
                             delta=got("delta"), gamma=got("gamma"), vega=got("vega"), theta=got("theta"),
                             ts_exchange=q.ts_exchange, source=q.source)
         if usable:
-            mine = OursGreeks(**{name: _num(ours[name][i]) for name in OursGreeks.__struct_fields__})
-            entry.ours = mine
-            entry.residual = Residuals(**{name: _residual(getattr(mine, name), q.number(name))
-                                          for name in Residuals.__struct_fields__})
-            entry.undetermined = [f"{s}_iv" for s in SIDES
-                                  if q.number(s) is not None and getattr(mine, f"{s}_iv") is None]
+            o = ours[i]
+            entry.ours = OursGreeks(forward=o[0], bid_iv=o[1], ask_iv=o[2], mark_iv=o[3], delta=o[4], gamma=o[5],
+                                    vega=o[6], theta=o[7])
+            venue = [numbers[name][i] for name in RESIDUALS]
+            entry.residual = Residuals(**{name: None if mine is None or theirs is None else mine - theirs
+                                          for name, mine, theirs in zip(RESIDUALS, o[1:5], venue, strict=True)})
+            entry.undetermined = [f"{side}_iv" for side, mine in zip(SIDES, o[1:4], strict=True)
+                                  if numbers[side][i] is not None and mine is None]
         if spec.call:
             row.call = entry
         else:
@@ -258,9 +283,25 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         spec=None if terms is None else SpecRef(key=terms.key, valid_from=terms.valid_from))
 
 
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _residual(ours: float | None, venue: float | None) -> float | None:
-    return None if ours is None or venue is None else ours - venue
+def _ours(specs: list[OptionSpec], quotes: list[Quote], numbers: dict[str, list[float | None]],
+          forward: float, asof: int, expiry_ns: int, inverse: bool) -> list[list[float | None]]:
+    """Our numbers of every option (rows of :data:`OURS`), in one vectorised pass: the three
+    sides' implied volatilities solved together, the greeks at the mark's."""
+    n = len(quotes)
+    # each option's own inputs where its ticker gives them ("from the same inputs"): the
+    # venue's underlying price and exchange time of that ticker; else the chain's forward
+    f = np.array([u or forward for u in numbers["underlying_price"]])
+    rates = np.array([r or 0.0 for r in numbers["interest_rate"]])
+    ts = np.array([q.ts_exchange or asof for q in quotes], dtype=np.float64)
+    t_each = (expiry_ns - ts) / YEAR_NS
+    k = np.array([s.strike for s in specs])
+    call = np.array([s.call for s in specs])
+    df = np.exp(-rates * t_each)
+    px = np.array([np.nan if v is None else v for side in SIDES for v in numbers[side]], dtype=np.float64)
+    f3 = np.tile(f, 3)
+    iv, _ = black76.implied_vol(px * f3 if inverse else px, f3, np.tile(k, 3), np.tile(t_each, 3),
+                                np.tile(call, 3), np.tile(df, 3))
+    mark_iv = iv[2 * n:]
+    greeks = black76.greeks(f, k, t_each, mark_iv, call, df, rates)
+    table = np.column_stack([f, iv[:n], iv[n:2 * n], mark_iv, *(greeks[g] for g in GREEKS)])
+    return [[x if math.isfinite(x) else None for x in row] for row in table.tolist()]

@@ -501,6 +501,7 @@ class Simulator:
         bid at or through the best ask (the older asks it crosses go), or a bid and an ask at the
         best ask in one message (same message id: the sizes net, the larger keeps the difference)."""
         book, rng = inst.book, self.rng
+        book.forget_best()  # the sides are written here directly
         best_ask = min(book.asks)
         if rng.random() < 0.5:
             ticks, lots = best_ask + rng.randint(0, 2), rng.randint(1, 50)

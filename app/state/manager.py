@@ -215,13 +215,17 @@ class StateManager:
 
     def __init__(self, settings: Settings, table: TableSpec, changelog_topic: str,
                  outputs_delivered: Callable[[], Awaitable[None]] | None = None,
-                 released: Callable[[int], None] | None = None) -> None:
+                 released: Callable[[int], None] | None = None,
+                 before_commit: Callable[[], object] | None = None) -> None:
         """``outputs_delivered``: waits until every downstream record published so far is
         acknowledged; each commit waits for it before it writes the progress (commit after
         delivery). ``released(n)``: ``n`` bytes of transactional outputs left memory (committed,
-        or dropped with a partition another worker fenced us out of)."""
+        or dropped with a partition another worker fenced us out of). ``before_commit()``: sends
+        the outputs still owed for the records applied so far (the options chains they closed,
+        built off the frame path), before a commit takes their position."""
         self.settings = settings
         self.outputs_delivered = outputs_delivered
+        self.before_commit = before_commit
         self.released = released
         self.topic = changelog_topic
         self.local = LocalStore(settings.data_dir, table)
@@ -365,6 +369,8 @@ class StateManager:
         async with part.lock:
             if not part.has_pending():
                 return
+            if self.before_commit is not None:
+                self.before_commit()
             rows, progress = part.snapshot()
             outputs, size = part.take_outputs()  # exactly_once: those of the records ``progress`` covers
             if self.outputs_delivered is not None:

@@ -238,21 +238,24 @@ def test_okx_opt_summary_is_keyed_per_chain_and_gives_each_option_its_ticker() -
 def test_chains_publish_in_exchange_time_so_a_replay_publishes_the_same_records() -> None:
     from app.market.chain import ChainBuilder
 
-    def run() -> list[tuple[str, dict[str, Any]]]:
+    def run(build_late: bool = False) -> list[tuple[str, dict[str, Any]]]:
         chains, out = ChainBuilder(1000), []
         for i, ms in enumerate([0, 300, 900, 1000, 1500, 2100, 2200, 5000]):  # exchange times
             symbol = f"BTC-25DEC26-{60000 + 5000 * (i % 2)}-C"
-            fields = {"mark": "0.05", "underlying_price": "65000", "mark_iv": "0.5"}
-            for key, body in chains.offer(f"deribit:{symbol}", fields, 1_766_000_000_000_000_000 + ms * 10**6,
-                                          i, {"offset": i}):
-                record = orjson.loads(body)
-                out.append((key, {k: v for k, v in record.items() if k != "ts_published"}))
-        return out
+            fields = {"mark": f"0.0{5 + i}", "underlying_price": "65000", "mark_iv": "0.5"}
+            chains.offer(f"deribit:{symbol}", fields, 1_766_000_000_000_000_000 + ms * 10**6, i, {"offset": i})
+            if not build_late:
+                out += [(key, orjson.loads(body)) for key, body, _ in chains.built(0)]
+        out += [(key, orjson.loads(body)) for key, body, _ in chains.built(0)]
+        return [(key, {k: v for k, v in record.items() if k != "ts_published"}) for key, record in out]
 
     first = run()
     # one record per 1 s bucket left behind: at 1000 ms (inputs 0–900), 2100 (1000–1500), 5000 (2100–2200)
     assert [r["ts_exchange"] % 10**12 // 10**6 for _, r in first] == [900, 1500, 2200]
     assert first == run()  # whatever the wall clock did
+    # built long after they closed (the worker builds them between records): each the chain as
+    # it stood when it closed, not as later tickers left it
+    assert first == run(build_late=True)
 
 
 def test_an_idle_chain_is_flushed_after_two_intervals_of_wall_time() -> None:
@@ -260,9 +263,82 @@ def test_an_idle_chain_is_flushed_after_two_intervals_of_wall_time() -> None:
 
     chains = ChainBuilder(1000)
     assert chains.offer("deribit:BTC-25DEC26-60000-C", {"mark": "0.05", "underlying_price": "65000"},
-                        1_766_000_000_000_000_000, 1, source("raw.okx", 0, 0, 0)) == []
+                        1_766_000_000_000_000_000, 1, source("raw.okx", 0, 0, 0)) == 0
     (chain,) = chains.chains.values()
-    assert list(chains.due(chain.touched_ns + 1_999_000_000, 0)) == []
-    (flushed,) = chains.due(chain.touched_ns + 2_000_000_000, 0)
-    assert flushed[0] == "deribit:BTC-25DEC26"
-    assert list(chains.due(chain.touched_ns + 9_000_000_000, 0)) == []  # published once
+    assert chains.due(chain.touched_ns + 1_999_000_000) == 0
+    assert chains.due(chain.touched_ns + 2_000_000_000) == 1
+    ((key, _, _),) = chains.built(0)
+    assert key == "deribit:BTC-25DEC26"
+    assert chains.due(chain.touched_ns + 9_000_000_000) == 0  # published once
+
+
+def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all_before_a_commit() -> None:
+    """Closing is cheap and happens on the frame path; building (milliseconds a chain) waits for
+    the raw reader to finish its batch (``publish_deferred``: one chain per turn of the loop), or
+    for the next commit, which builds every closed chain first, into the transaction of the
+    record that closed it."""
+    import asyncio
+
+    from app.config import Settings
+    from app.market.records import Ticker
+    from app.outputs import Publisher
+    from app.processor import Outcome
+    from app.venues import VENUES
+    from app.wire import Topics
+    from scripts.harness import MemorySink
+
+    class Sink(MemorySink):
+        def hold(self, size: int) -> None:
+            pass
+
+    class Transaction:  # a table partition's next changelog transaction (PartitionState.output)
+        def __init__(self) -> None:
+            self.outputs: list[str] = []
+
+        def output(self, topic: str, partition: int, key: bytes, value: bytes) -> int:
+            if topic == "options.chain":
+                self.outputs.append(key.decode())
+            return len(value)
+
+    sink = Sink()
+    publisher = Publisher(Settings(), Topics("", VENUES, "unit"), sink, lambda key: None)  # type: ignore[arg-type]
+    t0 = 1_766_000_000_000_000_000
+    part = Transaction()
+    expiries = ("25DEC26", "29JAN27", "26FEB27")
+
+    def tickers(second: int) -> None:
+        for expiry in expiries:
+            key = f"deribit:BTC-{expiry}-60000-C"
+            fields = {"mark": f"0.0{5 + second}", "underlying_price": "65000"}
+            publisher.market(0, Outcome(key, tickers=[Ticker("ticker", t0 + second * 10**9, fields)]), 1,
+                             source("raw.deribit", 0, second, 0))
+
+    def chains_sent() -> list[str]:
+        return [key.decode() for topic, _, key, _ in sink.sent if topic == "options.chain"]
+
+    async def main() -> list[list[str]]:
+        seen = []
+        tickers(0)
+        tickers(1)  # the next second: all three chains close within one record
+        assert len(publisher.chains.closed) == 3
+        assert chains_sent() == []  # nothing built on the frame path
+        assert publisher.deferred()
+        task = asyncio.get_running_loop().create_task(publisher.publish_deferred())
+        for _ in range(4):
+            await asyncio.sleep(0)
+            seen.append(chains_sent())
+        await task
+        assert not publisher.deferred()
+        publisher.txn = part  # type: ignore[assignment]  # exactly_once: the outputs of the record being applied go in its transaction
+        tickers(2)
+        publisher.txn = None
+        assert publisher.publish_chains() == 3  # what a commit does first (StateManager before_commit)
+        return seen
+
+    seen = asyncio.run(main())
+    # one chain per turn of the loop, not the three at once
+    assert [len(s) for s in seen] == [0, 1, 2, 3], seen
+    assert sorted(seen[-1]) == [f"deribit:BTC-{e}" for e in sorted(expiries)]
+    # the three closed by the transactional record went to its partition's transaction, not the sink
+    assert len(chains_sent()) == 3
+    assert sorted(part.outputs) == [f"deribit:BTC-{e}" for e in sorted(expiries)]

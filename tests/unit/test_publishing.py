@@ -46,19 +46,27 @@ def test_depth_is_published_at_most_once_per_interval_and_the_last_change_always
     clock = Clock()
     sent: list[tuple[str, float]] = []
     depth = DepthPublisher(0.1, lambda key: sent.append((key, clock.now)), clock=clock)
+    assert not depth.due()
     depth.touch("a")
+    assert sent == []  # a change only marks its book: the frame path builds no aggregate
+    assert depth.due()  # never published: due at once
     clock.now += 0.03
-    depth.touch("a")  # within the interval: waits
+    depth.touch("a")
     depth.touch("b")
     depth.flush()
-    assert sent == [("a", 1000.0), ("b", 1000.03)]
+    assert sent == [("a", 1000.03), ("b", 1000.03)]
+    assert not depth.due()
+    depth.touch("a")  # within the interval: waits
     clock.now += 0.05
+    assert not depth.due()
     depth.flush()
     assert len(sent) == 2
-    clock.now += 0.03
-    depth.flush()  # the interval since the last one passed: the waiting change goes out
+    clock.now += 0.06
+    assert depth.due()  # the interval since the last one passed: the waiting change goes out
+    depth.flush()
     assert sent[-1] == ("a", clock.now)
     clock.now += 1
+    assert not depth.due()
     depth.flush()
     assert len(sent) == 3  # nothing changed since
 

@@ -217,3 +217,24 @@ def test_no_simulated_book_ever_quotes_a_price_at_or_below_zero() -> None:
         book.step()
         assert min(book.bids) >= 1
         assert min(book.asks) >= 1
+
+
+@pytest.mark.parametrize("symbol", ["BTC-PERPETUAL", "ETH-27MAR26-2000-P", "C7USDT"])
+def test_the_simulated_books_kept_best_levels_are_always_the_true_ones(symbol: str) -> None:
+    """``TrueBook.best`` is kept between changes instead of scanning both sides per event: after
+    every step, shift and crossing (which writes the sides directly) it must equal the scan."""
+    from app.simulator.server import Instrument
+
+    sim = Simulator(seed=5)
+    inst = Instrument("dydx", symbol, TrueBook(symbol, seed=11))
+    book, rng = inst.book, random.Random(3)
+    for _ in range(3000):
+        r = rng.random()
+        if r < 0.02:
+            book.shift(rng.randint(-40, 40))
+        elif r < 0.04:
+            sim._cross(inst)  # noqa: SLF001 - the dydx-cross fault's write of the true book
+            book._refill({})  # noqa: SLF001 - what the next step does first: the sides populated
+        else:
+            book.step()
+        assert book.best() == (max(book.bids), min(book.asks))

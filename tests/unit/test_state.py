@@ -207,3 +207,33 @@ def test_background_writes_land_in_order_even_when_their_callers_are_cancelled(t
     assert reopened.get(b"k") == b"last"
     assert reopened.get(b"sync") == b"1"
     reopened.close()
+
+
+def test_a_commit_sends_the_outputs_still_owed_before_it_takes_the_position(tmp_path: Path) -> None:
+    """The options chains closed by applied records are built off the frame path: a commit builds
+    and sends them (``before_commit``) before it takes the progress it commits, so a committed
+    position never covers a chain that was not sent."""
+    import asyncio
+    import dataclasses
+
+    from app.config import Settings
+    from app.state.manager import StateManager
+
+    order: list[str] = []
+
+    class Part:
+        number = 0
+        lock = asyncio.Lock()
+
+        def has_pending(self) -> bool:
+            return True
+
+        def snapshot(self) -> None:
+            order.append("snapshot")
+            raise RuntimeError("the rest of the commit is not this test's")
+
+    settings = dataclasses.replace(Settings(), data_dir=tmp_path)
+    manager = StateManager(settings, BOOKS, "changelog", before_commit=lambda: order.append("owed outputs sent"))
+    with pytest.raises(RuntimeError, match="not this test's"):
+        asyncio.run(manager.commit(Part()))  # type: ignore[arg-type]
+    assert order == ["owed outputs sent", "snapshot"]
