@@ -11,6 +11,7 @@ Each takes ``clock`` (monotonic seconds) so that tests can drive time.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -78,35 +79,39 @@ class DepthPublisher:
         self.clock = clock
         self.last: dict[str, float] = {}
         self.dirty: set[str] = set()
-        self.next_due = float("inf")  # no marked book is due before this (clock time)
+        #: (due at, key) of every marked book, soonest first: a flush after every batch of raw
+        #: records looks at the books that are due, not at every marked one
+        self.queue: list[tuple[float, str]] = []
 
     def touch(self, key: str) -> None:
         """The book moved."""
         if key not in self.dirty:
             self.dirty.add(key)
-            due = self.last.get(key, -self.interval_s) + self.interval_s
-            if due < self.next_due:
-                self.next_due = due
+            heapq.heappush(self.queue, (self.last.get(key, -self.interval_s) + self.interval_s, key))
 
     def due(self) -> bool:
         """A marked book's interval has passed."""
-        return self.clock() >= self.next_due
+        queue = self.queue
+        return bool(queue) and queue[0][0] <= self.clock()
 
     def flush(self, budget_s: float | None = None) -> None:
         """Publish the marked books whose interval has passed, longest waiting first; with
         ``budget_s``, stop once that long was spent (the rest go at the next flush), so that a
         thousand due books never hold the event loop at once."""
         now = self.clock()
-        interval, last = self.interval_s, self.last
-        due = sorted((last.get(k, -interval), k) for k in self.dirty if now - last.get(k, -interval) >= interval)
-        for _, key in due:
+        queue, dirty = self.queue, self.dirty
+        while queue and queue[0][0] <= now:
+            _, key = heapq.heappop(queue)
+            if key not in dirty:
+                continue  # forgotten
             self._publish(key)
             if budget_s is not None and self.clock() - now >= budget_s:
                 break
-        self.next_due = min((last.get(k, -interval) + interval for k in self.dirty), default=float("inf"))
 
     def forget(self, keys: set[str]) -> None:
         self.dirty -= keys
+        self.queue = [(at, key) for at, key in self.queue if key not in keys]
+        heapq.heapify(self.queue)
 
     def _publish(self, key: str) -> None:
         self.dirty.discard(key)

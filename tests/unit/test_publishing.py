@@ -110,3 +110,19 @@ def test_conflated_tops_are_the_latest_per_instrument_once_per_interval() -> Non
     assert conflater.due() == ["a3"]
     clock.now += 0.25
     assert conflater.due() == []
+
+
+def test_a_forgotten_book_is_not_published_until_it_moves_again() -> None:
+    clock = Clock()
+    sent: list[str] = []
+    depth = DepthPublisher(1.0, sent.append, clock=clock)
+    for key in "abc":
+        depth.touch(key)
+    depth.forget({"b"})  # its partition was let go
+    depth.flush()
+    assert sent == ["a", "c"]
+    depth.touch("b")  # back, and moved
+    assert depth.due()
+    depth.flush()
+    assert sent == ["a", "c", "b"]
+    assert not depth.due()
