@@ -107,7 +107,7 @@ class ChainBuilder:
     Closing copies the chain's inputs (a fraction of a millisecond); building its record is the
     costly part, left to :meth:`built`, so that a burst of tickers closing every chain at the
     same bucket boundary does not hold the frames behind it (the worker builds one chain at a
-    time between raw records, and every closed chain before a commit: ``app.outputs``)."""
+    time after each batch of raw records, and every closed chain before a commit: ``app.outputs``)."""
 
     IDLE_INTERVALS = 2
 
@@ -160,15 +160,13 @@ class ChainBuilder:
         self.closed.append((key, Chain(chain.venue, chain.name, chain.underlying, chain.expiry_ns, chain.inverse,
                                        options, future), tag))
 
-    def built(self, ts_published: int, limit: int | None = None) -> Iterator[tuple[str, bytes, Any]]:
-        """The closed chains' ``options.chain`` records, oldest first (at most ``limit``), each with
-        the tag it was closed with. Building one costs milliseconds (a vectorised pass over its
-        strikes): the caller spaces them out."""
+    def built(self, ts_published: int) -> Iterator[tuple[str, bytes, Any]]:
+        """The closed chains' ``options.chain`` records, oldest first, each with the tag it was
+        closed with, built one at a time as the caller asks. Building one costs milliseconds (a
+        vectorised pass over its strikes): the caller spaces them out."""
         closed = self.closed
-        while closed and (limit is None or limit > 0):
+        while closed:
             key, chain, tag = closed.popleft()
-            if limit is not None:
-                limit -= 1
             yield key, encode(build(key, chain, ts_published, self.registry)), tag
 
     def forget(self, keep: Any) -> None:
@@ -247,7 +245,7 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
     usable = forward is not None and forward > 0 and t > 0
     # every number of every quote read once (a venue's text to float)
     numbers = {name: [q.number(name) for q in quotes] for name in NUMBERS}
-    ours: list[list[float | None]] = []  # per option: OURS in order (None: not finite)
+    ours: list[list[float | None]] = []  # per option: OursGreeks' fields in order (None: not finite)
     if usable:
         assert forward is not None
         ours = _ours(specs, quotes, numbers, forward, asof, expiry_ns, inverse)
