@@ -53,9 +53,10 @@ from app.wire import RawFrame, Topics, partition_for
 
 log = logging.getLogger(__name__)
 
-# Longest a timer tick, or a piece of the work done after a batch of raw records, spends on
-# waiting book.depth records or closed options chains; the rest go at the next one.
-DEFERRED_BUDGET_S = 0.005
+# Longest a timer tick spends on each of waiting book.depth records and closed options chains;
+# the rest go at the next one (the raw reader builds them between its batches, in slices of its
+# own: app.rawreader SLICE_S).
+DEFERRED_BUDGET_S = 0.002
 
 #: Bytes counted per record beside its key and value (batch overhead, roughly).
 RECORD_OVERHEAD = 24
@@ -408,23 +409,30 @@ class Publisher:
         """Outputs wait to be built: closed options chains, book.depth whose interval passed."""
         return bool(self.chains.closed) or self.depth.due()
 
-    async def publish_deferred(self) -> None:
+    async def publish_deferred(self, budget_s: float) -> bool:
         """The outputs no frame's latency rides on — closed options chains (milliseconds each: a
         bucket boundary closes every chain of a venue within one burst of tickers), book.depth
         whose interval passed (tens of µs each, a thousand a second for a thousand books) — built
-        by the raw reader after the batch of records in hand (``app.rawreader``), a piece at a
-        time, each after a turn of the loop so that the batch's own outputs leave first. A commit
-        builds whatever chain is still closed before it takes its position (``StateManager``
-        ``before_commit``); the timer publishes what waits while no record arrives."""
+        by the raw reader between its batches of records (``app.rawreader``): about ``budget_s``
+        of them, a piece at a time, each after a turn of the loop so that the batch's own
+        outputs leave first. True while more wait: the reader first takes the records that
+        arrived meanwhile, then calls again (a burst of frames never waits behind a second's
+        book.depth). A commit builds whatever chain is still closed before it takes its
+        position (``StateManager`` ``before_commit``); the timer publishes what waits while no
+        record arrives."""
+        start = time.monotonic()
         while self.deferred():
             await asyncio.sleep(0)
             try:
                 if not self.publish_chains(budget_s=0):
-                    self.depth.flush(budget_s=DEFERRED_BUDGET_S)
+                    self.depth.flush(budget_s=budget_s)
             except Exception:
                 log.exception("building deferred outputs failed")
                 metrics.count("internal_errors")
-                return
+                return False
+            if time.monotonic() - start >= budget_s:
+                break
+        return self.deferred()
 
     def _publish_depth(self, key: str) -> None:
         inst = self.find(key)

@@ -151,6 +151,7 @@ class RawReader:
         publisher = runtime.publisher
         observe = metrics.observe_stage
         max_records = self.settings.max_poll_records
+        more = False  # deferred outputs wait: take the records already fetched, then build more
         while True:
             if generation != self._generation:
                 generation = self._generation
@@ -164,7 +165,7 @@ class RawReader:
                 await self._read_again(consumer)
             if self._dormant and time.monotonic() - self._dormant_checked >= DORMANT_CHECK_S:
                 await self._wake_dormant(consumer)
-            batches = await consumer.getmany(timeout_ms=IDLE_MS, max_records=max_records)
+            batches = await consumer.getmany(timeout_ms=0 if more else IDLE_MS, max_records=max_records)
             taken = time.time()
             slice_end = time.monotonic() + SLICE_S
             for tp, messages in batches.items():
@@ -186,9 +187,9 @@ class RawReader:
                         # commits and the timers run between slices (they are what the books wait for).
                         await asyncio.sleep(0)
                         slice_end = time.monotonic() + SLICE_S
-            if publisher.deferred():
-                # What no frame waits for (options chains, book.depth) after the records in hand
-                await publisher.publish_deferred()
+            # What no frame waits for (options chains, book.depth), a slice at a time between
+            # batches: records that arrive meanwhile go first
+            more = publisher.deferred() and await publisher.publish_deferred(SLICE_S)
 
     async def _reposition(self, consumer: AIOKafkaConsumer) -> None:
         """Assign the raw partitions of the wanted table partitions and seek each to the offset

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -141,8 +142,14 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     what Kafka's default partitioner gives its :func:`~app.market.symbols.partition_key` — the
     instrument key itself, except for an option, which goes with its expiry's chain (and future)
     so that the options chain is built where all its options are."""
-    text = key if isinstance(key, str) else key.decode()
-    return (murmur2(partition_key(text).encode()) & 0x7FFFFFFF) % partitions
+    return _partition(key if isinstance(key, str) else key.decode(), partitions)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition(key: str, partitions: int) -> int:
+    """Kept per key: aiokafka's murmur2 is pure Python (~10 µs a key), and every frame, output
+    and depth record asks for its instrument's partition."""
+    return (murmur2(partition_key(key).encode()) & 0x7FFFFFFF) % partitions
 
 
 # -- raw frames ------------------------------------------------------------------------

@@ -323,7 +323,7 @@ def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all
         assert len(publisher.chains.closed) == 3
         assert chains_sent() == []  # nothing built on the frame path
         assert publisher.deferred()
-        task = asyncio.get_running_loop().create_task(publisher.publish_deferred())
+        task = asyncio.get_running_loop().create_task(publisher.publish_deferred(1.0))
         for _ in range(4):
             await asyncio.sleep(0)
             seen.append(chains_sent())
