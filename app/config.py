@@ -376,7 +376,7 @@ class Settings:
     buffer_max_frames: int = 20_000
     standby_replicas: int = 0
     stream_buffer_maxsize: int = 128
-    producer_linger_ms: int = 5
+    producer_linger_ms: int = 1
     loop_stall_trace_ms: float = 0.0  # LOOP_STALL_TRACE_MS: log what held the worker's loop this long; 0: off
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
@@ -385,7 +385,7 @@ class Settings:
     changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
     raw_batch_max_frames: int = 1000
     raw_batch_max_bytes: int = 1024 * 1024
-    raw_batch_linger_ms: float = 5.0
+    raw_batch_linger_ms: float = 1.0
     top_conflate_ms: int = 0
     chain_interval_ms: int = 1000
     instruments_refresh_s: float = 3600.0
@@ -481,7 +481,7 @@ def load() -> Settings:
         buffer_max_frames=_env_int("BUFFER_MAX_FRAMES", 20_000, minimum=1),
         standby_replicas=_env_int("TABLE_STANDBY_REPLICAS", 0, minimum=0),
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
-        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 5, minimum=0),
+        producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 1, minimum=0),
         loop_stall_trace_ms=_loop_stall_trace_ms(),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
@@ -496,7 +496,7 @@ def load() -> Settings:
         raw_batch_max_frames=_env_int("RAW_BATCH_MAX_FRAMES", 1000, minimum=1, maximum=100_000),
         raw_batch_max_bytes=_env_int("RAW_BATCH_MAX_BYTES", 1024 * 1024, minimum=1024,
                                      maximum=RAW_MAX_MESSAGE_BYTES // 2),
-        raw_batch_linger_ms=_env_float("RAW_BATCH_LINGER_MS", 5.0, minimum=0.0),
+        raw_batch_linger_ms=_env_float("RAW_BATCH_LINGER_MS", 1.0, minimum=0.0),
         top_conflate_ms=_env_int("TOP_CONFLATE_MS", 0, minimum=0, maximum=60_000),
         chain_interval_ms=_env_int("CHAIN_INTERVAL_MS", 1000, minimum=10, maximum=3_600_000),
         instruments_refresh_s=_env_float("INSTRUMENTS_REFRESH_S", 3600.0, minimum=0.0),

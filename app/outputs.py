@@ -62,9 +62,9 @@ DEFERRED_BUDGET_S = 0.002
 RECORD_OVERHEAD = 24
 
 # Dead letters are for audit, not for trading: their lanes send at most one batch per 100 ms.
-# With the books' PRODUCER_LINGER_MS (5 ms) a flood of bad frames (1,000/s in `make chaos`) sent
-# ~200 produce requests a second per dead-letter partition, and on 2 cores those requests (a
-# syscall each, and the broker's work) took the CPU the good books needed.
+# With the books' PRODUCER_LINGER_MS (5 ms then; 1 ms now) a flood of bad frames (1,000/s in
+# `make chaos`) sent ~200 produce requests a second per dead-letter partition, and on 2 cores
+# those requests (a syscall each, and the broker's work) took the CPU the good books needed.
 DEADLETTER_LINGER_S = 0.1
 
 
