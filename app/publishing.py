@@ -79,8 +79,8 @@ class DepthPublisher:
         self.clock = clock
         self.last: dict[str, float] = {}
         self.dirty: set[str] = set()
-        #: (due at, key) of every marked book, soonest first: a flush after every batch of raw
-        #: records looks at the books that are due, not at every marked one
+        #: (due at, key) of every marked book, soonest first (exactly the keys of ``dirty``:
+        #: :meth:`forget` takes both): a flush looks at the books that are due, not at every marked one
         self.queue: list[tuple[float, str]] = []
 
     def touch(self, key: str) -> None:
@@ -99,16 +99,15 @@ class DepthPublisher:
         ``budget_s``, stop once that long was spent (the rest go at the next flush), so that a
         thousand due books never hold the event loop at once."""
         now = self.clock()
-        queue, dirty = self.queue, self.dirty
+        queue = self.queue
         while queue and queue[0][0] <= now:
-            _, key = heapq.heappop(queue)
-            if key not in dirty:
-                continue  # forgotten
-            self._publish(key)
+            self._publish(heapq.heappop(queue)[1])
             if budget_s is not None and self.clock() - now >= budget_s:
                 break
 
     def forget(self, keys: set[str]) -> None:
+        """Books no longer here: unmarked, out of the queue (a book that comes back waits for its
+        next move)."""
         self.dirty -= keys
         self.queue = [(at, key) for at, key in self.queue if key not in keys]
         heapq.heapify(self.queue)

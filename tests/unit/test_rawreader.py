@@ -21,8 +21,8 @@ class Consumer:
     """Hands out the batches it is given; a batch that "arrives" while deferred work waits is
     queued by the publisher below. Ends the reader once nothing is left."""
 
-    def __init__(self, log: list[Any], batches: list[list[int]]) -> None:
-        self.log, self.batches = log, batches
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
         self.timeouts: list[int] = []
 
     async def start(self) -> None:
@@ -71,7 +71,7 @@ class Publisher:
 
 
 def reader(log: list[Any], batches: list[list[int]], pieces: int) -> tuple[RawReader, Consumer, Publisher]:
-    consumer = Consumer(log, batches)
+    consumer = Consumer(batches)
     publisher = Publisher(log, consumer, pieces)
     runtime = SimpleNamespace(
         settings=Settings(), topics=SimpleNamespace(raw=[TP.topic]), publisher=publisher,
