@@ -42,7 +42,7 @@ ENV_VARS = (
     "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
     "KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
     "MIN_INSYNC_REPLICAS", "RAW_RETENTION_MS", "RAW_RETENTION_BYTES", "OUTPUT_RETENTION_MS", "PROCESSING_GUARANTEE",
-    "BOOK_CORE",
+    "BOOK_CORE", "GC_GEN0_THRESHOLD",
 )
 
 #: PROCESSING_GUARANTEE values (Kafka Streams' names).
@@ -378,6 +378,7 @@ class Settings:
     stream_buffer_maxsize: int = 128
     producer_linger_ms: int = 1
     loop_stall_trace_ms: float = 0.0  # LOOP_STALL_TRACE_MS: log what held the worker's loop this long; 0: off
+    gc_gen0_threshold: int = 20_000  # GC_GEN0_THRESHOLD: the worker's young collections (Python's default: 700)
     commit_interval_s: float = 2.8
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
@@ -483,6 +484,7 @@ def load() -> Settings:
         stream_buffer_maxsize=_env_int("STREAM_BUFFER_MAXSIZE", 128, minimum=1),
         producer_linger_ms=_env_int("PRODUCER_LINGER_MS", 1, minimum=0),
         loop_stall_trace_ms=_loop_stall_trace_ms(),
+        gc_gen0_threshold=_env_int("GC_GEN0_THRESHOLD", 20_000, minimum=100, maximum=10_000_000),
         commit_interval_s=_env_float("COMMIT_INTERVAL_S", 2.8, minimum=0.1),
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),

@@ -94,6 +94,22 @@ def watch_gc() -> None:
         gc.callbacks.append(_on_gc)
 
 
+def tune_gc(gen0: int) -> None:
+    """A young collection once ``gen0`` more container objects were allocated than freed
+    (GC_GEN0_THRESHOLD; Python's default is 700); the older generations keep Python's thresholds.
+
+    At 700 a young collection ran every few milliseconds under load, so every object alive
+    across two of them — a batch waiting for its acknowledgement, a commit's rows — was promoted,
+    and the old generation grew fast enough for a full collection every ~4 s at 5,000 frames/s
+    (~28 ms each, once 295) and every ~14 s in the options universe (~23 ms, up to 50), each
+    holding every frame that arrived meanwhile. The count is allocations *minus* frees: a worker
+    whose objects come and go reaches 20,000 rarely (once in the universe's 10 minutes), what is
+    short-lived has died by then, and cyclic garbage still brings it there (memory stays bounded).
+    The price: a young collection, when one comes, walks ~20,000 objects (10–40 ms here)."""
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, gen2)
+
+
 def settle_gc() -> None:
     """Everything alive now — the code, the app, the books just loaded — is moved out of the
     collector's reach (``gc.freeze``): later full collections walk only what was created since,

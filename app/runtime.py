@@ -94,6 +94,7 @@ class BookRuntime:
         quiet_fenced_leftovers(asyncio.get_running_loop())
         log.info("book core: %s (BOOK_CORE=%s)", book.core.NAME, self.settings.book_core)
         metrics.watch_gc()
+        metrics.tune_gc(self.settings.gc_gen0_threshold)
         self.loop_watch.start()
         await self.sink.start()
         self.state.start()

@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert (s.raw_retention_ms, s.raw_retention_bytes) == (-1, -1)
     assert s.output_retention_ms == 7 * 24 * 3600 * 1000
     assert s.processing_guarantee == "at_least_once"
+    assert s.gc_gen0_threshold == 20_000
     for name in ("TOPIC_REPLICATION", "MIN_INSYNC_REPLICAS", "RAW_RETENTION_MS", "RAW_RETENTION_BYTES",
                  "OUTPUT_RETENTION_MS", "PROCESSING_GUARANTEE"):
         assert name in config.ENV_VARS
@@ -63,6 +64,7 @@ def test_auto_is_none(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     ({"PROCESSING_GUARANTEE": "exactly_once_v2"}, "PROCESSING_GUARANTEE", "must be at_least_once or exactly_once"),
     ({"LOOP_STALL_TRACE_MS": "2"}, "LOOP_STALL_TRACE_MS", "below 5"),
     ({"LOOP_STALL_TRACE_MS": "soon"}, "LOOP_STALL_TRACE_MS", "is not a number"),
+    ({"GC_GEN0_THRESHOLD": "0"}, "GC_GEN0_THRESHOLD", "must be at least 100"),
 ])
 def test_bad_values_are_one_clear_line(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str,
                                        message: str) -> None:

@@ -214,3 +214,23 @@ def test_collections_are_timed_per_generation_and_settled_objects_leave_the_coll
     finally:
         metrics.unsettle_gc()
     assert gc.get_freeze_count() == 0
+
+
+def test_young_collections_wait_for_the_tuned_threshold() -> None:
+    """GC_GEN0_THRESHOLD: 5,000 more containers than freed do not start a young collection at
+    20,000 (Python's 700 would have run seven); the older generations keep their thresholds."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        metrics.tune_gc(20_000)
+        assert gc.get_threshold() == (20_000, *before[1:])
+        gc.collect()
+        kept = [[i] for i in range(5_000)]
+        assert gc.get_count()[0] >= len(kept)  # no collection ran: the count only grew
+        metrics.tune_gc(700)
+        kept += [[i] for i in range(1_000)]
+        assert gc.get_count()[0] < 700  # past the threshold: collected
+    finally:
+        gc.set_threshold(*before)
+
