@@ -233,4 +233,3 @@ def test_young_collections_wait_for_the_tuned_threshold() -> None:
         assert gc.get_count()[0] < 700  # past the threshold: collected
     finally:
         gc.set_threshold(*before)
-
