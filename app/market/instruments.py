@@ -111,6 +111,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.versions: dict[str, list[Spec]] = {}  # key → versions, oldest first
+        self.generation = 0  # counts the versions added: what is derived from them is stale when it moves
 
     def apply(self, spec: Spec) -> bool:
         """Add ``spec`` if its terms differ from the version in force at its time: True if new."""
@@ -121,6 +122,7 @@ class Registry:
         if any(v.valid_from == spec.valid_from for v in versions):
             return False  # the same moment already has a version (a redelivered record)
         bisect.insort(versions, spec, key=lambda v: v.valid_from)
+        self.generation += 1
         return True
 
     def changed(self, specs: list[Spec], valid_from: int, source: Source) -> list[Spec]:

@@ -99,6 +99,12 @@ class Alerts:
         self.not_synced: dict[str, int] = {}  # key → event time it left synced
         self.funding: dict[str, float] = {}
         self.nbbo: dict[str, Nbbo] = {}  # pair → last published body (sans ts)
+        # the instruments compared across venues: key → (NBBO group, quote currency), by their
+        # latest version; rebuilt when the registry gains one. A tick reads only their tops: the
+        # scan of every top (1,508 in the options universe, none of them compared) was 2.6 % of
+        # the worker's samples
+        self._grouped: dict[str, tuple[str, str]] = {}
+        self._grouped_at = -1
 
     def active_by_kind(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -182,6 +188,16 @@ class Alerts:
                            f"reduce-only: MM/equity {ratio:.4g} above {above:g} ({by})")
 
     # -- per tick ----------------------------------------------------------------------------
+    def _groups(self) -> dict[str, tuple[str, str]]:
+        if self._grouped_at != self.registry.generation:
+            self._grouped_at = self.registry.generation
+            self._grouped = {}
+            for key, versions in self.registry.versions.items():
+                spec = versions[-1] if versions else None
+                if spec is not None and (group := group_of(spec)) is not None:
+                    self._grouped[key] = (group, spec.quote or spec.settle)
+        return self._grouped
+
     def tick(self, t: int, tops: dict[str, Any], status: dict[str, str], max_age_ns: int) -> list[Out]:
         out: list[Out] = []
         for key, since in sorted(self.not_synced.items()):
@@ -189,19 +205,13 @@ class Alerts:
                 out += self._raise("stale", key, t, round((t - since) / NS, 3), self.conf.stale_s,
                                    f"{status.get(key)} for {(t - since) / NS:.1f} s")
         pairs: dict[str, list[tuple[str, str, float, float]]] = {}
-        for key, top in tops.items():
-            if top.bid is None or top.ask is None or top.bid >= top.ask or status.get(key, "synced") != "synced":
+        for key, (group, quote) in self._groups().items():
+            top = tops.get(key)
+            if top is None or top.bid is None or top.ask is None or top.bid >= top.ask:
                 continue
-            if t - top.ts_recv > max_age_ns:
+            if status.get(key, "synced") != "synced" or t - top.ts_recv > max_age_ns:
                 continue
-            versions = self.registry.versions.get(key)
-            if not versions:
-                continue
-            spec = versions[-1]
-            group = group_of(spec)
-            if group is None:
-                continue
-            pairs.setdefault(group, []).append((key, spec.quote or spec.settle, top.bid, top.ask))
+            pairs.setdefault(group, []).append((key, quote, top.bid, top.ask))
         for pair, books in sorted(pairs.items()):
             books.sort()
             best_bid = max(books, key=lambda b: (b[2], b[0]))

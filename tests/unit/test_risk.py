@@ -322,6 +322,29 @@ def test_nbbo_maps_pairs_through_the_registry_and_flags_a_diverging_venue() -> N
     assert [(o[2].key, o[2].state) for o in stale if o[0] == "alerts"] == [("bybit-spot:BTCUSDT", "cleared")]
 
 
+def test_an_instrument_listed_after_a_tick_joins_the_nbbo_at_the_next() -> None:
+    """The alerts keep which instruments are compared across venues by the registry's
+    generation: a version added after a tick is in the next one."""
+    from app.market.instruments import Registry
+    from app.risk.alerts import Alerts, AlertSettings
+    from app.risk.engine import MarketTop
+
+    registry = Registry()
+    registry.apply(_spot("binance:BTCUSDT", "BTC", "USDT"))
+    alerts = Alerts(AlertSettings(divergence_bps=50), registry)
+    t = 10**12
+    tops = {"binance:BTCUSDT": MarketTop(65_000.0, 65_001.0, t, 1), "okx:BTC-USDT": MarketTop(65_000.5, 65_002.0, t, 1)}
+    first = [o[2] for o in alerts.tick(t + 1, tops, {}, 10**10) if o[0] == "nbbo"]
+    assert [[v.key for v in n.venues] for n in first] == [["binance:BTCUSDT"]]  # okx: not listed yet
+    generation = registry.generation
+    assert registry.apply(_spot("okx:BTC-USDT", "BTC", "USDT"))
+    assert registry.generation == generation + 1
+    assert not registry.apply(_spot("okx:BTC-USDT", "BTC", "USDT"))  # the same terms: no new version
+    assert registry.generation == generation + 1
+    second = [o[2] for o in alerts.tick(t + 2, tops, {}, 10**10) if o[0] == "nbbo"]
+    assert [[v.key for v in n.venues] for n in second] == [["binance:BTCUSDT", "okx:BTC-USDT"]]
+
+
 def _listed(venue: str, body: dict[str, object]) -> list[Spec]:
     """Specs as the registry gets them: the venue's own instrument-list parser on its list."""
     from app.venues import INSTRUMENT_LISTS
