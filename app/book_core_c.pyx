@@ -13,6 +13,30 @@ from libc.string cimport memmove
 
 from app.errors import FrameError
 
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
+
+cdef inline object _untracked(object value):
+    """``value``; when it is a tuple of text, bytes or None, out of the cyclic collector's sight:
+    such a tuple can hold no reference cycle, and CPython would untrack it anyway at the first
+    collection that walked it. The books keep a level's tuple for as long as the level lives, so
+    otherwise every level set since the last young collection is walked by it (tens of
+    thousands at a few thousand frames a second: that collection's whole cost)."""
+    cdef object item
+    if type(value) is not tuple:
+        return value
+    for item in <tuple>value:
+        if not (type(item) is str or type(item) is bytes or item is None):
+            return value
+    PyObject_GC_UnTrack(<void*>value)
+    return value
+
+
+cdef inline tuple _pair(object first, object second):
+    return _untracked((first, second))
+
 NAME = "compiled"
 
 
@@ -63,7 +87,7 @@ cdef class Side:
         for key in keys:
             self._ranks[self._n] = key if is_bid else -key
             self._n += 1
-        self._vals = [levels[k] for k in keys]
+        self._vals = [_untracked(levels[k]) for k in keys]
 
     def __dealloc__(self):
         PyMem_Free(self._ranks)
@@ -133,9 +157,9 @@ cdef class Side:
         cdef double rank = key if self.is_bid else -key
         cdef Py_ssize_t i = self._find(rank)
         if i < self._n and self._ranks[i] == rank:
-            self._vals[i] = value
+            self._vals[i] = _untracked(value)
         else:
-            self._insert(i, rank, value)
+            self._insert(i, rank, _untracked(value))
 
     def remove(self, double key):
         """Remove the level at ``key``; its value, or None if there was none."""
@@ -207,13 +231,13 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
                 changes.append((tag, side._pop(j)[0], None))
         elif not found:
             price, size = levels[i]
-            side._insert(j, rank, (price, size))
+            side._insert(j, rank, _pair(price, size))
             changes.append((tag, price, size))
         else:
             old = side._vals[j]
             size = levels[i][1]
             if old[1] != size:
-                side._vals[j] = (old[0], size)
+                side._vals[j] = _pair(old[0], size)
                 changes.append((tag, old[0], size))
 
 
@@ -252,4 +276,4 @@ def encode_rows(bytes start, dict changed, list rows):
     """Append to ``rows`` the table row of each changed level (see ``app.book_core``)."""
     cdef str price
     for price, size in changed.items():
-        rows.append((start + price.encode(), None if size is None else (<str>size).encode()))
+        rows.append(_pair(start + price.encode(), None if size is None else (<str>size).encode()))

@@ -10,7 +10,10 @@ import json
 import re
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
@@ -123,3 +126,50 @@ def test_records_deleted_before_they_were_applied_are_given_up_and_the_books_go_
 
         lag = wait_for(read_to_end, 30, "consumer lag 0 on every raw partition read")
         assert {topic for topic, _ in lag} == {ns.topic("raw.deribit")}  # the only raw topic ever written
+
+
+class Applied(Exception):
+    """Every record was applied: the reader's loop ends here."""
+
+
+def test_the_next_fetch_is_at_the_broker_while_a_fetched_batch_is_applied(ns: Namespace) -> None:
+    """The reader gives aiokafka's fetcher its turns before it applies what a fetch returned: the
+    fetch of the records behind them is already on the consumer's connection when the first
+    record of a batch is applied, so a record that arrives meanwhile is fetched at once instead
+    of after the whole batch (without those turns no fetch is in flight at that moment)."""
+    from app.rawreader import RawReader
+    from app.retry import Backoff
+    from tests.helpers import produce_records
+
+    produce_records(ns, [("raw.deribit", 0, b"k", b"v%d" % i) for i in range(50)])
+    topic = ns.topic("raw.deribit")
+    seen: list[tuple[int, bool]] = []
+    reader: RawReader
+
+    def fetch_in_flight() -> bool:
+        conns = reader.consumer._client._conns.values()  # noqa: SLF001 - the mechanism under test
+        return any(type(request).__name__.startswith("FetchRequest")
+                   for conn in conns for _, request, _ in conn._requests)  # noqa: SLF001
+
+    def handle(topic: str, partition: int, offset: int, key: bytes, value: bytes, headers: Any) -> None:
+        seen.append((offset, fetch_in_flight()))
+        if offset == 49:
+            raise Applied
+
+    runtime = SimpleNamespace(
+        settings=ns.settings(), topics=SimpleNamespace(raw=[topic]), handle=handle,
+        publisher=SimpleNamespace(deferred=lambda: False), sink=SimpleNamespace(full=lambda: False),
+        positions=lambda tps: {}, start_at=lambda *a, **k: None)
+    reader = RawReader(runtime)  # type: ignore[arg-type]
+    reader.resume({0})
+
+    async def serve() -> None:
+        try:
+            await reader._serve(Backoff(0.1, 1.0))  # noqa: SLF001
+        finally:
+            await reader.consumer.stop()
+
+    with pytest.raises(Applied):
+        asyncio.run(serve())
+    assert [offset for offset, _ in seen] == list(range(50))
+    assert seen[0] == (0, True), seen[:3]  # the first record of the fetch: the next fetch already sent
