@@ -140,7 +140,7 @@ def test_the_compiled_books_keep_their_levels_out_of_the_young_collections(core_
     """A level's (price, size) lives as long as the level, and a commit's rows until the commit
     is done: the compiled core creates them untracked (they can hold no reference cycle), so a
     young collection never walks them (at 5,000 frames/s tens of thousands since the last one,
-    30-70 ms of it). The reference leaves that to CPython (untracked after a first walk)."""
+    10-40 ms of it). The reference leaves that to CPython (untracked after a first walk)."""
     core = _compiled() if core_name == "compiled" else book_core
     ob = book.OrderBook()
     ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
