@@ -28,11 +28,13 @@ from aiokafka.protocol.admin import DescribeConfigsRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 
+from app import zstd
 from app.config import RAW_MAX_MESSAGE_BYTES, KafkaSecurity, Settings, resolve_replication
 from app.errors import ConfigError
 from app.wire import BOOK_CHECKPOINTS, DEADLETTER, raw_topic
 
 log = logging.getLogger(__name__)
+zstd.install()  # every process that talks to Kafka imports this module: its zstd batches are cheaper
 T = TypeVar("T")
 
 

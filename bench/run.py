@@ -1232,7 +1232,18 @@ async def produce_v1(ns: Namespace, items: Iterator[Record], topic: str) -> int:
 
 
 async def passthrough(ns: Namespace, topic: str, total: int) -> dict[str, Any]:
-    """The practical limit: consume the records, parse each with orjson, produce it on."""
+    """The practical limit: consume the records, parse each with orjson, produce it on, with
+    aiokafka as it comes (its own zstd codec, not bookstream's ``app.zstd``)."""
+    from app import zstd
+
+    zstd.install(ours=False)
+    try:
+        return await _passthrough(ns, topic, total)
+    finally:
+        zstd.install()
+
+
+async def _passthrough(ns: Namespace, topic: str, total: int) -> dict[str, Any]:
     consumer = AIOKafkaConsumer(ns.topic(topic), bootstrap_servers=BOOTSTRAP, group_id=f"{ns.name}-passthrough",
                                 auto_offset_reset="earliest", enable_auto_commit=True, max_poll_records=2000)
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5, max_batch_size=256 * 1024,
