@@ -8,10 +8,11 @@ most under 4 KB, ~7 % of the worker's CPU). ``zstandard`` with one compressor an
 decompressor kept per thread does the same in 2.7 and 1.3 µs (README "Where the time goes").
 
 The format is unchanged: one zstd frame per batch at level 3 (Kafka's default, as aiokafka's),
-its size in the frame header. A payload this decoder cannot take in one call — a frame whose
-header has no content size (a streaming compressor's, as the Java client writes) or an empty
-one, several frames, a damaged one — goes to cramjam's decoder as before, so every batch
-aiokafka could read is read, and what cramjam would refuse is still refused.
+its size in the frame header. A payload this decoder does not take in one call — a frame whose
+header has no content size (a streaming compressor's, as the Java client writes), an empty one,
+one that says it is larger than ``FAST_MAX_BYTES``, several frames, a damaged one — goes to
+cramjam's decoder as before, so every batch aiokafka could read is read, and what cramjam would
+refuse is still refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ import zstandard
 #: aiokafka's (and Kafka's) default zstd level: the level of every batch it compresses.
 LEVEL = 3
 
+#: Larger declared sizes go to cramjam, which streams (a damaged header must not allocate GBs;
+#: a batch is at most a few times max.message.bytes, 16 MiB here, once decompressed).
+FAST_MAX_BYTES = 256 * 2**20
+
 _local = threading.local()
+_AIOKAFKAS: list[Any] = []  # aiokafka's own encode and decode, as found before the first install
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -55,8 +61,8 @@ def zstd_decode(payload: Any) -> bytes:
     """The bytes of a zstd payload (aiokafka's ``zstd_decode``)."""
     try:
         # an empty first frame is decoded as b"" whatever follows it (zstandard 0.25 does not
-        # check the rest then): those, with the ones without a size, go to cramjam
-        if zstandard.frame_content_size(payload) > 0:
+        # check the rest then): those, the ones without a size and the huge ones go to cramjam
+        if 0 < zstandard.frame_content_size(payload) <= FAST_MAX_BYTES:
             return _decompressor().decompress(payload, allow_extra_data=False)
     except zstandard.ZstdError:  # several frames, or damaged
         pass
@@ -83,5 +89,3 @@ def install(ours: bool = True) -> None:
     for module in modules:
         module.zstd_encode, module.zstd_decode = encode, decode
 
-
-_AIOKAFKAS: list[Any] = []  # aiokafka's own functions, as found before the first install

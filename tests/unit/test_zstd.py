@@ -111,3 +111,15 @@ def test_another_level_and_damaged_input_behave_as_aiokafkas_codec() -> None:
         zstd.zstd_decode(bytes(damaged))
     with pytest.raises(cramjam.DecompressionError):
         cramjam.zstd.decompress(bytes(damaged))
+
+
+def test_a_frame_larger_than_the_fast_bound_is_streamed_by_cramjam(monkeypatch: pytest.MonkeyPatch,
+                                                                    calls: dict[str, int]) -> None:
+    payload = b'{"e":"depthUpdate"}' * 100
+    frame = zstd.zstd_encode(payload)
+    monkeypatch.setattr(zstd, "FAST_MAX_BYTES", len(payload) - 1)
+    assert zstd.zstd_decode(frame) == payload
+    assert calls["decompress"] == 0  # not through the kept context: no allocation of the declared size
+    monkeypatch.setattr(zstd, "FAST_MAX_BYTES", len(payload))
+    assert zstd.zstd_decode(frame) == payload
+    assert calls["decompress"] == 1
