@@ -115,6 +115,7 @@ class Lane:
     retry_at: float = 0.0  # after a failed delivery: not before this (monotonic)
     added: int = 0  # records ever added
     done: int = 0  # records acknowledged (or given up), in order
+    acked_to: int = -1  # offset of the last record the broker acknowledged (-1: none yet)
     flush_to: int = 0  # a commit waits for the records up to here: they go without lingering
 
     def due(self) -> float | None:
@@ -213,6 +214,11 @@ class LaneProducer:
         """Records added for this topic partition that the broker has not acknowledged yet."""
         lane = self.lanes.get((topic, partition))
         return lane is not None and lane.done < lane.added
+
+    def acknowledged_to(self, topic: str, partition: int) -> int:
+        """Offset of the last record of this topic partition the broker acknowledged (-1: none)."""
+        lane = self.lanes.get((topic, partition))
+        return -1 if lane is None else lane.acked_to
 
     def _warn(self, message: str, reason: str = "sink", level: int = logging.ERROR) -> None:
         if self._log.allow(reason)[0]:
@@ -410,6 +416,9 @@ class LaneProducer:
             log.warning("%s: Kafka accepts records again", self.name)
             self.kafka_ok = True
         lane.done += batch.count
+        meta = fut.result()
+        if meta is not None and meta.offset >= 0:  # acks=0 answers no offset
+            lane.acked_to = max(lane.acked_to, meta.offset + batch.count - 1)
         self._release(batch.size)
         self._delivered(lane, batch)
 

@@ -108,7 +108,7 @@ class BookRuntime:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
                                     self.caught_up, self.raw_applied_to, self.sink.room,
-                                    self.sink.undelivered)
+                                    self.sink.undelivered, self.sink.acknowledged_to)
             await self.risk.start()
 
     async def stop(self) -> None:

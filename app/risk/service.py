@@ -166,10 +166,12 @@ class RiskService:
                  caught_up: Callable[[], bool] = lambda: True,
                  applied_to: Callable[[], float] = lambda: float("inf"),
                  room: Callable[[], Awaitable[None]] | None = None,
-                 undelivered: Callable[[str, int], bool] = lambda topic, partition: False) -> None:
+                 undelivered: Callable[[str, int], bool] = lambda topic, partition: False,
+                 acknowledged_to: Callable[[str, int], int] = lambda topic, partition: -1) -> None:
         """``room``: waits while the worker's outputs are over their budget (flow control: the
         engine reads no more inputs until Kafka has taken what it published). ``undelivered(topic,
-        partition)``: whether this worker has records for it that Kafka has not acknowledged yet."""
+        partition)``: whether this worker has records for it that Kafka has not acknowledged yet;
+        ``acknowledged_to(topic, partition)``: the offset of its last one Kafka did (-1: none)."""
         self.settings = settings
         self.topics = topics
         self.rules = rules
@@ -180,6 +182,7 @@ class RiskService:
         self.applied_to = applied_to
         self.room = room
         self.undelivered = undelivered
+        self.acknowledged_to = acknowledged_to
         self.task: asyncio.Task[None] | None = None
         self._reset()
 
@@ -509,14 +512,20 @@ class RiskService:
         """Records of the partition are still to be read, or may be: its end is not known, or
         not known lately (no fetch answered for it in ``RISK_IDLE_MS``: its leader is moving),
         or this worker still has records for it that Kafka has not acknowledged (its producer
-        waits for a new leader). A broker failover holds the engine instead of making the
-        inputs it delays late."""
+        waits for a new leader), or it has records Kafka acknowledged that were not read here yet.
+        A broker failover holds the engine instead of making the inputs it delays late."""
         consumer = self.consumer
         if consumer is None:
             return True
         tp = TopicPartition(topic, partition)
         high = consumer.highwater(tp)
-        if high is None or self.read_to.get((topic, partition), -1) + 1 < high:
+        read_to = self.read_to.get((topic, partition), -1)
+        if high is None or read_to + 1 < high:
+            return True
+        # This worker's own records acknowledged since the consumer last learnt the partition's
+        # end: their event time may be older than what the other partitions show (a raw partition
+        # applied behind the others in a replay), and a fetch may be a few hundred ms away.
+        if read_to < self.acknowledged_to(topic, partition):
             return True
         polled = consumer.last_poll_timestamp(tp)
         if polled is None or time.time() * 1000 - polled > self.settings.risk.idle_ms:

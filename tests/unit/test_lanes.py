@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka.structs import RecordMetadata
 
 from app.config import load
 from app.outputs import DEADLETTER_LINGER_S, OutputSink
@@ -235,6 +236,43 @@ async def test_over_budget_room_waits_until_half_is_delivered_and_nothing_is_dro
     assert len(producer.records) == n > 1000  # every record delivered
     assert sink.failed == 0
     assert sink.pauses == 1
+
+
+class _OffsetProducer(_Producer):
+    """Acknowledges each batch as the broker does: the offset its first record was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next: dict[tuple[str, int], int] = {}
+
+    async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((topic, batch.records, time.monotonic()))
+        base = self.next.get((topic, partition), 100)
+        self.next[(topic, partition)] = base + batch.records
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(RecordMetadata(topic, partition, None, base, -1, 0, 0))
+        return fut
+
+
+async def test_each_lane_knows_the_offset_of_its_last_acknowledged_record() -> None:
+    """The risk engine reading this worker's outputs knows it has not read all of a partition
+    while a record acknowledged there has an offset past what it read (app.risk.service._behind)."""
+    sink = OutputSink(dataclasses.replace(load(), producer_linger_ms=1))
+    producer = _OffsetProducer()
+    await _running(sink, producer)
+    try:
+        assert sink.acknowledged_to("ticker", 1) == -1
+        for n in range(7):
+            sink.add("ticker", 1, b"k", b"%d" % n)
+            sink.add("book.top", 2, b"k", b"%d" % n)
+            await asyncio.sleep(0.002)  # several batches
+        await asyncio.wait_for(sink.delivered(), timeout=10)
+    finally:
+        assert sink._task is not None
+        sink._task.cancel()
+    assert sum(1 for topic, _, _ in producer.sent if topic == "ticker") > 1
+    assert sink.acknowledged_to("ticker", 1) == sink.acknowledged_to("book.top", 2) == 106  # 100 … 106
+    assert sink.acknowledged_to("ticker", 2) == -1
 
 
 async def test_an_accepted_batch_that_fails_gets_a_new_idempotent_producer_even_for_a_retriable_error() -> None:

@@ -163,6 +163,28 @@ def test_a_partition_is_read_to_its_end_only_if_a_fetch_said_so_lately_and_nothi
     assert svc._behind("ticker", 1)  # noqa: SLF001 - records still to read
 
 
+def test_records_this_worker_had_acknowledged_hold_their_partition_until_they_are_read() -> None:
+    """A replay: a raw partition applied behind the others gives a ticker older than the tops
+    already read; Kafka acknowledged it after the consumer's last fetch told it the partition's
+    end. Until it is read the partition is not read to its end: the engine waits for it instead
+    of ticking past its time (the same replay gave different risk records run to run)."""
+    acked: dict[tuple[str, int], int] = {}
+    svc = RiskService(Settings(), Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True,
+                      acknowledged_to=lambda topic, partition: acked.get((topic, partition), -1))
+    outputs = Outputs()
+    svc.consumer = outputs  # type: ignore[assignment]
+    svc.read_to[("ticker", 1)] = 9
+    outputs.high[("ticker", 1)] = 10
+    assert not svc._behind("ticker", 1)  # noqa: SLF001
+    acked[("ticker", 1)] = 9
+    assert not svc._behind("ticker", 1)  # noqa: SLF001 - read already
+    acked[("ticker", 1)] = 12  # acknowledged since: the high watermark the consumer knows is stale
+    assert svc._behind("ticker", 1)  # noqa: SLF001
+    svc.read_to[("ticker", 1)] = 12
+    outputs.high[("ticker", 1)] = 13
+    assert not svc._behind("ticker", 1)  # noqa: SLF001
+
+
 async def test_a_commit_marker_at_the_end_of_a_partition_is_not_a_record_still_to_read() -> None:
     """PROCESSING_GUARANTEE=exactly_once: every output partition the worker wrote in a commit ends
     with its marker (one offset, no record). Read to the end, the last record's offset is one short
