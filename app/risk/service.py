@@ -524,7 +524,7 @@ class RiskService:
             return True
         # This worker's own records acknowledged since the consumer last learnt the partition's
         # end: their event time may be older than what the other partitions show (a raw partition
-        # applied behind the others in a replay), and a fetch may be a few hundred ms away.
+        # applied behind the others in a replay), and its next fetch may be FETCH_WAIT_MS away.
         if read_to < self.acknowledged_to(topic, partition):
             return True
         polled = consumer.last_poll_timestamp(tp)
