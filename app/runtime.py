@@ -107,7 +107,7 @@ class BookRuntime:
         if self.settings.risk.enabled:
             self.risk = RiskService(self.settings, self.topics, self.rules,
                                     lambda t, p, k, v: self.sink.add(t, p, k.encode(), v), self.owns, self.ready,
-                                    self.caught_up, self.raw_applied_to, self.sink.room,
+                                    self.caught_up, self.raw_applying, self.sink.room,
                                     self.sink.undelivered, self.sink.acknowledged_to)
             await self.risk.start()
 
@@ -148,17 +148,15 @@ class BookRuntime:
         lag = self.consumer_lag()
         return self.reader.positioned() and all(tp in lag and lag[tp] <= slack for tp in self.reader.assignment())
 
-    def raw_applied_to(self, slack: int = 2) -> float:
-        """The receive time (ns) up to which the worker has applied the assigned raw partitions it
-        is more than ``slack`` records behind on: the oldest frame it has still to apply was
-        received no earlier (a raw partition is written in receive order). +inf when it is behind
-        on none; -inf when one of them has nothing applied yet (its next frames may be of any age).
-        The risk engine's watermark holds quiet inputs there (app.risk.watermark)."""
-        bound = float("inf")
-        for tp, behind in self.consumer_lag().items():
-            if behind > slack:
-                bound = min(bound, self.applied_ts.get(tp, float("-inf")))
-        return bound
+    def raw_applying(self) -> dict[tuple[str, int], float]:
+        """The assigned raw partitions with frames still to apply (behind their known end), each
+        with the receive time (ns) of the newest frame applied from it: the frames still to apply
+        were received no earlier (a raw partition is written in receive order); -inf when nothing
+        was applied from it yet (its next frames may be of any age). No slack: one record behind
+        is frames to come, which may be the first records of an output partition (a replay). The
+        risk engine's watermark holds there (app.risk.watermark)."""
+        applied = self.applied_ts
+        return {tp: applied.get(tp, float("-inf")) for tp, behind in self.consumer_lag().items() if behind}
 
     def consumer_lag(self) -> dict[tuple[str, int], int]:
         """Raw records behind the end of each assigned partition: its high watermark minus the

@@ -30,7 +30,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -164,11 +164,13 @@ class RiskService:
     def __init__(self, settings: Settings, topics: Topics, rules: list[Rule], send: Callable[[str, int, str, bytes],
                  None], owns: Callable[[str], bool], ready: Callable[[], bool],
                  caught_up: Callable[[], bool] = lambda: True,
-                 applied_to: Callable[[], float] = lambda: float("inf"),
+                 applying: Callable[[], Mapping[tuple[str, int], float]] = dict,
                  room: Callable[[], Awaitable[None]] | None = None,
                  undelivered: Callable[[str, int], bool] = lambda topic, partition: False,
                  acknowledged_to: Callable[[str, int], int] = lambda topic, partition: -1) -> None:
-        """``room``: waits while the worker's outputs are over their budget (flow control: the
+        """``applying()``: the raw (topic, partition)s the worker still has frames of to apply, each
+        with the receive time it has applied it to (``BookRuntime.raw_applying``). ``room``: waits
+        while the worker's outputs are over their budget (flow control: the
         engine reads no more inputs until Kafka has taken what it published). ``undelivered(topic,
         partition)``: whether this worker has records for it that Kafka has not acknowledged yet;
         ``acknowledged_to(topic, partition)``: the offset of its last one Kafka did (-1: none)."""
@@ -179,7 +181,7 @@ class RiskService:
         self.owns = owns
         self.ready = ready
         self.caught_up = caught_up
-        self.applied_to = applied_to
+        self.applying = applying
         self.room = room
         self.undelivered = undelivered
         self.acknowledged_to = acknowledged_to
@@ -496,14 +498,14 @@ class RiskService:
     # -- event time ---------------------------------------------------------------------------
     def watermark(self, now: float) -> float:
         """Event time (ns) no input still to come can be older than (:class:`Watermark`), from
-        the partitions still to be read (:meth:`_behind`) and the worker's progress on its raw topics."""
-        return self.marks.at(now, time.time_ns(), self._unread(), self.applied_to())
+        the partitions still to be read (:meth:`_behind`) and the raw frames the worker still has to apply."""
+        return self.marks.at(now, time.time_ns(), self._unread(), self.applying())
 
     def held_by(self) -> list[str]:
         """The inputs holding event time where it is (:meth:`Watermark.held_by`)."""
         if self.consumer is None:
             return ["not reading: the engine is starting"]
-        return self.marks.held_by(time.monotonic(), time.time_ns(), self._unread(), self.applied_to())
+        return self.marks.held_by(time.monotonic(), time.time_ns(), self._unread(), self.applying())
 
     def _unread(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self.assigned if self._behind(tp.topic, tp.partition)}

@@ -4,6 +4,7 @@ source), and what it publishes of partitions it does not own (held records)."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import orjson
 from aiokafka import TopicPartition
@@ -11,16 +12,17 @@ from aiokafka import TopicPartition
 from app.config import Settings
 from app.records import Exposure, HedgeSignal, encode
 from app.risk.service import RiskService
+from app.runtime import BookRuntime
 from app.venues import VENUES
 from app.wire import Topics
 
 DAY_NS = 86_400 * 10**9
 
 
-def service(applied_to: float = float("inf")) -> tuple[RiskService, int]:
+def service(applying: dict[tuple[str, int], float] | None = None) -> tuple[RiskService, int]:
     settings = Settings()
     svc = RiskService(settings, Topics("", VENUES, "unit"), [], lambda *a: None, lambda key: True, lambda: True,
-                      applied_to=lambda: applied_to)
+                      applying=lambda: applying or {})
     return svc, settings.risk.lateness_ms * 1_000_000
 
 
@@ -55,11 +57,11 @@ def test_history_holds_the_engine_while_read_recently_or_at_what_the_worker_stil
     assert svc.watermark(now) > wall - DAY_NS
     # quiet only because the worker is still applying its raw topics, an hour into the day's replay:
     # held at what the worker applies, not at the quiet source's own time and not at the clock
-    behind, _ = service(applied_to=wall - DAY_NS + 3_600 * 10**9)
+    behind, _ = service(applying={("raw.binance-usdm", 2): wall - DAY_NS + 3_600 * 10**9})
     behind.marks.sources = svc.marks.sources
     assert behind.watermark(now) == wall - DAY_NS + 3_600 * 10**9
     # a few milliseconds behind, as a worker under live load is most of the time: live
-    lagging, lateness = service(applied_to=wall - 5_000_000)
+    lagging, lateness = service(applying={("raw.binance-usdm", 2): wall - 5_000_000})
     lagging.marks.sources = svc.marks.sources
     assert wall - lateness <= lagging.watermark(now) <= time.time_ns() - lateness
 
@@ -202,3 +204,10 @@ async def test_a_commit_marker_at_the_end_of_a_partition_is_not_a_record_still_t
     await svc._past_markers({fresh: []})  # noqa: SLF001
     assert not svc._behind("book.status", 2)  # noqa: SLF001
     assert svc.read_to[("book.status", 3)] == 7  # a partition this fetch returned records of: as they say
+
+
+def test_the_worker_names_each_raw_partition_with_frames_still_to_apply_and_the_receive_time_it_is_at() -> None:
+    """No slack: one raw record behind may hold an output partition's first records (a replay)."""
+    stub = SimpleNamespace(applied_ts={("raw.okx", 0): 5, ("raw.okx", 1): 7},
+                           consumer_lag=lambda: {("raw.okx", 0): 1, ("raw.okx", 1): 0, ("raw.okx", 2): 3})
+    assert BookRuntime.raw_applying(stub) == {("raw.okx", 0): 5, ("raw.okx", 2): float("-inf")}  # type: ignore[arg-type]
