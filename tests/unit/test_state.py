@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.state.layout import Checkpoint, LayoutError, decode_state, encode_state
+from app.state import store as store_module
+from app.state.layout import CHECKPOINT_KEY, Checkpoint, LayoutError, decode_state, encode_state
 from app.state.manager import PartitionState, SourceProgress, Standing
 from app.state.store import LocalStore
 from app.venues.base import Kind
@@ -207,6 +209,59 @@ def test_background_writes_land_in_order_even_when_their_callers_are_cancelled(t
     assert reopened.get(b"k") == b"last"
     assert reopened.get(b"sync") == b"1"
     reopened.close()
+
+
+class CountingDb:
+    """A RocksDB handle that records the rows of each write batch and fails the ``fail_at``-th
+    write (a process killed between two of them)."""
+
+    def __init__(self, db: Any, fail_at: int = 0) -> None:
+        self.db, self.fail_at, self.batches = db, fail_at, []  # type: list[int]
+
+    def write(self, batch: Any) -> None:
+        self.batches.append(batch.len())
+        if len(self.batches) == self.fail_at:
+            raise OSError("killed")
+        self.db.write(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def rows_of(store: Any) -> list[tuple[bytes, bytes]]:
+    return [(key, value) for key, value in store.items() if key != CHECKPOINT_KEY]
+
+
+def test_a_large_write_lands_in_batches_with_the_checkpoint_last_and_a_torn_one_is_mended_by_the_restore(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rocksdict holds the GIL for a whole write, so a large one held the event loop: writes go
+    in batches of WRITE_BATCH_ROWS, the checkpoint in the last. A kill between two leaves the copy
+    at its old checkpoint with some rows after it; the restore writes the changelog again from the
+    checkpoint (later wins) and the copy ends where the whole write would have put it."""
+    monkeypatch.setattr(store_module, "WRITE_BATCH_ROWS", 4)
+    rows: list[tuple[bytes, bytes | None]] = [(b"r%02d" % i, b"%d" % i) for i in range(10)]
+    rows += [(b"a", b"1"), (b"gone", None)]
+    whole = LocalStore(tmp_path / "whole", BOOKS).open(0)
+    whole.db = counting = CountingDb(whole.db)
+    whole.write(rows, Checkpoint(changelog_next=17))
+    assert counting.batches == [4, 4, 4, 1]  # the checkpoint alone in the last
+
+    torn = LocalStore(tmp_path / "torn", BOOKS).open(0)
+    torn.write([(b"a", b"0"), (b"gone", b"1")], Checkpoint(changelog_next=5))
+    torn.db = CountingDb(torn.db, fail_at=3)
+    with pytest.raises(OSError, match="killed"):
+        torn.write(rows, Checkpoint(changelog_next=17))
+    assert torn.checkpoint().changelog_next == 5  # the copy still says: read on from 5
+    assert torn.get(b"r07") == b"7"  # two batches of rows landed
+    assert torn.get(b"r08") is None
+    assert torn.get(b"a") == b"0"
+    torn.db = torn.db.db
+    torn.write(rows, Checkpoint(changelog_next=17))  # the restore: the changelog from 5 on, again
+    assert rows_of(torn) == rows_of(whole)
+    assert torn.checkpoint().changelog_next == 17
+    torn.close()
+    whole.db = counting.db
+    whole.close()
 
 
 def test_a_commit_sends_the_outputs_still_owed_before_it_takes_the_position(tmp_path: Path) -> None:
