@@ -16,6 +16,9 @@ from app.errors import FrameError
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void* op)
+    bint PyUnicode_IS_COMPACT_ASCII(object op)
+    Py_ssize_t PyUnicode_GET_LENGTH(object op)
+    void* PyUnicode_DATA(object op)
 
 
 cdef inline object _untracked(object value):
@@ -39,10 +42,60 @@ cdef inline tuple _pair(object first, object second):
 
 NAME = "compiled"
 
+# 10**k for k ≤ 22: every one exact in a double
+cdef double[23] _POW10
+_POW10[0] = 1.0
+for _k in range(1, 23):
+    _POW10[_k] = _POW10[_k - 1] * 10.0
+
+cdef unsigned long long _EXACT = 1ULL << 53  # every integer up to 2**53 is exact in a double
+
+
+cdef inline bint _plain_decimal(object text, double* out) noexcept:
+    """True, with ``float(text)`` in ``out``, when ``text`` is plain decimal ASCII — digits with
+    at most one point, at least one digit — whose digits make an integer m ≤ 2**53 and whose
+    point has k ≤ 22 digits after it: then m and 10**k are exact doubles and the one correctly
+    rounded division m / 10**k is the correctly rounded value of the text, the double ``float``
+    gives (Clinger's fast path). False for anything else (signs, exponents, spaces, underscores,
+    other digits, more digits): the caller asks ``float``. A venue's prices and sizes are plain
+    decimals: this skips making a float object twice per level."""
+    cdef Py_ssize_t i, n
+    cdef const unsigned char* s
+    cdef unsigned long long m = 0
+    cdef int frac = -1, digits = 0
+    cdef unsigned char c
+    if type(text) is not str or not PyUnicode_IS_COMPACT_ASCII(text):
+        return False
+    n = PyUnicode_GET_LENGTH(text)
+    s = <const unsigned char*>PyUnicode_DATA(text)
+    for i in range(n):
+        c = s[i]
+        if c == 46:  # "."
+            if frac >= 0:
+                return False
+            frac = 0
+        elif 48 <= c <= 57:
+            if m > 100000000000000000ULL:  # one more digit could overflow: not plain enough
+                return False
+            m = m * 10 + (c - 48)
+            digits += 1
+            if frac >= 0:
+                frac += 1
+        else:
+            return False
+    if digits == 0 or m > _EXACT or frac > 22:
+        return False
+    out[0] = <double>m / _POW10[frac] if frac > 0 else <double>m
+    return True
+
 
 cpdef double parse_key(price) except? -1.0:
     """A price's sort key; FrameError ``bad-price`` unless a finite positive number."""
     cdef double value
+    if _plain_decimal(price, &value):
+        if value > 0:
+            return value
+        raise FrameError("bad-price", price[:30])
     try:
         value = float(price)
     except ValueError:
@@ -55,6 +108,8 @@ cpdef double parse_key(price) except? -1.0:
 cpdef bint parse_zero(size) except -1:
     """Whether a size deletes its level; FrameError ``bad-size`` unless finite and ≥ 0."""
     cdef double value
+    if _plain_decimal(size, &value):
+        return value == 0
     try:
         value = float(size)
     except ValueError:

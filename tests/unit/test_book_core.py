@@ -65,6 +65,25 @@ def test_prices_and_sizes_are_read_alike_good_or_bad(text: str) -> None:
     assert _outcome(lambda: compiled.parse_zero(text)) == _outcome(lambda: book_core.parse_zero(text))
 
 
+# Plain decimals, the venues' own form: the compiled core reads these itself (m / 10**k, exact
+# while m ≤ 2**53 and k ≤ 22) and asks ``float`` for anything else; the edges of that rule here.
+plain_decimals = st.one_of(
+    st.from_regex(r"\A\d{0,19}(\.\d{0,26})?\Z"),
+    st.sampled_from(["9007199254740992", "9007199254740993", "9007199254740991.5", "900719925474099.3",
+                     "0.0000000000000000000001", "0.00000000000000000000001", "1.0000000000000000000000",
+                     "123456789012345678901234567890", "00000000000000000067123.40", "67123.", ".5", "0.",
+                     "0", "0.000", "..5", "1.2.3", "1e5", "+1", "-1", "1 ", "\u0661", "100000000000000001"]),
+)
+
+
+@settings(max_examples=examples(3000), deadline=None)
+@given(text=plain_decimals)
+def test_plain_decimals_are_read_exactly_as_float_reads_them(text: str) -> None:
+    compiled = _compiled()
+    assert _outcome(lambda: compiled.parse_key(text)) == _outcome(lambda: book_core.parse_key(text))
+    assert _outcome(lambda: compiled.parse_zero(text)) == _outcome(lambda: book_core.parse_zero(text))
+
+
 prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates hit, move and delete levels
 sizes = st.sampled_from(["0", "0.000", "1", "1.0", "2", "0.5", "3"])
 levels = st.lists(st.tuples(prices, sizes), max_size=12)  # a price may repeat within an update
