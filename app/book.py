@@ -34,6 +34,7 @@ from app.book_core import Change, Side
 from app.decimals import decimal_text
 from app.errors import ConfigError
 from app.records.book import Aggregates, Band
+from app.venues import base as venue_base
 from app.venues.base import Level
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def _compiled() -> ModuleType | None:
 #: The core in use (``core.NAME``: "compiled" or "python"): the compiled one when it is built,
 #: unless BOOK_CORE=python; the worker sets it from its settings (:func:`use_core`).
 core: Any = book_core if os.environ.get("BOOK_CORE", "").strip().lower() == "python" else (_compiled() or book_core)
+venue_base.plain_levels = core.plain_levels  # the venues read levels with the same core
 
 
 def use_core(name: str) -> str:
@@ -67,6 +69,7 @@ def use_core(name: str) -> str:
         raise ConfigError("BOOK_CORE=compiled but the compiled book core is not built (app/book_core_c.pyx): "
                           "run `make install` (it needs a C compiler), or set BOOK_CORE=auto or python")
     core = book_core if name == "python" or compiled is None else compiled
+    venue_base.plain_levels = core.plain_levels
     if name == "auto" and compiled is None:
         log.warning("the compiled book core is not built: the Python core runs (same books, slower; "
                     "`make install` builds it)")

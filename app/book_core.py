@@ -170,6 +170,16 @@ def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
     return changes
 
 
+def plain_levels(raw: object) -> list[tuple[str, str]] | None:
+    """``raw`` as a new list of (price, size) when it is a list whose every entry is a list of at
+    least two strings, its first two kept verbatim (the venues' own form, read by
+    ``app.venues.base.levels``); None otherwise: the caller reads it entry by entry."""
+    if type(raw) is not list:
+        return None
+    fast = [(x[0], x[1]) for x in raw if type(x) is list and len(x) >= 2 and type(x[0]) is str is type(x[1])]
+    return fast if len(fast) == len(raw) else None
+
+
 def record_changes(changes: list[Change], bids: dict[str, str | None], asks: dict[str, str | None]) -> None:
     """Each change's new size (None: deleted) under its price, in its side's rows to commit: a
     level changed many times before a commit is written once (``app.state.manager``)."""

@@ -319,6 +319,29 @@ def apply_levels(Side bids, Side asks, bid_levels, ask_levels):
     return changes
 
 
+def plain_levels(raw):
+    """``raw`` as a new list of (price, size) when it is a list whose every entry is a list of at
+    least two strings, its first two kept verbatim (the venues' own form); None otherwise (see
+    ``app.book_core``)."""
+    cdef list src, out
+    cdef Py_ssize_t i, n
+    cdef object item
+    if type(raw) is not list:
+        return None
+    src = <list>raw
+    n = len(src)
+    out = [None] * n
+    for i in range(n):
+        item = src[i]
+        if type(item) is not list or len(<list>item) < 2:
+            return None
+        price, size = (<list>item)[0], (<list>item)[1]
+        if type(price) is not str or type(size) is not str:
+            return None
+        out[i] = _pair(price, size)
+    return out
+
+
 def record_changes(list changes, dict bids, dict asks):
     """Each change's new size (None: deleted) under its price, in its side's rows to commit (see
     ``app.book_core``)."""

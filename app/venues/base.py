@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import calendar
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from app import book_core
 from app.decimals import decimal_text
 from app.errors import FrameError
 from app.market.instruments import InstrumentListParser
@@ -293,13 +295,17 @@ def _plain(d: Decimal) -> str:
     return decimal_text(d)
 
 
+#: The book core's reader of levels in the venues' own form (``plain_levels`` of
+#: ``app.book_core`` or the compiled core): ``app.book`` sets it to the core that runs.
+plain_levels: Callable[[Any], list[Level] | None] = book_core.plain_levels
+
+
 def levels(raw: Any, what: str) -> list[Level]:
     """``[[price, size, ...], ...]`` with string or number fields → list of (price, size)."""
     if not isinstance(raw, list):
         raise FrameError("bad-levels", f"{what} is not a list")
-    # Fast path, in C: every entry a list of at least two strings, kept verbatim.
-    fast = [(x[0], x[1]) for x in raw if type(x) is list and len(x) >= 2 and type(x[0]) is str is type(x[1])]
-    if len(fast) == len(raw):
+    fast = plain_levels(raw)  # every entry a list of at least two strings, kept verbatim
+    if fast is not None:
         return fast
     out: list[Level] = []
     for item in raw:

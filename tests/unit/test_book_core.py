@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from app import book, book_core
 from app.errors import ConfigError, FrameError
+from app.venues import base as venue_base
 from tests.helpers import examples
 
 
@@ -32,8 +33,10 @@ def test_make_install_built_the_compiled_core_and_the_worker_runs_it_by_default(
     try:
         assert book.use_core("python") == "python"
         assert book.OrderBook().core is book_core
+        assert venue_base.plain_levels is book_core.plain_levels  # the venues read levels with it too
         assert book.use_core("auto") == "compiled"
         assert book.OrderBook().core is compiled
+        assert venue_base.plain_levels is compiled.plain_levels
         with pytest.raises(ConfigError, match="BOOK_CORE='fast' must be one of auto, compiled, python"):
             book.use_core("fast")
     finally:
@@ -82,6 +85,25 @@ def test_plain_decimals_are_read_exactly_as_float_reads_them(text: str) -> None:
     compiled = _compiled()
     assert _outcome(lambda: compiled.parse_key(text)) == _outcome(lambda: book_core.parse_key(text))
     assert _outcome(lambda: compiled.parse_zero(text)) == _outcome(lambda: book_core.parse_zero(text))
+
+
+fields = st.one_of(st.sampled_from(["1", "0.5", "", "67123.40"]), st.integers(0, 9), st.floats(0, 9), st.none())
+entries = st.one_of(st.lists(fields, max_size=4), st.tuples(fields, fields), fields)
+raw_levels = st.one_of(st.lists(st.lists(st.sampled_from(["1", "0.5", "67123.40"]), min_size=2, max_size=3),
+                                max_size=6),
+                       st.lists(entries, max_size=6), st.tuples(entries), st.none(), st.text(max_size=3))
+
+
+@settings(max_examples=examples(2000), deadline=None)
+@given(raw=raw_levels)
+def test_levels_in_the_venues_own_form_are_read_alike(raw: Any) -> None:
+    """``plain_levels``: [[price, size, ...], ...] of strings → [(price, size), ...], the same
+    text objects; anything else → None (``app.venues.base.levels`` then reads entry by entry)."""
+    expected = book_core.plain_levels(raw)
+    got = _compiled().plain_levels(raw)
+    assert got == expected
+    if expected is not None:
+        assert all(type(x) is tuple and g[0] is r[0] and g[1] is r[1] for x, g, r in zip(got, got, raw, strict=True))
 
 
 prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates hit, move and delete levels
