@@ -19,13 +19,16 @@ ZSTD = 4  # the compression codec in a record batch's attributes
 RECORDS = [(b"binance-usdm:BTC%dUSDT" % i, b'{"bid":"42000.%d","ask":"42001.0","seq":%d}' % (i, i))
            for i in range(200)]
 ATTRIBUTES_AT = 21  # a v2 record batch: base offset, length, leader epoch, magic, crc, then attributes
+# Fixed record times: with timestamp=None each record takes the current millisecond, and two
+# batches built across a tick differ before compression (their sizes then differed by a few bytes).
+T0_MS = 1_764_000_000_000
 
 
 def _batch(builder_cls: Any = DefaultRecordBatchBuilder) -> bytes:
     builder = builder_cls(magic=2, compression_type=ZSTD, is_transactional=0, producer_id=-1,
                           producer_epoch=-1, base_sequence=0, batch_size=1 << 20)
     for offset, (key, value) in enumerate(RECORDS):
-        builder.append(offset, timestamp=None, key=key, value=value, headers=[])
+        builder.append(offset, timestamp=T0_MS + offset, key=key, value=value, headers=[])
     return bytes(builder.build())
 
 
