@@ -95,7 +95,7 @@ def test_levels_in_the_venues_own_form_are_read_alike(raw: Any) -> None:
     got = _compiled().plain_levels(raw)
     assert got == expected
     if expected is not None:
-        assert all(type(x) is tuple and g[0] is r[0] and g[1] is r[1] for x, g, r in zip(got, got, raw, strict=True))
+        assert all(type(g) is tuple and g[0] is r[0] and g[1] is r[1] for g, r in zip(got, raw, strict=True))
 
 
 prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates hit, move and delete levels
