@@ -114,31 +114,20 @@ class OrderBook:
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
         """Replace the whole book by a snapshot; returns only the levels that differ. Both sides
-        are validated before either is replaced."""
+        are validated before either changes. The book is changed in place, by the level loop:
+        each level the snapshot lacks deleted, each of its levels set (a kept level keeps its
+        persisted price text), so the sides track these changes as any others."""
         parse_key, parse_zero = self.core.parse_key, self.core.parse_zero
-        sides = []
-        for side, levels in ((BID, bids), (ASK, asks)):
+        updates = []
+        for side, levels in ((self.bids, bids), (self.asks, asks)):
             new: dict[float, tuple[str, str]] = {}
             for price, size in levels:
                 if not parse_zero(size):
                     new[parse_key(price)] = (price, size)
-            sides.append((side, new))
-        changes: list[Change] = []
-        for side, new in sides:
-            old = self.side(side)
-            changes.extend((side, prev[0], None) for key, prev in old.items() if key not in new)
-            for key, (price, size) in new.items():
-                prev = old.get(key)
-                if prev is None:
-                    changes.append((side, price, size))
-                else:  # a kept level keeps its persisted price text
-                    new[key] = (prev[0], size)
-                    if prev[1] != size:
-                        changes.append((side, prev[0], size))
-            if side == BID:
-                self.bids = self.core.Side(True, new)
-            else:
-                self.asks = self.core.Side(False, new)
+            gone = [(prev[0], "0") for key, prev in side.items() if key not in new]
+            # the worst level first: into an empty side each one goes at the end of its arrays
+            updates.append(gone + [new[key] for key in sorted(new, reverse=side is self.asks)])
+        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, updates[0], updates[1])
         return changes
 
     def restore(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:

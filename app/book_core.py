@@ -64,13 +64,16 @@ def parse_zero(size: str) -> bool:
 class Side:
     """One side of a book: price key → (price text, size text), sorted, the best last."""
 
-    __slots__ = ("_ranks", "_vals", "is_bid")
+    __slots__ = ("_changed", "_ranks", "_vals", "is_bid")
 
     def __init__(self, is_bid: bool, levels: Mapping[float, Value] | None = None) -> None:
         self.is_bid = is_bid
         keys = sorted(levels or (), reverse=not is_bid)
         self._ranks: list[float] = keys if is_bid else [-k for k in keys]
         self._vals: list[Value] = [levels[k] for k in keys] if levels else []
+        #: price text → size text (None: gone) of every level changed since the last
+        #: :meth:`take_rows`; levels given at construction are not changes (a restore)
+        self._changed: dict[str, str | None] = {}
 
     def __len__(self) -> int:
         return len(self._ranks)
@@ -98,10 +101,12 @@ class Side:
         rank = key if self.is_bid else -key
         i = bisect.bisect_left(self._ranks, rank)
         if i < len(self._ranks) and self._ranks[i] == rank:
+            self._changed[self._vals[i][0]] = None  # (its own text is set again just below)
             self._vals[i] = value
         else:
             self._vals.insert(i, value)
             self._ranks.insert(i, rank)
+        self._changed[value[0]] = value[1]
 
     def remove(self, key: float) -> Value | None:
         """Remove the level at ``key``; its value, or None if there was none."""
@@ -109,8 +114,19 @@ class Side:
         i = bisect.bisect_left(self._ranks, rank)
         if i < len(self._ranks) and self._ranks[i] == rank:
             del self._ranks[i]
-            return self._vals.pop(i)
+            value = self._vals.pop(i)
+            self._changed[value[0]] = None
+            return value
         return None
+
+    def take_rows(self, start: bytes, rows: list[tuple[bytes, bytes | None]]) -> None:
+        """Append to ``rows`` the table row of every level changed since the last take — key
+        ``start`` + price text, value the size text (None: a deletion), as UTF-8
+        (``app.state.layout``) — and forget them. A level changed many times between two takes
+        is written once, as it is now; the state manager takes them at each commit."""
+        rows.extend((start + price.encode(), None if size is None else size.encode())
+                    for price, size in self._changed.items())
+        self._changed = {}
 
     def best(self) -> tuple[float, Value] | None:
         """(key, value) of the best level, or None for an empty side."""
@@ -149,7 +165,7 @@ def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
     changes: list[Change] = []
     append = changes.append
     for side, tag, updates in parsed:
-        ranks, vals, is_bid = side._ranks, side._vals, side.is_bid
+        ranks, vals, is_bid, changed = side._ranks, side._vals, side.is_bid, side._changed
         for key, zero, price, size in updates:
             rank = key if is_bid else -key
             i = bisect.bisect_left(ranks, rank)
@@ -157,15 +173,19 @@ def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
             if zero:
                 if found:
                     del ranks[i]
-                    append((tag, vals.pop(i)[0], None))
+                    gone = vals.pop(i)[0]
+                    changed[gone] = None
+                    append((tag, gone, None))
             elif not found:
                 ranks.insert(i, rank)
                 vals.insert(i, (price, size))
+                changed[price] = size
                 append((tag, price, size))
             else:
                 old = vals[i]
                 if old[1] != size:
                     vals[i] = (old[0], size)
+                    changed[old[0]] = size
                     append((tag, old[0], size))
     return changes
 
@@ -178,13 +198,6 @@ def plain_levels(raw: object) -> list[tuple[str, str]] | None:
         return None
     fast = [(x[0], x[1]) for x in raw if type(x) is list and len(x) >= 2 and type(x[0]) is str is type(x[1])]
     return fast if len(fast) == len(raw) else None
-
-
-def record_changes(changes: list[Change], bids: dict[str, str | None], asks: dict[str, str | None]) -> None:
-    """Each change's new size (None: deleted) under its price, in its side's rows to commit: a
-    level changed many times before a commit is written once (``app.state.manager``)."""
-    for side, price, size in changes:
-        (bids if side == "b" else asks)[price] = size
 
 
 def encode_rows(start: bytes, changed: dict[str, str | None], rows: list[tuple[bytes, bytes | None]]) -> None:

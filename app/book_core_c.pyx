@@ -9,7 +9,7 @@ binary search and the whole level loop of an update in C. Built by ``make instal
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport INFINITY
-from libc.string cimport memmove
+from libc.string cimport memmove, memset
 
 from app.errors import FrameError
 
@@ -19,6 +19,7 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object op)
     Py_ssize_t PyUnicode_GET_LENGTH(object op)
     void* PyUnicode_DATA(object op)
+    bytes PyUnicode_AsUTF8String(object op)
 
 
 cdef inline object _untracked(object value):
@@ -47,6 +48,13 @@ cdef double[23] _POW10
 _POW10[0] = 1.0
 for _k in range(1, 23):
     _POW10[_k] = _POW10[_k - 1] * 10.0
+
+#: A side's removed price texts are made unique when they reach this many (or four times as many
+#: as there were left the last time): between two takes — a commit's, every 100 ms, or a failing
+#: commit's retries — at most four times the distinct prices removed. Not fewer: a worker catching
+#: up removes thousands of levels of a book between two commits, and making them unique each
+#: time cost as much as the dict it replaced.
+cdef Py_ssize_t _GONE_MIN = 65536
 
 cdef unsigned long long _EXACT = 1ULL << 53  # every integer up to 2**53 is exact in a double
 
@@ -123,15 +131,21 @@ cdef class Side:
     """One side of a book: price key → (price text, size text), sorted, the best last."""
 
     cdef double* _ranks  # ascending: the price's float for bids, its negation for asks
-    cdef Py_ssize_t _n, _cap
+    cdef unsigned char* _dirty  # beside each rank: 1 if the level changed since the last take_rows
+    cdef Py_ssize_t _n, _cap, _ndirty
     cdef list _vals  # the levels' (price text, size text), in the ranks' order
+    cdef list _gone  # the price texts of the levels removed since the last take_rows
+    cdef Py_ssize_t _gone_limit  # _gone is made unique when it reaches this length
     cdef readonly bint is_bid
 
     def __cinit__(self, bint is_bid, levels=None):
         self.is_bid = is_bid
         self._vals = []
+        self._gone = []
+        self._gone_limit = _GONE_MIN
         self._ranks = NULL
-        self._n = self._cap = 0
+        self._dirty = NULL
+        self._n = self._cap = self._ndirty = 0
 
     def __init__(self, bint is_bid, levels=None):
         cdef double key
@@ -146,10 +160,12 @@ cdef class Side:
 
     def __dealloc__(self):
         PyMem_Free(self._ranks)
+        PyMem_Free(self._dirty)
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t cap = self._cap if self._cap else 64
         cdef double* grown
+        cdef unsigned char* flags
         if n <= self._cap:
             return 0
         while cap < n:
@@ -157,7 +173,25 @@ cdef class Side:
         grown = <double*>PyMem_Realloc(self._ranks, cap * sizeof(double))
         if grown is NULL:
             raise MemoryError()
-        self._ranks, self._cap = grown, cap
+        self._ranks = grown
+        flags = <unsigned char*>PyMem_Realloc(self._dirty, cap)
+        if flags is NULL:
+            raise MemoryError()
+        memset(flags + self._cap, 0, cap - self._cap)
+        self._dirty, self._cap = flags, cap
+        return 0
+
+    cdef inline void _mark(self, Py_ssize_t i) noexcept:
+        if not self._dirty[i]:
+            self._dirty[i] = 1
+            self._ndirty += 1
+
+    cdef int _forget(self, str price) except -1:
+        """A level of ``price`` (text) left the side: its row is deleted at the next take."""
+        self._gone.append(price)
+        if len(self._gone) >= self._gone_limit:  # a level that comes and goes between two takes
+            self._gone = list(set(self._gone))  # (commits failing for a while) is kept once
+            self._gone_limit = max(_GONE_MIN, 4 * len(self._gone))
         return 0
 
     cdef inline Py_ssize_t _find(self, double rank) noexcept:
@@ -175,15 +209,33 @@ cdef class Side:
         self._reserve(self._n + 1)
         self._vals.insert(i, value)
         memmove(&self._ranks[i + 1], &self._ranks[i], (self._n - i) * sizeof(double))
+        memmove(&self._dirty[i + 1], &self._dirty[i], self._n - i)
         self._ranks[i] = rank
+        self._dirty[i] = 1
+        self._ndirty += 1
         self._n += 1
         return 0
 
     cdef object _pop(self, Py_ssize_t i):
         value = self._vals.pop(i)
+        self._forget(value[0])
+        if self._dirty[i]:
+            self._ndirty -= 1
         memmove(&self._ranks[i], &self._ranks[i + 1], (self._n - i - 1) * sizeof(double))
+        memmove(&self._dirty[i], &self._dirty[i + 1], self._n - i - 1)
         self._n -= 1
+        self._dirty[self._n] = 0
         return value
+
+    cdef int _update(self, Py_ssize_t i, object value) except -1:
+        """The level at ``i`` takes ``value``: its row is written at the next take (and the row
+        of its former price text deleted, should the text differ)."""
+        old = self._vals[i]
+        if old[0] != value[0]:
+            self._forget(old[0])
+        self._vals[i] = value
+        self._mark(i)
+        return 0
 
     def __len__(self):
         return self._n
@@ -212,7 +264,7 @@ cdef class Side:
         cdef double rank = key if self.is_bid else -key
         cdef Py_ssize_t i = self._find(rank)
         if i < self._n and self._ranks[i] == rank:
-            self._vals[i] = _untracked(value)
+            self._update(i, _untracked(value))
         else:
             self._insert(i, rank, _untracked(value))
 
@@ -244,6 +296,32 @@ cdef class Side:
         cdef Py_ssize_t i
         cdef double sign = 1.0 if self.is_bid else -1.0
         return [(sign * self._ranks[i], self._vals[i]) for i in range(self._n - 1, -1, -1)]
+
+    def take_rows(self, bytes start, list rows):
+        """Append to ``rows`` the table row of every level changed since the last take (see
+        ``app.book_core``): each changed level's size, in price order, then a deletion for each
+        price text gone and not set again."""
+        cdef Py_ssize_t i = 0, found = 0, before
+        cdef set written = set() if self._gone else None  # price texts with a row in this take
+        cdef tuple value
+        while found < self._ndirty and i < self._n:
+            if self._dirty[i]:
+                self._dirty[i] = 0
+                found += 1
+                value = <tuple>self._vals[i]
+                rows.append(_pair(start + PyUnicode_AsUTF8String(value[0]), PyUnicode_AsUTF8String(value[1])))
+                if written is not None:
+                    written.add(value[0])
+            i += 1
+        self._ndirty = 0
+        if written is not None:
+            for price in self._gone:
+                before = len(written)
+                written.add(price)
+                if len(written) != before:  # neither set again nor deleted already in this take
+                    rows.append(_pair(start + PyUnicode_AsUTF8String(price), None))
+            self._gone = []
+            self._gone_limit = _GONE_MIN
 
     def within(self, double bound):
         """Keys and values of the levels at ``bound`` or better (bids ≥, asks ≤), best first."""
@@ -293,6 +371,7 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
             size = levels[i][1]
             if old[1] != size:
                 side._vals[j] = _pair(old[0], size)
+                side._mark(j)
                 changes.append((tag, old[0], size))
 
 
@@ -340,14 +419,6 @@ def plain_levels(raw):
             return None
         out[i] = _pair(price, size)
     return out
-
-
-def record_changes(list changes, dict bids, dict asks):
-    """Each change's new size (None: deleted) under its price, in its side's rows to commit (see
-    ``app.book_core``)."""
-    cdef tuple change
-    for change in changes:
-        (bids if change[0] == "b" else asks)[change[1]] = change[2]
 
 
 def encode_rows(bytes start, dict changed, list rows):

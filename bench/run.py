@@ -614,20 +614,18 @@ class Bench:
                     for u in updates:
                         ob.apply(u.bids, u.asks)
                     apply_s = min(apply_s, time.perf_counter() - t0)
-                    proc, pending, rows = Processor(), {}, []
+                    proc, touched, rows = Processor(), set(), []
                     t0 = time.perf_counter()
                     for raw in frames:
-                        changes = proc.handle(raw).fx.changes
-                        if changes:
-                            sides = pending.get(raw.key)
-                            if sides is None:
-                                sides = pending[raw.key] = ({}, {})
-                            book.core.record_changes(changes, *sides)
-                    for key, (bids, asks) in pending.items():
-                        book.core.encode_rows(level_prefix(key, "b").encode(), bids, rows)
-                        book.core.encode_rows(level_prefix(key, "a").encode(), asks, rows)
+                        proc.handle(raw)
+                        touched.add(raw.key)
+                    for key in touched:  # the commit: each book's sides give their changed levels' rows
+                        inst = proc.instruments.get(key)
+                        if inst is not None:
+                            inst.book.bids.take_rows(level_prefix(key, "b").encode(), rows)
+                            inst.book.asks.take_rows(level_prefix(key, "a").encode(), rows)
                     path_s = min(path_s, time.perf_counter() - t0)
-                rows_of[name] = rows
+                rows_of[name] = sorted(rows, key=lambda row: (row[0], row[1] or b""))
                 out[name] = {"apply_us_per_level": round(apply_s / levels * 1e6, 3),
                              "path_us_per_level": round(path_s / levels * 1e6, 3)}
         finally:

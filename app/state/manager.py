@@ -96,11 +96,11 @@ class PartitionState:
         self.buffer_limit = buffer_limit
         self.books: dict[str, Instrument] = {}
         self.processor = Processor(self.books, buffer_limit)
-        self.levels: dict[str, dict[str, str | None]] = {}  # level row key prefix → price → size since the
-        # last commit, as text: a level changed many times in a commit interval is encoded once
+        self.levels: dict[str, dict[str, str | None]] = {}  # levels' id rows (``ids_prefix``) → price → id
+        # since the last commit, as text (dYdX only). The levels themselves: tracked by the books' sides
         self.pending: dict[bytes, bytes | None] = {}  # other rows since the last commit (buffer, failed commits)
         self.dirty: set[str] = set()  # instruments whose state row must be committed
-        self._prefixes: dict[str, dict[str, str]] = {}  # instrument → side → level row key prefix
+        self._prefixes: dict[str, tuple[bytes, bytes]] = {}  # instrument → its bid and ask level row key prefixes
         self.unflushed: dict[bytes, bytes | None] = {}  # committed rows not in the local copy yet
         self.unflushed_end = 0  # the changelog position after the last commit
         self.flushed_at = time.monotonic()
@@ -117,21 +117,10 @@ class PartitionState:
 
     # -- the agent's side --------------------------------------------------------------
     def record(self, key: str, fx: Effects) -> None:
-        """Remember the rows a frame changed; its instrument's state row (sync state, counters)
-        is written at commit time, once per commit."""
+        """Remember which instrument a frame touched: its changed levels (tracked by its book's
+        sides) and its state row (sync state, counters) are written at commit time, once per
+        commit."""
         self.dirty.add(key)
-        if fx.changes:
-            prefixes = self._prefixes.get(key)
-            if prefixes is None:
-                prefixes = self._prefixes[key] = {BID: level_prefix(key, BID), ASK: level_prefix(key, ASK)}
-            levels = self.levels
-            bids = levels.get(prefixes[BID])
-            if bids is None:
-                bids = levels[prefixes[BID]] = {}
-            asks = levels.get(prefixes[ASK])
-            if asks is None:
-                asks = levels[prefixes[ASK]] = {}
-            book.core.record_changes(fx.changes, bids, asks)
         if fx.ids:  # which update set each level (rules that uncross by age: dYdX only)
             for side, price, seq in fx.ids:
                 prefix = ids_prefix(key, side)
@@ -170,9 +159,18 @@ class PartitionState:
 
     def snapshot(self) -> tuple[list[tuple[bytes, bytes | None]], dict[str, int]]:
         """Take the rows to commit now (level rows, then state rows, then progress rows)."""
-        # Rows held back by a failed commit first: a level changed since is in ``levels`` and must
-        # come after its older value (the last row of a key wins, in the changelog and locally).
+        # Rows held back by a failed commit first: a level changed since (taken from its book's
+        # side) must come after its older value (the last row of a key wins, in the changelog and
+        # locally).
         rows: list[tuple[bytes, bytes | None]] = list(self.pending.items())
+        for key in self.dirty:
+            inst = self.books.get(key)
+            if inst is not None:
+                prefixes = self._prefixes.get(key)
+                if prefixes is None:
+                    prefixes = self._prefixes[key] = (level_prefix(key, BID).encode(), level_prefix(key, ASK).encode())
+                inst.book.bids.take_rows(prefixes[0], rows)
+                inst.book.asks.take_rows(prefixes[1], rows)
         encode_rows = book.core.encode_rows
         for prefix, changed in self.levels.items():
             encode_rows(prefix.encode(), changed, rows)

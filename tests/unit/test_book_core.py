@@ -6,7 +6,9 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -106,6 +108,12 @@ operation = st.one_of(
     st.tuples(st.just("replace"), levels, levels),
     st.tuples(st.just("apply"), levels, st.lists(st.tuples(st.sampled_from(["1", "x", "-2", "inf"]), sizes),
                                                   min_size=1, max_size=2)),  # a bad level: nothing applied
+    # what the dYdX uncrossing does: a side's level set or removed; a price written otherwise
+    # ("2.50" for 2.5) keeps its level but changes its row's key
+    st.tuples(st.sampled_from(["set", "remove"]), st.booleans(),
+              st.tuples(prices.map(lambda p: p + ("0" if "." in p else ".0")) | prices,
+                        sizes.filter(lambda s: float(s) > 0))),
+    st.tuples(st.just("take"), st.none(), st.none()),  # a commit: the rows changed since the last
 )
 
 
@@ -115,29 +123,52 @@ def _state(ob: book.OrderBook, bound: float) -> Any:
             [ob.bids.get(k) for k in (1.0, 2.25, 99.0)], [k in ob.asks for k in (1.0, 2.25, 99.0)])
 
 
+def _step(ob: book.OrderBook, name: str, first: Any, second: Any) -> Any:
+    if name in ("apply", "replace"):
+        return getattr(ob, name)(first, second)
+    side = ob.bids if first else ob.asks
+    if name == "set":
+        return side.set(float(second[0]), (second[0], second[1]))
+    if name == "remove":
+        return side.remove(float(second[0]))
+    rows: list[tuple[bytes, bytes | None]] = []
+    ob.bids.take_rows(b"k\x00b", rows)
+    ob.asks.take_rows(b"k\x00a", rows)
+    return sorted(rows, key=lambda row: (row[0], row[1] or b""))
+
+
+def _rows_of(ob: book.OrderBook) -> dict[bytes, bytes]:
+    """The book as its table rows (``app.state.layout``)."""
+    return {(b"k\x00" + tag + price.encode()): size.encode()
+            for tag, side in ((b"b", ob.bids), (b"a", ob.asks)) for _, (price, size) in side.items()}
+
+
 @settings(max_examples=examples(500), deadline=None)
 @given(ops=st.lists(operation, max_size=25), bound=st.integers(1, 60).map(lambda p: p / 4))
-def test_both_cores_make_the_same_books_and_the_same_changes(ops: list[tuple[str, Any, Any]], bound: float) -> None:
+def test_both_cores_make_the_same_books_changes_and_rows(ops: list[tuple[str, Any, Any]], bound: float) -> None:
+    """Any sequence of updates, snapshots, single-level sets and removals and commits (``take``):
+    the same books, the same changes and the same rows from both cores — and the rows taken,
+    written in order over the table (the last row of a key wins, None deletes), always hold the
+    book exactly: a level changed many times between two takes is written once, as it is."""
     books = []
     for core in (_compiled(), book_core):
         ob = book.OrderBook()
         ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
         books.append(ob)
-    pending: list[tuple[dict[str, str | None], dict[str, str | None]]] = [({}, {}), ({}, {})]  # rows to commit
-    for name, bids, asks in ops:
-        results = [_outcome(lambda ob=ob, name=name, b=bids, a=asks: getattr(ob, name)(b, a))  # type: ignore[misc]
-                   for ob in books]
+    table: dict[bytes, bytes] = {}
+    for name, first, second in [*ops, ("take", None, None)]:
+        results = [_outcome(partial(_step, ob, name, first, second)) for ob in books]
         assert results[0] == results[1]
         assert _state(books[0], bound) == _state(books[1], bound)
-        if results[0][0] == "ok":
-            for ob, rows in zip(books, pending, strict=True):
-                ob.core.record_changes(results[0][1], *rows)
-    assert pending[0] == pending[1]
-    encoded: list[list[tuple[bytes, bytes | None]]] = [[], []]
-    for ob, rows, out in zip(books, pending, encoded, strict=True):
-        ob.core.encode_rows(b"k\x00b", rows[0], out)
-        ob.core.encode_rows(b"k\x00a", rows[1], out)
-    assert encoded[0] == encoded[1]
+        if name == "take":
+            rows = results[0][1]
+            assert len({key for key, _ in rows}) == len(rows)  # each key once
+            for key, value in rows:
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+            assert table == _rows_of(books[0])
     for ob in books:  # and the reference's own invariants: sorted, best last, no zero size
         bids, asks = [k for k, _ in ob.bids.items()], [k for k, _ in ob.asks.items()]
         assert bids == sorted(bids, reverse=True)
@@ -200,3 +231,32 @@ def test_the_compiled_books_keep_their_levels_out_of_the_young_collections(core_
     else:
         assert len(tracked) == len(levels) + len(rows)
         assert young >= len(tracked)
+
+
+@pytest.mark.parametrize("core_name", ["compiled", "python"])
+def test_levels_that_come_and_go_between_two_commits_are_held_once(core_name: str) -> None:
+    """Commits failing for a while (the broker away): a side keeps the levels removed since the
+    last take for their rows, but a price removed a million times is held a bounded number of
+    times (the compiled side makes its list unique past a limit), and taken once."""
+    core = _compiled() if core_name == "compiled" else book_core
+    ob = book.OrderBook()
+    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    ob.apply([(str(100 + i), "1") for i in range(10)], [])
+    rows: list[tuple[bytes, bytes | None]] = []
+    ob.bids.take_rows(b"k\x00b", rows)
+    assert len(rows) == 10
+    gone, back = [(str(100 + i), "0") for i in range(10)], [(str(100 + i), "2") for i in range(5)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200_000 if core_name == "compiled" else 2_000):  # a million removals (compiled)
+            ob.apply(gone, [])
+            ob.apply(back, [])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2**20, held  # a list of every removal: 8 MB
+    rows = []
+    ob.bids.take_rows(b"k\x00b", rows)
+    assert sorted(rows) == sorted([(b"k\x00b%d" % (100 + i), b"2") for i in range(5)]
+                                  + [(b"k\x00b%d" % (100 + i), None) for i in range(5, 10)])
