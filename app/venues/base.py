@@ -104,8 +104,9 @@ class VenueMarketParser(Protocol):
 def channel_prefix(frame: bytes, marks: tuple[bytes, ...], window: int = 160) -> bool:
     """Does one of ``marks`` (a channel name as it appears in the venue's JSON) occur in the
     first ``window`` bytes of ``frame``? Venues name the channel before the data."""
-    head = frame[:window]
-    return any(m in head for m in marks)
+    # find, not ``mark in head``: bytes' ``in`` first tries its operand as an integer and formats
+    # a TypeError to throw away (1.5 % of a books-only worker's CPU, under perf); and no generator
+    return max(map(frame[:window].find, marks), default=-1) >= 0
 
 
 class LevelsView(Protocol):
