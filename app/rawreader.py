@@ -218,6 +218,10 @@ class RawReader:
         runtime = self.runtime
         tps = [TopicPartition(t, p) for t in runtime.topics.raw for p in sorted(wanted)]
         consumer.assign(tps)
+        # What the reader says it reads follows the consumer at once: the offsets asked below are
+        # awaited, meanwhile the risk engine asks the lag of each partition of ``assignment()``,
+        # and aiokafka's ``highwater`` of one it no longer holds is an AssertionError
+        self._assigned, self._dormant = list(tps), []
         positions = runtime.positions((tp.topic, tp.partition) for tp in tps)
         fresh = [tp for tp in tps if positions.get((tp.topic, tp.partition)) is None]
         earliest = await consumer.beginning_offsets(fresh) if fresh else {}

@@ -102,3 +102,57 @@ def test_a_reader_with_nothing_deferred_waits_for_records() -> None:
         asyncio.run(r._serve(Backoff(0.1, 1.0)))
     assert log == [("record", 3), ("record", 4)]
     assert consumer.timeouts == [IDLE_MS] * 3
+
+
+class Reassigned(Consumer):
+    """Like aiokafka's consumer: asking the high watermark of a partition not assigned is an
+    AssertionError; and each offsets request is a wait, during which the loop runs others."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.assigned: set[TopicPartition] = set()
+        self.asked: list[list[tuple[str, int]]] = []
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned = set(tps)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        assert tp in self.assigned, "Partition is not assigned"
+        return 100
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        await asyncio.sleep(0)
+        return await super().beginning_offsets(tps)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        await asyncio.sleep(0)
+        return await super().end_offsets(tps)
+
+
+def test_what_the_reader_says_it_reads_is_always_what_its_consumer_holds() -> None:
+    """A rebalance moves the reader from table partition 0 to 1: while it asks Kafka where the
+    new partitions start and end, the risk engine asks the lag of what it reads (``highwater``
+    of each partition of ``assignment()``). Seen in a two-worker kill test: the reader still
+    named partition 0, which its consumer no longer held — aiokafka's AssertionError stopped
+    the risk engine for 5 s."""
+    log: list[Any] = []
+    r, _, _ = reader(log, [], pieces=0)
+    consumer = Reassigned()
+    r.consumer = consumer
+    r.runtime.topics.raw = ["raw.x", "raw.y"]
+
+    async def scenario() -> None:
+        await r._reposition(consumer)  # type: ignore[arg-type]
+        assert r.assignment() == [("raw.x", 0), ("raw.y", 0)]
+        r.resume({1})
+        moving = asyncio.ensure_future(r._reposition(consumer))  # type: ignore[arg-type]
+        while not moving.done():
+            consumer.asked.append(r.assignment())
+            for topic, partition in r.assignment():
+                r.highwater(topic, partition)  # AssertionError if not assigned
+            await asyncio.sleep(0)
+        await moving
+
+    asyncio.run(scenario())
+    assert len(consumer.asked) >= 2  # it was asked while the offsets were on their way
+    assert r.assignment() == [("raw.x", 1), ("raw.y", 1)]
