@@ -2,14 +2,16 @@
 """The book's level store and level loop, compiled (Cython): ``app.book_core`` in C.
 
 The same API and results as the reference core ``app/book_core.py`` (read it first: its
-docstrings hold for this one), with the ranks in a C array of doubles, the levels found by a C
-binary search and the whole level loop of an update in C. Built by ``make install``
+docstrings hold for this one), with the ranks in a C array of doubles and beside them the levels'
+price and size texts in two C arrays (a ``(price, size)`` tuple is made only when a level is
+read), the levels found by a C binary search and the whole level loop of an update in C. Built by ``make install``
 (``setup.py``); ``app.book`` runs it when it is built (``BOOK_CORE``). Change one, change the other.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.math cimport INFINITY
-from libc.string cimport memmove, memset
+from libc.string cimport memcpy, memmove, memset
 
 from app.errors import FrameError
 
@@ -20,14 +22,17 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object op)
     void* PyUnicode_DATA(object op)
     bytes PyUnicode_AsUTF8String(object op)
+    object PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
+    char* PyBytes_AS_STRING(object op)
 
 
 cdef inline object _untracked(object value):
     """``value``; when it is a tuple of text, bytes or None, out of the cyclic collector's sight:
     such a tuple can hold no reference cycle, and CPython would untrack it anyway at the first
-    collection that walked it. The books keep a level's tuple for as long as the level lives, so
-    otherwise every level set since the last young collection is walked by it (tens of
-    thousands at a few thousand frames a second: that collection's whole cost)."""
+    collection that walked it. The levels read and the rows a commit takes are such tuples, held
+    until the commit is done; tracked, every one made since the last young collection is walked
+    by it (the books held one per level before their texts went to C arrays: tens of thousands
+    at a few thousand frames a second, that collection's whole cost)."""
     cdef object item
     if type(value) is not tuple:
         return value
@@ -40,6 +45,18 @@ cdef inline object _untracked(object value):
 
 cdef inline tuple _pair(object first, object second):
     return _untracked((first, second))
+
+
+cdef inline bytes _row_key(bytes start, object price):
+    """``start + price.encode()``, in one allocation when the price is ASCII (as a venue's are)."""
+    cdef Py_ssize_t head, n
+    if not PyUnicode_IS_COMPACT_ASCII(price):
+        return start + PyUnicode_AsUTF8String(price)
+    head, n = len(start), PyUnicode_GET_LENGTH(price)
+    key = PyBytes_FromStringAndSize(NULL, head + n)
+    memcpy(PyBytes_AS_STRING(key), <const char*>start, head)
+    memcpy(PyBytes_AS_STRING(key) + head, PyUnicode_DATA(price), n)
+    return <bytes>key
 
 NAME = "compiled"
 
@@ -131,19 +148,20 @@ cdef class Side:
     """One side of a book: price key → (price text, size text), sorted, the best last."""
 
     cdef double* _ranks  # ascending: the price's float for bids, its negation for asks
+    cdef PyObject** _px  # beside each rank: the level's price text (a reference held)
+    cdef PyObject** _sz  # and its size text: no tuple per level, made only when one is asked
     cdef unsigned char* _dirty  # beside each rank: 1 if the level changed since the last take_rows
     cdef Py_ssize_t _n, _cap, _ndirty
-    cdef list _vals  # the levels' (price text, size text), in the ranks' order
     cdef list _gone  # the price texts of the levels removed since the last take_rows
     cdef Py_ssize_t _gone_limit  # _gone is made unique when it reaches this length
     cdef readonly bint is_bid
 
     def __cinit__(self, bint is_bid, levels=None):
         self.is_bid = is_bid
-        self._vals = []
         self._gone = []
         self._gone_limit = _GONE_MIN
         self._ranks = NULL
+        self._px = self._sz = NULL
         self._dirty = NULL
         self._n = self._cap = self._ndirty = 0
 
@@ -154,31 +172,47 @@ cdef class Side:
         keys = sorted(levels, reverse=not is_bid)
         self._reserve(len(keys))
         for key in keys:
+            price, size = levels[key]
+            Py_INCREF(price)
+            Py_INCREF(size)
+            self._px[self._n], self._sz[self._n] = <PyObject*>price, <PyObject*>size
             self._ranks[self._n] = key if is_bid else -key
             self._n += 1
-        self._vals = [_untracked(levels[k]) for k in keys]
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._n):
+            Py_XDECREF(self._px[i])
+            Py_XDECREF(self._sz[i])
         PyMem_Free(self._ranks)
+        PyMem_Free(self._px)
+        PyMem_Free(self._sz)
         PyMem_Free(self._dirty)
 
     cdef int _reserve(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t cap = self._cap if self._cap else 64
-        cdef double* grown
-        cdef unsigned char* flags
+        cdef void* grown
         if n <= self._cap:
             return 0
         while cap < n:
             cap *= 2
-        grown = <double*>PyMem_Realloc(self._ranks, cap * sizeof(double))
+        grown = PyMem_Realloc(self._ranks, cap * sizeof(double))
         if grown is NULL:
             raise MemoryError()
-        self._ranks = grown
-        flags = <unsigned char*>PyMem_Realloc(self._dirty, cap)
-        if flags is NULL:
+        self._ranks = <double*>grown
+        grown = PyMem_Realloc(self._px, cap * sizeof(PyObject*))
+        if grown is NULL:
             raise MemoryError()
-        memset(flags + self._cap, 0, cap - self._cap)
-        self._dirty, self._cap = flags, cap
+        self._px = <PyObject**>grown
+        grown = PyMem_Realloc(self._sz, cap * sizeof(PyObject*))
+        if grown is NULL:
+            raise MemoryError()
+        self._sz = <PyObject**>grown
+        grown = PyMem_Realloc(self._dirty, cap)
+        if grown is NULL:
+            raise MemoryError()
+        memset(<unsigned char*>grown + self._cap, 0, cap - self._cap)
+        self._dirty, self._cap = <unsigned char*>grown, cap
         return 0
 
     cdef inline void _mark(self, Py_ssize_t i) noexcept:
@@ -186,7 +220,7 @@ cdef class Side:
             self._dirty[i] = 1
             self._ndirty += 1
 
-    cdef int _forget(self, str price) except -1:
+    cdef int _forget(self, object price) except -1:
         """A level of ``price`` (text) left the side: its row is deleted at the next take."""
         self._gone.append(price)
         if len(self._gone) >= self._gone_limit:  # a level that comes and goes between two takes
@@ -205,36 +239,58 @@ cdef class Side:
                 hi = mid
         return lo
 
-    cdef int _insert(self, Py_ssize_t i, double rank, object value) except -1:
+    cdef inline tuple _value(self, Py_ssize_t i):
+        return _pair(<object>self._px[i], <object>self._sz[i])
+
+    cdef int _insert(self, Py_ssize_t i, double rank, object price, object size) except -1:
+        cdef Py_ssize_t tail = self._n - i
         self._reserve(self._n + 1)
-        self._vals.insert(i, value)
-        memmove(&self._ranks[i + 1], &self._ranks[i], (self._n - i) * sizeof(double))
-        memmove(&self._dirty[i + 1], &self._dirty[i], self._n - i)
-        self._ranks[i] = rank
+        memmove(&self._ranks[i + 1], &self._ranks[i], tail * sizeof(double))
+        memmove(&self._px[i + 1], &self._px[i], tail * sizeof(PyObject*))
+        memmove(&self._sz[i + 1], &self._sz[i], tail * sizeof(PyObject*))
+        memmove(&self._dirty[i + 1], &self._dirty[i], tail)
+        Py_INCREF(price)
+        Py_INCREF(size)
+        self._ranks[i], self._px[i], self._sz[i] = rank, <PyObject*>price, <PyObject*>size
         self._dirty[i] = 1
         self._ndirty += 1
         self._n += 1
         return 0
 
     cdef object _pop(self, Py_ssize_t i):
-        value = self._vals.pop(i)
-        self._forget(value[0])
+        """Remove the level at ``i``; its price text."""
+        cdef Py_ssize_t tail = self._n - i - 1
+        price = <object>self._px[i]
+        self._forget(price)
+        Py_XDECREF(self._px[i])
+        Py_XDECREF(self._sz[i])
         if self._dirty[i]:
             self._ndirty -= 1
-        memmove(&self._ranks[i], &self._ranks[i + 1], (self._n - i - 1) * sizeof(double))
-        memmove(&self._dirty[i], &self._dirty[i + 1], self._n - i - 1)
+        memmove(&self._ranks[i], &self._ranks[i + 1], tail * sizeof(double))
+        memmove(&self._px[i], &self._px[i + 1], tail * sizeof(PyObject*))
+        memmove(&self._sz[i], &self._sz[i + 1], tail * sizeof(PyObject*))
+        memmove(&self._dirty[i], &self._dirty[i + 1], tail)
         self._n -= 1
         self._dirty[self._n] = 0
-        return value
+        return price
 
-    cdef int _update(self, Py_ssize_t i, object value) except -1:
-        """The level at ``i`` takes ``value``: its row is written at the next take (and the row
-        of its former price text deleted, should the text differ)."""
-        old = self._vals[i]
-        if old[0] != value[0]:
-            self._forget(old[0])
-        self._vals[i] = value
+    cdef inline void _resize(self, Py_ssize_t i, object size) noexcept:
+        """The level at ``i`` takes the size text ``size``."""
+        Py_INCREF(size)
+        Py_XDECREF(self._sz[i])
+        self._sz[i] = <PyObject*>size
         self._mark(i)
+
+    cdef int _update(self, Py_ssize_t i, object price, object size) except -1:
+        """The level at ``i`` takes ``price`` and ``size``: its row is written at the next take
+        (and the row of its former price text deleted, should the text differ)."""
+        old = <object>self._px[i]
+        if old != price:
+            self._forget(old)
+        Py_INCREF(price)
+        Py_XDECREF(self._px[i])
+        self._px[i] = <PyObject*>price
+        self._resize(i, size)
         return 0
 
     def __len__(self):
@@ -258,22 +314,25 @@ cdef class Side:
     def get(self, double key):
         cdef double rank = key if self.is_bid else -key
         cdef Py_ssize_t i = self._find(rank)
-        return self._vals[i] if i < self._n and self._ranks[i] == rank else None
+        return self._value(i) if i < self._n and self._ranks[i] == rank else None
 
     def set(self, double key, value):
         cdef double rank = key if self.is_bid else -key
         cdef Py_ssize_t i = self._find(rank)
+        price, size = value
         if i < self._n and self._ranks[i] == rank:
-            self._update(i, _untracked(value))
+            self._update(i, price, size)
         else:
-            self._insert(i, rank, _untracked(value))
+            self._insert(i, rank, price, size)
 
     def remove(self, double key):
         """Remove the level at ``key``; its value, or None if there was none."""
         cdef double rank = key if self.is_bid else -key
         cdef Py_ssize_t i = self._find(rank)
         if i < self._n and self._ranks[i] == rank:
-            return self._pop(i)
+            value = self._value(i)
+            self._pop(i)
+            return value
         return None
 
     def best(self):
@@ -281,21 +340,21 @@ cdef class Side:
         if self._n == 0:
             return None
         cdef double rank = self._ranks[self._n - 1]
-        return (rank if self.is_bid else -rank), self._vals[self._n - 1]
+        return (rank if self.is_bid else -rank), self._value(self._n - 1)
 
     def top(self, Py_ssize_t n):
         """The best ``n`` levels' values, best first."""
         cdef Py_ssize_t i, stop = self._n - n if n < self._n else 0
         cdef list out = []
         for i in range(self._n - 1, stop - 1, -1):
-            out.append(self._vals[i])
+            out.append(self._value(i))
         return out
 
     def items(self):
         """Every level as (key, value), best first."""
         cdef Py_ssize_t i
         cdef double sign = 1.0 if self.is_bid else -1.0
-        return [(sign * self._ranks[i], self._vals[i]) for i in range(self._n - 1, -1, -1)]
+        return [(sign * self._ranks[i], self._value(i)) for i in range(self._n - 1, -1, -1)]
 
     def take_rows(self, bytes start, list rows):
         """Append to ``rows`` the table row of every level changed since the last take (see
@@ -303,15 +362,14 @@ cdef class Side:
         price text gone and not set again."""
         cdef Py_ssize_t i = 0, found = 0, before
         cdef set written = set() if self._gone else None  # price texts with a row in this take
-        cdef tuple value
         while found < self._ndirty and i < self._n:
             if self._dirty[i]:
                 self._dirty[i] = 0
                 found += 1
-                value = <tuple>self._vals[i]
-                rows.append(_pair(start + PyUnicode_AsUTF8String(value[0]), PyUnicode_AsUTF8String(value[1])))
+                price = <object>self._px[i]
+                rows.append(_pair(_row_key(start, price), PyUnicode_AsUTF8String(<object>self._sz[i])))
                 if written is not None:
-                    written.add(value[0])
+                    written.add(price)
             i += 1
         self._ndirty = 0
         if written is not None:
@@ -319,7 +377,7 @@ cdef class Side:
                 before = len(written)
                 written.add(price)
                 if len(written) != before:  # neither set again nor deleted already in this take
-                    rows.append(_pair(start + PyUnicode_AsUTF8String(price), None))
+                    rows.append(_pair(_row_key(start, price), None))
             self._gone = []
             self._gone_limit = _GONE_MIN
 
@@ -330,7 +388,7 @@ cdef class Side:
         cdef list keys = [], vals = []
         for i in range(self._n - 1, start - 1, -1):
             keys.append(sign * self._ranks[i])
-            vals.append(self._vals[i])
+            vals.append(self._value(i))
         return keys, vals
 
 
@@ -361,18 +419,16 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
         found = j < side._n and side._ranks[j] == rank
         if zero[i]:
             if found:
-                changes.append((tag, side._pop(j)[0], None))
+                changes.append((tag, side._pop(j), None))
         elif not found:
             price, size = levels[i]
-            side._insert(j, rank, _pair(price, size))
+            side._insert(j, rank, price, size)
             changes.append((tag, price, size))
         else:
-            old = side._vals[j]
             size = levels[i][1]
-            if old[1] != size:
-                side._vals[j] = _pair(old[0], size)
-                side._mark(j)
-                changes.append((tag, old[0], size))
+            if <object>side._sz[j] != size:
+                side._resize(j, size)
+                changes.append((tag, <object>side._px[j], size))
 
 
 def apply_levels(Side bids, Side asks, bid_levels, ask_levels):

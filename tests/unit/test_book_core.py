@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import sys
 import tracemalloc
 from collections.abc import Callable
 from functools import partial
@@ -201,8 +202,8 @@ def _young_level_tuples() -> int:
 
 @pytest.mark.parametrize("core_name", ["compiled", "python"])
 def test_the_compiled_books_keep_their_levels_out_of_the_young_collections(core_name: str) -> None:
-    """A level's (price, size) lives as long as the level, and a commit's rows until the commit
-    is done: the compiled core creates them untracked (they can hold no reference cycle), so a
+    """A level's (price, size) as read lives as long as its reader keeps it, a commit's rows until
+    the commit is done: the compiled core creates them untracked (no reference cycle), so a
     young collection never walks them (at 5,000 frames/s tens of thousands since the last one,
     10-40 ms of it). The reference leaves that to CPython (untracked after a first walk)."""
     core = _compiled() if core_name == "compiled" else book_core
@@ -260,3 +261,56 @@ def test_levels_that_come_and_go_between_two_commits_are_held_once(core_name: st
     ob.bids.take_rows(b"k\x00b", rows)
     assert sorted(rows) == sorted([(b"k\x00b%d" % (100 + i), b"2") for i in range(5)]
                                   + [(b"k\x00b%d" % (100 + i), None) for i in range(5, 10)])
+
+
+@pytest.mark.parametrize("core_name", ["compiled", "python"])
+def test_a_row_key_is_the_price_text_as_utf8_ascii_or_not(core_name: str) -> None:
+    """The compiled side builds an ASCII price's row key in one copy; any other text (float()
+    reads Arabic-Indic digits) is encoded as UTF-8 like the reference does."""
+    core = _compiled() if core_name == "compiled" else book_core
+    ob = book.OrderBook()
+    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    ob.apply([("101.5", "1"), ("١٠٠", "2")], [("102", "٣")])
+    ob.apply([("101.5", "0")], [])
+    rows: list[tuple[bytes, bytes | None]] = []
+    ob.bids.take_rows(b"k\x00b", rows)
+    ob.asks.take_rows(b"k\x00a", rows)
+    assert sorted(rows, key=lambda r: r[0]) == [(b"k\x00a102", "٣".encode()), (b"k\x00b101.5", None),
+                                                (b"k\x00b" + "١٠٠".encode(), b"2")]
+
+
+def test_the_compiled_side_holds_each_text_exactly_while_its_level_lives() -> None:
+    """The compiled side keeps its levels' texts in C arrays (no tuple per level): a text is
+    held once while its level lives and let go when the level goes, changes size or is
+    replaced — counted by CPython's own reference counts."""
+    core = _compiled()
+    side = core.Side(True)
+    price, size, other = "".join(["101", ".5"]), "".join(["2", ".0"]), "".join(["3"])  # objects of their own
+
+    def counts() -> list[int]:
+        return [sys.getrefcount(price), sys.getrefcount(size), sys.getrefcount(other)]
+
+    base = counts()
+
+    def held() -> list[int]:
+        return [now - then for now, then in zip(counts(), base, strict=True)]
+
+    ob = book.OrderBook()
+    ob.core, ob.bids, ob.asks = core, side, core.Side(False)
+    ob.apply([(price, size)], [])
+    assert held() == [1, 1, 0]
+    ob.apply([("101.5", other)], [])  # a new size: the old one let go, the price text kept
+    assert held() == [1, 0, 1]
+    rows: list[tuple[bytes, bytes | None]] = []
+    side.take_rows(b"k\x00b", rows)
+    ob.apply([("101.50", "0")], [])  # gone: its price text waits in the removed list for the next take
+    assert held() == [1, 0, 0]
+    side.take_rows(b"k\x00b", rows)
+    assert held() == [0, 0, 0]
+    ob.replace([(price, size)], [])
+    ob.restore([(price, other)], [])  # the book's sides are new: the old ones let go of everything
+    del side
+    assert held() == [1, 0, 1]
+    assert ob.bids.remove(101.5) == (price, other)
+    ob.bids.take_rows(b"k\x00b", rows)
+    assert held() == [0, 0, 0]
