@@ -2,10 +2,11 @@
 """The book's level store and level loop, compiled (Cython): ``app.book_core`` in C.
 
 The same API and results as the reference core ``app/book_core.py`` (read it first: its
-docstrings hold for this one), with the ranks in a C array of doubles and beside them the levels'
-price and size texts in two C arrays (a ``(price, size)`` tuple is made only when a level is
-read), the levels found by a C binary search and the whole level loop of an update in C. Built by ``make install``
-(``setup.py``); ``app.book`` runs it when it is built (``BOOK_CORE``). Change one, change the other.
+docstrings hold for this one), with the ranks in a C array of doubles and beside them the
+levels' price and size texts in two C arrays (a ``(price, size)`` tuple is made only when a level
+is read), the levels found by a C binary search and the whole level loop of an update in C.
+Built by ``make install`` (``setup.py``); ``app.book`` runs it when it is built (``BOOK_CORE``).
+Change one, change the other.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
