@@ -106,13 +106,14 @@ class OrderBook:
         return len(self.bids) + len(self.asks)
 
     # -- mutation -------------------------------------------------------------------
-    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level], listed: bool = True) -> list[Change]:
         """Apply absolute level updates of both sides: all validated first, then applied, so a
-        bad level leaves the book untouched (memory and table never part ways)."""
-        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, bids, asks)
+        bad level leaves the book untouched (memory and table never part ways). Returns the
+        changes made — none listed with ``listed=False`` (the sides track them all the same)."""
+        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, bids, asks, listed)
         return changes
 
-    def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> list[Change]:
+    def replace(self, bids: Iterable[Level], asks: Iterable[Level], listed: bool = True) -> list[Change]:
         """Replace the whole book by a snapshot; returns only the levels that differ. Both sides
         are validated before either changes. The book is changed in place, by the level loop:
         each level the snapshot lacks deleted, each of its levels set (a kept level keeps its
@@ -127,7 +128,7 @@ class OrderBook:
             gone = [(prev[0], "0") for key, prev in side.items() if key not in new]
             # the worst level first: into an empty side each one goes at the end of its arrays
             updates.append(gone + [new[key] for key in sorted(new, reverse=side is self.asks)])
-        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, updates[0], updates[1])
+        changes: list[Change] = self.core.apply_levels(self.bids, self.asks, updates[0], updates[1], listed)
         return changes
 
     def restore(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:

@@ -156,11 +156,13 @@ def _parsed(levels: Iterable[tuple[str, str]]) -> list[tuple[float, bool, str, s
 
 
 def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
-                 ask_levels: Iterable[tuple[str, str]]) -> list[Change]:
+                 ask_levels: Iterable[tuple[str, str]], listed: bool = True) -> list[Change]:
     """Apply absolute level updates of both sides: every level validated first, then applied (a
     bad level leaves the book untouched). Returns the changes made, in order: a new level or a new
     size (the price text first seen for a level stays: it is the persisted key), or a deletion
-    (size None; a delete of a level never seen is harmless, Coinbase does it)."""
+    (size None; a delete of a level never seen is harmless, Coinbase does it). With
+    ``listed=False`` none is listed (``[]``): the sides track their changes for the commit all the
+    same (:meth:`Side.take_rows`), and the worker does not read the list."""
     parsed = ((bids, "b", _parsed(bid_levels)), (asks, "a", _parsed(ask_levels)))
     changes: list[Change] = []
     append = changes.append
@@ -187,7 +189,7 @@ def apply_levels(bids: Side, asks: Side, bid_levels: Iterable[tuple[str, str]],
                     vals[i] = (old[0], size)
                     changed[old[0]] = size
                     append((tag, old[0], size))
-    return changes
+    return changes if listed else []
 
 
 def plain_levels(raw: object) -> list[tuple[str, str]] | None:

@@ -420,27 +420,32 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
         found = j < side._n and side._ranks[j] == rank
         if zero[i]:
             if found:
-                changes.append((tag, side._pop(j), None))
+                price = side._pop(j)
+                if changes is not None:
+                    changes.append((tag, price, None))
         elif not found:
             price, size = levels[i]
             side._insert(j, rank, price, size)
-            changes.append((tag, price, size))
+            if changes is not None:
+                changes.append((tag, price, size))
         else:
             size = levels[i][1]
             if <object>side._sz[j] != size:
                 side._resize(j, size)
-                changes.append((tag, <object>side._px[j], size))
+                if changes is not None:
+                    changes.append((tag, <object>side._px[j], size))
 
 
-def apply_levels(Side bids, Side asks, bid_levels, ask_levels):
+def apply_levels(Side bids, Side asks, bid_levels, ask_levels, bint listed=True):
     """Apply absolute level updates of both sides: every level validated first, then applied (a
-    bad level leaves the book untouched). Returns the changes made (see ``app.book_core``)."""
+    bad level leaves the book untouched). Returns the changes made, none listed with ``listed``
+    false (see ``app.book_core``)."""
     cdef list b = bid_levels if type(bid_levels) is list else list(bid_levels)
     cdef list a = ask_levels if type(ask_levels) is list else list(ask_levels)
     cdef bint* zero = <bint*>PyMem_Malloc((len(b) + len(a) + 1) * sizeof(bint))
     cdef double* bkeys = NULL
     cdef double* akeys = NULL
-    cdef list changes = []
+    cdef list changes = [] if listed else None
     if zero is NULL:
         raise MemoryError()
     try:
@@ -452,7 +457,7 @@ def apply_levels(Side bids, Side asks, bid_levels, ask_levels):
         PyMem_Free(zero)
         PyMem_Free(bkeys)
         PyMem_Free(akeys)
-    return changes
+    return changes if listed else []
 
 
 def plain_levels(raw):

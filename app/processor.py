@@ -27,7 +27,7 @@ from app.wire import RawFrame
 class Outcome:
     key: str
     inst: Instrument | None = None
-    fx: Effects = field(default_factory=Effects)
+    fx: Effects = field(default_factory=lambda: Effects(levels=False))  # (the books' sides track the levels)
     dead: tuple[str, str] | None = None  # (reason, detail) for raw.deadletter
     trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
     tickers: list[Ticker] = field(default_factory=list)

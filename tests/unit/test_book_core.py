@@ -105,8 +105,8 @@ prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates h
 sizes = st.sampled_from(["0", "0.000", "1", "1.0", "2", "0.5", "3"])
 levels = st.lists(st.tuples(prices, sizes), max_size=12)  # a price may repeat within an update
 operation = st.one_of(
-    st.tuples(st.just("apply"), levels, levels),
-    st.tuples(st.just("replace"), levels, levels),
+    st.tuples(st.sampled_from(["apply", "apply_unlisted"]), levels, levels),  # unlisted: as the worker's steps
+    st.tuples(st.sampled_from(["replace", "replace_unlisted"]), levels, levels),
     st.tuples(st.just("apply"), levels, st.lists(st.tuples(st.sampled_from(["1", "x", "-2", "inf"]), sizes),
                                                   min_size=1, max_size=2)),  # a bad level: nothing applied
     # what the dYdX uncrossing does: a side's level set or removed; a price written otherwise
@@ -127,6 +127,10 @@ def _state(ob: book.OrderBook, bound: float) -> Any:
 def _step(ob: book.OrderBook, name: str, first: Any, second: Any) -> Any:
     if name in ("apply", "replace"):
         return getattr(ob, name)(first, second)
+    if name.endswith("_unlisted"):
+        changes = getattr(ob, name.removesuffix("_unlisted"))(first, second, False)
+        assert changes == []  # none listed; the sides track them all the same (the rows below)
+        return changes
     side = ob.bids if first else ob.asks
     if name == "set":
         return side.set(float(second[0]), (second[0], second[1]))
