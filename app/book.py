@@ -5,8 +5,10 @@ only an ordering key (distinct decimal prices of ≤ 15 significant digits never
 what is published, persisted and check-summed is always the venue's text.
 
 Every mutation returns the level changes it made (:data:`Change`: side, price, size, with
-size None meaning "deleted"), so the caller can persist exactly what changed and nothing more;
-a snapshot (:meth:`OrderBook.replace`) returns the diff against the book it replaces.
+size None meaning "deleted"; none listed with ``listed=False``); a snapshot
+(:meth:`OrderBook.replace`) returns the diff against the book it replaces. What the table must
+persist the sides track themselves: each commit takes their changed levels' rows
+(``Side.take_rows``), whatever was listed.
 
 The sides and the level loop are the *book core*: compiled (``app/book_core_c.pyx``, built by
 ``make install``) or the Python reference (``app/book_core.py``), same results. Which one runs:
