@@ -101,9 +101,6 @@ class OrderBook:
         self.bids: Side = self.core.Side(True)
         self.asks: Side = self.core.Side(False)
 
-    def side(self, side: str) -> Side:
-        return self.bids if side == BID else self.asks
-
     def __len__(self) -> int:
         return len(self.bids) + len(self.asks)
 

@@ -124,8 +124,7 @@ class Side:
         ``start`` + price text, value the size text (None: a deletion), as UTF-8
         (``app.state.layout``) — and forget them. A level changed many times between two takes
         is written once, as it is now; the state manager takes them at each commit."""
-        rows.extend((start + price.encode(), None if size is None else size.encode())
-                    for price, size in self._changed.items())
+        encode_rows(start, self._changed, rows)
         self._changed = {}
 
     def best(self) -> tuple[float, Value] | None:
