@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import random
 import os
 import sys
 import tracemalloc
@@ -14,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from app import book, book_core
@@ -196,6 +197,88 @@ def test_a_deep_side_keeps_its_order_through_inserts_and_deletes_at_both_ends() 
     assert books[0].bids.items() == books[1].bids.items()
     assert books[0].asks.items() == books[1].asks.items()
     assert (len(books[0].bids), len(books[0].asks)) == (333 + 50, 428 + 3)  # 3 asks deleted, then set again
+
+
+def _many_levels(seed: int, n: int, low: int, width: int, zeros: float) -> list[tuple[str, str]]:
+    """``n`` levels of prices in [low, low + width), a share ``zeros`` of them deletions: drawn
+    from a seed (hypothesis's own lists of hundreds of levels would be short, and shrink badly)."""
+    rnd = random.Random(seed)
+    return [(str(rnd.randrange(low, low + width)), "0" if rnd.random() < zeros else rnd.choice(["1", "2", "3"]))
+            for _ in range(n)]
+
+
+deep_levels = st.builds(_many_levels, st.integers(0, 2**32), st.sampled_from([0, 3, 150, 600, 1500]), st.integers(1, 2500),
+                        st.sampled_from([1, 5, 40, 500, 3000]), st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
+deep_prices = st.integers(1, 3000).map(str)
+deep_operation = st.one_of(
+    st.tuples(st.just("apply_unlisted"), deep_levels, deep_levels),
+    st.tuples(st.just("apply"), deep_levels, st.just([])),
+    st.tuples(st.just("replace_unlisted"), deep_levels, deep_levels),
+    st.tuples(st.sampled_from(["set", "remove"]), st.booleans(), st.tuples(deep_prices, st.just("4"))),
+    st.tuples(st.just("take"), st.none(), st.none()),
+    st.tuples(st.just("restore"), st.none(), st.none()),  # the sides built again from their levels
+)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(ops=st.lists(deep_operation, min_size=3, max_size=30), bound=st.integers(1, 3000).map(float),
+       n=st.integers(0, 700))
+def test_deep_books_are_the_same_in_both_cores(ops: list[tuple[str, Any, Any]], bound: float, n: int) -> None:
+    """Thousands of levels a side, inserted and removed anywhere: the compiled side's blocks of
+    128 levels split, take in their neighbours and go, and every reading (levels, best, top,
+    within, iteration, lookups) and every take's rows stay those of the reference's flat lists."""
+    books = []
+    for core in (_compiled(), book_core):
+        ob = book.OrderBook()
+        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+        books.append(ob)
+    table: dict[bytes, bytes] = {}
+    blocks = 0
+    for name, first, second in [*ops, ("take", None, None)]:
+        if name == "restore":
+            for ob in books:
+                ob.bids = ob.core.Side(True, dict(ob.bids.items()))
+                ob.asks = ob.core.Side(False, dict(ob.asks.items()))
+            results = [None, None]
+        else:
+            results = [_outcome(partial(_step, ob, name, first, second)) for ob in books]
+        assert results[0] == results[1]
+        readings = [(ob.bids.items(), ob.asks.items(), ob.bids.top(n), ob.asks.top(n), ob.bids.within(bound),
+                     ob.asks.within(bound), list(ob.asks), ob.bids.best(), ob.asks.best(), len(ob.bids),
+                     [ob.bids.get(float(k)) for k in (1, 999, 1000, 2999, 3000)]) for ob in books]
+        assert readings[0] == readings[1]
+        blocks = max(blocks, books[0].bids.check_blocks(), books[0].asks.check_blocks())
+        if name == "take":
+            for key, value in results[0][1]:
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+            assert table == _rows_of(books[0])
+        elif name == "restore":
+            table = _rows_of(books[0])
+    event(f"blocks of a side, at most: {min(blocks, 10)}{'+' if blocks >= 10 else ''}")
+
+
+def test_the_compiled_sides_blocks_split_take_in_their_neighbours_and_go() -> None:
+    """Levels added at the top and at the bottom (blocks split), most of them removed but every
+    tenth (small blocks take in their next one), then all (blocks go), then added again: the
+    blocks' invariants hold and every level is the reference's at each step."""
+    compiled = _compiled()
+    sides = [(compiled.Side(True), compiled), (book_core.Side(True), book_core)]
+    steps = [[(str(p), "1") for p in range(1000, 3000)], [(str(p), "2") for p in range(999, 0, -1)],
+             [(str(p), "0") for p in range(1, 3000) if p % 10], [(str(p), "3") for p in range(5, 3000, 10)],
+             [(str(p), "0") for p in range(1, 3000)], [(str(p), "4") for p in range(2000, 0, -3)]]
+    most = 0
+    for levels in steps:
+        sides[1][1].apply_levels(sides[1][0], book_core.Side(False), levels, [], False)
+        for level in levels:  # the compiled side one level at a time: its invariants after each
+            compiled.apply_levels(sides[0][0], compiled.Side(False), [level], [], False)
+            blocks = sides[0][0].check_blocks()
+        most = max(most, blocks)
+        assert sides[0][0].items() == sides[1][0].items()
+        assert blocks <= len(sides[0][0]) / 16 + 1  # never many small blocks
+    assert most >= 40  # (3,000 levels: the steps made and merged blocks)
 
 
 def _young_level_tuples() -> int:
