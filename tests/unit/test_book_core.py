@@ -208,7 +208,8 @@ def _many_levels(seed: int, n: int, low: int, width: int, zeros: float) -> list[
 
 
 deep_levels = st.builds(_many_levels, st.integers(0, 2**32), st.sampled_from([0, 3, 150, 600, 1500]),
-                        st.integers(1, 2500), st.sampled_from([1, 5, 40, 500, 3000]), st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
+                        st.integers(1, 2500), st.sampled_from([1, 5, 40, 500, 3000]),
+                        st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]))
 deep_prices = st.integers(1, 3000).map(str)
 deep_operation = st.one_of(
     st.tuples(st.just("apply_unlisted"), deep_levels, deep_levels),
