@@ -59,6 +59,7 @@ def _compiled() -> ModuleType | None:
 #: unless BOOK_CORE=python; the worker sets it from its settings (:func:`use_core`).
 core: Any = book_core if os.environ.get("BOOK_CORE", "").strip().lower() == "python" else (_compiled() or book_core)
 venue_base.plain_levels = core.plain_levels  # the venues read levels with the same core
+venue_base.raw_levels = core.raw_levels
 
 
 def use_core(name: str) -> str:
@@ -72,6 +73,7 @@ def use_core(name: str) -> str:
                           "run `make install` (it needs a C compiler), or set BOOK_CORE=auto or python")
     core = book_core if name == "python" or compiled is None else compiled
     venue_base.plain_levels = core.plain_levels
+    venue_base.raw_levels = core.raw_levels
     if name == "auto" and compiled is None:
         log.warning("the compiled book core is not built: the Python core runs (same books, slower; "
                     "`make install` builds it)")

@@ -19,6 +19,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
 
 from app.errors import ConfigError, FrameError
 
@@ -199,6 +202,20 @@ def plain_levels(raw: object) -> list[tuple[str, str]] | None:
         return None
     fast = [(x[0], x[1]) for x in raw if type(x) is list and len(x) >= 2 and type(x[0]) is str is type(x[1])]
     return fast if len(fast) == len(raw) else None
+
+
+def raw_levels(raw: Any) -> list[tuple[str, str]] | None:
+    """The levels of ``raw`` — the bytes of a side's JSON array as the venue wrote it (a
+    ``msgspec.Raw``, bytes) — when it is exactly an array of ``[price, size]`` string pairs, as a
+    list of (price, size); None for anything else: the caller reads the frame the general way.
+    (The compiled core reads them in place, and fewer of them: see its ``RawLevels``.)"""
+    try:
+        value = orjson.loads(bytes(raw))
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is not list or not all(type(x) is list and len(x) == 2 for x in value):
+        return None
+    return plain_levels(value)
 
 
 def encode_rows(start: bytes, changed: dict[str, str | None], rows: list[tuple[bytes, bytes | None]]) -> None:

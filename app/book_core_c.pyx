@@ -9,10 +9,11 @@ Built by ``make install`` (``setup.py``); ``app.book`` runs it when it is built 
 Change one, change the other.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from libc.math cimport INFINITY
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove
 
 from app.errors import FrameError
 
@@ -25,6 +26,7 @@ cdef extern from "Python.h":
     bytes PyUnicode_AsUTF8String(object op)
     object PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)
     char* PyBytes_AS_STRING(object op)
+    object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
 
 
 cdef inline object _untracked(object value):
@@ -78,22 +80,25 @@ cdef unsigned long long _EXACT = 1ULL << 53  # every integer up to 2**53 is exac
 
 
 cdef inline bint _plain_decimal(object text, double* out) noexcept:
-    """True, with ``float(text)`` in ``out``, when ``text`` is plain decimal ASCII — digits with
-    at most one point, at least one digit — whose digits make an integer m ≤ 2**53 and whose
-    point has k ≤ 22 digits after it: then m and 10**k are exact doubles and the one correctly
-    rounded division m / 10**k is the correctly rounded value of the text, the double ``float``
-    gives (Clinger's fast path). False for anything else (signs, exponents, spaces, underscores,
-    other digits, more digits): the caller asks ``float``. A venue's prices and sizes are plain
-    decimals: this skips making a float object twice per level."""
-    cdef Py_ssize_t i, n
-    cdef const unsigned char* s
+    """True, with ``float(text)`` in ``out``, when ``text`` is plain decimal ASCII (see
+    :func:`_plain_chars`); False for anything else: the caller asks ``float``. A venue's prices
+    and sizes are plain decimals: this skips making a float object twice per level."""
+    if type(text) is not str or not PyUnicode_IS_COMPACT_ASCII(text):
+        return False
+    return _plain_chars(<const unsigned char*>PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), out)
+
+
+cdef inline bint _plain_chars(const unsigned char* s, Py_ssize_t n, double* out) noexcept:
+    """True, with the value in ``out``, when the ``n`` characters at ``s`` are digits with at most
+    one point, at least one digit, whose digits make an integer m ≤ 2**53 and whose point has
+    k ≤ 22 digits after it: then m and 10**k are exact doubles and the one correctly rounded
+    division m / 10**k is the correctly rounded value of the text, the double ``float`` gives
+    (Clinger's fast path). False for anything else (signs, exponents, spaces, underscores, other
+    digits, more digits)."""
+    cdef Py_ssize_t i
     cdef unsigned long long m = 0
     cdef int frac = -1, digits = 0
     cdef unsigned char c
-    if type(text) is not str or not PyUnicode_IS_COMPACT_ASCII(text):
-        return False
-    n = PyUnicode_GET_LENGTH(text)
-    s = <const unsigned char*>PyUnicode_DATA(text)
     for i in range(n):
         c = s[i]
         if c == 46:  # "."
@@ -495,6 +500,178 @@ cdef class Side:
         return self._keys_values(self._n, bound if self.is_bid else -bound, True)
 
 
+cdef inline str _ascii(const unsigned char* s, Py_ssize_t n):
+    """The ``n`` ASCII characters at ``s`` as a str, in one copy."""
+    text = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(text), s, n)
+    return <str>text
+
+
+cdef inline bint _same_text(object text, const unsigned char* s, Py_ssize_t n) except -1:
+    """Whether the str ``text`` is the ``n`` ASCII characters at ``s``."""
+    if PyUnicode_IS_COMPACT_ASCII(text):
+        return PyUnicode_GET_LENGTH(text) == n and memcmp(PyUnicode_DATA(text), s, n) == 0
+    return text == _ascii(s, n)
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """The first index from ``i`` that is not JSON whitespace."""
+    while i < n and (s[i] == 32 or s[i] == 10 or s[i] == 13 or s[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _digits_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """At ``i`` a JSON string of digits and points only: the index of its closing quote; -1 if
+    not (any other character, an escape included)."""
+    if i >= n or s[i] != 34:  # '"'
+        return -1
+    i += 1
+    while i < n and (48 <= s[i] <= 57 or s[i] == 46):
+        i += 1
+    return i if i < n and s[i] == 34 else -1
+
+
+cdef class RawLevels:
+    """A side's levels as the venue wrote them, ``[["price","size"],…]``, read in place from the
+    frame's bytes (a ``msgspec.Raw``, see :func:`raw_levels`): each level's price and size as
+    offsets into them, beside the price's key and whether the size deletes. The level loop makes
+    no text for a level until the book keeps one — a new level's price and size, a level's new
+    size — and none for a deletion or an unchanged size. Read as a sequence it is the list of
+    (price, size) pairs the general reading gives, and equals it."""
+
+    cdef Py_buffer _view
+    cdef bint _held
+    cdef Py_ssize_t _n, _cap
+    cdef Py_ssize_t* _at  # 4 a level: its price's first and past-last index, then its size's
+    cdef double* _keys
+    cdef unsigned char* _zero
+
+    def __cinit__(self):
+        self._held = False
+        self._n = self._cap = 0
+        self._at = NULL
+        self._keys = NULL
+        self._zero = NULL
+
+    def __dealloc__(self):
+        if self._held:
+            PyBuffer_Release(&self._view)
+        PyMem_Free(self._at)
+        PyMem_Free(self._keys)
+        PyMem_Free(self._zero)
+
+    cdef int _add(self, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t s0, Py_ssize_t s1, double key,
+                  bint zero) except -1:
+        cdef Py_ssize_t cap
+        cdef void* grown
+        if self._n == self._cap:
+            cap = 2 * self._cap if self._cap else 32
+            grown = PyMem_Realloc(self._at, 4 * cap * sizeof(Py_ssize_t))
+            if grown is NULL:
+                raise MemoryError()
+            self._at = <Py_ssize_t*>grown
+            grown = PyMem_Realloc(self._keys, cap * sizeof(double))
+            if grown is NULL:
+                raise MemoryError()
+            self._keys = <double*>grown
+            grown = PyMem_Realloc(self._zero, cap)
+            if grown is NULL:
+                raise MemoryError()
+            self._zero, self._cap = <unsigned char*>grown, cap
+        self._at[4 * self._n], self._at[4 * self._n + 1] = p0, p1
+        self._at[4 * self._n + 2], self._at[4 * self._n + 3] = s0, s1
+        self._keys[self._n], self._zero[self._n] = key, zero
+        self._n += 1
+        return 0
+
+    cdef bint _scan(self) except -1:
+        """Read the levels; False unless the bytes are exactly a JSON array of two-string arrays
+        whose texts are plain decimals (see ``_plain_chars``), every price above zero."""
+        cdef const unsigned char* s = <const unsigned char*>self._view.buf
+        cdef Py_ssize_t n = self._view.len, i, p0, p1, s0, s1
+        cdef double key, size
+        i = _ws(s, 0, n)
+        if i >= n or s[i] != 91:  # '['
+            return False
+        i = _ws(s, i + 1, n)
+        if i < n and s[i] == 93:  # ']': no level
+            return _ws(s, i + 1, n) == n
+        while True:
+            if i >= n or s[i] != 91:
+                return False
+            p0 = _ws(s, i + 1, n)
+            p1 = _digits_string(s, p0, n)
+            if p1 < 0:
+                return False
+            i = _ws(s, p1 + 1, n)
+            if i >= n or s[i] != 44:  # ','
+                return False
+            s0 = _ws(s, i + 1, n)
+            s1 = _digits_string(s, s0, n)
+            if s1 < 0:
+                return False
+            i = _ws(s, s1 + 1, n)
+            if i >= n or s[i] != 93:  # a level of two fields, no more
+                return False
+            if not _plain_chars(s + p0 + 1, p1 - p0 - 1, &key) or key <= 0:
+                return False
+            if not _plain_chars(s + s0 + 1, s1 - s0 - 1, &size):
+                return False
+            self._add(p0 + 1, p1, s0 + 1, s1, key, size == 0)
+            i = _ws(s, i + 1, n)
+            if i < n and s[i] == 44:
+                i = _ws(s, i + 1, n)
+            elif i < n and s[i] == 93:
+                return _ws(s, i + 1, n) == n
+            else:
+                return False
+
+    cdef str _text(self, Py_ssize_t k):
+        """Text ``k`` of the levels' (price of level i: 2i, size: 2i + 1)."""
+        return _ascii(<const unsigned char*>self._view.buf + self._at[2 * k], self._at[2 * k + 1] - self._at[2 * k])
+
+    cdef list _pairs(self):
+        cdef Py_ssize_t i
+        return [_pair(self._text(2 * i), self._text(2 * i + 1)) for i in range(self._n)]
+
+    def __len__(self):
+        return self._n
+
+    def __iter__(self):
+        return iter(self._pairs())
+
+    def __getitem__(self, index):
+        return self._pairs()[index]
+
+    def __eq__(self, other):
+        if isinstance(other, (RawLevels, list, tuple)):
+            return self._pairs() == list(other)
+        return NotImplemented
+
+    def __ne__(self, other):
+        if isinstance(other, (RawLevels, list, tuple)):
+            return self._pairs() != list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"RawLevels({self._pairs()!r})"
+
+
+def raw_levels(raw):
+    """The levels of ``raw`` (an object with the buffer protocol: a ``msgspec.Raw`` of a frame's
+    ``"b"`` or ``"a"``, bytes) read in place as :class:`RawLevels`, when it is exactly a JSON array
+    of ``["price","size"]`` whose texts are plain decimals and whose prices are above zero; None
+    for anything else (escapes, numbers, exponents, a third field, a zero price…): the caller
+    reads the frame the general way, which gives the answer or the error it always gave."""
+    cdef RawLevels levels = RawLevels.__new__(RawLevels)
+    PyObject_GetBuffer(raw, &levels._view, PyBUF_SIMPLE)
+    levels._held = True
+    return levels if levels._scan() else None
+
+
 cdef double* _parse(list levels, bint* zero) except NULL:
     """Every level's key (and in ``zero``, whether it deletes), validated, in a new C array."""
     cdef Py_ssize_t i, n = len(levels)
@@ -538,23 +715,64 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
                     changes.append((tag, <object>blk.px[j], size))
 
 
+cdef void _apply_raw(Side side, str tag, RawLevels levels, list changes) except *:
+    """``_apply`` of levels read in place: a text is made only for what the side keeps."""
+    cdef Py_ssize_t i, j, b
+    cdef const unsigned char* s = <const unsigned char*>levels._view.buf
+    cdef Py_ssize_t* at
+    cdef double rank
+    cdef Block* blk
+    for i in range(levels._n):
+        at = &levels._at[4 * i]
+        rank = levels._keys[i] if side.is_bid else -levels._keys[i]
+        b = side._find(rank, &j)
+        if levels._zero[i]:
+            if side._at(b, j, rank):
+                price = side._pop(b, j)
+                if changes is not None:
+                    changes.append((tag, price, None))
+        elif not side._at(b, j, rank):
+            price, size = _ascii(s + at[0], at[1] - at[0]), _ascii(s + at[2], at[3] - at[2])
+            side._insert(b, j, rank, price, size)
+            if changes is not None:
+                changes.append((tag, price, size))
+        else:
+            blk = side._blocks[b]
+            if not _same_text(<object>blk.sz[j], s + at[2], at[3] - at[2]):
+                size = _ascii(s + at[2], at[3] - at[2])
+                side._resize(blk, j, size)
+                if changes is not None:
+                    changes.append((tag, <object>blk.px[j], size))
+
+
 def apply_levels(Side bids, Side asks, bid_levels, ask_levels, bint listed=True):
     """Apply absolute level updates of both sides: every level validated first, then applied (a
     bad level leaves the book untouched). Returns the changes made, none listed with ``listed``
-    false (see ``app.book_core``)."""
-    cdef list b = bid_levels if type(bid_levels) is list else list(bid_levels)
-    cdef list a = ask_levels if type(ask_levels) is list else list(ask_levels)
-    cdef bint* zero = <bint*>PyMem_Malloc((len(b) + len(a) + 1) * sizeof(bint))
+    false (see ``app.book_core``). Either side's levels may be :class:`RawLevels` (validated when
+    they were read)."""
+    cdef bint braw = type(bid_levels) is RawLevels, araw = type(ask_levels) is RawLevels
+    cdef list b = None if braw else (bid_levels if type(bid_levels) is list else list(bid_levels))
+    cdef list a = None if araw else (ask_levels if type(ask_levels) is list else list(ask_levels))
+    cdef Py_ssize_t nb = 0 if braw else len(b)
+    cdef bint* zero = <bint*>PyMem_Malloc((nb + (0 if araw else len(a)) + 1) * sizeof(bint))
     cdef double* bkeys = NULL
     cdef double* akeys = NULL
     cdef list changes = [] if listed else None
     if zero is NULL:
         raise MemoryError()
     try:
-        bkeys = _parse(b, zero)
-        akeys = _parse(a, zero + len(b))
-        _apply(bids, "b", b, bkeys, zero, changes)
-        _apply(asks, "a", a, akeys, zero + len(b), changes)
+        if not braw:
+            bkeys = _parse(b, zero)
+        if not araw:
+            akeys = _parse(a, zero + nb)
+        if braw:
+            _apply_raw(bids, "b", <RawLevels>bid_levels, changes)
+        else:
+            _apply(bids, "b", b, bkeys, zero, changes)
+        if araw:
+            _apply_raw(asks, "a", <RawLevels>ask_levels, changes)
+        else:
+            _apply(asks, "a", a, akeys, zero + nb, changes)
     finally:
         PyMem_Free(zero)
         PyMem_Free(bkeys)

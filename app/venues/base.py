@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import calendar
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -57,8 +57,9 @@ class BookUpdate:
 
     snapshot: bool  # replaces the whole book
     seq: int  # the venue's sequence of this update (u, change_id, seqId, sequence_num)
-    bids: list[Level] = field(default_factory=list)
-    asks: list[Level] = field(default_factory=list)
+    # (a list; from a typed reader, the book core's levels read in place: ``raw_levels``)
+    bids: Sequence[Level] = field(default_factory=list)
+    asks: Sequence[Level] = field(default_factory=list)
     first: int | None = None  # Binance U (first update id in the event)
     prev: int | None = None  # pu / prev_change_id / prevSeqId
     ts_exchange: int = 0  # venue timestamp, ns since epoch (0 if the venue gives none)
@@ -299,6 +300,9 @@ def _plain(d: Decimal) -> str:
 #: The book core's reader of levels in the venues' own form (``plain_levels`` of
 #: ``app.book_core`` or the compiled core): ``app.book`` sets it to the core that runs.
 plain_levels: Callable[[Any], list[Level] | None] = book_core.plain_levels
+#: And its reader of a side's levels from the frame's own bytes (``raw_levels``): a sequence of
+#: (price, size) — the compiled core's reads them in place — or None (read the general way).
+raw_levels: Callable[[Any], Sequence[Level] | None] = book_core.raw_levels
 
 
 def levels(raw: Any, what: str) -> list[Level]:

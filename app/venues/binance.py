@@ -25,6 +25,7 @@ import msgspec
 from app.errors import FrameError
 from app.market.instruments import Spec
 from app.market.records import Ticker, Trade
+from app.venues import base
 from app.venues._json import loads, obj
 from app.venues.base import (
     BookUpdate,
@@ -58,8 +59,8 @@ class _Depth(msgspec.Struct):
     E: _Int | None = None
     T: _Int | None = None
     pu: _Int | None = None
-    b: list[tuple[str, str]] = []
-    a: list[tuple[str, str]] = []
+    b: msgspec.Raw = msgspec.Raw(b"[]")  # read by the book core (venues.base.raw_levels)
+    a: msgspec.Raw = msgspec.Raw(b"[]")
 
 
 class _Combined(msgspec.Struct):
@@ -76,12 +77,14 @@ class BinanceAdapter:
     """One class for the three Binance markets; futures events also carry ``pu``.
 
     A combined stream's depth event (most of what a Binance worker reads) is read by a typed
-    decoder straight into its fields and its levels' (price, size) tuples — about a third of the
-    CPU of decoding it to dicts and lists and reading those (``BENCH_ONLY=book_core make bench``).
-    It answers only when the event is one the general reading would accept as it is; any other
-    frame, and any event with a field of another type, a missing ``pu`` on futures, another
-    symbol or ``U > u``, goes the general way, which gives the result or the error it always
-    gave (``tests/unit/test_binance_typed.py`` holds the two to the same answers)."""
+    decoder straight into its fields, its levels left as the bytes the venue wrote for the book
+    core to read in place (``venues.base.raw_levels``: the compiled core makes no text for a
+    level the book does not keep) — about a third of the CPU of decoding it to dicts and lists
+    and reading those (``BENCH_ONLY=book_core make bench``). It answers only when the event is one
+    the general reading would accept as it is; any other frame, and any event with a field of
+    another type, a missing ``pu`` on futures, another symbol, ``U > u`` or levels the core does
+    not read in place, goes the general way, which gives the result or the error it always gave
+    (``tests/unit/test_binance_typed.py`` holds the two to the same answers)."""
 
     def __init__(self, venue: str, futures: bool) -> None:
         self.venue = venue
@@ -116,8 +119,11 @@ class BinanceAdapter:
             return None
         if event.e != "depthUpdate" or event.s != symbol or event.u < event.U or (self.futures and event.pu is None):
             return None
+        bids, asks = base.raw_levels(event.b), base.raw_levels(event.a)
+        if bids is None or asks is None:
+            return None
         return [BookUpdate(snapshot=False, seq=event.u, first=event.U, prev=event.pu if self.futures else None,
-                           bids=event.b, asks=event.a, ts_exchange=ms_to_ns(event.T or event.E))]
+                           bids=bids, asks=asks, ts_exchange=ms_to_ns(event.T or event.E))]
 
     def parse_general(self, kind: Kind, frame: bytes, symbol: str) -> list[BookUpdate]:
         """:meth:`parse` through dicts and lists: every frame, and every error."""

@@ -14,6 +14,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -106,7 +107,8 @@ prices = st.integers(1, 60).map(lambda p: f"{p / 4:g}")  # few prices: updates h
 sizes = st.sampled_from(["0", "0.000", "1", "1.0", "2", "0.5", "3"])
 levels = st.lists(st.tuples(prices, sizes), max_size=12)  # a price may repeat within an update
 operation = st.one_of(
-    st.tuples(st.sampled_from(["apply", "apply_unlisted"]), levels, levels),  # unlisted: as the worker's steps
+    # unlisted: as the worker's steps; raw: read in place from their JSON
+    st.tuples(st.sampled_from(["apply", "apply_unlisted", "apply_raw"]), levels, levels),
     st.tuples(st.sampled_from(["replace", "replace_unlisted"]), levels, levels),
     st.tuples(st.just("apply"), levels, st.lists(st.tuples(st.sampled_from(["1", "x", "-2", "inf"]), sizes),
                                                   min_size=1, max_size=2)),  # a bad level: nothing applied
@@ -128,6 +130,9 @@ def _state(ob: book.OrderBook, bound: float) -> Any:
 def _step(ob: book.OrderBook, name: str, first: Any, second: Any) -> Any:
     if name in ("apply", "replace"):
         return getattr(ob, name)(first, second)
+    if name == "apply_raw":  # levels read in place from their JSON, as the Binance reader leaves them
+        raw = [ob.core.raw_levels(orjson.dumps(levels)) for levels in (first, second)]
+        return ob.apply(first if raw[0] is None else raw[0], second if raw[1] is None else raw[1])
     if name.endswith("_unlisted"):
         changes = getattr(ob, name.removesuffix("_unlisted"))(first, second, False)
         assert changes == []  # none listed; the sides track them all the same (the rows below)
@@ -213,6 +218,7 @@ deep_levels = st.builds(_many_levels, st.integers(0, 2**32), st.sampled_from([0,
 deep_prices = st.integers(1, 3000).map(str)
 deep_operation = st.one_of(
     st.tuples(st.just("apply_unlisted"), deep_levels, deep_levels),
+    st.tuples(st.just("apply_raw"), deep_levels, deep_levels),
     st.tuples(st.just("apply"), deep_levels, st.just([])),
     st.tuples(st.just("replace_unlisted"), deep_levels, deep_levels),
     st.tuples(st.sampled_from(["set", "remove"]), st.booleans(), st.tuples(deep_prices, st.just("4"))),
