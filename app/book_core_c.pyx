@@ -2,9 +2,11 @@
 """The book's level store and level loop, compiled (Cython): ``app.book_core`` in C.
 
 The same API and results as the reference core ``app/book_core.py`` (read it first: its
-docstrings hold for this one), with the ranks in a C array of doubles and beside them the
-levels' price and size texts in two C arrays (a ``(price, size)`` tuple is made only when a level
-is read), the levels found by a C binary search and the whole level loop of an update in C.
+docstrings hold for this one), with each side's levels in blocks of C arrays — the ranks as
+doubles, beside them the price texts and the size texts, a short size copied into the block
+itself (a ``(price, size)`` tuple is made only when a level is read) — the levels found by a C
+binary search, the whole level loop of an update in C, and a venue's levels read in place from
+the frame's bytes (:class:`RawLevels`).
 Built by ``make install`` (``setup.py``); ``app.book`` runs it when it is built (``BOOK_CORE``).
 Change one, change the other.
 """
@@ -155,16 +157,25 @@ cpdef bint parse_zero(size) except -1:
 #: side. With one flat array, a Binance USD-M book (~3,500 levels a side, a third of its level
 #: updates inserting or removing one, half of them more than 190 levels from the top) moved 13 kB
 #: of memory a level inserted or removed: ~10 % of a worker's CPU (README "Where the time goes").
+#: 64 rather than 128 since the sizes went inline (49 bytes a level to shift, not 25).
 cdef enum:
-    BLOCK = 128
+    BLOCK = 64
+    #: A size text of at most this many ASCII characters is kept in the block itself (any other
+    #: as a str): a level's new size is compared with and written over its old one there, and no
+    #: str is made or freed for it. A str per size, cold by the level's next change, was half
+    #: the level loop's time (the miss on its header) before the frees and allocations.
+    SZ_INLINE = 23
+    SZ_OBJECT = 255  # ``szn`` of a size kept as a str in ``sz``
 
 
 cdef struct Block:
     Py_ssize_t n
     double rank[BLOCK]  # ascending: the price's float for bids, its negation for asks
     PyObject* px[BLOCK]  # beside each rank: the level's price text (a reference held)
-    PyObject* sz[BLOCK]  # and its size text: no tuple per level, made only when one is asked
+    PyObject* sz[BLOCK]  # its size text when not inline (a reference held), else NULL
     unsigned char dirty[BLOCK]  # 1 if the level changed since the last take_rows
+    unsigned char szn[BLOCK]  # the inline size text's length, or SZ_OBJECT
+    char szt[BLOCK * SZ_INLINE]  # the inline size texts, SZ_INLINE characters a level
 
 
 cdef Block* _new_block() except NULL:
@@ -181,6 +192,64 @@ cdef inline void _move(Block* dst, Py_ssize_t to, Block* src, Py_ssize_t at, Py_
     memmove(&dst.px[to], &src.px[at], count * sizeof(PyObject*))
     memmove(&dst.sz[to], &src.sz[at], count * sizeof(PyObject*))
     memmove(&dst.dirty[to], &src.dirty[at], count)
+    memmove(&dst.szn[to], &src.szn[at], count)
+    memmove(&dst.szt[to * SZ_INLINE], &src.szt[at * SZ_INLINE], count * SZ_INLINE)
+
+
+cdef inline void _size_from_chars(Block* blk, Py_ssize_t i, const unsigned char* s, Py_ssize_t n) except *:
+    """Level ``i`` of ``blk`` (its old size released) takes the ASCII size text at ``s``."""
+    if n <= SZ_INLINE:
+        memcpy(&blk.szt[i * SZ_INLINE], s, n)
+        blk.szn[i], blk.sz[i] = <unsigned char>n, NULL
+    else:
+        text = _ascii(s, n)
+        Py_INCREF(text)
+        blk.szn[i], blk.sz[i] = SZ_OBJECT, <PyObject*>text
+
+
+cdef inline void _size_from_text(Block* blk, Py_ssize_t i, object size) noexcept:
+    """Level ``i`` of ``blk`` (its old size released) takes the size text ``size``."""
+    if PyUnicode_IS_COMPACT_ASCII(size) and PyUnicode_GET_LENGTH(size) <= SZ_INLINE:
+        memcpy(&blk.szt[i * SZ_INLINE], PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
+        blk.szn[i], blk.sz[i] = <unsigned char>PyUnicode_GET_LENGTH(size), NULL
+    else:
+        Py_INCREF(size)
+        blk.szn[i], blk.sz[i] = SZ_OBJECT, <PyObject*>size
+
+
+cdef inline void _size_release(Block* blk, Py_ssize_t i) noexcept:
+    if blk.szn[i] == SZ_OBJECT:
+        Py_XDECREF(blk.sz[i])
+        blk.sz[i] = NULL
+
+
+cdef inline object _size_text(Block* blk, Py_ssize_t i):
+    if blk.szn[i] == SZ_OBJECT:
+        return <object>blk.sz[i]
+    return _ascii(<const unsigned char*>&blk.szt[i * SZ_INLINE], blk.szn[i])
+
+
+cdef inline bytes _size_bytes(Block* blk, Py_ssize_t i):
+    """The size text as UTF-8 (a table row's value)."""
+    if blk.szn[i] == SZ_OBJECT:
+        return PyUnicode_AsUTF8String(<object>blk.sz[i])
+    return <bytes>PyBytes_FromStringAndSize(&blk.szt[i * SZ_INLINE], blk.szn[i])
+
+
+cdef inline bint _size_is_chars(Block* blk, Py_ssize_t i, const unsigned char* s, Py_ssize_t n) except -1:
+    """Whether level ``i``'s size text is the ``n`` ASCII characters at ``s``."""
+    if blk.szn[i] == SZ_OBJECT:
+        return _same_text(<object>blk.sz[i], s, n)
+    return blk.szn[i] == n and memcmp(&blk.szt[i * SZ_INLINE], s, n) == 0
+
+
+cdef inline bint _size_is(Block* blk, Py_ssize_t i, object size) except -1:
+    """Whether level ``i``'s size text is ``size``."""
+    if blk.szn[i] == SZ_OBJECT:
+        return <object>blk.sz[i] == size
+    if PyUnicode_IS_COMPACT_ASCII(size):
+        return _size_is_chars(blk, i, <const unsigned char*>PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
+    return _size_text(blk, i) == size
 
 
 cdef class Side:
@@ -212,8 +281,8 @@ cdef class Side:
                 self._add_block(self._nb, blk)
             price, size = levels[key]
             Py_INCREF(price)
-            Py_INCREF(size)
-            blk.px[blk.n], blk.sz[blk.n] = <PyObject*>price, <PyObject*>size
+            blk.px[blk.n] = <PyObject*>price
+            _size_from_text(blk, blk.n, size)
             blk.rank[blk.n], blk.dirty[blk.n] = (key if is_bid else -key), 0
             blk.n += 1
             self._last[self._nb - 1] = blk.rank[blk.n - 1]
@@ -224,7 +293,7 @@ cdef class Side:
         for b in range(self._nb):
             for i in range(self._blocks[b].n):
                 Py_XDECREF(self._blocks[b].px[i])
-                Py_XDECREF(self._blocks[b].sz[i])
+                _size_release(self._blocks[b], i)
             PyMem_Free(self._blocks[b])
         PyMem_Free(self._blocks)
         PyMem_Free(self._last)
@@ -303,9 +372,20 @@ cdef class Side:
         return b >= 0 and i < self._blocks[b].n and self._blocks[b].rank[i] == rank
 
     cdef inline tuple _value(self, Block* blk, Py_ssize_t i):
-        return _pair(<object>blk.px[i], <object>blk.sz[i])
+        return _pair(<object>blk.px[i], _size_text(blk, i))
 
     cdef int _insert(self, Py_ssize_t b, Py_ssize_t i, double rank, object price, object size) except -1:
+        cdef Block* blk = self._open(b, &i, rank)
+        Py_INCREF(price)
+        blk.px[i] = <PyObject*>price
+        _size_from_text(blk, i, size)
+        return 0
+
+    cdef Block* _open(self, Py_ssize_t b, Py_ssize_t* at, double rank) except NULL:
+        """Room for a new level of ``rank`` at the place ``_find`` gave (block ``b``, index
+        ``at[0]``), its rank set and marked changed: its block (``at[0]``: its index there); the
+        caller sets its texts."""
+        cdef Py_ssize_t i = at[0]
         cdef Block* blk
         cdef Block* upper
         cdef Py_ssize_t half = BLOCK // 2
@@ -322,15 +402,14 @@ cdef class Side:
             if i > half:
                 b, i, blk = b + 1, i - half, upper
         _move(blk, i + 1, blk, i, blk.n - i)
-        Py_INCREF(price)
-        Py_INCREF(size)
-        blk.rank[i], blk.px[i], blk.sz[i], blk.dirty[i] = rank, <PyObject*>price, <PyObject*>size, 1
+        blk.rank[i], blk.dirty[i], blk.px[i], blk.sz[i], blk.szn[i] = rank, 1, NULL, NULL, 0
         blk.n += 1
         self._ndirty += 1
         self._n += 1
         if i == blk.n - 1:
             self._last[b] = rank
-        return 0
+        at[0] = i
+        return blk
 
     cdef object _pop(self, Py_ssize_t b, Py_ssize_t i):
         """Remove the level at ``i`` of block ``b``; its price text."""
@@ -339,7 +418,7 @@ cdef class Side:
         price = <object>blk.px[i]
         self._forget(price)
         Py_XDECREF(blk.px[i])
-        Py_XDECREF(blk.sz[i])
+        _size_release(blk, i)
         if blk.dirty[i]:
             self._ndirty -= 1
         _move(blk, i, blk, i + 1, blk.n - i - 1)
@@ -359,10 +438,16 @@ cdef class Side:
 
     cdef inline void _resize(self, Block* blk, Py_ssize_t i, object size) noexcept:
         """The level at ``i`` of ``blk`` takes the size text ``size``."""
-        Py_INCREF(size)
-        Py_XDECREF(blk.sz[i])
-        blk.sz[i] = <PyObject*>size
+        _size_release(blk, i)
+        _size_from_text(blk, i, size)
         self._mark(blk, i)
+
+    cdef inline int _resize_chars(self, Block* blk, Py_ssize_t i, const unsigned char* s, Py_ssize_t n) except -1:
+        """The level at ``i`` of ``blk`` takes the ASCII size text at ``s``."""
+        _size_release(blk, i)
+        _size_from_chars(blk, i, s, n)
+        self._mark(blk, i)
+        return 0
 
     cdef int _update(self, Block* blk, Py_ssize_t i, object price, object size) except -1:
         """The level at ``i`` of ``blk`` takes ``price`` and ``size``: its row is written at the
@@ -481,7 +566,7 @@ cdef class Side:
                     blk.dirty[i] = 0
                     found += 1
                     price = <object>blk.px[i]
-                    rows.append(_pair(_row_key(start, price), PyUnicode_AsUTF8String(<object>blk.sz[i])))
+                    rows.append(_pair(_row_key(start, price), _size_bytes(blk, i)))
                     if written is not None:
                         written.add(price)
             b += 1
@@ -709,7 +794,7 @@ cdef void _apply(Side side, str tag, list levels, double* keys, bint* zero, list
         else:
             blk = side._blocks[b]
             size = levels[i][1]
-            if <object>blk.sz[j] != size:
+            if not _size_is(blk, j, size):
                 side._resize(blk, j, size)
                 if changes is not None:
                     changes.append((tag, <object>blk.px[j], size))
@@ -732,17 +817,19 @@ cdef void _apply_raw(Side side, str tag, RawLevels levels, list changes) except 
                 if changes is not None:
                     changes.append((tag, price, None))
         elif not side._at(b, j, rank):
-            price, size = _ascii(s + at[0], at[1] - at[0]), _ascii(s + at[2], at[3] - at[2])
-            side._insert(b, j, rank, price, size)
+            blk = side._open(b, &j, rank)
+            price = _ascii(s + at[0], at[1] - at[0])
+            Py_INCREF(price)
+            blk.px[j] = <PyObject*>price
+            _size_from_chars(blk, j, s + at[2], at[3] - at[2])
             if changes is not None:
-                changes.append((tag, price, size))
+                changes.append((tag, price, _size_text(blk, j)))
         else:
             blk = side._blocks[b]
-            if not _same_text(<object>blk.sz[j], s + at[2], at[3] - at[2]):
-                size = _ascii(s + at[2], at[3] - at[2])
-                side._resize(blk, j, size)
+            if not _size_is_chars(blk, j, s + at[2], at[3] - at[2]):
+                side._resize_chars(blk, j, s + at[2], at[3] - at[2])
                 if changes is not None:
-                    changes.append((tag, <object>blk.px[j], size))
+                    changes.append((tag, <object>blk.px[j], _size_text(blk, j)))
 
 
 def apply_levels(Side bids, Side asks, bid_levels, ask_levels, bint listed=True):
