@@ -115,16 +115,20 @@ class ChangelogWriter:
             if outputs:
                 await _send_outputs(producer, outputs)
             batch = producer.create_batch()
-            for row, (key, value) in enumerate(records, 1):
-                if not row % YIELD_ROWS:
+            append = batch.append
+            for start in range(0, len(records), YIELD_ROWS):
+                if start:
                     await asyncio.sleep(0)
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
-                                    batch.record_count()))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise CommitFailed(f"a changelog row of {len(key) + len(value or b'')} bytes exceeds "
-                                           f"{BATCH_BYTES} bytes")
+                for key, value in records[start:start + YIELD_ROWS]:
+                    if append(key=key, value=value, timestamp=None) is None:
+                        futures.append((_retrieved(await producer.send_batch(batch, self.topic,
+                                                                             partition=self.partition)),
+                                        batch.record_count()))
+                        batch = producer.create_batch()
+                        append = batch.append
+                        if append(key=key, value=value, timestamp=None) is None:
+                            raise CommitFailed(f"a changelog row of {len(key) + len(value or b'')} bytes exceeds "
+                                               f"{BATCH_BYTES} bytes")
             if batch.record_count():
                 futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
                                 batch.record_count()))

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import cast
 
@@ -160,18 +161,20 @@ class PartitionStore:
                 log.debug("background write of %s had failed", self.path, exc_info=True)
 
     def _write(self, records: Iterable[tuple[bytes, bytes | None]], checkpoint: Checkpoint) -> None:
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        rows = 0
-        for key, value in records:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-            rows += 1
-            if rows == WRITE_BATCH_ROWS:
-                self.db.write(batch)
-                batch, rows = rocksdict.WriteBatch(raw_mode=True), 0
-                time.sleep(0)  # let a thread waiting for the GIL (the event loop) take it
+        rows = iter(records)
+        while True:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            put, delete = batch.put, batch.delete
+            chunk = list(islice(rows, WRITE_BATCH_ROWS))
+            for key, value in chunk:
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+            if len(chunk) < WRITE_BATCH_ROWS:
+                break
+            self.db.write(batch)
+            time.sleep(0)  # let a thread waiting for the GIL (the event loop) take it
         checkpoint.written_at_ms = int(time.time() * 1000)
         batch.put(CHECKPOINT_KEY, checkpoint.encode())
         self.db.write(batch)

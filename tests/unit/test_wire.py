@@ -67,6 +67,29 @@ def test_a_bad_line_is_a_bad_frame_at_its_index_and_the_others_still_decode() ->
     assert unknown.reason == "bad-record-version"
 
 
+lines = st.one_of(
+    frames.map(encode_frame),  # good lines (base64 ones included)
+    st.sampled_from([b"", b"  ", b"\r", b"{}", b'{"key":"okx:BTC-USDT","ts":"late"', b"[1]", b"null",
+                     b'{"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c"}',  # neither frame nor frame_b64
+                     b'{"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c","frame":"x","frame_b64":"eA=="}',
+                     b'{"key":"okx:BTC-USDT","ts":-1,"kind":"ws","conn":"c","frame":"x"}',
+                     b'{"key":"okx:BTC-USDT","ts":1,"kind":"wss","conn":"c","frame":"x"}',
+                     b'{"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c","frame":"x"}\r',
+                     b' {"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c","frame":"\\u00e9"} ']))
+
+
+@settings(max_examples=examples(1000))
+@given(record=st.lists(lines, max_size=8), trailing=st.sampled_from([b"", b"\n", b"\n\n"]))
+def test_a_v2_record_read_whole_is_read_as_line_by_line(record: list[bytes], trailing: bytes) -> None:
+    """The frames of a record are read in one call when every line is a good frame with its text
+    and none is blank; any other record line by line: the same frames and bad frames (at the
+    same indexes, for the same reasons) either way."""
+    from app.wire import _decode_each
+
+    value = b"\n".join(record) + trailing
+    assert decode_record(b"okx:*", value, [("v", b"2")]) == _decode_each(value, "okx:*")
+
+
 def test_partition_for_is_kafkas_default_partitioner_of_the_partition_key() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
