@@ -91,35 +91,42 @@ cdef inline bint _plain_decimal(object text, double* out) noexcept:
 
 
 cdef inline bint _plain_chars(const unsigned char* s, Py_ssize_t n, double* out) noexcept:
-    """True, with the value in ``out``, when the ``n`` characters at ``s`` are digits with at most
-    one point, at least one digit, whose digits make an integer m ≤ 2**53 and whose point has
-    k ≤ 22 digits after it: then m and 10**k are exact doubles and the one correctly rounded
-    division m / 10**k is the correctly rounded value of the text, the double ``float`` gives
-    (Clinger's fast path). False for anything else (signs, exponents, spaces, underscores, other
-    digits, more digits)."""
-    cdef Py_ssize_t i
+    """True, with the value in ``out``, when the ``n`` characters at ``s`` are a plain decimal
+    (see :func:`_decimal`)."""
+    return _decimal(s, n, out) == n
+
+
+cdef inline Py_ssize_t _decimal(const unsigned char* s, Py_ssize_t n, double* out) noexcept:
+    """The length of the run of digits and points at ``s`` (within ``n``), with its value in
+    ``out``, when the run is a plain decimal: at most one point, at least one digit, digits that
+    make an integer m ≤ 2**53 and k ≤ 22 of them after the point. Then m and 10**k are exact
+    doubles and the one correctly rounded division m / 10**k is the correctly rounded value of
+    the text, the double ``float`` gives (Clinger's fast path). -1 when the run is not one (two
+    points, no digit, more digits): the caller asks ``float``, or reads the frame the general way."""
+    cdef Py_ssize_t i = 0
     cdef unsigned long long m = 0
     cdef int frac = -1, digits = 0
     cdef unsigned char c
-    for i in range(n):
+    while i < n:
         c = s[i]
-        if c == 46:  # "."
-            if frac >= 0:
-                return False
-            frac = 0
-        elif 48 <= c <= 57:
+        if 48 <= c <= 57:
             if m > 100000000000000000ULL:  # one more digit could overflow: not plain enough
-                return False
+                return -1
             m = m * 10 + (c - 48)
             digits += 1
             if frac >= 0:
                 frac += 1
+        elif c == 46:  # "."
+            if frac >= 0:
+                return -1
+            frac = 0
         else:
-            return False
+            break
+        i += 1
     if digits == 0 or m > _EXACT or frac > 22:
-        return False
+        return -1
     out[0] = <double>m / _POW10[frac] if frac > 0 else <double>m
-    return True
+    return i
 
 
 cpdef double parse_key(price) except? -1.0:
@@ -606,15 +613,16 @@ cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) n
     return i
 
 
-cdef inline Py_ssize_t _digits_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
-    """At ``i`` a JSON string of digits and points only: the index of its closing quote; -1 if
-    not (any other character, an escape included)."""
+cdef inline Py_ssize_t _decimal_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, double* out) noexcept:
+    """At ``i`` a JSON string whose text is a plain decimal (:func:`_decimal`): the index of its
+    closing quote, the value in ``out``; -1 if not (any other character, an escape included)."""
+    cdef Py_ssize_t k
     if i >= n or s[i] != 34:  # '"'
         return -1
-    i += 1
-    while i < n and (48 <= s[i] <= 57 or s[i] == 46):
-        i += 1
-    return i if i < n and s[i] == 34 else -1
+    k = _decimal(s + i + 1, n - i - 1, out)
+    if k < 0 or i + 1 + k >= n or s[i + 1 + k] != 34:
+        return -1
+    return i + 1 + k
 
 
 cdef class RawLevels:
@@ -672,7 +680,7 @@ cdef class RawLevels:
 
     cdef bint _scan(self) except -1:
         """Read the levels; False unless the bytes are exactly a JSON array of two-string arrays
-        whose texts are plain decimals (see ``_plain_chars``), every price above zero."""
+        whose texts are plain decimals (see :func:`_decimal`), every price above zero."""
         cdef const unsigned char* s = <const unsigned char*>self._view.buf
         cdef Py_ssize_t n = self._view.len, i, p0, p1, s0, s1
         cdef double key, size
@@ -686,22 +694,18 @@ cdef class RawLevels:
             if i >= n or s[i] != 91:
                 return False
             p0 = _ws(s, i + 1, n)
-            p1 = _digits_string(s, p0, n)
-            if p1 < 0:
+            p1 = _decimal_string(s, p0, n, &key)
+            if p1 < 0 or key <= 0:
                 return False
             i = _ws(s, p1 + 1, n)
             if i >= n or s[i] != 44:  # ','
                 return False
             s0 = _ws(s, i + 1, n)
-            s1 = _digits_string(s, s0, n)
+            s1 = _decimal_string(s, s0, n, &size)
             if s1 < 0:
                 return False
             i = _ws(s, s1 + 1, n)
             if i >= n or s[i] != 93:  # a level of two fields, no more
-                return False
-            if not _plain_chars(s + p0 + 1, p1 - p0 - 1, &key) or key <= 0:
-                return False
-            if not _plain_chars(s + s0 + 1, s1 - s0 - 1, &size):
                 return False
             self._add(p0 + 1, p1, s0 + 1, s1, key, size == 0)
             i = _ws(s, i + 1, n)

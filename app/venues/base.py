@@ -106,8 +106,12 @@ def channel_prefix(frame: bytes, marks: tuple[bytes, ...], window: int = 160) ->
     """Does one of ``marks`` (a channel name as it appears in the venue's JSON) occur in the
     first ``window`` bytes of ``frame``? Venues name the channel before the data."""
     # find, not ``mark in head``: bytes' ``in`` first tries its operand as an integer and formats
-    # a TypeError to throw away (1.5 % of a books-only worker's CPU, under perf); and no generator
-    return max(map(frame[:window].find, marks), default=-1) >= 0
+    # a TypeError to throw away (1.5 % of a books-only worker's CPU, under perf); find within the
+    # window, not in a slice of it; no generator, no map: 0.18 µs for one mark, 0.67 with them
+    for mark in marks:  # noqa: SIM110 - any() would make a generator per call
+        if frame.find(mark, 0, window) >= 0:
+            return True
+    return False
 
 
 class LevelsView(Protocol):
