@@ -259,6 +259,18 @@ cdef inline bint _size_is(Block* blk, Py_ssize_t i, object size) except -1:
     return _size_text(blk, i) == size
 
 
+cdef inline Py_ssize_t _bisect(const double* ranks, Py_ssize_t hi, double rank) noexcept:
+    """The first index below ``hi`` whose rank is ≥ ``rank``, else ``hi`` (bisect_left)."""
+    cdef Py_ssize_t lo = 0, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ranks[mid] < rank:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef class Side:
     """One side of a book: price key → (price text, size text), sorted, the best last."""
 
@@ -350,29 +362,14 @@ cdef class Side:
     cdef inline Py_ssize_t _find(self, double rank, Py_ssize_t* at) noexcept:
         """The place of ``rank`` (bisect_left): the block, and in ``at`` the index in it; a rank
         above every level's is placed after the last one's (block -1 on an empty side)."""
-        cdef Py_ssize_t lo = 0, hi = self._nb, mid, b
-        cdef Block* blk
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self._last[mid] < rank:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == self._nb:
+        cdef Py_ssize_t b = _bisect(self._last, self._nb, rank)
+        if b == self._nb:
             b = self._nb - 1
             at[0] = self._blocks[b].n if b >= 0 else 0
             return b
-        blk = self._blocks[lo]
-        hi = blk.n - 1  # the last rank is ≥ rank: the answer is before or at it
-        mid = 0
-        while mid < hi:
-            b = (mid + hi) >> 1
-            if blk.rank[b] < rank:
-                mid = b + 1
-            else:
-                hi = b
-        at[0] = mid
-        return lo
+        # the block's last rank is ≥ rank: the answer is before or at it
+        at[0] = _bisect(self._blocks[b].rank, self._blocks[b].n - 1, rank)
+        return b
 
     cdef inline bint _at(self, Py_ssize_t b, Py_ssize_t i, double rank) noexcept:
         """Whether the place ``_find`` gave holds a level of ``rank``."""

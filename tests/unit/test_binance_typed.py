@@ -94,12 +94,12 @@ DEPTH = ('{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","E":1,"T":2,"s
 
 def _applied(updates: Any) -> Any:
     """A book made by applying ``updates`` (both cores): its levels, or the error it refused with."""
-    from app import book, book_core
+    from app import book_core
+    from tests.unit.test_book_core import book_of
 
     out = []
     for core in (importlib.import_module("app.book_core_c"), book_core):
-        ob = book.OrderBook()
-        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+        ob = book_of(core)
         try:
             for upd in updates:
                 ob.apply(upd.bids, upd.asks, False)

@@ -29,6 +29,13 @@ def _compiled() -> ModuleType:
     return importlib.import_module("app.book_core_c")
 
 
+def book_of(core: ModuleType) -> book.OrderBook:
+    """An empty book running ``core``."""
+    ob = book.OrderBook()
+    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    return ob
+
+
 def test_make_install_built_the_compiled_core_and_the_worker_runs_it_by_default() -> None:
     compiled = _compiled()  # ImportError: `make install` did not build it (a C compiler is needed)
     assert compiled.NAME == "compiled"
@@ -162,11 +169,7 @@ def test_both_cores_make_the_same_books_changes_and_rows(ops: list[tuple[str, An
     the same books, the same changes and the same rows from both cores — and the rows taken,
     written in order over the table (the last row of a key wins, None deletes), always hold the
     book exactly: a level changed many times between two takes is written once, as it is."""
-    books = []
-    for core in (_compiled(), book_core):
-        ob = book.OrderBook()
-        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
-        books.append(ob)
+    books = [book_of(_compiled()), book_of(book_core)]
     table: dict[bytes, bytes] = {}
     for name, first, second in [*ops, ("take", None, None)]:
         results = [_outcome(partial(_step, ob, name, first, second)) for ob in books]
@@ -191,11 +194,7 @@ def test_both_cores_make_the_same_books_changes_and_rows(ops: list[tuple[str, An
 def test_a_deep_side_keeps_its_order_through_inserts_and_deletes_at_both_ends() -> None:
     """Far more levels than the compiled side's first allocation (64): it grows, shifts and stays
     sorted exactly as the reference does."""
-    books = []
-    for core in (_compiled(), book_core):
-        ob = book.OrderBook()
-        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
-        books.append(ob)
+    books = [book_of(_compiled()), book_of(book_core)]
     for ob in books:
         ob.apply([(str(1000 - i), "1") for i in range(500)], [(str(1001 + i), "1") for i in range(500)])
         ob.apply([(str(1000 - i), "0") for i in range(0, 500, 3)], [(str(1500 - i), "0") for i in range(0, 500, 7)])
@@ -235,11 +234,7 @@ def test_deep_books_are_the_same_in_both_cores(ops: list[tuple[str, Any, Any]], 
     """Thousands of levels a side, inserted and removed anywhere: the compiled side's blocks of
     64 levels split, take in their neighbours and go, and every reading (levels, best, top,
     within, iteration, lookups) and every take's rows stay those of the reference's flat lists."""
-    books = []
-    for core in (_compiled(), book_core):
-        ob = book.OrderBook()
-        ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
-        books.append(ob)
+    books = [book_of(_compiled()), book_of(book_core)]
     table: dict[bytes, bytes] = {}
     blocks = 0
     for name, first, second in [*ops, ("take", None, None)]:
@@ -302,8 +297,7 @@ def test_the_compiled_books_keep_their_levels_out_of_the_young_collections(core_
     young collection never walks them (at 5,000 frames/s tens of thousands since the last one,
     10-40 ms of it). The reference leaves that to CPython (untracked after a first walk)."""
     core = _compiled() if core_name == "compiled" else book_core
-    ob = book.OrderBook()
-    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    ob = book_of(core)
     was = gc.isenabled()
     gc.disable()
     try:
@@ -335,8 +329,7 @@ def test_levels_that_come_and_go_between_two_commits_are_held_once(core_name: st
     last take for their rows, but a price removed a million times is held a bounded number of
     times (the compiled side makes its list unique past a limit), and taken once."""
     core = _compiled() if core_name == "compiled" else book_core
-    ob = book.OrderBook()
-    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    ob = book_of(core)
     ob.apply([(str(100 + i), "1") for i in range(10)], [])
     rows: list[tuple[bytes, bytes | None]] = []
     ob.bids.take_rows(b"k\x00b", rows)
@@ -363,8 +356,7 @@ def test_a_row_key_is_the_price_text_as_utf8_ascii_or_not(core_name: str) -> Non
     """The compiled side builds an ASCII price's row key in one copy; any other text (float()
     reads Arabic-Indic digits) is encoded as UTF-8 like the reference does."""
     core = _compiled() if core_name == "compiled" else book_core
-    ob = book.OrderBook()
-    ob.core, ob.bids, ob.asks = core, core.Side(True), core.Side(False)
+    ob = book_of(core)
     ob.apply([("101.5", "1"), ("١٠٠", "2")], [("102", "٣")])
     ob.apply([("101.5", "0")], [])
     rows: list[tuple[bytes, bytes | None]] = []
