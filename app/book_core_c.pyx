@@ -55,7 +55,7 @@ cdef inline tuple _pair(object first, object second):
 cdef inline bytes _row_key(bytes start, object price):
     """``start + price.encode()``, in one allocation when the price is ASCII (as a venue's are)."""
     cdef Py_ssize_t head, n
-    if not PyUnicode_IS_COMPACT_ASCII(price):
+    if type(price) is not str or not PyUnicode_IS_COMPACT_ASCII(price):
         return start + PyUnicode_AsUTF8String(price)
     head, n = len(start), PyUnicode_GET_LENGTH(price)
     key = PyBytes_FromStringAndSize(NULL, head + n)
@@ -215,8 +215,9 @@ cdef inline void _size_from_chars(Block* blk, Py_ssize_t i, const unsigned char*
 
 
 cdef inline void _size_from_text(Block* blk, Py_ssize_t i, object size) noexcept:
-    """Level ``i`` of ``blk`` (its old size released) takes the size text ``size``."""
-    if PyUnicode_IS_COMPACT_ASCII(size) and PyUnicode_GET_LENGTH(size) <= SZ_INLINE:
+    """Level ``i`` of ``blk`` (its old size released) takes the size text ``size`` (a str; any
+    other object is kept as it is, as the reference keeps it)."""
+    if type(size) is str and PyUnicode_IS_COMPACT_ASCII(size) and PyUnicode_GET_LENGTH(size) <= SZ_INLINE:
         memcpy(&blk.szt[i * SZ_INLINE], PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
         blk.szn[i], blk.sz[i] = <unsigned char>PyUnicode_GET_LENGTH(size), NULL
     else:
@@ -225,9 +226,11 @@ cdef inline void _size_from_text(Block* blk, Py_ssize_t i, object size) noexcept
 
 
 cdef inline void _size_release(Block* blk, Py_ssize_t i) noexcept:
+    """Let go of level ``i``'s size (left empty until it takes another)."""
     if blk.szn[i] == SZ_OBJECT:
         Py_XDECREF(blk.sz[i])
         blk.sz[i] = NULL
+    blk.szn[i] = 0
 
 
 cdef inline object _size_text(Block* blk, Py_ssize_t i):
@@ -254,7 +257,7 @@ cdef inline bint _size_is(Block* blk, Py_ssize_t i, object size) except -1:
     """Whether level ``i``'s size text is ``size``."""
     if blk.szn[i] == SZ_OBJECT:
         return <object>blk.sz[i] == size
-    if PyUnicode_IS_COMPACT_ASCII(size):
+    if type(size) is str and PyUnicode_IS_COMPACT_ASCII(size):
         return _size_is_chars(blk, i, <const unsigned char*>PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
     return _size_text(blk, i) == size
 
@@ -597,8 +600,8 @@ cdef inline str _ascii(const unsigned char* s, Py_ssize_t n):
 
 
 cdef inline bint _same_text(object text, const unsigned char* s, Py_ssize_t n) except -1:
-    """Whether the str ``text`` is the ``n`` ASCII characters at ``s``."""
-    if PyUnicode_IS_COMPACT_ASCII(text):
+    """Whether ``text`` is the str of the ``n`` ASCII characters at ``s``."""
+    if type(text) is str and PyUnicode_IS_COMPACT_ASCII(text):
         return PyUnicode_GET_LENGTH(text) == n and memcmp(PyUnicode_DATA(text), s, n) == 0
     return text == _ascii(s, n)
 
@@ -818,8 +821,8 @@ cdef void _apply_raw(Side side, str tag, RawLevels levels, list changes) except 
                 if changes is not None:
                     changes.append((tag, price, None))
         elif not side._at(b, j, rank):
+            price = _ascii(s + at[0], at[1] - at[0])  # (made first: the new level is never left without it)
             blk = side._open(b, &j, rank)
-            price = _ascii(s + at[0], at[1] - at[0])
             Py_INCREF(price)
             blk.px[j] = <PyObject*>price
             _size_from_chars(blk, j, s + at[2], at[3] - at[2])

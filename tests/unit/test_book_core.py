@@ -284,6 +284,18 @@ def test_the_compiled_sides_blocks_split_take_in_their_neighbours_and_go() -> No
     assert most >= 40  # (3,000 levels: the steps made and merged blocks)
 
 
+def test_a_size_that_is_not_text_is_kept_as_it_is_by_both_cores() -> None:
+    """Levels are the venues' texts, but a number given as a size (``float`` reads it) is kept as
+    the object it is, by both cores alike — never read as text it is not."""
+    books = [book_of(_compiled()), book_of(book_core)]
+    for ob in books:
+        ob.apply([("1.5", 2), ("2.5", "3")], [("3", 2.5)], False)
+        ob.apply([("1.5", 2), ("2.5", 4)], [("3", "1")], False)  # the same number again, a number for a text
+        ob.bids.set(1.0, ("1.0", 7))
+    assert [(ob.bids.items(), ob.asks.items()) for ob in books][0] == (books[1].bids.items(), books[1].asks.items())
+    assert books[0].bids.items() == [(2.5, ("2.5", 4)), (1.5, ("1.5", 2)), (1.0, ("1.0", 7))]
+
+
 def _young_level_tuples() -> int:
     """Tuples of text or bytes (or None) that the next young collection would walk."""
     return sum(1 for o in gc.get_objects(0) if type(o) is tuple and o
