@@ -13,11 +13,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import book_core
 from app.capture.formats import read
 from app.errors import FrameError
 from app.venues import ADAPTERS
 from app.venues.base import Kind
 from tests.helpers import examples
+from tests.unit.test_book_core import book_of
 from tests.unit.test_market import paths
 
 ADAPTER_NAMES = ["binance", "binance-usdm", "binance-coinm"]
@@ -94,9 +96,6 @@ DEPTH = ('{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","E":1,"T":2,"s
 
 def _applied(updates: Any) -> Any:
     """A book made by applying ``updates`` (both cores): its levels, or the error it refused with."""
-    from app import book_core
-    from tests.unit.test_book_core import book_of
-
     out = []
     for core in (importlib.import_module("app.book_core_c"), book_core):
         ob = book_of(core)
