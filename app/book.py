@@ -58,8 +58,15 @@ def _compiled() -> ModuleType | None:
 #: The core in use (``core.NAME``: "compiled" or "python"): the compiled one when it is built,
 #: unless BOOK_CORE=python; the worker sets it from its settings (:func:`use_core`).
 core: Any = book_core if os.environ.get("BOOK_CORE", "").strip().lower() == "python" else (_compiled() or book_core)
-venue_base.plain_levels = core.plain_levels  # the venues read levels with the same core
-venue_base.raw_levels = core.raw_levels
+
+
+def _lend_readers(to: ModuleType) -> None:
+    """The venues read levels with the core that runs (``plain_levels``, ``raw_levels``)."""
+    venue_base.plain_levels = to.plain_levels
+    venue_base.raw_levels = to.raw_levels
+
+
+_lend_readers(core)
 
 
 def use_core(name: str) -> str:
@@ -72,8 +79,7 @@ def use_core(name: str) -> str:
         raise ConfigError("BOOK_CORE=compiled but the compiled book core is not built (app/book_core_c.pyx): "
                           "run `make install` (it needs a C compiler), or set BOOK_CORE=auto or python")
     core = book_core if name == "python" or compiled is None else compiled
-    venue_base.plain_levels = core.plain_levels
-    venue_base.raw_levels = core.raw_levels
+    _lend_readers(core)
     if name == "auto" and compiled is None:
         log.warning("the compiled book core is not built: the Python core runs (same books, slower; "
                     "`make install` builds it)")

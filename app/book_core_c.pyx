@@ -203,7 +203,7 @@ cdef inline void _move(Block* dst, Py_ssize_t to, Block* src, Py_ssize_t at, Py_
     memmove(&dst.szt[to * SZ_INLINE], &src.szt[at * SZ_INLINE], count * SZ_INLINE)
 
 
-cdef inline void _size_from_chars(Block* blk, Py_ssize_t i, const unsigned char* s, Py_ssize_t n) except *:
+cdef inline int _size_from_chars(Block* blk, Py_ssize_t i, const unsigned char* s, Py_ssize_t n) except -1:
     """Level ``i`` of ``blk`` (its old size released) takes the ASCII size text at ``s``."""
     if n <= SZ_INLINE:
         memcpy(&blk.szt[i * SZ_INLINE], s, n)
@@ -212,6 +212,7 @@ cdef inline void _size_from_chars(Block* blk, Py_ssize_t i, const unsigned char*
         text = _ascii(s, n)
         Py_INCREF(text)
         blk.szn[i], blk.sz[i] = SZ_OBJECT, <PyObject*>text
+    return 0
 
 
 cdef inline void _size_from_text(Block* blk, Py_ssize_t i, object size) noexcept:
@@ -736,11 +737,6 @@ cdef class RawLevels:
     def __eq__(self, other):
         if isinstance(other, (RawLevels, list, tuple)):
             return self._pairs() == list(other)
-        return NotImplemented
-
-    def __ne__(self, other):
-        if isinstance(other, (RawLevels, list, tuple)):
-            return self._pairs() != list(other)
         return NotImplemented
 
     __hash__ = None

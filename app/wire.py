@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -234,20 +235,15 @@ def decode_record(key: bytes | None, value: bytes | None, headers: object) -> li
 
 def _decode_v2(data: bytes, record_key_text: str) -> list[RawFrame | BadFrame]:
     """A v2 record's frames: every line at once (msgspec's ``decode_lines``, no split, no call per
-    line) when each of them is a good frame line with its text and none is empty; otherwise line
-    by line (:func:`_decode_each`), which says which lines are bad and why."""
+    line) when each of them is a good frame line and none is empty; otherwise line by line
+    (:func:`_decode_each`), which says which lines are bad and why."""
     try:
         lines = _RAW_LINE.decode_lines(data)
     except msgspec.DecodeError:  # (a ValidationError too): some line is bad
         lines = None
     if lines is not None and len(lines) == data.count(b"\n") + 1:  # (decode_lines skips blank lines)
-        frames: list[RawFrame | BadFrame] = []
-        for obj in lines:
-            if type(obj.frame) is not str:  # base64, or neither
-                break
-            frames.append(RawFrame(obj.key, obj.ts, _KINDS[obj.kind], obj.conn, obj.frame.encode()))
-        else:
-            return frames
+        with contextlib.suppress(ValueError, binascii.Error):  # a line with no frame: line by line
+            return [_frame_of(obj) for obj in lines]
     return _decode_each(data, record_key_text)
 
 
@@ -270,16 +266,20 @@ _KINDS = {k.value: k for k in Kind}
 _RAW_LINE = msgspec.json.Decoder(RawLine)
 
 
+def _frame_of(obj: RawLine) -> RawFrame:
+    """The frame of a decoded line; ValueError (or binascii.Error) when it carries none."""
+    if isinstance(obj.frame, str):
+        data = obj.frame.encode()
+    elif isinstance(obj.frame_b64, str):
+        data = base64.b64decode(obj.frame_b64, validate=True)
+    else:
+        raise ValueError("neither frame nor frame_b64")
+    return RawFrame(obj.key, obj.ts, _KINDS[obj.kind], obj.conn, data)
+
+
 def _decode_line(index: int, line: bytes, record_key_text: str) -> RawFrame | BadFrame:
     try:
-        obj = _RAW_LINE.decode(line)
-        if isinstance(obj.frame, str):
-            data = obj.frame.encode()
-        elif isinstance(obj.frame_b64, str):
-            data = base64.b64decode(obj.frame_b64, validate=True)
-        else:
-            raise ValueError("neither frame nor frame_b64")
-        return RawFrame(obj.key, obj.ts, _KINDS[obj.kind], obj.conn, data)
+        return _frame_of(_RAW_LINE.decode(line))
     except (msgspec.DecodeError, TypeError, ValueError, binascii.Error) as exc:
         return BadFrame(index, record_key_text, "bad-record-line", f"{type(exc).__name__}: {exc}"[:200], line)
 
