@@ -23,7 +23,7 @@ from app.venues.base import BookUpdate, Kind
 from app.wire import RawFrame
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Outcome:
     key: str
     inst: Instrument | None = None
@@ -35,6 +35,23 @@ class Outcome:
     specs: list[Spec] = field(default_factory=list)  # a venue's instrument list (REST, or its WS channel)
     states: list[tuple[str, str, int]] = field(default_factory=list)  # (key, state, venue time) from a state channel
     feed_events: list[dict[str, Any]] = field(default_factory=list)  # subscriptions failed or recovered (feed.status)
+
+    def __init__(self, key: str, inst: Instrument | None = None, fx: Effects | None = None,
+                 dead: tuple[str, str] | None = None, trades: list[Trade] | None = None,
+                 tickers: list[Ticker] | None = None, trade_gaps: list[tuple[int, int, int]] | None = None,
+                 specs: list[Spec] | None = None, states: list[tuple[str, str, int]] | None = None,
+                 feed_events: list[dict[str, Any]] | None = None) -> None:
+        # written out (``init=False``), as Effects': one per frame (0.98 against 0.49 µs)
+        self.key = key
+        self.inst = inst
+        self.fx = Effects(levels=False) if fx is None else fx
+        self.dead = dead
+        self.trades = [] if trades is None else trades
+        self.tickers = [] if tickers is None else tickers
+        self.trade_gaps = [] if trade_gaps is None else trade_gaps
+        self.specs = [] if specs is None else specs
+        self.states = [] if states is None else states
+        self.feed_events = [] if feed_events is None else feed_events
 
 
 def new_instrument(key: str, buffer_limit: int = 20_000) -> Instrument:

@@ -235,20 +235,22 @@ def decode_record(key: bytes | None, value: bytes | None, headers: object) -> li
 
 def _decode_v2(data: bytes, record_key_text: str) -> list[RawFrame | BadFrame]:
     """A v2 record's frames: every line at once (msgspec's ``decode_lines``, no split, no call per
-    line) when each of them is a good frame line and none is empty; otherwise line by line
-    (:func:`_decode_each`), which says which lines are bad and why."""
+    line) when each of them is a good frame line; otherwise line by line (:func:`_decode_each`),
+    which says which lines are bad and why. A line of nothing but whitespace is no frame, and
+    either way it is skipped (``decode_lines`` skips spaces, tabs and carriage returns; a line
+    of other whitespace fails it, and the line-by-line reading skips it too)."""
     try:
         lines = _RAW_LINE.decode_lines(data)
     except msgspec.DecodeError:  # (a ValidationError too): some line is bad
         lines = None
-    if lines is not None and len(lines) == data.count(b"\n") + 1:  # (decode_lines skips blank lines)
+    if lines is not None:
         with contextlib.suppress(ValueError, binascii.Error):  # a line with no frame: line by line
             return [_frame_of(obj) for obj in lines]
     return _decode_each(data, record_key_text)
 
 
 def _decode_each(data: bytes, record_key_text: str) -> list[RawFrame | BadFrame]:
-    return [_decode_line(i, line, record_key_text) for i, line in enumerate(data.split(b"\n")) if line]
+    return [_decode_line(i, line, record_key_text) for i, line in enumerate(data.split(b"\n")) if line.strip()]
 
 
 def _decode_v1(key: str, data: bytes, hdrs: dict[str, bytes]) -> RawFrame | BadFrame:

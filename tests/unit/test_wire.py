@@ -55,6 +55,19 @@ def test_a_v1_record_is_still_read() -> None:
     assert bad.reason == "bad-headers"
 
 
+def test_a_line_of_whitespace_is_no_frame_and_no_bad_frame() -> None:
+    """Blank lines, and lines of spaces, tabs or a carriage return (a CRLF writer's blank line),
+    are skipped whether the record is read whole or line by line; a bad line after them keeps
+    its line index."""
+    good = encode_frame(RawFrame("okx:BTC-USDT", 1, Kind.WS, "c", b"{}"))
+    for gap in (b"", b" ", b"\r", b" \t\r", b"\x0c"):
+        out = decode_record(b"okx:BTC-USDT", b"\n".join([good, gap, good]) + b"\r\n", [("v", b"2")])
+        assert [type(x).__name__ for x in out] == ["RawFrame", "RawFrame"], gap
+    out = decode_record(b"okx:BTC-USDT", b"\n".join([good, b" \r", b"[1]"]), [("v", b"2")])
+    assert isinstance(out[1], BadFrame)
+    assert out[1].frame_index == 2
+
+
 def test_a_bad_line_is_a_bad_frame_at_its_index_and_the_others_still_decode() -> None:
     good = encode_frame(RawFrame("okx:BTC-USDT", 1, Kind.WS, "c", b"{}"))
     value = b"\n".join([good, b'{"key": "okx:BTC-USDT", "ts": "late"', good, b'{"key": 1, "ts": 1, "kind": "ws", '
@@ -69,7 +82,8 @@ def test_a_bad_line_is_a_bad_frame_at_its_index_and_the_others_still_decode() ->
 
 lines = st.one_of(
     frames.map(encode_frame),  # good lines (base64 ones included)
-    st.sampled_from([b"", b"  ", b"\r", b"{}", b'{"key":"okx:BTC-USDT","ts":"late"', b"[1]", b"null",
+    st.sampled_from([b"", b"  ", b"\r", b" \t\r", b"\x0c", b"\x0b ", b"{}", b'{"key":"okx:BTC-USDT","ts":"late"',
+                     b"[1]", b"null",
                      b'{"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c"}',  # neither frame nor frame_b64
                      b'{"key":"okx:BTC-USDT","ts":1,"kind":"ws","conn":"c","frame":"x","frame_b64":"eA=="}',
                      b'{"key":"okx:BTC-USDT","ts":-1,"kind":"ws","conn":"c","frame":"x"}',
@@ -81,9 +95,9 @@ lines = st.one_of(
 @settings(max_examples=examples(1000))
 @given(record=st.lists(lines, max_size=8), trailing=st.sampled_from([b"", b"\n", b"\n\n"]))
 def test_a_v2_record_read_whole_is_read_as_line_by_line(record: list[bytes], trailing: bytes) -> None:
-    """The frames of a record are read in one call when every line is a good frame with its text
-    and none is blank; any other record line by line: the same frames and bad frames (at the
-    same indexes, for the same reasons) either way."""
+    """The frames of a record are read in one call when every line is a good frame with its text;
+    any other record line by line: the same frames and bad frames (at the same indexes, for the
+    same reasons) either way, and a line of nothing but whitespace skipped either way."""
     from app.wire import _decode_each
 
     value = b"\n".join(record) + trailing
