@@ -260,8 +260,8 @@ class BinanceMarket:
         self.unit = unit  # spot and USD-M: base; COIN-M: contracts
 
     def parse_market(self, kind: Kind, frame: bytes, symbol: str) -> tuple[list[Trade], list[Ticker]]:
-        if kind is not Kind.WS or not channel_prefix(frame, self.MARKS, 200):
-            return [], []
+        if kind is not Kind.WS or channel_prefix(frame, _DEPTH_MARK) or not channel_prefix(frame, self.MARKS, 200):
+            return [], []  # (a depth event, most frames, is told by one look rather than six)
         event = BinanceAdapter._event(loads(frame))
         e = event.get("e")
         if e is None and "u" in event and "b" in event and "a" in event and "B" in event:
