@@ -29,6 +29,7 @@ ENV_VARS = (
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
     "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
+    "STATE_COMMIT_CATCHUP_MS",
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
     "CHANGELOG_DELETE_RETENTION_MS", "RAW_BATCH_MAX_FRAMES", "RAW_BATCH_MAX_BYTES", "RAW_BATCH_LINGER_MS",
     "TOP_CONFLATE_MS", "STATIC_MEMBERSHIP", "OUTPUT_BUFFER_MB", "EVENT_LOOP", "CONSUMER_FETCH_MAX_WAIT_MS",
@@ -383,6 +384,9 @@ class Settings:
     session_timeout_s: float = 10.0
     ingest_buffer_mb: float = 64.0
     state_commit_interval_ms: int = 100
+    #: STATE_COMMIT_CATCHUP_MS: at_least_once, a partition whose newest applied frame was received
+    #: more than CATCHUP_LAG_S ago (a backlog, a replay) commits this far apart instead
+    state_commit_catchup_ms: int = 500
     changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
     raw_batch_max_frames: int = 1000
     raw_batch_max_bytes: int = 1024 * 1024
@@ -489,6 +493,7 @@ def load() -> Settings:
         session_timeout_s=_env_float("BROKER_SESSION_TIMEOUT", 10.0, minimum=3.0),
         ingest_buffer_mb=_env_float("INGEST_BUFFER_MB", 64.0, minimum=0.001),
         state_commit_interval_ms=_env_int("STATE_COMMIT_INTERVAL_MS", 100, minimum=1, maximum=60_000),
+        state_commit_catchup_ms=_env_int("STATE_COMMIT_CATCHUP_MS", 500, minimum=1, maximum=60_000),
         changelog=ChangelogSettings(
             segment_bytes=_env_int("CHANGELOG_SEGMENT_BYTES", 8 * 1024 * 1024, minimum=1024 * 1024),
             segment_ms=_env_int("CHANGELOG_SEGMENT_MS", 60 * 1000, minimum=1000),

@@ -199,6 +199,8 @@ class BookRuntime:
         for item in reversed(items):  # the newest frame's receive time (a dead letter has none)
             if isinstance(item, RawFrame):
                 self.applied_ts[(topic, partition)] = item.ts
+                if item.ts > part.newest_ts:
+                    part.newest_ts = item.ts
                 if topic in self._aged_topics:
                     self.applied_at[(topic, partition)] = time.time_ns()
                 break

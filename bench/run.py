@@ -935,7 +935,7 @@ class Bench:
         """Changelog bytes per applied level update on a 50- and a 5,000-level book."""
         out = {}
         n = int(os.environ.get("BENCH_CHANGELOG_UPDATES", "200"))
-        # one update per commit (STATE_COMMIT_INTERVAL_MS, 100 ms): what one update writes, uncoalesced
+        # one update per commit (STATE_COMMIT_INTERVAL_MS, its default): what one update writes, uncoalesced
         per_s = 1000 / (1.5 * load_settings().state_commit_interval_ms)
         for depth in (50, 5000):
             ns = namespace(f"cl{depth}")

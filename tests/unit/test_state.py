@@ -292,3 +292,66 @@ def test_a_commit_sends_the_outputs_still_owed_before_it_takes_the_position(tmp_
     with pytest.raises(RuntimeError, match="not this test's"):
         asyncio.run(manager.commit(Part()))  # type: ignore[arg-type]
     assert order == ["owed outputs sent", "snapshot"]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_partition_catching_up_commits_less_often_under_at_least_once(tmp_path: Path, guarantee: str) -> None:
+    """A partition whose newest frame was received more than a second ago (a backlog, a replay)
+    commits every STATE_COMMIT_CATCHUP_MS under at_least_once; a live one every
+    STATE_COMMIT_INTERVAL_MS; under exactly_once (outputs wait for commits) both do."""
+    import asyncio
+    import dataclasses
+    import time
+
+    from app.config import Settings
+    from app.state.manager import StateManager
+
+    settings = dataclasses.replace(Settings(), data_dir=tmp_path, processing_guarantee=guarantee,
+                                   state_commit_interval_ms=20, state_commit_catchup_ms=100)
+    manager = StateManager(settings, BOOKS, "changelog")
+    live, behind = PartitionState(0, None, 10), PartitionState(1, None, 10)  # type: ignore[arg-type]
+    behind.newest_ts = time.time_ns() - 5 * 10**9
+    commits = {0: 0, 1: 0}
+
+    async def commit(part: PartitionState) -> None:  # what the real commit does to the timing
+        part.committed_at = time.monotonic()
+        commits[part.number] += 1
+
+    manager.commit = commit  # type: ignore[method-assign]
+
+    async def run() -> None:
+        manager.active = {0: live, 1: behind}
+        for part in (live, behind):
+            part.dirty.add("k")  # always something pending
+        manager.start()
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            live.newest_ts = time.time_ns()
+            await asyncio.sleep(0.005)
+        assert manager._commit_task is not None
+        manager._commit_task.cancel()
+
+    asyncio.run(run())
+    assert commits[0] >= 20, commits
+    if guarantee == "at_least_once":
+        assert 4 <= commits[1] <= commits[0] / 3, commits
+    else:
+        assert commits[1] >= commits[0] - 3, commits
+
+
+def test_a_commit_notes_when_it_began(tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+    import time
+
+    from app.config import Settings
+    from app.state.manager import StateManager
+
+    part = PartitionState(0, None, 10)  # type: ignore[arg-type]
+    part.dirty.add("k")
+    part.snapshot = lambda: (_ for _ in ()).throw(RuntimeError("not this test's"))  # type: ignore[method-assign]
+    manager = StateManager(dataclasses.replace(Settings(), data_dir=tmp_path), BOOKS, "changelog")
+    before = time.monotonic()
+    with pytest.raises(RuntimeError, match="not this test's"):
+        asyncio.run(manager.commit(part))
+    assert part.committed_at >= before
