@@ -31,6 +31,13 @@ cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, unsigned int maxchar)
 
 
+cdef extern from *:
+    """
+    #define BOOKSTREAM_PREFETCH(p) __builtin_prefetch((const void*)(p))
+    """
+    void _prefetch "BOOKSTREAM_PREFETCH"(const void* p) noexcept nogil
+
+
 cdef inline object _untracked(object value):
     """``value``; when it is a tuple of text, bytes or None, out of the cyclic collector's sight:
     such a tuple can hold no reference cycle, and CPython would untrack it anyway at the first
@@ -569,6 +576,11 @@ cdef class Side:
         cdef set written = set() if self._gone else None  # price texts with a row in this take
         while found < self._ndirty and b < self._nb:
             blk = self._blocks[b]
+            # the changed levels' price texts were made long ago (cold by now): ask for them all
+            # first, so that their cache misses overlap instead of coming one row at a time
+            for i in range(blk.n):
+                if blk.dirty[i]:
+                    _prefetch(blk.px[i])
             for i in range(blk.n):
                 if blk.dirty[i]:
                     blk.dirty[i] = 0
