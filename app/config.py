@@ -385,7 +385,7 @@ class Settings:
     ingest_buffer_mb: float = 64.0
     state_commit_interval_ms: int = 100
     #: STATE_COMMIT_CATCHUP_MS: at_least_once, a partition whose newest applied frame was received
-    #: more than CATCHUP_LAG_S ago (a backlog, a replay) commits this far apart instead
+    #: over a second ago (a backlog, a replay: app.state.manager.CATCHUP_LAG_NS) commits this far apart
     state_commit_catchup_ms: int = 500
     changelog: ChangelogSettings = field(default_factory=ChangelogSettings)
     raw_batch_max_frames: int = 1000

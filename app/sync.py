@@ -98,7 +98,7 @@ class Effects:
                  resync: str | None = None, applied: bool = False, tops: list[TopChange] | None = None,
                  ids: list[tuple[str, str, int | None]] | None = None, levels: bool = True) -> None:
         # written out (``init=False``): one is made per frame, and the generated ``__init__``
-        # calls a factory per list (0.54 against 0.24 µs)
+        # calls a factory per list (0.54 against 0.35 µs)
         self.changes = [] if changes is None else changes
         self.buffer_put = [] if buffer_put is None else buffer_put
         self.buffer_del = [] if buffer_del is None else buffer_del

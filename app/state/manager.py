@@ -66,6 +66,7 @@ LOCAL_FLUSH_S = 1.0
 #: live latency longer.
 CATCHUP_LAG_NS = 1_000_000_000
 
+
 class Standing(StrEnum):
     """Where a raw record stands against what the table partition covers."""
 
