@@ -226,8 +226,7 @@ cdef inline void _size_from_text(Block* blk, Py_ssize_t i, object size) noexcept
     """Level ``i`` of ``blk`` (its old size released) takes the size text ``size`` (a str; any
     other object is kept as it is, as the reference keeps it)."""
     if type(size) is str and PyUnicode_IS_COMPACT_ASCII(size) and PyUnicode_GET_LENGTH(size) <= SZ_INLINE:
-        memcpy(&blk.szt[i * SZ_INLINE], PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
-        blk.szn[i], blk.sz[i] = <unsigned char>PyUnicode_GET_LENGTH(size), NULL
+        _size_from_chars(blk, i, <const unsigned char*>PyUnicode_DATA(size), PyUnicode_GET_LENGTH(size))
     else:
         Py_INCREF(size)
         blk.szn[i], blk.sz[i] = SZ_OBJECT, <PyObject*>size
