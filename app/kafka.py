@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -93,6 +93,43 @@ async def read_range(consumer: Any, begin: Mapping[Any, int], ends: Mapping[Any,
 
 class BrokerUnavailable(ConfigError):
     """The configured broker cannot be reached."""
+
+
+_NO_HEADERS: list[Any] = []
+
+
+def fill(batch: Any, records: Sequence[tuple[bytes, bytes | None]], start: int, stop: int) -> int:
+    """Append ``records[start:stop]`` to aiokafka's ``batch`` (a ``BatchBuilder`` from
+    ``create_batch``) until it is full; the index of the first record left out (``stop`` when
+    all went in). A full batch is closed, as ``BatchBuilder.append`` closes it.
+
+    The records go straight to aiokafka's C record builder: ``BatchBuilder.append``'s Python
+    layer (serializers, keyword arguments) was ~40 % of each append (0.34 → 0.21 µs a record),
+    and a commit appends every changed level's row (16,600 for a burst of 50 deep updates).
+    ``tests/unit/test_kafka_fill.py`` holds it to ``BatchBuilder.append`` record for record."""
+    builder = getattr(batch, "_builder", None)
+    if builder is None:  # not aiokafka's BatchBuilder (a stand-in): its own append
+        for i in range(start, stop):
+            key, value = records[i]
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                return i
+        return stop
+    if batch.closed():
+        return start
+    append = builder.append
+    offset = batch._relative_offset
+    i = start
+    try:
+        while i < stop:
+            key, value = records[i]
+            if append(offset, None, key, value, _NO_HEADERS) is None:
+                batch.close()
+                return i
+            offset += 1
+            i += 1
+        return stop
+    finally:
+        batch._relative_offset = offset
 
 
 def unreachable(settings: Settings, exc: BaseException) -> BrokerUnavailable:

@@ -37,6 +37,7 @@ import msgspec
 
 from app import metrics
 from app.config import Settings
+from app.kafka import fill
 from app.lanes import Batch, Lane, LaneProducer
 from app.market.chain import ChainBuilder, Quote
 from app.market.instruments import Registry, Spec
@@ -80,14 +81,14 @@ class OutputBatch(Batch):
     def build(self, producer: Any, lane: Lane) -> tuple[Any, Batch | None]:
         built = producer.create_batch()
         records = self.records
-        for i, (key, value) in enumerate(records):
-            if built.append(key=key, value=value, timestamp=None) is None:
-                rest = OutputBatch(self.began)
-                rest.records, self.records = records[i:], records[:i]
-                rest.size = sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in rest.records)
-                rest.count, self.count = len(rest.records), i
-                self.size -= rest.size
-                return built, rest
+        i = fill(built, records, 0, len(records))
+        if i < len(records):
+            rest = OutputBatch(self.began)
+            rest.records, self.records = records[i:], records[:i]
+            rest.size = sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in rest.records)
+            rest.count, self.count = len(rest.records), i
+            self.size -= rest.size
+            return built, rest
         return built, None
 
 

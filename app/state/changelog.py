@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from app.config import Settings
-from app.kafka import client_auth
+from app.kafka import client_auth, fill
 from app.state.layout import Checkpoint
 from app.state.store import PartitionStore
 
@@ -115,20 +115,18 @@ class ChangelogWriter:
             if outputs:
                 await _send_outputs(producer, outputs)
             batch = producer.create_batch()
-            append = batch.append
             for start in range(0, len(records), YIELD_ROWS):
                 if start:
                     await asyncio.sleep(0)
-                for key, value in records[start:start + YIELD_ROWS]:
-                    if append(key=key, value=value, timestamp=None) is None:
-                        futures.append((_retrieved(await producer.send_batch(batch, self.topic,
-                                                                             partition=self.partition)),
-                                        batch.record_count()))
-                        batch = producer.create_batch()
-                        append = batch.append
-                        if append(key=key, value=value, timestamp=None) is None:
-                            raise CommitFailed(f"a changelog row of {len(key) + len(value or b'')} bytes exceeds "
-                                               f"{BATCH_BYTES} bytes")
+                i, stop = start, min(start + YIELD_ROWS, len(records))
+                while (i := fill(batch, records, i, stop)) < stop:  # the batch is full
+                    if not batch.record_count():
+                        key, value = records[i]
+                        raise CommitFailed(f"a changelog row of {len(key) + len(value or b'')} bytes exceeds "
+                                           f"{BATCH_BYTES} bytes")
+                    futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
+                                    batch.record_count()))
+                    batch = producer.create_batch()
             if batch.record_count():
                 futures.append((_retrieved(await producer.send_batch(batch, self.topic, partition=self.partition)),
                                 batch.record_count()))
