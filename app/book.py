@@ -282,8 +282,9 @@ def _band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decim
     orders against the bound differently from its exact price, though two may tie), each cut is
     found by bisection and made exact with Decimal at the edge, and sizes are summed per segment
     in C, not level by level. The compiled core does it all in C, exactly, in integers
-    (``Side.band_sums``: 0.75 ms → ~0.03 ms for a Binance book's 2,000-odd levels within 100 bps);
-    this path sums when it cannot (a text that is not a plain decimal of at most 18 decimals).
+    (``Side.band_sums``: the 2,232 bids within 100 bps of the capture's 5,018-level Binance book in
+    0.026 ms, 0.39 ms here); this path sums when it cannot (a text that is no plain decimal of at
+    most 18 decimals).
     """
     fast = getattr(side, "band_sums", None)
     if fast is not None and bounds:

@@ -281,7 +281,6 @@ cdef inline Py_ssize_t _bisect(const double* ranks, Py_ssize_t hi, double rank) 
     return lo
 
 
-
 # -- exact band sums (Side.band_sums) ------------------------------------------------------
 cdef extern from *:
     """

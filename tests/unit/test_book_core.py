@@ -455,6 +455,7 @@ def test_depth_bands_are_the_same_in_both_cores(bids: dict[int, str], asks: dict
 def test_the_compiled_band_sums_are_exact_where_a_float_is_not() -> None:
     """Sizes whose float sum is off in the last digit, and a level exactly on a bound: counted
     exactly, in 128-bit integers; a size past 18 decimals or in an exponent: None (Decimal's)."""
+    assert _compiled().BAND_SCALE == book._BAND_SCALE == 18  # the integers both sides of the call mean
     side = _compiled().Side(True)
     for px, sz in [("100", "0.1"), ("99.99", "0.2"), ("99", "0.000000000000000001"), ("90", "3")]:
         side.set(float(px), (px, sz))
