@@ -288,11 +288,11 @@ cdef extern from *:
     """
     ctypedef long long i128 "bookstream_i128"
 
-#: Decimals of the integers Side.band_sums compares and sums (value × 10**BAND_SCALE).
-BAND_SCALE = 18
 cdef enum:
     _SCALE = 18
     BAND_MAX = 32  # bounds one call takes at most
+#: Decimals of the integers Side.band_sums compares and sums (value × 10**BAND_SCALE).
+BAND_SCALE = _SCALE
 cdef i128 _BAND_LIMIT = <i128>10000000000000000000ULL * <i128>1000000000000000ULL  # 10**34
 cdef i128[_SCALE + 1] _POW10_128
 _POW10_128[0] = 1

@@ -8,7 +8,7 @@ class to build reference books in-process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,22 +26,23 @@ from app.wire import RawFrame
 @dataclass(slots=True, init=False)
 class Outcome:
     key: str
-    inst: Instrument | None = None
-    fx: Effects = field(default_factory=lambda: Effects(levels=False))  # (the books' sides track the levels)
-    dead: tuple[str, str] | None = None  # (reason, detail) for raw.deadletter
-    trades: list[Trade] = field(default_factory=list)  # new trades, in the venue's order (duplicates dropped)
-    tickers: list[Ticker] = field(default_factory=list)
-    trade_gaps: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last missing, ts_exchange after)
-    specs: list[Spec] = field(default_factory=list)  # a venue's instrument list (REST, or its WS channel)
-    states: list[tuple[str, str, int]] = field(default_factory=list)  # (key, state, venue time) from a state channel
-    feed_events: list[dict[str, Any]] = field(default_factory=list)  # subscriptions failed or recovered (feed.status)
+    inst: Instrument | None
+    fx: Effects  # by default one that lists no level change (the books' sides track them)
+    dead: tuple[str, str] | None  # (reason, detail) for raw.deadletter
+    trades: list[Trade]  # new trades, in the venue's order (duplicates dropped)
+    tickers: list[Ticker]
+    trade_gaps: list[tuple[int, int, int]]  # (first, last missing, ts_exchange after)
+    specs: list[Spec]  # a venue's instrument list (REST, or its WS channel)
+    states: list[tuple[str, str, int]]  # (key, state, venue time) from a state channel
+    feed_events: list[dict[str, Any]]  # subscriptions failed or recovered (feed.status)
 
     def __init__(self, key: str, inst: Instrument | None = None, fx: Effects | None = None,
                  dead: tuple[str, str] | None = None, trades: list[Trade] | None = None,
                  tickers: list[Ticker] | None = None, trade_gaps: list[tuple[int, int, int]] | None = None,
                  specs: list[Spec] | None = None, states: list[tuple[str, str, int]] | None = None,
                  feed_events: list[dict[str, Any]] | None = None) -> None:
-        # written out (``init=False``), as Effects': one per frame (0.98 against 0.63 µs)
+        # written out (``init=False``), as Effects': one per frame (0.98 against 0.63 µs); the
+        # defaults are here only
         self.key = key
         self.inst = inst
         self.fx = Effects(levels=False) if fx is None else fx
