@@ -776,13 +776,13 @@ class Bench:
             say(f"many: {len(keys)} instruments at {rate}/s each from the simulator")
 
             wait_for(lambda: all_synced(worker, len(keys)), 600, "every book synced", every=2)
+            procs = {"worker": pid(worker), "simulator": sim.proc.pid if sim.proc else 0, "ingest": ingest.pid,
+                     "bench": 0, **{f"broker{i}": p for i, p in enumerate(broker_pids())}}
             f0, c0, t0 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
-            s0 = cpu_seconds(sim.proc.pid) if sim.proc is not None else 0.0
             stages0 = worker_stage_counts(worker.url)
-            lat = asyncio.run(watch_latency(ns, window))
+            lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
-            sim_cores = ((cpu_seconds(sim.proc.pid) if sim.proc is not None else 0.0) - s0) / (t1 - t0)
             # stale at the end of the window, while ingestion runs (once it stops, its closed
             # connections stale every book, as they should)
             books = http_json(worker.url + "/api/books")[1]["books"]
@@ -803,7 +803,7 @@ class Bench:
                                                                                                       (t1 - t0)),
             "worker_cpu_ms_per_frame": round((c1 - c0) * 1000 / max(1, f1 - f0), 4), "frames_produced": produced,
             "frames_applied": applied, "books_not_synced": len(stale), "not_synced": stale[:10],
-            "simulator_cpu_s": sim_cpu, "simulator_cores_in_window": round(sim_cores, 2),
+            "simulator_cpu_s": sim_cpu, "cores": dict(zip(procs, cores, strict=True)),
             "worker_cores_in_window": round((c1 - c0) / (t1 - t0), 2), **lat, "worker_stages": stages,
             "command": "faust -A app simulate + faust -A app ingest (1,000 instruments: Deribit and Bybit options, "
                        f"OKX swaps, Binance USD-M) + one worker; frames/s and receive → book.top over {window:.0f} s"}

@@ -22,9 +22,11 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -54,8 +56,16 @@ class Quote:
     source: Source | None = None
 
     def update(self, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: Source | None) -> None:
-        self.fields.update((k, v) for k, v in fields.items() if v is not None)
-        self.ts_exchange = max(self.ts_exchange, ts_exchange)
+        self.merge(fields.keys(), fields.values(), ts_exchange, ts_recv, source)
+
+    def merge(self, names: Iterable[str], values: Iterable[Any], ts_exchange: int, ts_recv: int,
+              source: Source | None) -> None:
+        """:meth:`update` from names and their values, side by side: the fields that are not None
+        replace theirs (picked in C: the risk engine merges every ticker of every instrument)."""
+        values = tuple(values)
+        self.fields.update(compress(zip(names, values, strict=True), map(is_not, values, repeat(None))))
+        if ts_exchange > self.ts_exchange:
+            self.ts_exchange = ts_exchange
         self.ts_recv, self.source = ts_recv, source
 
     def number(self, name: str) -> float | None:

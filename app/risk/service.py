@@ -127,12 +127,14 @@ def market_input(kind: str, value: bytes) -> tuple[int, str, int, Input] | None:
         body = records.decode(kind, value)
     except msgspec.DecodeError as exc:
         raise BadInput(str(exc)) from exc
-    if isinstance(body, InstrumentRecord):
+    cls = type(body)  # a topic's record type (no subclasses)
+    if cls is TickerRecord:
+        return body.ts_recv, body.key, 0, body
+    if cls is InstrumentRecord:
         return body.valid_from, body.key, 0, body
     if body.ts_recv is None:  # book.status
         return None
-    seq = 0 if isinstance(body, TickerRecord) else body.seq or 0
-    return body.ts_recv, instrument_key(body), seq, body
+    return body.ts_recv, instrument_key(body), body.seq or 0, body
 
 
 def collateral_event(key: bytes | None, value: bytes | None) -> DeskEvent:
@@ -546,7 +548,9 @@ class RiskService:
             item = heapq.heappop(heap)
             if item[0] < engine.now:
                 metrics.count("risk_late_inputs")  # behind the watermark: applied now, not in its place
-            self._emit(engine.on_input(item[5], item[6]))
+            outs = engine.on_input(item[5], item[6])
+            if outs:
+                self._emit(outs)
             n += 1
             if n % SLICE == 0:
                 await asyncio.sleep(0)  # never hold the loop for long: the hot path's latency is on it

@@ -25,8 +25,12 @@ class Watermark:
 
     def observe(self, source: Source, ts: int, now: float) -> None:
         """An input of event time ``ts`` read from ``source`` at monotonic ``now`` (seconds)."""
-        seen = self.sources.setdefault(source, [0, now])
-        seen[0] = max(seen[0], ts)
+        seen = self.sources.get(source)
+        if seen is None:
+            self.sources[source] = [ts, now]
+            return
+        if ts > seen[0]:
+            seen[0] = ts
         seen[1] = now
 
     def at(self, now: float, wall_ns: int, unread: Set[tuple[str, int]],

@@ -431,3 +431,33 @@ def test_a_position_script_is_ordered_by_its_times_and_checked_whole() -> None:
         pos.load_script(text.replace("at_s = 5", "at_s = -1"), "toml")
     with pytest.raises(pos.PositionError, match="unknown field"):
         pos.load_file(text, "toml")  # a book has no times
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(st.sampled_from(["last", "mark", "bid", "ask", "funding_rate", "mark_iv",
+                                                            "delta", "state", "next_funding_ts"]),
+                                          st.none() | st.sampled_from(["0", "1.5", "", "-2e-3"])),
+                          st.integers(0, 50)), min_size=1, max_size=12))
+def test_the_engine_merges_tickers_field_by_field_as_a_dict_would(tickers: list[tuple[dict[str, Any], int]]) -> None:
+    """Each ticker's fields that are not null replace the instrument's (a partial one keeps the
+    rest; an empty or zero value is a value), its exchange time only moves forward, and the
+    latest ticker's source is kept: the engine's C-level merge against a plain dict merge."""
+    from app.market.records import TICKER_FIELDS
+    from app.records import TickerRecord
+    from app.records.common import Source
+
+    engine = RiskEngine(EngineSettings(), [])
+    want: dict[str, Any] = {}
+    newest = 0
+    for i, (fields, ts_exchange) in enumerate(tickers):
+        values = {k: (None if v is None else 7 if k == "next_funding_ts" else v) for k, v in fields.items()}
+        src = Source(topic="raw.okx", partition=0, offset=i, index=0)
+        record = TickerRecord(key="okx:BTC-USDT-SWAP", channel="tickers", partial=True, ts_exchange=ts_exchange,
+                              ts_recv=10**9 + i, ts_published=10**9 + i, source=src, **values)
+        engine.on_input("ticker", record)
+        want.update((k, v) for k, v in values.items() if v is not None)
+        newest = max(newest, ts_exchange)
+        quote = engine.tickers["okx:BTC-USDT-SWAP"]
+        assert quote.fields == want
+        assert set(quote.fields) <= set(TICKER_FIELDS)
+        assert (quote.ts_exchange, quote.ts_recv, quote.source) == (newest, 10**9 + i, src)
