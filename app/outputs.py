@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # the rest go at the next one (the raw reader builds them between its batches, in slices of its
 # own: app.rawreader SLICE_S).
 DEFERRED_BUDGET_S = 0.002
+#: Turns of the loop given to aiokafka before each options chain built between the raw reader's batches.
+DEFERRED_TURNS = 4
 
 #: Bytes counted per record beside its key and value (batch overhead, roughly).
 RECORD_OVERHEAD = 24
@@ -406,6 +408,10 @@ class Publisher:
         metrics.count("chains", published)
         return published
 
+    def chains_owed(self) -> bool:
+        """Closed options chains wait to be built (a commit sends them before it takes its position)."""
+        return bool(self.chains.closed)
+
     def deferred(self) -> bool:
         """Outputs wait to be built: closed options chains, book.depth whose interval passed."""
         return bool(self.chains.closed) or self.depth.due()
@@ -423,7 +429,11 @@ class Publisher:
         record arrives."""
         start = time.monotonic()
         while self.deferred():
-            await asyncio.sleep(0)
+            # A chain costs milliseconds: before one, the turns a fetch answer needs to reach the
+            # raw reader (the connection's reader, the fetcher, the waiter: DEFERRED_TURNS), else
+            # a burst's records waited behind one chain per turn — twelve close together each second
+            for _ in range(DEFERRED_TURNS if self.chains.closed else 1):
+                await asyncio.sleep(0)
             try:
                 if not self.publish_chains(budget_s=0):
                     self.depth.flush(budget_s=budget_s)

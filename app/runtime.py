@@ -70,7 +70,7 @@ class BookRuntime:
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.publisher = Publisher(settings, self.topics, self.sink, self.find)
         self.state = StateManager(settings, BOOKS, self.topics.changelog, self.sink.delivered, self.sink.release,
-                                  self.publisher.publish_chains)
+                                  self.publisher.publish_chains, self.publisher.chains_owed)
         self.reader = RawReader(self)
         self.seek: Seek = self.reader.seek
         self._holes: dict[tuple[str, int], tuple[int, float]] = {}  # (topic, partition) → (expected, asked at)

@@ -113,3 +113,27 @@ def test_our_black76_iv_and_delta_agree_with_deribit(captures: Path) -> None:
 def test_expiry_is_0800_utc() -> None:
     s = parse_option("BTC-27MAR26-60000-C")
     assert s.expiry_ns == calendar.timegm((2026, 3, 27, 8, 0, 0)) * 10**9
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.lists(st.tuples(forward, moneyness, vol, years, st.booleans(), st.sampled_from([1.0, 1.0, 0.5, 0.0, -1.0])),
+                min_size=1, max_size=40))
+def test_implied_vol_of_a_whole_array_is_each_options_own(options: list[tuple[float, float, float, float, bool,
+                                                                                float]]) -> None:
+    """The solver works on the options still unsolved only (those that converged drop out of the
+    passes): every option's volatility is the one it gets alone, whatever the others in its array
+    and whatever the array's shape (a 2-D array, a scalar)."""
+    f = np.array([o[0] for o in options])
+    k = f * np.exp([o[1] for o in options])
+    t = np.array([o[3] for o in options])
+    call = np.array([o[4] for o in options])
+    px = b.price(f, k, t, np.array([o[2] for o in options]), call) * np.array([o[5] for o in options])
+    together, determined = b.implied_vol(px, f, k, t, call)
+    alone = [b.implied_vol(px[i], f[i], k[i], t[i], call[i]) for i in range(len(options))]
+    assert all(np.shape(a[0]) == () for a in alone)
+    assert np.array_equal(together, np.array([a[0] for a in alone]), equal_nan=True)
+    assert np.array_equal(determined, np.array([a[1] for a in alone]))
+    if len(options) % 2 == 0:  # the same as a 2-D array
+        grid, _ = b.implied_vol(px.reshape(2, -1), f.reshape(2, -1), k.reshape(2, -1), t.reshape(2, -1),
+                                call.reshape(2, -1))
+        assert np.array_equal(grid.ravel(), together, equal_nan=True)

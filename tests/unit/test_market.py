@@ -274,14 +274,15 @@ def test_an_idle_chain_is_flushed_after_two_intervals_of_wall_time() -> None:
 
 def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all_before_a_commit() -> None:
     """Closing is cheap and happens on the frame path; building (milliseconds a chain) waits for
-    the raw reader to finish its batch (``publish_deferred``: one chain per turn of the loop), or
-    for the next commit, which builds every closed chain first, into the transaction of the
-    record that closed it."""
+    the raw reader to finish its batch (``publish_deferred``: one chain at a time, DEFERRED_TURNS
+    turns of the loop before each, the turns a fetch answer needs to reach the reader), or for
+    the next commit, which builds every closed chain first, into the transaction of the record
+    that closed it."""
     import asyncio
 
     from app.config import Settings
     from app.market.records import Ticker
-    from app.outputs import Publisher
+    from app.outputs import DEFERRED_TURNS, Publisher
     from app.processor import Outcome
     from app.venues import VENUES
     from app.wire import Topics
@@ -324,7 +325,7 @@ def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all
         assert chains_sent() == []  # nothing built on the frame path
         assert publisher.deferred()
         task = asyncio.get_running_loop().create_task(publisher.publish_deferred(1.0))
-        for _ in range(4):
+        for _ in range(4 * (DEFERRED_TURNS + 1)):
             await asyncio.sleep(0)
             seen.append(chains_sent())
         await task
@@ -336,8 +337,12 @@ def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all
         return seen
 
     seen = asyncio.run(main())
-    # one chain per turn of the loop, not the three at once
-    assert [len(s) for s in seen] == [0, 1, 2, 3], seen
+    # one chain at a time, never two within DEFERRED_TURNS turns of the loop, not the three at once
+    built = [len(s) for s in seen]
+    assert (built[0], built[-1]) == (0, 3), built
+    assert all(b - a in (0, 1) for a, b in zip(built, built[1:], strict=False)), built
+    at = [built.index(n) for n in (1, 2, 3)]  # the turn each was built in
+    assert min(b - a for a, b in zip(at, at[1:], strict=False)) >= DEFERRED_TURNS, built
     assert sorted(seen[-1]) == [f"deribit:BTC-{e}" for e in sorted(expiries)]
     # the three closed by the transactional record went to its partition's transaction, not the sink
     assert len(chains_sent()) == 3

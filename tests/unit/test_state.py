@@ -346,6 +346,64 @@ def test_a_partition_catching_up_commits_less_often_under_at_least_once(tmp_path
         assert min(gaps[1]) < 0.06, gaps[1]
 
 
+def test_periodic_commits_wait_for_owed_chains_to_be_built_but_not_past_the_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While closed options chains wait to be built (a turn of the loop each, between the raw
+    reader's batches), the periodic commits wait rather than build them all at once; they commit
+    at the first tick after the last one is out, and past OWED_WAIT_S a commit goes ahead anyway
+    (it builds what is owed itself, as ``test_a_commit_sends_the_owed_outputs_first`` holds)."""
+    import asyncio
+    import dataclasses
+    import time
+
+    from app.config import Settings
+    from app.state import manager as manager_mod
+    from app.state.manager import StateManager
+
+    monkeypatch.setattr(manager_mod, "OWED_WAIT_S", 0.3)
+    owed = {"chains": True}
+    settings = dataclasses.replace(Settings(), data_dir=tmp_path, state_commit_interval_ms=20)
+    manager = StateManager(settings, BOOKS, "changelog", owed=lambda: owed["chains"])
+    part = PartitionState(0, None, 10)  # type: ignore[arg-type]
+    commits: list[float] = []
+
+    async def commit(p: PartitionState) -> None:
+        p.committed_at = time.monotonic()
+        commits.append(p.committed_at)
+
+    manager.commit = commit  # type: ignore[method-assign]
+
+    async def run() -> tuple[float, float]:
+        manager.active = {0: part}
+        part.dirty.add("k")  # always something pending
+        manager.start()
+        waited = time.monotonic()
+        while time.monotonic() - waited < 0.15:
+            part.newest_ts = time.time_ns()
+            await asyncio.sleep(0.005)
+        assert commits == []  # owed: waiting (0.15 s < the bound)
+        owed["chains"] = False  # built
+        built = time.monotonic()
+        while not commits:
+            part.newest_ts = time.time_ns()  # live: commits every tick
+            await asyncio.sleep(0.005)
+        owed["chains"] = True  # owed again, for good: the bound lets the commits through
+        again = time.monotonic()
+        while time.monotonic() - again < 0.6:
+            part.newest_ts = time.time_ns()
+            await asyncio.sleep(0.005)
+        assert manager._commit_task is not None
+        manager._commit_task.cancel()
+        return built, again
+
+    built, again = asyncio.run(run())
+    assert built <= commits[0] < built + 0.2, (commits[0] - built)  # at a tick after the chains were out
+    later = [t for t in commits if t > again]
+    assert later, commits  # past the bound: committing again
+    assert min(later) - again >= 0.3 - 0.03, min(later) - again  # not before the bound
+    assert len(later) >= 5, later  # and then at every tick
+
+
 def test_a_commit_notes_when_it_began(tmp_path: Path) -> None:
     import asyncio
     import dataclasses
