@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 # the rest go at the next one (the raw reader builds them between its batches, in slices of its
 # own: app.rawreader SLICE_S).
 DEFERRED_BUDGET_S = 0.002
-#: Turns of the loop given to aiokafka before each options chain built between the raw reader's batches.
+#: Turns of the loop given to aiokafka (fetch answers, acknowledgements) before each piece of
+#: deferred outputs (an options chain, a book.depth slice) built between the raw reader's batches.
 DEFERRED_TURNS = 4
 
 #: Bytes counted per record beside its key and value (batch overhead, roughly).
@@ -429,10 +430,11 @@ class Publisher:
         record arrives."""
         start = time.monotonic()
         while self.deferred():
-            # A chain costs milliseconds: before one, the turns a fetch answer needs to reach the
-            # raw reader (the connection's reader, the fetcher, the waiter: DEFERRED_TURNS), else
-            # a burst's records waited behind one chain per turn — twelve close together each second
-            for _ in range(DEFERRED_TURNS if self.chains.closed else 1):
+            # Before each piece, the turns a fetch answer needs to reach the raw reader (the
+            # connection's reader, the fetcher, the waiter) and an acknowledgement the outputs'
+            # sender (DEFERRED_TURNS): with one, a burst's records waited behind one chain after
+            # another — twelve close together each second — and the outputs behind depth slices
+            for _ in range(DEFERRED_TURNS):
                 await asyncio.sleep(0)
             try:
                 if not self.publish_chains(budget_s=0):

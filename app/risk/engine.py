@@ -212,7 +212,7 @@ class RiskEngine:
             self.on_rule_state(record.key, record.state)
             return out
         # Every top and ticker of every instrument comes here: a ticker's fields are taken in one
-        # call and merged in C (with the rest, 7.9 → 6.1 µs an input in process)
+        # call and merged in C (with the rest, 7.9 → 6.2 µs an input in process)
         if isinstance(record, TickerRecord):
             key = record.key
             stamp = (ts, record.source.offset or 0)
