@@ -415,7 +415,7 @@ class Publisher:
 
     def deferred(self) -> bool:
         """Outputs wait to be built: closed options chains, book.depth whose interval passed."""
-        return bool(self.chains.closed) or self.depth.due()
+        return self.chains_owed() or self.depth.due()
 
     async def publish_deferred(self, budget_s: float) -> bool:
         """The outputs no frame's latency rides on — closed options chains (milliseconds each: a

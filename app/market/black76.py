@@ -51,7 +51,11 @@ def _d1d2(f: Array, k: Array, s: Array) -> tuple[Array, Array]:
 
 def _otm(f: Array, k: Array, s: Array) -> Array:
     """The undiscounted out-of-the-money price (call for K ≥ F, put below) at total vol s."""
-    d1, d2 = _d1d2(f, k, s)
+    return _otm_of(f, k, *_d1d2(f, k, s))
+
+
+def _otm_of(f: Array, k: Array, d1: Array, d2: Array) -> Array:
+    """:func:`_otm` from d1 and d2 already computed."""
     call = f * ndtr(d1) - k * ndtr(d2)
     put = k * ndtr(-d2) - f * ndtr(-d1)
     return np.where(k >= f, call, put)
@@ -111,7 +115,7 @@ def implied_vol(prices: ArrayLike, f: ArrayLike, k: ArrayLike, t: ArrayLike, is_
         if not at.size:
             break
         d1, d2 = _d1d2(fa, ka, sa)
-        value = np.where(ka >= fa, fa * ndtr(d1) - ka * ndtr(d2), ka * ndtr(-d2) - fa * ndtr(-d1))  # _otm
+        value = _otm_of(fa, ka, d1, d2)
         vega = fa * _pdf(d1)  # d value / d s
         with np.errstate(divide="ignore", invalid="ignore"):
             g = np.log(value) - log_target

@@ -212,16 +212,9 @@ class RiskEngine:
             self.on_rule_state(record.key, record.state)
             return out
         # Every top and ticker of every instrument comes here: a ticker's fields are taken in one
-        # call and merged in C (with the rest, 7.9 → 6.2 µs an input in process)
-        if isinstance(record, TickerRecord):
-            key = record.key
-            stamp = (ts, record.source.offset or 0)
-        elif isinstance(record, RiskDepth):
-            key = record.key
-            stamp = (ts, record.seq or 0)
-        else:
-            key = f"{record.venue}:{record.instrument}"
-            stamp = (ts, record.seq or 0)
+        # call and merged in C (with the rest, 7.9 → 6.6 µs an input in process)
+        key = instrument_key(record)
+        stamp = (ts, (record.source.offset if isinstance(record, TickerRecord) else record.seq) or 0)
         slot = (kind, key)
         last = self.seen.get(slot)
         if last is not None and stamp <= last:

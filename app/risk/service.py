@@ -127,14 +127,12 @@ def market_input(kind: str, value: bytes) -> tuple[int, str, int, Input] | None:
         body = records.decode(kind, value)
     except msgspec.DecodeError as exc:
         raise BadInput(str(exc)) from exc
-    cls = type(body)  # a topic's record type (no subclasses)
-    if cls is TickerRecord:
-        return body.ts_recv, body.key, 0, body
-    if cls is InstrumentRecord:
+    if isinstance(body, InstrumentRecord):
         return body.valid_from, body.key, 0, body
     if body.ts_recv is None:  # book.status
         return None
-    return body.ts_recv, instrument_key(body), body.seq or 0, body
+    seq = 0 if isinstance(body, TickerRecord) else body.seq or 0
+    return body.ts_recv, instrument_key(body), seq, body
 
 
 def collateral_event(key: bytes | None, value: bytes | None) -> DeskEvent:

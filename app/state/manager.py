@@ -395,9 +395,9 @@ class StateManager:
         """Whether this round of periodic commits waits: options chains closed by the records
         applied are still being built, one a turn of the loop between the raw reader's batches.
         A commit builds whatever is owed first (``before_commit``), all at once: 12 chains of a
-        1,500-option universe close together each second, ~2.5–5 ms each, and building them in
-        one go held every frame behind them for 30–60 ms (the universe step's p99). Bounded: past
-        ``OWED_WAIT_S`` the commit builds them itself, as a revoke or a stop always does."""
+        1,500-option universe close together each second, ~2–5 ms each, one turn of the loop of
+        up to ~60 ms with every frame behind it. Bounded: past ``OWED_WAIT_S`` the commit builds
+        them itself, as a revoke or a stop always does."""
         if self.owed is None or not self.owed():
             self._owed_since = None
             return False
