@@ -27,7 +27,7 @@ ENV_VARS = (
     "WEB_HOST", "WEB_PORT", "WEB_CONTROL_TOKEN", "WEB_ALLOWED_HOSTS",
     "DATA_DIR", "LOG_LEVEL", "DEPTH_INTERVAL_MS", "DEPTH_LEVELS", "BOOK_CHECKPOINT_INTERVAL_S",
     "BUFFER_MAX_FRAMES", "TABLE_STANDBY_REPLICAS", "STREAM_BUFFER_MAXSIZE", "PRODUCER_LINGER_MS",
-    "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER",
+    "COMMIT_INTERVAL_S", "BROKER_SESSION_TIMEOUT", "INGEST_BUFFER_MB", "INGEST_IN_WORKER", "INGEST_WS_COMPRESSION",
     "RESYNC_RETRY_S", "INGEST_STATUS_S", "PRODUCER_COMPRESSION", "STATE_COMMIT_INTERVAL_MS",
     "STATE_COMMIT_CATCHUP_MS",
     "CHANGELOG_SEGMENT_BYTES", "CHANGELOG_SEGMENT_MS", "CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO",
@@ -258,6 +258,12 @@ def _event_loop(name: str) -> str:
     return name
 
 
+def _ws_compression(name: str) -> str | None:
+    if name not in ("none", "deflate"):
+        raise ConfigError(f"INGEST_WS_COMPRESSION={name!r} must be none or deflate")
+    return None if name == "none" else name
+
+
 def _compression(name: str) -> str | None:
     if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
         raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
@@ -400,6 +406,8 @@ class Settings:
     book_core: str = "auto"  # BOOK_CORE: auto (the compiled core when built), compiled, python
     resync_retry_s: float = 5.0
     ingest_status_s: float = 10.0
+    #: INGEST_WS_COMPRESSION: "deflate" offers the venues permessage-deflate (RFC 7692); None: not offered
+    ingest_ws_compression: str | None = None
     compression: str | None = "zstd"
     faust_views: bool = False
     ingest_in_worker: bool = True
@@ -513,6 +521,7 @@ def load() -> Settings:
         book_core=book_core.checked_core(_env_str("BOOK_CORE", "auto").lower()),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
+        ingest_ws_compression=_ws_compression(_env_str("INGEST_WS_COMPRESSION", "none").lower()),
         compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
         faust_views=_env_bool("WEB_FAUST_VIEWS", False),
         ingest_in_worker=_env_bool("INGEST_IN_WORKER", True),

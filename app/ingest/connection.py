@@ -96,8 +96,10 @@ class Channel:
 
 class FeedConnection:
     def __init__(self, venue: str, symbols: list[str], proto: Protocol, emit: Emit, reset: Reset,
-                 http: aiohttp.ClientSession, pacing: Pacing | None = None, report: Report | None = None) -> None:
+                 http: aiohttp.ClientSession, pacing: Pacing | None = None, report: Report | None = None,
+                 compression: str | None = None) -> None:
         self.venue, self.symbols, self.proto = venue, symbols, proto
+        self.compression = compression  # "deflate": permessage-deflate offered to the venue
         self.emit, self.reset, self.http = emit, reset, http
         self.pacing = pacing or Pacing()
         self.report = report or (lambda sub, event, detail, conn: None)
@@ -170,7 +172,7 @@ class FeedConnection:
     async def _connected(self, url: str) -> None:
         await acquire(self._conns, counter=f"limit_waits.{self.venue}")
         async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
-                                      max_size=None, max_queue=None) as ws:
+                                      max_size=None, max_queue=None, compression=self.compression) as ws:
             self._ws = ws
             self._closing = False
             self.stats.connected = True

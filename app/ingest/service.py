@@ -183,7 +183,8 @@ class Ingest:
                         group = symbols[i : i + size]
                         conn = FeedConnection(venue, group, protocol(venue, endpoint, creds), emit=self._emitter(venue),
                                               reset=self._resetter(venue, bool(endpoint.channel)), http=http,
-                                              pacing=self.pacing, report=self._reporter(venue))
+                                              pacing=self.pacing, report=self._reporter(venue),
+                                              compression=self.settings.ingest_ws_compression)
                         self.connections.append(conn)
                         if conn.books:
                             for symbol in group:

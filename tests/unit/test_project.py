@@ -114,6 +114,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     ("APP_ID", "a b", "may only hold"),
     ("COMMIT_INTERVAL_S", "soon", "is not a number"),
     ("EVENT_LOOP", "trio", "must be uvloop or asyncio"),
+    ("INGEST_WS_COMPRESSION", "gzip", "must be none or deflate"),
     ("STATIC_MEMBERSHIP", "maybe", "is not true or false"),
     ("CHANGELOG_MIN_CLEANABLE_DIRTY_RATIO", "1.5", "must be between 0 and 1"),
     ("RAW_BATCH_MAX_BYTES", str(64 * 2**20), "at most"),

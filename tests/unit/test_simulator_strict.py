@@ -583,3 +583,43 @@ async def test_dydx_third_subscribe_in_a_second_is_an_error_and_a_close(server: 
         assert error["message"].startswith("Rate limit exceeded")
         assert (await closed(ws)).rcvd.code == 1008
     assert (await server.counters())["closed_rate"] == 1
+
+
+# -- framing ------------------------------------------------------------------------
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_frames_whole_and_in_order_with_and_without_deflate(server: Server, compression: str | None) -> None:
+    """Without permessage-deflate the simulator writes every frame queued for a connection in one
+    write (Conn._write); with it, each through aiohttp's compressor. Either way each frame arrives
+    whole and in its order: Coinbase numbers every message of a connection (``sequence_num``).
+    The client reads without flow control, as ingestion does (``max_queue=None``): websockets'
+    default stops reading at 16 unread messages, and would not read the closing handshake."""
+    products = [f"P{i}-USD" for i in range(20)]
+    assert (await server.post("/control/instruments", {"venue": "coinbase", "symbols": products,
+                                                       "rate": 300}))[0] == 200
+    async with connect(f"ws://127.0.0.1:{server.port}/ws/coinbase", compression=compression, max_size=None,
+                       max_queue=None) as ws:
+        assert [e.name for e in ws.protocol.extensions] == (["permessage-deflate"] if compression else [])
+        await send(ws, {"type": "subscribe", "channel": "level2", "product_ids": products})
+        numbers = [(await recv(ws))["sequence_num"] for _ in range(3000)]
+    assert numbers == list(range(numbers[0], numbers[0] + 3000))
+    assert server.sim.counters["frames_sent"] >= 3000
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 70_000])
+def test_text_frame_is_what_a_client_parses(length: int) -> None:
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+    from websockets.streams import StreamReader
+
+    from app.simulator.server import _text_frame
+
+    payload = bytes(ord("a") + i % 26 for i in range(length))
+    reader = StreamReader()
+    reader.feed_data(_text_frame(payload) + _text_frame(b"next"))
+    frames = []
+    for _ in range(2):
+        parser = WsFrame.parse(reader.read_exact, mask=False)
+        with pytest.raises(StopIteration) as done:
+            next(parser)
+        frames.append(done.value.value)
+    assert [(f.opcode, f.fin, f.data) for f in frames] == [(Opcode.TEXT, True, payload), (Opcode.TEXT, True, b"next")]
