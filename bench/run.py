@@ -154,6 +154,15 @@ def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[floa
     return result, [round((cpu(p) - c) / elapsed, 2) for p, c in zip(pids, c0, strict=True)]
 
 
+def many_feeds() -> dict[str, list[str]]:
+    """`many`'s instruments: ``BENCH_MANY_PER_KIND`` (250) each of Deribit and Bybit options, OKX
+    swaps and Binance USD-M perpetuals."""
+    per_kind = int(os.environ.get("BENCH_MANY_PER_KIND", "250"))
+    options = [f"BTC-27MAR26-{20000 + 1000 * (i // 2)}-{'CP'[i % 2]}" for i in range(per_kind)]
+    return {"deribit": options, "bybit-option": options, "okx": [f"C{i}-USDT-SWAP" for i in range(per_kind)],
+            "binance-usdm": [f"C{i}USDT" for i in range(per_kind)]}
+
+
 def pid(worker: Worker) -> int:
     assert worker.proc is not None
     return worker.proc.pid
@@ -752,15 +761,9 @@ class Bench:
 
     def many(self) -> None:
         """1,000 light instruments from the simulator through `ingest` and one worker."""
-        per_kind = int(os.environ.get("BENCH_MANY_PER_KIND", "250"))
         rate = float(os.environ.get("BENCH_MANY_RATE", "10"))
         window = float(os.environ.get("BENCH_MANY_S", "60"))
-        feeds = {
-            "deribit": [f"BTC-27MAR26-{20000 + 1000 * (i // 2)}-{'CP'[i % 2]}" for i in range(per_kind)],
-            "bybit-option": [f"BTC-27MAR26-{20000 + 1000 * (i // 2)}-{'CP'[i % 2]}" for i in range(per_kind)],
-            "okx": [f"C{i}-USDT-SWAP" for i in range(per_kind)],
-            "binance-usdm": [f"C{i}USDT" for i in range(per_kind)],
-        }
+        feeds = many_feeds()
         keys = {f"{v}:{s}" for v, syms in feeds.items() for s in syms}
         spec = ";".join(f"{v}:{','.join(s)}" for v, s in feeds.items())
         ns = namespace("many")
@@ -773,16 +776,20 @@ class Bench:
                                   stdin=subprocess.DEVNULL)
         try:
             worker.start()
-            say(f"many: {len(keys)} instruments at {rate}/s each from the simulator")
+            say(f"many: {len(keys)} instruments at {rate} book updates/s each (and their tickers and trades) from the "
+                "simulator")
 
             wait_for(lambda: all_synced(worker, len(keys)), 600, "every book synced", every=2)
             procs = {"worker": pid(worker), "simulator": sim.proc.pid if sim.proc else 0, "ingest": ingest.pid,
                      "bench": 0, **{f"broker{i}": p for i, p in enumerate(broker_pids())}}
             f0, c0, t0 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
-            stages0 = worker_stage_counts(worker.url)
+            stages0, sent0 = worker_stage_counts(worker.url), http_json(sim.url + "/control/status")[1]["frames_sent"]
+            sim_cpu0 = cpu_seconds(procs["simulator"])
             lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
+            sent = http_json(sim.url + "/control/status")[1]["frames_sent"] - sent0
+            sim_cpu_window = cpu_seconds(procs["simulator"]) - sim_cpu0
             # stale at the end of the window, while ingestion runs (once it stops, its closed
             # connections stale every book, as they should)
             books = http_json(worker.url + "/api/books")[1]["books"]
@@ -804,9 +811,52 @@ class Bench:
             "worker_cpu_ms_per_frame": round((c1 - c0) * 1000 / max(1, f1 - f0), 4), "frames_produced": produced,
             "frames_applied": applied, "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_cpu_s": sim_cpu, "cores": dict(zip(procs, cores, strict=True)),
+            "simulator_frames_sent_per_s": round(sent / (t1 - t0)),
+            "simulator_cpu_us_per_frame_sent": round(sim_cpu_window / max(1, sent) * 1e6, 1),
             "worker_cores_in_window": round((c1 - c0) / (t1 - t0), 2), **lat, "worker_stages": stages,
             "command": "faust -A app simulate + faust -A app ingest (1,000 instruments: Deribit and Bybit options, "
                        f"OKX swaps, Binance USD-M) + one worker; frames/s and receive → book.top over {window:.0f} s"}
+
+    def simulator(self) -> None:
+        """The simulator alone: `many`'s 1,000 instruments, read by `faust -A app record` (no Kafka,
+        nothing else on the machine's cores): frames sent a second and its CPU a frame sent."""
+        rate = float(os.environ.get("BENCH_MANY_RATE", "10"))
+        window = float(os.environ.get("BENCH_SIMULATOR_S", "20"))
+        feeds = many_feeds()
+        spec = ";".join(f"{v}:{','.join(s)}" for v, s in feeds.items())
+        ns = namespace("sim")
+        sim = Simulator(ns.tmp, port=free_port(), rate=rate).start()
+        recorder = subprocess.Popen([*FAUST, "record", "--out", str(ns.tmp / "capture"), "--feeds", spec],
+                                    env=ns.env(FEED="sim", SIM_URL=sim.url), cwd=ROOT,
+                                    stdout=(ns.tmp / "record.log").open("wb"), stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        assert sim.proc is not None
+        try:
+            total = sum(len(v) for v in feeds.values())
+            wait_for(lambda: sum(i["subscribers"] > 0 for i in http_json(sim.url + "/control/status")[1]
+                                 ["instruments"]) >= total, 300, f"all {total:,} instruments subscribed", every=1)
+            time.sleep(5)  # past the subscriptions' snapshots
+            sent0, cpu0, t0 = http_json(sim.url + "/control/status")[1]["frames_sent"], cpu_seconds(sim.proc.pid), \
+                time.monotonic()
+            time.sleep(window)
+            sent = http_json(sim.url + "/control/status")[1]["frames_sent"] - sent0
+            cpu, seconds = cpu_seconds(sim.proc.pid) - cpu0, time.monotonic() - t0
+        finally:
+            recorder.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                recorder.wait(timeout=30)
+            if recorder.poll() is None:
+                recorder.kill()
+            sim.kill()
+        self.figures["simulator"] = {
+            "instruments": total, "rate_per_instrument": rate, "frames_sent_per_s": round(sent / seconds),
+            "cores": round(cpu / seconds, 3), "cpu_us_per_frame_sent": round(cpu / max(1, sent) * 1e6, 1),
+            "window_s": round(seconds, 1),
+            "command": "faust -A app simulate + faust -A app record of many's 1,000 instruments (Deribit and Bybit "
+                       f"options, OKX swaps, Binance USD-M) at {rate:g}/s each; the simulator's CPU over "
+                       f"{window:.0f} s (BENCH_SIMULATOR_S)"}
+        say(f"simulator: {sent / seconds:,.0f} frames/s sent, {cpu / seconds:.2f} core, "
+            f"{cpu / max(1, sent) * 1e6:.1f} µs CPU a frame")
 
     def universe(self) -> None:
         """A full Deribit options universe (1,500 options, BTC and ETH futures and perpetuals; books,
@@ -1538,6 +1588,7 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("latency_p50_ms_at_5000_exactly_once", lambda f: _get(f, "latency_by_guarantee", "exactly_once", "p50_ms")),
     ("many_instruments_frames_per_s", lambda f: _get(f, "many", "frames_per_s")),
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
+    ("simulator_cpu_us_per_frame_sent", lambda f: _get(f, "simulator", "cpu_us_per_frame_sent")),
     ("universe_offered_frames_per_s", lambda f: _get(f, "universe", "offered_frames_per_s")),
     ("universe_frames_per_s", lambda f: _get(f, "universe", "frames_per_s")),
     ("universe_p99_ms", lambda f: _get(f, "universe", "p99_ms")),
@@ -1558,8 +1609,8 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "books_only", "book_core", "scaling", "latency", "many", "universe", "mixed",
-         "scenarios", "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "books_only", "book_core", "scaling", "latency", "many", "simulator", "universe",
+         "mixed", "scenarios", "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
 
 
 def machine() -> str:
