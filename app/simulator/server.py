@@ -251,16 +251,19 @@ class Conn:
             return True
         if self.ws.compress:
             for text in texts:
+                if self.ws.closed:  # closed while a send waited for the client
+                    return False
                 await self.ws.send_str(text)
-        else:
-            writer = self.ws._writer  # noqa: SLF001  # aiohttp writes one frame a call: frames joined here
-            assert writer is not None
-            if writer.transport.is_closing():
-                return False
-            writer.transport.write(b"".join([_text_frame(text.encode()) for text in texts]))
-            if writer.protocol._paused:  # noqa: SLF001  # the client reads slower: wait, as aiohttp's writer does
-                await writer.protocol._drain_helper()  # noqa: SLF001
+                self.sim.counters["frames_sent"] += 1
+            return True
+        writer = self.ws._writer  # noqa: SLF001  # aiohttp writes one frame a call: frames joined here
+        assert writer is not None
+        if writer.transport.is_closing():
+            return False
+        writer.transport.write(b"".join([_text_frame(text.encode()) for text in texts]))
         self.sim.counters["frames_sent"] += len(texts)
+        if writer.protocol._paused:  # noqa: SLF001  # the client reads slower: wait, as aiohttp's writer does
+            await writer.protocol._drain_helper()  # noqa: SLF001
         return True
 
 
