@@ -258,15 +258,11 @@ def _event_loop(name: str) -> str:
     return name
 
 
-def _ws_compression(name: str) -> str | None:
-    if name not in ("none", "deflate"):
-        raise ConfigError(f"INGEST_WS_COMPRESSION={name!r} must be none or deflate")
-    return None if name == "none" else name
-
-
-def _compression(name: str) -> str | None:
-    if name not in ("none", "gzip", "snappy", "lz4", "zstd"):
-        raise ConfigError(f"PRODUCER_COMPRESSION={name!r} must be none, gzip, snappy, lz4 or zstd")
+def _compression(var: str, name: str, codecs: tuple[str, ...]) -> str | None:
+    """``name`` (one of "none" and ``codecs``) of the compression setting ``var``; None for "none"."""
+    choices = ("none", *codecs)
+    if name not in choices:
+        raise ConfigError(f"{var}={name!r} must be {', '.join(choices[:-1])} or {choices[-1]}")
     return None if name == "none" else name
 
 
@@ -521,8 +517,10 @@ def load() -> Settings:
         book_core=book_core.checked_core(_env_str("BOOK_CORE", "auto").lower()),
         resync_retry_s=_env_float("RESYNC_RETRY_S", 5.0, minimum=0.5),
         ingest_status_s=_env_float("INGEST_STATUS_S", 10.0, minimum=0.1),
-        ingest_ws_compression=_ws_compression(_env_str("INGEST_WS_COMPRESSION", "none").lower()),
-        compression=_compression(_env_str("PRODUCER_COMPRESSION", "zstd").lower()),
+        ingest_ws_compression=_compression("INGEST_WS_COMPRESSION", _env_str("INGEST_WS_COMPRESSION", "none").lower(),
+                                           ("deflate",)),
+        compression=_compression("PRODUCER_COMPRESSION", _env_str("PRODUCER_COMPRESSION", "zstd").lower(),
+                                 ("gzip", "snappy", "lz4", "zstd")),
         faust_views=_env_bool("WEB_FAUST_VIEWS", False),
         ingest_in_worker=_env_bool("INGEST_IN_WORKER", True),
         max_poll_records=_env_int("BROKER_MAX_POLL_RECORDS", 0, minimum=0) or None,
