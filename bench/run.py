@@ -866,6 +866,73 @@ class Bench:
         say(f"simulator: {sent / seconds:,.0f} frames/s sent, {cpu / seconds:.2f} core, "
             f"{cpu / max(1, sent) * 1e6:.1f} µs CPU a frame")
 
+    def ingest(self) -> None:
+        """`ingest`'s own part of the latency, at the universe's load: its 1,500 options and the
+        futures read from the simulator by the ingestion code in this process (the raw sink left
+        out: no Kafka, nothing else on the cores); per WebSocket frame, receive (the socket read
+        that brought it) → handed to the raw sink, and the CPU a frame."""
+        from app import feeds as feed_config
+        from app.ingest.service import Ingest
+
+        window = float(os.environ.get("BENCH_INGEST_S", "20"))
+        options, futures = universe_options(int(os.environ.get("BENCH_UNIVERSE_OPTIONS", "1500"))), universe_futures()
+        futures_rate = float(os.environ.get("BENCH_UNIVERSE_FUTURES_RATE", "50"))
+        ns = namespace("ing")
+        sim = Simulator(ns.tmp, port=free_port(), rate=futures_rate).start()
+        sim.list_instruments("deribit", options, float(os.environ.get("BENCH_UNIVERSE_RATE", "0.6")))
+        sim.list_instruments("deribit", futures, futures_rate)
+        config = feed_config.load({"FEED": "sim", "SIM_URL": sim.url,
+                                   "FEEDS": f"deribit:{','.join(futures + options)}"})
+        waits: list[float] = []  # ms, in the window
+        counting = [False]
+
+        async def run() -> tuple[float, float]:
+            ing = Ingest(ns.settings(), config, produce=False)
+
+            def emit(venue: str, kind: Kind, frame: bytes, ts: int, *_: str) -> None:
+                if counting[0] and kind is Kind.WS:
+                    waits.append((time.time_ns() - ts) / 1e6)
+
+            ing.emit = emit  # type: ignore[method-assign]
+            task = asyncio.create_task(ing.run())
+            try:
+                deadline = time.monotonic() + 300
+                # every subscription answered (a trades channel of an option nobody trades stays confirmed)
+                while not ing.connections or any(c.channel_states().keys() - {"live", "confirmed"}
+                                                 for c in ing.connections):
+                    if time.monotonic() > deadline or task.done():
+                        raise RuntimeError(f"ingest: subscriptions unanswered after 300 s: {ing.channel_gauges()}")
+                    await asyncio.sleep(0.5)  # polled: the connections' states have no event
+                await asyncio.sleep(5)  # past the subscriptions' snapshots
+                counting[0], cpu0, t0 = True, time.process_time(), time.monotonic()
+                await asyncio.sleep(window)
+                counting[0] = False
+                return time.process_time() - cpu0, time.monotonic() - t0
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        try:
+            cpu, seconds = asyncio.run(run())
+        finally:
+            sim.kill()
+        waits.sort()
+        self.figures["ingest"] = {
+            "frames": len(waits), "frames_per_s": round(len(waits) / seconds), "cores": round(cpu / seconds, 3),
+            "cpu_us_per_frame": round(cpu / max(1, len(waits)) * 1e6, 1),
+            "read_to_sink_ms": {"p50": percentile(waits, 0.5), "p90": percentile(waits, 0.9),
+                                "p99": percentile(waits, 0.99), "max": percentile(waits, 1.0),
+                                "mean": round(sum(waits) / max(1, len(waits)), 2)},
+            "window_s": round(seconds, 1),
+            "command": "the universe's instruments (BENCH_UNIVERSE_OPTIONS options and the BTC and ETH futures) from "
+                       "faust -A app simulate, read by app.ingest (Ingest, FeedConnection) in the bench's process with "
+                       f"the raw sink left out, over {window:.0f} s (BENCH_INGEST_S); per WebSocket frame: the "
+                       "socket read that brought it → handed to the raw sink"}
+        r = self.figures["ingest"]["read_to_sink_ms"]
+        say(f"ingest: {len(waits) / seconds:,.0f} frames/s, {cpu / seconds:.2f} core, "
+            f"{cpu / max(1, len(waits)) * 1e6:.1f} µs a frame; read → raw sink p50 {r['p50']} ms, p99 {r['p99']} ms")
+
     def universe(self) -> None:
         """A full Deribit options universe (1,500 options, BTC and ETH futures and perpetuals; books,
         tickers, trades on the 100ms channels) from the simulator through `ingest` into one worker,
@@ -1623,6 +1690,7 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("many_instruments_p99_ms", lambda f: _get(f, "many", "p99_ms")),
     ("many_met", lambda f: _get(f, "many", "met")),
     ("simulator_cpu_us_per_frame_sent", lambda f: _get(f, "simulator", "cpu_us_per_frame_sent")),
+    ("ingest_read_to_sink_p99_ms", lambda f: _get(f, "ingest", "read_to_sink_ms", "p99")),
     ("universe_offered_frames_per_s", lambda f: _get(f, "universe", "offered_frames_per_s")),
     ("universe_frames_per_s", lambda f: _get(f, "universe", "frames_per_s")),
     ("universe_p99_ms", lambda f: _get(f, "universe", "p99_ms")),
@@ -1643,8 +1711,9 @@ SUMMARY: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("book_at_end_s", lambda f: _get(f, "book_at", "end", "command_seconds")),
 ]
 
-STEPS = ["baseline", "throughput", "books_only", "book_core", "scaling", "latency", "many", "simulator", "universe",
-         "mixed", "scenarios", "margin", "recovery", "changelog", "serialization", "export", "book_at", "sweep"]
+STEPS = ["baseline", "throughput", "books_only", "book_core", "scaling", "latency", "many", "simulator", "ingest",
+         "universe", "mixed", "scenarios", "margin", "recovery", "changelog", "serialization", "export", "book_at",
+         "sweep"]
 
 
 def machine() -> str:

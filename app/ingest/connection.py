@@ -2,8 +2,8 @@
 
 Connect (paced: the venue's connection opens per IP) → log in and wait for the venue's answer
 (where credentials are configured) → subscribe, every request paced by the venue's limits
-(:mod:`app.ingest.limits`) → read frames verbatim (receive time taken first) → hand each to
-``emit``.
+(:mod:`app.ingest.limits`) → read frames verbatim, each with its receive time: when the socket read
+that brought it returned (:class:`StampedConnection`) → hand each to ``emit``.
 
 Every subscription is followed, per channel and instrument, until the venue shows it works:
 
@@ -40,12 +40,14 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import DATA_OPCODES, Frame
 
 from app import metrics
 from app.errors import FrameError
@@ -92,6 +94,34 @@ class Channel:
     next_try: float = 0.0
     cadence: float = 0.0  # its push interval allows no longer silence (0: it pushes on change)
     order: int = 0  # when its last subscribe request was sent, in this connection's sending order
+
+
+class StampedConnection(ClientConnection):
+    """A client connection that remembers when each message's bytes were read from the socket.
+
+    Every message completed by one read (``data_received``: a venue's burst often arrives in one)
+    is stamped with that read's time, taken before websockets parses it: a frame's receive time is
+    when it reached this process, not when the reader came to it behind the rest of the burst
+    (the wait in between is this process's, and is measured as ``ingest``)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.arrivals: deque[int] = deque()  # receive time (ns) of each message not yet taken, in order
+        self._read_ns = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._read_ns = time.time_ns()
+        super().data_received(data)
+
+    def process_event(self, event: object) -> None:
+        # a message is complete with its last frame (a fragmented one's final continuation)
+        if isinstance(event, Frame) and event.fin and event.opcode in DATA_OPCODES:
+            self.arrivals.append(self._read_ns)
+        super().process_event(event)  # type: ignore[arg-type]
+
+    def received_at(self) -> int:
+        """Receive time (ns) of the message the reader just took."""
+        return self.arrivals.popleft() if self.arrivals else time.time_ns()
 
 
 class FeedConnection:
@@ -172,7 +202,9 @@ class FeedConnection:
     async def _connected(self, url: str) -> None:
         await acquire(self._conns, counter=f"limit_waits.{self.venue}")
         async with websockets.connect(url, open_timeout=10, ping_interval=20, ping_timeout=20, close_timeout=2,
-                                      max_size=None, max_queue=None, compression=self.compression) as ws:
+                                      max_size=None, max_queue=None, compression=self.compression,
+                                      create_connection=StampedConnection) as ws:
+            assert isinstance(ws, StampedConnection)
             self._ws = ws
             self._closing = False
             self.stats.connected = True
@@ -185,7 +217,7 @@ class FeedConnection:
                      asyncio.create_task(self._keepalive()), asyncio.create_task(self._watch(ws))]
             try:
                 async for frame in ws:
-                    ts = time.time_ns()
+                    ts = ws.received_at()
                     self.stats.frames += 1
                     data = frame.encode() if isinstance(frame, str) else frame
                     self._read(frame, data)
