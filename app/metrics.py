@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import bisect
 import gc
+import math
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from app import brokers
@@ -41,6 +43,17 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
                  30.0, 60.0)
 stage_counts: dict[str, list[int]] = {s: [0] * (len(STAGE_BUCKETS) + 1) for s in STAGES}
 stage_sum: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+
+def stage_bound(row: Sequence[float], q: float) -> float:
+    """Upper bound (seconds; ``inf`` past the last) of the :data:`STAGE_BUCKETS` bucket that the
+    ``q`` quantile of ``row`` (observations per bucket, as in :data:`stage_counts`) falls in."""
+    n, cum = sum(row), 0.0
+    for bound, c in zip((*STAGE_BUCKETS, math.inf), row, strict=True):
+        cum += c
+        if n and cum >= q * n:
+            return bound
+    return math.inf
 
 
 def observe_stage(stage: str, seconds: float) -> None:

@@ -1461,19 +1461,14 @@ def stage_figures(counts: dict[str, list[float]], sums: dict[str, float]) -> dic
     from app import metrics
 
     out: dict[str, Any] = {}
-    bounds = [*metrics.STAGE_BUCKETS, float("inf")]
     for stage, row in counts.items():
         n = sum(row)
         if not n:
             continue
 
-        def bound(q: float, row: list[float] = row, n: float = n) -> float | str:
-            cum = 0.0
-            for b, c in zip(bounds, row, strict=True):
-                cum += c
-                if cum >= q * n:
-                    return round(b * 1000, 3) if b != float("inf") else "inf"
-            return "inf"
+        def bound(q: float, row: list[float] = row) -> float | str:
+            b = metrics.stage_bound(row, q)
+            return round(b * 1000, 3) if b != float("inf") else "inf"
 
         out[stage] = {"n": int(n), "mean_ms": round(sums[stage] / n * 1000, 3), "p50_le_ms": bound(0.5),
                       "p99_le_ms": bound(0.99), "max_le_ms": bound(1.0)}

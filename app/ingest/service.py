@@ -54,6 +54,14 @@ def group_size(proto: Protocol, symbol: str) -> int:
     return size
 
 
+#: The stages of a frame's time that ingestion runs (app.metrics.STAGES), in its status line.
+INGEST_STAGES = ("ingest", "raw_linger", "raw_broker")
+
+
+def _ms(bound: float) -> str:
+    return "inf" if bound == float("inf") else f"{bound:g}"
+
+
 class Ingest:
     def __init__(self, settings: Settings, feeds: FeedConfig, *, produce: bool = True,
                  record_dir: Path | None = None, rotate_mb: float = 256.0, buffer_mb: float = 64.0) -> None:
@@ -72,6 +80,7 @@ class Ingest:
         self.pacing = Pacing()  # the venues' per-IP budgets, shared by all connections of this process
         self._tasks: list[asyncio.Task[Any]] = []
         self.failure: BaseException | None = None
+        self._stage_marks: dict[str, list[int]] = {}  # the stages' bucket counts at the last status line
 
     # -- frames ---------------------------------------------------------------------
     def emit(self, venue: str, kind: Kind, frame: bytes, ts: int, url: str, symbol: str, conn: str) -> None:
@@ -305,8 +314,23 @@ class Ingest:
                      f"{'ok' if s.kafka_ok else 'UNAVAILABLE'}")
         if self.recorder is not None:
             line += f", recorded {self.recorder.records:,} to {self.recorder.out}"
-        log.info(line)
+        log.info(line + self._stages())
         return frames, now
+
+    def _stages(self) -> str:
+        """Where this process's share of a frame's time went since the last line: per stage the
+        buckets its median and 99th percentile fall under (the stages of /metrics, which this
+        process does not serve)."""
+        parts = []
+        for stage in INGEST_STAGES:
+            row = metrics.stage_counts[stage]
+            last = self._stage_marks.get(stage, [0] * len(row))
+            delta = [a - b for a, b in zip(row, last, strict=True)]
+            self._stage_marks[stage] = list(row)
+            if any(delta):
+                p50, p99 = (metrics.stage_bound(delta, q) * 1000 for q in (0.5, 0.99))
+                parts.append(f"{stage} {_ms(p50)}/{_ms(p99)}")
+        return f"; p50/p99 under (ms): {', '.join(parts)}" if parts else ""
 
     async def _flush_recorder(self) -> None:
         assert self.recorder is not None

@@ -1,9 +1,11 @@
 """Ingestion's reader over a real WebSocket: a frame's receive time is when its bytes were read
-from the socket, not when the reader came to it behind the rest of a burst."""
+from the socket, not when the reader came to it behind the rest of a burst; and the status line
+of `faust -A app ingest` (which serves no /metrics) says where its share of the time went."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -64,3 +66,27 @@ async def test_ingestion_stamps_each_frame_with_its_read(burst_server: str) -> N
     assert len(emitted) == BURST
     assert all(ts <= handed for ts, handed in emitted)
     assert len({ts for ts, _ in emitted}) < BURST / 10  # a read's frames share its time
+
+
+def test_the_status_line_gives_each_stage_since_the_last_line(caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import metrics
+    from app.config import load
+    from app.ingest.service import Ingest
+
+    monkeypatch.setattr(metrics, "stage_counts", {s: [0] * (len(metrics.STAGE_BUCKETS) + 1) for s in metrics.STAGES})
+    ing = Ingest(load(), feeds.load({"FEED": "sim", "FEEDS": "deribit:BTC-PERPETUAL"}), produce=False)
+    for _ in range(98):
+        metrics.observe_stage("ingest", 0.0003)  # under 0.5 ms
+    metrics.observe_stage("ingest", 0.004)  # under 5 ms: the 99th of 100
+    metrics.observe_stage("ingest", 0.2)
+    metrics.observe_stage("raw_broker", 0.02)
+    with caplog.at_level(logging.INFO, logger="app.ingest.service"):
+        ing.report()
+        metrics.observe_stage("raw_linger", 0.0009)
+        ing.report()
+        ing.report()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].endswith("; p50/p99 under (ms): ingest 0.5/5, raw_broker 25/25"), lines[0]
+    assert lines[1].endswith("; p50/p99 under (ms): raw_linger 1/1"), lines[1]  # only what came since
+    assert "p50/p99" not in lines[2]
