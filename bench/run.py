@@ -875,14 +875,10 @@ class Bench:
         from app.ingest.service import Ingest
 
         window = float(os.environ.get("BENCH_INGEST_S", "20"))
-        options, futures = universe_options(int(os.environ.get("BENCH_UNIVERSE_OPTIONS", "1500"))), universe_futures()
-        futures_rate = float(os.environ.get("BENCH_UNIVERSE_FUTURES_RATE", "50"))
+        universe = Universe.from_env()
         ns = namespace("ing")
-        sim = Simulator(ns.tmp, port=free_port(), rate=futures_rate).start()
-        sim.list_instruments("deribit", options, float(os.environ.get("BENCH_UNIVERSE_RATE", "0.6")))
-        sim.list_instruments("deribit", futures, futures_rate)
-        config = feed_config.load({"FEED": "sim", "SIM_URL": sim.url,
-                                   "FEEDS": f"deribit:{','.join(futures + options)}"})
+        sim = universe.simulator(ns)
+        config = feed_config.load({"FEED": "sim", "SIM_URL": sim.url, "FEEDS": universe.feeds})
         waits: list[float] = []  # ms, in the window
         counting = [False]
 
@@ -942,20 +938,15 @@ class Bench:
         """A full Deribit options universe (1,500 options, BTC and ETH futures and perpetuals; books,
         tickers, trades on the 100ms channels) from the simulator through `ingest` into one worker,
         sustained: offered and applied frames/s, receive → book.top, and the backlog's trend."""
-        n = int(os.environ.get("BENCH_UNIVERSE_OPTIONS", "1500"))
-        rate = float(os.environ.get("BENCH_UNIVERSE_RATE", "0.6"))
-        futures_rate = float(os.environ.get("BENCH_UNIVERSE_FUTURES_RATE", "50"))
+        universe = Universe.from_env()
+        options, futures, rate, futures_rate = universe.options, universe.futures, universe.rate, universe.futures_rate
         window = float(os.environ.get("BENCH_UNIVERSE_S", "600"))
         every = float(os.environ.get("BENCH_UNIVERSE_SAMPLE_S", "5"))
-        options, futures = universe_options(n), universe_futures()
         ns = namespace("uni")
-        sim = Simulator(ns.tmp, port=free_port(), rate=futures_rate).start()
-        sim.list_instruments("deribit", options, rate)  # listed before ingestion fetches the list
-        sim.list_instruments("deribit", futures, futures_rate)
+        sim = universe.simulator(ns)
         worker = Worker(ns, ns.tmp / "data", INGEST_IN_WORKER="false")
         ingest_log = ns.tmp / "ingest.log"
-        ingest = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url,
-                                                                 FEEDS=f"deribit:{','.join(futures + options)}",
+        ingest = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url, FEEDS=universe.feeds,
                                                                  INGEST_STATUS_S="1"),
                                   cwd=ROOT, stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
@@ -1060,6 +1051,35 @@ class Bench:
             "command": "one book at 50 / 5,000 levels, the same 200 one-level deltas (over its top 25 bid levels), "
                        "each in a commit of its own (1.5 commit intervals apart); "
                        "key + value bytes of the changelog records (level, state and progress rows) they committed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Universe:
+    """The universe's instruments and rates (``BENCH_UNIVERSE_OPTIONS``, ``BENCH_UNIVERSE_RATE``,
+    ``BENCH_UNIVERSE_FUTURES_RATE``), shared by the `universe` and `ingest` steps."""
+
+    options: list[str]
+    futures: list[str]
+    rate: float  # an option's steps a second
+    futures_rate: float
+
+    @classmethod
+    def from_env(cls) -> Universe:
+        return cls(universe_options(int(os.environ.get("BENCH_UNIVERSE_OPTIONS", "1500"))), universe_futures(),
+                   float(os.environ.get("BENCH_UNIVERSE_RATE", "0.6")),
+                   float(os.environ.get("BENCH_UNIVERSE_FUTURES_RATE", "50")))
+
+    @property
+    def feeds(self) -> str:
+        """``FEEDS`` for ingestion: every instrument of the universe."""
+        return f"deribit:{','.join(self.futures + self.options)}"
+
+    def simulator(self, ns: Namespace) -> Simulator:
+        """A simulator with the universe listed (before ingestion fetches the list)."""
+        sim = Simulator(ns.tmp, port=free_port(), rate=self.futures_rate).start()
+        sim.list_instruments("deribit", self.options, self.rate)
+        sim.list_instruments("deribit", self.futures, self.futures_rate)
+        return sim
 
 
 def universe_options(n: int) -> list[str]:
