@@ -881,6 +881,12 @@ class Bench:
         config = feed_config.load({"FEED": "sim", "SIM_URL": sim.url, "FEEDS": universe.feeds})
         waits: list[float] = []  # ms, in the window
         counting = [False]
+        sim_use = [0.0, 0]  # the simulator's CPU seconds and frames sent over the window
+        assert sim.proc is not None
+        sim_pid = sim.proc.pid
+
+        def sim_now() -> tuple[float, int]:
+            return cpu_seconds(sim_pid), http_json(sim.url + "/control/status")[1]["frames_sent"]
 
         async def run() -> tuple[float, float]:
             ing = Ingest(ns.settings(), config, produce=False)
@@ -900,10 +906,14 @@ class Bench:
                         raise RuntimeError(f"ingest: subscriptions unanswered after 300 s: {ing.channel_gauges()}")
                     await asyncio.sleep(0.5)  # polled: the connections' states have no event
                 await asyncio.sleep(5)  # past the subscriptions' snapshots
+                sim_at0 = await asyncio.to_thread(sim_now)
                 counting[0], cpu0, t0 = True, time.process_time(), time.monotonic()
                 await asyncio.sleep(window)
                 counting[0] = False
-                return time.process_time() - cpu0, time.monotonic() - t0
+                cpu, seconds = time.process_time() - cpu0, time.monotonic() - t0
+                sim_at1 = await asyncio.to_thread(sim_now)
+                sim_use[:] = [sim_at1[0] - sim_at0[0], sim_at1[1] - sim_at0[1]]
+                return cpu, seconds
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -926,13 +936,17 @@ class Bench:
                                 "p99": percentile(waits, 0.99), "max": percentile(waits, 1.0),
                                 "mean": round(sum(waits) / max(1, len(waits)), 2)},
             "window_s": round(seconds, 1),
+            # what the feed costs at this load (the universe step's simulator, with no Kafka beside it)
+            "simulator_cores": round(sim_use[0] / seconds, 3),
+            "simulator_cpu_us_per_frame_sent": round(sim_use[0] / max(1, sim_use[1]) * 1e6, 1),
             "command": "the universe's instruments (BENCH_UNIVERSE_OPTIONS options and the BTC and ETH futures) from "
                        "faust -A app simulate, read by app.ingest (Ingest, FeedConnection) in the bench's process on "
                        f"EVENT_LOOP's loop with the raw sink left out, over {window:.0f} s (BENCH_INGEST_S); per "
                        "WebSocket frame: the socket read that brought it → handed to the raw sink"}
         r = self.figures["ingest"]["read_to_sink_ms"]
         say(f"ingest: {len(waits) / seconds:,.0f} frames/s, {cpu / seconds:.2f} core, "
-            f"{cpu / max(1, len(waits)) * 1e6:.1f} µs a frame; read → raw sink p50 {r['p50']} ms, p99 {r['p99']} ms")
+            f"{cpu / max(1, len(waits)) * 1e6:.1f} µs a frame; read → raw sink p50 {r['p50']} ms, p99 {r['p99']} ms; "
+            f"simulator {sim_use[0] / seconds:.2f} core, {sim_use[0] / max(1, sim_use[1]) * 1e6:.1f} µs a frame sent")
 
     def universe(self) -> None:
         """A full Deribit options universe (1,500 options, BTC and ETH futures and perpetuals; books,

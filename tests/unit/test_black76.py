@@ -65,6 +65,21 @@ def test_greeks_agree_with_finite_differences_of_our_pricer(f: float, m: float, 
     assert float(g["theta"]) == pytest.approx(theta_fd, rel=1e-4, abs=1e-9 * f)
 
 
+@settings(max_examples=examples(300), deadline=None)
+@given(forward, moneyness, vol, years, st.booleans(), st.floats(0.5, 1.0), st.floats(0.0, 0.1))
+def test_one_option_in_floats_gives_the_vectorised_numbers(f: float, m: float, sigma: float, t: float, call: bool,
+                                                           df: float, rate: float) -> None:
+    """``price_one`` and ``greeks_one`` (the simulator's tickers) compute what ``price`` and
+    ``greeks`` do, to the digits double precision keeps of a price of this size."""
+    k = f * np.exp(m)
+    assert b.price_one(f, k, t, sigma, call, df) == pytest.approx(float(b.price(f, k, t, sigma, call, df)),
+                                                                  rel=1e-9, abs=1e-12 * f)
+    one, many = b.greeks_one(f, k, t, sigma, call, df, rate), b.greeks(f, k, t, sigma, call, df, rate)
+    assert set(one) == set(many)
+    for name, value in one.items():
+        assert value == pytest.approx(float(many[name]), rel=1e-9, abs=1e-12 * f), name
+
+
 def test_prices_outside_the_no_arbitrage_bounds_are_flagged_not_invented() -> None:
     f, k, t = 100.0, np.array([90.0, 110.0, 110.0, 100.0]), 0.5
     prices = np.array([5.0, 0.0, 150.0, 20.0])  # below intrinsic, zero, above F, fine
@@ -137,3 +152,4 @@ def test_implied_vol_of_a_whole_array_is_each_options_own(options: list[tuple[fl
         grid, _ = b.implied_vol(px.reshape(2, -1), f.reshape(2, -1), k.reshape(2, -1), t.reshape(2, -1),
                                 call.reshape(2, -1))
         assert np.array_equal(grid.ravel(), together, equal_nan=True)
+
