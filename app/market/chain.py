@@ -98,6 +98,10 @@ class Chain:
     changed: bool = False  # inputs arrived since the last publication
     bucket: int = -1  # exchange-time bucket (ts // CHAIN_INTERVAL_MS) of the latest input
     touched_ns: int = 0  # monotonic time of the latest input
+    #: the options as the last close copied them (never changed after: a closed chain shares the
+    #: quotes that did not move since with the one before it), and the symbols updated since
+    closed_options: dict[str, tuple[OptionSpec, Quote]] | None = None
+    moved: set[str] = field(default_factory=set)
 
 
 def coin_premium(venue: str, spec: OptionSpec) -> bool:
@@ -127,6 +131,8 @@ class ChainBuilder:
         self.registry = registry  # the contract terms in force, where the registry has them
         #: closed chains not built yet: (chain key, a copy of its inputs, the tag it was closed with)
         self.closed: collections.deque[tuple[str, Chain, Any]] = collections.deque()
+        #: chain key → its options' entries as last built (see :func:`build`)
+        self.entries: dict[str, dict[str, Entry]] = {}
 
     def offer(self, key: str, fields: dict[str, Any], ts_exchange: int, ts_recv: int, source: Source,
               tag: Any = None) -> int:
@@ -156,6 +162,7 @@ class ChainBuilder:
             if entry is None:
                 entry = chain.options[symbol] = (spec, Quote())
             quote = entry[1]
+            chain.moved.add(symbol)
         quote.update(fields, ts_exchange, ts_recv, source)
         chain.bucket = max(chain.bucket, bucket)
         chain.changed = True
@@ -163,9 +170,19 @@ class ChainBuilder:
         return closed
 
     def _close(self, key: str, chain: Chain, tag: Any) -> None:
-        """The chain's inputs as they stand, copied (the next inputs change the live ones), to be built."""
+        """The chain's inputs as they stand, copied (the next inputs change the live ones), to be
+        built. Only the quotes updated since the last close are copied; the others are the very
+        objects the chain closed before held, which lets :func:`build` keep their entries."""
         chain.changed = False
-        options = {symbol: (spec, quote.copy()) for symbol, (spec, quote) in chain.options.items()}
+        if chain.closed_options is None:
+            options = {symbol: (spec, quote.copy()) for symbol, (spec, quote) in chain.options.items()}
+        else:
+            options = dict(chain.closed_options)
+            for symbol in chain.moved:
+                spec, quote = chain.options[symbol]
+                options[symbol] = (spec, quote.copy())
+        chain.closed_options = options
+        chain.moved.clear()
         future = None if chain.future is None else chain.future.copy()
         self.closed.append((key, Chain(chain.venue, chain.name, chain.underlying, chain.expiry_ns, chain.inverse,
                                        options, future), tag))
@@ -177,12 +194,16 @@ class ChainBuilder:
         closed = self.closed
         while closed:
             key, chain, tag = closed.popleft()
-            yield key, encode(build(key, chain, ts_published, self.registry)), tag
+            entries = self.entries.get(key)
+            if entries is None:
+                entries = self.entries[key] = {}
+            yield key, encode(build(key, chain, ts_published, self.registry, entries)), tag
 
     def forget(self, keep: Any) -> None:
         """Drop chains whose key ``keep(key)`` rejects (partitions no longer owned)."""
         for key in [k for k in self.chains if not keep(k)]:
             del self.chains[key]
+            self.entries.pop(key, None)
         self.closed = collections.deque(c for c in self.closed if keep(c[0]))
 
     def due(self, now_monotonic_ns: int) -> int:
@@ -235,12 +256,25 @@ def _forward(chain: Chain, inverse: bool) -> tuple[float | None, str]:
     return None, "none"
 
 
-def build(key: str, chain: Chain, ts_published: int, registry: Registry | None = None) -> OptionsChain:
+#: An option's entry as last built: (its quote, what else its numbers depended on, the entry).
+Entry = tuple[Quote, tuple[Any, ...], ChainOption]
+
+
+def build(key: str, chain: Chain, ts_published: int, registry: Registry | None = None,
+          entries: dict[str, Entry] | None = None) -> OptionsChain:
     """The ``options.chain`` record of ``chain``, our numbers computed in one vectorised pass.
 
     Where the registry holds the options' spec in force at the chain's time, its terms decide
     (coin or quote premiums, expiry), and the record names that version (``spec``); else the
-    symbol and the venue's conventions do."""
+    symbol and the venue's conventions do.
+
+    With ``entries`` (symbol → :data:`Entry`, kept by the caller from one build of this chain to
+    the next), an option whose quote is the same object as at the last build, and whose other
+    inputs are the same — the chain's forward where its ticker gives no underlying price, the
+    chain's time where it gives no exchange time, the premium convention, the expiry — keeps the
+    entry built then: the numbers would be computed again from the same inputs, and each option's
+    are its own (:func:`app.market.black76.implied_vol`). In an options universe most options
+    do not move within a second; a chain of 125 then solves a few of them, not all."""
     items = sorted(chain.options.items(), key=lambda kv: (kv[1][0].strike, not kv[1][0].call))
     asof = max(q.ts_exchange for _, (_, q) in items)
     terms = registry.at(f"{chain.venue}:{items[0][0]}", asof) if registry is not None else None
@@ -250,38 +284,54 @@ def build(key: str, chain: Chain, ts_published: int, registry: Registry | None =
         expiry_ns = terms.expiry_ns or expiry_ns
     forward, forward_source = _forward(chain, inverse)
     t = (expiry_ns - asof) / YEAR_NS
-    specs = [s for _, (s, _) in items]
-    quotes = [q for _, (_, q) in items]
     usable = forward is not None and forward > 0 and t > 0
-    # every number of every quote read once (a venue's text to float)
+    kept: list[ChainOption | None] = []  # per option: its entry of the last build, if it holds
+    depends: list[tuple[Any, ...]] = []
+    for symbol, (_, q) in items:
+        depends.append(inputs := (None if q.number("underlying_price") else forward,
+                                  None if q.ts_exchange else asof, inverse, expiry_ns, usable))
+        last = None if entries is None else entries.get(symbol)
+        kept.append(last[2] if last is not None and last[0] is q and last[1] == inputs else None)
+    new = [i for i, entry in enumerate(kept) if entry is None]
+    specs = [items[i][1][0] for i in new]
+    quotes = [items[i][1][1] for i in new]
+    # every number of every quote to build read once (a venue's text to float)
     numbers = {name: [q.number(name) for q in quotes] for name in NUMBERS}
-    ours: list[list[float | None]] = []  # per option: OursGreeks' fields in order (None: not finite)
-    if usable:
+    ours: list[list[float | None]] = []  # per option built: OursGreeks' fields in order (None: not finite)
+    if usable and new:
         assert forward is not None
         ours = _ours(specs, quotes, numbers, forward, asof, expiry_ns, inverse)
-    strikes: dict[str, ChainStrike] = {}
-    for i, (spec, q) in enumerate(zip(specs, quotes, strict=True)):
-        row = strikes.get(spec.strike_text)
-        if row is None:
-            row = strikes[spec.strike_text] = ChainStrike(strike=spec.strike_text, call=None, put=None)
+    for j, i in enumerate(new):
+        q = quotes[j]
         got = q.fields.get
         entry = ChainOption(instrument=f"{chain.venue}:{items[i][0]}", bid=got("bid"), ask=got("ask"),
                             mark=got("mark"), bid_iv=got("bid_iv"), ask_iv=got("ask_iv"), mark_iv=got("mark_iv"),
                             delta=got("delta"), gamma=got("gamma"), vega=got("vega"), theta=got("theta"),
                             ts_exchange=q.ts_exchange, source=q.source)
         if usable:
-            o = ours[i]
+            o = ours[j]
             entry.ours = OursGreeks(forward=o[0], bid_iv=o[1], ask_iv=o[2], mark_iv=o[3], delta=o[4], gamma=o[5],
                                     vega=o[6], theta=o[7])
-            venue = [numbers[name][i] for name in RESIDUALS]
+            venue = [numbers[name][j] for name in RESIDUALS]
             entry.residual = Residuals(**{name: None if mine is None or theirs is None else mine - theirs
                                           for name, mine, theirs in zip(RESIDUALS, o[1:5], venue, strict=True)})
             entry.undetermined = [f"{side}_iv" for side, mine in zip(SIDES, o[1:4], strict=True)
-                                  if numbers[side][i] is not None and mine is None]
+                                  if numbers[side][j] is not None and mine is None]
+        kept[i] = entry
+        if entries is not None:
+            entries[items[i][0]] = (q, depends[i], entry)
+    if entries is not None and len(entries) > len(items):  # options gone from the chain
+        for symbol in entries.keys() - chain.options.keys():
+            del entries[symbol]
+    strikes: dict[str, ChainStrike] = {}
+    for (_, (spec, _)), option in zip(items, kept, strict=True):
+        row = strikes.get(spec.strike_text)
+        if row is None:
+            row = strikes[spec.strike_text] = ChainStrike(strike=spec.strike_text, call=None, put=None)
         if spec.call:
-            row.call = entry
+            row.call = option
         else:
-            row.put = entry
+            row.put = option
     return OptionsChain(
         key=key, venue=chain.venue, chain=chain.name, underlying=chain.underlying,
         expiry=datetime.fromtimestamp(expiry_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), expiry_ns=expiry_ns,
@@ -307,8 +357,11 @@ def _ours(specs: list[OptionSpec], quotes: list[Quote], numbers: dict[str, list[
     df = np.exp(-rates * t_each)
     px = np.array([np.nan if v is None else v for side in SIDES for v in numbers[side]], dtype=np.float64)
     f3 = np.tile(f, 3)
+    # the venue's own volatilities of the same prices as Newton's first guesses (where given)
+    venue_iv = np.array([np.nan if v is None else v for side in SIDES for v in numbers[f"{side}_iv"]],
+                        dtype=np.float64)
     iv, _ = black76.implied_vol(px * f3 if inverse else px, f3, np.tile(k, 3), np.tile(t_each, 3),
-                                np.tile(call, 3), np.tile(df, 3))
+                                np.tile(call, 3), np.tile(df, 3), guess=venue_iv)
     mark_iv = iv[2 * n:]
     greeks = black76.greeks(f, k, t_each, mark_iv, call, df, rates)
     table = np.column_stack([f, iv[:n], iv[n:2 * n], mark_iv, *(greeks[g] for g in GREEKS)])

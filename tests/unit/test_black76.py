@@ -153,3 +153,32 @@ def test_implied_vol_of_a_whole_array_is_each_options_own(options: list[tuple[fl
                                 call.reshape(2, -1))
         assert np.array_equal(grid.ravel(), together, equal_nan=True)
 
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.lists(st.tuples(forward, moneyness, vol, years, st.booleans(), st.floats(-0.5, 0.5)), min_size=1,
+                max_size=40))
+def test_a_few_passes_solve_prices_as_venues_quote_them_and_a_guess_changes_no_answer(
+        options: list[tuple[float, float, float, float, bool, float]]) -> None:
+    """Prices rounded to a venue's tick (4 decimals of a coin premium): the solver stops an
+    option once its price matches within the price's own rounding, so from a guess at the
+    answer every option is solved within 10 passes (it took ~30, halving a bracket around
+    Newton's noise, for in-the-money options whose time value is a difference of two large
+    terms). A guess (the venue's own volatility, here off by up to half) moves where Newton
+    starts, not the root."""
+    f = np.array([o[0] for o in options])
+    k = f * np.exp([o[1] for o in options])
+    t = np.array([o[3] for o in options])
+    sigma = np.array([o[2] for o in options])
+    call = np.array([o[4] for o in options])
+    px = np.round(b.price(f, k, t, sigma, call) / f, 4) * f
+    full, determined = b.implied_vol(px, f, k, t, call)
+    # what the price says of the volatility: the solver stops within the rounding of the price's
+    # terms, so answers may differ where a change of volatility moves the price less than that
+    # (deep in the money: ~1e-11 of the volatility), never by more than the price can tell
+    rounding = 16 * np.finfo(float).eps * (px + np.maximum(f, k))
+    for guess, passes in ((None, 40), (np.full(len(options), np.nan), 40),  # no guess: from the ATM approximation
+                          (sigma * (1 + np.array([o[5] for o in options])), 60), (full, 10)):
+        quick, ok = b.implied_vol(px, f, k, t, call, max_iter=passes, guess=guess)
+        assert np.array_equal(ok, determined)
+        assert np.all(np.abs(b.price(f, k, t, quick, call) - b.price(f, k, t, full, call))[ok] <= rounding[ok])
+        assert np.allclose(quick[ok], full[ok], rtol=1e-8, atol=0)

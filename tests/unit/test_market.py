@@ -16,7 +16,7 @@ from app.capture.formats import Record
 from app.market.cursor import TradeCursor
 from app.market.records import Trade
 from app.market.symbols import parse_option, partition_key
-from app.records import source
+from app.records import encode, source
 from app.venues.base import Kind
 from scripts.harness import CRYPTOFEED_FILES
 from tests.helpers import reference
@@ -347,3 +347,65 @@ def test_the_worker_builds_closed_chains_after_its_records_one_at_a_time_and_all
     # the three closed by the transactional record went to its partition's transaction, not the sink
     assert len(chains_sent()) == 3
     assert sorted(part.outputs) == [f"deribit:BTC-{e}" for e in sorted(expiries)]
+
+
+def test_a_chain_keeps_the_entries_of_options_that_did_not_move_and_gives_the_records_a_full_build_gives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder keeps each option's entry from one build of its chain to the next and builds
+    again only the options whose inputs changed: their own ticker, or the chain's forward for an
+    option whose ticker gives no underlying price (the future's mark here). Every record is the
+    one a build from scratch gives of the same closed chain."""
+    import random
+
+    from app.market import black76
+    from app.market import chain as chain_module
+    from app.market.chain import ChainBuilder, build
+
+    solved = [0]  # options whose numbers a build computed
+    ours = chain_module._ours
+
+    def counting(specs: list[Any], *args: Any) -> Any:
+        solved[0] += len(specs)
+        return ours(specs, *args)
+
+    monkeypatch.setattr(chain_module, "_ours", counting)
+
+    rng = random.Random(7)
+    t0 = 1_766_000_000_000_000_000  # exchange time (ns); the BTC-25DEC26 options expire ~110 days later
+    strikes = [50_000 + 5_000 * i for i in range(6)]
+    symbols = [f"BTC-25DEC26-{k}-{cp}" for k in strikes for cp in "CP"] + \
+              [f"BTC-26DEC26-{k}-{cp}" for k in strikes[:2] for cp in "CP"]
+    forward = 65_000.0
+    chains = ChainBuilder(1000)
+    records = options = from_scratch = 0
+    for second in range(30):
+        forward *= 1 + rng.uniform(-0.002, 0.002)
+        for i in range(rng.randint(1, 4)):
+            ts = t0 + second * 10**9 + i * 10**8
+            if rng.random() < 0.5:  # the future: the forward of the options without an underlying price
+                chains.offer("deribit:BTC-25DEC26", {"mark": f"{forward:.1f}"}, ts, ts, source("raw.deribit", 0, 0, 0))
+            for symbol in rng.sample(symbols, rng.randint(0, 4)):
+                spec = parse_option(symbol)
+                assert spec is not None
+                sigma = 0.5 + rng.uniform(-0.05, 0.05)
+                t = (spec.expiry_ns - ts) / (365 * 86_400 * 1e9)
+                coin = max(black76.price_one(forward, spec.strike, t, sigma, spec.call) / forward, 0.0005)
+                fields = {"mark": f"{coin:.4f}", "bid": f"{coin * 0.97:.4f}", "ask": f"{coin * 1.03:.4f}",
+                          "mark_iv": f"{sigma:.4f}", "delta": "0.5"}
+                if spec.strike % 10_000:  # half the strikes' tickers give the underlying price
+                    fields["underlying_price"] = f"{forward:.1f}"
+                chains.offer(f"deribit:{symbol}", fields, ts, ts, source("raw.deribit", 0, second, i))
+        closed = list(chains.closed)
+        for (key, chain, _), (built_key, body, _) in zip(closed, chains.built(second), strict=True):
+            kept = solved[0]
+            assert built_key == key
+            from_scratch -= solved[0]
+            assert body == encode(build(key, chain, second))
+            from_scratch += solved[0]
+            records += 1
+            options += len(chain.options)
+            solved[0] = kept
+    assert records >= 40
+    assert from_scratch == options  # the check built every option of every record
+    assert 0 < solved[0] < 0.8 * options  # the builder: only the options that moved, or whose forward did
+    assert chains.entries.keys() == {"deribit:BTC-25DEC26", "deribit:BTC-26DEC26"}
