@@ -488,3 +488,18 @@ def test_a_bound_finer_than_the_band_integers_still_cuts_exactly(bids_side: bool
             ctx.prec = 34
             sums.append(book._band_sums(side, [Decimal(bound)], bids_side))
     assert sums[0] == sums[1] == [Decimal(2 if inside else 0)]
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.integers(0, 10**34 - 1) | st.sampled_from([0, 1, 10**18, 10**17, 5 * 10**18 + 10**12, 10**34 - 1]))
+def test_a_band_sum_becomes_the_text_decimal_gives_it(total: int) -> None:
+    """The compiled core's band sums (integers × 10**18, below 10**34) go straight to the
+    record's text: the text ``decimal_text`` gives the Decimal they stand for (in the 34 digits
+    of the aggregates' context)."""
+    from decimal import Decimal, localcontext
+
+    from app.decimals import decimal_text
+
+    with localcontext() as ctx:
+        ctx.prec = 34
+        assert book._scaled_text(total) == decimal_text(Decimal(total).scaleb(-book._BAND_SCALE))
