@@ -769,11 +769,7 @@ class Bench:
         ns = namespace("many")
         sim = Simulator(ns.tmp, port=free_port(), rate=rate).start()
         worker = Worker(ns, ns.tmp / "data", INGEST_IN_WORKER="false")
-        ingest_log = ns.tmp / "ingest.log"
-        ingest = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url, FEEDS=spec,
-                                                                 INGEST_STATUS_S="2"),
-                                  cwd=ROOT, stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        ingest, ingest_log = start_ingest(ns, sim, spec, status_s=2)
         backlog = Backlog(ingest_log, worker, float(os.environ.get("BENCH_MANY_SAMPLE_S", "2")))
         try:
             worker.start()
@@ -804,11 +800,7 @@ class Bench:
             applied = frames_done(worker)
             sim_cpu = cpu_seconds(sim.proc.pid) if sim.proc is not None else None
         finally:
-            backlog.stop()
-            worker.kill()
-            if ingest.poll() is None:
-                ingest.kill()
-            sim.kill()
+            stop_live(backlog, worker, ingest, sim)
         grown = backlog.result(window)
         met = not grown["growing"] and lat["p99_ms"] == lat["p99_ms"] and lat["p99_ms"] <= 50  # not NaN: a top seen
         self.figures["many"] = {
@@ -959,11 +951,7 @@ class Bench:
         ns = namespace("uni")
         sim = universe.simulator(ns)
         worker = Worker(ns, ns.tmp / "data", INGEST_IN_WORKER="false")
-        ingest_log = ns.tmp / "ingest.log"
-        ingest = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url, FEEDS=universe.feeds,
-                                                                 INGEST_STATUS_S="1"),
-                                  cwd=ROOT, stdout=ingest_log.open("wb"), stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        ingest, ingest_log = start_ingest(ns, sim, universe.feeds, status_s=1)
         keys = len(options) + len(futures)
         backlog = Backlog(ingest_log, worker, every)
         try:
@@ -993,11 +981,7 @@ class Bench:
             applied = frames_done(worker)
             status = http_json(sim.url + "/control/status")[1]
         finally:
-            backlog.stop()
-            worker.kill()
-            if ingest.poll() is None:
-                ingest.kill()
-            sim.kill()
+            stop_live(backlog, worker, ingest, sim)
         grown, offered = backlog.result(window), backlog.offered
         p99 = lat["p99_ms"]
         met = not grown["growing"] and p99 == p99 and p99 <= 50  # p99 == p99: not NaN (no top seen)
@@ -1120,6 +1104,33 @@ def all_synced(worker: Worker, books: int) -> bool:
     """The worker holds at least ``books`` books, every one synced."""
     held = http_json(worker.url + "/api/books")[1]["books"]
     return len(held) >= books and all(b["state"] == "synced" for b in held)
+
+
+def start_ingest(ns: Namespace, sim: Simulator, feeds: str, status_s: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """`faust -A app ingest` of ``feeds`` from the simulator, its output in the namespace's
+    ``ingest.log``; the simulator is stopped when it cannot start (a step's cleanup covers both
+    only from its ``try`` on: a run whose directory vanished left the simulator running)."""
+    log = ns.tmp / "ingest.log"
+    try:
+        proc = subprocess.Popen([*FAUST, "ingest"], env=ns.env(FEED="sim", SIM_URL=sim.url, FEEDS=feeds,
+                                                               INGEST_STATUS_S=str(status_s)),
+                                cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except BaseException:
+        sim.kill()
+        raise
+    return proc, log
+
+
+def stop_live(backlog: Backlog, worker: Worker, ingest: subprocess.Popen[bytes], sim: Simulator) -> None:
+    """A live step's cleanup: the backlog's last reading, then every process stopped, even when
+    that reading fails (a run whose directory vanished had left the simulator and `ingest` running)."""
+    try:
+        backlog.stop()
+    finally:
+        worker.kill()
+        if ingest.poll() is None:
+            ingest.kill()
+        sim.kill()
 
 
 def ingest_produced(log: Path) -> int:

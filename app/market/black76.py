@@ -95,7 +95,9 @@ def greeks(f: ArrayLike, k: ArrayLike, t: ArrayLike, sigma: ArrayLike, is_call: 
 
 def price_one(f: float, k: float, t: float, sigma: float, call: bool, df: float = 1.0) -> float:
     """:func:`price` of one option in plain floats: the same formulas, for a caller pricing one
-    option at a time (the simulator's tickers), where numpy's per-call cost is ~30× the math."""
+    option at a time (the simulator's tickers), where numpy's per-call cost is ~30× the math.
+    For ``f``, ``k``, ``t`` and ``sigma`` > 0 only (a ZeroDivisionError or ValueError
+    otherwise, where the vectorised functions give NaN or a limit)."""
     s = sigma * math.sqrt(t)
     d1 = math.log(f / k) / s + 0.5 * s
     d2 = d1 - s
