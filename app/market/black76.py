@@ -133,9 +133,10 @@ def implied_vol(prices: ArrayLike, f: ArrayLike, k: ArrayLike, t: ArrayLike, is_
     """(sigma, determined) for each option price; sigma is NaN where ``determined`` is False.
 
     ``guess``: a volatility near the answer where one is known (NaN where not), such as the
-    venue's own implied volatility of the same price — Newton's first step then starts a few
-    steps from the root instead of the ~30 from the at-the-money approximation that a far
-    wing needs. It changes how many steps are taken, not the root they stop at."""
+    venue's own implied volatility of the same price: Newton then starts a few steps from the
+    root instead of the ~10 from the at-the-money approximation that a far wing needs. It
+    changes how many steps are taken; the answer only within what the price itself cannot tell
+    apart (the stopping rule below)."""
     p_, f_, k_, t_, c_, df_ = _arrays(prices, f, k, t, is_call, df)
     call = c_.astype(bool)
     undiscounted = p_ / df_
