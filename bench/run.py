@@ -5,7 +5,8 @@
     BENCH_COPIES=4 make bench           # a smaller throughput capture for a quick look
 
 Runs against a broker started for the benchmark (BENCH_KAFKA_PORT, default 29092, data in
-.data/kafka-bench; stopped at the end if this run started it). Every measurement uses its own
+.data/kafka-bench; stopped at the end if this run started it, and warmed up first with
+BENCH_BROKER_WARMUP_S of bookstream's traffic). Every measurement uses its own
 app id and topic prefix and real processes: ``faust -A app replay --max`` (frames batched into raw
 records exactly as ingestion batches them at that rate), ``faust -A app worker``, ``faust -A app
 simulate`` and ``ingest``. Prints a table and writes BENCH_RESULTS (bench/results.json): a
@@ -79,6 +80,12 @@ WORK = ROOT / ".data" / "bench"
 BROKER_DIR = ROOT / ".data" / "kafka-bench"  # the bench's own broker: its topics emptied when the bench starts it
 BROKER = Broker(BROKER_DIR, PORT)
 USDM = CAPTURES / "hftbacktest" / "usdm"
+#: Seconds of traffic a broker this run started gets before its first step (BENCH_BROKER_WARMUP_S;
+#: 0: none). A JVM just started compiles its hot paths while it serves (its compiler threads were
+#: busy for the first ~40 s of a `latency` step at 800 frames/s), and the broker used 0.81 of a
+#: core in that step right after its start against 0.45-0.54 when warm (2026-12-06 21:37), which
+#: every figure of the first step counted as the broker's cost and the latency it adds.
+BROKER_WARMUP_S = float(os.environ.get("BENCH_BROKER_WARMUP_S", "90"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -372,6 +379,25 @@ class Bench:
                 "rss_mb": round(rss), "workers": n_workers, "books_not_synced": stale, "settings": env}
 
     # -- steps --------------------------------------------------------------------------------
+    def warm_up_broker(self, seconds: float) -> dict[str, Any]:
+        """Bookstream's own traffic for ``seconds`` through a broker just started, measured by
+        nothing: a worker on the `latency` step's frames at 1,000 a second, so that the broker's
+        JIT has compiled every request path the steps use (produce, fetch, transactions, the
+        consumer groups) before the first step counts its cores."""
+        rate = 1000.0
+        say(f"warming the broker up: {seconds:g} s of bookstream's traffic (BENCH_BROKER_WARMUP_S)")
+        items = list(itertools.islice(copies(self.records, 50), int(rate * seconds)))
+        ns = namespace("warmup")
+        worker = Worker(ns, ns.tmp / "data")
+        worker.start()
+        try:
+            _, (cores,) = cores_used(broker_pids()[:1], lambda: asyncio.run(
+                measure_latency(ns, items, rate, reference_tops(items))))
+        finally:
+            worker.kill()
+        say(f"  the broker used {cores} of a core meanwhile")
+        return {"seconds": seconds, "frames_per_s": rate, "broker_cores": cores}
+
     def baseline(self) -> None:
         """Plain aiokafka consume → orjson.loads → produce, one frame per record: the practical
         limit of a Python Kafka pipeline here (the ratio's denominator)."""
@@ -1803,7 +1829,14 @@ def main() -> int:
     results = json.loads(RESULTS.read_text()) if only and RESULTS.exists() else {}
     figures = results.setdefault("figures", {})
     failed = []
+    warmup: dict[str, Any] | str = "none: the broker was running, or BENCH_BROKER_WARMUP_S=0"
     try:
+        if started_broker and BROKER_WARMUP_S > 0:
+            try:
+                warmup = bench.warm_up_broker(BROKER_WARMUP_S)
+            except Exception as exc:  # noqa: BLE001 - the steps still run; the results say so
+                warmup = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                say(f"broker warm-up {warmup}")
         for step in only or STEPS:
             say(f"== {step}")
             try:
@@ -1824,7 +1857,8 @@ def main() -> int:
     results["summary"] = summarise(figures)
     results["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["settings"] = {"copies": COPIES, "partitions": PARTITIONS, "broker": f"127.0.0.1:{PORT}",
-                           "worker": "defaults of README Configuration unless a run says"}
+                           "worker": "defaults of README Configuration unless a run says",
+                           "broker_warmup": warmup}
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     width = max(len(n) for n, _ in SUMMARY)
     print(f"\n{'summary':<{width}}  value")
