@@ -193,8 +193,7 @@ class OrderBook:
             mid = (bpx + apx) / 2
             out.mid, out.spread, out.spread_bps = mid_spread(bids[0][0], asks[0][0])
             out.microprice = decimal_text((bpx * asz + apx * bsz) / (bsz + asz), 12)
-            bid_cum = _band_texts(self.bids, [mid * f for f in _BID_FACTORS], bids_side=True)
-            ask_cum = _band_texts(self.asks, [mid * f for f in _ASK_FACTORS], bids_side=False)
+            bid_cum, ask_cum = _bands(self, bids[0][0], asks[0][0], mid)
             out.bands_bps = {b: Band(bid=bc, ask=ac) for b, bc, ac in zip(_BAND_NAMES, bid_cum, ask_cum, strict=True)}
         return out
 
@@ -312,6 +311,47 @@ def _band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decim
     return totals
 
 
+def _bands(book: OrderBook, bid_px: str, ask_px: str, mid: Decimal) -> tuple[list[str], list[str]]:
+    """Each band's cumulative bid and ask size, as the record's texts (nearest band first).
+
+    With the compiled core and best prices that are plain decimals of at most 18 decimals, the
+    bounds are found in integers: with B and A the best prices × 10**18, a bound × 10**18 is
+    (B + A) × (10,000 ∓ bps) / 20,000, rounded up for bids and down for asks, exactly — the
+    integers ``_band_totals`` takes from Decimal (16 Decimal operations, a quarter of an
+    aggregate's cost), the same wherever the 34 digits of ``mid * factor`` hold the product.
+    Otherwise (the pure-Python core, a price in an exponent or past 18 decimals) through
+    :func:`_band_texts` with Decimal bounds; ``mid`` is the Decimal mid for that path."""
+    fast_bids, fast_asks = getattr(book.bids, "band_sums", None), getattr(book.asks, "band_sums", None)
+    if fast_bids is not None and fast_asks is not None:
+        bid, ask = _scaled_int(bid_px), _scaled_int(ask_px)
+        if bid is not None and ask is not None:
+            bid_bounds, ask_bounds = _integer_bounds(bid, ask)
+            approx = (bid + ask) / (2 * _BAND_ONE)  # the bounds as floats: the core's first look (a millionth's slack)
+            bid_sums = fast_bids(bid_bounds, [approx * f for f in _BID_FLOATS])
+            ask_sums = fast_asks(ask_bounds, [approx * f for f in _ASK_FLOATS])
+            if bid_sums is not None and ask_sums is not None:
+                return [_scaled_text(total) for total in bid_sums], [_scaled_text(total) for total in ask_sums]
+    return (_band_texts(book.bids, [mid * f for f in _BID_FACTORS], bids_side=True),
+            _band_texts(book.asks, [mid * f for f in _ASK_FACTORS], bids_side=False))
+
+
+def _integer_bounds(bid: int, ask: int) -> tuple[list[int], list[int]]:
+    """The bands' bounds × 10**_BAND_SCALE from the best prices × 10**_BAND_SCALE: bids' rounded
+    up, asks' down (a level at P is inside a bid band when P × 10**18 ≥ the bound)."""
+    twice = bid + ask  # 2 × mid × 10**18
+    return [-(-twice * k // 20_000) for k in _BID_KS], [twice * k // 20_000 for k in _ASK_KS]
+
+
+def _scaled_int(text: str) -> int | None:
+    """A price text × 10**_BAND_SCALE as an integer; None unless it is a plain decimal (ASCII
+    digits, at most one point) of at most _BAND_SCALE decimals."""
+    whole, _, fraction = text.partition(".")
+    if (len(fraction) > _BAND_SCALE or not (whole.isascii() and whole.isdigit())
+            or (fraction and not (fraction.isascii() and fraction.isdigit()))):
+        return None
+    return int(whole + fraction.ljust(_BAND_SCALE, "0"))
+
+
 def _band_totals(side: Side, bounds: list[Decimal], bids_side: bool) -> list[int] | None:
     """:func:`_band_sums` by the compiled core, each sum × 10**_BAND_SCALE; None where it cannot."""
     fast = getattr(side, "band_sums", None)
@@ -335,11 +375,14 @@ def _band_texts(side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]
 
 
 def _scaled_text(total: int) -> str:
-    """``decimal_text(Decimal(total).scaleb(-_BAND_SCALE))`` of a sum ≥ 0, from the integer."""
-    whole, fraction = divmod(total, _BAND_ONE)
-    if not fraction:
-        return str(whole)
-    return f"{whole}.{fraction:0{_BAND_SCALE}d}".rstrip("0")
+    """``decimal_text(Decimal(total).scaleb(-_BAND_SCALE))`` of a sum ≥ 0, from the integer's
+    digits (a third faster than ``divmod`` by 10**18 and a format: eight of them a record)."""
+    text = str(total)
+    if len(text) <= _BAND_SCALE:
+        fraction = text.rjust(_BAND_SCALE, "0").rstrip("0")
+        return "0." + fraction if fraction else "0"
+    whole, fraction = text[:-_BAND_SCALE], text[-_BAND_SCALE:].rstrip("0")
+    return whole + "." + fraction if fraction else whole
 
 
 class _Decimals(dict[str, Decimal]):
@@ -364,5 +407,10 @@ _BAND_ONE = 10**_BAND_SCALE
 _BAND_NAMES = tuple(str(b) for b in sorted(BANDS_BPS))
 _BID_FACTORS = tuple(1 - Decimal(b) / 10_000 for b in sorted(BANDS_BPS))
 _ASK_FACTORS = tuple(1 + Decimal(b) / 10_000 for b in sorted(BANDS_BPS))
+#: The same factors × 10,000 (``_bands``' integers) and as floats.
+_BID_KS = tuple(10_000 - b for b in sorted(BANDS_BPS))
+_ASK_KS = tuple(10_000 + b for b in sorted(BANDS_BPS))
+_BID_FLOATS = tuple(k / 10_000 for k in _BID_KS)
+_ASK_FLOATS = tuple(k / 10_000 for k in _ASK_KS)
 
 

@@ -452,6 +452,89 @@ def test_depth_bands_are_the_same_in_both_cores(bids: dict[int, str], asks: dict
     assert results[0] == results[1]
 
 
+def _plain(units: int, decimals: int) -> str:
+    """``units`` × 10**-decimals as a plain decimal text."""
+    whole, fraction = divmod(units, 10**decimals)
+    return f"{whole}.{fraction:0{decimals}d}" if decimals else str(whole)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(bid=st.integers(1, 10**27), spread=st.integers(0, 10**20), decimals=st.integers(0, 18))
+@example(bid=1, spread=0, decimals=18)
+@example(bid=599995, spread=10, decimals=1)
+def test_the_bands_bounds_in_integers_are_the_exact_bounds(bid: int, spread: int, decimals: int) -> None:
+    """``_integer_bounds``: each band's bound × 10**18 is the exact (B + A)/2 × (1 ∓ bps/10,000),
+    rounded up for bids and down for asks — and the integer Decimal gave it before, wherever
+    Decimal's 34 digits held the product (whole prices below 10**9 with 18 decimals do)."""
+    from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, Inexact, localcontext
+    from fractions import Fraction
+
+    bid_px, ask_px = _plain(bid, decimals), _plain(bid + spread, decimals)
+    b, a = book._scaled_int(bid_px), book._scaled_int(ask_px)
+    assert b is not None
+    assert a is not None
+    assert (Fraction(b, 10**18), Fraction(a, 10**18)) == (Fraction(bid_px), Fraction(ask_px))
+    bid_bounds, ask_bounds = book._integer_bounds(b, a)
+    mid = Fraction(b + a, 2)
+    for bounds, bps_sign, up in ((bid_bounds, -1, True), (ask_bounds, 1, False)):
+        for bound, bps in zip(bounds, sorted(book.BANDS_BPS), strict=True):
+            exact = mid * (1 + Fraction(bps_sign * bps, 10_000))
+            assert (bound - 1 < exact <= bound) if up else (bound <= exact < bound + 1)
+    with localcontext() as ctx:
+        ctx.prec = 34
+        ctx.clear_flags()
+        dmid = (Decimal(bid_px) + Decimal(ask_px)) / 2
+        old_bids = [int((dmid * f).scaleb(18).to_integral_value(rounding=ROUND_CEILING)) for f in book._BID_FACTORS]
+        old_asks = [int((dmid * f).scaleb(18).to_integral_value(rounding=ROUND_FLOOR)) for f in book._ASK_FACTORS]
+        if not ctx.flags[Inexact]:
+            assert (old_bids, old_asks) == (bid_bounds, ask_bounds)
+
+
+@pytest.mark.parametrize("text", ["1E+2", "1e-5", "-5", "0.0000000000000000001", "1.2.3", "", ".", "١٢", "²"])
+def test_a_price_that_is_no_plain_decimal_has_no_band_integer(text: str) -> None:
+    """Exponents, signs, more than 18 decimals and non-ASCII digits: no integer; the bands are
+    then found through Decimal (``_band_texts``)."""
+    assert book._scaled_int(text) is None
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(thousands=st.integers(1, 10**6), sizes=st.lists(
+    st.sampled_from(["1", "0.5", "0.000000000000000001", "3.25", "2"]), min_size=13, max_size=13))
+@example(thousands=1, sizes=["1"] * 12 + ["1E-8"])  # a size no integer holds: the Decimal path
+def test_the_bands_are_the_same_through_integer_and_decimal_bounds(thousands: int, sizes: list[str]) -> None:
+    """A compiled book's bands through ``_bands`` (integer bounds) are the texts of the Decimal
+    path (``_band_texts`` with Decimal bounds), with levels exactly on each bound and a cent
+    either side of it: the mid is a multiple of 2,000, so every bound is a whole price."""
+    from decimal import Decimal, localcontext
+
+    mid = 2_000 * thousands
+    ob = book_of(_compiled())
+    sides = []
+    for sign in (-1, 1):
+        cents = [mid * 100 + sign]  # the best level, a cent from the mid
+        for bps in sorted(book.BANDS_BPS):
+            bound = (mid * 100) * (10_000 + sign * bps) // 10_000
+            cents += [bound - 1, bound, bound + 1]
+        sides.append([(_plain(c, 2), size) for c, size in zip(cents, sizes, strict=True)])
+    ob.replace(*sides)
+    best_bid, best_ask = sides[0][0][0], sides[1][0][0]
+    with localcontext() as ctx:
+        ctx.prec = 34
+        dmid = (Decimal(best_bid) + Decimal(best_ask)) / 2
+        assert dmid == mid
+        fast = book._bands(ob, best_bid, best_ask, dmid)
+        reference = (book._band_texts(ob.bids, [dmid * f for f in book._BID_FACTORS], bids_side=True),
+                     book._band_texts(ob.asks, [dmid * f for f in book._ASK_FACTORS], bids_side=False))
+    assert fast == reference
+    from fractions import Fraction
+
+    for texts, levels, sign in ((fast[0], sides[0], -1), (fast[1], sides[1], 1)):
+        for text, bps in zip(texts, sorted(book.BANDS_BPS), strict=True):
+            bound = Fraction(mid) * (1 + Fraction(sign * bps, 10_000))
+            inside = [Fraction(size) for px, size in levels if (Fraction(px) - bound) * sign <= 0]
+            assert Fraction(text) == sum(inside)
+
+
 def test_the_compiled_band_sums_are_exact_where_a_float_is_not() -> None:
     """Sizes whose float sum is off in the last digit, and a level exactly on a bound: counted
     exactly, in 128-bit integers; a size past 18 decimals or in an exponent: None (Decimal's)."""
