@@ -286,6 +286,11 @@ def _band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decim
     sums = _band_totals(side, bounds, bids_side)
     if sums is not None:
         return [Decimal(total).scaleb(-_BAND_SCALE) for total in sums]
+    return _decimal_band_sums(side, bounds, bids_side)
+
+
+def _decimal_band_sums(side: Side, bounds: list[Decimal], bids_side: bool) -> list[Decimal]:
+    """:func:`_band_sums` with Decimal, where the compiled core is not running or said it cannot."""
     keys, levels = side.within(float(bounds[-1]))  # best first
     if not keys:
         return [Decimal(0)] * len(bounds)
@@ -320,7 +325,8 @@ def _bands(book: OrderBook, bid_px: str, ask_px: str, mid: Decimal) -> tuple[lis
     integers ``_band_totals`` takes from Decimal (16 Decimal operations, a quarter of an
     aggregate's cost), the same wherever the 34 digits of ``mid * factor`` hold the product.
     Otherwise (the pure-Python core, a price in an exponent or past 18 decimals) through
-    :func:`_band_texts` with Decimal bounds; ``mid`` is the Decimal mid for that path."""
+    :func:`_band_texts` with Decimal bounds, and a side whose levels the core cannot sum (a size
+    in an exponent) with Decimal sums; ``mid`` is the Decimal mid for those paths."""
     fast_bids, fast_asks = getattr(book.bids, "band_sums", None), getattr(book.asks, "band_sums", None)
     if fast_bids is not None and fast_asks is not None:
         bid, ask = _scaled_int(bid_px), _scaled_int(ask_px)
@@ -329,8 +335,8 @@ def _bands(book: OrderBook, bid_px: str, ask_px: str, mid: Decimal) -> tuple[lis
             approx = (bid + ask) / (2 * _BAND_ONE)  # the bounds as floats: the core's first look (a millionth's slack)
             bid_sums = fast_bids(bid_bounds, [approx * f for f in _BID_FLOATS])
             ask_sums = fast_asks(ask_bounds, [approx * f for f in _ASK_FLOATS])
-            if bid_sums is not None and ask_sums is not None:
-                return [_scaled_text(total) for total in bid_sums], [_scaled_text(total) for total in ask_sums]
+            return (_texts(bid_sums, book.bids, [mid * f for f in _BID_FACTORS], bids_side=True),
+                    _texts(ask_sums, book.asks, [mid * f for f in _ASK_FACTORS], bids_side=False))
     return (_band_texts(book.bids, [mid * f for f in _BID_FACTORS], bids_side=True),
             _band_texts(book.asks, [mid * f for f in _ASK_FACTORS], bids_side=False))
 
@@ -368,9 +374,14 @@ def _band_totals(side: Side, bounds: list[Decimal], bids_side: bool) -> list[int
 def _band_texts(side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]:
     """:func:`_band_sums` as the record's texts; from the compiled core's integers straight to
     text (``decimal_text`` of each sum was a fifth of an aggregate's cost)."""
-    sums = _band_totals(side, bounds, bids_side)
+    return _texts(_band_totals(side, bounds, bids_side), side, bounds, bids_side)
+
+
+def _texts(sums: list[int] | None, side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]:
+    """The compiled core's band sums as texts; where it gave none, the Decimal sums' (without
+    asking the core again)."""
     if sums is None:
-        return [decimal_text(total) for total in _band_sums(side, bounds, bids_side)]
+        return [decimal_text(total) for total in _decimal_band_sums(side, bounds, bids_side)]
     return [_scaled_text(total) for total in sums]
 
 

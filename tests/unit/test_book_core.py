@@ -506,6 +506,7 @@ def test_the_bands_are_the_same_through_integer_and_decimal_bounds(thousands: in
     path (``_band_texts`` with Decimal bounds), with levels exactly on each bound and a cent
     either side of it: the mid is a multiple of 2,000, so every bound is a whole price."""
     from decimal import Decimal, localcontext
+    from fractions import Fraction
 
     mid = 2_000 * thousands
     ob = book_of(_compiled())
@@ -526,8 +527,6 @@ def test_the_bands_are_the_same_through_integer_and_decimal_bounds(thousands: in
         reference = (book._band_texts(ob.bids, [dmid * f for f in book._BID_FACTORS], bids_side=True),
                      book._band_texts(ob.asks, [dmid * f for f in book._ASK_FACTORS], bids_side=False))
     assert fast == reference
-    from fractions import Fraction
-
     for texts, levels, sign in ((fast[0], sides[0], -1), (fast[1], sides[1], 1)):
         for text, bps in zip(texts, sorted(book.BANDS_BPS), strict=True):
             bound = Fraction(mid) * (1 + Fraction(sign * bps, 10_000))
