@@ -1617,7 +1617,11 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     """Put frames into the ingestion sink at ``rate`` (receive time = when put) while a plain
     consumer reads book.top; latency = seen − ts_recv. Raises unless the ``tops`` top changes of
     the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none.
-    ``on_measuring`` is called (in a thread) when the warm-up ends."""
+    ``on_measuring`` is called (in a thread) when the warm-up ends. A run whose input holds no top
+    change, or whose window saw none, raises: a latency of nothing is none either."""
+    if not tops:
+        raise ValueError(f"the {len(items):,} frames change no top of book: nothing to measure (a longer "
+                         "BENCH_LATENCY_S, or a higher BENCH_LATENCY_RATE, takes more of the capture)")
     settings = ns.settings()
     sink = RawSink(settings, 64 * 2**20, role="bench")
     sink.start()
@@ -1681,6 +1685,9 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
     if len(seen) != tops:
         raise RuntimeError(f"book.top holds {len(seen):,} distinct top changes of the reference's {tops:,}: "
                            "outputs were lost, the latency figure is void")
+    if not lat:
+        raise RuntimeError(f"none of the {tops:,} top changes came from a frame received after the warm-up "
+                           "(BENCH_LATENCY_WARMUP_S): nothing was measured; a longer BENCH_LATENCY_S measures some")
     for values in (lat, worker_lat, sent_lat, read_lat):
         values.sort()
     return {"frames_sent": len(items), "sent_in_records": sink.records, "book_tops_seen": len(lat),

@@ -190,3 +190,20 @@ def test_importing_the_core_builds_no_app_and_reads_no_environment() -> None:
     env = {**os.environ, "TOPIC_PARTITIONS": "not-a-number", "KAFKA_BOOTSTRAP": "", "FEEDS": "nowhere:X"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_latency_refuses_an_input_with_no_top_change_before_starting_anything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A latency step of frames that change no top would report nan: it fails, saying why."""
+    import asyncio
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_run", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    with pytest.raises(ValueError, match="change no top of book: nothing to measure"):
+        asyncio.run(bench.measure_latency(None, [], 50.0, 0))  # no namespace: nothing may be started
