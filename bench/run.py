@@ -1428,14 +1428,9 @@ def deltas(n: int) -> Iterator[RawFrame]:
 
 async def produce_v1(ns: Namespace, items: Iterator[Record], topic: str) -> int:
     """One frame per record (raw record format v1), for the baseline."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(ns.topic(name), PARTITIONS, 1) for name in (topic, topic + ".out")])
-    finally:
-        await admin.close()
+    # created and served by the broker before the first send (created and written at once, the
+    # producer's first batches met NotLeaderForPartition and logged their retries)
+    await ensure_topics(ns.settings(), [ns.topic(topic), ns.topic(topic + ".out")])
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=5, max_batch_size=256 * 1024,
                                 compression_type="zstd", max_request_size=16 * 2**20)
     await producer.start()
