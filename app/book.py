@@ -335,10 +335,15 @@ def _bands(book: OrderBook, bid_px: str, ask_px: str, mid: Decimal) -> tuple[lis
             approx = (bid + ask) / (2 * _BAND_ONE)  # the bounds as floats: the core's first look (a millionth's slack)
             bid_sums = fast_bids(bid_bounds, [approx * f for f in _BID_FLOATS])
             ask_sums = fast_asks(ask_bounds, [approx * f for f in _ASK_FLOATS])
-            return (_texts(bid_sums, book.bids, [mid * f for f in _BID_FACTORS], bids_side=True),
-                    _texts(ask_sums, book.asks, [mid * f for f in _ASK_FACTORS], bids_side=False))
-    return (_band_texts(book.bids, [mid * f for f in _BID_FACTORS], bids_side=True),
-            _band_texts(book.asks, [mid * f for f in _ASK_FACTORS], bids_side=False))
+            return (_core_texts(bid_sums, book.bids, mid, bids_side=True),
+                    _core_texts(ask_sums, book.asks, mid, bids_side=False))
+    return (_band_texts(book.bids, _decimal_bounds(mid, bids_side=True), bids_side=True),
+            _band_texts(book.asks, _decimal_bounds(mid, bids_side=False), bids_side=False))
+
+
+def _decimal_bounds(mid: Decimal, bids_side: bool) -> list[Decimal]:
+    """The bands' bounds of one side in Decimal (nearest first)."""
+    return [mid * f for f in (_BID_FACTORS if bids_side else _ASK_FACTORS)]
 
 
 def _integer_bounds(bid: int, ask: int) -> tuple[list[int], list[int]]:
@@ -374,15 +379,20 @@ def _band_totals(side: Side, bounds: list[Decimal], bids_side: bool) -> list[int
 def _band_texts(side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]:
     """:func:`_band_sums` as the record's texts; from the compiled core's integers straight to
     text (``decimal_text`` of each sum was a fifth of an aggregate's cost)."""
-    return _texts(_band_totals(side, bounds, bids_side), side, bounds, bids_side)
+    sums = _band_totals(side, bounds, bids_side)
+    return _decimal_texts(side, bounds, bids_side) if sums is None else [_scaled_text(total) for total in sums]
 
 
-def _texts(sums: list[int] | None, side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]:
+def _core_texts(sums: list[int] | None, side: Side, mid: Decimal, bids_side: bool) -> list[str]:
     """The compiled core's band sums as texts; where it gave none, the Decimal sums' (without
-    asking the core again)."""
+    asking the core again), over Decimal bounds made only then."""
     if sums is None:
-        return [decimal_text(total) for total in _decimal_band_sums(side, bounds, bids_side)]
+        return _decimal_texts(side, _decimal_bounds(mid, bids_side), bids_side)
     return [_scaled_text(total) for total in sums]
+
+
+def _decimal_texts(side: Side, bounds: list[Decimal], bids_side: bool) -> list[str]:
+    return [decimal_text(total) for total in _decimal_band_sums(side, bounds, bids_side)]
 
 
 def _scaled_text(total: int) -> str:
