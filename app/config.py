@@ -405,6 +405,7 @@ class Settings:
     #: INGEST_WS_COMPRESSION: "deflate" offers the venues permessage-deflate (RFC 7692); None: not offered
     ingest_ws_compression: str | None = None
     compression: str | None = "zstd"
+    compression_min_bytes: int = 1024
     faust_views: bool = False
     ingest_in_worker: bool = True
     max_poll_records: int | None = None  # None: no limit
@@ -521,6 +522,7 @@ def load() -> Settings:
                                            ("deflate",)),
         compression=_compression("PRODUCER_COMPRESSION", _env_str("PRODUCER_COMPRESSION", "zstd").lower(),
                                  ("gzip", "snappy", "lz4", "zstd")),
+        compression_min_bytes=_env_int("PRODUCER_COMPRESSION_MIN_BYTES", 1024, minimum=0),
         faust_views=_env_bool("WEB_FAUST_VIEWS", False),
         ingest_in_worker=_env_bool("INGEST_IN_WORKER", True),
         max_poll_records=_env_int("BROKER_MAX_POLL_RECORDS", 0, minimum=0) or None,

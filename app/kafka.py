@@ -24,6 +24,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.admin import DescribeConfigsRequest
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
@@ -534,7 +535,34 @@ async def wait_for_topic(consumer: Any, topic: str, timeout_s: float = 5.0) -> b
     return True
 
 
-def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+class Producer(AIOKafkaProducer):
+    """aiokafka's producer, whose batches of few bytes go uncompressed.
+
+    A batch of fewer than ``compression_min_bytes`` bytes of records (``create_batch(nbytes)``)
+    is sent without compression whatever ``compression_type`` says: Kafka marks compression per
+    batch, and every consumer reads both kinds. At live rates most batches hold one record of a
+    few hundred bytes, and a compressed one costs its producer a compression, the broker a
+    decompression to validate it, and each reader another. At 800 frames/s, every batch
+    uncompressed, the broker used 0.34–0.35 of a core against 0.42–0.43 with zstd and receive →
+    ``book.top`` p99 fell from 15–16 to 11 ms (README "Latency settings"). Larger batches
+    (catching up, replay, deep books' bursts) are compressed as before."""
+
+    def __init__(self, *, compression_min_bytes: int = 0, **conf: Any) -> None:
+        super().__init__(**conf)
+        self.compression_min_bytes = compression_min_bytes
+
+    def create_batch(self, nbytes: int | None = None) -> Any:
+        """An empty batch; uncompressed when ``nbytes`` (what the caller will put in it) is below
+        ``compression_min_bytes``."""
+        acc = self._message_accumulator
+        if nbytes is None or nbytes >= self.compression_min_bytes or not acc._compression_type:  # noqa: SLF001
+            return super().create_batch()
+        txn = acc._txn_manager  # noqa: SLF001
+        return BatchBuilder(acc._batch_size, 0,  # noqa: SLF001
+                            is_transactional=txn is not None and txn.transactional_id is not None)
+
+
+def producer(settings: Settings, **overrides: Any) -> Producer:
     """A producer tuned for market data: idempotent, acks=all, short linger, batching."""
     conf: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
@@ -543,12 +571,13 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": settings.producer_linger_ms,
         "max_batch_size": 256 * 1024,
         "compression_type": settings.compression,
+        "compression_min_bytes": settings.compression_min_bytes,
         "max_request_size": 16 * 1024 * 1024,
         "request_timeout_ms": 30_000,
         **client_auth(settings),
     }
     conf.update(overrides)
-    return AIOKafkaProducer(**conf)
+    return Producer(**conf)
 
 
 async def close_hard(producer: Any, within_s: float = 5.0) -> None:

@@ -82,7 +82,7 @@ class OutputBatch(Batch):
         self.records: list[tuple[bytes, bytes]] = []
 
     def build(self, producer: Any, lane: Lane) -> tuple[Any, Batch | None]:
-        built = producer.create_batch()
+        built = producer.create_batch(self.size)
         records = self.records
         i = fill(built, records, 0, len(records))
         if i < len(records):

@@ -63,7 +63,7 @@ class RawBatch(Batch):
             headers, before = self.chain.headers(lane.topic, lane.partition, value)
             self.sealed = (value, [*V2_HEADERS, *headers], before)
         value, headers, _ = self.sealed
-        built = producer.create_batch()
+        built = producer.create_batch(len(value))
         built.append(key=record_key(self.keys), value=value, timestamp=None, headers=headers)
         return built, None
 

@@ -7,7 +7,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from app.kafka import fill
+from app.kafka import Producer, fill
 
 
 def _read(batch: BatchBuilder) -> list[tuple[int, bytes | None, bytes | None]]:
@@ -45,3 +45,25 @@ def test_fill_takes_every_row_when_they_fit() -> None:
     assert not batch.closed()
     assert batch.record_count() == 5
     assert [(k, v) for _, k, v in _read(batch)] == rows[2:7]
+
+
+def _built(batch: BatchBuilder) -> DefaultRecordBatch:
+    batch._set_producer_state(7, 0, 0)
+    return DefaultRecordBatch(bytes(batch._build()))
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+async def test_a_batch_of_few_bytes_goes_uncompressed_and_a_larger_one_compressed(transactional: bool) -> None:
+    extra = {"transactional_id": "t-1"} if transactional else {}
+    producer = Producer(bootstrap_servers="127.0.0.1:1", compression_type="zstd", compression_min_bytes=1024,
+                        enable_idempotence=True, **extra)
+    rows = _rows(200)
+    for nbytes, codec in ((None, 4), (1023, 0), (1024, 4), (50_000, 4)):
+        batch = producer.create_batch(nbytes)
+        assert fill(batch, rows, 0, len(rows)) == len(rows)
+        read = _built(batch)
+        assert read.compression_type == codec, nbytes
+        assert read.is_transactional == transactional
+        assert [(r.key, r.value) for r in read] == rows  # aiokafka's reader takes both kinds
+    plain = Producer(bootstrap_servers="127.0.0.1:1", compression_type=None, compression_min_bytes=1024)
+    assert _built(plain.create_batch(50_000)).compression_type == 0

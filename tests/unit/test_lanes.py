@@ -37,7 +37,7 @@ class _Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, int, float]] = []
 
-    def create_batch(self) -> _Batch:
+    def create_batch(self, nbytes: int | None = None) -> _Batch:
         return _Batch()
 
     async def send_batch(self, batch: _Batch, topic: str, partition: int) -> asyncio.Future[None]:
@@ -159,7 +159,7 @@ class _FlakyProducer(_Producer):
     def delivered(self, topic: str, values: list[bytes]) -> None:
         self.records.extend((topic, int(v.rstrip(b"x"))) for v in values)
 
-    def create_batch(self) -> _Batch:
+    def create_batch(self, nbytes: int | None = None) -> _Batch:
         batch = _Batch()
         batch.values = []  # type: ignore[attr-defined]
         append = batch.append
