@@ -566,7 +566,7 @@ class Bench:
                 lat, cores = cores_used([pid(worker), 0, *brokers], measure)
                 # the machine's 2 cores, shared: the worker, this process (the feed through the raw
                 # sink, and the reading consumer), the broker
-                lat["cores_used"] = {"worker": cores[0], "feed_and_reader": cores[1],
+                lat["cores_used"] = {"worker": cores[0], "feed": cores[1], "reader": lat.pop("reader_cores"),
                                      "broker": round(sum(cores[2:]), 2) if brokers else None}
                 cpu = cpu_seconds(pid(worker)) - cpu0
                 lat["cpu_ms_per_frame"] = round(cpu * 1000 / n, 4)
@@ -1610,7 +1610,8 @@ def stage_readings(url: str) -> StageCounts:
 async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops: int,
                           on_measuring: Callable[[], None] | None = None) -> dict[str, Any]:
     """Put frames into the ingestion sink at ``rate`` (receive time = when put) while a plain
-    consumer reads book.top; latency = seen − ts_recv. Raises unless the ``tops`` top changes of
+    consumer in a process of its own (``bench/top_reader.py``) reads book.top; latency = seen −
+    ts_recv. Raises unless the ``tops`` top changes of
     the input all arrive (distinct instrument, epoch, seq): a latency of lost records is none.
     ``on_measuring`` is called (in a thread) when the warm-up ends. A run whose input holds no top
     change, or whose window saw none, raises: a latency of nothing is none either."""
@@ -1618,65 +1619,66 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
         raise ValueError(f"the {len(items):,} frames change no top of book: nothing to measure (a longer "
                          "BENCH_LATENCY_S, or a higher BENCH_LATENCY_RATE, takes more of the capture)")
     settings = ns.settings()
-    sink = RawSink(settings, 64 * 2**20, role="bench")
-    sink.start()
     warmup_ns = int(float(os.environ.get("BENCH_LATENCY_WARMUP_S", "10")) * 1e9)
-    measure_from = time.time_ns() + warmup_ns
+    out = ns.tmp / f"tops-{uuid.uuid4().hex[:6]}.txt"
+    # the reader in a process of its own (bench/top_reader.py), as a desk's consumer is
+    reader = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "top_reader.py"), BOOTSTRAP, ns.topic("book.top"), f"{ns.name}-latency",
+        str(tops), str(out), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert reader.stdin is not None
+    assert reader.stdout is not None
+    began = time.monotonic()
+    try:
+        if (await reader.stdout.readline()).strip() != b"ready":
+            raise RuntimeError(f"the latency step's reader did not start (exit {await reader.wait()})")
+        sink = RawSink(settings, 64 * 2**20, role="bench")
+        sink.start()
+        measure_from = time.time_ns() + warmup_ns
+        loop = asyncio.get_running_loop()
+        # this process's own collections (it holds the loaded capture): a long one would stop the
+        # feed and be measured as bookstream's latency; the report says how long they were
+        gc_before = own_gc_counts()
+        fed = time.monotonic()
+        measuring: asyncio.Future[None] | None = None
+        try:
+            for i, rec in enumerate(items):
+                ahead = i / rate - (time.monotonic() - fed)
+                if ahead > 0.001:  # in steps of a millisecond: a sleep per frame would load the generator
+                    await asyncio.sleep(ahead)
+                received = time.time_ns()
+                if measuring is None and received >= measure_from and on_measuring is not None:
+                    measuring = loop.run_in_executor(None, on_measuring)
+                sink.put(RawFrame(f"binance-usdm:{rec.symbol}", received, rec.kind, rec.conn, rec.frame))
+            if measuring is not None:
+                await measuring
+            await sink.flush()
+            gc_after = own_gc_counts()
+            # the tail's tops, still on their way: the reader stops once it has seen them all
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.wait(), 120)
+        finally:
+            await sink.stop()
+    finally:
+        if reader.returncode is None:
+            reader.stdin.close()  # no more to wait for: it writes what it read and exits
+        said = (await reader.stdout.read()).split()
+        await reader.wait()
+    reader_cores = round(float(said[-1]) / (time.monotonic() - began), 2) if said[-2:-1] == [b"cpu"] else None
     lat: list[float] = []
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
     sent_lat: list[float] = []  # published → its Kafka time (the output lane's linger until sent)
-    read_lat: list[float] = []  # its Kafka time → seen here (the broker, the fetch, this process's loop)
+    read_lat: list[float] = []  # its Kafka time → seen by the reader (the broker, the fetch, its loop)
     moments: list[tuple[float, ...]] = []  # (received, latency, the three parts) of each: when the worst were
     seen: set[bytes] = set()
-    stop = asyncio.Event()
-    consumer = AIOKafkaConsumer(ns.topic("book.top"), bootstrap_servers=BOOTSTRAP, auto_offset_reset="latest",
-                                isolation_level="read_committed",
-                                group_id=f"{ns.name}-latency", fetch_max_wait_ms=5)
-    await consumer.start()
-    await consumer.getmany(timeout_ms=500)  # join and take positions before the flow starts
-
-    async def read() -> None:
-        while not stop.is_set():
-            for msgs in (await consumer.getmany(timeout_ms=100)).values():
-                now = time.time_ns()
-                for m in msgs:
-                    top = orjson.loads(m.value)
-                    seen.add(b"%s|%d|%d" % (m.key, top["epoch"], top["seq"]))
-                    if top["ts_recv"] >= measure_from:
-                        lat.append((now - top["ts_recv"]) / 1e6)
-                        worker_lat.append((top["ts_published"] - top["ts_recv"]) / 1e6)
-                        sent_lat.append(m.timestamp - top["ts_published"] / 1e6)
-                        read_lat.append(now / 1e6 - m.timestamp)
-                        moments.append((top["ts_recv"] / 1e9, lat[-1], worker_lat[-1], sent_lat[-1], read_lat[-1]))
-
-    loop = asyncio.get_running_loop()
-    # this process's own collections (it holds the loaded capture): a long one would stop the
-    # feed and the reader and be measured as bookstream's latency; the report says how long they were
-    gc_before = own_gc_counts()
-    reader = loop.create_task(read())
-    began = time.monotonic()
-    measuring: asyncio.Future[None] | None = None
-    try:
-        for i, rec in enumerate(items):
-            ahead = i / rate - (time.monotonic() - began)
-            if ahead > 0.001:  # in steps of a millisecond: a sleep per frame would load the generator
-                await asyncio.sleep(ahead)
-            received = time.time_ns()
-            if measuring is None and received >= measure_from and on_measuring is not None:
-                measuring = loop.run_in_executor(None, on_measuring)
-            sink.put(RawFrame(f"binance-usdm:{rec.symbol}", received, rec.kind, rec.conn, rec.frame))
-        if measuring is not None:
-            await measuring
-        await sink.flush()
-        deadline = time.monotonic() + 120
-        # the tail's tops, still on their way (the reader adds to a set: no event to wait on)
-        while len(seen) < tops and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await reader
-        await consumer.stop()
-        await sink.stop()
+    for line in out.read_bytes().splitlines():
+        key, epoch, seq, ts_recv, ts_published, kafka_ms, now = line.split()
+        seen.add(b"%s|%s|%s" % (key, epoch, seq))
+        if int(ts_recv) >= measure_from:
+            lat.append((int(now) - int(ts_recv)) / 1e6)
+            worker_lat.append((int(ts_published) - int(ts_recv)) / 1e6)
+            sent_lat.append(int(kafka_ms) - int(ts_published) / 1e6)
+            read_lat.append(int(now) / 1e6 - int(kafka_ms))
+            moments.append((int(ts_recv) / 1e9, lat[-1], worker_lat[-1], sent_lat[-1], read_lat[-1]))
     if len(seen) != tops:
         raise RuntimeError(f"book.top holds {len(seen):,} distinct top changes of the reference's {tops:,}: "
                            "outputs were lost, the latency figure is void")
@@ -1697,7 +1699,7 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
             "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None,
             "worst_moments": worst_moments(moments),
-            "feed_and_reader_gc": stage_window(gc_before, own_gc_counts())}
+            "reader_cores": reader_cores, "feed_gc": stage_window(gc_before, gc_after)}
 
 
 def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
