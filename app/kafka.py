@@ -559,7 +559,8 @@ class Producer(AIOKafkaProducer):
             return super().create_batch()
         txn = acc._txn_manager  # noqa: SLF001
         return BatchBuilder(acc._batch_size, 0,  # noqa: SLF001
-                            is_transactional=txn is not None and txn.transactional_id is not None)
+                            is_transactional=txn is not None and txn.transactional_id is not None,
+                            key_serializer=self._key_serializer, value_serializer=self._value_serializer)
 
 
 def producer(settings: Settings, **overrides: Any) -> Producer:
