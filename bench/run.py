@@ -565,7 +565,7 @@ class Bench:
 
                 lat, cores = cores_used([pid(worker), 0, *brokers], measure)
                 # the machine's 2 cores, shared: the worker, this process (the feed through the raw
-                # sink, and the reading consumer), the broker
+                # sink), the reading consumer (its own process), the broker
                 lat["cores_used"] = {"worker": cores[0], "feed": cores[1], "reader": lat.pop("reader_cores"),
                                      "broker": round(sum(cores[2:]), 2) if brokers else None}
                 cpu = cpu_seconds(pid(worker)) - cpu0
@@ -1663,6 +1663,8 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
             reader.stdin.close()  # no more to wait for: it writes what it read and exits
         said = (await reader.stdout.read()).split()
         await reader.wait()
+    if reader.returncode:
+        raise RuntimeError(f"the latency step's reader failed (exit {reader.returncode}; its error is above)")
     reader_cores = round(float(said[-1]) / (time.monotonic() - began), 2) if said[-2:-1] == [b"cpu"] else None
     lat: list[float] = []
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
