@@ -10,9 +10,13 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from app.kafka import Producer, fill
 
 
-def _read(batch: BatchBuilder) -> list[tuple[int, bytes | None, bytes | None]]:
+def _built(batch: BatchBuilder) -> DefaultRecordBatch:
     batch._set_producer_state(7, 0, 0)
-    return [(r.offset, r.key, r.value) for r in DefaultRecordBatch(bytes(batch._build()))]
+    return DefaultRecordBatch(bytes(batch._build()))
+
+
+def _read(batch: BatchBuilder) -> list[tuple[int, bytes | None, bytes | None]]:
+    return [(r.offset, r.key, r.value) for r in _built(batch)]
 
 
 def _rows(n: int) -> list[tuple[bytes, bytes | None]]:
@@ -45,11 +49,6 @@ def test_fill_takes_every_row_when_they_fit() -> None:
     assert not batch.closed()
     assert batch.record_count() == 5
     assert [(k, v) for _, k, v in _read(batch)] == rows[2:7]
-
-
-def _built(batch: BatchBuilder) -> DefaultRecordBatch:
-    batch._set_producer_state(7, 0, 0)
-    return DefaultRecordBatch(bytes(batch._build()))
 
 
 @pytest.mark.parametrize("transactional", [False, True])
