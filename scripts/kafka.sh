@@ -30,6 +30,13 @@
 #   KAFKA_GC_OPTS          JVM collector flags, per node               (-XX:+UseG1GC -XX:MaxGCPauseMillis=20)
 #   KAFKA_SASL_PORT        also listen with SASL_PLAINTEXT (PLAIN) on this port   (off)
 #   KAFKA_SASL_USERS       its users, "user:password[,user:password…]"           (bookstream:bookstream)
+#   KAFKA_NETWORK_THREADS  num.network.threads of a single node: half the cores, 1 to 3 (Kafka's 3)
+#   KAFKA_IO_THREADS       num.io.threads of a single node: the cores, 2 to 8          (Kafka's 8)
+#                          (a local broker shares the machine with its clients: on 2 cores,
+#                          1 and 2 threads took a quarter off the latency at 5,000 frames/s;
+#                          README "Latency settings"). A cluster's nodes keep Kafka's defaults.
+#   KAFKA_PROPERTIES       more server.properties lines for every node, separated by ';' or
+#                          newlines, written last (a key given twice: the last wins)   (none)
 # A second broker beside the first needs only another KAFKA_PORT and KAFKA_DATA_DIR.
 #
 # With KAFKA_NODES > 1 every node is broker and controller (node.id 1..N, all of them voters),
@@ -66,6 +73,14 @@ KAFKA_SASL_PORTS=${KAFKA_SASL_PORTS:-}
 KAFKA_LIBS_DIR=${KAFKA_LIBS_DIR:-$ROOT/.cache/kafka/libs}
 KAFKA_SASL_PORT=${KAFKA_SASL_PORT:-}
 KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-bookstream:bookstream}
+KAFKA_PROPERTIES=${KAFKA_PROPERTIES:-}
+CORES=$(nproc 2>/dev/null || echo 2)
+clamp() { local v=$1; ((v < $2)) && v=$2; ((v > $3)) && v=$3; echo "$v"; }
+KAFKA_NETWORK_THREADS=${KAFKA_NETWORK_THREADS:-$(clamp $((CORES / 2)) 1 3)}
+KAFKA_IO_THREADS=${KAFKA_IO_THREADS:-$(clamp "$CORES" 2 8)}
+for v in KAFKA_NETWORK_THREADS KAFKA_IO_THREADS; do
+  [[ ${!v} =~ ^[1-9][0-9]?$ ]] || die "$v must be a number of threads from 1 to 99, not '${!v}'"
+done
 POM=$ROOT/kafka/pom.xml
 PYTHON=${PYTHON:-python3}
 STAMP=$KAFKA_LIBS_DIR/.resolved
@@ -186,7 +201,11 @@ write_props() {
     sasl="sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
   fi
-  local cluster=""
+  local cluster="" threads=""
+  if [ "$KAFKA_NODES" = 1 ]; then
+    threads="num.network.threads=$KAFKA_NETWORK_THREADS
+num.io.threads=$KAFKA_IO_THREADS"
+  fi
   if [ "$KAFKA_NODES" -gt 1 ]; then
     cluster="default.replication.factor=$REPLICATION
 min.insync.replicas=$MIN_ISR
@@ -210,6 +229,7 @@ offsets.topic.num.partitions=8
 transaction.state.log.replication.factor=$REPLICATION
 transaction.state.log.min.isr=$MIN_ISR
 $cluster
+$threads
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 # Nothing is deleted by age unless a topic asks for it (its own retention.ms).
@@ -218,6 +238,13 @@ log.segment.bytes=268435456
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 EOF
+  local line
+  while IFS= read -r line; do
+    line=${line#"${line%%[![:space:]]*}"}
+    [ -z "$line" ] && continue
+    [[ $line =~ ^[A-Za-z0-9._-]+=.*$ ]] || die "KAFKA_PROPERTIES: '$line' is not a key=value line of server.properties"
+    printf '%s\n' "$line" >>"$PROPS"
+  done < <(printf '%s\n' "$KAFKA_PROPERTIES" | tr ';' '\n')
   chmod 600 "$PROPS"  # may hold SASL passwords
 }
 

@@ -128,3 +128,32 @@ def test_a_cluster_id_starting_with_a_dash_is_drawn_again(tmp_path) -> None:  # 
         assert not cluster_id.startswith("-")
     finally:
         assert _script("down", tmp_path).returncode == 0
+
+
+def test_more_server_properties_are_written_last_and_a_bad_line_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = _script("up", tmp_path, KAFKA_PROPERTIES="num.io.threads=2; not a property")
+    assert bad.returncode != 0
+    assert "KAFKA_PROPERTIES: 'not a property' is not a key=value line" in bad.stderr
+    assert not (tmp_path / "k" / "kafka.pid").exists()  # refused before any broker started
+    proc = _script("up", tmp_path, KAFKA_READY_TIMEOUT="0",
+                   KAFKA_PROPERTIES="num.io.threads=2;\n  num.network.threads=1\nlog.segment.bytes=1048576")
+    try:
+        assert "not ready within 0s" in proc.stderr, proc.stderr  # the lines passed: the broker was started
+        lines = (tmp_path / "k" / "server.properties").read_text().splitlines()
+        assert lines[-3:] == ["num.io.threads=2", "num.network.threads=1", "log.segment.bytes=1048576"]
+        assert "log.segment.bytes=268435456" in lines  # the script's own, overridden by the later line
+        # the script's own thread counts, sized to the cores (nproc: the cores this process may use)
+        cores = len(os.sched_getaffinity(0))
+        assert f"num.network.threads={min(max(cores // 2, 1), 3)}" in lines
+        assert f"num.io.threads={min(max(cores, 2), 8)}" in lines
+    finally:
+        assert _script("down", tmp_path).returncode == 0
+
+
+def test_broker_thread_counts_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = _script("up", tmp_path, KAFKA_IO_THREADS="0")
+    assert proc.returncode != 0
+    assert "KAFKA_IO_THREADS must be a number of threads from 1 to 99, not '0'" in proc.stderr
+    proc = _script("up", tmp_path, KAFKA_NETWORK_THREADS="two")
+    assert proc.returncode != 0
+    assert "KAFKA_NETWORK_THREADS must be a number of threads from 1 to 99, not 'two'" in proc.stderr
