@@ -130,11 +130,17 @@ def test_a_cluster_id_starting_with_a_dash_is_drawn_again(tmp_path) -> None:  # 
         assert _script("down", tmp_path).returncode == 0
 
 
+def _refused(tmp_path, message: str, **env: str) -> None:  # type: ignore[no-untyped-def]
+    """``up`` with ``env`` fails, says ``message``, and started no broker."""
+    proc = _script("up", tmp_path, **env)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert not (tmp_path / "k" / "kafka.pid").exists()
+
+
 def test_more_server_properties_are_written_last_and_a_bad_line_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    bad = _script("up", tmp_path, KAFKA_PROPERTIES="num.io.threads=2; not a property")
-    assert bad.returncode != 0
-    assert "KAFKA_PROPERTIES: 'not a property' is not a key=value line" in bad.stderr
-    assert not (tmp_path / "k" / "kafka.pid").exists()  # refused before any broker started
+    _refused(tmp_path, "KAFKA_PROPERTIES: 'not a property' is not a key=value line",
+             KAFKA_PROPERTIES="num.io.threads=2; not a property")
     proc = _script("up", tmp_path, KAFKA_READY_TIMEOUT="0",
                    KAFKA_PROPERTIES="num.io.threads=2;\n  num.network.threads=1\nlog.segment.bytes=1048576")
     try:
@@ -151,9 +157,6 @@ def test_more_server_properties_are_written_last_and_a_bad_line_is_refused(tmp_p
 
 
 def test_broker_thread_counts_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = _script("up", tmp_path, KAFKA_IO_THREADS="0")
-    assert proc.returncode != 0
-    assert "KAFKA_IO_THREADS must be a number of threads from 1 to 99, not '0'" in proc.stderr
-    proc = _script("up", tmp_path, KAFKA_NETWORK_THREADS="two")
-    assert proc.returncode != 0
-    assert "KAFKA_NETWORK_THREADS must be a number of threads from 1 to 99, not 'two'" in proc.stderr
+    _refused(tmp_path, "KAFKA_IO_THREADS must be a number of threads from 1 to 99, not '0'", KAFKA_IO_THREADS="0")
+    _refused(tmp_path, "KAFKA_NETWORK_THREADS must be a number of threads from 1 to 99, not 'two'",
+             KAFKA_NETWORK_THREADS="two")
