@@ -201,15 +201,14 @@ write_props() {
     sasl="sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$users;"
   fi
-  local cluster="" threads=""
-  if [ "$KAFKA_NODES" = 1 ]; then
-    threads="num.network.threads=$KAFKA_NETWORK_THREADS
-num.io.threads=$KAFKA_IO_THREADS"
-  fi
+  local mode_props  # a cluster's replication, or a single node's threads
   if [ "$KAFKA_NODES" -gt 1 ]; then
-    cluster="default.replication.factor=$REPLICATION
+    mode_props="default.replication.factor=$REPLICATION
 min.insync.replicas=$MIN_ISR
 unclean.leader.election.enable=false"
+  else  # a single node shares the machine with its clients: its threads follow the cores
+    mode_props="num.network.threads=$KAFKA_NETWORK_THREADS
+num.io.threads=$KAFKA_IO_THREADS"
   fi
   cat >"$PROPS" <<EOF
 # Written by scripts/kafka.sh; edits are overwritten on the next start.
@@ -228,8 +227,7 @@ offsets.topic.replication.factor=$REPLICATION
 offsets.topic.num.partitions=8
 transaction.state.log.replication.factor=$REPLICATION
 transaction.state.log.min.isr=$MIN_ISR
-$cluster
-$threads
+$mode_props
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 # Nothing is deleted by age unless a topic asks for it (its own retention.ms).
