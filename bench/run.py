@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import itertools
 import json
 import os
@@ -145,8 +146,23 @@ def broker_pids() -> list[int]:
     return pids
 
 
-def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[float]]:
-    """``work()``'s result and the cores each of ``pids`` used while it ran (0 = this process)."""
+def waited_seconds(pid_: int | str) -> float | None:
+    """How long the threads of process ``pid_`` ("self": this one) were ready to run but waited
+    for a core, summed over its threads, in seconds (Linux ``/proc/<pid>/task/*/schedstat``, its
+    second field: the run queue delay; None where the kernel keeps no schedstats)."""
+    stats = list(Path(f"/proc/{pid_}/task").glob("*/schedstat"))
+    total = 0
+    for stat in stats:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread gone meanwhile
+            total += int(stat.read_text().split()[1])
+    return total / 1e9 if stats else None
+
+
+def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[float], list[float | None]]:
+    """``work()``'s result, the cores each of ``pids`` used while it ran (0 = this process), and
+    the cores each **waited for**: its threads' time ready to run without a core, per second of
+    the run (0.25: a quarter of a second lost a second, summed over its threads). On a shared
+    machine that wait is a hop's latency that no stage of the process itself shows."""
     def cpu(p: int) -> float:
         if p == 0:
             t = os.times()
@@ -155,10 +171,14 @@ def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[floa
             return cpu_seconds(p)
         except OSError:
             return float("nan")
-    c0, t0 = [cpu(p) for p in pids], time.monotonic()
+    def waited(p: int, before: float | None, elapsed: float) -> float | None:
+        after = waited_seconds(p or "self")
+        return None if before is None or after is None else round((after - before) / elapsed, 3)
+    c0, w0, t0 = [cpu(p) for p in pids], [waited_seconds(p or "self") for p in pids], time.monotonic()
     result = work()
     elapsed = time.monotonic() - t0
-    return result, [round((cpu(p) - c) / elapsed, 2) for p, c in zip(pids, c0, strict=True)]
+    return (result, [round((cpu(p) - c) / elapsed, 2) for p, c in zip(pids, c0, strict=True)],
+            [waited(p, w, elapsed) for p, w in zip(pids, w0, strict=True)])
 
 
 def many_feeds() -> dict[str, list[str]]:
@@ -391,7 +411,7 @@ class Bench:
         worker = Worker(ns, ns.tmp / "data")
         worker.start()
         try:
-            _, (cores,) = cores_used(broker_pids()[:1], lambda: asyncio.run(
+            _, (cores,), _ = cores_used(broker_pids()[:1], lambda: asyncio.run(
                 measure_latency(ns, items, rate, reference_tops(items))))
         finally:
             worker.kill()
@@ -563,11 +583,13 @@ class Bench:
                     return asyncio.run(measure_latency(ns, items, rate, tops,
                                                        on_measuring=lambda: window.append(stage_readings(url))))
 
-                lat, cores = cores_used([pid(worker), 0, *brokers], measure)
+                lat, cores, waited = cores_used([pid(worker), 0, *brokers], measure)
                 # the machine's 2 cores, shared: the worker, this process (the feed through the raw
                 # sink), the reading consumer (its own process), the broker
                 lat["cores_used"] = {"worker": cores[0], "feed": cores[1], "reader": lat.pop("reader_cores"),
                                      "broker": round(sum(cores[2:]), 2) if brokers else None}
+                lat["cores_waited"] = {"worker": waited[0], "feed": waited[1], "reader": lat.pop("reader_waited"),
+                                       "broker": round(sum(w or 0 for w in waited[2:]), 3) if brokers else None}
                 cpu = cpu_seconds(pid(worker)) - cpu0
                 lat["cpu_ms_per_frame"] = round(cpu * 1000 / n, 4)
                 lat["cpu_ms_per_raw_record"] = round(cpu * 1000 / lat["sent_in_records"], 3)
@@ -584,7 +606,7 @@ class Bench:
                 shutil.copy(profile, ROOT / "bench" / profile.name)
             by_mode[mode] = lat
             say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops; "
-                f"cores used {lat['cores_used']}")
+                f"cores used {lat['cores_used']}, waited for {lat['cores_waited']}")
             say("  each top's way, p50/p99 ms: " + ", ".join(
                 f"{k} {v['p50']}/{v['p99']}" for k, v in lat["split_ms"].items()))
             say("  stages (p50/p99/max bucket bounds, ms): " + ", ".join(
@@ -809,7 +831,7 @@ class Bench:
             stages0, sent0 = worker_stage_counts(worker.url), http_json(sim.url + "/control/status")[1]["frames_sent"]
             sim_cpu0 = cpu_seconds(procs["simulator"])
             backlog.start()
-            lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
             backlog.stop()
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
@@ -835,6 +857,7 @@ class Bench:
             "worker_cpu_ms_per_frame": round((c1 - c0) * 1000 / max(1, f1 - f0), 4), "frames_produced": produced,
             "frames_applied": applied, "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_cpu_s": sim_cpu, "cores": dict(zip(procs, cores, strict=True)),
+            "cores_waited": dict(zip(procs, waited, strict=True)),
             "simulator_frames_sent_per_s": round(sent / (t1 - t0)),
             "simulator_cpu_us_per_frame_sent": round(sim_cpu_window / max(1, sent) * 1e6, 1),
             "worker_cores_in_window": round((c1 - c0) / (t1 - t0), 2), **lat, "worker_stages": stages,
@@ -991,7 +1014,7 @@ class Bench:
             f0, t0 = frames_done(worker), time.monotonic()
             backlog.start()
             stages0 = worker_stage_counts(worker.url)
-            lat, cores = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             backlog.stop()
             f1, t1 = frames_done(worker), time.monotonic()
@@ -1015,7 +1038,9 @@ class Bench:
             "options": len(options), "futures": futures, "option_rate": rate, "futures_rate": futures_rate,
             "window_s": window, "offered_frames_per_s": round(offered), "frames_per_s": round((f1 - f0) / (t1 - t0)),
             "worker_cpu_ms_per_frame": round(worker_cpu_s * 1000 / max(1, f1 - f0), 4),
-            "cores": dict(zip(procs, cores, strict=True)), "frames_produced": produced, "frames_applied": applied,
+            "cores": dict(zip(procs, cores, strict=True)),
+            "cores_waited": dict(zip(procs, waited, strict=True)),
+            "frames_produced": produced, "frames_applied": applied,
             "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_frames_sent": status.get("frames_sent"), **lat, "worker_stages": stages,
             "backlog": grown, "target": "no growing backlog and p99 ≤ 50 ms", "met": "met" if met else "not met",
@@ -1024,7 +1049,8 @@ class Bench:
                        f"worker; receive → book.top and the backlog over {window:.0f} s (BENCH_UNIVERSE_OPTIONS, "
                        "BENCH_UNIVERSE_RATE, BENCH_UNIVERSE_FUTURES_RATE, BENCH_UNIVERSE_S)"}
         say(f"universe: offered {offered:,.0f} frames/s, applied {(f1 - f0) / (t1 - t0):,.0f}/s, p99 {p99} ms, "
-            f"backlog slope {grown['slope_frames_per_s']} frames/s: {'met' if met else 'not met'}")
+            f"backlog slope {grown['slope_frames_per_s']} frames/s: {'met' if met else 'not met'}; cores used "
+            f"{dict(zip(procs, cores, strict=True))}, waited for {dict(zip(procs, waited, strict=True))}")
 
     def recovery(self) -> None:
         """1,000 books × 500 levels after a long history: restart with the same DATA_DIR, and a new
@@ -1665,7 +1691,11 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
         await reader.wait()
     if reader.returncode:
         raise RuntimeError(f"the latency step's reader failed (exit {reader.returncode}; its error is above)")
-    reader_cores = round(float(said[-1]) / (time.monotonic() - began), 2) if said[-2:-1] == [b"cpu"] else None
+    # its last line: "cpu <seconds> waited <seconds>" (bench/top_reader.py)
+    told = {said[i]: said[i + 1] for i in range(len(said) - 1) if said[i] in (b"cpu", b"waited")}
+    span = time.monotonic() - began
+    reader_cores = round(float(told[b"cpu"]) / span, 2) if b"cpu" in told else None
+    reader_waited = round(float(told[b"waited"]) / span, 3) if told.get(b"waited", b"-") != b"-" else None
     lat: list[float] = []
     worker_lat: list[float] = []  # receive → published by the worker (its share of the latency)
     sent_lat: list[float] = []  # published → its Kafka time (the output lane's linger until sent)
@@ -1701,13 +1731,14 @@ async def measure_latency(ns: Namespace, items: list[Record], rate: float, tops:
             "p50_ms": percentile(lat, 0.5, empty=float("nan")), "p99_ms": percentile(lat, 0.99, empty=float("nan")),
             "p999_ms": percentile(lat, 0.999, empty=float("nan")), "max_ms": round(lat[-1], 2) if lat else None,
             "worst_moments": worst_moments(moments),
-            "reader_cores": reader_cores, "feed_gc": stage_window(gc_before, gc_after)}
+            "reader_cores": reader_cores, "reader_waited": reader_waited, "feed_gc": stage_window(gc_before, gc_after)}
 
 
-def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, float]]:
+def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float = 1.0) -> list[dict[str, Any]]:
     """The ``n`` worst moments of a latency run, each the worst top within ``apart_s`` of any other
     listed: the p99 of a few thousand tops rests on a few dozen, and they come in bursts (a moment
-    where every part of the way is slow at once). Seconds into the window, latency and its parts."""
+    where every part of the way is slow at once). Seconds into the window, the wall-clock time (UTC,
+    to match against a broker's or a collector's log), latency and its parts."""
     if not moments:
         return []
     start = min(m[0] for m in moments)
@@ -1717,7 +1748,9 @@ def worst_moments(moments: list[tuple[float, ...]], n: int = 5, apart_s: float =
             picked.append(m)
             if len(picked) == n:
                 break
-    return [{"at_s": round(t - start, 2), "ms": round(total, 1), "receive_to_published": round(w, 1),
+    def wall(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+    return [{"at_s": round(t - start, 2), "at": wall(t), "ms": round(total, 1), "receive_to_published": round(w, 1),
              "published_to_sent": round(sent, 1), "sent_to_seen": round(read, 1)}
             for t, total, w, sent, read in picked]
 

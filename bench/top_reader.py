@@ -9,7 +9,9 @@ bookstream; here nothing else runs on the reader's loop. It imports aiokafka and
 end of each partition), prints ``ready``, then reads until it has seen ``TOPS`` distinct top
 changes (key, epoch, seq) or its stdin closes, and writes to ``OUT`` one line per record read
 (key, epoch, seq, ts_recv, ts_published, the record's Kafka time in ms, when it was seen in ns),
-and prints ``cpu <seconds>``, the CPU it used.
+and prints ``cpu <seconds> waited <seconds>``: the CPU it used, and how long its threads were
+ready to run but waited for a core (``/proc/self/task/*/schedstat``; ``-`` where the kernel
+keeps no schedstats).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -53,4 +56,6 @@ if __name__ == "__main__":
     with open(out_, "wb") as f:
         f.writelines(b"%s %d %d %d %d %d %d\n" % row for row in read_rows)
     t = os.times()
-    print(f"cpu {t.user + t.system}", flush=True)  # the bench counts the reader's cores from it
+    stats = list(Path("/proc/self/task").glob("*/schedstat"))
+    waited = sum(int(st.read_text().split()[1]) for st in stats) / 1e9 if stats else "-"
+    print(f"cpu {t.user + t.system} waited {waited}", flush=True)  # the bench counts the reader's cores from it

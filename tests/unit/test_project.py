@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -192,10 +193,8 @@ def test_importing_the_core_builds_no_app_and_reads_no_environment() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_bench_latency_refuses_an_input_with_no_top_change_before_starting_anything(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A latency step of frames that change no top would report nan: it fails, saying why."""
-    import asyncio
+def _bench_run(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """bench/run.py as a module (it is a script, not a package)."""
     import importlib.util
     import sys
 
@@ -205,5 +204,54 @@ def test_bench_latency_refuses_an_input_with_no_top_change_before_starting_anyth
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_run", bench)  # its dataclasses look their module up
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_latency_refuses_an_input_with_no_top_change_before_starting_anything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A latency step of frames that change no top would report nan: it fails, saying why."""
+    import asyncio
+
+    bench = _bench_run(monkeypatch)
     with pytest.raises(ValueError, match="change no top of book: nothing to measure"):
         asyncio.run(bench.measure_latency(None, [], 50.0, 0))  # no namespace: nothing may be started
+
+
+def test_bench_counts_the_cores_each_process_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cores_waited``: one more CPU-bound process than there are cores must wait for one, and the
+    bench says how long; a process that is gone has no figure."""
+    import os
+    import subprocess
+    import sys
+
+    bench = _bench_run(monkeypatch)
+    cores = len(os.sched_getaffinity(0))
+    # each spins for 0.6 s of CPU, says so, and stays (read after the work, a process must exist)
+    spin = ("import sys, time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+            "print('spun', flush=True)\nsys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for _ in range(cores + 1)]
+    try:
+        _, used, waited = bench.cores_used([p.pid for p in procs], lambda: [p.stdout.readline() for p in procs])
+        for p in procs:
+            p.communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
+    # cores + 1 processes of 0.6 s each on ``cores`` cores: at least 0.6 s of waiting among them,
+    # whatever else runs (the figures are per second of the run)
+    assert all(w is not None for w in waited), waited
+    assert sum(used) > 0
+    assert sum(waited) > 0.1, (used, waited)
+    assert bench.waited_seconds(procs[0].pid) is None  # reaped: no /proc entry
+    assert bench.waited_seconds("self") is not None
+
+
+def test_bench_worst_moments_say_when_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worst moment of a latency run carries its wall-clock time, to set beside a broker's log."""
+    bench = _bench_run(monkeypatch)
+    t = 1_796_000_000.25  # 2026-11-30 00:53:20.250 UTC
+    moments = [(t, 30.0, 20.0, 5.0, 5.0), (t + 0.5, 10.0, 5.0, 3.0, 2.0), (t + 2.0, 12.0, 6.0, 3.0, 3.0),
+               (t - 5.0, 1.0, 0.5, 0.2, 0.3)]
+    worst = bench.worst_moments(moments, n=2)
+    assert [(m["at"], m["at_s"], m["ms"]) for m in worst] == [("00:53:20.250", 5.0, 30.0), ("00:53:22.250", 7.0, 12.0)]
