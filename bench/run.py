@@ -54,6 +54,7 @@ from app.venues.base import Kind  # noqa: E402
 from app.wire import RawFrame, v1_headers  # noqa: E402
 from bench.profile import profile_top  # noqa: E402
 from bench.serialization import measure as measure_serialization  # noqa: E402
+from bench.top_reader import waited_seconds  # noqa: E402
 from scripts.harness import (  # noqa: E402
     CAPTURES,
     FAUST,
@@ -144,18 +145,6 @@ def broker_pids() -> list[int]:
             if Path(f"/proc/{pid_}").exists():
                 pids.append(pid_)
     return pids
-
-
-def waited_seconds(pid_: int | str) -> float | None:
-    """How long the threads of process ``pid_`` ("self": this one) were ready to run but waited
-    for a core, summed over its threads, in seconds (Linux ``/proc/<pid>/task/*/schedstat``, its
-    second field: the run queue delay; None where the kernel keeps no schedstats)."""
-    stats = list(Path(f"/proc/{pid_}/task").glob("*/schedstat"))
-    total = 0
-    for stat in stats:
-        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread gone meanwhile
-            total += int(stat.read_text().split()[1])
-    return total / 1e9 if stats else None
 
 
 def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[float], list[float | None]]:
@@ -588,8 +577,10 @@ class Bench:
                 # sink), the reading consumer (its own process), the broker
                 lat["cores_used"] = {"worker": cores[0], "feed": cores[1], "reader": lat.pop("reader_cores"),
                                      "broker": round(sum(cores[2:]), 2) if brokers else None}
+                broker_waited = [w for w in waited[2:] if w is not None]  # None: no schedstats
                 lat["cores_waited"] = {"worker": waited[0], "feed": waited[1], "reader": lat.pop("reader_waited"),
-                                       "broker": round(sum(w or 0 for w in waited[2:]), 3) if brokers else None}
+                                       "broker": round(sum(broker_waited), 3)
+                                       if brokers and len(broker_waited) == len(brokers) else None}
                 cpu = cpu_seconds(pid(worker)) - cpu0
                 lat["cpu_ms_per_frame"] = round(cpu * 1000 / n, 4)
                 lat["cpu_ms_per_raw_record"] = round(cpu * 1000 / lat["sent_in_records"], 3)
@@ -1015,6 +1006,7 @@ class Bench:
             backlog.start()
             stages0 = worker_stage_counts(worker.url)
             lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            used_by, waited_by = dict(zip(procs, cores, strict=True)), dict(zip(procs, waited, strict=True))
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             backlog.stop()
             f1, t1 = frames_done(worker), time.monotonic()
@@ -1038,9 +1030,7 @@ class Bench:
             "options": len(options), "futures": futures, "option_rate": rate, "futures_rate": futures_rate,
             "window_s": window, "offered_frames_per_s": round(offered), "frames_per_s": round((f1 - f0) / (t1 - t0)),
             "worker_cpu_ms_per_frame": round(worker_cpu_s * 1000 / max(1, f1 - f0), 4),
-            "cores": dict(zip(procs, cores, strict=True)),
-            "cores_waited": dict(zip(procs, waited, strict=True)),
-            "frames_produced": produced, "frames_applied": applied,
+            "cores": used_by, "cores_waited": waited_by, "frames_produced": produced, "frames_applied": applied,
             "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_frames_sent": status.get("frames_sent"), **lat, "worker_stages": stages,
             "backlog": grown, "target": "no growing backlog and p99 ≤ 50 ms", "met": "met" if met else "not met",
@@ -1050,7 +1040,7 @@ class Bench:
                        "BENCH_UNIVERSE_RATE, BENCH_UNIVERSE_FUTURES_RATE, BENCH_UNIVERSE_S)"}
         say(f"universe: offered {offered:,.0f} frames/s, applied {(f1 - f0) / (t1 - t0):,.0f}/s, p99 {p99} ms, "
             f"backlog slope {grown['slope_frames_per_s']} frames/s: {'met' if met else 'not met'}; cores used "
-            f"{dict(zip(procs, cores, strict=True))}, waited for {dict(zip(procs, waited, strict=True))}")
+            f"{used_by}, waited for {waited_by}")
 
     def recovery(self) -> None:
         """1,000 books × 500 levels after a long history: restart with the same DATA_DIR, and a new

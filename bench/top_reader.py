@@ -17,6 +17,7 @@ keeps no schedstats).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -24,6 +25,19 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+
+
+def waited_seconds(pid: int | str) -> float | None:
+    """How long the threads of process ``pid`` ("self": this one) were ready to run but waited
+    for a core, summed over its threads, in seconds (Linux ``/proc/<pid>/task/*/schedstat``, its
+    second field: the run queue delay; None where the kernel keeps no schedstats). The bench
+    reads the other processes of a step with it too."""
+    stats = list(Path(f"/proc/{pid}/task").glob("*/schedstat"))
+    total = 0
+    for stat in stats:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread gone meanwhile
+            total += int(stat.read_text().split()[1])
+    return total / 1e9 if stats else None
 
 
 async def read(bootstrap: str, topic: str, group: str, tops: int) -> list[tuple[bytes, int, int, int, int, int, int]]:
@@ -56,6 +70,6 @@ if __name__ == "__main__":
     with open(out_, "wb") as f:
         f.writelines(b"%s %d %d %d %d %d %d\n" % row for row in read_rows)
     t = os.times()
-    stats = list(Path("/proc/self/task").glob("*/schedstat"))
-    waited = sum(int(st.read_text().split()[1]) for st in stats) / 1e9 if stats else "-"
-    print(f"cpu {t.user + t.system} waited {waited}", flush=True)  # the bench counts the reader's cores from it
+    waited = waited_seconds("self")
+    # the bench counts the reader's cores from it
+    print(f"cpu {t.user + t.system} waited {'-' if waited is None else waited}", flush=True)
