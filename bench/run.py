@@ -147,11 +147,74 @@ def broker_pids() -> list[int]:
     return pids
 
 
-def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[float], list[float | None]]:
+def processes() -> dict[int, tuple[int, str, float, int]]:
+    """Every process now: pid → (its parent's pid, its name, the CPU seconds it used so far, when
+    it started: a pid used again is another process)."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                raw = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            name, fields = raw[raw.find("(") + 1:raw.rfind(")")], raw.rsplit(")", 1)[1].split()
+            table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK,
+                                      int(fields[19]))
+    return table
+
+
+def interrupt_seconds() -> float:
+    """The machine's time in interrupts and softirqs so far (``/proc/stat``): the kernel's network
+    work for loopback Kafka, charged to no process."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[6]) + int(fields[7])) / TICK
+
+
+def rest_of_machine(before: dict[int, tuple[int, str, float, int]], after: dict[int, tuple[int, str, float, int]],
+                    ours: set[int], elapsed: float, irq: float) -> dict[str, Any]:
+    """What ran beside a step: the cores used by processes that are neither ``ours`` nor started by
+    one of them (``other``, with the busiest named), and by the kernel's interrupts (``interrupts``).
+    A worker left behind by a killed run, a build, a browser: their load is latency and
+    throughput the step's figures lose, so the report says it."""
+    def of_step(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid in ours:
+                return True
+            seen.add(pid)
+            pid = after[pid][0] if pid in after else before.get(pid, (0,))[0]
+        return False
+
+    used: Counter[str] = Counter()
+    for pid, (_, name, cpu, started) in after.items():
+        if not of_step(pid):
+            was = before.get(pid)
+            used[f"{name} ({pid})"] += cpu - was[2] if was is not None and was[3] == started else cpu
+    other = sum(used.values()) / elapsed
+    return {"other": round(other, 2), "interrupts": round(irq / elapsed, 2),
+            "busiest_other": {k: round(v / elapsed, 2) for k, v in used.most_common(3) if v / elapsed >= 0.01}}
+
+
+def beside_it(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()``'s figures with what ran beside it (``rest_of_machine``; the bench's broker and
+    whatever this process starts are the step's)."""
+    rest: dict[str, Any] = {}
+    figures: dict[str, Any] = cores_used(broker_pids(), work, rest)[0]
+    return figures | {"rest_of_machine": rest}
+
+
+#: Processes beside a step that used more cores than this make its figures those of a busy machine (said).
+OTHER_LOAD_WARN = 0.1
+
+
+def cores_used(pids: list[int], work: Callable[[], Any],
+               rest: dict[str, Any] | None = None) -> tuple[Any, list[float], list[float | None]]:
     """``work()``'s result, the cores each of ``pids`` used while it ran (0 = this process), and
     the cores each **waited for**: its threads' time ready to run without a core, per second of
     the run (0.25: a quarter of a second lost a second, summed over its threads). On a shared
-    machine that wait is a hop's latency that no stage of the process itself shows."""
+    machine that wait is a hop's latency that no stage of the process itself shows. ``rest``
+    receives what ran beside them (:func:`rest_of_machine`: every process this one started is
+    the step's), and a busy machine is said."""
     def cpu(p: int) -> float:
         if p == 0:
             t = os.times()
@@ -163,9 +226,16 @@ def cores_used(pids: list[int], work: Callable[[], Any]) -> tuple[Any, list[floa
     def waited(p: int, before: float | None, elapsed: float) -> float | None:
         after = waited_seconds(p or "self")
         return None if before is None or after is None else round((after - before) / elapsed, 3)
+    table0, irq0 = processes(), interrupt_seconds()
     c0, w0, t0 = [cpu(p) for p in pids], [waited_seconds(p or "self") for p in pids], time.monotonic()
     result = work()
     elapsed = time.monotonic() - t0
+    beside = rest_of_machine(table0, processes(), {os.getpid(), *pids}, elapsed, interrupt_seconds() - irq0)
+    if beside["other"] >= OTHER_LOAD_WARN:
+        say(f"WARNING: processes beside this step used {beside['other']} of a core (busiest: "
+            f"{beside['busiest_other']}): its figures are those of a busy machine")
+    if rest is not None:
+        rest.update(beside)
     return (result, [round((cpu(p) - c) / elapsed, 2) for p, c in zip(pids, c0, strict=True)],
             [waited(p, w, elapsed) for p, w in zip(pids, w0, strict=True)])
 
@@ -413,7 +483,7 @@ class Bench:
         ns = namespace("base")
         total = len(self.records) * COPIES
         asyncio.run(produce_v1(ns, copies(self.records, COPIES, spread_ids(COPIES)), "bench.v1"))
-        self.figures["baseline"] = asyncio.run(passthrough(ns, "bench.v1", total)) | {
+        self.figures["baseline"] = beside_it(lambda: asyncio.run(passthrough(ns, "bench.v1", total))) | {
             "command": "bench/run.py baseline: aiokafka consume → orjson.loads → produce, one frame per record, "
                        f"the USD-M capture ×{COPIES}"}
 
@@ -421,7 +491,8 @@ class Bench:
         ns, frames, replay = self.loaded(COPIES)
         say("throughput: one worker")
         raw = WORK / "profile.txt"
-        r = self.worker_run(ns, frames, 1, {}, profile=raw, tops=reference_tops(self.records) * COPIES)
+        tops = reference_tops(self.records) * COPIES
+        r = beside_it(lambda: self.worker_run(ns, frames, 1, {}, profile=raw, tops=tops))
         r["level_updates_per_s"] = round(level_updates(self.records) * COPIES / r["seconds"])
         r["profile"] = profile_top(raw)
         if raw.exists():  # py-spy's collapsed stacks, for flame graph tools
@@ -438,11 +509,11 @@ class Bench:
         books = book_frames(self.records)
         base = namespace("baseb")
         asyncio.run(produce_v1(base, copies(books, n, spread_ids(n)), "bench.v1"))
-        baseline = asyncio.run(passthrough(base, "bench.v1", len(books) * n))
+        baseline = beside_it(lambda: asyncio.run(passthrough(base, "bench.v1", len(books) * n)))
         ns, frames, replay = self.loaded(n, books_only=True)
         say("books_only: one worker")
         raw = WORK / "profile-books-only.txt"
-        r = self.worker_run(ns, frames, 1, {}, profile=raw, tops=reference_tops(books) * n)
+        r = beside_it(lambda: self.worker_run(ns, frames, 1, {}, profile=raw, tops=reference_tops(books) * n))
         r["level_updates_per_s"] = round(level_updates(books) * n / r["seconds"])
         r["profile"] = profile_top(raw)
         if raw.exists():  # py-spy's collapsed stacks (bench/profile-*.txt, not committed)
@@ -572,7 +643,9 @@ class Bench:
                     return asyncio.run(measure_latency(ns, items, rate, tops,
                                                        on_measuring=lambda: window.append(stage_readings(url))))
 
-                lat, cores, waited = cores_used([pid(worker), 0, *brokers], measure)
+                rest: dict[str, Any] = {}
+                lat, cores, waited = cores_used([pid(worker), 0, *brokers], measure, rest)
+                lat["rest_of_machine"] = rest
                 # the machine's 2 cores, shared: the worker, this process (the feed through the raw
                 # sink), the reading consumer (its own process), the broker
                 lat["cores_used"] = {"worker": cores[0], "feed": cores[1], "reader": lat.pop("reader_cores"),
@@ -597,7 +670,8 @@ class Bench:
                 shutil.copy(profile, ROOT / "bench" / profile.name)
             by_mode[mode] = lat
             say(f"  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {lat['tops_delivered']:,}/{tops:,} tops; "
-                f"cores used {lat['cores_used']}, waited for {lat['cores_waited']}")
+                f"cores used {lat['cores_used']}, waited for {lat['cores_waited']}; beside them other processes "
+                f"{lat['rest_of_machine']['other']}, interrupts {lat['rest_of_machine']['interrupts']}")
             say("  each top's way, p50/p99 ms: " + ", ".join(
                 f"{k} {v['p50']}/{v['p99']}" for k, v in lat["split_ms"].items()))
             say("  stages (p50/p99/max bucket bounds, ms): " + ", ".join(
@@ -822,7 +896,8 @@ class Bench:
             stages0, sent0 = worker_stage_counts(worker.url), http_json(sim.url + "/control/status")[1]["frames_sent"]
             sim_cpu0 = cpu_seconds(procs["simulator"])
             backlog.start()
-            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            rest: dict[str, Any] = {}
+            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)), rest)
             backlog.stop()
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             f1, c1, t1 = frames_done(worker), cpu_seconds(pid(worker)), time.monotonic()
@@ -848,7 +923,7 @@ class Bench:
             "worker_cpu_ms_per_frame": round((c1 - c0) * 1000 / max(1, f1 - f0), 4), "frames_produced": produced,
             "frames_applied": applied, "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_cpu_s": sim_cpu, "cores": dict(zip(procs, cores, strict=True)),
-            "cores_waited": dict(zip(procs, waited, strict=True)),
+            "cores_waited": dict(zip(procs, waited, strict=True)), "rest_of_machine": rest,
             "simulator_frames_sent_per_s": round(sent / (t1 - t0)),
             "simulator_cpu_us_per_frame_sent": round(sim_cpu_window / max(1, sent) * 1e6, 1),
             "worker_cores_in_window": round((c1 - c0) / (t1 - t0), 2), **lat, "worker_stages": stages,
@@ -1005,7 +1080,8 @@ class Bench:
             f0, t0 = frames_done(worker), time.monotonic()
             backlog.start()
             stages0 = worker_stage_counts(worker.url)
-            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)))
+            rest: dict[str, Any] = {}
+            lat, cores, waited = cores_used(list(procs.values()), lambda: asyncio.run(watch_latency(ns, window)), rest)
             used_by, waited_by = dict(zip(procs, cores, strict=True)), dict(zip(procs, waited, strict=True))
             stages = stage_window(stages0, worker_stage_counts(worker.url))
             backlog.stop()
@@ -1030,7 +1106,8 @@ class Bench:
             "options": len(options), "futures": futures, "option_rate": rate, "futures_rate": futures_rate,
             "window_s": window, "offered_frames_per_s": round(offered), "frames_per_s": round((f1 - f0) / (t1 - t0)),
             "worker_cpu_ms_per_frame": round(worker_cpu_s * 1000 / max(1, f1 - f0), 4),
-            "cores": used_by, "cores_waited": waited_by, "frames_produced": produced, "frames_applied": applied,
+            "cores": used_by, "cores_waited": waited_by, "rest_of_machine": rest, "frames_produced": produced,
+            "frames_applied": applied,
             "books_not_synced": len(stale), "not_synced": stale[:10],
             "simulator_frames_sent": status.get("frames_sent"), **lat, "worker_stages": stages,
             "backlog": grown, "target": "no growing backlog and p99 ≤ 50 ms", "met": "met" if met else "not met",
@@ -1040,7 +1117,8 @@ class Bench:
                        "BENCH_UNIVERSE_RATE, BENCH_UNIVERSE_FUTURES_RATE, BENCH_UNIVERSE_S)"}
         say(f"universe: offered {offered:,.0f} frames/s, applied {(f1 - f0) / (t1 - t0):,.0f}/s, p99 {p99} ms, "
             f"backlog slope {grown['slope_frames_per_s']} frames/s: {'met' if met else 'not met'}; cores used "
-            f"{used_by}, waited for {waited_by}")
+            f"{used_by}, waited for {waited_by}; beside them other processes {rest['other']}, interrupts "
+            f"{rest['interrupts']}")
 
     def recovery(self) -> None:
         """1,000 books × 500 levels after a long history: restart with the same DATA_DIR, and a new

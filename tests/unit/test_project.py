@@ -247,6 +247,38 @@ def test_bench_counts_the_cores_each_process_waited_for(monkeypatch: pytest.Monk
     assert bench.waited_seconds("self") is not None
 
 
+def test_bench_names_what_ran_beside_a_step(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A process the step did not start (as a worker left behind by a killed run) is counted beside
+    the step, by name, and said; one the step started is the step's own."""
+    import subprocess
+    import sys
+    import time
+
+    bench = _bench_run(monkeypatch)
+    spin = [sys.executable, "-c", "while True: pass"]
+    # a stranger: started by a shell that exits at once, so that it is no child of this process
+    # (and ends by itself within a minute whatever happens to this test)
+    shell = subprocess.run(["sh", "-c", 'timeout 60 "$0" -c "while True: pass" >/dev/null 2>&1 & echo $!',
+                            sys.executable], capture_output=True, text=True, check=True)
+    stranger = int(shell.stdout.strip())
+    ours = subprocess.Popen(spin)
+    try:
+        rest: dict[str, Any] = {}
+        bench.cores_used([], lambda: time.sleep(2.0), rest)
+    finally:
+        ours.kill()
+        ours.wait()
+        subprocess.run(["kill", str(stranger)], check=False)
+    # two spinners on the machine's cores, one of them a stranger: it had a good share of a core
+    assert rest["other"] >= 0.2, rest
+    assert rest["interrupts"] >= 0
+    named = rest["busiest_other"]
+    assert any(name.startswith("python") and cores >= 0.2 for name, cores in named.items()), named
+    assert not any(f"({ours.pid})" in name for name in named), named
+    assert "WARNING: processes beside this step used" in capsys.readouterr().err
+
+
 def test_bench_worst_moments_say_when_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worst moment of a latency run carries its wall-clock time, to set beside a broker's log."""
     bench = _bench_run(monkeypatch)
