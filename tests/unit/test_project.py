@@ -271,10 +271,10 @@ def test_bench_names_what_ran_beside_a_step(monkeypatch: pytest.MonkeyPatch,
         ours.wait()
         subprocess.run(["kill", str(stranger)], check=False)
     # two spinners on the machine's cores, one of them a stranger: it had a good share of a core
-    assert rest["other"] >= 0.2, rest
+    assert rest["other"] >= 0.15, rest
     assert rest["interrupts"] >= 0
     named = rest["busiest_other"]
-    assert any(name.startswith("python") and cores >= 0.2 for name, cores in named.items()), named
+    assert any(name.startswith("python") and cores >= 0.15 for name, cores in named.items()), named
     assert not any(f"({ours.pid})" in name for name in named), named
     assert "WARNING: processes beside this step used" in capsys.readouterr().err
 
