@@ -173,7 +173,8 @@ def interrupt_seconds() -> float:
 def rest_of_machine(before: dict[int, tuple[int, str, float, int]], after: dict[int, tuple[int, str, float, int]],
                     ours: set[int], elapsed: float, irq: float) -> dict[str, Any]:
     """What ran beside a step: the cores used by processes that are neither ``ours`` nor started by
-    one of them (``other``, with the busiest named), and by the kernel's interrupts (``interrupts``).
+    one of them (``other``, with the busiest named; only those still running at the end are
+    seen), and by the kernel's interrupts (``interrupts``).
     A worker left behind by a killed run, a build, a browser: their load is latency and
     throughput the step's figures lose, so the report says it."""
     def of_step(pid: int) -> bool:
