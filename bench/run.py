@@ -96,8 +96,16 @@ def say(msg: str) -> None:
 
 
 # -- processes ------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_stat(pid: int | str) -> tuple[str, list[str]]:
+    """A process's name and the fields after it in ``/proc/<pid>/stat`` (OSError once it is gone)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.find("(") + 1:raw.rfind(")")], raw[raw.rfind(")") + 1:].split()
+
+
+def cpu_seconds(pid: int, fields: list[str] | None = None) -> float:
+    """The CPU seconds (user and system) process ``pid`` used so far (from ``fields``, its
+    :func:`proc_stat` fields, when given)."""
+    fields = proc_stat(pid)[1] if fields is None else fields
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
@@ -154,12 +162,11 @@ def processes() -> dict[int, tuple[int, str, float, int]]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                raw = Path(f"/proc/{entry.name}/stat").read_text()
+                name, fields = proc_stat(entry.name)
             except OSError:  # gone meanwhile
                 continue
-            name, fields = raw[raw.find("(") + 1:raw.rfind(")")], raw.rsplit(")", 1)[1].split()
-            table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / TICK,
-                                      int(fields[19]))
+            pid = int(entry.name)
+            table[pid] = (int(fields[1]), name, cpu_seconds(pid, fields), int(fields[19]))
     return table
 
 
