@@ -407,9 +407,14 @@ class Bench:
     # -- workers over a loaded namespace ------------------------------------------------------
     def worker_run(self, ns: Namespace, frames: int, n_workers: int, env: dict[str, str],
                    profile: Path | None = None, tops: int | None = None) -> dict[str, Any]:
-        """Workers of a fresh app id over the loaded raw topics: time to apply every frame and —
-        with ``tops``, the reference's count of top changes — to deliver every one of them to
-        ``book.top`` (a figure bought by dropping outputs is not a figure)."""
+        """Workers of a fresh app id over the loaded raw topics: the time until every frame is
+        applied and every downstream record the workers made is acknowledged by the broker (their
+        ``bookstream_outputs_pending_bytes`` back to 0), as the baseline is timed until its
+        producer's sends are acknowledged. Then, with ``tops`` (the reference's count of top
+        changes), ``book.top`` is read from its start: the figure is void unless every top change
+        is there (a figure bought by dropping outputs is not a figure). It is read after the
+        clock stops, so that the reading's CPU does not share the cores with the workers timed
+        (the baseline has no reader beside it either)."""
         run = Namespace(f"{ns.name}w{uuid.uuid4().hex[:4]}", BOOTSTRAP, ns.tmp, PARTITIONS)
         workers = [Worker(run, ns.tmp / f"data-{run.name}-{i}", TOPIC_PREFIX=f"{ns.name}.", **env)
                    for i in range(n_workers)]
@@ -421,8 +426,6 @@ class Bench:
                 w.start(wait=False)
             for w in workers:
                 w.wait_ready(180)
-            if tops is not None:  # the workers created book.top; it is read from its start
-                counter = TopCounter(f"{ns.name}.book.top")
             cpu0 = sum(cpu_seconds(pid(w)) for w in workers)
             t0 = time.monotonic()
             if profile is not None:
@@ -440,15 +443,21 @@ class Bench:
                     raise RuntimeError("workers did not finish within an hour")
                 time.sleep(0.2)
             applied_s = time.monotonic() - t0
-            if counter is not None and tops is not None:
-                while len(counter.seen) < tops and time.monotonic() - t0 < 3600 + 600:
+            wait_for(lambda: all(outputs_pending(w) == 0 for w in workers), 600,
+                     "every output acknowledged by the broker", every=0.02)
+            seconds = time.monotonic() - t0
+            cpu = sum(cpu_seconds(pid(w)) for w in workers) - cpu0
+            stop_spy(spy)
+            spy = None
+            if tops is not None:  # untimed: every top change of the input is on book.top
+                counter = TopCounter(f"{ns.name}.book.top")
+                checked_at = time.monotonic()
+                while len(counter.seen) < tops and time.monotonic() - checked_at < 600:
                     time.sleep(0.05)
                 delivered = len(counter.seen)
                 if delivered != tops:
                     raise RuntimeError(f"book.top holds {delivered:,} distinct top changes of the reference's "
                                        f"{tops:,}: outputs were lost, the figure is void")
-            seconds = time.monotonic() - t0
-            cpu = sum(cpu_seconds(pid(w)) for w in workers) - cpu0
             rss = max(rss_mb(pid(w)) for w in workers)
             stale = sum(1 for w in workers for b in http_json(w.url + "/api/books")[1]["books"]
                         if b["state"] != "synced")
@@ -460,7 +469,8 @@ class Bench:
                 w.kill()
         checked = {} if tops is None else {
             "tops_expected": tops, "tops_delivered": delivered, "applied_seconds": round(applied_s, 1),
-            "note": "seconds until every top change of the input was delivered to book.top"}
+            "note": "seconds until every frame was applied and every output acknowledged by the broker; "
+                    "book.top then read from its start: every top change of the input is there"}
         return checked | {"seconds": round(seconds, 1), "frames": frames, "frames_per_s": round(frames / seconds),
                 "cpu_ms_per_frame": round(cpu * 1000 / frames, 4), "cpu_seconds": round(cpu, 1),
                 "rss_mb": round(rss), "workers": n_workers, "books_not_synced": stale, "settings": env}
@@ -1273,11 +1283,27 @@ def ingest_records(log: Path) -> int:
     return int(found[-1].replace(",", "")) if found else 0
 
 
+def metrics_text(worker: Worker) -> str:
+    """The worker's ``/metrics`` (Prometheus text)."""
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:  # noqa: S310 - local URL
+        return str(resp.read().decode())
+
+
 def worker_lag(worker: Worker) -> int:
     """Raw records behind the end of the worker's partitions (bookstream_consumer_lag, summed)."""
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:  # noqa: S310 - local URL
-        text = resp.read().decode()
+    text = metrics_text(worker)
     return round(sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M)))
+
+
+def outputs_pending(worker: Worker) -> float:
+    return pending_bytes(metrics_text(worker))
+
+
+def pending_bytes(text: str) -> float:
+    """Bytes of downstream records a worker has made that the broker has not acknowledged yet,
+    from its ``/metrics`` (``bookstream_outputs_pending_bytes``; inf when the gauge is missing)."""
+    found = re.search(r"^bookstream_outputs_pending_bytes (\S+)$", text, re.M)
+    return float(found.group(1)) if found else float("inf")
 
 
 def fit_slope(points: list[tuple[float, float]]) -> float | None:
@@ -1346,8 +1372,7 @@ class Backlog:
 
 def committed(worker: Worker) -> bool:
     """Every record in the worker's raw partitions applied and committed (/metrics gauges)."""
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:  # noqa: S310 - local URL
-        text = resp.read().decode()
+    text = metrics_text(worker)
     lag = sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M))
     pending = re.search(r"^bookstream_state_uncommitted_partitions (\S+)$", text, re.M)
     return lag == 0 and pending is not None and float(pending.group(1)) == 0

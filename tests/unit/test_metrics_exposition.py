@@ -4,6 +4,7 @@ Every ``bookstream_*`` name below is what dashboards already query: a rename mus
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import msgspec
@@ -15,6 +16,7 @@ from app import brokers, metrics, venues
 from app.records import MarginRecord
 from app.sync import STALE, SYNCED, Instrument
 from app.web.metrics import BookstreamCollector, WorkerFigures, registry
+from bench.run import pending_bytes
 from tests.helpers import ROOT, promtool_check
 
 #: Every family of the worker's /metrics with its type, as the parser names them (a counter's
@@ -98,6 +100,13 @@ def test_every_family_is_there_with_its_type(figures: WorkerFigures) -> None:
     assert types["process_cpu_seconds"] == "counter"
     assert types["process_resident_memory_bytes"] == "gauge"
     assert types["python_info"] == "gauge"
+
+
+def test_the_bench_reads_the_outputs_not_yet_acknowledged(figures: WorkerFigures) -> None:
+    """``make bench`` stops a worker's clock when this gauge is back to 0 (bench/run.py)."""
+    assert pending_bytes(scrape(figures)) == 2**19
+    assert pending_bytes(scrape(dataclasses.replace(figures, outputs={**figures.outputs, "pending_mb": 0}))) == 0
+    assert pending_bytes(scrape(dataclasses.replace(figures, outputs=None))) == float("inf")  # no sink: not 0
 
 
 def test_counters_and_gauges_hold_the_process_and_worker_figures(figures: WorkerFigures) -> None:
