@@ -443,7 +443,7 @@ class Bench:
                     raise RuntimeError("workers did not finish within an hour")
                 time.sleep(0.2)
             applied_s = time.monotonic() - t0
-            wait_for(lambda: all(outputs_pending(w) == 0 for w in workers), 600,
+            wait_for(lambda: all(pending_bytes(metrics_text(w)) == 0 for w in workers), 600,
                      "every output acknowledged by the broker", every=0.02)
             seconds = time.monotonic() - t0
             cpu = sum(cpu_seconds(pid(w)) for w in workers) - cpu0
@@ -1289,14 +1289,14 @@ def metrics_text(worker: Worker) -> str:
         return str(resp.read().decode())
 
 
+def consumer_lag(text: str) -> float:
+    """Raw records behind the end of a worker's partitions, from its ``/metrics``
+    (``bookstream_consumer_lag``, summed)."""
+    return sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M))
+
+
 def worker_lag(worker: Worker) -> int:
-    """Raw records behind the end of the worker's partitions (bookstream_consumer_lag, summed)."""
-    text = metrics_text(worker)
-    return round(sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M)))
-
-
-def outputs_pending(worker: Worker) -> float:
-    return pending_bytes(metrics_text(worker))
+    return round(consumer_lag(metrics_text(worker)))
 
 
 def pending_bytes(text: str) -> float:
@@ -1373,7 +1373,7 @@ class Backlog:
 def committed(worker: Worker) -> bool:
     """Every record in the worker's raw partitions applied and committed (/metrics gauges)."""
     text = metrics_text(worker)
-    lag = sum(float(x) for x in re.findall(r"^bookstream_consumer_lag\{[^}]*\} (\S+)$", text, re.M))
+    lag = consumer_lag(text)
     pending = re.search(r"^bookstream_state_uncommitted_partitions (\S+)$", text, re.M)
     return lag == 0 and pending is not None and float(pending.group(1)) == 0
 
